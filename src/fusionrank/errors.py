@@ -1,0 +1,75 @@
+"""Exceptions raised by fusionrank.
+
+Every error carries the data a user needs to fix the problem as attributes,
+so callers and tests can inspect them instead of parsing messages.
+"""
+from __future__ import annotations
+
+
+class FusionrankError(Exception):
+    """Base class of every error fusionrank raises on purpose."""
+
+
+class UnknownNameError(FusionrankError, KeyError):
+    """A registry lookup used a name that is not registered.
+
+    Attributes: ``kind`` (e.g. "encoder"), ``name`` (what was asked for) and
+    ``valid`` (sorted registered names, generated from the registry itself).
+    """
+
+    def __init__(self, kind: str, name: str, valid: list[str]):
+        self.kind, self.name, self.valid = kind, name, list(valid)
+        super().__init__(f"unknown {kind} {name!r}; valid names: {', '.join(self.valid) or '(none registered)'}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class RowError(FusionrankError):
+    """One input row failed validation.
+
+    Attributes: ``file``, ``row`` (0-based data row, header excluded), ``field``
+    and ``reason``.
+    """
+
+    def __init__(self, file: str, row: int | None, field: str | None, reason: str):
+        self.file, self.row, self.field, self.reason = str(file), row, field, reason
+        where = f"{self.file}"
+        if row is not None:
+            where += f", row {row}"
+        if field is not None:
+            where += f", field {field!r}"
+        super().__init__(f"{where}: {reason}")
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "row": self.row, "field": self.field, "reason": self.reason}
+
+
+class SchemaError(FusionrankError):
+    """A whole file does not fit the expected schema (e.g. required columns missing).
+
+    Attributes: ``file``, ``missing`` (required columns not found) and ``found``.
+    """
+
+    def __init__(self, file: str, missing: list[str], found: list[str], hint: str = ""):
+        self.file, self.missing, self.found = str(file), list(missing), list(found)
+        msg = f"{self.file}: missing required column(s) {self.missing}; found {self.found}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+class NotFittedError(FusionrankError, ValueError):
+    """An estimator or encoder was used before ``fit`` (or ``load``)."""
+
+    def __init__(self, obj: object, what: str = "fit"):
+        name = type(obj).__name__
+        super().__init__(f"This {name} instance is not fitted yet. Call '{what}' with appropriate data before using it, or load a saved one.")
+
+
+class MissingExtraError(FusionrankError, ImportError):
+    """An optional dependency is not installed; names the extra to install."""
+
+    def __init__(self, package: str, extra: str):
+        self.package, self.extra = package, extra
+        super().__init__(f"{package} is required for this feature; install it with: pip install 'fusionrank[{extra}]'")
