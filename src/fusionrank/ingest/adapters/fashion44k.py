@@ -1,0 +1,59 @@
+"""fashion44k: ``products.parquet`` + ``images/`` + ``audio/`` + queries/qrels TSVs.
+
+``master_category`` becomes ``category``; ``title_sparse`` is kept as an
+attribute (select it with ``with_title_field(products, "title_sparse")``).
+Image and audio paths are made absolute against the dataset folder.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from ... import schema as S
+from ...errors import RowError
+from .base import ADAPTERS, Adapter, Record
+
+
+@ADAPTERS.register("fashion44k")
+class Fashion44kAdapter(Adapter):
+    name = "fashion44k"
+    SPLITS = ("train", "dev")
+
+    def products(self) -> Iterator[Record]:
+        path = self.root / "products.parquet"
+        self.require_columns(path, ["product_id", "title"])
+        limit = self.options.get("limit")
+        for row, rec in self.rows(path):
+            if limit is not None and row >= limit:
+                break
+            if isinstance(rec, RowError):
+                yield str(path), row, rec
+                continue
+            out = {
+                S.PRODUCT_ID: rec.get("product_id"),
+                S.TITLE: rec.get("title"),
+                S.CATEGORY: rec.get("master_category"),
+                S.ATTRIBUTES: {"title_sparse": rec.get("title_sparse")} if rec.get("title_sparse") else {},
+                S.IMAGE: str(self.root / rec["image"]) if rec.get("image") else None,
+                S.AUDIO: str(self.root / rec["audio"]) if rec.get("audio") else None,
+            }
+            yield str(path), row, out
+
+    def queries(self) -> Iterator[Record]:
+        for split in self.SPLITS:
+            path = self.root / f"queries_{split}.tsv"
+            if not path.exists():
+                continue
+            self.require_columns(path, [S.QUERY_ID, S.QUERY])
+            for row, rec in self.rows(path, "tsv"):
+                if not isinstance(rec, RowError):
+                    rec = {**rec, "split": split}
+                yield str(path), row, rec
+
+    def qrels(self) -> Iterator[Record]:
+        for split in self.SPLITS:
+            for name in (f"qrels_{split}.tsv", f"qrels_{split}.tsv.gz"):
+                path = self.root / name
+                if path.exists():
+                    self.require_columns(path, list(S.QREL_COLUMNS))
+                    for row, rec in self.rows(path, "tsv"):
+                        yield str(path), row, rec

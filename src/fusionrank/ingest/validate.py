@@ -1,0 +1,164 @@
+"""Row-level validation of product records into the canonical product schema.
+
+:func:`validate_product` turns one raw record (already mapped to canonical
+column names by an adapter) into a clean product dict, or raises
+:class:`~fusionrank.errors.RowError` naming file, row and field. Fixes that do
+not lose information (type coercion, HTML stripping, whitespace) are applied and
+listed so the report can count "fixed" rows.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import schema as S
+from ..errors import RowError
+from .clean import clean_text
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def _as_text(v: Any, file: str, row: int, name: str, fixes: list[str]) -> str | None:
+    if _is_missing(v):
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise RowError(file, row, name, f"expected text, got {type(v).__name__}")
+    if not isinstance(v, str):
+        fixes.append(f"{name}: coerced {type(v).__name__} to text")
+        v = str(v)
+    out, changed = clean_text(v)
+    if changed:
+        fixes.append(f"{name}: cleaned")
+    limit = S.MAX_FIELD_CHARS.get(name)
+    if limit is not None and len(out) > limit:
+        raise RowError(file, row, name, f"too long: {len(out)} characters > {limit}")
+    return out or None
+
+
+def _as_list(v: Any, file: str, row: int, name: str, fixes: list[str]) -> list[str]:
+    if _is_missing(v):
+        return []
+    if isinstance(v, str):
+        s = v.strip()
+        if s.startswith("["):
+            try:
+                v = json.loads(s)
+            except json.JSONDecodeError:
+                v = [s]
+        else:
+            v = [p for p in s.splitlines() if p.strip()]
+        fixes.append(f"{name}: split text into a list")
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if not isinstance(v, (list, tuple)):
+        raise RowError(file, row, name, f"expected a list of text, got {type(v).__name__}")
+    if len(v) > S.MAX_LIST_ITEMS:
+        raise RowError(file, row, name, f"too many items: {len(v)} > {S.MAX_LIST_ITEMS}")
+    out = []
+    for i, item in enumerate(v):
+        t = _as_text(item, file, row, f"{name}[{i}]", fixes)
+        if t is not None:
+            if len(t) > S.MAX_LIST_ITEM_CHARS:
+                raise RowError(file, row, name, f"item {i} too long: {len(t)} characters > {S.MAX_LIST_ITEM_CHARS}")
+            out.append(t)
+    return out
+
+
+def _as_attributes(v: Any, file: str, row: int, fixes: list[str]) -> dict[str, str]:
+    if _is_missing(v):
+        return {}
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            raise RowError(file, row, S.ATTRIBUTES, "expected a JSON object of attributes") from None
+        fixes.append("attributes: parsed JSON text")
+    if isinstance(v, list):  # pyarrow map columns arrive as a list of pairs
+        v = dict(v)
+    if not isinstance(v, dict):
+        raise RowError(file, row, S.ATTRIBUTES, f"expected a mapping, got {type(v).__name__}")
+    out = {}
+    for k, val in v.items():
+        if _is_missing(val):
+            continue
+        t = _as_text(val if isinstance(val, (str, int, float)) else json.dumps(val), file, row, f"attributes.{k}", fixes)
+        if t is not None:
+            out[str(k)] = t
+    return out
+
+
+def validate_product(raw: dict[str, Any], file: str, row: int) -> tuple[dict[str, Any], list[str]]:
+    """Validate and clean one product record. Returns ``(product, fixes)``."""
+    fixes: list[str] = []
+    unknown = set(raw) - set(S.PRODUCT_COLUMNS)
+    pid = raw.get(S.PRODUCT_ID)
+    if _is_missing(pid):
+        raise RowError(file, row, S.PRODUCT_ID, "missing product id")
+    if isinstance(pid, float) and pid.is_integer():
+        pid = int(pid)
+    pid = _as_text(pid, file, row, S.PRODUCT_ID, fixes)
+    title = _as_text(raw.get(S.TITLE), file, row, S.TITLE, fixes)
+    if title is None:
+        raise RowError(file, row, S.TITLE, "missing title")
+    out: dict[str, Any] = {S.PRODUCT_ID: pid, S.TITLE: title}
+    for name in (S.DESCRIPTION, S.BRAND, S.COLOR, S.CATEGORY):
+        out[name] = _as_text(raw.get(name), file, row, name, fixes)
+    for name in S.LIST_COLUMNS:
+        out[name] = _as_list(raw.get(name), file, row, name, fixes)
+    attrs = _as_attributes(raw.get(S.ATTRIBUTES), file, row, fixes)
+    for k in sorted(unknown):  # unknown columns are kept as attributes, never dropped
+        if not _is_missing(raw[k]):
+            v = raw[k]
+            attrs[k] = _as_text(v if isinstance(v, (str, int, float)) else json.dumps(v, default=str), file, row, f"attributes.{k}", fixes) or ""
+    out[S.ATTRIBUTES] = attrs
+    for name in (S.IMAGE, S.AUDIO):
+        v = raw.get(name)
+        if _is_missing(v):
+            out[name] = None
+        elif not isinstance(v, str):
+            raise RowError(file, row, name, f"expected a path or URL, got {type(v).__name__}")
+        else:
+            out[name] = v.strip()
+    return out, fixes
+
+
+def content_signature(p: dict[str, Any]) -> str:
+    """A canonical JSON form of a product, used to tell exact duplicates apart."""
+    return json.dumps(p, sort_keys=True, ensure_ascii=False, default=str)
+
+
+@dataclass
+class ValidationReport:
+    """Counts of what happened to every row read. Nothing is silently dropped:
+    ``read == kept + rejected + merged + skipped``."""
+
+    read: int = 0
+    kept: int = 0
+    fixed: int = 0
+    rejected: int = 0
+    merged: int = 0
+    media_dropped: int = 0
+    skipped: int = 0
+    skip_reasons: Counter = field(default_factory=Counter)
+    reject_reasons: Counter = field(default_factory=Counter)
+    fix_reasons: Counter = field(default_factory=Counter)
+    media_reasons: Counter = field(default_factory=Counter)
+    files: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files, "read": self.read, "kept": self.kept, "fixed": self.fixed,
+            "rejected": self.rejected, "merged_duplicates": self.merged, "media_dropped": self.media_dropped,
+            "skipped": self.skipped, "skip_reasons": dict(self.skip_reasons.most_common()),
+            "reject_reasons": dict(self.reject_reasons.most_common()),
+            "fix_reasons": dict(self.fix_reasons.most_common()),
+            "media_reasons": dict(self.media_reasons.most_common()),
+        }
+
+    def check(self) -> None:
+        assert self.read == self.kept + self.rejected + self.merged + self.skipped, self.as_dict()
