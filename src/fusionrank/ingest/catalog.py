@@ -309,7 +309,8 @@ class Catalog:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         df = self.products.copy()
-        df[S.ATTRIBUTES] = [list((a or {}).items()) for a in df[S.ATTRIBUTES]]
+        # dtype=object: an empty catalogue would otherwise get a float64 column that pyarrow cannot turn into a map
+        df[S.ATTRIBUTES] = pd.Series([list((a or {}).items()) for a in df[S.ATTRIBUTES]], index=df.index, dtype=object)
         table = pa.Table.from_pandas(df[list(S.PRODUCT_COLUMNS)], schema=S.PRODUCT_SCHEMA, preserve_index=False)
         tmp = d / (S.CATALOG_PRODUCTS_FILE + ".tmp")
         pq.write_table(table, tmp)

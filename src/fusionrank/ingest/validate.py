@@ -48,8 +48,8 @@ def _as_list(v: Any, file: str, row: int, name: str, fixes: list[str]) -> list[s
         if s.startswith("["):
             try:
                 v = json.loads(s)
-            except json.JSONDecodeError:
-                v = [s]
+            except json.JSONDecodeError:  # text that merely starts with "[": one item per line
+                v = [p for p in s.splitlines() if p.strip()]
         else:
             v = [p for p in s.splitlines() if p.strip()]
         fixes.append(f"{name}: split text into a list")
