@@ -1,0 +1,144 @@
+"""Batch engines that run an encoder over many items.
+
+``LocalEngine`` (default) runs in-process. ``RayEngine`` runs the same encoder as a
+Ray Data ``map_batches`` transform on a Ray cluster: a local one by default, an
+existing one by ``address``. Both take an encoder *directory* (written by
+``Encoder.save``) so the exact same encoder state runs everywhere, and both
+isolate failing items with :func:`~fusionrank.encoders.encode_safely`.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .encoders import Encoder, EncodeOutcome, encode_safely
+from .errors import MissingExtraError
+from .registry import Registry
+
+ENGINES: Registry[type["Engine"]] = Registry("engine")
+
+
+class Engine:
+    name = ""
+
+    def map(self, encoder: Encoder, items: Sequence[Any], batch_size: int, desc: str = "",
+            progress: bool = True) -> Iterator[tuple[int, EncodeOutcome]]:
+        """Yield ``(start, outcome)`` for consecutive batches of ``items``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+@ENGINES.register("local")
+class LocalEngine(Engine):
+    name = "local"
+
+    def map(self, encoder, items, batch_size, desc="", progress=True):
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(items), desc=desc or encoder.name, unit="item", mininterval=1.0, leave=False)
+        try:
+            for start in range(0, len(items), batch_size):
+                batch = items[start:start + batch_size]
+                out = encode_safely(encoder, batch)
+                if bar is not None:
+                    bar.update(len(batch))
+                yield start, out
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+class _RayEncodeFn:
+    """Ray Data callable class: loads the encoder once per actor, encodes pandas batches."""
+
+    def __init__(self, encoder_dir: str):
+        from .encoders import Encoder as _E
+
+        self.encoder = _E.load(encoder_dir)
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        items = list(batch["item"])
+        out = encode_safely(self.encoder, items)
+        n = len(items)
+        values: list[Any] = [None] * n
+        good = np.flatnonzero(out.ok)
+        for j, i in enumerate(good):
+            values[i] = out.values[j] if self.encoder.output == "text" else np.asarray(out.values[j], np.float32)
+        return pd.DataFrame({"idx": batch["idx"], "ok": out.ok, "error": [out.errors.get(i) for i in range(n)], "value": values})
+
+
+@ENGINES.register("ray")
+class RayEngine(Engine):
+    """Ray Data engine. ``address=None`` starts a local Ray runtime with ``num_cpus``."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, concurrency: int = 1):
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise MissingExtraError("ray", "ray") from e
+        self.ray = ray
+        self.concurrency = concurrency
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
+            if address:
+                kw["address"] = address
+            elif num_cpus:
+                kw["num_cpus"] = num_cpus
+            ray.init(**kw)
+            self._owns = True
+        else:
+            self._owns = False
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        self._tmp = tempfile.TemporaryDirectory(prefix="fusionrank-ray-")
+
+    def map(self, encoder, items, batch_size, desc="", progress=True):
+        import pandas as pd
+
+        if not len(items):
+            return
+        enc_dir = Path(self._tmp.name) / f"{encoder.name}-{encoder.signature()}"
+        if not enc_dir.exists():
+            encoder.save(enc_dir)
+        df = pd.DataFrame({"idx": np.arange(len(items)), "item": list(items)})
+        ds = self.ray.data.from_pandas(df).repartition(max(1, int(np.ceil(len(items) / batch_size))))
+        res = ds.map_batches(_RayEncodeFn, fn_constructor_kwargs={"encoder_dir": str(enc_dir)}, batch_size=batch_size,
+                             batch_format="pandas", concurrency=self.concurrency, num_cpus=1)
+        out = res.to_pandas().sort_values("idx")
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(items), desc=f"{desc or encoder.name} (ray)", unit="item", leave=False)
+        for start in range(0, len(out), batch_size):
+            chunk = out.iloc[start:start + batch_size]
+            ok = chunk["ok"].to_numpy(bool)
+            vals = [v for v, o in zip(chunk["value"], ok) if o]
+            if encoder.output != "text":
+                vals = np.stack(vals).astype(np.float32) if vals else np.zeros((0, encoder.dim), np.float32)
+            errs = {i: e for i, (e, o) in enumerate(zip(chunk["error"], ok)) if not o}
+            if bar is not None:
+                bar.update(len(chunk))
+            yield start, EncodeOutcome(vals, ok, errs)
+        if bar is not None:
+            bar.close()
+
+    def close(self) -> None:
+        if self._owns and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._tmp.cleanup()
+
+
+def get_engine(name: str = "local", **kwargs: Any) -> Engine:
+    return ENGINES.get(name)(**kwargs)
