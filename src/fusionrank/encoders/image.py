@@ -165,7 +165,7 @@ class ImageTextProjection(Encoder):
                 loss.backward()
                 opt.step()
                 sched.step()
-                tot += float(loss) * len(idx)
+                tot += loss.item() * len(idx)
             rec = {"epoch": ep, "train_loss": tot / max(1, len(tr))}
             if nv:
                 rec["valid_recall@10"] = self._retrieval_recall(model, Xn[va], Tt[va])

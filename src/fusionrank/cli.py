@@ -1,0 +1,137 @@
+"""The ``fusionrank`` command line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import FusionrankError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal learning-to-rank for product search.")
+console = Console(stderr=True)
+
+DEFAULT_FASHION44K = Path(os.environ.get("FUSIONRANK_FASHION44K", Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fashion44k"))
+DEFAULT_HOME = Path(os.environ.get("FUSIONRANK_HOME", Path.home() / ".cache" / "fusionrank"))
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+def print_ingest_report(rep: dict) -> None:
+    t = Table(title=f"ingest: {rep.get('source')} ({rep.get('adapter')}, {rep.get('seconds')} s)")
+    for c in ("table", "read", "kept", "fixed", "rejected", "merged", "skipped", "media dropped"):
+        t.add_column(c, justify="right" if c != "table" else "left")
+    for name in ("products", "queries", "qrels"):
+        r = rep.get(name, {})
+        t.add_row(name, *(f"{r.get(k, 0):,}" for k in ("read", "kept", "fixed", "rejected", "merged_duplicates", "skipped", "media_dropped")))
+    console.print(t)
+    for name in ("products", "queries", "qrels"):
+        r = rep.get(name, {})
+        for k in ("reject_reasons", "media_reasons", "skip_reasons"):
+            for reason, n in list(r.get(k, {}).items())[:8]:
+                console.print(f"  {name} {k.split('_')[0]}: {reason}: {n:,}")
+    console.print(f"  rejects written to {rep.get('rejects_file')}")
+
+
+def print_encode_summary(s: dict) -> None:
+    t = Table(title=f"encode: {s['products']:,} products in {s['seconds']} s ({s['engine']} engine) -> {s['store']}")
+    for c in ("feature", "modality", "present", "cached", "encoded", "failed", "seconds", "items/s"):
+        t.add_column(c, justify="left" if c in ("feature", "modality") else "right")
+    for j in s["jobs"]:
+        t.add_row(j["feature"], j["modality"], f"{j['present']:,}", f"{j['cached']:,}", f"{j['encoded']:,}", f"{j['failed']:,}",
+                  f"{j['seconds']:.1f}", f"{j['items_per_second']:.1f}")
+    console.print(t)
+    if s.get("failures"):
+        console.print(f"  {s['failures']} item(s) failed; see {s.get('failures_file')}")
+
+
+@app.command()
+def ingest(
+    source: Path = typer.Argument(..., help="dataset folder or products file"),
+    out: Path = typer.Option(..., "--out", "-o", help="catalogue directory to write"),
+    adapter: str = typer.Option("native", help="dataset adapter: native, fashion44k, esci, wands"),
+    limit: Optional[int] = typer.Option(None, help="ingest only the first N products (judgments of others are counted as skipped)"),
+    check_media: bool = typer.Option(True, help="decode every photo and audio clip"),
+    on_bad_media: str = typer.Option("drop_field", help="drop_field (keep the product without that modality) or reject_row"),
+    json_out: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
+):
+    """Read, validate and clean a catalogue into OUT (products, queries, qrels, rejects, report)."""
+    from .ingest import ingest as run_ingest
+
+    opts = {"limit": limit} if limit is not None else {}
+    try:
+        cat = run_ingest(source, out, adapter=adapter, check_media=check_media, on_bad_media=on_bad_media, progress=True, **opts)
+    except FusionrankError as e:
+        _fail(e)
+    if json_out:
+        print(json.dumps(cat.report, indent=2))
+    else:
+        print_ingest_report(cat.report)
+
+
+@app.command()
+def encode(
+    catalog: Path = typer.Argument(..., help="catalogue directory written by `fusionrank ingest`"),
+    store: Path = typer.Option(..., "--store", "-s", help="embedding store directory"),
+    engine: str = typer.Option("local", help="local (in-process) or ray"),
+    ray_address: Optional[str] = typer.Option(None, help="address of an existing Ray cluster (default: start a local one)"),
+    modalities: str = typer.Option("text,image,audio", help="comma-separated modalities to encode"),
+    config: Optional[Path] = typer.Option(None, help="TOML/YAML file with an [encode] table of EncodeSettings"),
+    limit: Optional[int] = typer.Option(None, help="encode only the first N products"),
+    json_out: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
+):
+    """Encode every modality into the embedding store; only new or changed products are encoded."""
+    from .config import load_config
+    from .encode import EncodeSettings, encode_catalog
+    from .ingest import Catalog
+
+    try:
+        cat = Catalog.load(catalog)
+        products = cat.products if limit is None else cat.products.iloc[:limit]
+        settings = EncodeSettings.from_dict(load_config(config).get("encode", {})) if config else EncodeSettings()
+        eng_args = {"address": ray_address} if engine == "ray" else {}
+        summary = encode_catalog(products, store, settings, engine=engine, engine_args=eng_args,
+                                 modalities=[m.strip() for m in modalities.split(",") if m.strip()], log=lambda m: console.print(f"  {m}"))
+    except FusionrankError as e:
+        _fail(e)
+    if json_out:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_encode_summary(summary)
+
+
+@app.command()
+def demo(
+    data: Path = typer.Option(DEFAULT_FASHION44K, help="the fashion44k folder"),
+    home: Path = typer.Option(DEFAULT_HOME, help="where catalogue and store are kept between runs"),
+    limit: Optional[int] = typer.Option(6000, help="products to use (default: a 6,000-product subset that finishes in ~10 min on 2 cores; 0 = all 44k)"),
+):
+    """The main job on the embedded default: ingest fashion44k and encode it (cached between runs)."""
+    limit = None if not limit else limit
+    tag = "full" if limit is None else f"first{limit}"
+    cat_dir, store_dir = home / f"fashion44k-{tag}" / "catalog", home / f"fashion44k-{tag}" / "store"
+    if not data.exists():
+        _fail(FusionrankError(f"{data}: fashion44k not found; pass --data or set FUSIONRANK_FASHION44K"))
+    t0 = time.perf_counter()
+    console.rule("[bold]1/2 ingest")
+    ingest(data, out=cat_dir, adapter="fashion44k", limit=limit, check_media=True, on_bad_media="drop_field", json_out=False)
+    console.rule("[bold]2/2 encode")
+    encode(cat_dir, store=store_dir, engine="local", ray_address=None, modalities="text,image,audio", config=None, limit=None, json_out=False)
+    console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s; catalogue {cat_dir}, store {store_dir}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
