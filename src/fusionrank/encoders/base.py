@@ -128,5 +128,10 @@ def encode_safely(encoder: Encoder, items: Sequence[Any]) -> EncodeOutcome:
         good.append(v[0])
     if encoder.output == "text":
         return EncodeOutcome(good, ok, errors)
+    if encoder.output == "sparse":  # rows of a scipy sparse matrix (BM25, TF-IDF)
+        import scipy.sparse as sp
+
+        vals = sp.vstack(good, format="csr") if good else sp.csr_matrix((0, encoder.dim), dtype=np.float32)
+        return EncodeOutcome(vals, ok, errors)
     vals = np.stack(good).astype(np.float32) if good else np.zeros((0, encoder.dim), np.float32)
     return EncodeOutcome(vals, ok, errors)

@@ -1,0 +1,221 @@
+"""``NeuralRanker``: fit/predict estimator around :class:`FusionRankerNet`.
+
+Training: Adam with weight decay (L2), dropout, modality dropout, gradient-norm
+clipping, early stopping on validation NDCG@10 (ideal DCG from all judged products
+when ``valid_ideal_dcg`` is given), fixed seeds. The loss is any registered loss
+(``{name, args}``) over padded ``[batch, slate]`` tensors.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import FusionrankError, NotFittedError
+from ..losses import PADDED_Y_VALUE, get_loss
+from ..metrics import ndcg_at_k_padded
+from .neural import FusionRankerNet
+
+
+@dataclass
+class FeatureGroup:
+    """One modality as the ranker sees it: scalar feature columns, its mask column, its embedding table."""
+
+    name: str
+    columns: list[int]
+    mask_column: int
+    table: str | None = None  # key into the embedding tables dict, or None
+
+
+def _to_t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
+
+class NeuralRanker:
+    """Hyperparameters are constructor arguments; learned state ends in ``_``."""
+
+    def __init__(self, fusion: str = "weighted_sum", scorer: str = "mlp", loss: dict | None = None, hidden: int = 64,
+                 dropout: float = 0.1, modality_dropout: float = 0.1, normalize: str = "l2", lr: float = 2e-3,
+                 weight_decay: float = 1e-5, epochs: int = 30, batch_size: int = 16, clip_norm: float = 1.0,
+                 patience: int = 4, seed: int = 0, use_embeddings: bool = True, fusion_args: dict | None = None,
+                 max_train_seconds: float | None = None):
+        self.fusion, self.scorer, self.loss = fusion, scorer, loss or {"name": "lambdaloss", "args": {}}
+        self.hidden, self.dropout, self.modality_dropout, self.normalize = hidden, dropout, modality_dropout, normalize
+        self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size
+        self.clip_norm, self.patience, self.seed, self.use_embeddings = clip_norm, patience, seed, use_embeddings
+        self.fusion_args, self.max_train_seconds = fusion_args or {}, max_train_seconds
+        self.net_: FusionRankerNet | None = None
+        self.groups_: list[FeatureGroup] | None = None
+        self.history_: list[dict] = []
+        self.n_features_: int | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        keys = ("fusion", "scorer", "loss", "hidden", "dropout", "modality_dropout", "normalize", "lr", "weight_decay",
+                "epochs", "batch_size", "clip_norm", "patience", "seed", "use_embeddings", "fusion_args", "max_train_seconds")
+        return {k: getattr(self, k) for k in keys}
+
+    # batching ---------------------------------------------------------------
+    def _inputs(self, x, mask, rows, q, tables, idx):
+        g = self.groups_
+        xs = _to_t(x[idx][..., [c for grp in g for c in grp.columns]])
+        ms = torch.from_numpy(np.ascontiguousarray(mask[idx][..., [grp.mask_column for grp in g]]))
+        embs = []
+        r = np.where(rows[idx] >= 0, rows[idx], 0)
+        for grp in g:
+            if grp.table is not None and self.use_embeddings:
+                embs.append(_to_t(tables[grp.table][r]))
+            else:
+                embs.append(None)
+        qt = _to_t(q[idx]) if q is not None else None
+        return xs, ms, embs, qt
+
+    def _build(self, groups: list[FeatureGroup], tables: dict[str, np.ndarray] | None, qdim: int):
+        emb_dims = [(tables[g.table].shape[1] if (g.table is not None and self.use_embeddings) else 0) for g in groups]
+        return FusionRankerNet([len(g.columns) for g in groups], emb_dims, qdim, fusion=self.fusion, scorer=self.scorer,
+                               hidden=self.hidden, dropout=self.dropout, normalize=self.normalize,
+                               modality_dropout=self.modality_dropout, fusion_args=self.fusion_args)
+
+    # estimator API ----------------------------------------------------------
+    def fit(self, train, groups: Sequence[FeatureGroup], tables: dict[str, np.ndarray] | None = None, valid=None,
+            valid_ideal_dcg: np.ndarray | None = None, log=print) -> "NeuralRanker":
+        """``train``/``valid``: objects with ``x [B,N,F]``, ``mask [B,N,K]``, ``rows [B,N]``, ``q [B,D]``, ``y [B,N]``."""
+        if train.y is None:
+            raise FusionrankError("training slates have no labels (qrels)")
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        self.groups_ = list(groups)
+        self.n_features_ = train.x.shape[-1]
+        qdim = train.q.shape[1] if train.q is not None else 1
+        net = self._build(self.groups_, tables, qdim)
+        valid_items = train.rows >= 0
+        cols = [c for g in self.groups_ for c in g.columns]
+        xv = train.x[valid_items][:, cols]
+        net.set_standardisation(_to_t(xv.mean(0)), _to_t(xv.std(0)))
+        loss_fn = get_loss(self.loss["name"], **self.loss.get("args", {}))
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        best, best_state, bad = -1.0, None, 0
+        self.history_ = []
+        t_start = time.perf_counter()
+        keep = np.flatnonzero((train.y > 0).any(1))  # slates with no relevant candidate carry no ranking signal
+        for ep in range(self.epochs):
+            net.train()
+            t0 = time.perf_counter()
+            order = rng.permutation(keep)
+            tot, nb = 0.0, 0
+            for i in range(0, len(order), self.batch_size):
+                idx = order[i:i + self.batch_size]
+                xs, ms, embs, qt = self._inputs(train.x, train.mask, train.rows, train.q, tables, idx)
+                y = _to_t(np.where(train.rows[idx] >= 0, train.y[idx], PADDED_Y_VALUE))
+                s = net(xs, ms, embs, qt)
+                loss = loss_fn(s, y)
+                opt.zero_grad()
+                loss.backward()
+                if self.clip_norm:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), self.clip_norm)
+                opt.step()
+                tot += loss.item()
+                nb += 1
+            rec: dict[str, Any] = {"epoch": ep, "loss": tot / max(nb, 1), "seconds": round(time.perf_counter() - t0, 2)}
+            self.net_ = net
+            if valid is not None and valid.y is not None:
+                sc = self.predict(valid, tables)
+                nd = ndcg_at_k_padded(sc, np.where(valid.rows >= 0, valid.y, 0), 10, mask=valid.rows >= 0, ideal_dcg=valid_ideal_dcg)
+                rec["valid_ndcg@10"] = float(np.mean(nd))
+                if rec["valid_ndcg@10"] > best + 1e-5:
+                    best, best_state, bad = rec["valid_ndcg@10"], copy.deepcopy(net.state_dict()), 0
+                else:
+                    bad += 1
+            self.history_.append(rec)
+            if log:
+                log("  epoch {epoch:2d} loss {loss:.4f}".format(**rec) + (f" valid ndcg@10 {rec['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in rec else "") + f" ({rec['seconds']} s)")
+            if valid is not None and bad >= self.patience:
+                break
+            if self.max_train_seconds and time.perf_counter() - t_start > self.max_train_seconds:
+                break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        self.net_ = net
+        self.best_valid_ndcg_ = best if best_state is not None else None
+        return self
+
+    def _check(self) -> None:
+        if self.net_ is None:
+            raise NotFittedError(self)
+
+    def predict(self, slates, tables: dict[str, np.ndarray] | None = None, batch: int = 64, return_weights: bool = False):
+        """Scores ``[B, N]`` (``-inf`` on padding); with ``return_weights`` also modality weights ``[B, N, K]``."""
+        self._check()
+        if slates.x.shape[-1] != self.n_features_:
+            raise FusionrankError(f"Expected {self.n_features_} features, but found {slates.x.shape[-1]}")
+        self.net_.eval()
+        out = np.empty(slates.rows.shape, np.float32)
+        ws = np.zeros(slates.rows.shape + (len(self.groups_),), np.float32) if return_weights else None
+        with torch.no_grad():
+            for i in range(0, len(slates.rows), batch):
+                idx = np.arange(i, min(i + batch, len(slates.rows)))
+                xs, ms, embs, qt = self._inputs(slates.x, slates.mask, slates.rows, slates.q, tables, idx)
+                s, w = self.net_(xs, ms, embs, qt, return_weights=True)
+                out[idx] = s.numpy()
+                if ws is not None:
+                    ws[idx] = w.numpy()
+        out = np.where(slates.rows >= 0, out, -np.inf)
+        return (out, ws) if return_weights else out
+
+    def contributions(self, slates, tables=None) -> np.ndarray:
+        """Per-modality contribution to each score by occlusion: ``s(all) - s(all but k)``, ``[B, N, K]``.
+
+        Removing a modality renormalises the fusion weights over the rest, exactly as
+        for a product that lacks it; an absent modality contributes 0.
+        """
+        self._check()
+        base = self.predict(slates, tables)
+        K = len(self.groups_)
+        out = np.zeros(slates.rows.shape + (K,), np.float32)
+        for k, g in enumerate(self.groups_):
+            m = slates.mask.copy()
+            m[..., g.mask_column] = False
+            alt = type(slates)(**{**slates.__dict__, "mask": m}) if hasattr(slates, "__dataclass_fields__") else None
+            s = self.predict(alt, tables)
+            out[..., k] = np.where(np.isfinite(base) & slates.mask[..., g.mask_column], base - s, 0.0)
+        return out
+
+    def modality_weights(self) -> dict[str, float] | None:
+        """The learned ``alpha_k`` of ``weighted_sum`` fusion (None for other methods)."""
+        self._check()
+        f = self.net_.fusion
+        if hasattr(f, "alpha"):
+            return {g.name: float(a) for g, a in zip(self.groups_, f.alpha.detach().numpy())}
+        return None
+
+    # persistence ---------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        self._check()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net_.state_dict(), d / "weights.pt")
+        meta = {"params": self.get_params(), "groups": [g.__dict__ for g in self.groups_], "n_features": self.n_features_,
+                "query_dim": self.net_.fusion.D, "emb_dims": self.net_.emb_dims, "history": self.history_}
+        (d / "ranker.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "NeuralRanker":
+        d = Path(directory)
+        meta = json.loads((d / "ranker.json").read_text())
+        r = cls(**meta["params"])
+        r.groups_ = [FeatureGroup(**g) for g in meta["groups"]]
+        r.n_features_ = meta["n_features"]
+        r.history_ = meta.get("history", [])
+        net = FusionRankerNet([len(g.columns) for g in r.groups_], meta["emb_dims"], meta["query_dim"], fusion=r.fusion,
+                              scorer=r.scorer, hidden=r.hidden, dropout=r.dropout, normalize=r.normalize,
+                              modality_dropout=r.modality_dropout, fusion_args=r.fusion_args)
+        net.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
+        r.net_ = net.eval()
+        return r
