@@ -149,7 +149,9 @@ class Encoding:
                 continue
             st.encoded += 1
             new_ids.append(ids[i]); new_hashes.append(hashes[i]); new_vals.append(results[u])
-        keep = [pid for pid, h in zip(ids, hashes) if h is not None]
+        # a product whose input failed must not keep the row encoded from its previous input
+        failed = {f[S.PRODUCT_ID] for f in self.failures if f["feature"] == feature}
+        keep = [pid for pid, h in zip(ids, hashes) if h is not None and pid not in failed]
         if new_ids or set(old) - set(keep) or not self.store.exists(feature):
             meta = {"encoder": encoder.name, "signature": encoder.signature(), "modality": modality}
             if encoder.output == "text":

@@ -69,7 +69,10 @@ class _RayEncodeFn:
         items = list(batch["item"])
         out = encode_safely(self.encoder, items)
         n = len(items)
-        values: list[Any] = [None] * n
+        # Failed rows get a placeholder of the right type ("ok" marks them): a None among
+        # vectors makes Ray's tensor column fail to build and the whole job with it.
+        text = self.encoder.output == "text"
+        values: list[Any] = ["" if text else np.zeros(self.encoder.dim, np.float32) for _ in range(n)]
         good = np.flatnonzero(out.ok)
         for j, i in enumerate(good):
             values[i] = out.values[j] if self.encoder.output == "text" else np.asarray(out.values[j], np.float32)

@@ -1,0 +1,244 @@
+"""encode_catalog: content-hash caching, text reuse across fields, audio, and bad rows end to end."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusionrank.encode import EncodeSettings, Encoding, encode_catalog, field_values
+from fusionrank.encoders import EfficientNetLite0Encoder, MiniLMEncoder
+from fusionrank.engine import LocalEngine
+from fusionrank.errors import FusionrankError
+from fusionrank.ingest import ingest
+from fusionrank.store import EmbeddingStore
+
+FAST = dict(transcriber=None, projection=None)
+TEXT_IMAGE = ["text", "image"]
+
+
+def _jobs(summary: dict) -> dict[str, dict]:
+    return {j["feature"]: j for j in summary["jobs"]}
+
+
+def _counts(summary: dict) -> dict[str, tuple[int, int, int, int]]:
+    """feature -> (present, encoded, cached, failed)"""
+    return {f: (j["present"], j["encoded"], j["cached"], j["failed"]) for f, j in _jobs(summary).items()}
+
+
+class CountingEngine(LocalEngine):
+    """The local engine, recording how many items each encoder was actually given."""
+
+    def __init__(self):
+        self.seen: dict[str, list] = {}
+
+    def map(self, encoder, items, batch_size, desc="", progress=True):
+        self.seen.setdefault(desc, []).extend(items)
+        return super().map(encoder, items, batch_size, desc=desc, progress=False)
+
+
+def test_field_values_reads_columns_and_attributes():
+    df = pd.DataFrame({"product_id": ["a", "b", "c"], "title": ["x", " ", None],
+                       "attributes": [{"title_sparse": "s"}, {}, {"title_sparse": ""}]})
+    t, ts = field_values(df, "title"), field_values(df, "title_sparse")
+    assert t.iloc[0] == "x" and t.iloc[1:].isna().all()          # blank and missing are both missing
+    assert ts.iloc[0] == "s" and ts.iloc[1:].isna().all()
+
+
+def test_only_changed_products_are_reencoded(tiny_catalog, tmp_path, write_products, make_jpeg):
+    d, rows = tiny_catalog(n=6)
+    cat = tmp_path / "cat"
+    store = tmp_path / "store"
+    settings = EncodeSettings(**FAST)
+    products = ingest(d, cat, check_media=False).products
+
+    s1 = encode_catalog(products, store, settings, modalities=TEXT_IMAGE, progress=False)
+    assert _counts(s1) == {
+        "title.minilm": (6, 6, 0, 0),
+        "title_sparse.minilm": (6, 3, 3, 0),     # even products: title_sparse == title, reused
+        "description.minilm": (2, 2, 0, 0),
+        "image.efficientnet_lite0": (6, 6, 0, 0),
+    }
+    assert s1["failures"] == 0 and not (store / "failures.jsonl").exists()
+    assert json.loads((store / "encode_summary.json").read_text()) == s1
+    st = EmbeddingStore(store)
+    ids = [r["product_id"] for r in rows]
+    first = {f: st.matrix(f, ids)[0] for f in st.features()}
+    # stored vectors are what the encoders give
+    np.testing.assert_allclose(first["title.minilm"], MiniLMEncoder().encode([r["title"] for r in rows]), atol=1e-5)
+    t_sp, m_sp = st.matrix("title_sparse.minilm", ids)
+    assert m_sp.all() and np.array_equal(t_sp[[0, 2, 4]], first["title.minilm"][[0, 2, 4]])
+    assert st.matrix("description.minilm", ids)[1].tolist() == [True, True, False, False, False, False]
+
+    # nothing changed -> nothing encoded
+    s2 = encode_catalog(products, store, settings, modalities=TEXT_IMAGE, progress=False)
+    assert {f: c[1] for f, c in _counts(s2).items()} == dict.fromkeys(_counts(s1), 0)
+    assert {f: c[2] for f, c in _counts(s2).items()} == {f: c[0] for f, c in _counts(s1).items()}
+
+    # change one title and (another product's) photo bytes, same path
+    rows[1]["title"] = "Purple silk tie"
+    write_products(d, rows)
+    make_jpeg(d / "img" / "p4.jpg", (250, 250, 0), pattern=99)
+    products = ingest(d, cat, check_media=False).products
+    s3 = encode_catalog(products, store, settings, modalities=TEXT_IMAGE, progress=False)
+    assert _counts(s3) == {
+        "title.minilm": (6, 1, 5, 0),
+        "title_sparse.minilm": (6, 0, 6, 0),
+        "description.minilm": (2, 0, 2, 0),
+        "image.efficientnet_lite0": (6, 1, 5, 0),
+    }
+    st = EmbeddingStore(store)
+    title, _ = st.matrix("title.minilm", ids)
+    img, _ = st.matrix("image.efficientnet_lite0", ids)
+    others = [0, 2, 3, 4, 5]
+    assert np.array_equal(title[others], first["title.minilm"][others])
+    np.testing.assert_allclose(title[1], MiniLMEncoder().encode(["Purple silk tie"])[0], atol=1e-5)
+    assert not np.allclose(title[1], first["title.minilm"][1])
+    assert np.array_equal(np.delete(img, 4, 0), np.delete(first["image.efficientnet_lite0"], 4, 0))
+    np.testing.assert_allclose(img[4], EfficientNetLite0Encoder().encode([str(d / "img" / "p4.jpg")])[0], rtol=1e-4, atol=1e-4)
+
+    # remove a product: its rows go from every feature
+    s4 = encode_catalog(products[products["product_id"] != "p0"], store, settings, modalities=TEXT_IMAGE, progress=False)
+    assert all(c[1] == 0 and c[3] == 0 for c in _counts(s4).values())
+    st = EmbeddingStore(store)
+    for f in ("title.minilm", "title_sparse.minilm", "description.minilm", "image.efficientnet_lite0"):
+        assert "p0" not in set(st.load(f).ids), f
+    assert sorted(st.load("title.minilm").ids) == ids[1:]
+    assert list(st.load("description.minilm").ids) == ["p1"]
+
+
+def test_identical_texts_are_encoded_once(tiny_catalog, tmp_path, write_products):
+    d, rows = tiny_catalog(n=4)
+    for r in rows:
+        r["title_sparse"] = r["title"]
+    rows[3]["title"] = rows[2]["title"]            # a duplicate title within the field
+    rows[3]["title_sparse"] = rows[2]["title"]
+    write_products(d, rows)
+    products = ingest(d, tmp_path / "cat", check_media=False).products
+    eng = CountingEngine()
+    run = Encoding(EmbeddingStore(tmp_path / "store"), eng, EncodeSettings(**FAST), progress=False)
+    a = run.encode_text_field(products, "title")
+    b = run.encode_text_field(products, "title_sparse")
+    seen = {k: v for k, v in eng.seen.items() if v}
+    assert seen == {"title.minilm": [r["title"] for r in rows[:3]]}    # 3 distinct texts, encoded once each
+    assert (a.encoded, a.cached, b.encoded, b.cached) == (4, 0, 0, 4)
+    st = run.store
+    ids = [r["product_id"] for r in rows]
+    t, _ = st.matrix("title.minilm", ids)
+    s, _ = st.matrix("title_sparse.minilm", ids)
+    assert np.array_equal(t, s) and np.array_equal(t[2], t[3])
+
+
+def test_encoder_change_invalidates_cache(tiny_catalog, tmp_path):
+    d, _ = tiny_catalog(n=3)
+    products = ingest(d, tmp_path / "cat", check_media=False).products
+    store = tmp_path / "store"
+    s1 = encode_catalog(products, store, EncodeSettings(**FAST), modalities=["image"], progress=False)
+    s2 = encode_catalog(products, store, EncodeSettings(image={"name": "efficientnet_lite0", "args": {"resolution": 64}}, **FAST),
+                        modalities=["image"], progress=False)
+    assert _counts(s1)["image.efficientnet_lite0"] == _counts(s2)["image.efficientnet_lite0"] == (3, 3, 0, 0)
+    assert EmbeddingStore(store).load("image.efficientnet_lite0").meta["signature"] == \
+        EfficientNetLite0Encoder(resolution=64).signature()
+
+
+def test_photo_that_turns_bad_loses_its_old_vector(tiny_catalog, tmp_path):
+    """A product whose new photo cannot be encoded must not keep serving the old photo's vector."""
+    d, rows = tiny_catalog(n=3)
+    products = ingest(d, tmp_path / "cat", check_media=False).products
+    store = tmp_path / "store"
+    encode_catalog(products, store, EncodeSettings(**FAST), modalities=["image"], progress=False)
+    (d / "img" / "p1.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(200))
+    (d / "img" / "p2.jpg").unlink()
+    s = encode_catalog(products, store, EncodeSettings(**FAST), modalities=["image"], progress=False)
+    assert _counts(s)["image.efficientnet_lite0"] == (3, 0, 1, 2)
+    _, mask = EmbeddingStore(store).matrix("image.efficientnet_lite0", ["p0", "p1", "p2"])
+    assert mask.tolist() == [True, False, False]
+
+
+def test_audio_logmel_only(tiny_catalog, tmp_path):
+    d, rows = tiny_catalog(n=4, audio=(1, 2))
+    products = ingest(d, tmp_path / "cat", check_media=False).products
+    store = tmp_path / "store"
+    settings = EncodeSettings(transcriber=None, projection=None)
+    s1 = encode_catalog(products, store, settings, modalities=["audio"], progress=False)
+    assert _counts(s1) == {"audio.logmel_stats": (2, 2, 0, 0)}
+    v, mask = EmbeddingStore(store).matrix("audio.logmel_stats", ["p0", "p1", "p2", "p3"])
+    assert mask.tolist() == [False, True, True, False] and v.shape == (4, 107) and not v[[0, 3]].any()
+    np.testing.assert_allclose(v[1:3, -1], np.log([0.5, 0.6]), atol=1e-3)   # log duration of the clips
+    s2 = encode_catalog(products, store, settings, modalities=["audio"], progress=False)
+    assert _counts(s2) == {"audio.logmel_stats": (2, 0, 2, 0)}
+
+
+def test_transcripts_of_real_speech(real_clips, tmp_path, write_products):
+    rows = [{"product_id": f"r{i}", "title": f"Product {i}", "audio": str(p)} for i, p in enumerate(real_clips)]
+    rows.append({"product_id": "silent", "title": "No audio"})
+    src = write_products(tmp_path / "src", rows)
+    products = ingest(src, tmp_path / "cat").products
+    store = tmp_path / "store"
+    s = encode_catalog(products, store, EncodeSettings(audio_features=None, projection=None), modalities=["audio"], progress=False)
+    assert _counts(s) == {"audio.whisper_tiny_en": (2, 2, 0, 0), "transcript.minilm": (2, 2, 0, 0)}
+    st = EmbeddingStore(store)
+    texts = st.text_map("audio.whisper_tiny_en")
+    assert set(texts) == {"r0", "r1"} and all(len(t.split()) >= 3 for t in texts.values())
+    v, mask = st.matrix("transcript.minilm", ["r0", "r1", "silent"])
+    assert mask.tolist() == [True, True, False]
+    np.testing.assert_allclose(v[:2], MiniLMEncoder().encode([texts["r0"], texts["r1"]]), atol=1e-5)
+
+
+def test_bad_rows_end_to_end(tmp_path, make_jpeg, make_audio, truncate, write_products, read_jsonl):
+    d = tmp_path / "batch"
+    for i in range(3):
+        make_jpeg(d / "img" / f"good{i}.jpg", (40 * i, 100, 200), pattern=i + 1)
+    (d / "img" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(500))
+    make_audio(d / "snd" / "good.ogg", seconds=0.5)
+    truncate(make_audio(tmp_path / "long.ogg", seconds=1.0), d / "snd" / "cut.ogg", keep=0.5)
+    rows = [
+        {"product_id": "good1", "title": "Red cotton shirt", "image": "img/good0.jpg", "audio": "snd/good.ogg"},
+        {"product_id": "good2", "title": "Blue jeans", "image": "img/good1.jpg"},
+        {"product_id": "badimg", "title": "Corrupt photo", "image": "img/corrupt.jpg", "audio": "snd/good.ogg"},
+        {"product_id": "cutsnd", "title": "Cut clip", "image": "img/good2.jpg", "audio": "snd/cut.ogg"},
+        {"product_id": None, "title": "No id", "image": "img/good0.jpg"},
+        {"product_id": "nofile", "title": "Missing photo", "image": "img/absent.jpg"},
+    ]
+    src = write_products(d, rows)
+    cat = tmp_path / "cat"
+    products = ingest(src, cat, adapter="native", check_media=False).products
+    assert list(products["product_id"]) == ["good1", "good2", "badimg", "cutsnd", "nofile"]
+    rejects = read_jsonl(cat / "rejects.jsonl")
+    assert len(rejects) == 1 and rejects[0]["row"] == 4 and rejects[0]["reason"] == "missing product id"
+
+    store = tmp_path / "store"
+    s = encode_catalog(products, store, EncodeSettings(transcriber=None, projection=None), progress=False)
+    assert _counts(s) == {
+        "title.minilm": (5, 5, 0, 0),
+        "image.efficientnet_lite0": (5, 3, 0, 2),
+        "audio.logmel_stats": (3, 2, 0, 1),
+    }
+    assert s["failures"] == 3 and s["failures_file"] == str(store / "failures.jsonl")
+    fails = {(r["feature"], r["product_id"]): r["reason"] for r in read_jsonl(store / "failures.jsonl")}
+    assert set(fails) == {("image.efficientnet_lite0", "badimg"), ("image.efficientnet_lite0", "nofile"),
+                          ("audio.logmel_stats", "cutsnd")}
+    assert "cannot decode image" in fails[("image.efficientnet_lite0", "badimg")]
+    assert "absent.jpg" in fails[("image.efficientnet_lite0", "nofile")]
+    assert "cannot decode audio" in fails[("audio.logmel_stats", "cutsnd")]
+    st = EmbeddingStore(store)
+    ids = list(products["product_id"])
+    assert st.matrix("title.minilm", ids)[1].all()
+    assert st.matrix("image.efficientnet_lite0", ids)[1].tolist() == [True, True, False, True, False]
+    assert st.matrix("audio.logmel_stats", ids)[1].tolist() == [True, False, True, False, False]
+    # good1 and badimg share a clip: one decode, two rows with the same vector
+    a, _ = st.matrix("audio.logmel_stats", ["good1", "badimg"])
+    assert np.array_equal(a[0], a[1])
+    # a rerun retries the failed items (and fails them again) but re-encodes nothing else
+    s2 = encode_catalog(products, store, EncodeSettings(transcriber=None, projection=None), progress=False)
+    assert {f: (c[1], c[3]) for f, c in _counts(s2).items()} == {
+        "title.minilm": (0, 0), "image.efficientnet_lite0": (0, 2), "audio.logmel_stats": (0, 1)}
+
+
+def test_settings_from_dict():
+    s = EncodeSettings.from_dict({"text_fields": ["title"], "transcriber": None})
+    assert s.text_fields == ("title",) and s.transcriber is None
+    with pytest.raises(FusionrankError, match="unknown encode setting.*'txt'"):
+        EncodeSettings.from_dict({"txt": {}})
