@@ -20,6 +20,7 @@ class VectorIndex:
         self.kind, self.m, self.ef_search, self.ef_construction = kind, m, ef_search, ef_construction
         self.index = None
         self.rows_: np.ndarray | None = None  # index position -> catalogue row
+        self._matrix: np.ndarray | None = None
         self.dim = 0
 
     def build(self, vectors: np.ndarray, mask: np.ndarray | None = None) -> "VectorIndex":
@@ -28,6 +29,7 @@ class VectorIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         rows = np.flatnonzero(mask) if mask is not None else np.arange(len(vectors))
         self.dim = vectors.shape[1]
+        self._matrix = np.ascontiguousarray(vectors[rows]) if self.kind == "exact" else None
         if self.kind == "exact":
             idx = faiss.IndexFlatIP(self.dim)
         else:
@@ -47,7 +49,16 @@ class VectorIndex:
         k = min(k, len(self.rows_))
         if k == 0:
             return np.full((len(q), 0), -1, np.int64), np.zeros((len(q), 0), np.float32)
-        scores, pos = self.index.search(q, k)
+        if self._matrix is not None:
+            # exact search as one BLAS product + partial sort: much faster than faiss's
+            # heap selection when k is in the hundreds
+            from .hybrid import topk_rows
+
+            full = q @ self._matrix.T
+            pos = topk_rows(full, k, np.ones_like(full, dtype=bool))
+            scores = np.take_along_axis(full, np.clip(pos, 0, None), 1)
+        else:
+            scores, pos = self.index.search(q, k)
         rows = np.where(pos >= 0, self.rows_[np.clip(pos, 0, None)], -1)
         return rows, scores
 
@@ -65,4 +76,6 @@ class VectorIndex:
         v.index = faiss.read_index(str(path))
         v.rows_ = np.load(str(path) + ".rows.npy")
         v.dim = v.index.d
+        if kind == "exact":
+            v._matrix = v.index.reconstruct_n(0, v.index.ntotal)
         return v
