@@ -111,109 +111,51 @@ def encode(
 
 @app.command()
 def demo(
-    data: Path = typer.Option(DEFAULT_FASHION44K, help="the fashion44k folder"),
-    home: Path = typer.Option(DEFAULT_HOME, help="where catalogue and store are kept between runs"),
-    limit: Optional[int] = typer.Option(6000, help="products to use (default: a 6,000-product subset that finishes in ~10 min on 2 cores; 0 = all 44k)"),
+    config: Path = typer.Option(Path(__file__).resolve().parents[2] / "configs" / "demo.toml", help="experiment config of the main job"),
+    data: Optional[Path] = typer.Option(None, help="the fashion44k folder (default: the config's source, ../shared/data/fashion44k)"),
+    limit: Optional[int] = typer.Option(None, help="products to use (default: the config's 6,000; 0 = all 44k)"),
+    out: Path = typer.Option(DEFAULT_HOME / "models" / "demo", help="model directory to write"),
+    query: str = typer.Option("black watch for men", help="query for the closing example search"),
 ):
-    """The main job on the embedded default: ingest fashion44k and encode it (cached between runs)."""
-    limit = None if not limit else limit
-    tag = "full" if limit is None else f"first{limit}"
-    cat_dir, store_dir = home / f"fashion44k-{tag}" / "catalog", home / f"fashion44k-{tag}" / "store"
-    if not data.exists():
-        _fail(FusionrankError(f"{data}: fashion44k not found; pass --data or set FUSIONRANK_FASHION44K"))
+    """The main job on the embedded default: ingest + encode fashion44k, train a fusion ranker, evaluate, search."""
+    from .experiment import ExperimentConfig, open_pipeline
+    from .experiment import train as run_train
+
     t0 = time.perf_counter()
-    console.rule("[bold]1/2 ingest")
-    ingest(data, out=cat_dir, adapter="fashion44k", limit=limit, check_media=True, on_bad_media="drop_field", json_out=False)
-    console.rule("[bold]2/2 encode")
-    encode(cat_dir, store=store_dir, engine="local", ray_address=None, modalities="text,image,audio", config=None, limit=None, json_out=False)
-    console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s; catalogue {cat_dir}, store {store_dir}")
-
-
-@app.command()
-def train(
-    config: Path = typer.Option(..., "--config", "-c", help="experiment config (TOML or YAML)"),
-    out: Path = typer.Option(..., "--out", "-o", help="model directory to write"),
-):
-    """Train a ranker from an experiment config; writes weights, config, alpha_k and metrics to OUT."""
-    from .experiment import ExperimentConfig, train as run_train
-
     try:
         cfg = ExperimentConfig.load(config)
+        if data is not None:
+            cfg.data.source = str(data)
+        if limit is not None:
+            cfg.data.limit = None if limit == 0 else limit
+        console.rule("[bold]ingest + encode + train")
         m = run_train(cfg, out, config_path=config.resolve(), log=lambda s: console.print(s))
-    except FusionrankError as e:
-        _fail(e)
-    console.print_json(json.dumps(m, default=str))
-    console.print(f"[bold green]model written to[/] {out}")
-
-
-@app.command()
-def evaluate(
-    model: Path = typer.Option(..., "--model", "-m", help="model directory written by `fusionrank train`"),
-    catalog: Optional[Path] = typer.Option(None, "--catalog", help="catalogue: an ingested catalogue dir or a fashion44k-layout folder"),
-    queries: Path = typer.Option(..., "--queries", help="TSV with query_id, query (plain or .gz)"),
-    qrels: Path = typer.Option(..., "--qrels", help="TSV with query_id, product_id, grade (plain or .gz)"),
-    title_field: Optional[str] = typer.Option(None, "--title-field", help="title or title_sparse (default: the model's)"),
-    metrics: str = typer.Option("ndcg@10,map,mrr,recall@100", help="comma-separated metrics"),
-    per_query: Optional[Path] = typer.Option(None, help="write per-query scores to this TSV"),
-    json_out: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
-):
-    """Rank the full catalogue for every query through retrieve-then-rerank and report metrics."""
-    from .experiment import evaluate_pipeline, open_pipeline
-    from .ingest import read_catalog_qrels, read_catalog_queries
-
-    try:
-        t0 = time.perf_counter()
-        q = read_catalog_queries(queries)
-        qr = read_catalog_qrels(qrels)
-        pipe, _ = open_pipeline(model, catalog, title_field, log=lambda s: console.print(s))
-        res = evaluate_pipeline(pipe, q, qr, [m.strip() for m in metrics.split(",") if m.strip()])
-    except FusionrankError as e:
-        _fail(e)
-    out = {**res["mean"], "queries": res["queries"], "title_field": pipe.index.config.title_field,
-           "model": str(model), "seconds": round(time.perf_counter() - t0, 1)}
-    if per_query:
-        res["per_query"].to_csv(per_query, sep="\t")
-    if json_out:
-        print(json.dumps(out))
-    else:
-        t = Table(title=f"evaluation of {model} ({out['queries']} queries, {out['title_field']})")
-        t.add_column("metric")
-        t.add_column("value", justify="right")
-        for k, v in res["mean"].items():
-            t.add_row(k, f"{v:.4f}")
+        ws = json.loads((out / "workspace.json").read_text())
+        rep = json.loads((Path(ws["catalog"]) / "report.json").read_text())
+        print_ingest_report(rep)
+        summ = json.loads((Path(ws["store"]) / "encode_summary.json").read_text())
+        print_encode_summary(summ)
+        t = Table(title=f"dev queries on the {cfg.data.limit or 'full'}-product catalogue")
+        for c in ("variant", "ndcg@10", "map", "mrr", "recall@100"):
+            t.add_column(c)
+        for k, v in m.items():
+            if isinstance(v, dict) and "ndcg@10" in v:
+                t.add_row(k, *(f"{v[x]:.4f}" for x in ("ndcg@10", "map", "mrr", "recall@100")))
         console.print(t)
-
-
-@app.command()
-def search(
-    model: Path = typer.Argument(..., help="model directory"),
-    query: str = typer.Argument(..., help="the search query"),
-    k: int = typer.Option(10, "-k", help="how many results"),
-    category: Optional[str] = typer.Option(None, help="filter by top-level category"),
-    title_field: Optional[str] = typer.Option(None, "--title-field"),
-    json_out: bool = typer.Option(False, "--json"),
-):
-    """Print the top K products for QUERY with each modality's contribution to the score."""
-    from .experiment import open_pipeline
-
-    try:
-        pipe, _ = open_pipeline(model, None, title_field, log=lambda s: None, progress=False)
-        hits, timing = pipe.search(query, k=k, category=category)
+        console.print(f"modality weights: {m.get('alpha')}")
+        console.rule("[bold]search")
+        pipe, _ = open_pipeline(out, None, None, log=lambda s: None, progress=False)
+        hits, timing = pipe.search(query, k=5)
+        tab = Table(title=f"{query!r} ({timing['total_ms']:.0f} ms)")
+        groups = [g.name for g in pipe.ranker.groups_]
+        for c in ["#", "product", "title", "score"] + groups:
+            tab.add_column(c)
+        for h in hits:
+            tab.add_row(str(h.rank), h.product_id, h.title[:50], f"{h.score:.3f}", *[f"{h.contributions.get(g, 0):+.3f}" for g in groups])
+        console.print(tab)
     except FusionrankError as e:
         _fail(e)
-    if json_out:
-        print(json.dumps({"query": query, "timing_ms": timing, "results": [h.as_dict() for h in hits]}, default=str))
-        return
-    t = Table(title=f"{query!r}: top {k} ({timing['total_ms']:.0f} ms)")
-    groups = [g.name for g in pipe.ranker.groups_]
-    for c in ["#", "product", "title", "score"] + [f"{g}" for g in groups] + ["matched"]:
-        t.add_column(c)
-    for h in hits:
-        t.add_row(str(h.rank), h.product_id, h.title[:48], f"{h.score:.3f}", *[f"{h.contributions.get(g, 0):+.3f}" for g in groups],
-                  ",".join(sorted(set(h.matched_terms["title"]) | set(h.matched_terms["transcript"]))))
-    console.print(t)
-    console.print("columns per modality: contribution to the score (score minus the score without that modality)")
-
+    console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s; model in {out}")
 
 def main() -> None:  # pragma: no cover
     app()

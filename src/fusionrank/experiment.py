@@ -136,7 +136,8 @@ def resolve_source(source: str, config_path: Path | None = None) -> Path:
 class Workspace:
     """Where a source's ingested catalogue and embedding store live between runs."""
 
-    def __init__(self, source: Path, adapter: str, limit: int | None = None, home: Path = HOME):
+    def __init__(self, source: Path, adapter: str, limit: int | None = None, home: Path | None = None):
+        home = HOME if home is None else Path(home)  # looked up per call (not bound at import), so a patched HOME applies
         self.source, self.adapter, self.limit = Path(source), adapter, limit
         tag = "full" if limit is None else f"first{limit}"
         name = f"{self.source.name}-{tag}"
@@ -158,7 +159,7 @@ class Workspace:
         return encode_catalog(products, self.store_dir, settings, progress=progress, log=lambda m: log("  " + m))
 
 
-def catalog_from_path(path: Path, home: Path = HOME) -> Workspace:
+def catalog_from_path(path: Path, home: Path | None = None) -> Workspace:
     """A workspace for ``--catalog PATH``: an ingested catalogue dir or a raw fashion44k folder."""
     path = Path(path).resolve()
     if (path / S.CATALOG_REPORT_FILE).exists() and (path / S.CATALOG_PRODUCTS_FILE).exists():
@@ -185,6 +186,35 @@ def ideal_for(slates: Slates, qrels: pd.DataFrame, k: int = 10) -> np.ndarray:
     return np.array([idcg.get(q, 0.0) for q in slates.query_ids], np.float64)
 
 
+def training_data(products: pd.DataFrame, store_dir: Path, config: ExperimentConfig, tq: pd.DataFrame, vq: pd.DataFrame,
+                  qrels: pd.DataFrame, log=print, title_fields: list[str] | None = None):
+    """Training and validation slates over every training title field, with stacked embedding tables.
+
+    Each catalogue variant has its own embeddings (title text, photo projection), so
+    each variant's slates index into its own block of the stacked tables.
+    Returns ``(train_slates, valid_slates, tables, indexes)``.
+    """
+    train_parts, valid_parts, tables, offsets = [], [], {}, {}
+    indexes: dict[str, ProductIndex] = {}
+    off = 0
+    for tf in title_fields or config.data.train_title_fields:
+        t0 = time.perf_counter()
+        idx = ProductIndex.build(products, store_dir, config.index_config(tf), log=lambda m: log("  " + m))
+        indexes[tf] = idx
+        t = idx.slates(tq[S.QUERY_ID].tolist(), tq[S.QUERY].tolist(), qrels)
+        v = idx.slates(vq[S.QUERY_ID].tolist(), vq[S.QUERY].tolist(), qrels)
+        for sl in (t, v):
+            sl.rows[sl.rows >= 0] += off
+        train_parts.append(t)
+        valid_parts.append(v)
+        for k, e in embedding_tables(idx).items():
+            tables.setdefault(k, []).append(e)
+        off += len(idx.ids)
+        log(f"  slates for title field {tf!r} in {time.perf_counter() - t0:.1f} s")
+    tables = {k: np.concatenate(v) for k, v in tables.items()}
+    return Slates.concat(train_parts), Slates.concat(valid_parts), tables, indexes
+
+
 def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | None = None, log=print,
           progress: bool = True) -> dict[str, Any]:
     """Ingest and encode (cached), build slates, fit the ranker, save the model directory."""
@@ -202,30 +232,7 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
         tq = tq.sample(n=min(len(tq), config.data.max_train_queries), random_state=config.seed)
     groups = feature_groups(config.modalities)
     log(f"training queries {len(tq):,}, validation queries {len(vq):,}; modalities {config.modalities}")
-    train_parts, valid_parts, tables = [], [], None
-    indexes: dict[str, ProductIndex] = {}
-    for tf in config.data.train_title_fields:
-        t0 = time.perf_counter()
-        idx = ProductIndex.build(cat.products, ws.store_dir, config.index_config(tf), log=lambda m: log("  " + m))
-        indexes[tf] = idx
-        train_parts.append(idx.slates(tq[S.QUERY_ID].tolist(), tq[S.QUERY].tolist(), cat.qrels))
-        valid_parts.append(idx.slates(vq[S.QUERY_ID].tolist(), vq[S.QUERY].tolist(), cat.qrels))
-        log(f"  slates for title field {tf!r} in {time.perf_counter() - t0:.1f} s")
-    # products' embeddings differ per title field only in image_proj/title, so each variant's
-    # slates index into its own tables: stack tables and offset rows per variant
-    tables, offsets = {}, {}
-    off = 0
-    for tf, idx in indexes.items():
-        offsets[tf] = off
-        for k, v in embedding_tables(idx).items():
-            tables.setdefault(k, []).append(v)
-        off += len(idx.ids)
-    tables = {k: np.concatenate(v) for k, v in tables.items()}
-    for tf, sl in zip(indexes, train_parts):
-        sl.rows[sl.rows >= 0] += offsets[tf]
-    for tf, sl in zip(indexes, valid_parts):
-        sl.rows[sl.rows >= 0] += offsets[tf]
-    train_sl, valid_sl = Slates.concat(train_parts), Slates.concat(valid_parts)
+    train_sl, valid_sl, tables, indexes = training_data(cat.products, ws.store_dir, config, tq, vq, cat.qrels, log)
     ranker = config.build_ranker()
     t0 = time.perf_counter()
     ranker.fit(train_sl, groups, tables, valid=valid_sl, valid_ideal_dcg=ideal_for(valid_sl, cat.qrels), log=log)

@@ -211,7 +211,7 @@ class ProductIndex:
             kind, name = src.split(":")
             if kind == "bm25":
                 q = self.bm25[name].encode_queries(list(queries))
-                W_t = self.W_t[name] if allowed is None else self.W_t[name].multiply(allowed[:, None]).tocsr()
+                W_t = self.W_t[name] if allowed is None else self.W_t[name].multiply(allowed[None, :]).tocsr()  # W_t is [vocab, P]
                 per_source.append(sparse_topk(q, W_t, cfg.depth))
             elif kind == "dense":
                 if allowed is None:
@@ -259,13 +259,13 @@ class ProductIndex:
             q = self.bm25[field_name].encode_queries(list(queries)).tocsr()
             W = self.W[field_name]
             qlen = np.maximum(np.diff(q.indptr), 1)
-            for b in range(B):
-                sub = W[safe[b]]
-                qv = q[b].T
-                x[b, :, col[f"bm25_{field_name}"]] = (sub @ qv).toarray().ravel()
-                binary = sub.copy()
-                binary.data[:] = 1.0
-                x[b, :, col[f"overlap_{field_name}"]] = (binary @ qv).toarray().ravel() / qlen[b]
+            # score[b, n] = W[rows[b, n]] . q[b], for all pairs at once
+            sub = W[safe.ravel()]
+            qrep = q[np.repeat(np.arange(B), N)]
+            prod = sub.multiply(qrep).tocsr()
+            x[:, :, col[f"bm25_{field_name}"]] = np.asarray(prod.sum(1)).reshape(B, N)
+            prod.data[:] = 1.0
+            x[:, :, col[f"overlap_{field_name}"]] = np.asarray(prod.sum(1)).reshape(B, N) / qlen[:, None]
         for emb, name in (("title", "cos_title"), ("image_proj", "cos_image"), ("transcript", "cos_transcript")):
             E = self.emb[emb][safe]  # [B, N, D]
             x[:, :, col[name]] = np.einsum("bnd,bd->bn", E, q_emb) * self.emb_mask[emb][safe]
