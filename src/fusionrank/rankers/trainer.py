@@ -75,6 +75,14 @@ class NeuralRanker:
         qt = _to_t(q[idx]) if q is not None else None
         return xs, ms, embs, qt
 
+    def _check_tables(self, tables: dict[str, np.ndarray] | None) -> None:
+        if not self.use_embeddings:
+            return
+        for g in self.groups_:
+            if g.table is not None and (tables is None or g.table not in tables):
+                raise FusionrankError(f"feature group {g.name!r} uses embedding table {g.table!r}, which is not in the tables "
+                                      f"given ({', '.join(sorted(tables or {})) or 'none'}); pass tables= or use_embeddings=False")
+
     def _build(self, groups: list[FeatureGroup], tables: dict[str, np.ndarray] | None, qdim: int):
         emb_dims = [(tables[g.table].shape[1] if (g.table is not None and self.use_embeddings) else 0) for g in groups]
         return FusionRankerNet([len(g.columns) for g in groups], emb_dims, qdim, fusion=self.fusion, scorer=self.scorer,
@@ -91,6 +99,7 @@ class NeuralRanker:
         np.random.seed(self.seed)
         rng = np.random.default_rng(self.seed)
         self.groups_ = list(groups)
+        self._check_tables(tables)
         self.n_features_ = train.x.shape[-1]
         qdim = train.q.shape[1] if train.q is not None else 1
         net = self._build(self.groups_, tables, qdim)
@@ -155,6 +164,7 @@ class NeuralRanker:
         self._check()
         if slates.x.shape[-1] != self.n_features_:
             raise FusionrankError(f"Expected {self.n_features_} features, but found {slates.x.shape[-1]}")
+        self._check_tables(tables)
         self.net_.eval()
         out = np.empty(slates.rows.shape, np.float32)
         ws = np.zeros(slates.rows.shape + (len(self.groups_),), np.float32) if return_weights else None
@@ -182,9 +192,14 @@ class NeuralRanker:
         for k, g in enumerate(self.groups_):
             m = slates.mask.copy()
             m[..., g.mask_column] = False
-            alt = type(slates)(**{**slates.__dict__, "mask": m}) if hasattr(slates, "__dataclass_fields__") else None
+            if hasattr(slates, "__dataclass_fields__"):
+                alt = type(slates)(**{**slates.__dict__, "mask": m})
+            else:  # any object with the slate attributes (fit/predict accept those too)
+                alt = copy.copy(slates)
+                alt.mask = m
             s = self.predict(alt, tables)
-            out[..., k] = np.where(np.isfinite(base) & slates.mask[..., g.mask_column], base - s, 0.0)
+            with np.errstate(invalid="ignore"):  # padding: -inf - -inf, masked out below
+                out[..., k] = np.where(np.isfinite(base) & slates.mask[..., g.mask_column], base - s, 0.0)
         return out
 
     def modality_weights(self) -> dict[str, float] | None:
