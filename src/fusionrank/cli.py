@@ -1,6 +1,7 @@
 """The ``fusionrank`` command line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -87,6 +88,7 @@ def encode(
     modalities: str = typer.Option("text,image,audio", help="comma-separated modalities to encode"),
     config: Optional[Path] = typer.Option(None, help="TOML/YAML file with an [encode] table of EncodeSettings"),
     limit: Optional[int] = typer.Option(None, help="encode only the first N products"),
+    processes: int = typer.Option(1, help="local engine: worker processes (e.g. 2 for speech-to-text on 2 cores)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ):
     """Encode every modality into the embedding store; only new or changed products are encoded."""
@@ -98,7 +100,7 @@ def encode(
         cat = Catalog.load(catalog)
         products = cat.products if limit is None else cat.products.iloc[:limit]
         settings = EncodeSettings.from_dict(load_config(config).get("encode", {})) if config else EncodeSettings()
-        eng_args = {"address": ray_address} if engine == "ray" else {}
+        eng_args = {"address": ray_address} if engine == "ray" else {"processes": processes}
         summary = encode_catalog(products, store, settings, engine=engine, engine_args=eng_args,
                                  modalities=[m.strip() for m in modalities.split(",") if m.strip()], log=lambda m: console.print(f"  {m}"))
     except FusionrankError as e:
@@ -156,6 +158,95 @@ def demo(
     except FusionrankError as e:
         _fail(e)
     console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s; model in {out}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="experiment config (TOML or YAML)"),
+    out: Path = typer.Option(..., "--out", "-o", help="model directory to write"),
+):
+    """Train a ranker from an experiment config; writes weights, config, alpha_k and metrics to OUT."""
+    from .experiment import ExperimentConfig, train as run_train
+
+    try:
+        cfg = ExperimentConfig.load(config)
+        m = run_train(cfg, out, config_path=config.resolve(), log=lambda s: console.print(s))
+    except FusionrankError as e:
+        _fail(e)
+    console.print_json(json.dumps(m, default=str))
+    console.print(f"[bold green]model written to[/] {out}")
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(..., "--model", "-m", help="model directory written by `fusionrank train`"),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="catalogue: an ingested catalogue dir or a fashion44k-layout folder"),
+    queries: Path = typer.Option(..., "--queries", help="TSV with query_id, query (plain or .gz)"),
+    qrels: Path = typer.Option(..., "--qrels", help="TSV with query_id, product_id, grade (plain or .gz)"),
+    title_field: Optional[str] = typer.Option(None, "--title-field", help="title or title_sparse (default: the model's)"),
+    metrics: str = typer.Option("ndcg@10,map,mrr,recall@100", help="comma-separated metrics"),
+    per_query: Optional[Path] = typer.Option(None, help="write per-query scores to this TSV"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+):
+    """Rank the full catalogue for every query through retrieve-then-rerank and report metrics."""
+    from .experiment import evaluate_pipeline, open_pipeline
+    from .ingest import read_catalog_qrels, read_catalog_queries
+
+    try:
+        t0 = time.perf_counter()
+        q = read_catalog_queries(queries)
+        qr = read_catalog_qrels(qrels)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result only (libraries print while loading)
+            pipe, _ = open_pipeline(model, catalog, title_field, log=lambda s: console.print(s))
+            res = evaluate_pipeline(pipe, q, qr, [m.strip() for m in metrics.split(",") if m.strip()])
+    except FusionrankError as e:
+        _fail(e)
+    out = {**res["mean"], "queries": res["queries"], "title_field": pipe.index.config.title_field,
+           "model": str(model), "seconds": round(time.perf_counter() - t0, 1)}
+    if per_query:
+        res["per_query"].to_csv(per_query, sep="\t")
+    if json_out:
+        print(json.dumps(out))
+    else:
+        t = Table(title=f"evaluation of {model} ({out['queries']} queries, {out['title_field']})")
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k, v in res["mean"].items():
+            t.add_row(k, f"{v:.4f}")
+        console.print(t)
+
+
+@app.command()
+def search(
+    model: Path = typer.Argument(..., help="model directory"),
+    query: str = typer.Argument(..., help="the search query"),
+    k: int = typer.Option(10, "-k", help="how many results"),
+    category: Optional[str] = typer.Option(None, help="filter by top-level category"),
+    title_field: Optional[str] = typer.Option(None, "--title-field"),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Print the top K products for QUERY with each modality's contribution to the score."""
+    from .experiment import open_pipeline
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result only (libraries print while loading)
+            pipe, _ = open_pipeline(model, None, title_field, log=lambda s: None, progress=False)
+            hits, timing = pipe.search(query, k=k, category=category)
+    except FusionrankError as e:
+        _fail(e)
+    if json_out:
+        print(json.dumps({"query": query, "timing_ms": timing, "results": [h.as_dict() for h in hits]}, default=str))
+        return
+    t = Table(title=f"{query!r}: top {k} ({timing['total_ms']:.0f} ms)")
+    groups = [g.name for g in pipe.ranker.groups_]
+    for c in ["#", "product", "title", "score"] + [f"{g}" for g in groups] + ["matched"]:
+        t.add_column(c)
+    for h in hits:
+        t.add_row(str(h.rank), h.product_id, h.title[:48], f"{h.score:.3f}", *[f"{h.contributions.get(g, 0):+.3f}" for g in groups],
+                  ",".join(sorted(set(h.matched_terms["title"]) | set(h.matched_terms["transcript"]))))
+    console.print(t)
+    console.print("columns per modality: contribution to the score (score minus the score without that modality)")
+
 
 def main() -> None:  # pragma: no cover
     app()

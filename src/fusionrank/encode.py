@@ -99,6 +99,7 @@ class Encoding:
         self.stats: list[JobStats] = []
         self.failures: list[dict] = []
         self._encoders: dict[str, Encoder] = {}
+        self.checkpoint_seconds = 120.0
 
     def encoder(self, spec: dict) -> Encoder:
         key = json.dumps(spec, sort_keys=True)
@@ -136,12 +137,20 @@ class Encoding:
             enc_of.append(uniq[h])
         results: list[Any] = [None] * len(enc_items)
         errors: dict[int, str] = {}
+        meta = {"encoder": encoder.name, "signature": encoder.signature(), "modality": modality}
+        last_flush = time.perf_counter()
         for start, out in self.engine.map(encoder, enc_items, batch_size, desc=feature, progress=self.progress):
             good = np.flatnonzero(out.ok)
             for j, g in enumerate(good):
                 results[start + g] = out.values[j]
             for k, e in out.errors.items():
                 errors[start + k] = e
+            if time.perf_counter() - last_flush > self.checkpoint_seconds:
+                # checkpoint: a long job that is stopped keeps what it has encoded so far
+                done = [(ids[i], hashes[i], results[u]) for i, u in zip(todo_idx, enc_of) if results[u] is not None]
+                if done:
+                    self._write(feature, encoder, [d[0] for d in done], [d[1] for d in done], [d[2] for d in done], None, meta)
+                last_flush = time.perf_counter()
         for i, u in zip(todo_idx, enc_of):
             if results[u] is None:
                 st.failed += 1
@@ -153,16 +162,18 @@ class Encoding:
         failed = {f[S.PRODUCT_ID] for f in self.failures if f["feature"] == feature}
         keep = [pid for pid, h in zip(ids, hashes) if h is not None and pid not in failed]
         if new_ids or set(old) - set(keep) or not self.store.exists(feature):
-            meta = {"encoder": encoder.name, "signature": encoder.signature(), "modality": modality}
-            if encoder.output == "text":
-                self.store.upsert(feature, new_ids, new_hashes, texts=[str(v) for v in new_vals], keep=keep, meta=meta)
-            else:
-                vec = np.stack(new_vals).astype(np.float32) if new_vals else np.zeros((0, encoder.dim), np.float32)
-                self.store.upsert(feature, new_ids, new_hashes, vectors=vec, keep=keep, meta=meta)
+            self._write(feature, encoder, new_ids, new_hashes, new_vals, keep, meta)
         st.seconds = time.perf_counter() - t0
         self.stats.append(st)
         self.log(f"{feature}: {st.encoded} encoded, {st.cached} cached, {st.failed} failed in {st.seconds:.1f} s")
         return st
+
+    def _write(self, feature, encoder, ids, hashes, vals, keep, meta) -> None:
+        if encoder.output == "text":
+            self.store.upsert(feature, ids, hashes, texts=[str(v) for v in vals], keep=keep, meta=meta)
+        else:
+            vec = np.stack(vals).astype(np.float32) if len(vals) else np.zeros((0, encoder.dim), np.float32)
+            self.store.upsert(feature, ids, hashes, vectors=vec, keep=keep, meta=meta)
 
     # jobs ------------------------------------------------------------------
     def _text_reuse(self, enc: Encoder) -> dict[str, np.ndarray]:

@@ -33,9 +33,35 @@ class Engine:
         pass
 
 
+_WORKER_ENCODER: Encoder | None = None
+
+
+def _worker_init(encoder_dir: str, threads: int) -> None:
+    global _WORKER_ENCODER
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER_ENCODER = Encoder.load(encoder_dir)
+    if hasattr(_WORKER_ENCODER, "threads"):
+        _WORKER_ENCODER.threads = threads
+
+
+def _worker_encode(args: tuple[int, Sequence[Any]]) -> tuple[int, EncodeOutcome]:
+    start, batch = args
+    return start, encode_safely(_WORKER_ENCODER, batch)
+
+
 @ENGINES.register("local")
 class LocalEngine(Engine):
+    """In-process engine. With ``processes > 1``, batches go to a pool of worker processes,
+    each holding its own copy of the encoder (loaded from the encoder's saved directory):
+    useful for encoders that use about one core each, such as Whisper's greedy decoding."""
+
     name = "local"
+
+    def __init__(self, processes: int = 1, threads_per_process: int = 1):
+        self.processes, self.threads_per_process = max(1, processes), threads_per_process
+        self._tmp: tempfile.TemporaryDirectory | None = None
 
     def map(self, encoder, items, batch_size, desc="", progress=True):
         bar = None
@@ -44,15 +70,37 @@ class LocalEngine(Engine):
 
             bar = tqdm(total=len(items), desc=desc or encoder.name, unit="item", mininterval=1.0, leave=False)
         try:
-            for start in range(0, len(items), batch_size):
-                batch = items[start:start + batch_size]
-                out = encode_safely(encoder, batch)
-                if bar is not None:
-                    bar.update(len(batch))
-                yield start, out
+            if self.processes == 1 or len(items) <= batch_size or encoder.trainable:
+                for start in range(0, len(items), batch_size):
+                    batch = items[start:start + batch_size]
+                    out = encode_safely(encoder, batch)
+                    if bar is not None:
+                        bar.update(len(batch))
+                    yield start, out
+                return
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="fusionrank-local-")
+            enc_dir = Path(self._tmp.name) / f"{encoder.name}-{encoder.signature()}"
+            if not enc_dir.exists():
+                encoder.save(enc_dir)
+            jobs = ((start, items[start:start + batch_size]) for start in range(0, len(items), batch_size))
+            with ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                     initargs=(str(enc_dir), self.threads_per_process)) as ex:
+                for start, out in ex.map(_worker_encode, jobs):
+                    if bar is not None:
+                        bar.update(len(out.ok))
+                    yield start, out
         finally:
             if bar is not None:
                 bar.close()
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
 
 class _RayEncodeFn:
