@@ -164,3 +164,109 @@ def tiny_catalog(tmp_path):
         return d, rows
 
     return _make
+
+
+# --- a tiny fashion44k-layout dataset, ingested, encoded and trained once per session -------------
+# (tests/fixtures_fashion.py builds the data; the fixtures below are shared by test_features,
+# test_pipeline, test_experiment and test_cli_train.)
+
+
+@pytest.fixture(scope="session")
+def fusionrank_home(tmp_path_factory):
+    """An isolated FUSIONRANK_HOME: workspaces (ingested catalogue + embedding store) live here."""
+    import fusionrank.experiment as experiment
+
+    home = tmp_path_factory.mktemp("fusionrank_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FUSIONRANK_HOME", str(home))
+        mp.setattr(experiment, "HOME", home)
+        yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion(tmp_path_factory):
+    """The tiny dataset (120 products, 24 train / 8 dev queries) as a fashion44k-layout folder."""
+    from fixtures_fashion import make_tiny_fashion
+
+    return make_tiny_fashion(tmp_path_factory.mktemp("data") / "tinyfashion")
+
+
+def _transcript_of(p) -> str:
+    return f"this {p['brand'].lower()} {p['article'].lower()} comes in {p['colour'].lower()}"
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tiny_fashion, fusionrank_home):
+    """(workspace, catalog) of ``tiny_fashion``, encoded with the tiny config's encoders.
+
+    Whisper is not run: the products with a clip get a transcript written into the
+    store as if an earlier encode had transcribed them (then embedded by the real
+    MiniLM), so the audio modality is present for ~1/3 of the products.
+    """
+    import torch
+
+    from fixtures_fashion import tiny_config_dict
+    from fusionrank.encode import TRANSCRIPT, EncodeSettings, Encoding
+    from fusionrank.engine import get_engine
+    from fusionrank.experiment import ExperimentConfig, Workspace
+    from fusionrank.store import EmbeddingStore, text_hash
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a busy 2-core machine
+    cfg = ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root))
+    ws = Workspace(tiny_fashion.root, "fashion44k")
+    cat = ws.catalog(log=lambda m: None)
+    ws.encode(cat.products, cfg.encode_settings(), log=lambda m: None, progress=False)
+    store = EmbeddingStore(ws.store_dir)
+    attrs = tiny_fashion.attrs.set_index("product_id")
+    with_audio = [pid for pid in cat.products["product_id"] if attrs.loc[pid, "has_audio"]]
+    texts = [_transcript_of(attrs.loc[pid]) for pid in with_audio]
+    store.write("audio.whisper_tiny_en", with_audio, [text_hash(t, "fixture") for t in texts], texts=texts,
+                meta={"encoder": "whisper_tiny_en", "signature": "fixture", "modality": "audio"})
+    run = Encoding(store, get_engine("local"), EncodeSettings(), progress=False)
+    run.encode_text_field(cat.products, TRANSCRIPT, values=cat.products["product_id"].map(dict(zip(with_audio, texts))))
+    yield ws, cat
+    torch.set_num_threads(threads)
+
+
+def _train_recording_runs(config, out_dir):
+    """Train, recording the runs (scores) the freshly trained in-memory ranker gives on the eval split."""
+    import fusionrank.experiment as experiment
+
+    runs = {}
+    real = experiment.evaluate_pipeline
+
+    def recording(pipe, queries, qrels, *a, **kw):
+        res = real(pipe, queries, qrels, *a, **kw)
+        runs[pipe.index.config.title_field] = res["run"].copy()
+        return res
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(experiment, "evaluate_pipeline", recording)
+        metrics = experiment.train(config, out_dir, log=lambda m: None, progress=False)
+    return metrics, runs
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_workspace, tiny_fashion, tmp_path_factory):
+    """(model_dir, metrics, runs): a neural (gated fusion, MLP) model trained on the tiny dataset."""
+    from fixtures_fashion import tiny_config_dict
+    from fusionrank.experiment import ExperimentConfig
+
+    out = tmp_path_factory.mktemp("models") / "neural"
+    metrics, runs = _train_recording_runs(ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root)), out)
+    return out, metrics, runs
+
+
+@pytest.fixture(scope="session")
+def tiny_lgbm_model(tiny_workspace, tiny_fashion, tmp_path_factory):
+    """(model_dir, metrics, runs): a LightGBM lambdarank model trained on the tiny dataset."""
+    from fixtures_fashion import tiny_config_dict
+    from fusionrank.experiment import ExperimentConfig
+
+    scorer = {"name": "lightgbm", "args": {"n_estimators": 30, "num_leaves": 7, "min_child_samples": 2,
+                                            "early_stopping_rounds": 10, "interaction_dims": 4}}
+    cfg = ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, scorer=scorer))
+    out = tmp_path_factory.mktemp("models") / "lightgbm"
+    metrics, runs = _train_recording_runs(cfg, out)
+    return out, metrics, runs

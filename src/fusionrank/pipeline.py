@@ -30,6 +30,11 @@ def feature_groups(modalities: Sequence[str] = MODALITIES) -> list[FeatureGroup]
             for k, m in enumerate(MODALITIES) if m in modalities]
 
 
+def _opt(v) -> str | None:
+    """A missing optional field as None (pandas gives NaN for missing strings)."""
+    return None if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v)
+
+
 def embedding_tables(index: ProductIndex) -> dict[str, np.ndarray]:
     return {name: index.emb[name] for name in MODALITY_EMBEDDING.values()}
 
@@ -118,7 +123,7 @@ class RankingPipeline:
             tr_terms = set(tokenize(str(self.index.bm25_text("transcript", row))))
             hits.append(SearchHit(
                 product_id=str(p[S.PRODUCT_ID]), score=float(s[i]), rank=rank + 1, title=str(p[S.TITLE]),
-                category=p.get(S.CATEGORY), image=p.get(S.IMAGE), audio=p.get(S.AUDIO),
+                category=_opt(p.get(S.CATEGORY)), image=_opt(p.get(S.IMAGE)), audio=_opt(p.get(S.AUDIO)),
                 contributions={g: float(contrib[rank, j]) for j, g in enumerate(groups)} if contrib is not None else {},
                 weights={g: float(w[0, i, j]) for j, g in enumerate(groups)} if w is not None else {},
                 matched_terms={"title": sorted(q_terms & title_terms), "transcript": sorted(q_terms & tr_terms)},

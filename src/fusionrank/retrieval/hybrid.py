@@ -28,6 +28,16 @@ def topk_rows(scores: np.ndarray, k: int, valid: np.ndarray | None = None) -> np
     k = min(k, s.shape[1])
     part = np.argpartition(-s, k - 1, axis=1)[:, :k]
     ps = np.take_along_axis(s, part, 1)
+    # argpartition picks an arbitrary subset of the entries tied with the k-th value;
+    # take the lowest-indexed ones instead (only where the tied value is not padded anyway)
+    kth = ps.min(1)
+    floor = 0 if valid is None else -np.inf
+    tied = np.flatnonzero((kth > floor) & ((s >= kth[:, None]).sum(1) > k))
+    for b in tied:
+        gt, eq = np.flatnonzero(s[b] > kth[b]), np.flatnonzero(s[b] == kth[b])
+        part[b] = np.concatenate([gt, eq[:k - len(gt)]])
+    if len(tied):
+        ps = np.take_along_axis(s, part, 1)
     order = np.lexsort((part, -ps), axis=1)
     out = np.take_along_axis(part, order, 1)
     ok = np.isfinite(np.take_along_axis(s, out, 1)) & (np.take_along_axis(s, out, 1) > (0 if valid is None else -np.inf))
