@@ -58,6 +58,8 @@ class LocalEngine(Engine):
     useful for encoders that use about one core each, such as Whisper's greedy decoding."""
 
     name = "local"
+    processes, threads_per_process = 1, 1
+    _tmp: tempfile.TemporaryDirectory | None = None
 
     def __init__(self, processes: int = 1, threads_per_process: int = 1):
         self.processes, self.threads_per_process = max(1, processes), threads_per_process

