@@ -72,7 +72,8 @@ class LocalEngine(Engine):
 
             bar = tqdm(total=len(items), desc=desc or encoder.name, unit="item", mininterval=1.0, leave=False)
         try:
-            if self.processes == 1 or len(items) <= batch_size or encoder.trainable:
+            # a pool only pays for its start-up (each worker loads the model) on long inputs
+            if self.processes == 1 or len(items) < 4 * batch_size * self.processes or encoder.trainable:
                 for start in range(0, len(items), batch_size):
                     batch = items[start:start + batch_size]
                     out = encode_safely(encoder, batch)

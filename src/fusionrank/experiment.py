@@ -78,6 +78,8 @@ class ExperimentConfig(BaseModel):
     loss: Block = Field(default_factory=lambda: Block(name="lambdaloss"))
     optimizer: Block = Field(default_factory=lambda: Block(name="adam", args={"lr": 2e-3, "weight_decay": 1e-5}))
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    # batch engine for encoding: local (processes = worker processes) or ray (address, num_cpus)
+    engine: Block = Field(default_factory=lambda: Block(name="local", args={"processes": 2}))
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentConfig":
@@ -157,9 +159,10 @@ class Workspace:
         return run_ingest(self.source, self.catalog_dir, adapter=self.adapter, check_media=check_media, progress=True, **opts)
 
     def encode(self, products: pd.DataFrame, settings: EncodeSettings, log=print, progress: bool = True,
-               modalities=S.MODALITIES) -> dict:
-        return encode_catalog(products, self.store_dir, settings, progress=progress, log=lambda m: log("  " + m),
-                              modalities=list(modalities))
+               modalities=S.MODALITIES, engine: Block | None = None) -> dict:
+        engine = engine or Block(name="local")
+        return encode_catalog(products, self.store_dir, settings, engine=engine.name, engine_args=engine.args,
+                              progress=progress, log=lambda m: log("  " + m), modalities=list(modalities))
 
 
 def catalog_from_path(path: Path, home: Path | None = None) -> Workspace:
@@ -229,7 +232,7 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
     cat = ws.catalog(log)
     # photos are needed by the image modality; text is always encoded (candidates use it)
     mods = ["text"] + [m for m in ("image", "audio") if m in config.modalities]
-    enc_summary = ws.encode(cat.products, config.encode_settings(), log, progress, modalities=mods)
+    enc_summary = ws.encode(cat.products, config.encode_settings(), log, progress, modalities=mods, engine=config.engine)
     train_q = _split_frames(cat, config.data.train_split)
     split = split_queries(train_q, {"train": 1 - config.data.valid_fraction, "valid": config.data.valid_fraction}, seed=config.seed)
     tq, vq = train_q[split == "train"], train_q[split == "valid"]
@@ -315,6 +318,7 @@ def open_pipeline(model_dir: str | Path, catalog: str | Path | None = None, titl
     settings = config.encode_settings()
     settings.projection_fields = tuple(dict.fromkeys([*settings.projection_fields, tf]))
     settings.text_fields = tuple(dict.fromkeys([*settings.text_fields, tf]))
-    ws.encode(cat.products, settings, log, progress, modalities=["text"] + [m for m in ("image", "audio") if m in config.modalities])
+    ws.encode(cat.products, settings, log, progress, modalities=["text"] + [m for m in ("image", "audio") if m in config.modalities],
+              engine=config.engine)
     idx = ProductIndex.build(cat.products, ws.store_dir, config.index_config(tf), log=lambda m: log("  " + m))
     return RankingPipeline(idx, ranker, config.modalities), cat
