@@ -122,7 +122,7 @@ class RankingPipeline:
             title_terms = set(tokenize(str(self.index.bm25_text("title", row))))
             tr_terms = set(tokenize(str(self.index.bm25_text("transcript", row))))
             hits.append(SearchHit(
-                product_id=str(p[S.PRODUCT_ID]), score=float(s[i]), rank=rank + 1, title=str(p[S.TITLE]),
+                product_id=str(p[S.PRODUCT_ID]), score=float(s[i]), rank=rank + 1, title=str(self.index.titles[row]) if getattr(self.index, 'titles', None) else str(p[S.TITLE]),
                 category=_opt(p.get(S.CATEGORY)), image=_opt(p.get(S.IMAGE)), audio=_opt(p.get(S.AUDIO)),
                 contributions={g: float(contrib[rank, j]) for j, g in enumerate(groups)} if contrib is not None else {},
                 weights={g: float(w[0, i, j]) for j, g in enumerate(groups)} if w is not None else {},
