@@ -172,3 +172,22 @@ def test_train_with_a_missing_source_fails_clearly(tmp_path, fusionrank_home):
     cfg = ExperimentConfig.model_validate({"data": {"source": str(tmp_path / "nowhere")}})
     with pytest.raises(FusionrankError, match="not found"):
         train(cfg, tmp_path / "m", log=lambda m: None, progress=False)
+
+
+def test_tune_searches_fusion_loss_lr_dropout(tiny_workspace, tiny_fashion, tmp_path):
+    import json
+
+    from fusionrank.errors import UnknownNameError
+    from fusionrank.tune import tune
+
+    cfg = ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, training={"epochs": 1}))
+    res = tune(cfg, tmp_path / "tune", n_trials=3, space={"fusion": ["gated", "mean_pool"], "loss": ["listnet", "lambdaloss"]},
+               log=lambda m: None)
+    assert res["trials"] == 3
+    assert set(res["best_params"]) == {"lr", "dropout", "fusion", "loss"}
+    assert res["best_params"]["fusion"] in ("gated", "mean_pool")
+    saved = json.loads((tmp_path / "tune" / "best.json").read_text())
+    assert ExperimentConfig.model_validate(saved["best_config"]).fusion.name == res["best_params"]["fusion"]
+    assert (tmp_path / "tune" / "trials.csv").exists()
+    with pytest.raises(UnknownNameError, match="valid names"):
+        tune(cfg, tmp_path / "bad", n_trials=1, space={"fusion": ["nope"]}, log=lambda m: None)

@@ -248,6 +248,25 @@ def search(
     console.print("columns per modality: contribution to the score (score minus the score without that modality)")
 
 
+@app.command()
+def tune(
+    config: Path = typer.Option(..., "--config", "-c", help="experiment config (TOML or YAML) to start from"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory for trials.csv and best.json"),
+    trials: int = typer.Option(12, help="number of Optuna trials"),
+    timeout: Optional[float] = typer.Option(None, help="stop starting trials after this many seconds"),
+):
+    """Optuna search over learning rate, dropout, fusion method and loss (scored on held-out training queries)."""
+    from .experiment import ExperimentConfig
+    from .tune import tune as run_tune
+
+    try:
+        cfg = ExperimentConfig.load(config)
+        res = run_tune(cfg, out, n_trials=trials, config_path=config.resolve(), log=lambda s: console.print(s), timeout=timeout)
+    except FusionrankError as e:
+        _fail(e)
+    console.print(f"best valid ndcg@10 {res['best_value']:.4f} with {res['best_params']}; config in {out / 'best.json'}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
