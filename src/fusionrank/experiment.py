@@ -221,12 +221,11 @@ def training_data(products: pd.DataFrame, store_dir: Path, config: ExperimentCon
     return Slates.concat(train_parts), Slates.concat(valid_parts), tables, indexes
 
 
-def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | None = None, log=print,
-          progress: bool = True) -> dict[str, Any]:
-    """Ingest and encode (cached), build slates, fit the ranker, save the model directory."""
-    t_all = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def prepare_training(config: ExperimentConfig, config_path: Path | None = None, log=print, progress: bool = True):
+    """Ingest and encode (both cached) and split the training queries into train / validation.
+
+    Returns ``(source, workspace, catalog, encode_summary, train_queries, valid_queries)``.
+    """
     src = resolve_source(config.data.source, config_path)
     ws = Workspace(src, config.data.adapter, config.data.limit)
     cat = ws.catalog(log)
@@ -238,6 +237,16 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
     tq, vq = train_q[split == "train"], train_q[split == "valid"]
     if config.data.max_train_queries:
         tq = tq.sample(n=min(len(tq), config.data.max_train_queries), random_state=config.seed)
+    return src, ws, cat, enc_summary, tq, vq
+
+
+def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | None = None, log=print,
+          progress: bool = True) -> dict[str, Any]:
+    """Ingest and encode (cached), build slates, fit the ranker, save the model directory."""
+    t_all = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src, ws, cat, enc_summary, tq, vq = prepare_training(config, config_path, log, progress)
     groups = feature_groups(config.modalities)
     log(f"training queries {len(tq):,}, validation queries {len(vq):,}; modalities {config.modalities}")
     train_sl, valid_sl, tables, indexes = training_data(cat.products, ws.store_dir, config, tq, vq, cat.qrels, log)

@@ -11,12 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from . import schema as S
-from .experiment import ExperimentConfig, Workspace, _split_frames, ideal_for, resolve_source, training_data
+from .experiment import ExperimentConfig, ideal_for, prepare_training, training_data
 from .fusion import FUSIONS
-from .ingest import split_queries
 from .losses import LOSSES
 from .pipeline import feature_groups
 
@@ -39,16 +35,7 @@ def tune(config: ExperimentConfig, out_dir: str | Path, n_trials: int = 12, spac
         LOSSES.get(name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    src = resolve_source(config.data.source, config_path)
-    ws = Workspace(src, config.data.adapter, config.data.limit)
-    cat = ws.catalog(log)
-    mods = ["text"] + [m for m in ("image", "audio") if m in config.modalities]
-    ws.encode(cat.products, config.encode_settings(), log, False, modalities=mods, engine=config.engine)
-    train_q = _split_frames(cat, config.data.train_split)
-    split = split_queries(train_q, {"train": 1 - config.data.valid_fraction, "valid": config.data.valid_fraction}, seed=config.seed)
-    tq, vq = train_q[split == "train"], train_q[split == "valid"]
-    if config.data.max_train_queries:
-        tq = tq.sample(n=min(len(tq), config.data.max_train_queries), random_state=config.seed)
+    _, ws, cat, _, tq, vq = prepare_training(config, config_path, log, progress=False)
     train_sl, valid_sl, tables, _ = training_data(cat.products, ws.store_dir, config, tq, vq, cat.qrels, log)
     ideal = ideal_for(valid_sl, cat.qrels)
     groups = feature_groups(config.modalities)
