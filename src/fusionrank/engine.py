@@ -24,6 +24,14 @@ ENGINES: Registry[type["Engine"]] = Registry("engine")
 class Engine:
     name = ""
 
+    @staticmethod
+    def encoder_dir(encoder: Encoder, tmp: tempfile.TemporaryDirectory) -> Path:
+        """Save ``encoder`` once under ``tmp`` so worker processes / Ray actors load the same state."""
+        d = Path(tmp.name) / f"{encoder.name}-{encoder.signature()}"
+        if not d.exists():
+            encoder.save(d)
+        return d
+
     def map(self, encoder: Encoder, items: Sequence[Any], batch_size: int, desc: str = "",
             progress: bool = True) -> Iterator[tuple[int, EncodeOutcome]]:
         """Yield ``(start, outcome)`` for consecutive batches of ``items``."""
@@ -86,9 +94,7 @@ class LocalEngine(Engine):
 
             if self._tmp is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="fusionrank-local-")
-            enc_dir = Path(self._tmp.name) / f"{encoder.name}-{encoder.signature()}"
-            if not enc_dir.exists():
-                encoder.save(enc_dir)
+            enc_dir = self.encoder_dir(encoder, self._tmp)
             jobs = ((start, items[start:start + batch_size]) for start in range(0, len(items), batch_size))
             with ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                      initargs=(str(enc_dir), self.threads_per_process)) as ex:
@@ -162,9 +168,7 @@ class RayEngine(Engine):
 
         if not len(items):
             return
-        enc_dir = Path(self._tmp.name) / f"{encoder.name}-{encoder.signature()}"
-        if not enc_dir.exists():
-            encoder.save(enc_dir)
+        enc_dir = self.encoder_dir(encoder, self._tmp)
         df = pd.DataFrame({"idx": np.arange(len(items)), "item": list(items)})
         ds = self.ray.data.from_pandas(df).repartition(max(1, int(np.ceil(len(items) / batch_size))))
         res = ds.map_batches(_RayEncodeFn, fn_constructor_kwargs={"encoder_dir": str(enc_dir)}, batch_size=batch_size,

@@ -144,11 +144,11 @@ class Workspace:
         self.source, self.adapter, self.limit = Path(source), adapter, limit
         tag = "full" if limit is None else f"first{limit}"
         name = f"{self.source.name}-{tag}"
-        if adapter == "fashion44k" and (home / name).exists():
+        if (home / name).exists():  # a workspace kept under the plain name (e.g. fashion44k-full)
             self.root = home / name
         else:
             h = hashlib.sha1(f"{self.source.resolve()}|{adapter}|{limit}".encode()).hexdigest()[:8]
-            self.root = home / f"{name}-{h}" if not (home / name).exists() else home / name
+            self.root = home / f"{name}-{h}"
         self.catalog_dir, self.store_dir = self.root / "catalog", self.root / "store"
 
     def catalog(self, log=print, check_media: bool = True) -> Catalog:
@@ -305,7 +305,6 @@ def load_model(model_dir: str | Path):
     if not (d / "config.json").exists():
         raise FusionrankError(f"{d}: not a model directory (no config.json); train one with `fusionrank train`")
     config = ExperimentConfig.model_validate(json.loads((d / "config.json").read_text()))
-    meta = json.loads((d / "ranker" / "ranker.json").read_text())
     ranker = GBDTRanker.load(d / "ranker") if (d / "ranker" / "lightgbm.txt").exists() else NeuralRanker.load(d / "ranker")
     ws = json.loads((d / "workspace.json").read_text()) if (d / "workspace.json").exists() else {}
     return config, ranker, ws

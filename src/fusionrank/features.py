@@ -167,6 +167,7 @@ class ProductIndex:
         self.emb["transcript"], self.emb_mask["transcript"] = store.matrix(f"{TRANSCRIPT}.{enc.name}", ids, dim=enc.dim)
         titles = field_values(self.products, cfg.title_field).fillna(self.products[S.TITLE]).astype(str).tolist()
         self.titles = titles  # the title each product is indexed with (depends on title_field)
+        self.categories = self.products[S.CATEGORY].astype(str).str.lower().to_numpy()  # for search filters
         transcripts = self.products[S.PRODUCT_ID].map(store.text_map(f"{S.AUDIO}.whisper_tiny_en")).fillna("").astype(str).tolist()
         desc = self.products[S.DESCRIPTION].fillna("").astype(str).tolist() if S.DESCRIPTION in self.products else [""] * len(ids)
         # BM25 over title (+ description when a catalogue has one) and, separately, transcripts

@@ -91,7 +91,7 @@ class RankingPipeline:
         t["encode_ms"] = (time.perf_counter() - t0) * 1e3
         allowed = None
         if category:
-            allowed = (self.index.products[S.CATEGORY].astype(str).str.lower() == category.lower()).to_numpy()
+            allowed = self.index.categories == category.lower()
         t1 = time.perf_counter()
         rows = self.index.candidates([query], q_emb, allowed)
         t["retrieve_ms"] = (time.perf_counter() - t1) * 1e3

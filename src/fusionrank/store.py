@@ -144,7 +144,8 @@ class EmbeddingStore:
             ids = list(old.ids[sel]) + list(ids)
             hashes = list(old.hashes[sel]) + list(hashes)
             if vectors is not None:
-                if old.vectors is None or old.vectors.shape[1] != np.asarray(vectors).shape[1] if len(vectors) else False:
+                new_dim = np.asarray(vectors).shape[1] if len(vectors) else None
+                if new_dim is not None and (old.vectors is None or old.vectors.shape[1] != new_dim):
                     raise FusionrankError(f"feature {feature!r}: dimension changed; delete {self.path(feature)} to rebuild")
                 vectors = np.concatenate([old.vectors[sel], np.asarray(vectors, np.float32).reshape(-1, old.vectors.shape[1])])
             else:

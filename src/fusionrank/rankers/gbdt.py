@@ -39,6 +39,8 @@ class GBDTRanker:
 
     def _flat(self, slates, tables) -> tuple[np.ndarray, np.ndarray]:
         valid = slates.rows >= 0
+        r = slates.rows[valid]
+        qrep = np.repeat(slates.q, valid.sum(1), axis=0) if self.interactions and tables is not None else None
         cols = []
         for g in self.groups_:
             m = slates.mask[..., g.mask_column][valid]
@@ -46,8 +48,6 @@ class GBDTRanker:
             xs[~m] = np.nan
             cols.append(xs)
             if self.interactions and g.table is not None and tables is not None:
-                r = slates.rows[valid]
-                qrep = np.repeat(slates.q, valid.sum(1), axis=0)
                 inter = (tables[g.table][r] * qrep) @ self.proj_[g.table]
                 inter[~m] = np.nan
                 cols.append(inter.astype(np.float32))

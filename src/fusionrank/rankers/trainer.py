@@ -85,6 +85,9 @@ class NeuralRanker:
 
     def _build(self, groups: list[FeatureGroup], tables: dict[str, np.ndarray] | None, qdim: int):
         emb_dims = [(tables[g.table].shape[1] if (g.table is not None and self.use_embeddings) else 0) for g in groups]
+        return self._net(groups, emb_dims, qdim)
+
+    def _net(self, groups: list[FeatureGroup], emb_dims: list[int], qdim: int) -> FusionRankerNet:
         return FusionRankerNet([len(g.columns) for g in groups], emb_dims, qdim, fusion=self.fusion, scorer=self.scorer,
                                hidden=self.hidden, dropout=self.dropout, normalize=self.normalize,
                                modality_dropout=self.modality_dropout, fusion_args=self.fusion_args)
@@ -228,9 +231,7 @@ class NeuralRanker:
         r.groups_ = [FeatureGroup(**g) for g in meta["groups"]]
         r.n_features_ = meta["n_features"]
         r.history_ = meta.get("history", [])
-        net = FusionRankerNet([len(g.columns) for g in r.groups_], meta["emb_dims"], meta["query_dim"], fusion=r.fusion,
-                              scorer=r.scorer, hidden=r.hidden, dropout=r.dropout, normalize=r.normalize,
-                              modality_dropout=r.modality_dropout, fusion_args=r.fusion_args)
+        net = r._net(r.groups_, meta["emb_dims"], meta["query_dim"])
         net.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
         r.net_ = net.eval()
         return r
