@@ -1,0 +1,266 @@
+"""The HTTP layer: a thin FastAPI app over :class:`~fusionrank.serving.service.SearchService`.
+
+Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
+
+    GET    /                      the search page
+    GET    /search?q=&k=&category=  ranked products with scores and per-modality contributions
+    GET    /products/{id}         one product; /products/{id}/image and /audio stream its media
+    PUT    /products/{id}         add or replace a product            (admin key)
+    DELETE /products/{id}         remove a product                     (admin key)
+    POST   /events                impressions / clicks / add-to-cart / purchases, batched  (events or admin key)
+    POST   /admin/model           swap in another model directory      (admin key)
+    POST   /admin/snapshot        write the index snapshot now         (admin key)
+    GET    /healthz, /stats, /metrics (Prometheus)
+
+Keys travel in the ``X-API-Key`` header. The events key is meant for browsers (the
+page embeds it); it can only post events. Bad input gets a 4xx whose ``detail`` is
+one readable sentence naming the parameter.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import FusionrankError
+from .products import ProductInputError
+from .service import EVENT_TYPES, STAGES, ModelMismatch, SearchService
+
+STATIC = Path(__file__).parent / "static"
+MAX_QUERY_CHARS = 256
+MAX_K = 100
+MAX_EVENTS = 1000
+ID_PATTERN = r"^[^\s/\\][^/\\]{0,199}$"
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["impression", "click", "add_to_cart", "purchase"]
+    search_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the search_id returned by /search")
+    model_version: str = Field(min_length=1, max_length=200, description="the model_version returned by /search")
+    product_id: str = Field(min_length=1, max_length=200)
+    position: int | None = Field(None, ge=1, le=10_000, description="1-based rank at which the product was shown")
+    timestamp: float | None = Field(None, description="client time, seconds since the epoch")
+    value: float | None = Field(None, ge=0, description="order value (purchases)")
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class ProductIn(BaseModel):
+    """A product in the ingest schema; unknown fields are kept as attributes."""
+
+    model_config = ConfigDict(extra="allow")
+    product_id: str | None = Field(None, description="optional; must equal the id in the path")
+    title: str = Field(min_length=1, max_length=1000)
+    description: str | None = None
+    brand: str | None = None
+    color: str | None = None
+    category: str | None = None
+    image: str | None = Field(None, description="path of the product photo on the server")
+    audio: str | None = Field(None, description="path of a spoken description on the server")
+    attributes: dict[str, str] | None = None
+
+
+class ModelSwap(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, description="a model directory written by `fusionrank train`")
+
+
+def _loc(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("query", "path", "body", "header")]
+    return ".".join(parts) or "request"
+
+
+def _readable(err: dict) -> str:
+    where, msg, ctx = _loc(err.get("loc", ())), err.get("msg", "invalid"), err.get("ctx") or {}
+    got = err.get("input")
+    if err.get("type") == "missing":
+        return f"{where}: required"
+    if got is not None and not isinstance(got, (dict, list)) and len(str(got)) <= 80:
+        return f"{where}: {msg} (got {got!r})"
+    return f"{where}: {msg}"
+
+
+def create_app(service: SearchService, admin_key: str | None = None, events_key: str | None = None) -> FastAPI:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    admin_key = admin_key or secrets.token_urlsafe(24)
+    events_key = events_key or secrets.token_urlsafe(16)
+    app = FastAPI(title="fusionrank search", version="1", description=__doc__)
+    app.state.service, app.state.admin_key, app.state.events_key = service, admin_key, events_key
+
+    reg = CollectorRegistry()
+    buckets = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5)
+    requests = Counter("fusionrank_requests_total", "HTTP requests", ["endpoint", "method", "status"], registry=reg)
+    latency = Histogram("fusionrank_request_seconds", "HTTP request latency", ["endpoint", "method"], buckets=buckets, registry=reg)
+    stage = Histogram("fusionrank_search_stage_seconds", "search latency per stage", ["stage"],
+                      buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=reg)
+    products = Gauge("fusionrank_index_products", "products in the index", registry=reg)
+    products.set_function(lambda: len(service.index))
+    swaps = Counter("fusionrank_model_swaps_total", "model swaps", registry=reg)
+    events_total = Counter("fusionrank_events_total", "events accepted", ["type"], registry=reg)
+    for s in STAGES:
+        stage.labels(s)
+    service.stage_observer = lambda name, sec: stage.labels(name).observe(sec)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            requests.labels(endpoint, request.method, str(status)).inc()
+            latency.labels(endpoint, request.method).observe(time.perf_counter() - t0)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errs = exc.errors()
+        return JSONResponse(status_code=422, content={"detail": "; ".join(_readable(e) for e in errs[:5])})
+
+    def key_of(x_api_key: str | None) -> str:
+        if not x_api_key:
+            raise HTTPException(401, "missing API key: send it in the X-API-Key header")
+        return x_api_key
+
+    def require_admin(x_api_key: str | None = Header(None, description="admin key")) -> None:
+        if not secrets.compare_digest(key_of(x_api_key).encode(), admin_key.encode()):
+            raise HTTPException(403, "invalid API key for this endpoint (admin key required)")
+
+    def require_events(x_api_key: str | None = Header(None, description="events key or admin key")) -> None:
+        k = key_of(x_api_key).encode()
+        if not (secrets.compare_digest(k, events_key.encode()) or secrets.compare_digest(k, admin_key.encode())):
+            raise HTTPException(403, "invalid API key for /events")
+
+    # pages and reads ----------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        html = (STATIC / "index.html").read_text().replace("{{EVENTS_KEY}}", events_key)
+        return HTMLResponse(html)
+
+    @app.get("/search", summary="Search the catalogue")
+    def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, description="search text"),
+               k: int = Query(10, ge=1, le=MAX_K, description="results to return"),
+               category: str | None = Query(None, max_length=200, description="master category filter (case-insensitive)"),
+               explain: bool = Query(True, description="per-modality contributions (a few ms)")) -> dict[str, Any]:
+        if not q.strip():
+            raise HTTPException(422, "q: must contain a search term (got only whitespace)")
+        try:
+            return service.search(q, k=k, category=category or None, explain=explain)
+        except KeyError:
+            raise HTTPException(422, f"category: unknown category {category!r}; valid: {', '.join(service.index.category_names)}")
+
+    def _product_or_404(product_id: str) -> dict:
+        p = service.index.product(product_id)
+        if p is None:
+            raise HTTPException(404, f"no product with id {product_id!r}")
+        return p
+
+    pid_param = PathParam(..., min_length=1, max_length=200, pattern=ID_PATTERN, description="product id")
+
+    @app.get("/products/{product_id}", summary="One product")
+    def get_product(product_id: str = pid_param) -> dict[str, Any]:
+        return _product_or_404(product_id)
+
+    def _media(product_id: str, field: str) -> FileResponse:
+        p = _product_or_404(product_id)
+        path = p.get(field)
+        if not path or not Path(path).is_file():
+            raise HTTPException(404, f"product {product_id!r} has no {field} file")
+        return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/products/{product_id}/image", summary="The product's photo", response_class=FileResponse)
+    def product_image(product_id: str = pid_param):
+        return _media(product_id, "image")
+
+    @app.get("/products/{product_id}/audio", summary="The product's spoken description", response_class=FileResponse)
+    def product_audio(product_id: str = pid_param):
+        return _media(product_id, "audio")
+
+    # writes --------------------------------------------------------------------
+    @app.put("/products/{product_id}", summary="Add or replace a product", dependencies=[Depends(require_admin)])
+    def put_product(product_id: str = pid_param, product: ProductIn = Body(...)) -> dict[str, Any]:
+        if product.product_id is not None and product.product_id != product_id:
+            raise HTTPException(422, f"product_id: the body says {product.product_id!r} but the path says {product_id!r}")
+        raw = product.model_dump(exclude_none=True)
+        raw["product_id"] = product_id
+        try:
+            return service.put_product(raw)
+        except ProductInputError as e:
+            raise HTTPException(422, str(e))
+
+    @app.delete("/products/{product_id}", status_code=204, summary="Remove a product", dependencies=[Depends(require_admin)])
+    def delete_product(product_id: str = pid_param) -> Response:
+        if not service.index.delete(product_id):
+            raise HTTPException(404, f"no product with id {product_id!r}")
+        return Response(status_code=204)
+
+    @app.post("/events", summary="Record a batch of events", dependencies=[Depends(require_events)])
+    def post_events(batch: EventBatch) -> dict[str, Any]:
+        evs = [e.model_dump() for e in batch.events]
+        try:
+            out = service.record_events(evs)
+        except ValueError as e:
+            raise HTTPException(422, str(e))
+        for e in evs:
+            events_total.labels(e["type"]).inc()
+        return out
+
+    @app.post("/admin/model", summary="Swap in another model", dependencies=[Depends(require_admin)])
+    def swap_model(body: ModelSwap) -> dict[str, Any]:
+        if not (Path(body.path) / "config.json").is_file():
+            raise HTTPException(404, f"path: {body.path!r} is not a model directory (no config.json)")
+        try:
+            old, new = service.swap_model(body.path)
+        except ModelMismatch as e:
+            raise HTTPException(409, str(e))
+        except FusionrankError as e:
+            raise HTTPException(422, f"path: {e}")
+        swaps.inc()
+        return {"previous": old.version, "current": new.version}
+
+    @app.post("/admin/snapshot", summary="Write the index snapshot", dependencies=[Depends(require_admin)])
+    def snapshot(directory: str | None = Body(None, embed=True)) -> dict[str, Any]:
+        d = directory or getattr(service.index, "_log_path", None) and str(service.index._log_path.parent)
+        if not d:
+            raise HTTPException(422, "directory: this index was never saved; give a directory")
+        t0 = time.perf_counter()
+        service.index.save(d)
+        return {"directory": str(d), "products": len(service.index), "seconds": round(time.perf_counter() - t0, 2)}
+
+    # health and metrics --------------------------------------------------------
+    @app.get("/healthz", summary="Liveness and what is loaded")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "products": len(service.index), "model_version": service.model.version}
+
+    @app.get("/stats", summary="Index, model and cache details")
+    def stats() -> dict[str, Any]:
+        return service.stats()
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, admin_key: str | None = None,
+          events_key: str | None = None, log=print) -> None:
+    import uvicorn
+
+    app = create_app(service, admin_key, events_key)
+    log(f"fusionrank search on http://{host}:{port}/  ({len(service.index):,} products, model {service.model.version})")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,102 @@
+"""Encode one product for the serving index, with the same encoders the catalogue was encoded with.
+
+``PUT /products/{id}`` sends a product record (the ingest schema: ``title``,
+``description``, ``category``, ``image`` and ``audio`` paths, ...). It is validated
+by the ingest validator, then its title is embedded with MiniLM, its photo with
+EfficientNet-Lite0 and the catalogue's trained image->text projection, and its
+spoken description transcribed by Whisper and embedded. Encoders load on first use.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import schema as S
+from ..encode import EncodeSettings
+from ..encoders import Encoder, build_encoder
+from ..errors import FusionrankError, RowError
+from ..ingest.validate import validate_product
+from .index import INDEXED_TITLE, TRANSCRIPT_TEXT
+
+
+class ProductInputError(FusionrankError, ValueError):
+    """A product that cannot be indexed as sent (the message names the field)."""
+
+
+class ProductEncoder:
+    def __init__(self, title_field: str, settings: EncodeSettings | None = None, store_dir: str | Path | None = None):
+        self.title_field = title_field
+        self.settings = settings or EncodeSettings()
+        self.store_dir = Path(store_dir) if store_dir else None
+        self._enc: dict[str, Encoder] = {}
+        self._lock = threading.Lock()
+
+    def _encoder(self, key: str) -> Encoder | None:
+        with self._lock:
+            if key not in self._enc:
+                s = self.settings
+                if key == "projection":
+                    d = self.store_dir / "models" / f"image_projection.{self.title_field}" if self.store_dir else None
+                    self._enc[key] = Encoder.load(d) if d is not None and (d / "config.json").exists() else None
+                else:
+                    spec = {"text": s.text, "image": s.image, "transcriber": s.transcriber}[key]
+                    self._enc[key] = build_encoder(spec["name"], **spec.get("args", {})) if spec else None
+            return self._enc[key]
+
+    @staticmethod
+    def _local_file(path: str, name: str) -> str:
+        p = path[7:] if path.startswith("file://") else path
+        if "://" in p:
+            raise ProductInputError(f"{name}: only local files can be indexed (got {path!r})")
+        if not Path(p).is_file():
+            raise ProductInputError(f"{name}: no such file {path!r}")
+        return p
+
+    def encode(self, raw: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
+        """``(record, bm25 texts, vectors, report)`` for one product; :class:`ProductInputError` if it cannot be indexed."""
+        try:
+            p, fixes = validate_product(raw, "PUT /products", 0)
+        except RowError as e:
+            raise ProductInputError(f"{e.field}: {e.reason}") from None
+        report: dict[str, Any] = {"fixes": fixes}
+        title = p[S.TITLE]
+        indexed = title if self.title_field == S.TITLE else (p[S.ATTRIBUTES].get(self.title_field) or title)
+        t0 = time.perf_counter()
+        vectors: dict[str, np.ndarray | None] = {"title": self._encoder("text").encode([indexed])[0],
+                                                 "image_proj": None, "transcript": None}
+        transcript = None
+        if p[S.IMAGE]:
+            path = self._local_file(p[S.IMAGE], S.IMAGE)
+            proj = self._encoder("projection")
+            if proj is None:
+                report["image"] = "not encoded: no image->text projection was trained for this catalogue"
+            else:
+                try:
+                    x = self._encoder("image").encode([path])
+                except Exception as e:
+                    raise ProductInputError(f"{S.IMAGE}: cannot decode {p[S.IMAGE]!r}: {e}") from None
+                vectors["image_proj"] = proj.encode(x)[0]
+        if p[S.AUDIO]:
+            path = self._local_file(p[S.AUDIO], S.AUDIO)
+            tr = self._encoder("transcriber")
+            if tr is None:
+                report["audio"] = "not encoded: no transcriber configured"
+            else:
+                try:
+                    transcript = (tr.encode([path])[0] or "").strip() or None
+                except Exception as e:
+                    raise ProductInputError(f"{S.AUDIO}: cannot decode {p[S.AUDIO]!r}: {e}") from None
+                if transcript:
+                    vectors["transcript"] = self._encoder("text").encode([transcript])[0]
+        report["seconds"] = round(time.perf_counter() - t0, 3)
+        report["modalities"] = {"text": True, "image": vectors["image_proj"] is not None, "audio": vectors["transcript"] is not None}
+        desc = p.get(S.DESCRIPTION) or ""
+        record = {S.PRODUCT_ID: p[S.PRODUCT_ID], S.TITLE: title, INDEXED_TITLE: indexed, S.DESCRIPTION: p.get(S.DESCRIPTION),
+                  S.BRAND: p.get(S.BRAND), S.COLOR: p.get(S.COLOR), S.CATEGORY: p.get(S.CATEGORY), S.IMAGE: p[S.IMAGE],
+                  S.AUDIO: p[S.AUDIO], TRANSCRIPT_TEXT: transcript}
+        lex = {"title": indexed if not desc else f"{indexed} {desc}", "transcript": transcript or ""}
+        return record, lex, vectors, report
