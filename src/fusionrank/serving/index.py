@@ -151,7 +151,10 @@ class SearchIndex:
         n = len(p)
 
         def col(c):
-            return p[c].where(p[c].notna(), None).tolist() if c in p.columns else [None] * n
+            if c not in p.columns:
+                return [None] * n
+            v = p[c].astype(object)
+            return v.where(p[c].notna(), None).tolist()
 
         records = {c: col(c) for c in (S.PRODUCT_ID, S.TITLE, S.DESCRIPTION, S.BRAND, S.COLOR, S.CATEGORY, S.IMAGE, S.AUDIO)}
         records[INDEXED_TITLE] = list(pidx.titles)
@@ -220,12 +223,16 @@ class SearchIndex:
                 kind, name = src.split(":", 1)
                 if kind == "bm25":
                     rows, s, _ = lex[name]
-                    if len(rows) > cfg.depth:
-                        part = np.argpartition(-s, cfg.depth - 1)[:cfg.depth]
-                        rows, s = rows[part], s[part]
+                    if len(rows) > cfg.depth:  # top depth; ties at the cut go to lower rows (as in training)
+                        kth = s[np.argpartition(-s, cfg.depth - 1)[cfg.depth - 1]]
+                        gt, eq = np.flatnonzero(s > kth), np.flatnonzero(s == kth)
+                        sel = np.concatenate([gt, eq[:cfg.depth - len(gt)]])
+                        rows, s = rows[sel], s[sel]
                     top = rows[np.lexsort((rows, -s))]
                 elif kind == "dense":
-                    top, _ = self.ann[name].search(q_emb, cfg.depth, bits, frac)
+                    # a few extra, then ties broken by lower row, as the training-time exact search does
+                    top, sc = self.ann[name].search(q_emb, cfg.depth + 16, bits, frac)
+                    top = top[np.lexsort((top, -sc))][:cfg.depth]
                 else:
                     raise FusionrankError(f"unknown candidate source {src!r}; valid kinds: bm25:<field>, dense:<table>")
                 lists.append(top)

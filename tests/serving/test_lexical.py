@@ -1,0 +1,105 @@
+"""LexicalField scores exactly like a BM25Encoder fitted from scratch on the live documents."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusionrank.encoders import BM25Encoder
+from fusionrank.serving.lexical import LexicalField
+
+WORDS = "red blue green black white shirt dress jeans watch shoes men women casual formal cotton silk zorblax".split()
+
+
+def random_docs(rng, n):
+    return [" ".join(rng.choice(WORDS, size=rng.integers(0, 7))) for _ in range(n)]
+
+
+def reference(live_docs: list[str], queries: list[str]) -> np.ndarray:
+    """[Q, D] BM25 from the encoder used at training time, fitted on ``live_docs``."""
+    enc = BM25Encoder().fit(live_docs)
+    return (enc.encode_queries(queries) @ enc.encode(live_docs).T).toarray()
+
+
+def dense(field: LexicalField, query: str, rows: list[int]) -> np.ndarray:
+    r, s, _ = field.score(field.query_terms(query))
+    out = dict(zip(r.tolist(), s.tolist()))
+    return np.array([out.get(i, 0.0) for i in rows])
+
+
+QUERIES = ["red shirt", "black watch men", "zorblax", "silk silk dress", "nothing here", "women casual cotton shoes"]
+
+
+def test_fresh_index_matches_the_encoder():
+    docs = random_docs(np.random.default_rng(0), 60)
+    f = LexicalField.build(docs)
+    ref = reference(docs, QUERIES)
+    for qi, q in enumerate(QUERIES):
+        np.testing.assert_allclose(dense(f, q, list(range(60))), ref[qi], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_after_adds_and_deletes_it_matches_a_rebuild(seed):
+    rng = np.random.default_rng(seed)
+    docs = random_docs(rng, 40)
+    f = LexicalField.build(docs)
+    texts = dict(enumerate(docs))
+    live = set(range(40))
+    nxt = 40
+    for step in range(80):
+        if rng.random() < 0.6 or not live:
+            t = " ".join(rng.choice(WORDS, size=rng.integers(1, 6)))
+            f.add(nxt, t)
+            texts[nxt] = t
+            live.add(nxt)
+            nxt += 1
+        else:
+            r = int(rng.choice(sorted(live)))
+            f.delete(r, texts[r])
+            live.discard(r)
+        if step % 20 == 19:
+            f.merge()
+    rows = sorted(live)
+    ref = reference([texts[r] for r in rows], QUERIES)
+    for qi, q in enumerate(QUERIES):
+        np.testing.assert_allclose(dense(f, q, rows), ref[qi], rtol=1e-5, atol=1e-6)
+        r, _, _ = f.score(f.query_terms(q))
+        assert set(r.tolist()) <= live  # deleted rows never come back
+
+
+def test_matched_counts_distinct_query_terms_and_filter():
+    f = LexicalField.build(["red shirt", "red red dress", "blue shirt", ""])
+    r, s, c = f.score(f.query_terms("red shirt red"))
+    assert dict(zip(r.tolist(), c.tolist())) == {0: 2, 1: 1, 2: 1}
+    allowed = np.array([False, True, True, True])
+    r, _, _ = f.score(f.query_terms("red shirt"), allowed)
+    assert sorted(r.tolist()) == [1, 2]
+
+
+def test_new_terms_become_searchable_and_deleted_terms_vanish():
+    f = LexicalField.build(["red shirt", "blue shirt"])
+    assert len(f.query_terms("zorblax")) == 0
+    f.add(2, "zorblax sneakers")
+    r, s, _ = f.score(f.query_terms("zorblax"))
+    assert r.tolist() == [2] and s[0] > 0
+    f.delete(2, "zorblax sneakers")
+    assert len(f.query_terms("zorblax")) == 0  # df 0: not a query term, as after a rebuild
+
+
+def test_rows_are_append_only():
+    f = LexicalField.build(["a b"])
+    with pytest.raises(ValueError, match="append-only"):
+        f.add(0, "c")
+
+
+def test_save_load_roundtrip(tmp_path):
+    rng = np.random.default_rng(5)
+    docs = random_docs(rng, 30)
+    f = LexicalField.build(docs)
+    f.add(30, "zorblax red")
+    f.delete(3, docs[3])
+    f.save(tmp_path / "lex")
+    g = LexicalField.load(tmp_path / "lex")
+    for q in QUERIES:
+        a, b = f.score(f.query_terms(q)), g.score(g.query_terms(q))
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=1e-6)

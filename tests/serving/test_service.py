@@ -1,0 +1,97 @@
+"""SearchService: the served ranking equals the training-time pipeline; events; model swap checks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fusionrank.errors import FusionrankError
+from fusionrank.serving.service import STAGES, ModelMismatch, load_handle
+
+QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes"]
+
+
+@pytest.fixture(scope="module")
+def svc(tiny_model, tiny_pipe, tmp_path_factory):
+    from fusionrank.serving import SearchIndex, SearchService, ServingConfig
+
+    pipe, _ = tiny_pipe
+    cfg = ServingConfig(title_field=pipe.index.config.title_field, candidates=pipe.index.config.candidates)
+    cfg.ann.update({"codec": "flat"})
+    idx = SearchIndex.from_product_index(pipe.index, cfg, log=lambda m: None)
+    return SearchService(idx, load_handle(tiny_model[0]), data_dir=tmp_path_factory.mktemp("svcdata"))
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_served_ranking_equals_the_training_pipeline(svc, tiny_pipe, query):
+    pipe, _ = tiny_pipe
+    want, _ = pipe.search(query, k=8)
+    got = svc.search(query, k=8)
+    assert [h["product_id"] for h in got["results"]] == [h.product_id for h in want]
+    np.testing.assert_allclose([h["score"] for h in got["results"]], [h.score for h in want], rtol=1e-4, atol=1e-4)
+    for g, w in zip(got["results"], want):
+        for m in ("text", "image", "audio"):
+            assert g["contributions"][m] == pytest.approx(w.contributions[m], abs=1e-4)
+            assert g["weights"][m] == pytest.approx(w.weights[m], abs=1e-5)
+        assert g["matched_terms"] == w.matched_terms
+
+
+def test_response_carries_timings_ids_and_version(svc):
+    r = svc.search("red shirt", k=3)
+    assert set(r["timings_ms"]) == {f"{s}_ms" for s in STAGES} | {"total_ms"}
+    assert r["timings_ms"]["total_ms"] >= max(v for k, v in r["timings_ms"].items() if k != "total_ms")
+    assert len(r["search_id"]) == 32 and r["model_version"] == svc.model.version
+    assert len(r["results"]) == 3 and [h["rank"] for h in r["results"]] == [1, 2, 3]
+    again = svc.search("  RED shirt ", k=3)
+    assert again["query_cached"] is True
+    assert [h["product_id"] for h in again["results"]] == [h["product_id"] for h in r["results"]]
+    logged = [json.loads(l) for l in (svc.data_dir / "searches.jsonl").read_text().splitlines()]
+    assert logged[-1]["search_id"] == again["search_id"] and logged[-1]["results"] == [h["product_id"] for h in again["results"]]
+
+
+def test_category_filter_and_unknown_category(svc):
+    cat = svc.index.category_names[0]
+    r = svc.search("shirt", k=50, category=cat.upper())
+    assert r["results"] and {h["category"] for h in r["results"]} == {cat}
+    with pytest.raises(KeyError):
+        svc.search("shirt", category="no such category")
+
+
+def test_empty_query(svc):
+    with pytest.raises(FusionrankError, match="empty query"):
+        svc.search("   ")
+
+
+def test_events_are_checked_against_their_search(svc):
+    r = svc.search("red shirt", k=3)
+    pid = r["results"][0]["product_id"]
+    ok = {"type": "click", "search_id": r["search_id"], "model_version": r["model_version"], "product_id": pid, "position": 1}
+    assert svc.record_events([ok]) == {"accepted": 1}
+    with pytest.raises(ValueError, match="was served by"):
+        svc.record_events([{**ok, "model_version": "other"}])
+    with pytest.raises(ValueError, match="was not in the results"):
+        svc.record_events([{**ok, "product_id": "nope"}])
+    unknown = {**ok, "search_id": "f" * 32}  # e.g. from before a restart: kept
+    assert svc.record_events([unknown])["accepted"] == 1
+    lines = [json.loads(l) for l in (svc.data_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["search_id"] for e in lines[-2:]] == [r["search_id"], "f" * 32]
+    assert all("received" in e for e in lines)
+
+
+def test_swap_checks_the_model_fits_the_index(svc, tiny_model, tiny_lgbm_model, tmp_path):
+    old, new = svc.swap_model(tiny_lgbm_model[0])
+    assert svc.model.version == new.version != old.version
+    assert svc.search("red shirt", k=3)["model_version"] == new.version
+    svc.swap_model(tiny_model[0])
+    # a model trained for another title field does not fit this index
+    import shutil
+
+    bad = tmp_path / "sparse-model"
+    shutil.copytree(tiny_model[0], bad, ignore=shutil.ignore_patterns("index"))
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["data"]["title_field"] = "title_sparse"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelMismatch, match="title_sparse"):
+        svc.swap_model(bad)
+    assert svc.model.path == str(tiny_model[0].resolve())
