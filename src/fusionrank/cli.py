@@ -118,8 +118,10 @@ def demo(
     limit: Optional[int] = typer.Option(None, help="products to use (default: the config's 6,000; 0 = all 44k)"),
     out: Path = typer.Option(DEFAULT_HOME / "models" / "demo", help="model directory to write"),
     query: str = typer.Option("black watch for men", help="query for the closing example search"),
+    serve_after: bool = typer.Option(True, "--serve/--no-serve", help="end by serving the model over HTTP"),
+    port: int = typer.Option(8000, help="port of the search service"),
 ):
-    """The main job on the embedded default: ingest + encode fashion44k, train a fusion ranker, evaluate, search."""
+    """The main job on the embedded default: ingest + encode fashion44k, train a fusion ranker, evaluate, search, serve."""
     from .experiment import ExperimentConfig, open_pipeline
     from .experiment import train as run_train
 
@@ -158,6 +160,43 @@ def demo(
     except FusionrankError as e:
         _fail(e)
     console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s; model in {out}")
+    if serve_after:
+        console.rule("[bold]serve")
+        serve(out, port=port)
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(..., help="model directory (from `fusionrank train` or `fusionrank demo`)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
+    port: int = typer.Option(8000, help="port"),
+    index: Optional[Path] = typer.Option(None, help="search index folder (default: MODEL/index; built on first start)"),
+    rebuild: bool = typer.Option(False, help="rebuild the index from the catalogue and embedding store"),
+    catalog: Optional[Path] = typer.Option(None, help="serve this catalogue instead of the one the model was trained on"),
+    admin_key: Optional[str] = typer.Option(None, envvar="FUSIONRANK_ADMIN_KEY", help="key for PUT/DELETE/admin (default: generated)"),
+    events_key: Optional[str] = typer.Option(None, envvar="FUSIONRANK_EVENTS_KEY", help="key the web page uses for POST /events"),
+    threads: int = typer.Option(1, help="torch threads per request (requests run concurrently)"),
+):
+    """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page."""
+    import secrets
+
+    import torch
+
+    from .serving.app import serve as run_server
+    from .serving.build import open_service
+
+    torch.set_num_threads(threads)
+    try:
+        svc = open_service(model, index, rebuild=rebuild, catalog=catalog, log=lambda s: console.print(s))
+    except FusionrankError as e:
+        _fail(e)
+    if admin_key is None:
+        admin_key = secrets.token_urlsafe(24)
+        console.print(f"admin API key (X-API-Key, generated for this run; set FUSIONRANK_ADMIN_KEY to fix it): {admin_key}")
+    url = f"http://{host}:{port}/"
+    console.print(f"[bold green]search page and API:[/] {url}   (API docs {url}docs, metrics {url}metrics; Ctrl-C stops)")
+    print(url, flush=True)
+    run_server(svc, host, port, admin_key, events_key, log=lambda s: console.print(s))
 
 
 @app.command()

@@ -1,0 +1,77 @@
+"""`fusionrank serve MODEL_DIR`: builds the index on first start, prints the address, answers on loopback."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(model, port, env):
+    return subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_url(proc, timeout=120) -> str:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        line = proc.stdout.readline()
+        if line.startswith("http://"):
+            return line.strip()
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+    raise AssertionError("no address printed")
+
+
+def test_serve_command(tiny_model, tmp_path, fusionrank_home):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model[0], model, ignore=shutil.ignore_patterns("index"))
+    port = _free_port()
+    env = {**os.environ, "FUSIONRANK_ADMIN_KEY": "cli-admin", "FUSIONRANK_HOME": str(fusionrank_home), "OMP_NUM_THREADS": "1"}
+    proc = _start(model, port, env)
+    try:
+        url = _wait_url(proc)
+        assert url == f"http://127.0.0.1:{port}/"
+        assert (model / "index" / "index.json").exists()  # built on first start
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for _ in range(100):
+                try:
+                    if c.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert c.get("/search", params={"q": "red shirt"}).status_code == 200
+            r = c.delete(f"/products/{c.get('/search', params={'q': 'blue'}).json()['results'][0]['product_id']}",
+                         headers={"X-API-Key": "cli-admin"})
+            assert r.status_code == 204
+            n = c.get("/healthz").json()["products"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    # second start: loads the saved index and replays the logged delete
+    proc = _start(model, port, env)
+    try:
+        url = _wait_url(proc)
+        for _ in range(100):
+            try:
+                h = httpx.get(url + "healthz", timeout=10)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert h.json()["products"] == n
+    finally:
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=30)[1]
+    err = " ".join(err.split())  # rich wraps long lines
+    assert "loaded from" in err and "1 logged change(s) replayed" in err
