@@ -189,20 +189,27 @@ class NeuralRanker:
         for a product that lacks it; an absent modality contributes 0.
         """
         self._check()
-        base = self.predict(slates, tables)
         K = len(self.groups_)
-        out = np.zeros(slates.rows.shape + (K,), np.float32)
-        for k, g in enumerate(self.groups_):
+        B = len(slates.rows)
+        # the full slates and the K occluded copies scored in one batch: [(K+1) * B, N]
+        masks = [slates.mask]
+        for g in self.groups_:
             m = slates.mask.copy()
             m[..., g.mask_column] = False
-            if hasattr(slates, "__dataclass_fields__"):
-                alt = type(slates)(**{**slates.__dict__, "mask": m})
-            else:  # any object with the slate attributes (fit/predict accept those too)
-                alt = copy.copy(slates)
-                alt.mask = m
-            s = self.predict(alt, tables)
+            masks.append(m)
+        stacked = copy.copy(slates)
+        stacked.rows = np.concatenate([slates.rows] * (K + 1))
+        stacked.x = np.concatenate([slates.x] * (K + 1))
+        stacked.mask = np.concatenate(masks)
+        stacked.q = None if slates.q is None else np.concatenate([slates.q] * (K + 1))
+        if getattr(slates, "y", None) is not None:
+            stacked.y = None
+        s = self.predict(stacked, tables, batch=max(64, (K + 1) * B)).reshape(K + 1, B, -1)
+        base = s[0]
+        out = np.zeros(slates.rows.shape + (K,), np.float32)
+        for k, g in enumerate(self.groups_):
             with np.errstate(invalid="ignore"):  # padding: -inf - -inf, masked out below
-                out[..., k] = np.where(np.isfinite(base) & slates.mask[..., g.mask_column], base - s, 0.0)
+                out[..., k] = np.where(np.isfinite(base) & slates.mask[..., g.mask_column], base - s[k + 1], 0.0)
         return out
 
     def modality_weights(self) -> dict[str, float] | None:

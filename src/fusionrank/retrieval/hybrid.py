@@ -54,17 +54,21 @@ def sparse_topk(q: sp.csr_matrix, docs_t: sp.csc_matrix | sp.csr_matrix, k: int,
 
 
 def rrf_merge(lists: list[np.ndarray], n: int, rrf_k: float = 60.0, weights: list[float] | None = None) -> np.ndarray:
-    """Merge per-source ranked row lists (each ``[depth]``, -1 padded) into the top ``n`` rows."""
-    score: dict[int, float] = {}
-    for li, rows in enumerate(lists):
+    """Merge per-source ranked row lists (each ``[depth]``, -1 padded) into the top ``n`` rows.
+
+    Ties in the fused score go to the lower row.
+    """
+    rows, vals = [], []
+    for li, r in enumerate(lists):
+        r = np.asarray(r, np.int64)
+        ok = r >= 0
         w = 1.0 if weights is None else weights[li]
-        for r, row in enumerate(rows):
-            if row < 0:
-                continue
-            score[int(row)] = score.get(int(row), 0.0) + w / (rrf_k + r + 1)
-    if not score:
+        rows.append(r[ok])
+        vals.append(w / (rrf_k + np.flatnonzero(ok) + 1.0))
+    if not rows or not sum(len(r) for r in rows):
         return np.zeros(0, np.int64)
-    rows = np.fromiter(score.keys(), np.int64, len(score))
-    vals = np.fromiter(score.values(), np.float64, len(score))
-    order = np.lexsort((rows, -vals))[:n]
-    return rows[order]
+    allr, allv = np.concatenate(rows), np.concatenate(vals)
+    urows, inv = np.unique(allr, return_inverse=True)
+    score = np.bincount(inv, weights=allv, minlength=len(urows))
+    order = np.lexsort((urows, -score))[:n]
+    return urows[order]

@@ -167,12 +167,17 @@ class LexicalField:
             z = np.zeros(0, np.int64)
             return z, np.zeros(0, np.float32), np.zeros(0, np.float32)
         rows, wts = np.concatenate(parts_r), np.concatenate(parts_w)
-        if len(parts_r) == 1:
+        if len(parts_r) == 1:  # one term: its postings are already distinct and sorted
             urows, s, c = rows, wts, np.ones(len(rows), np.float32)
-        else:
+        elif len(rows) * 8 < self.n_rows:  # few postings: sort them
             urows, inv = np.unique(rows, return_inverse=True)
             s = np.bincount(inv, weights=wts, minlength=len(urows))
             c = np.bincount(inv, minlength=len(urows))
+        else:  # long posting lists (common terms, big catalogues): accumulate over all rows, O(rows + postings)
+            c_all = np.bincount(rows, minlength=self.n_rows)
+            urows = np.flatnonzero(c_all)
+            s = np.bincount(rows, weights=wts, minlength=self.n_rows)[urows]
+            c = c_all[urows]
         keep = self.live[urows]
         if allowed is not None:
             keep &= allowed[urows]

@@ -18,7 +18,7 @@ from ..encoders import MiniLMEncoder
 
 
 class QueryEncoder:
-    def __init__(self, cache_dir: Path | None = None, cache_size: int = 4096, threads: int = 1, backend: str = "onnx"):
+    def __init__(self, cache_dir: Path | None = None, cache_size: int = 4096, threads: int = 2, backend: str = "onnx"):
         self.cache_size, self.threads, self.backend = cache_size, threads, backend
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -47,6 +47,7 @@ class QueryEncoder:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
         so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: other requests get the core
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         # guard: the exported graph must reproduce the torch embedding
         probe = "red cotton t-shirt for men"

@@ -85,6 +85,7 @@ class SearchService:
         self._recent: OrderedDict[str, tuple[str, frozenset]] = OrderedDict()
         self._recent_max = recent_searches
         self._log_lock = threading.Lock()
+        self._files: dict[str, Any] = {}
         self._swap_lock = threading.Lock()
         self.stage_observer = None  # callable(stage, seconds), set by the HTTP layer for metrics
         if self.data_dir:
@@ -234,9 +235,19 @@ class SearchService:
     def _write(self, name: str, *entries: dict) -> None:
         if not self.data_dir:
             return
-        with self._log_lock, open(self.data_dir / name, "a") as f:
-            for e in entries:
-                f.write(json.dumps(e, default=str) + "\n")
+        text = "".join(json.dumps(e, default=str) + "\n" for e in entries)
+        with self._log_lock:
+            f = self._files.get(name)
+            if f is None:
+                f = self._files[name] = open(self.data_dir / name, "a", buffering=1)
+            f.write(text)
+            f.flush()
+
+    def close(self) -> None:
+        with self._log_lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
 
     def stats(self) -> dict[str, Any]:
         m = self.model

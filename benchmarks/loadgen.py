@@ -1,0 +1,79 @@
+"""A bounded HTTP load generator: a fixed number of GET /search requests from C concurrent clients.
+
+Each client is a thread with its own keep-alive connection; requests are taken from
+one shared list (so the request count is fixed, not the duration). Run it as its own
+process so that the client's CPU is not the server's:
+
+    python benchmarks/loadgen.py --url http://127.0.0.1:8000 --queries q.txt --requests 2000 --concurrency 8 --out r.json
+
+Writes per-request client latency (ms), status codes and the server's stage timings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+import httpx
+
+
+def run(url: str, queries: list[str], requests: int, concurrency: int, k: int = 10, warmup: int = 20,
+        params: dict | None = None) -> dict:
+    todo = [queries[i % len(queries)] for i in range(requests)]
+    lock = threading.Lock()
+    pos = [0]
+    lat, status, server = [None] * requests, [0] * requests, [None] * requests
+    with httpx.Client(base_url=url, timeout=60) as c:  # warm-up: the model, caches of the ANN lists, connections
+        for i in range(warmup):
+            c.get("/search", params={"q": f"warm up {i} " + queries[-1 - (i % len(queries))], "k": k})
+
+    def client():
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while True:
+                with lock:
+                    i = pos[0]
+                    if i >= requests:
+                        return
+                    pos[0] += 1
+                t0 = time.perf_counter()
+                try:
+                    r = c.get("/search", params={"q": todo[i], "k": k, **(params or {})})
+                    body = r.content
+                    lat[i] = (time.perf_counter() - t0) * 1e3
+                    status[i] = r.status_code
+                    if r.status_code == 200:
+                        server[i] = json.loads(body)["timings_ms"]
+                except httpx.HTTPError as e:
+                    lat[i] = (time.perf_counter() - t0) * 1e3
+                    status[i] = -1
+                    server[i] = {"error": str(e)}
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"requests": requests, "concurrency": concurrency, "wall_seconds": wall, "latency_ms": lat, "status": status,
+            "server_ms": server}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--queries", required=True, help="file with one query per line")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    qs = [l.strip() for l in open(a.queries) if l.strip()]
+    res = run(a.url, qs, a.requests, a.concurrency, a.k)
+    with open(a.out, "w") as f:
+        json.dump(res, f)
+
+
+if __name__ == "__main__":
+    main()
