@@ -162,7 +162,8 @@ def demo(
     console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s; model in {out}")
     if serve_after:
         console.rule("[bold]serve")
-        serve(out, port=port)
+        _serve(out, "127.0.0.1", port, None, True, None, os.environ.get("FUSIONRANK_ADMIN_KEY"),
+               os.environ.get("FUSIONRANK_EVENTS_KEY"), 1)
 
 
 @app.command()
@@ -178,6 +179,10 @@ def serve(
     threads: int = typer.Option(1, help="torch threads per request (requests run concurrently)"),
 ):
     """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page."""
+    _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads)
+
+
+def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads) -> None:
     import secrets
 
     import torch

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fusionrank.errors import FusionrankError
-from fusionrank.serving.service import STAGES, ModelMismatch, load_handle
+from fusionrank.serving.service import STAGES, ModelMismatch, UnknownCategory, load_handle
 
 QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes"]
 
@@ -54,7 +54,7 @@ def test_category_filter_and_unknown_category(svc):
     cat = svc.index.category_names[0]
     r = svc.search("shirt", k=50, category=cat.upper())
     assert r["results"] and {h["category"] for h in r["results"]} == {cat}
-    with pytest.raises(KeyError):
+    with pytest.raises(UnknownCategory, match="unknown category 'no such category'; valid: "):
         svc.search("shirt", category="no such category")
 
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import FusionrankError
 from .products import ProductInputError
-from .service import EVENT_TYPES, STAGES, ModelMismatch, SearchService
+from .service import EVENT_TYPES, STAGES, ModelMismatch, SearchService, UnknownCategory
 
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY_CHARS = 256
@@ -43,7 +43,7 @@ ID_PATTERN = r"^[^\s/\\][^/\\]{0,199}$"
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["impression", "click", "add_to_cart", "purchase"]
+    type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
     search_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the search_id returned by /search")
     model_version: str = Field(min_length=1, max_length=200, description="the model_version returned by /search")
     product_id: str = Field(min_length=1, max_length=200)
@@ -182,8 +182,8 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
             with gate:  # at most `max_concurrent_searches` at once: FIFO-ish queueing instead of GIL thrashing
                 result = service.search(q, k=k, category=category or None, explain=explain)
             return Response(json.dumps(result), media_type="application/json")
-        except KeyError:
-            raise HTTPException(422, f"category: unknown category {category!r}; valid: {', '.join(service.index.category_names)}")
+        except UnknownCategory as e:
+            raise HTTPException(422, f"category: {e.args[0]}")
 
     def _product_or_404(product_id: str) -> dict:
         p = service.index.product(product_id)
@@ -254,11 +254,12 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
         swaps.inc()
         return {"previous": old.version, "current": new.version}
 
-    @app.post("/admin/snapshot", summary="Write the index snapshot", dependencies=[Depends(require_admin)])
-    def snapshot(directory: str | None = Body(None, embed=True)) -> dict[str, Any]:
-        d = directory or getattr(service.index, "_log_path", None) and str(service.index._log_path.parent)
-        if not d:
-            raise HTTPException(422, "directory: this index was never saved; give a directory")
+    @app.post("/admin/snapshot", summary="Write the index snapshot (and empty the change log)",
+              dependencies=[Depends(require_admin)])
+    def snapshot() -> dict[str, Any]:
+        d = service.index.directory
+        if d is None:
+            raise HTTPException(409, "this index has no folder (it was never saved or loaded); nothing to snapshot to")
         t0 = time.perf_counter()
         service.index.save(d)
         return {"directory": str(d), "products": len(service.index), "seconds": round(time.perf_counter() - t0, 2)}

@@ -448,6 +448,11 @@ class SearchIndex:
             + (f" ({replayed} logged change(s) replayed)" if replayed else ""))
         return self
 
+    @property
+    def directory(self) -> Path | None:
+        """The folder this index was saved to or loaded from (None if neither)."""
+        return None if self._log_path is None else self._log_path.parent
+
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held per part (arrays and indexes; Python string objects of the records not counted)."""
         n = self.cap

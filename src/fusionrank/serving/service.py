@@ -39,6 +39,10 @@ STAGES = ("encode", "retrieve", "features", "rank", "explain")
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
 
 
+class UnknownCategory(FusionrankError, KeyError):
+    """A category filter that names no category of the index."""
+
+
 class ModelMismatch(FusionrankError):
     """A model that cannot rank this index (features, embedding sizes or title field differ)."""
 
@@ -134,7 +138,7 @@ class SearchService:
         if not query:
             raise FusionrankError("empty query")
         if category and not self.index.has_category(category):
-            raise KeyError(category)
+            raise UnknownCategory(f"unknown category {category!r}; valid: {', '.join(self.index.category_names)}")
         m = self.model  # one read: the whole request uses this model
         t = {}
         t0 = time.perf_counter()
