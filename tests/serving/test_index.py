@@ -54,21 +54,21 @@ def test_upsert_and_delete_are_visible_to_the_next_retrieval(built, tiny_pipe):
     cfg.ann.update({"codec": "flat"})
     sidx = SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)
     q = pidx.encode_queries(["zorblax sneakers"])[0]
-    assert len(sidx.retrieve("zorblax", q).lex["title"][0]) == 0
+    assert len(sidx.retrieve("zorblax", q).lex["title"]) == 0
     v = _vectors(sidx, 0)
     v["title"] = q  # its title embedding is the query's: the dense side must find it too
     rec = {**sidx.record(0), "product_id": "new-1", "indexed_title": "Zorblax Sneakers", "title": "Zorblax Sneakers"}
     row = sidx.upsert(rec, {"title": "Zorblax Sneakers", "transcript": ""}, v)
     got = sidx.retrieve("zorblax sneakers", q)
     assert row in got.rows.tolist()
-    assert got.lex["title"][0].tolist() == [row]  # the only BM25 match
+    assert got.lex["title"].arrays()[0].tolist() == [row]  # the only BM25 match
     assert sidx.product("new-1")["title"] == "Zorblax Sneakers"
     # update: same id, new title; the old row disappears
     row2 = sidx.upsert({**rec, "title": "Quuxly Boots", "indexed_title": "Quuxly Boots"}, {"title": "Quuxly Boots", "transcript": ""}, v)
     assert row2 != row
     got = sidx.retrieve("zorblax", q)
-    assert row not in got.rows.tolist() and len(got.lex["title"][0]) == 0
-    assert sidx.retrieve("quuxly", q).lex["title"][0].tolist() == [row2]
+    assert row not in got.rows.tolist() and len(got.lex["title"]) == 0
+    assert sidx.retrieve("quuxly", q).lex["title"].arrays()[0].tolist() == [row2]
     n = len(sidx)
     assert sidx.delete("new-1") and len(sidx) == n - 1
     assert row2 not in sidx.retrieve("quuxly boots", q).rows.tolist()

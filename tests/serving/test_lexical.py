@@ -21,7 +21,7 @@ def reference(live_docs: list[str], queries: list[str]) -> np.ndarray:
 
 
 def dense(field: LexicalField, query: str, rows: list[int]) -> np.ndarray:
-    r, s, _ = field.score(field.query_terms(query))
+    r, s = field.score(field.query_terms(query)).arrays()
     out = dict(zip(r.tolist(), s.tolist()))
     return np.array([out.get(i, 0.0) for i in rows])
 
@@ -62,16 +62,18 @@ def test_after_adds_and_deletes_it_matches_a_rebuild(seed):
     ref = reference([texts[r] for r in rows], QUERIES)
     for qi, q in enumerate(QUERIES):
         np.testing.assert_allclose(dense(f, q, rows), ref[qi], rtol=1e-5, atol=1e-6)
-        r, _, _ = f.score(f.query_terms(q))
+        r, _ = f.score(f.query_terms(q)).arrays()
         assert set(r.tolist()) <= live  # deleted rows never come back
 
 
 def test_matched_counts_distinct_query_terms_and_filter():
     f = LexicalField.build(["red shirt", "red red dress", "blue shirt", ""])
-    r, s, c = f.score(f.query_terms("red shirt red"))
-    assert dict(zip(r.tolist(), c.tolist())) == {0: 2, 1: 1, 2: 1}
+    res = f.score(f.query_terms("red shirt red"))
+    r, s = res.arrays()
+    assert dict(zip(r.tolist(), res.matched(r).tolist())) == {0: 2, 1: 1, 2: 1}
+    assert res.matched(np.array([3])).tolist() == [0]
     allowed = np.array([False, True, True, True])
-    r, _, _ = f.score(f.query_terms("red shirt"), allowed)
+    r, _ = f.score(f.query_terms("red shirt"), allowed).arrays()
     assert sorted(r.tolist()) == [1, 2]
 
 
@@ -79,7 +81,7 @@ def test_new_terms_become_searchable_and_deleted_terms_vanish():
     f = LexicalField.build(["red shirt", "blue shirt"])
     assert len(f.query_terms("zorblax")) == 0
     f.add(2, "zorblax sneakers")
-    r, s, _ = f.score(f.query_terms("zorblax"))
+    r, s = f.score(f.query_terms("zorblax")).arrays()
     assert r.tolist() == [2] and s[0] > 0
     f.delete(2, "zorblax sneakers")
     assert len(f.query_terms("zorblax")) == 0  # df 0: not a query term, as after a rebuild
@@ -100,6 +102,30 @@ def test_save_load_roundtrip(tmp_path):
     f.save(tmp_path / "lex")
     g = LexicalField.load(tmp_path / "lex")
     for q in QUERIES:
-        a, b = f.score(f.query_terms(q)), g.score(g.query_terms(q))
+        a, b = f.score(f.query_terms(q)).arrays(), g.score(g.query_terms(q)).arrays()
         for x, y in zip(a, b):
             np.testing.assert_allclose(x, y, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dense_fraction", [0.0, 1e9])  # always dense / always sparse
+def test_dense_and_sparse_results_agree_with_brute_force(monkeypatch, dense_fraction):
+    rng = np.random.default_rng(7)
+    docs = random_docs(rng, 5000)
+    f = LexicalField.build(docs)
+    for r in rng.choice(5000, 300, replace=False):  # dead rows must never surface
+        f.delete(int(r), docs[r])
+    f.add(5000, "zorblax silk")
+    monkeypatch.setattr(LexicalField, "dense_fraction", dense_fraction)
+    ref_enc = None
+    for q in QUERIES:
+        res = f.score(f.query_terms(q))
+        rows, s = res.arrays()
+        assert f.live[rows].all()
+        for depth in (1, 10, 200):
+            want = rows[np.lexsort((rows, -s))][:depth]  # by score, ties to the lower row
+            assert res.top(depth).tolist() == want.tolist()
+        probe = np.array([0, 1, 2, 4999, 5000])
+        np.testing.assert_allclose(res.at(probe), [dict(zip(rows.tolist(), s.tolist())).get(int(p), 0.0) for p in probe], rtol=1e-6)
+        terms = set(q.split())
+        texts = docs + ["zorblax silk"]
+        np.testing.assert_array_equal(res.matched(probe), [len(terms & set(texts[p].split())) for p in probe])

@@ -35,7 +35,7 @@ from ..errors import FusionrankError
 from ..features import MODALITIES, MODALITY_EMBEDDING, MODALITY_FEATURES, SCALAR_FEATURES, Slates, _minmax
 from ..retrieval.hybrid import CandidateConfig, rrf_merge
 from .ann import AnnIndex
-from .lexical import LexicalField
+from .lexical import LexicalField, LexScores
 
 # display / record columns kept per product (the indexed title is ``indexed_title``)
 INDEXED_TITLE = "indexed_title"
@@ -74,7 +74,7 @@ class Retrieved:
     """Candidates for one query and the lexical scores needed for their features."""
 
     rows: np.ndarray
-    lex: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # field -> (rows, bm25, matched)
+    lex: dict[str, LexScores]  # field -> BM25 of the query
     qlen: dict[str, int]
     sources: dict[str, int]
 
@@ -222,13 +222,7 @@ class SearchIndex:
             for src in cfg.sources:
                 kind, name = src.split(":", 1)
                 if kind == "bm25":
-                    rows, s, _ = lex[name]
-                    if len(rows) > cfg.depth:  # top depth; ties at the cut go to lower rows (as in training)
-                        kth = s[np.argpartition(-s, cfg.depth - 1)[cfg.depth - 1]]
-                        gt, eq = np.flatnonzero(s > kth), np.flatnonzero(s == kth)
-                        sel = np.concatenate([gt, eq[:cfg.depth - len(gt)]])
-                        rows, s = rows[sel], s[sel]
-                    top = rows[np.lexsort((rows, -s))]
+                    top = lex[name].top(cfg.depth)
                 elif kind == "dense":
                     # a few extra, then ties broken by lower row, as the training-time exact search does
                     top, sc = self.ann[name].search(q_emb, cfg.depth + 16, bits, frac)
@@ -250,12 +244,10 @@ class SearchIndex:
         with self.lock:
             tables = {t: self.emb[t][rows] for t in TABLES}
             masks = np.stack([self.emb_mask[t][rows] for t in TABLES], 1)
-        for f in LEX_FIELDS:
-            lr, ls, lc = got.lex[f]
-            pos = np.clip(np.searchsorted(lr, rows), 0, max(len(lr) - 1, 0))
-            hit = (lr[pos] == rows) if len(lr) else np.zeros(N, bool)
-            x[0, :N, col[f"bm25_{f}"]] = np.where(hit, ls[pos] if len(lr) else 0, 0)
-            x[0, :N, col[f"overlap_{f}"]] = np.where(hit, lc[pos] if len(lr) else 0, 0) / got.qlen[f]
+        with self.lock:
+            for f in LEX_FIELDS:
+                x[0, :N, col[f"bm25_{f}"]] = got.lex[f].at(rows)
+                x[0, :N, col[f"overlap_{f}"]] = got.lex[f].matched(rows) / got.qlen[f]
         q = np.asarray(q_emb, np.float32)
         for t, name in (("title", "cos_title"), ("image_proj", "cos_image"), ("transcript", "cos_transcript")):
             x[0, :N, col[name]] = (tables[t] @ q) * masks[:, TABLES.index(t)]

@@ -26,6 +26,7 @@ from ..encoders.text import tokenize
 
 
 class LexicalField:
+    dense_fraction = 1 / 40  # postings above this share of the rows are accumulated densely
     def __init__(self, k1: float = 1.2, b: float = 0.75):
         self.k1, self.b = k1, b
         self.vocab: dict[str, int] = {}
@@ -38,6 +39,9 @@ class LexicalField:
         self.n_rows = 0
         self.n_live = 0
         self.sum_dl = 0.0
+        self._w_main: np.ndarray | None = None
+        self._w_avgdl: float | None = None
+        self._dead: tuple | None = None
 
     # construction ----------------------------------------------------------
     @classmethod
@@ -127,6 +131,24 @@ class LexicalField:
         self.main = sp.csr_matrix((f[keep], (t[keep], d[keep])), shape=(V, P))
         self.main.sort_indices()
         self.delta, self.delta_postings = {}, 0
+        self._w_main = None  # postings changed: recompute the cached weights
+
+    def _tf_part(self, tf: np.ndarray, dl: np.ndarray, avgdl: float) -> np.ndarray:
+        """BM25's saturated term frequency, ``tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl))``."""
+        return (tf * (self.k1 + 1) / (tf + self.k1 * (1 - self.b + self.b * dl / avgdl))).astype(np.float32)
+
+    def _main_weights(self, avgdl: float) -> np.ndarray:
+        """The main segment's saturated tf per posting, for the current ``avgdl``.
+
+        Cached; any add or delete changes ``avgdl``, and the first query after it
+        recomputes (O(postings): ~0.1 s at 1M products), so a burst of writes costs one pass.
+        """
+        if self._w_main is None or self._w_avgdl != avgdl:
+            m = self.main
+            rows = m.indices
+            self._w_main = self._tf_part(m.data, self.dl[rows], avgdl)
+            self._w_avgdl = avgdl
+        return self._w_main
 
     # queries ---------------------------------------------------------------
     def query_terms(self, query: str) -> np.ndarray:
@@ -134,54 +156,53 @@ class LexicalField:
         ids = {self.vocab[w] for w in tokenize(query) if w in self.vocab}
         return np.asarray(sorted(j for j in ids if self.df[j] > 0), np.int64)
 
-    def score(self, terms: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """BM25 of every live row matching any of ``terms``.
-
-        Returns ``(rows, bm25, matched)`` for the matching rows: their BM25 score and
-        how many of the query terms they contain.
-        """
+    def score(self, terms: np.ndarray, allowed: np.ndarray | None = None) -> "LexScores":
+        """BM25 of every live (and ``allowed``) row for the query ``terms``."""
         if not len(terms) or not self.n_live:
-            z = np.zeros(0, np.int64)
-            return z, np.zeros(0, np.float32), np.zeros(0, np.float32)
+            return LexScores(self, terms, np.zeros(0, np.int64), np.zeros(0, np.float64), None)
         n = self.n_live
         avgdl = max(self.sum_dl / n, 1e-9)
         idf = np.log1p((n - self.df[terms] + 0.5) / (self.df[terms] + 0.5)).astype(np.float32)
         parts_r, parts_w = [], []
         m = self.main
+        w_main = self._main_weights(avgdl)
         for j, w in zip(terms, idf):
-            r, tf = [], []
             if j < m.shape[0]:
                 a, b_ = m.indptr[j], m.indptr[j + 1]
-                r.append(m.indices[a:b_])
-                tf.append(m.data[a:b_])
+                if b_ > a:
+                    parts_r.append(m.indices[a:b_])
+                    parts_w.append(w * w_main[a:b_])
             if j in self.delta:
-                r.append(np.asarray(self.delta[j][0], np.int64))
-                tf.append(np.asarray(self.delta[j][1], np.float32))
-            if not r:
-                continue
-            rows, tfs = np.concatenate(r), np.concatenate(tf)
-            norm = self.k1 * (1 - self.b + self.b * self.dl[rows] / avgdl)
-            parts_r.append(rows)
-            parts_w.append(w * tfs * (self.k1 + 1) / (tfs + norm))
+                rows, tfs = np.asarray(self.delta[j][0], np.int64), np.asarray(self.delta[j][1], np.float32)
+                parts_r.append(rows)
+                parts_w.append(w * self._tf_part(tfs, self.dl[rows], avgdl))
         if not parts_r:
-            z = np.zeros(0, np.int64)
-            return z, np.zeros(0, np.float32), np.zeros(0, np.float32)
+            return LexScores(self, terms, np.zeros(0, np.int64), np.zeros(0, np.float64), None)
         rows, wts = np.concatenate(parts_r), np.concatenate(parts_w)
-        if len(parts_r) == 1:  # one term: its postings are already distinct and sorted
-            urows, s, c = rows, wts, np.ones(len(rows), np.float32)
-        elif len(rows) * 8 < self.n_rows:  # few postings: sort them
+        if len(rows) < self.dense_fraction * self.n_rows:  # few postings: a sparse result
             urows, inv = np.unique(rows, return_inverse=True)
-            s = np.bincount(inv, weights=wts, minlength=len(urows))
-            c = np.bincount(inv, minlength=len(urows))
-        else:  # long posting lists (common terms, big catalogues): accumulate over all rows, O(rows + postings)
-            c_all = np.bincount(rows, minlength=self.n_rows)
-            urows = np.flatnonzero(c_all)
-            s = np.bincount(rows, weights=wts, minlength=self.n_rows)[urows]
-            c = c_all[urows]
-        keep = self.live[urows]
+            sc = np.bincount(inv, weights=wts, minlength=len(urows))
+            keep = self.live[urows] if allowed is None else self.live[urows] & allowed[urows]
+            return LexScores(self, terms, urows[keep].astype(np.int64), sc[keep], None)
+        # long posting lists (common terms, big catalogues): a dense accumulator, O(rows + postings)
+        acc = np.bincount(rows, weights=wts, minlength=self.n_rows)
+        acc[self._dead_rows()] = 0.0
         if allowed is not None:
-            keep &= allowed[urows]
-        return urows[keep].astype(np.int64), np.asarray(s, np.float32)[keep], np.asarray(c, np.float32)[keep]
+            acc *= allowed[:self.n_rows]
+        return LexScores(self, terms, None, None, acc)
+
+    def _dead_rows(self) -> np.ndarray:
+        if self._dead is None or self._dead[0] != (self.n_rows, self.n_live):
+            self._dead = ((self.n_rows, self.n_live), np.flatnonzero(~self.live[:self.n_rows]))
+        return self._dead[1]
+
+    def postings(self, j: int) -> np.ndarray:
+        """Sorted rows (live or not) that contain term ``j``."""
+        m = self.main
+        main = m.indices[m.indptr[j]:m.indptr[j + 1]] if j < m.shape[0] else np.zeros(0, np.int32)
+        if j in self.delta:  # delta rows are appended in increasing order, all after the main segment's
+            return np.concatenate([main.astype(np.int64), np.asarray(self.delta[j][0], np.int64)])
+        return main
 
     # persistence -------------------------------------------------------------
     def save(self, d: Path) -> None:
@@ -207,3 +228,66 @@ class LexicalField:
     def memory_bytes(self) -> int:
         m = self.main
         return int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes + self.df.nbytes + self.dl.nbytes + self.live.nbytes)
+
+
+class LexScores:
+    """BM25 scores of one query over a field: sparse (matching rows) or a dense accumulator over all rows."""
+
+    def __init__(self, field: LexicalField, terms: np.ndarray, rows: np.ndarray | None, scores: np.ndarray | None,
+                 dense: np.ndarray | None):
+        self.field, self.terms = field, terms
+        self._rows, self._scores, self.dense = rows, scores, dense
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, bm25)`` of every matching row, rows ascending."""
+        if self.dense is not None:
+            r = np.flatnonzero(self.dense)
+            return r.astype(np.int64), self.dense[r].astype(np.float32)
+        return self._rows, self._scores.astype(np.float32)
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.dense)) if self.dense is not None else len(self._rows)
+
+    def top(self, depth: int) -> np.ndarray:
+        """The ``depth`` best rows, by score then lower row (the training-time tie rule)."""
+        if self.dense is not None:
+            a = self.dense
+            cand = None
+            if len(a) > 64 * depth:  # exact shortcut: a threshold from a sample keeps >= depth rows
+                samp = a[::32]
+                kk = min(len(samp) - 1, 4 * depth // 32 + 1)
+                t = np.partition(samp, len(samp) - 1 - kk)[len(samp) - 1 - kk]
+                if t > 0:
+                    c = np.flatnonzero(a >= t)
+                    if len(c) >= depth:
+                        cand = c
+            if cand is None:
+                cand = np.flatnonzero(a)
+            rows, s = cand.astype(np.int64), a[cand]
+        else:
+            rows, s = self._rows, self._scores
+        if len(rows) > depth:  # ties at the cut go to lower rows
+            kth = s[np.argpartition(-s, depth - 1)[depth - 1]]
+            gt, eq = np.flatnonzero(s > kth), np.flatnonzero(s == kth)
+            sel = np.concatenate([gt, eq[:depth - len(gt)]])
+            rows, s = rows[sel], s[sel]
+        return rows[np.lexsort((rows, -s))]
+
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """BM25 of the given rows (0 where they do not match)."""
+        if self.dense is not None:
+            return self.dense[rows].astype(np.float32)
+        if not len(self._rows):
+            return np.zeros(len(rows), np.float32)
+        pos = np.clip(np.searchsorted(self._rows, rows), 0, len(self._rows) - 1)
+        return np.where(self._rows[pos] == rows, self._scores[pos], 0.0).astype(np.float32)
+
+    def matched(self, rows: np.ndarray) -> np.ndarray:
+        """How many of the query's terms each given row contains."""
+        out = np.zeros(len(rows), np.float32)
+        for j in self.terms:
+            p = self.field.postings(int(j))
+            if len(p):
+                pos = np.clip(np.searchsorted(p, rows), 0, len(p) - 1)
+                out += p[pos] == rows
+        return out
