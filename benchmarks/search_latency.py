@@ -96,7 +96,7 @@ def serve_and_load(model, index, port, queries, requests, tmp, log) -> dict:
         out["one_client"] = load(port, a, len(a), 1, tmp)
         log(f"  8 clients, {len(b)} distinct queries")
         out["eight_clients"] = load(port, b, len(b), 8, tmp)
-        log(f"  1 client, the first run's queries again (query cache hits)")
+        log("  1 client, the first run's queries again (query cache hits)")
         out["one_client_cached"] = load(port, a, len(a), 1, tmp)
         out["server_rss_mb_after"] = rss_mb(srv.pid)
     finally:

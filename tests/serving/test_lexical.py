@@ -116,7 +116,6 @@ def test_dense_and_sparse_results_agree_with_brute_force(monkeypatch, dense_frac
         f.delete(int(r), docs[r])
     f.add(5000, "zorblax silk")
     monkeypatch.setattr(LexicalField, "dense_fraction", dense_fraction)
-    ref_enc = None
     for q in QUERIES:
         res = f.score(f.query_terms(q))
         rows, s = res.arrays()

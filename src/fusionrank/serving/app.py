@@ -83,7 +83,7 @@ def _loc(loc) -> str:
 
 
 def _readable(err: dict) -> str:
-    where, msg, ctx = _loc(err.get("loc", ())), err.get("msg", "invalid"), err.get("ctx") or {}
+    where, msg = _loc(err.get("loc", ())), err.get("msg", "invalid")
     got = err.get("input")
     if err.get("type") == "missing":
         return f"{where}: required"
