@@ -12,27 +12,29 @@ def tiny_pipe(tiny_model):
     return p, cat
 
 
-@pytest.fixture
-def service_factory(tiny_model, tiny_pipe, tmp_path):
-    """Make a fresh SearchService (its own index copy, own data dir) over the tiny model."""
+def make_service(model_dir, pipe, directory, ann: dict | None = None):
+    """A SearchService over the tiny model with its own saved index copy and data folder."""
     import json
 
     from fusionrank.experiment import ExperimentConfig
     from fusionrank.serving import SearchIndex, SearchService, ServingConfig, load_handle
     from fusionrank.serving.products import ProductEncoder
 
-    pipe, _ = tiny_pipe
-    model_dir = tiny_model[0]
+    cfg = ServingConfig(title_field=pipe.index.config.title_field, candidates=pipe.index.config.candidates)
+    cfg.ann.update(ann or {"codec": "flat"})
+    idx = SearchIndex.from_product_index(pipe.index, cfg, log=lambda m: None)
+    idx.save(directory / "index")
+    config = ExperimentConfig.model_validate(json.loads((model_dir / "config.json").read_text()))
+    ws = json.loads((model_dir / "workspace.json").read_text())
+    enc = ProductEncoder(idx.config.title_field, config.encode_settings(), ws["store"])
+    return SearchService(idx, load_handle(model_dir), data_dir=directory / "data", product_encoder=enc)
 
+
+@pytest.fixture
+def service_factory(tiny_model, tiny_pipe, tmp_path):
+    """Make a fresh SearchService (its own index copy, own data dir) over the tiny model."""
     def make(name: str = "svc", ann: dict | None = None):
-        cfg = ServingConfig(title_field=pipe.index.config.title_field, candidates=pipe.index.config.candidates)
-        cfg.ann.update(ann or {"codec": "flat"})
-        idx = SearchIndex.from_product_index(pipe.index, cfg, log=lambda m: None)
-        idx.save(tmp_path / name / "index")
-        config = ExperimentConfig.model_validate(json.loads((model_dir / "config.json").read_text()))
-        ws = json.loads((model_dir / "workspace.json").read_text())
-        enc = ProductEncoder(idx.config.title_field, config.encode_settings(), ws["store"])
-        return SearchService(idx, load_handle(model_dir), data_dir=tmp_path / name / "data", product_encoder=enc)
+        return make_service(tiny_model[0], tiny_pipe[0], tmp_path / name, ann)
 
     return make
 
