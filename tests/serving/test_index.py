@@ -124,3 +124,20 @@ def test_sq8_ann_finds_nearly_the_exact_candidates(built, tiny_pipe):
         a, b = set(base.retrieve(query, q).rows.tolist()), set(sq.retrieve(query, q).rows.tolist())
         overlap.append(len(a & b) / len(a))
     assert np.mean(overlap) >= 0.9
+
+
+def test_category_list_follows_writes(built):
+    pidx, base = built
+    cfg = ServingConfig(title_field=base.config.title_field, candidates=base.config.candidates)
+    sidx = SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)
+    cats = sidx.category_names
+    victim = cats[-1]
+    ids = [sidx.records["product_id"][r] for r in range(sidx.n_rows) if sidx.records["category"][r] == victim]
+    for pid in ids[:-1]:
+        sidx.delete(pid)
+    assert victim in sidx.category_names
+    sidx.delete(ids[-1])
+    assert victim not in sidx.category_names and not sidx.has_category(victim.lower())
+    v = {t: (sidx.emb[t][0] if sidx.emb_mask[t][0] else None) for t in ("title", "image_proj", "transcript")}
+    sidx.upsert({"product_id": "c-1", "category": "Garden Tools", "indexed_title": "rake"}, {"title": "rake", "transcript": ""}, v)
+    assert "Garden Tools" in sidx.category_names and sidx.has_category("garden tools")

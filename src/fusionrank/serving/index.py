@@ -106,7 +106,8 @@ class SearchIndex:
         self.version = 0  # bumped on every change
         self._bitmaps: dict[str, tuple[int, np.ndarray, float]] = {}
         self._log_path: Path | None = None
-        self._category_names: dict[str, str] = {}
+        self._category_names: dict[str, str] = {}  # lower-cased -> as first seen
+        self._cat_count: dict[str, int] = {}
 
     # construction --------------------------------------------------------------
     @classmethod
@@ -168,12 +169,26 @@ class SearchIndex:
         return [s.split(":", 1)[1] for s in self.config.candidates.sources if s.startswith("dense:")]
 
     def _refresh_category_names(self) -> None:
+        """Count live products per (lower-cased) category from scratch; writes then keep the counts."""
         live = self.live[:self.n_rows]
-        names: dict[str, str] = {}
-        for c in pd.unique(self.records[S.CATEGORY][:self.n_rows][live]):
-            if c is not None and str(c).strip():
-                names.setdefault(str(c).lower(), str(c))
-        self._category_names = dict(sorted(names.items()))
+        cats = pd.Series(self.records[S.CATEGORY][:self.n_rows][live], dtype=object).dropna().astype(str)
+        cats = cats[cats.str.strip() != ""]
+        self._cat_count = cats.str.lower().value_counts().to_dict()
+        self._category_names = {}
+        for c in pd.unique(cats):
+            self._category_names.setdefault(c.lower(), c)
+
+    def _count_category(self, category: Any, delta: int) -> None:
+        if category is None or not str(category).strip():
+            return
+        key = str(category).lower()
+        n = self._cat_count.get(key, 0) + delta
+        if n > 0:
+            self._cat_count[key] = n
+            self._category_names.setdefault(key, str(category))
+        else:
+            self._cat_count.pop(key, None)
+            self._category_names.pop(key, None)
 
     # reads ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -181,7 +196,7 @@ class SearchIndex:
 
     @property
     def category_names(self) -> list[str]:
-        return list(self._category_names.values())
+        return [self._category_names[k] for k in sorted(self._category_names)]
 
     def has_category(self, category: str) -> bool:
         return category.lower() in self._category_names
@@ -288,6 +303,7 @@ class SearchIndex:
             if self.emb_mask[t][row]:
                 a.remove(np.array([row]))
         self.live[row] = False
+        self._count_category(self.records[S.CATEGORY][row], -1)
 
     def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
                _log: bool = True) -> int:
@@ -324,7 +340,7 @@ class SearchIndex:
                     a.add(self.emb[t][row][None, :], np.array([row]))
             self.row_of[pid] = row
             self.version += 1
-            self._refresh_category_names()
+            self._count_category(cat, +1)
             if _log:
                 self._append_log({"op": "upsert", "record": {c: record.get(c) for c in RECORD_COLUMNS}, "lex": lex_texts,
                                   "vectors": {t: (None if vectors.get(t) is None else _b64(vectors[t])) for t in TABLES}})
@@ -339,7 +355,6 @@ class SearchIndex:
                 return False
             self._retire(row)
             self.version += 1
-            self._refresh_category_names()
             if _log:
                 self._append_log({"op": "delete", "product_id": pid})
         return True
@@ -408,16 +423,28 @@ class SearchIndex:
             self.lex_text[f] = rec[f"lex_{f}"].fillna("").astype(object).to_numpy(dtype=object)
         self.live = rec["live"].to_numpy(bool).copy()
         self.categories = np.asarray([str(c).lower() if c is not None else "" for c in self.records[S.CATEGORY]], object)
+        # room for new products: growing a 1M-row table later would copy all of it during a write
+        cap = n + max(1024, n // 20)
         for t in TABLES:
-            self.emb[t] = np.load(d / f"emb.{t}.npy")
-            self.emb_mask[t] = np.load(d / f"mask.{t}.npy")
+            src = np.load(d / f"emb.{t}.npy", mmap_mode="r")
+            self.emb[t] = np.zeros((cap, src.shape[1]), np.float32)
+            self.emb[t][:n] = src
+            self.emb_mask[t] = np.zeros(cap, bool)
+            self.emb_mask[t][:n] = np.load(d / f"mask.{t}.npy")
+            del src
+        for c in RECORD_COLUMNS:
+            self.records[c] = np.concatenate([self.records[c], np.full(cap - n, None, object)])
+        self.categories = np.concatenate([self.categories, np.full(cap - n, "", object)])
+        for f in LEX_FIELDS:
+            self.lex_text[f] = np.concatenate([self.lex_text[f], np.full(cap - n, "", object)])
+        self.live = np.concatenate([self.live, np.zeros(cap - n, bool)])
         for f in LEX_FIELDS:
             self.lexical[f] = LexicalField.load(d / f"lex.{f}")
         a = config.ann
         for t in self._dense_tables():
             self.ann[t] = AnnIndex.load(d / f"ann.{t}.faiss", a.get("nprobe", 64), a.get("codec", "sq8"))
-        self.n_rows = self.cap = n
-        self.row_of = {str(p): i for i, p in enumerate(self.records[S.PRODUCT_ID]) if self.live[i]}
+        self.n_rows, self.cap = n, cap
+        self.row_of = {str(p): i for i, p in enumerate(self.records[S.PRODUCT_ID][:n]) if self.live[i]}
         self._refresh_category_names()
         replayed = 0
         log_path = d / "changes.jsonl"
