@@ -37,6 +37,12 @@ def test_fresh_index_matches_the_encoder():
         np.testing.assert_allclose(dense(f, q, list(range(60))), ref[qi], rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture(autouse=True)
+def exact_bm25(monkeypatch):
+    """These tests compare with a from-scratch BM25 to 1e-5: no avgdl drift allowed."""
+    monkeypatch.setattr(LexicalField, "avgdl_tolerance", 0.0)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_after_adds_and_deletes_it_matches_a_rebuild(seed):
     rng = np.random.default_rng(seed)
@@ -128,3 +134,19 @@ def test_dense_and_sparse_results_agree_with_brute_force(monkeypatch, dense_frac
         terms = set(q.split())
         texts = docs + ["zorblax silk"]
         np.testing.assert_array_equal(res.matched(probe), [len(terms & set(texts[p].split())) for p in probe])
+
+
+def test_default_tolerance_keeps_scores_close_to_exact(monkeypatch):
+    monkeypatch.setattr(LexicalField, "avgdl_tolerance", 1e-4)
+    rng = np.random.default_rng(11)
+    docs = random_docs(rng, 3000)
+    f = LexicalField.build(docs)
+    f.score(f.query_terms("red shirt"))  # caches the weights
+    texts = dict(enumerate(docs))
+    for i in range(3000, 3003):  # a few writes: avgdl drifts by ~1e-4 at most
+        texts[i] = "red silk shirt"
+        f.add(i, texts[i])
+    rows = sorted(texts)
+    ref = reference([texts[r] for r in rows], QUERIES)
+    for qi, q in enumerate(QUERIES):
+        np.testing.assert_allclose(dense(f, q, rows), ref[qi], rtol=2e-4, atol=1e-6)
