@@ -95,7 +95,8 @@ class SearchIndex:
         self.n_rows = 0
         self.cap = 0
         self.records: dict[str, np.ndarray] = {c: np.empty(0, object) for c in RECORD_COLUMNS}
-        self.categories = np.empty(0, object)  # lower-cased category per row (filters)
+        self.cat_code = np.zeros(0, np.int32)  # per row: code of its lower-cased category (0 = none), for filters
+        self._cat_codes: dict[str, int] = {}
         self.lex_text: dict[str, np.ndarray] = {f: np.empty(0, object) for f in LEX_FIELDS}
         self.emb: dict[str, np.ndarray] = {t: np.zeros((0, dims[t]), np.float32) for t in TABLES}
         self.emb_mask: dict[str, np.ndarray] = {t: np.zeros(0, bool) for t in TABLES}
@@ -126,7 +127,7 @@ class SearchIndex:
             raise FusionrankError("duplicate product ids in the index input")
         self.records[S.PRODUCT_ID] = np.asarray(ids, dtype=object)
         self.row_of = {p: i for i, p in enumerate(ids)}
-        self.categories = np.asarray([str(c).lower() if c is not None else "" for c in self.records[S.CATEGORY]], object)
+        self.cat_code = self._codes(self.records[S.CATEGORY])
         for f in LEX_FIELDS:
             self.lex_text[f] = np.asarray([t or "" for t in lex_texts[f]], dtype=object)
             self.lexical[f] = LexicalField.build(self.lex_text[f], **config.bm25)
@@ -167,6 +168,14 @@ class SearchIndex:
 
     def _dense_tables(self) -> list[str]:
         return [s.split(":", 1)[1] for s in self.config.candidates.sources if s.startswith("dense:")]
+
+    def _codes(self, categories) -> np.ndarray:
+        """Integer codes of categories (case-insensitive; 0 for none), assigning new codes as needed."""
+        out = np.zeros(len(categories), np.int32)
+        for i, c in enumerate(categories):
+            if c is not None and str(c).strip():
+                out[i] = self._cat_codes.setdefault(str(c).lower(), len(self._cat_codes) + 1)
+        return out
 
     def _refresh_category_names(self) -> None:
         """Count live products per (lower-cased) category from scratch; writes then keep the counts."""
@@ -218,7 +227,7 @@ class SearchIndex:
         key = category.lower()
         hit = self._bitmaps.get(key)
         if hit is None or hit[0] != self.version:
-            mask = (self.categories[:self.n_rows] == key) & self.live[:self.n_rows]
+            mask = (self.cat_code[:self.n_rows] == self._cat_codes.get(key, -1)) & self.live[:self.n_rows]
             bits = np.packbits(mask, bitorder="little")
             frac = float(mask.sum()) / max(1, len(self))
             self._bitmaps[key] = hit = (self.version, bits, frac, mask)  # type: ignore[assignment]
@@ -287,7 +296,7 @@ class SearchIndex:
         cap = max(n, int(self.cap * 1.25) + 64)
         for c in RECORD_COLUMNS:
             self.records[c] = np.concatenate([self.records[c], np.full(cap - self.cap, None, object)])
-        self.categories = np.concatenate([self.categories, np.full(cap - self.cap, "", object)])
+        self.cat_code = np.concatenate([self.cat_code, np.zeros(cap - self.cap, np.int32)])
         for f in LEX_FIELDS:
             self.lex_text[f] = np.concatenate([self.lex_text[f], np.full(cap - self.cap, "", object)])
         for t in TABLES:
@@ -325,7 +334,7 @@ class SearchIndex:
                 self.records[c][row] = record.get(c)
             self.records[S.PRODUCT_ID][row] = pid
             cat = record.get(S.CATEGORY)
-            self.categories[row] = str(cat).lower() if cat else ""
+            self.cat_code[row] = self._codes([cat])[0]
             for t in TABLES:
                 v = vectors.get(t)
                 self.emb_mask[t][row] = v is not None
@@ -422,7 +431,7 @@ class SearchIndex:
         for f in LEX_FIELDS:
             self.lex_text[f] = rec[f"lex_{f}"].fillna("").astype(object).to_numpy(dtype=object)
         self.live = rec["live"].to_numpy(bool).copy()
-        self.categories = np.asarray([str(c).lower() if c is not None else "" for c in self.records[S.CATEGORY]], object)
+        self.cat_code = self._codes(self.records[S.CATEGORY])
         # room for new products: growing a 1M-row table later would copy all of it during a write
         cap = n + max(1024, n // 20)
         for t in TABLES:
@@ -434,7 +443,7 @@ class SearchIndex:
             del src
         for c in RECORD_COLUMNS:
             self.records[c] = np.concatenate([self.records[c], np.full(cap - n, None, object)])
-        self.categories = np.concatenate([self.categories, np.full(cap - n, "", object)])
+        self.cat_code = np.concatenate([self.cat_code, np.zeros(cap - n, np.int32)])
         for f in LEX_FIELDS:
             self.lex_text[f] = np.concatenate([self.lex_text[f], np.full(cap - n, "", object)])
         self.live = np.concatenate([self.live, np.zeros(cap - n, bool)])
