@@ -199,7 +199,7 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
         admin_key = secrets.token_urlsafe(24)
         console.print(f"admin API key (X-API-Key, generated for this run; set FUSIONRANK_ADMIN_KEY to fix it): {admin_key}")
     url = f"http://{host}:{port}/"
-    console.print(f"[bold green]search page and API:[/] {url}   (API docs {url}docs, metrics {url}metrics; Ctrl-C stops)")
+    console.print(f"[bold green]search page and API:[/] {url}   (OpenAPI {url}openapi.json, metrics {url}metrics; Ctrl-C stops)")
     print(url, flush=True)
     run_server(svc, host, port, admin_key, events_key, log=lambda s: console.print(s))
 

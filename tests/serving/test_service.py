@@ -95,3 +95,49 @@ def test_swap_checks_the_model_fits_the_index(svc, tiny_model, tiny_lgbm_model, 
     with pytest.raises(ModelMismatch, match="title_sparse"):
         svc.swap_model(bad)
     assert svc.model.path == str(tiny_model[0].resolve())
+
+
+def test_writes_during_concurrent_searches(service_factory):
+    """Searches running while products are added, replaced and removed: no errors, no removed product served."""
+    import threading
+
+    svc = service_factory("writes", ann={"codec": "sq8"})
+    idx = svc.index
+    errors, served = [], []
+    stop = threading.Event()
+    removed: set[str] = set()
+
+    def searcher(i):
+        qs = ["red shirt", "blue dress women", "black watch", "green", "zorblax"]
+        n = 0
+        while not stop.is_set():
+            try:
+                r = svc.search(qs[(i + n) % len(qs)], k=10)
+                served.append({h["product_id"] for h in r["results"]})
+            except Exception as e:  # pragma: no cover - the assertion below reports it
+                errors.append(repr(e))
+            n += 1
+
+    threads = [threading.Thread(target=searcher, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    base = [idx.records["product_id"][r] for r in range(10)]
+    for j in range(60):
+        src = j % 10
+        v = {t: (idx.emb[t][src].copy() if idx.emb_mask[t][src] else None) for t in ("title", "image_proj", "transcript")}
+        rec = {**idx.record(src), "product_id": f"w-{j % 7}", "indexed_title": f"Zorblax {j}"}
+        idx.upsert(rec, {"title": f"Zorblax {j}", "transcript": ""}, v)
+        if j % 3 == 0:
+            idx.delete(base[j % 10])
+            removed.add(base[j % 10])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(served) > 20
+    after = svc.search("zorblax", k=50)["results"]
+    assert {h["product_id"] for h in after} & removed == set()
+    q = svc.queries.encode("zorblax")[0]
+    bm25_rows = idx.retrieve("zorblax", q).lex["title"].arrays()[0]
+    assert sorted(idx.records["product_id"][r] for r in bm25_rows) == [f"w-{i}" for i in range(7)]  # latest versions only
+    assert len(idx) == 120 - len(removed) + 7
