@@ -70,7 +70,7 @@ def test_search_page_end_to_end(service_factory, live_server, browser, tmp_path)
         text = why.inner_text()
         for m in ("text", "image", "audio"):
             assert m in text
-        assert "Fusion weights" in text and "Matched query terms" in text
+        assert "Fusion weights" in text and "Matched query terms" in text and "Learned weights" in text
         assert first.locator(".bar-row").count() == 3
         contrib = [float(x) for x in first.locator(".contrib").all_inner_texts()]
         api = svc.search("red shirt", k=24)["results"][0]

@@ -47,5 +47,7 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
     ws = json.loads((model_dir / "workspace.json").read_text()) if (model_dir / "workspace.json").exists() else {}
     settings = config.encode_settings()
     products = ProductEncoder(index.config.title_field, settings, ws.get("store"))
-    return SearchService(index, model, QueryEncoder(), data_dir=data_dir or index_dir.parent / "service-data",
-                         product_encoder=products)
+    svc = SearchService(index, model, QueryEncoder(), data_dir=data_dir or index_dir.parent / "service-data",
+                        product_encoder=products)
+    log(f"warm-up search: {svc.warm_up():.0f} ms")
+    return svc

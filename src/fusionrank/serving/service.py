@@ -133,7 +133,14 @@ class SearchService:
         if self.stage_observer is not None:
             self.stage_observer(stage, seconds)
 
-    def search(self, query: str, k: int = 10, category: str | None = None, explain: bool = True) -> dict[str, Any]:
+    def warm_up(self, query: str = "black shirt for men") -> float:
+        """One unlogged search so the first user's request does not pay for lazy initialisation; returns ms."""
+        t0 = time.perf_counter()
+        self.search(query, k=10, record=False)
+        return (time.perf_counter() - t0) * 1e3
+
+    def search(self, query: str, k: int = 10, category: str | None = None, explain: bool = True,
+               record: bool = True) -> dict[str, Any]:
         query = query.strip()
         if not query:
             raise FusionrankError("empty query")
@@ -171,6 +178,8 @@ class SearchService:
         t["total_ms"] = round((t5 - t0) * 1e3, 3)
         sid = uuid.uuid4().hex
         shown = frozenset(h["product_id"] for h in hits)
+        if not record:
+            return {"search_id": sid, "timings_ms": t, "results": hits}
         with self._log_lock:
             self._recent[sid] = (m.version, shown)
             if len(self._recent) > self._recent_max:
@@ -180,7 +189,8 @@ class SearchService:
                                        "total_ms": t["total_ms"]})
         return {"search_id": sid, "query": query, "k": k, "category": category, "model_version": m.version,
                 "candidates": int(len(got.rows)), "candidate_sources": got.sources, "query_cached": cached,
-                "weights_kind": (m.alpha or {}).get("kind"), "timings_ms": t, "results": hits}
+                "model_weights": (m.alpha or {}).get("weights"), "model_weights_kind": (m.alpha or {}).get("kind"),
+                "timings_ms": t, "results": hits}
 
     def _hits(self, query, got, sl, scores, order, weights, contrib, m: ModelHandle) -> list[dict[str, Any]]:
         q_terms = set(tokenize(query))
