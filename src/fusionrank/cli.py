@@ -166,6 +166,23 @@ def demo(
                os.environ.get("FUSIONRANK_EVENTS_KEY"), 1)
 
 
+@app.command("compact-index")
+def compact_index(
+    index: Path = typer.Argument(..., help="a search index folder (e.g. MODEL/index); the service must be stopped"),
+):
+    """Rewrite a search index without the rows of removed and replaced products (offline; a full build)."""
+    from .serving import SearchIndex
+
+    try:
+        idx = SearchIndex.load(index, log=lambda s: console.print(s))
+        before = idx.n_rows
+        new = idx.compacted(log=lambda s: console.print(s))
+        new.save(index)
+    except FusionrankError as e:
+        _fail(e)
+    console.print(f"[bold green]compacted[/] {index}: {before:,} rows -> {new.n_rows:,} ({len(new):,} products)")
+
+
 @app.command()
 def serve(
     model: Path = typer.Argument(..., help="model directory (from `fusionrank train` or `fusionrank demo`)"),

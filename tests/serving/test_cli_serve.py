@@ -75,3 +75,22 @@ def test_serve_command(tiny_model, tmp_path, fusionrank_home):
         err = proc.communicate(timeout=30)[1]
     err = " ".join(err.split())  # rich wraps long lines
     assert "loaded from" in err and "1 logged change(s) replayed" in err
+
+
+def test_compact_index_command(service_factory, tmp_path):
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+    from fusionrank.serving import SearchIndex
+
+    svc = service_factory("compact")
+    d = svc.index.directory
+    for pid in list(svc.index.records["product_id"][:5]):
+        svc.index.delete(pid)  # logged to the change log, replayed by the command's load
+    r = CliRunner().invoke(app, ["compact-index", str(d)])
+    assert r.exit_code == 0, r.output
+    assert "120 rows -> 115" in " ".join(r.output.split())
+    idx = SearchIndex.load(d, log=lambda m: None)
+    assert idx.n_rows == len(idx) == 115
+    r = CliRunner().invoke(app, ["compact-index", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "not a search index" in " ".join(r.output.split())

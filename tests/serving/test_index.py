@@ -141,3 +141,21 @@ def test_category_list_follows_writes(built):
     v = {t: (sidx.emb[t][0] if sidx.emb_mask[t][0] else None) for t in ("title", "image_proj", "transcript")}
     sidx.upsert({"product_id": "c-1", "category": "Garden Tools", "indexed_title": "rake"}, {"title": "rake", "transcript": ""}, v)
     assert "Garden Tools" in sidx.category_names and sidx.has_category("garden tools")
+
+
+def test_compacted_index_drops_dead_rows_and_keeps_results(built, tmp_path):
+    pidx, base = built
+    cfg = ServingConfig(title_field=base.config.title_field, candidates=base.config.candidates)
+    cfg.ann.update({"codec": "flat"})
+    sidx = SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)
+    for r in range(0, 30, 3):
+        sidx.delete(sidx.records["product_id"][r])
+    v = {t: (sidx.emb[t][40] if sidx.emb_mask[t][40] else None) for t in ("title", "image_proj", "transcript")}
+    sidx.upsert({**sidx.record(40), "indexed_title": "Zorblax"}, {"title": "Zorblax", "transcript": ""}, v)  # replaces row 40
+    c = sidx.compacted(log=lambda m: None)
+    assert c.n_rows == len(c) == len(sidx) == 120 - 10
+    for query in QUERIES + ["zorblax"]:
+        q = pidx.encode_queries([query])[0]
+        a, b = sidx.retrieve(query, q), c.retrieve(query, q)
+        assert [sidx.records["product_id"][r] for r in a.rows] == [c.records["product_id"][r] for r in b.rows]
+        np.testing.assert_allclose(sidx.slate(query, q, a)[0].x, c.slate(query, q, b)[0].x, rtol=1e-5, atol=1e-6)

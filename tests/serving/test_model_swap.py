@@ -52,4 +52,5 @@ def test_swap_under_concurrent_requests_has_zero_failures(service_factory, tiny_
     assert len(done) > 50
     assert set(done) == set(versions)  # both models served requests
     assert f"fusionrank_model_swaps_total {float(swaps)}" in metrics
+    assert metrics.count("fusionrank_model_info{") == 1
     assert 'status="500"' not in metrics

@@ -111,6 +111,8 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
     products = Gauge("fusionrank_index_products", "products in the index", registry=reg)
     products.set_function(lambda: len(service.index))
     swaps = Counter("fusionrank_model_swaps_total", "model swaps", registry=reg)
+    model_info = Gauge("fusionrank_model_info", "the model serving requests (value 1)", ["version"], registry=reg)
+    model_info.labels(service.model.version).set(1)
     events_total = Counter("fusionrank_events_total", "events accepted", ["type"], registry=reg)
     for s in STAGES:
         stage.labels(s)
@@ -252,6 +254,9 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
         except FusionrankError as e:
             raise HTTPException(422, f"path: {e}")
         swaps.inc()
+        if old.version != new.version:
+            model_info.remove(old.version)
+        model_info.labels(new.version).set(1)
         return {"previous": old.version, "current": new.version}
 
     @app.post("/admin/snapshot", summary="Write the index snapshot (and empty the change log)",

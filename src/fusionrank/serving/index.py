@@ -376,6 +376,21 @@ class SearchIndex:
             f.flush()
             os.fsync(f.fileno())
 
+    def compacted(self, log=print) -> "SearchIndex":
+        """A new index holding only the live products (rows renumbered, IVF centroids re-learned).
+
+        Removed and replaced products keep their rows until this runs; it costs a full build
+        (8 s at 44k, ~3 min at 1M on two cores), so it is an offline step: ``fusionrank compact-index``.
+        """
+        with self.lock:
+            n = self.n_rows
+            live = self.live[:n]
+            records = {c: self.records[c][:n][live] for c in RECORD_COLUMNS}
+            texts = {f: self.lex_text[f][:n][live] for f in LEX_FIELDS}
+            emb = {t: self.emb[t][:n][live] for t in TABLES}
+            mask = {t: self.emb_mask[t][:n][live] for t in TABLES}
+        return SearchIndex.build(records, texts, emb, mask, self.config, log=log)
+
     # persistence ---------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write a snapshot (atomically: a new folder renamed over the old one) and start an empty change log."""
