@@ -208,6 +208,13 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
     from .serving.build import open_service
 
     torch.set_num_threads(threads)
+    import socket
+
+    with socket.socket() as sock:  # fail before loading anything if the port is taken
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            _fail(FusionrankError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port or stop what uses it"))
     try:
         svc = open_service(model, index, rebuild=rebuild, catalog=catalog, log=lambda s: console.print(s))
     except FusionrankError as e:

@@ -94,3 +94,17 @@ def test_compact_index_command(service_factory, tmp_path):
     assert idx.n_rows == len(idx) == 115
     r = CliRunner().invoke(app, ["compact-index", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "not a search index" in " ".join(r.output.split())
+
+
+def test_serve_reports_a_busy_port(tiny_model):
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", str(tiny_model[0]), "--port", str(port)])
+    assert r.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in " ".join(r.output.split())
