@@ -205,7 +205,7 @@ def test_health_stats_metrics_openapi(client):
     assert 'fusionrank_request_seconds_bucket{endpoint="/search",le="0.02",method="GET"}' in m
     for stage in ("encode", "retrieve", "features", "rank", "explain"):
         assert f'fusionrank_search_stage_seconds_count{{stage="{stage}"}}' in m
-    assert "fusionrank_index_products" in m
+    assert "fusionrank_index_products" in m and "fusionrank_query_cache_hits" in m and "fusionrank_model_info{" in m
     spec = client.get("/openapi.json").json()
     assert {"/search", "/products/{product_id}", "/events", "/healthz", "/metrics"} <= set(spec["paths"])
     page = client.get("/")

@@ -110,6 +110,10 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
                       buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=reg)
     products = Gauge("fusionrank_index_products", "products in the index", registry=reg)
     products.set_function(lambda: len(service.index))
+    Gauge("fusionrank_query_cache_hits", "query embeddings served from the cache", registry=reg).set_function(
+        lambda: service.queries.hits)
+    Gauge("fusionrank_query_cache_misses", "query embeddings computed", registry=reg).set_function(
+        lambda: service.queries.misses)
     swaps = Counter("fusionrank_model_swaps_total", "model swaps", registry=reg)
     model_info = Gauge("fusionrank_model_info", "the model serving requests (value 1)", ["version"], registry=reg)
     model_info.labels(service.model.version).set(1)
