@@ -67,6 +67,32 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+def term_counts(texts: Sequence[str], vocab: dict[str, int], grow: bool) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Term-frequency matrix ``[len(texts), len(vocab)]`` and token counts per text.
+
+    Tokens missing from ``vocab`` get new ids (``grow``, updating ``vocab`` in place) or
+    are left out of the matrix (they still count in the length).
+    """
+    indptr, indices, data, lens = [0], [], [], []
+    for t in texts:
+        toks = tokenize(t or "")
+        lens.append(len(toks))
+        counts: dict[int, int] = {}
+        for w in toks:
+            j = vocab.get(w)
+            if j is None:
+                if not grow:
+                    continue
+                j = vocab[w] = len(vocab)
+            counts[j] = counts.get(j, 0) + 1
+        indices.extend(counts)
+        data.extend(counts.values())
+        indptr.append(len(indices))
+    m = sp.csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int64), np.asarray(indptr, np.int64)),
+                      shape=(len(texts), len(vocab)))
+    return m, np.asarray(lens, np.float32)
+
+
 @ENCODERS.register("bm25")
 class BM25Encoder(Encoder):
     """BM25 (Robertson & Zaragoza 2009) as sparse vectors.
@@ -98,26 +124,10 @@ class BM25Encoder(Encoder):
 
     def _counts(self, texts: Sequence[str], grow: bool) -> tuple[sp.csr_matrix, np.ndarray]:
         vocab = self.vocab_ if self.vocab_ is not None else {}
-        indptr, indices, data, lens = [0], [], [], []
-        for t in texts:
-            toks = tokenize(t or "")
-            lens.append(len(toks))
-            counts: dict[int, int] = {}
-            for w in toks:
-                j = vocab.get(w)
-                if j is None:
-                    if not grow:
-                        continue
-                    j = vocab[w] = len(vocab)
-                counts[j] = counts.get(j, 0) + 1
-            indices.extend(counts)
-            data.extend(counts.values())
-            indptr.append(len(indices))
+        m, lens = term_counts(texts, vocab, grow)
         if grow:
             self.vocab_ = vocab
-        m = sp.csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int64), np.asarray(indptr, np.int64)),
-                          shape=(len(texts), len(vocab)))
-        return m, np.asarray(lens, np.float32)
+        return m, lens
 
     def fit(self, corpus: Sequence[str]) -> "BM25Encoder":
         self.vocab_ = {}

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..encoders.text import tokenize
+from ..encoders.text import term_counts, tokenize
 
 
 class LexicalField:
@@ -48,23 +48,8 @@ class LexicalField:
     @classmethod
     def build(cls, docs: Sequence[str], k1: float = 1.2, b: float = 0.75) -> "LexicalField":
         self = cls(k1, b)
-        indptr, indices, data, lens = [0], [], [], []
-        vocab = self.vocab
-        for t in docs:
-            toks = tokenize(t or "")
-            lens.append(len(toks))
-            counts: dict[int, int] = {}
-            for w in toks:
-                j = vocab.get(w)
-                if j is None:
-                    j = vocab[w] = len(vocab)
-                counts[j] = counts.get(j, 0) + 1
-            indices.extend(counts)
-            data.extend(counts.values())
-            indptr.append(len(indices))
+        tf, lens = term_counts(docs, self.vocab, grow=True)
         n = len(docs)
-        tf = sp.csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int64), np.asarray(indptr, np.int64)),
-                           shape=(n, len(vocab)))
         self.main = tf.T.tocsr()
         self.df = np.diff(self.main.indptr).astype(np.float64)
         self.dl = np.asarray(lens, np.float32)
@@ -84,26 +69,20 @@ class LexicalField:
         if row < self.n_rows:
             raise ValueError(f"row {row} already indexed (rows are append-only)")
         self._grow(row + 1)
-        toks = tokenize(text or "")
-        counts: dict[int, int] = {}
-        for w in toks:
-            j = self.vocab.get(w)
-            if j is None:
-                j = self.vocab[w] = len(self.vocab)
-            counts[j] = counts.get(j, 0) + 1
+        tf, lens = term_counts([text], self.vocab, grow=True)
         if len(self.vocab) > len(self.df):
             self.df = np.concatenate([self.df, np.zeros(len(self.vocab) - len(self.df))])
-        for j, c in counts.items():
+        for j, c in zip(tf.indices.tolist(), tf.data.tolist()):
             d = self.delta.setdefault(j, ([], []))
             d[0].append(row)
-            d[1].append(float(c))
+            d[1].append(c)
             self.df[j] += 1
-        self.delta_postings += len(counts)
-        self.dl[row] = len(toks)
+        self.delta_postings += tf.nnz
+        self.dl[row] = lens[0]
         self.live[row] = True
         self.n_rows = row + 1
         self.n_live += 1
-        self.sum_dl += len(toks)
+        self.sum_dl += float(lens[0])
         if self.delta_postings > max(10_000, 0.05 * self.main.nnz):
             self.merge()
 
