@@ -101,6 +101,23 @@ def _minmax(a: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid, (a - np.where(np.isfinite(lo), lo, 0)) / rng, 0).astype(np.float32)
 
 
+def finish_features(x: np.ndarray, valid: np.ndarray, mask: np.ndarray) -> None:
+    """Fill the per-slate min-max features and zero absent modalities and padding, in place.
+
+    ``x [B, N, F]`` holds the raw features (:data:`SCALAR_FEATURES` order), ``valid [B, N]``
+    marks real candidates, ``mask [B, N, K]`` the modalities each candidate has. Training
+    (:meth:`ProductIndex.slates`) and serving (:meth:`SearchIndex.slate`) both end here.
+    """
+    col = {f: j for j, f in enumerate(SCALAR_FEATURES)}
+    x[:, :, col["bm25_title_mm"]] = _minmax(x[:, :, col["bm25_title"]], valid)
+    x[:, :, col["cos_image_mm"]] = _minmax(x[:, :, col["cos_image"]], mask[:, :, 1])
+    x[:, :, col["bm25_transcript_mm"]] = _minmax(x[:, :, col["bm25_transcript"]], mask[:, :, 2])
+    for k, m in enumerate(MODALITIES):  # absent modality: features are exactly zero (and masked)
+        for f in MODALITY_FEATURES[m]:
+            x[:, :, col[f]] *= mask[:, :, k]
+    x[~valid] = 0
+
+
 @dataclass
 class IndexConfig:
     title_field: str = S.TITLE
@@ -272,13 +289,7 @@ class ProductIndex:
             E = self.emb[emb][safe]  # [B, N, D]
             x[:, :, col[name]] = np.einsum("bnd,bd->bn", E, q_emb) * self.emb_mask[emb][safe]
         mask = self.modality_mask[safe] & valid[:, :, None]
-        x[:, :, col["bm25_title_mm"]] = _minmax(x[:, :, col["bm25_title"]], valid)
-        x[:, :, col["cos_image_mm"]] = _minmax(x[:, :, col["cos_image"]], mask[:, :, 1])
-        x[:, :, col["bm25_transcript_mm"]] = _minmax(x[:, :, col["bm25_transcript"]], mask[:, :, 2])
-        for k, m in enumerate(MODALITIES):  # absent modality: features are exactly zero (and masked)
-            for f in MODALITY_FEATURES[m]:
-                x[:, :, col[f]] *= mask[:, :, k]
-        x[~valid] = 0
+        finish_features(x, valid, mask)
         y = None
         if grades is not None:
             y = np.full((B, N), -1.0, np.float32)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from .. import schema as S
 from ..errors import FusionrankError
-from ..features import MODALITIES, MODALITY_EMBEDDING, MODALITY_FEATURES, SCALAR_FEATURES, Slates, _minmax
+from ..features import MODALITIES, MODALITY_EMBEDDING, SCALAR_FEATURES, Slates, finish_features
 from ..retrieval.hybrid import CandidateConfig, rrf_merge
 from .ann import AnnIndex
 from .lexical import LexicalField, LexScores
@@ -268,7 +268,6 @@ class SearchIndex:
         with self.lock:
             tables = {t: self.emb[t][rows] for t in TABLES}
             masks = np.stack([self.emb_mask[t][rows] for t in TABLES], 1)
-        with self.lock:
             for f in LEX_FIELDS:
                 x[0, :N, col[f"bm25_{f}"]] = got.lex[f].at(rows)
                 x[0, :N, col[f"overlap_{f}"]] = got.lex[f].matched(rows) / got.qlen[f]
@@ -279,30 +278,32 @@ class SearchIndex:
         valid[0, :N] = True
         mask = np.zeros((1, max(N, 1), len(MODALITIES)), bool)
         mask[0, :N] = masks
-        x[:, :, col["bm25_title_mm"]] = _minmax(x[:, :, col["bm25_title"]], valid)
-        x[:, :, col["cos_image_mm"]] = _minmax(x[:, :, col["cos_image"]], mask[:, :, 1])
-        x[:, :, col["bm25_transcript_mm"]] = _minmax(x[:, :, col["bm25_transcript"]], mask[:, :, 2])
-        for k, m in enumerate(MODALITIES):
-            for f in MODALITY_FEATURES[m]:
-                x[:, :, col[f]] *= mask[:, :, k]
+        finish_features(x, valid, mask)
         r = np.full((1, max(N, 1)), -1, np.int64)
         r[0, :N] = np.arange(N)
         return Slates(["q"], [query], r, x, mask, q[None, :]), tables
 
     # writes --------------------------------------------------------------------
     def _grow(self, n: int) -> None:
-        if n <= self.cap:
-            return
-        cap = max(n, int(self.cap * 1.25) + 64)
+        if n > self.cap:
+            self._reserve(max(n, int(self.cap * 1.25) + 64))
+
+    def _reserve(self, cap: int) -> None:
+        """Make every per-row array ``cap`` rows long (new rows empty); the copy reads any array, mmap included."""
+        def resized(a: np.ndarray, fill) -> np.ndarray:
+            out = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
+            out[:len(a)] = a
+            return out
+
         for c in RECORD_COLUMNS:
-            self.records[c] = np.concatenate([self.records[c], np.full(cap - self.cap, None, object)])
-        self.cat_code = np.concatenate([self.cat_code, np.zeros(cap - self.cap, np.int32)])
+            self.records[c] = resized(self.records[c], None)
+        self.cat_code = resized(self.cat_code, 0)
         for f in LEX_FIELDS:
-            self.lex_text[f] = np.concatenate([self.lex_text[f], np.full(cap - self.cap, "", object)])
+            self.lex_text[f] = resized(self.lex_text[f], "")
         for t in TABLES:
-            self.emb[t] = np.concatenate([self.emb[t], np.zeros((cap - self.cap, self.dims[t]), np.float32)])
-            self.emb_mask[t] = np.concatenate([self.emb_mask[t], np.zeros(cap - self.cap, bool)])
-        self.live = np.concatenate([self.live, np.zeros(cap - self.cap, bool)])
+            self.emb[t] = resized(self.emb[t], 0.0)
+            self.emb_mask[t] = resized(self.emb_mask[t], False)
+        self.live = resized(self.live, False)
         self.cap = cap
 
     def _retire(self, row: int) -> None:
@@ -447,27 +448,18 @@ class SearchIndex:
             self.lex_text[f] = rec[f"lex_{f}"].fillna("").astype(object).to_numpy(dtype=object)
         self.live = rec["live"].to_numpy(bool).copy()
         self.cat_code = self._codes(self.records[S.CATEGORY])
+        for t in TABLES:  # memory-mapped: _reserve below copies them once, straight into their final size
+            self.emb[t] = np.load(d / f"emb.{t}.npy", mmap_mode="r")
+            self.emb_mask[t] = np.load(d / f"mask.{t}.npy")
         # room for new products: growing a 1M-row table later would copy all of it during a write
-        cap = n + max(1024, n // 20)
-        for t in TABLES:
-            src = np.load(d / f"emb.{t}.npy", mmap_mode="r")
-            self.emb[t] = np.zeros((cap, src.shape[1]), np.float32)
-            self.emb[t][:n] = src
-            self.emb_mask[t] = np.zeros(cap, bool)
-            self.emb_mask[t][:n] = np.load(d / f"mask.{t}.npy")
-            del src
-        for c in RECORD_COLUMNS:
-            self.records[c] = np.concatenate([self.records[c], np.full(cap - n, None, object)])
-        self.cat_code = np.concatenate([self.cat_code, np.zeros(cap - n, np.int32)])
-        for f in LEX_FIELDS:
-            self.lex_text[f] = np.concatenate([self.lex_text[f], np.full(cap - n, "", object)])
-        self.live = np.concatenate([self.live, np.zeros(cap - n, bool)])
+        self.cap = n
+        self._reserve(n + max(1024, n // 20))
         for f in LEX_FIELDS:
             self.lexical[f] = LexicalField.load(d / f"lex.{f}")
         a = config.ann
         for t in self._dense_tables():
             self.ann[t] = AnnIndex.load(d / f"ann.{t}.faiss", a.get("nprobe", 64), a.get("codec", "sq8"))
-        self.n_rows, self.cap = n, cap
+        self.n_rows = n
         self.row_of = {str(p): i for i, p in enumerate(self.records[S.PRODUCT_ID][:n]) if self.live[i]}
         self._refresh_category_names()
         replayed = 0
