@@ -12,17 +12,24 @@ def tiny_pipe(tiny_model):
     return p, cat
 
 
+def serving_index(pidx, codec: str = "flat"):
+    """The SearchIndex of a training-time ProductIndex (same title field and candidate settings)."""
+    from fusionrank.serving import SearchIndex, ServingConfig
+
+    cfg = ServingConfig(title_field=pidx.config.title_field, candidates=pidx.config.candidates)
+    cfg.ann.update({"codec": codec})
+    return SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)
+
+
 def make_service(model_dir, pipe, directory, ann: dict | None = None):
     """A SearchService over the tiny model with its own saved index copy and data folder."""
     import json
 
     from fusionrank.experiment import ExperimentConfig
-    from fusionrank.serving import SearchIndex, SearchService, ServingConfig, load_handle
+    from fusionrank.serving import SearchService, load_handle
     from fusionrank.serving.products import ProductEncoder
 
-    cfg = ServingConfig(title_field=pipe.index.config.title_field, candidates=pipe.index.config.candidates)
-    cfg.ann.update(ann or {"codec": "flat"})
-    idx = SearchIndex.from_product_index(pipe.index, cfg, log=lambda m: None)
+    idx = serving_index(pipe.index, (ann or {}).get("codec", "flat"))
     idx.save(directory / "index")
     config = ExperimentConfig.model_validate(json.loads((model_dir / "config.json").read_text()))
     ws = json.loads((model_dir / "workspace.json").read_text())

@@ -13,21 +13,9 @@ ADMIN, EVENTS = "admin-secret", "events-secret"
 
 @pytest.fixture(scope="module")
 def svc_app(tiny_model, tiny_pipe, tmp_path_factory):
-    import json as _json
+    from conftest import make_service
 
-    from fusionrank.experiment import ExperimentConfig
-    from fusionrank.serving import SearchIndex, SearchService, ServingConfig, load_handle
-    from fusionrank.serving.products import ProductEncoder
-
-    pipe, _ = tiny_pipe
-    d = tmp_path_factory.mktemp("app")
-    cfg = ServingConfig(title_field=pipe.index.config.title_field, candidates=pipe.index.config.candidates)
-    idx = SearchIndex.from_product_index(pipe.index, cfg, log=lambda m: None)
-    idx.save(d / "index")
-    config = ExperimentConfig.model_validate(_json.loads((tiny_model[0] / "config.json").read_text()))
-    ws = _json.loads((tiny_model[0] / "workspace.json").read_text())
-    svc = SearchService(idx, load_handle(tiny_model[0]), data_dir=d / "data",
-                        product_encoder=ProductEncoder(idx.config.title_field, config.encode_settings(), ws["store"]))
+    svc = make_service(tiny_model[0], tiny_pipe[0], tmp_path_factory.mktemp("app"), ann={"codec": "sq8"})
     return svc, create_app(svc, ADMIN, EVENTS)
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from fusionrank.errors import FusionrankError
-from fusionrank.serving import SearchIndex, ServingConfig
+from conftest import serving_index
+from fusionrank.serving import SearchIndex
 
 QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes", "green"]
 
@@ -13,9 +14,7 @@ QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes", "gr
 @pytest.fixture(scope="module")
 def built(tiny_pipe):
     pipe, _ = tiny_pipe
-    cfg = ServingConfig(title_field=pipe.index.config.title_field, candidates=pipe.index.config.candidates)
-    cfg.ann.update({"codec": "flat"})
-    return pipe.index, SearchIndex.from_product_index(pipe.index, cfg, log=lambda m: None)
+    return pipe.index, serving_index(pipe.index)
 
 
 @pytest.mark.parametrize("query", QUERIES)
@@ -50,9 +49,7 @@ def _vectors(sidx, row):
 
 def test_upsert_and_delete_are_visible_to_the_next_retrieval(built, tiny_pipe):
     pidx, base = built
-    cfg = ServingConfig(title_field=base.config.title_field, candidates=base.config.candidates)
-    cfg.ann.update({"codec": "flat"})
-    sidx = SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)
+    sidx = serving_index(pidx)
     q = pidx.encode_queries(["zorblax sneakers"])[0]
     assert len(sidx.retrieve("zorblax", q).lex["title"]) == 0
     v = _vectors(sidx, 0)
@@ -83,9 +80,7 @@ def test_upsert_rejects_wrong_vector_shapes(built):
 
 def test_save_load_and_change_log_replay(built, tmp_path):
     pidx, base = built
-    cfg = ServingConfig(title_field=base.config.title_field, candidates=base.config.candidates)
-    cfg.ann.update({"codec": "flat"})
-    sidx = SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)
+    sidx = serving_index(pidx)
     sidx.save(tmp_path / "idx")
     # changes after the snapshot go to the change log
     v = _vectors(sidx, 3)
@@ -116,8 +111,7 @@ def test_load_rejects_a_folder_that_is_not_an_index(tmp_path):
 
 def test_sq8_ann_finds_nearly_the_exact_candidates(built, tiny_pipe):
     pidx, base = built
-    cfg = ServingConfig(title_field=base.config.title_field, candidates=base.config.candidates)
-    sq = SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)  # default codec sq8
+    sq = serving_index(pidx, "sq8")
     overlap = []
     for query in QUERIES:
         q = pidx.encode_queries([query])[0]
@@ -128,8 +122,7 @@ def test_sq8_ann_finds_nearly_the_exact_candidates(built, tiny_pipe):
 
 def test_category_list_follows_writes(built):
     pidx, base = built
-    cfg = ServingConfig(title_field=base.config.title_field, candidates=base.config.candidates)
-    sidx = SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)
+    sidx = serving_index(pidx, "sq8")
     cats = sidx.category_names
     victim = cats[-1]
     ids = [sidx.records["product_id"][r] for r in range(sidx.n_rows) if sidx.records["category"][r] == victim]
@@ -145,9 +138,7 @@ def test_category_list_follows_writes(built):
 
 def test_compacted_index_drops_dead_rows_and_keeps_results(built, tmp_path):
     pidx, base = built
-    cfg = ServingConfig(title_field=base.config.title_field, candidates=base.config.candidates)
-    cfg.ann.update({"codec": "flat"})
-    sidx = SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)
+    sidx = serving_index(pidx)
     for r in range(0, 30, 3):
         sidx.delete(sidx.records["product_id"][r])
     v = {t: (sidx.emb[t][40] if sidx.emb_mask[t][40] else None) for t in ("title", "image_proj", "transcript")}

@@ -7,20 +7,16 @@ import numpy as np
 import pytest
 
 from fusionrank.errors import FusionrankError
-from fusionrank.serving.service import STAGES, ModelMismatch, UnknownCategory, load_handle
+from fusionrank.serving.service import STAGES, ModelMismatch, UnknownCategory
 
 QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes"]
 
 
 @pytest.fixture(scope="module")
 def svc(tiny_model, tiny_pipe, tmp_path_factory):
-    from fusionrank.serving import SearchIndex, SearchService, ServingConfig
+    from conftest import make_service
 
-    pipe, _ = tiny_pipe
-    cfg = ServingConfig(title_field=pipe.index.config.title_field, candidates=pipe.index.config.candidates)
-    cfg.ann.update({"codec": "flat"})
-    idx = SearchIndex.from_product_index(pipe.index, cfg, log=lambda m: None)
-    return SearchService(idx, load_handle(tiny_model[0]), data_dir=tmp_path_factory.mktemp("svcdata"))
+    return make_service(tiny_model[0], tiny_pipe[0], tmp_path_factory.mktemp("svc"))
 
 
 @pytest.mark.parametrize("query", QUERIES)
