@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from fusionrank import schema as S  # noqa: E402
-from fusionrank.experiment import ExperimentConfig, HOME, Workspace, _split_frames, ideal_for, resolve_source, training_data  # noqa: E402
+from fusionrank.experiment import ExperimentConfig, _split_frames, ideal_for, training_data  # noqa: E402
+from fusionrank.workspace import Workspace, resolve_source  # noqa: E402
 from fusionrank.features import MODALITIES, Slates  # noqa: E402
 from fusionrank.ingest import split_queries  # noqa: E402
 from fusionrank.metrics import compare, evaluate  # noqa: E402

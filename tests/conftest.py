@@ -174,12 +174,9 @@ def tiny_catalog(tmp_path):
 @pytest.fixture(scope="session")
 def fusionrank_home(tmp_path_factory):
     """An isolated FUSIONRANK_HOME: workspaces (ingested catalogue + embedding store) live here."""
-    import fusionrank.experiment as experiment
-
     home = tmp_path_factory.mktemp("fusionrank_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FUSIONRANK_HOME", str(home))
-        mp.setattr(experiment, "HOME", home)
         yield home
 
 
@@ -208,7 +205,8 @@ def tiny_workspace(tiny_fashion, fusionrank_home):
     from fixtures_fashion import tiny_config_dict
     from fusionrank.encode import TRANSCRIPT, EncodeSettings, Encoding
     from fusionrank.engine import get_engine
-    from fusionrank.experiment import ExperimentConfig, Workspace
+    from fusionrank.experiment import ExperimentConfig
+    from fusionrank.workspace import Workspace
     from fusionrank.store import EmbeddingStore, text_hash
 
     threads = torch.get_num_threads()

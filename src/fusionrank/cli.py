@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,8 +17,6 @@ from .errors import FusionrankError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal learning-to-rank for product search.")
 console = Console(stderr=True)
 
-DEFAULT_FASHION44K = Path(os.environ.get("FUSIONRANK_FASHION44K", Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fashion44k"))
-DEFAULT_HOME = Path(os.environ.get("FUSIONRANK_HOME", Path.home() / ".cache" / "fusionrank"))
 
 
 def _fail(e: Exception) -> None:
@@ -116,7 +113,7 @@ def demo(
     config: Path = typer.Option(Path(__file__).resolve().parents[2] / "configs" / "demo.toml", help="experiment config of the main job"),
     data: Optional[Path] = typer.Option(None, help="the fashion44k folder (default: the config's source, ../shared/data/fashion44k)"),
     limit: Optional[int] = typer.Option(None, help="products to use (default: the config's 6,000; 0 = all 44k)"),
-    out: Path = typer.Option(DEFAULT_HOME / "models" / "demo", help="model directory to write"),
+    out: Optional[Path] = typer.Option(None, help="model directory to write (default: $FUSIONRANK_HOME/models/demo)"),
     query: str = typer.Option("black watch for men", help="query for the closing example search"),
     serve_after: bool = typer.Option(True, "--serve/--no-serve", help="end by serving the model over HTTP"),
     port: int = typer.Option(8000, help="port of the search service"),
@@ -125,7 +122,10 @@ def demo(
     from .experiment import ExperimentConfig, open_pipeline
     from .experiment import train as run_train
 
+    from .settings import get_settings
+
     t0 = time.perf_counter()
+    out = out or get_settings().models_dir / "demo"
     try:
         cfg = ExperimentConfig.load(config)
         if data is not None:
@@ -162,8 +162,7 @@ def demo(
     console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s; model in {out}")
     if serve_after:
         console.rule("[bold]serve")
-        _serve(out, "127.0.0.1", port, None, True, None, os.environ.get("FUSIONRANK_ADMIN_KEY"),
-               os.environ.get("FUSIONRANK_EVENTS_KEY"), 1)
+        _serve(out, "127.0.0.1", port, None, True, None, None, None, 1)
 
 
 @app.command("compact-index")
@@ -191,8 +190,8 @@ def serve(
     index: Optional[Path] = typer.Option(None, help="search index folder (default: MODEL/index; built on first start)"),
     rebuild: bool = typer.Option(False, help="rebuild the index from the catalogue and embedding store"),
     catalog: Optional[Path] = typer.Option(None, help="serve this catalogue instead of the one the model was trained on"),
-    admin_key: Optional[str] = typer.Option(None, envvar="FUSIONRANK_ADMIN_KEY", help="key for PUT/DELETE/admin (default: generated)"),
-    events_key: Optional[str] = typer.Option(None, envvar="FUSIONRANK_EVENTS_KEY", help="key the web page uses for POST /events"),
+    admin_key: Optional[str] = typer.Option(None, help="key for PUT/DELETE/admin (default: $FUSIONRANK_ADMIN_KEY, else generated)"),
+    events_key: Optional[str] = typer.Option(None, help="key the web page uses for POST /events (default: $FUSIONRANK_EVENTS_KEY, else generated)"),
     threads: int = typer.Option(1, help="torch threads per request (requests run concurrently)"),
 ):
     """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page."""
@@ -207,7 +206,12 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
     from .serving.app import serve as run_server
     from .serving.build import open_service
 
+    from .settings import get_settings
+
     torch.set_num_threads(threads)
+    settings = get_settings()
+    admin_key = admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
+    events_key = events_key or (settings.events_key.get_secret_value() if settings.events_key else None)
     import socket
 
     with socket.socket() as sock:  # fail before loading anything if the port is taken

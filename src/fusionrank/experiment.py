@@ -11,9 +11,7 @@ scorer, loss, optimizer); see ``configs/fashion44k.toml``. ``train`` writes::
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -23,18 +21,15 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import schema as S
-from .encode import EncodeSettings, encode_catalog
+from .encode import EncodeSettings
 from .errors import FusionrankError
 from .features import MODALITIES, IndexConfig, ProductIndex, Slates
 from .ingest import Catalog, split_queries
-from .ingest import ingest as run_ingest
 from .metrics import evaluate as eval_metrics
 from .metrics import ideal_dcg_by_query
 from .pipeline import RankingPipeline, embedding_tables, feature_groups
 from .rankers import GBDTRanker, NeuralRanker
-
-HOME = Path(os.environ.get("FUSIONRANK_HOME", Path.home() / ".cache" / "fusionrank"))
-
+from .workspace import Workspace, catalog_from_path, resolve_source
 
 class Block(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -123,59 +118,6 @@ class ExperimentConfig(BaseModel):
                             epochs=self.training.epochs, batch_size=self.training.batch_size, patience=self.training.patience,
                             clip_norm=self.training.clip_norm, modality_dropout=self.training.modality_dropout,
                             max_train_seconds=self.training.max_train_seconds, **sargs)
-
-
-def resolve_source(source: str, config_path: Path | None = None) -> Path:
-    p = Path(os.path.expanduser(source))
-    cands = [p] if p.is_absolute() else [Path.cwd() / p] + ([config_path.parent / p, config_path.parent.parent / p] if config_path else [])
-    if not p.is_absolute():
-        cands.append(Path(__file__).resolve().parents[2] / p)
-    for c in cands:
-        if c.exists():
-            return c.resolve()
-    raise FusionrankError(f"data source {source!r} not found (looked in: {', '.join(str(c) for c in cands)})")
-
-
-class Workspace:
-    """Where a source's ingested catalogue and embedding store live between runs."""
-
-    def __init__(self, source: Path, adapter: str, limit: int | None = None, home: Path | None = None):
-        home = HOME if home is None else Path(home)  # looked up per call (not bound at import), so a patched HOME applies
-        self.source, self.adapter, self.limit = Path(source), adapter, limit
-        tag = "full" if limit is None else f"first{limit}"
-        name = f"{self.source.name}-{tag}"
-        if (home / name).exists():  # a workspace kept under the plain name (e.g. fashion44k-full)
-            self.root = home / name
-        else:
-            h = hashlib.sha1(f"{self.source.resolve()}|{adapter}|{limit}".encode()).hexdigest()[:8]
-            self.root = home / f"{name}-{h}"
-        self.catalog_dir, self.store_dir = self.root / "catalog", self.root / "store"
-
-    def catalog(self, log=print, check_media: bool = True) -> Catalog:
-        if (self.catalog_dir / S.CATALOG_PRODUCTS_FILE).exists():
-            return Catalog.load(self.catalog_dir)
-        log(f"ingesting {self.source} ({self.adapter}) -> {self.catalog_dir}")
-        opts = {"limit": self.limit} if self.limit is not None else {}
-        return run_ingest(self.source, self.catalog_dir, adapter=self.adapter, check_media=check_media, progress=True, **opts)
-
-    def encode(self, products: pd.DataFrame, settings: EncodeSettings, log=print, progress: bool = True,
-               modalities=S.MODALITIES, engine: Block | None = None) -> dict:
-        engine = engine or Block(name="local")
-        return encode_catalog(products, self.store_dir, settings, engine=engine.name, engine_args=engine.args,
-                              progress=progress, log=lambda m: log("  " + m), modalities=list(modalities))
-
-
-def catalog_from_path(path: Path, home: Path | None = None) -> Workspace:
-    """A workspace for ``--catalog PATH``: an ingested catalogue dir or a raw fashion44k folder."""
-    path = Path(path).resolve()
-    if (path / S.CATALOG_REPORT_FILE).exists() and (path / S.CATALOG_PRODUCTS_FILE).exists():
-        ws = Workspace(path, "native", None, home)
-        ws.catalog_dir = path
-        ws.store_dir = path.parent / "store" if (path.parent / "store").exists() else ws.root / "store"
-        return ws
-    if (path / "products.parquet").exists() and (path / "images").exists():
-        return Workspace(path, "fashion44k", None, home)
-    return Workspace(path, "native", None, home)
 
 
 def _split_frames(cat: Catalog, split: str) -> pd.DataFrame:

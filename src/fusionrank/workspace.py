@@ -1,0 +1,70 @@
+"""Workspaces: where a data source's ingested catalogue and embedding store live between runs."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from . import schema as S
+from .encode import EncodeSettings, encode_catalog
+from .errors import FusionrankError
+from .ingest import Catalog
+from .ingest import ingest as run_ingest
+from .settings import DEFAULT_FASHION44K_SOURCE, REPO_ROOT, get_settings
+
+
+def resolve_source(source: str, config_path: Path | None = None) -> Path:
+    if source.rstrip("/") == DEFAULT_FASHION44K_SOURCE and get_settings().fashion44k:
+        source = str(get_settings().fashion44k_dir)  # FUSIONRANK_FASHION44K overrides the shipped configs' default
+    p = Path(os.path.expanduser(source))
+    cands = [p] if p.is_absolute() else [Path.cwd() / p] + ([config_path.parent / p, config_path.parent.parent / p] if config_path else [])
+    if not p.is_absolute():
+        cands.append(REPO_ROOT / p)
+    for c in cands:
+        if c.exists():
+            return c.resolve()
+    raise FusionrankError(f"data source {source!r} not found (looked in: {', '.join(str(c) for c in cands)})")
+
+
+class Workspace:
+    """Where a source's ingested catalogue and embedding store live between runs."""
+
+    def __init__(self, source: Path, adapter: str, limit: int | None = None, home: Path | None = None):
+        home = get_settings().home if home is None else Path(home)
+        self.source, self.adapter, self.limit = Path(source), adapter, limit
+        tag = "full" if limit is None else f"first{limit}"
+        name = f"{self.source.name}-{tag}"
+        if (home / name).exists():  # a workspace kept under the plain name (e.g. fashion44k-full)
+            self.root = home / name
+        else:
+            h = hashlib.sha1(f"{self.source.resolve()}|{adapter}|{limit}".encode()).hexdigest()[:8]
+            self.root = home / f"{name}-{h}"
+        self.catalog_dir, self.store_dir = self.root / "catalog", self.root / "store"
+
+    def catalog(self, log=print, check_media: bool = True) -> Catalog:
+        if (self.catalog_dir / S.CATALOG_PRODUCTS_FILE).exists():
+            return Catalog.load(self.catalog_dir)
+        log(f"ingesting {self.source} ({self.adapter}) -> {self.catalog_dir}")
+        opts = {"limit": self.limit} if self.limit is not None else {}
+        return run_ingest(self.source, self.catalog_dir, adapter=self.adapter, check_media=check_media, progress=True, **opts)
+
+    def encode(self, products: pd.DataFrame, settings: EncodeSettings, log=print, progress: bool = True,
+               modalities=S.MODALITIES, engine=None) -> dict:
+        name, args = (engine.name, engine.args) if engine is not None else ("local", {})
+        return encode_catalog(products, self.store_dir, settings, engine=name, engine_args=args,
+                              progress=progress, log=lambda m: log("  " + m), modalities=list(modalities))
+
+
+def catalog_from_path(path: Path, home: Path | None = None) -> Workspace:
+    """A workspace for ``--catalog PATH``: an ingested catalogue dir or a raw fashion44k folder."""
+    path = Path(path).resolve()
+    if (path / S.CATALOG_REPORT_FILE).exists() and (path / S.CATALOG_PRODUCTS_FILE).exists():
+        ws = Workspace(path, "native", None, home)
+        ws.catalog_dir = path
+        ws.store_dir = path.parent / "store" if (path.parent / "store").exists() else ws.root / "store"
+        return ws
+    if (path / "products.parquet").exists() and (path / "images").exists():
+        return Workspace(path, "fashion44k", None, home)
+    return Workspace(path, "native", None, home)
