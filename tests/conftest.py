@@ -236,7 +236,7 @@ def _train_recording_runs(config, out_dir):
 
     def recording(pipe, queries, qrels, *a, **kw):
         res = real(pipe, queries, qrels, *a, **kw)
-        runs[pipe.index.config.title_field] = res["run"].copy()
+        runs[pipe.catalog.config.title_field] = res["run"].copy()
         return res
 
     with pytest.MonkeyPatch.context() as mp:

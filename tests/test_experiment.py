@@ -10,7 +10,8 @@ import pytest
 
 from fixtures_fashion import tiny_config_dict
 from fusionrank.errors import FusionrankError
-from fusionrank.experiment import ExperimentConfig, evaluate_pipeline, load_model, open_pipeline
+from fusionrank.experiment import ExperimentConfig, evaluate_pipeline
+from fusionrank.modeldir import ModelDir
 from fusionrank.rankers import GBDTRanker, NeuralRanker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,10 +41,10 @@ def test_fashion44k_config_loads_and_validates():
     es = cfg.encode_settings()
     assert set(es.projection_fields) == {"title", *cfg.data.train_title_fields, cfg.data.title_field}
     assert set(es.projection_fields) <= set(es.text_fields) and "description" in es.text_fields
-    ic = cfg.index_config("title_sparse")
-    assert ic.title_field == "title_sparse"
+    cc = cfg.catalog_config("title_sparse", codec="exact")
+    assert cc.title_field == "title_sparse" and cc.ann.codec == "exact"
     for k, v in raw.get("candidates", {}).items():
-        assert getattr(ic.candidates, k) == v
+        assert getattr(cc.candidates, k) == v
     r = cfg.build_ranker()
     assert isinstance(r, NeuralRanker) and r.fusion == cfg.fusion.name and r.epochs == cfg.training.epochs
     assert r.hidden == cfg.scorer.args.get("hidden", 64) and r.loss == cfg.loss.model_dump()
@@ -53,6 +54,8 @@ def test_fashion44k_config_loads_and_validates():
 
 @pytest.mark.parametrize("snippet, key", [
     ('learning_rate = 0.1\n', "learning_rate"),                        # top level
+    ('[candidates]\ndeepth = 100\n', "deepth"),                       # the typed candidate stage
+    ('[vectors]\nnprobes = 8\n', "nprobes"),
     ('[training]\nepoch = 3\n', "epoch"),                              # nested table
     ('[data]\ntitle_fields = ["title"]\n', "title_fields"),
     ('[fusion]\nname = "gated"\nargz = {}\n', "argz"),                 # inside a {name, args} block
@@ -97,12 +100,13 @@ def test_unknown_optimizer(tiny_fashion):
 # --- train -> model directory ----------------------------------------------------
 def test_train_writes_the_model_directory(tiny_model, tiny_fashion):
     out, metrics, _ = tiny_model
-    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "metrics.json", "ranker", "workspace.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "index", "metrics.json", "ranker", "workspace.json"]
+    assert (out / "index" / "index.json").is_file()                       # the serving index is prepared with the model
     assert {"ranker.json", "weights.pt"} <= {p.name for p in (out / "ranker").iterdir()}
     cfg = ExperimentConfig.model_validate(json.loads((out / "config.json").read_text()))
     assert cfg == ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root))
     m = json.loads((out / "metrics.json").read_text())
-    assert m == json.loads(json.dumps(metrics))
+    assert m == json.loads(json.dumps(metrics)) and m["index_seconds"] >= 0
     assert (m["train_queries"], m["valid_queries"]) == (18, 6)          # 24 train queries, 25 % held out
     for tf in ("title", "title_sparse"):
         res = m[f"dev/{tf}"]
@@ -141,21 +145,26 @@ def test_model_directory_round_trip_reproduces_scores(request, which, tiny_fashi
     dev_q = tiny_fashion.queries["dev"]
     dev_qrels = tiny_fashion.qrels["dev"]
     for tf in ("title", "title_sparse"):
-        pipe, cat = open_pipeline(out, title_field=tf, log=lambda m: None, progress=False)
-        assert pipe.index.config.title_field == tf
+        md = ModelDir.open(out)
+        pipe = md.pipeline(md.catalog_tables(tf, log=lambda m: None))
+        assert pipe.catalog.config.title_field == tf
         res = evaluate_pipeline(pipe, dev_q, dev_qrels)
         assert len(res["run"]) == len(runs[tf]) > 0
         assert_same_run(res["run"], runs[tf])
         assert res["mean"] == metrics[f"dev/{tf}"] and res["queries"] == 8
 
 
-def test_load_model_kinds(tiny_model, tiny_lgbm_model, tmp_path):
-    cfg, ranker, ws = load_model(tiny_model[0])
-    assert isinstance(ranker, NeuralRanker) and cfg.fusion.name == "gated" and ranker.hidden == 16 and ws["store"]
-    cfg, ranker, ws = load_model(tiny_lgbm_model[0])
-    assert isinstance(ranker, GBDTRanker) and cfg.scorer.name == "lightgbm" and ranker.min_child_samples == 2
+def test_model_directory_kinds(tiny_model, tiny_lgbm_model, tmp_path):
+    md = ModelDir.open(tiny_model[0])
+    ranker = md.load_ranker()
+    assert isinstance(ranker, NeuralRanker) and md.config().fusion.name == "gated" and ranker.hidden == 16
+    assert md.workspace().store
+    md = ModelDir.open(tiny_lgbm_model[0])
+    ranker = md.load_ranker()
+    assert isinstance(ranker, GBDTRanker) and md.config().scorer.name == "lightgbm" and ranker.min_child_samples == 2
+    assert json.loads((md.ranker_dir / "ranker.json").read_text())["kind"] == "lightgbm"
     with pytest.raises(FusionrankError, match="not a model directory"):
-        load_model(tmp_path)
+        ModelDir.open(tmp_path)
 
 
 def test_lightgbm_model_directory(tiny_lgbm_model):

@@ -119,8 +119,9 @@ def demo(
     port: int = typer.Option(8000, help="port of the search service"),
 ):
     """The main job on the embedded default: ingest + encode fashion44k, train a fusion ranker, evaluate, search, serve."""
-    from .experiment import ExperimentConfig, open_pipeline
+    from .experiment import ExperimentConfig
     from .experiment import train as run_train
+    from .modeldir import ModelDir
 
     from .settings import get_settings
 
@@ -134,10 +135,10 @@ def demo(
             cfg.data.limit = None if limit == 0 else limit
         console.rule("[bold]ingest + encode + train")
         m = run_train(cfg, out, config_path=config.resolve(), log=lambda s: console.print(s))
-        ws = json.loads((out / "workspace.json").read_text())
-        rep = json.loads((Path(ws["catalog"]) / "report.json").read_text())
+        ws = ModelDir.open(out).workspace()
+        rep = json.loads((Path(ws.catalog) / "report.json").read_text())
         print_ingest_report(rep)
-        summ = json.loads((Path(ws["store"]) / "encode_summary.json").read_text())
+        summ = json.loads((Path(ws.store) / "encode_summary.json").read_text())
         print_encode_summary(summ)
         t = Table(title=f"dev queries on the {cfg.data.limit or 'full'}-product catalogue")
         for c in ("variant", "ndcg@10", "map", "mrr", "recall@100"):
@@ -148,21 +149,13 @@ def demo(
         console.print(t)
         console.print(f"modality weights: {m.get('alpha')}")
         console.rule("[bold]search")
-        pipe, _ = open_pipeline(out, None, None, log=lambda s: None, progress=False)
-        hits, timing = pipe.search(query, k=5)
-        tab = Table(title=f"{query!r} ({timing['total_ms']:.0f} ms)")
-        groups = [g.name for g in pipe.ranker.groups_]
-        for c in ["#", "product", "title", "score"] + groups:
-            tab.add_column(c)
-        for h in hits:
-            tab.add_row(str(h.rank), h.product_id, h.title[:50], f"{h.score:.3f}", *[f"{h.contributions.get(g, 0):+.3f}" for g in groups])
-        console.print(tab)
+        print_hits(query, _search(out, query, 5, None, None))
     except FusionrankError as e:
         _fail(e)
     console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s; model in {out}")
     if serve_after:
         console.rule("[bold]serve")
-        _serve(out, "127.0.0.1", port, None, True, None, None, None, 1)
+        _serve(out, "127.0.0.1", port, None, False, None, None, None, 1)
 
 
 @app.command("compact-index")
@@ -187,8 +180,8 @@ def serve(
     model: Path = typer.Argument(..., help="model directory (from `fusionrank train` or `fusionrank demo`)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
     port: int = typer.Option(8000, help="port"),
-    index: Optional[Path] = typer.Option(None, help="search index folder (default: MODEL/index; built on first start)"),
-    rebuild: bool = typer.Option(False, help="rebuild the index from the catalogue and embedding store"),
+    index: Optional[Path] = typer.Option(None, help="search index folder (default: MODEL/index, written by `fusionrank train` or `fusionrank index`)"),
+    rebuild: bool = typer.Option(False, help="rebuild the index from the catalogue and embedding store first"),
     catalog: Optional[Path] = typer.Option(None, help="serve this catalogue instead of the one the model was trained on"),
     admin_key: Optional[str] = typer.Option(None, help="key for PUT/DELETE/admin (default: $FUSIONRANK_ADMIN_KEY, else generated)"),
     events_key: Optional[str] = typer.Option(None, help="key the web page uses for POST /events (default: $FUSIONRANK_EVENTS_KEY, else generated)"),
@@ -252,29 +245,38 @@ def train(
 @app.command()
 def evaluate(
     model: Path = typer.Option(..., "--model", "-m", help="model directory written by `fusionrank train`"),
-    catalog: Optional[Path] = typer.Option(None, "--catalog", help="catalogue: an ingested catalogue dir or a fashion44k-layout folder"),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="a prepared catalogue: an ingested catalogue dir or a source already ingested and encoded"),
     queries: Path = typer.Option(..., "--queries", help="TSV with query_id, query (plain or .gz)"),
     qrels: Path = typer.Option(..., "--qrels", help="TSV with query_id, product_id, grade (plain or .gz)"),
     title_field: Optional[str] = typer.Option(None, "--title-field", help="title or title_sparse (default: the model's)"),
+    index: bool = typer.Option(False, "--index", help="rank through the saved serving index (its vector search) instead of exact search"),
     metrics: str = typer.Option("ndcg@10,map,mrr,recall@100", help="comma-separated metrics"),
     per_query: Optional[Path] = typer.Option(None, help="write per-query scores to this TSV"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ):
     """Rank the full catalogue for every query through retrieve-then-rerank and report metrics."""
-    from .experiment import evaluate_pipeline, open_pipeline
+    from .experiment import evaluate_pipeline
     from .ingest import read_catalog_qrels, read_catalog_queries
+    from .modeldir import ModelDir
 
     try:
         t0 = time.perf_counter()
         q = read_catalog_queries(queries)
         qr = read_catalog_qrels(qrels)
         with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result only (libraries print while loading)
-            pipe, _ = open_pipeline(model, catalog, title_field, log=lambda s: console.print(s))
-            res = evaluate_pipeline(pipe, q, qr, [m.strip() for m in metrics.split(",") if m.strip()])
+            md = ModelDir.open(model)
+            if index:
+                if catalog is not None or title_field not in (None, md.config().data.title_field):
+                    raise FusionrankError("--index ranks the model's own catalogue and title field; drop --catalog/--title-field")
+                tables = md.open_index(log=lambda s: console.print(s))
+            else:
+                tables = md.catalog_tables(title_field, catalog, log=lambda s: console.print(s))
+            res = evaluate_pipeline(md.pipeline(tables), q, qr, [m.strip() for m in metrics.split(",") if m.strip()])
     except FusionrankError as e:
         _fail(e)
-    out = {**res["mean"], "queries": res["queries"], "title_field": pipe.index.config.title_field,
-           "model": str(model), "seconds": round(time.perf_counter() - t0, 1)}
+    out = {**res["mean"], "queries": res["queries"], "title_field": tables.config.title_field,
+           "vectors": tables.config.ann.codec if index else "exact", "model": str(model),
+           "seconds": round(time.perf_counter() - t0, 1)}
     if per_query:
         res["per_query"].to_csv(per_query, sep="\t")
     if json_out:
@@ -288,6 +290,30 @@ def evaluate(
         console.print(t)
 
 
+def _search(model: Path, query: str, k: int, category: Optional[str], title_field: Optional[str]):
+    """One search through the ranking path over the model's saved index (or, for another title field, its catalogue)."""
+    from .modeldir import ModelDir
+
+    md = ModelDir.open(model)
+    tf = md.config().data.title_field
+    tables = md.open_index(log=lambda s: None) if title_field in (None, tf) else md.catalog_tables(title_field, log=lambda s: None)
+    return md.pipeline(tables).search(query, k, category)
+
+
+def print_hits(query: str, res) -> None:
+    hits = res.hits
+    groups = list(hits[0]["contributions"]) if hits else []
+    t = Table(title=f"{query!r}: top {len(hits)} ({res.timings_ms['total_ms']:.0f} ms)")
+    for c in ["#", "product", "title", "score"] + groups + ["matched"]:
+        t.add_column(c)
+    for h in hits:
+        t.add_row(str(h["rank"]), h["product_id"], str(h["title"])[:48], f"{h['score']:.3f}",
+                  *[f"{h['contributions'].get(g, 0):+.3f}" for g in groups],
+                  ",".join(sorted(set().union(*h["matched_terms"].values()))))
+    console.print(t)
+    console.print("columns per modality: contribution to the score (score minus the score without that modality)")
+
+
 @app.command()
 def search(
     model: Path = typer.Argument(..., help="model directory"),
@@ -297,27 +323,32 @@ def search(
     title_field: Optional[str] = typer.Option(None, "--title-field"),
     json_out: bool = typer.Option(False, "--json"),
 ):
-    """Print the top K products for QUERY with each modality's contribution to the score."""
-    from .experiment import open_pipeline
-
+    """Print the top K products for QUERY with each modality's contribution to the score (through the saved index)."""
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result only (libraries print while loading)
-            pipe, _ = open_pipeline(model, None, title_field, log=lambda s: None, progress=False)
-            hits, timing = pipe.search(query, k=k, category=category)
+            res = _search(model, query, k, category, title_field)
     except FusionrankError as e:
         _fail(e)
     if json_out:
-        print(json.dumps({"query": query, "timing_ms": timing, "results": [h.as_dict() for h in hits]}, default=str))
+        print(json.dumps({"query": query, "timing_ms": res.timings_ms, "results": res.hits}, default=str))
         return
-    t = Table(title=f"{query!r}: top {k} ({timing['total_ms']:.0f} ms)")
-    groups = [g.name for g in pipe.ranker.groups_]
-    for c in ["#", "product", "title", "score"] + [f"{g}" for g in groups] + ["matched"]:
-        t.add_column(c)
-    for h in hits:
-        t.add_row(str(h.rank), h.product_id, h.title[:48], f"{h.score:.3f}", *[f"{h.contributions.get(g, 0):+.3f}" for g in groups],
-                  ",".join(sorted(set(h.matched_terms["title"]) | set(h.matched_terms["transcript"]))))
-    console.print(t)
-    console.print("columns per modality: contribution to the score (score minus the score without that modality)")
+    print_hits(query, res)
+
+
+@app.command("index")
+def build_index(
+    model: Path = typer.Argument(..., help="model directory"),
+    codec: Optional[str] = typer.Option(None, help="vector search: exact, flat or sq8 (default: the config's [vectors])"),
+):
+    """Build the model's serving index (MODEL/index) from its catalogue and embedding store; nothing is encoded."""
+    from .modeldir import ModelDir
+
+    try:
+        t0 = time.perf_counter()
+        idx = ModelDir.open(model).build_index(codec, log=lambda s: console.print(s))
+    except FusionrankError as e:
+        _fail(e)
+    console.print(f"[bold green]index written[/] to {Path(model) / 'index'}: {len(idx):,} products in {time.perf_counter() - t0:.1f} s")
 
 
 @app.command()

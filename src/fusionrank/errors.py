@@ -73,3 +73,17 @@ class MissingExtraError(FusionrankError, ImportError):
     def __init__(self, package: str, extra: str):
         self.package, self.extra = package, extra
         super().__init__(f"{package} is required for this feature; install it with: pip install 'fusionrank[{extra}]'")
+
+
+class UnknownCategory(FusionrankError, KeyError):
+    """A category filter that names no category of the catalogue (the message lists the valid ones)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class StaleArtefactError(FusionrankError):
+    """A prepared artefact (catalogue, embedding store, search index) is missing or out of date.
+
+    The message names what is missing or stale and the command that prepares it.
+    """

@@ -14,7 +14,7 @@ from typing import Any
 from .experiment import ExperimentConfig, ideal_for, prepare_training, training_data
 from .fusion import FUSIONS
 from .losses import LOSSES
-from .pipeline import feature_groups
+from .ranking import feature_groups
 
 DEFAULT_SPACE: dict[str, Any] = {
     "lr": [3e-4, 1e-2],

@@ -68,3 +68,38 @@ def catalog_from_path(path: Path, home: Path | None = None) -> Workspace:
     if (path / "products.parquet").exists() and (path / "images").exists():
         return Workspace(path, "fashion44k", None, home)
     return Workspace(path, "native", None, home)
+
+
+def check_encoded(products: pd.DataFrame, store_dir: Path, settings: EncodeSettings, modalities) -> None:
+    """Raise :class:`StaleArtefactError` when the store lacks a feature ranking ``products`` needs (no media hashed)."""
+    from .errors import StaleArtefactError
+    from .modalities import transcript_feature
+    from .store import EmbeddingStore, text_hash
+    from .encode import field_values
+
+    store = EmbeddingStore(store_dir)
+    text = settings.text["name"]
+    need = [f"{f}.{text}" for f in settings.projection_fields]
+    if "image" in modalities and settings.projection:
+        need += [f"image_proj.{f}" for f in settings.projection_fields]
+    if "audio" in modalities and settings.transcriber:
+        need += [transcript_feature(settings.transcriber["name"])]
+    missing = [f for f in need if not store.exists(f)]
+    hint = f"prepare it with `fusionrank encode CATALOG --store {store.root}` (or `fusionrank train`, which ingests and encodes)"
+    if missing:
+        raise StaleArtefactError(f"the embedding store at {store.root} has no {', '.join(missing)}; {hint}")
+    enc = build_text_signature(settings)
+    for f in settings.projection_fields:
+        have = store.hashes(f"{f}.{text}")
+        vals = field_values(products, f)
+        stale = [pid for pid, v in zip(products[S.PRODUCT_ID].astype(str), vals)
+                 if v is not None and have.get(pid) != text_hash(str(v), enc)]
+        if stale:
+            raise StaleArtefactError(f"the embedding store at {store.root} holds no current {f}.{text} vector for "
+                                     f"{len(stale):,} product(s) (e.g. {stale[0]!r}); {hint}")
+
+
+def build_text_signature(settings: EncodeSettings) -> str:
+    from .encoders import build_encoder
+
+    return build_encoder(settings.text["name"], **settings.text.get("args", {})).signature()

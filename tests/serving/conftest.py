@@ -6,42 +6,45 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_model):
-    from fusionrank.experiment import open_pipeline
+    """(pipeline over the frozen catalogue tables, catalogue) of the tiny model: the evaluation path."""
+    from fusionrank.ingest import Catalog
+    from fusionrank.modeldir import ModelDir
 
-    p, cat = open_pipeline(tiny_model[0], log=lambda m: None, progress=False)
-    return p, cat
-
-
-def serving_index(pidx, codec: str = "flat"):
-    """The SearchIndex of a training-time ProductIndex (same title field and candidate settings)."""
-    from fusionrank.serving import SearchIndex, ServingConfig
-
-    cfg = ServingConfig(title_field=pidx.config.title_field, candidates=pidx.config.candidates)
-    cfg.ann.update({"codec": codec})
-    return SearchIndex.from_product_index(pidx, cfg, log=lambda m: None)
+    md = ModelDir.open(tiny_model[0])
+    return md.pipeline(md.catalog_tables(log=lambda m: None)), Catalog.load(md.catalog_location()[0])
 
 
-def make_service(model_dir, pipe, directory, ann: dict | None = None):
+def serving_index(model_dir, codec: str = "flat", title_field: str | None = None):
+    """A SearchIndex of the model's catalogue (its title field unless given), not saved."""
+    from fusionrank.ingest import Catalog
+    from fusionrank.modeldir import ModelDir
+    from fusionrank.serving import SearchIndex
+
+    md = ModelDir.open(model_dir)
+    config = md.config()
+    cat_dir, store = md.catalog_location()
+    return SearchIndex.from_store(Catalog.load(cat_dir).products, store, config.catalog_config(title_field, codec=codec),
+                                  config.text_encoder_name, config.transcriber_name, log=lambda m: None)
+
+
+def make_service(model_dir, directory, ann: dict | None = None):
     """A SearchService over the tiny model with its own saved index copy and data folder."""
-    import json
-
-    from fusionrank.experiment import ExperimentConfig
+    from fusionrank.modeldir import ModelDir
     from fusionrank.serving import SearchService, load_handle
     from fusionrank.serving.products import ProductEncoder
 
-    idx = serving_index(pipe.index, (ann or {}).get("codec", "flat"))
+    idx = serving_index(model_dir, (ann or {}).get("codec", "flat"))
     idx.save(directory / "index")
-    config = ExperimentConfig.model_validate(json.loads((model_dir / "config.json").read_text()))
-    ws = json.loads((model_dir / "workspace.json").read_text())
-    enc = ProductEncoder(idx.config.title_field, config.encode_settings(), ws["store"])
+    md = ModelDir.open(model_dir)
+    enc = ProductEncoder(idx.config.title_field, md.config().encode_settings(), md.catalog_location()[1])
     return SearchService(idx, load_handle(model_dir), data_dir=directory / "data", product_encoder=enc)
 
 
 @pytest.fixture
-def service_factory(tiny_model, tiny_pipe, tmp_path):
+def service_factory(tiny_model, tmp_path):
     """Make a fresh SearchService (its own index copy, own data dir) over the tiny model."""
     def make(name: str = "svc", ann: dict | None = None):
-        return make_service(tiny_model[0], tiny_pipe[0], tmp_path / name, ann)
+        return make_service(tiny_model[0], tmp_path / name, ann)
 
     return make
 

@@ -20,7 +20,7 @@ ADMIN = "fuzz-admin"
 def api_schema(tiny_model, tiny_pipe, tmp_path_factory):
     from conftest import make_service
 
-    svc = make_service(tiny_model[0], tiny_pipe[0], tmp_path_factory.mktemp("fuzz"))
+    svc = make_service(tiny_model[0], tmp_path_factory.mktemp("fuzz"))
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(svc, ADMIN, "fuzz-events"))
 
 

@@ -15,7 +15,7 @@ ADMIN, EVENTS = "admin-secret", "events-secret"
 def svc_app(tiny_model, tiny_pipe, tmp_path_factory):
     from conftest import make_service
 
-    svc = make_service(tiny_model[0], tiny_pipe[0], tmp_path_factory.mktemp("app"), ann={"codec": "sq8"})
+    svc = make_service(tiny_model[0], tmp_path_factory.mktemp("app"), ann={"codec": "sq8"})
     return svc, create_app(svc, ADMIN, EVENTS)
 
 

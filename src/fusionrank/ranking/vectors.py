@@ -1,4 +1,12 @@
-"""Updatable approximate nearest-neighbour search over one embedding table (faiss IVF).
+"""Nearest-neighbour search over one embedding table of the catalogue: exact, or faiss IVF.
+
+Both kinds answer :meth:`search` the same way (rows ranked by inner product, ties to
+the lower row) and follow the catalogue's writes, so the candidate generator does not
+know which one it holds:
+
+- :class:`ExactVectors` scores the catalogue's own table with one matrix product per
+  batch of queries (what evaluation uses by default: no approximation);
+- :class:`AnnIndex` is a faiss inverted-file index for large catalogues.
 
 faiss's inverted-file indexes take ``add_with_ids`` and ``remove_ids``, so a
 product can be added, replaced or removed without retraining or rebuilding; the
@@ -15,13 +23,64 @@ fraction so that filtered searches still reach enough candidates.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FusionrankError
 
-CODECS = {"flat": "Flat", "sq8": "SQ8"}
+CODECS = {"flat": "Flat", "sq8": "SQ8"}  # IVF codes; "exact" is :class:`ExactVectors`
+VECTOR_CODECS = ("exact", *CODECS)
+
+
+@dataclass
+class RowFilter:
+    """Rows a search may return (e.g. one category): a bool mask over rows, its packed bits for faiss, its share."""
+
+    mask: np.ndarray
+    bits: np.ndarray
+    fraction: float
+
+
+def ranked(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best ``rows`` by score, ties to the lower row."""
+    return rows[np.lexsort((rows, -scores))][:k]
+
+
+class ExactVectors:
+    """Exact inner-product search over ``tables.emb[table]`` (rows with a vector that are live)."""
+
+    def __init__(self, tables, table: str):
+        self.tables, self.table = tables, table
+
+    def search(self, q: np.ndarray, k: int, allowed: RowFilter | None = None) -> list[np.ndarray]:
+        """Top ``k`` rows for each query ``q [B, D]`` (fewer where fewer rows qualify)."""
+        from .retrieve import topk_rows
+
+        t = self.tables
+        n = t.n_rows
+        ok = t.emb_mask[self.table][:n] & t.live[:n]
+        if allowed is not None:
+            ok = ok & allowed.mask[:n]
+        q = np.ascontiguousarray(np.atleast_2d(q), np.float32)
+        if not ok.any() or k <= 0:
+            return [np.zeros(0, np.int64) for _ in range(len(q))]
+        s = q @ t.emb[self.table][:n].T
+        top = topk_rows(s, min(k, int(ok.sum())), np.broadcast_to(ok, s.shape))
+        return [r[r >= 0] for r in top]
+
+    def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        """Nothing to do: the search reads the catalogue's table itself."""
+
+    def remove(self, rows: np.ndarray) -> int:
+        return len(rows)
+
+    def save(self, path: Path) -> None:
+        """Nothing to save: the table is saved with the catalogue."""
+
+    def memory_bytes(self) -> int:
+        return 0
 
 
 def auto_nlist(n: int) -> int:
@@ -65,21 +124,25 @@ class AnnIndex:
 
         return int(self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(rows, np.int64))))
 
-    def search(self, q: np.ndarray, k: int, allowed_bits: np.ndarray | None = None, allowed_fraction: float = 1.0
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` rows for one query ``q [D]``: ``(rows, scores)``, without padding."""
+    def search(self, q: np.ndarray, k: int, allowed: RowFilter | None = None) -> list[np.ndarray]:
+        """Top ``k`` rows for each query ``q [B, D]``, ties to the lower row (as :class:`ExactVectors`)."""
         import faiss
 
+        q = np.ascontiguousarray(np.atleast_2d(q), np.float32)
         if self.index is None or self.ntotal == 0 or not self.index.is_trained:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        nprobe = min(self.nlist, max(self.nprobe, int(math.ceil(self.nprobe / max(allowed_fraction, 1e-6)))))
+            return [np.zeros(0, np.int64) for _ in range(len(q))]
+        frac = 1.0 if allowed is None else allowed.fraction
+        nprobe = min(self.nlist, max(self.nprobe, int(math.ceil(self.nprobe / max(frac, 1e-6)))))
         params = faiss.SearchParametersIVF(nprobe=nprobe)
-        if allowed_bits is not None:
-            sel = faiss.IDSelectorBitmap(len(allowed_bits) * 8, faiss.swig_ptr(allowed_bits))
-            params.sel = sel
-        D, I = self.index.search(np.ascontiguousarray(q.reshape(1, -1), np.float32), k, params=params)
-        ok = I[0] >= 0
-        return I[0][ok].astype(np.int64), D[0][ok]
+        if allowed is not None:
+            params.sel = faiss.IDSelectorBitmap(len(allowed.bits) * 8, faiss.swig_ptr(allowed.bits))
+        # a few extra, so that ties at the cut go to the lower row
+        D, I = self.index.search(q, k + 16, params=params)
+        out = []
+        for d, i in zip(D, I):
+            ok = i >= 0
+            out.append(ranked(i[ok].astype(np.int64), d[ok], k))
+        return out
 
     def save(self, path: Path) -> None:
         import faiss

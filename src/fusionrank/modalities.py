@@ -1,0 +1,79 @@
+"""The modality specification: what each modality contributes to ranking, defined once.
+
+Every layer (the catalogue tables, the candidate generator, the feature builder, the
+rankers' feature groups, the serving index, the explanations) reads :data:`MODALITIES`
+instead of naming tables, fields or mask columns itself.
+
+============  ==========  =====================  ==============  ==========================================
+modality      table       store feature           lexical field   scalar features (in this order)
+============  ==========  =====================  ==============  ==========================================
+text          title       ``<title field>.<text   title           bm25_title, bm25_title_mm, overlap_title,
+                          encoder>``                              cos_title
+image         image_proj  ``image_proj.<title     (none)          cos_image, cos_image_mm
+                          field>``
+audio         transcript  ``transcript.<text      transcript      bm25_transcript, bm25_transcript_mm,
+                          encoder>``                              overlap_transcript, cos_transcript
+============  ==========  =====================  ==============  ==========================================
+
+A modality's *mask index* is its position in :data:`MODALITIES`. ``*_mm`` features are
+per-slate min-max normalisations of another feature, over the candidates that have the
+modality. The transcript text itself comes from the store feature ``audio.<transcriber>``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import schema as S
+from .errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    table: str                      # embedding table the ranker reads (query ⊙ embedding interactions)
+    features: tuple[str, ...]       # scalar features, in column order
+    cosine: str                     # the feature that holds cos(query, table row)
+    lexical: str | None = None      # BM25 field: feeds bm25_<field> and overlap_<field>
+    minmax: tuple[str, str] | None = None  # (source feature, its per-slate min-max feature)
+    required: bool = False          # every product must have it (the title)
+
+    @property
+    def index(self) -> int:
+        """The mask column of this modality."""
+        return MODALITY_NAMES.index(self.name)
+
+    def store_feature(self, title_field: str, text_encoder: str) -> str:
+        """The embedding store feature that fills this modality's table."""
+        if self.table == "title":
+            return f"{title_field}.{text_encoder}"
+        if self.table == "image_proj":
+            return f"image_proj.{title_field}"
+        return f"{TRANSCRIPT}.{text_encoder}"
+
+
+TRANSCRIPT = "transcript"
+
+MODALITIES: tuple[Modality, ...] = (
+    Modality("text", "title", ("bm25_title", "bm25_title_mm", "overlap_title", "cos_title"), "cos_title",
+             lexical="title", minmax=("bm25_title", "bm25_title_mm"), required=True),
+    Modality("image", "image_proj", ("cos_image", "cos_image_mm"), "cos_image", minmax=("cos_image", "cos_image_mm")),
+    Modality("audio", "transcript", ("bm25_transcript", "bm25_transcript_mm", "overlap_transcript", "cos_transcript"),
+             "cos_transcript", lexical="transcript", minmax=("bm25_transcript", "bm25_transcript_mm")),
+)
+MODALITY_NAMES: tuple[str, ...] = tuple(m.name for m in MODALITIES)
+TABLES: tuple[str, ...] = tuple(m.table for m in MODALITIES)
+LEXICAL_FIELDS: tuple[str, ...] = tuple(m.lexical for m in MODALITIES if m.lexical)
+SCALAR_FEATURES: tuple[str, ...] = tuple(f for m in MODALITIES for f in m.features)
+FEATURE_COLUMN: dict[str, int] = {f: j for j, f in enumerate(SCALAR_FEATURES)}
+
+
+def modality(name: str) -> Modality:
+    for m in MODALITIES:
+        if m.name == name:
+            return m
+    raise UnknownNameError("modality", name, list(MODALITY_NAMES))
+
+
+def transcript_feature(transcriber: str) -> str:
+    """The store feature holding the transcripts of the audio clips."""
+    return f"{S.AUDIO}.{transcriber}"

@@ -1,0 +1,188 @@
+"""A model directory: the one place that knows its layout, and how the ranking path opens it.
+
+::
+
+    MODEL_DIR/config.json     the experiment config used (resolved)
+    MODEL_DIR/workspace.json  where the ingested catalogue and embedding store are
+    MODEL_DIR/ranker/         the ranker's weights (+ ranker.json naming its kind)
+    MODEL_DIR/alpha.json      learned modality weights alpha_k or mean gate weights
+    MODEL_DIR/metrics.json    validation and evaluation metrics
+    MODEL_DIR/index/          the saved serving index (``fusionrank index``; ``fusionrank train`` writes it)
+
+Preparing (ingest, encode, index) and opening are separate: :meth:`ModelDir.catalog_tables`
+and :meth:`ModelDir.open_index` read what exists and never encode or hash media; a
+missing or stale artefact is a :class:`~fusionrank.errors.StaleArtefactError` whose
+message names the command that prepares it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import FusionrankError, StaleArtefactError
+
+CONFIG, WORKSPACE, RANKER, ALPHA, METRICS, INDEX = "config.json", "workspace.json", "ranker", "alpha.json", "metrics.json", "index"
+
+
+@dataclass
+class WorkspaceRecord:
+    """Where the model's catalogue and embedding store were kept (``workspace.json``)."""
+
+    source: str
+    catalog: str
+    store: str
+    encode: Any = None
+
+
+class ModelDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ModelDir":
+        """An existing model directory (an error that says how to make one otherwise)."""
+        d = cls(path)
+        if not (d.path / CONFIG).exists():
+            raise FusionrankError(f"{d.path}: not a model directory (no {CONFIG}); train one with `fusionrank train`")
+        return d
+
+    # layout ------------------------------------------------------------------
+    @property
+    def ranker_dir(self) -> Path:
+        return self.path / RANKER
+
+    @property
+    def index_dir(self) -> Path:
+        return self.path / INDEX
+
+    def config(self):
+        from .experiment import ExperimentConfig
+
+        return ExperimentConfig.model_validate(json.loads((self.path / CONFIG).read_text()))
+
+    def workspace(self) -> WorkspaceRecord:
+        p = self.path / WORKSPACE
+        if not p.exists():
+            raise StaleArtefactError(f"{self.path}: no {WORKSPACE} (the model does not say which catalogue it ranks); "
+                                     f"pass --catalog, or re-train with `fusionrank train`")
+        return WorkspaceRecord(**json.loads(p.read_text()))
+
+    def load_ranker(self):
+        from .rankers import load_ranker
+
+        if not (self.ranker_dir / "ranker.json").exists():
+            raise FusionrankError(f"{self.ranker_dir}: no saved ranker; train one with `fusionrank train`")
+        return load_ranker(self.ranker_dir)
+
+    def alpha(self) -> dict | None:
+        p = self.path / ALPHA
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def metrics(self) -> dict:
+        p = self.path / METRICS
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def version(self) -> str:
+        """``<dir name>-<hash of the ranker's files>``: changes whenever the weights do."""
+        h = hashlib.sha1()
+        for p in sorted(self.ranker_dir.glob("*")):
+            if p.is_file():
+                h.update(p.name.encode())
+                h.update(p.read_bytes())
+        return f"{self.path.name}-{h.hexdigest()[:10]}"
+
+    # writing -------------------------------------------------------------------
+    def write(self, *, config=None, workspace: WorkspaceRecord | None = None, ranker=None, alpha: dict | None = None,
+              metrics: dict | None = None) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (self.path / CONFIG).write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+        if workspace is not None:
+            (self.path / WORKSPACE).write_text(json.dumps(workspace.__dict__, indent=2))
+        if ranker is not None:
+            ranker.save(self.ranker_dir)
+        if alpha is not None:
+            (self.path / ALPHA).write_text(json.dumps(alpha, indent=2))
+        if metrics is not None:
+            (self.path / METRICS).write_text(json.dumps(metrics, indent=2))
+
+    # opening the ranking path ------------------------------------------------------
+    def catalog_location(self, catalog: str | Path | None = None) -> tuple[Path, Path]:
+        """``(catalogue dir, store dir)``: the model's own, or the prepared workspace of ``catalog``."""
+        from . import schema as S
+        from .workspace import catalog_from_path
+
+        if catalog is None:
+            ws = self.workspace()
+            cat_dir, store_dir = Path(ws.catalog), Path(ws.store)
+        else:
+            w = catalog_from_path(Path(catalog))
+            cat_dir, store_dir = w.catalog_dir, w.store_dir
+        if not (cat_dir / S.CATALOG_PRODUCTS_FILE).exists():
+            raise StaleArtefactError(f"{catalog or cat_dir}: the catalogue is not ingested ({cat_dir} has no "
+                                     f"{S.CATALOG_PRODUCTS_FILE}); prepare it with `fusionrank ingest SOURCE --adapter ADAPTER "
+                                     f"--out {cat_dir}` and `fusionrank encode {cat_dir} --store {store_dir}`")
+        return cat_dir, store_dir
+
+    def catalog_tables(self, title_field: str | None = None, catalog: str | Path | None = None, codec: str = "exact",
+                       log=print):
+        """The frozen catalogue tables the model ranks (from the ingested catalogue and its store; nothing encoded)."""
+        from .ingest import Catalog
+        from .ranking import CatalogTables
+
+        config = self.config()
+        cat_dir, store_dir = self.catalog_location(catalog)
+        products = Catalog.load(cat_dir).products
+        tf = title_field or config.data.title_field
+        self.check_prepared(products, store_dir, tf)
+        return CatalogTables.from_store(products, store_dir, config.catalog_config(tf, codec=codec),
+                                        config.text_encoder_name, config.transcriber_name, log=log)
+
+    def check_prepared(self, products, store_dir: Path, title_field: str) -> None:
+        """Raise :class:`StaleArtefactError` if the store lacks what ranking ``products`` needs (no media is hashed)."""
+        from .workspace import check_encoded
+
+        config = self.config()
+        settings = config.encode_settings(extra_title_fields=[title_field])
+        check_encoded(products, store_dir, settings, config.encoded_modalities())
+
+    def build_index(self, codec: str | None = None, catalog: str | Path | None = None, index_dir: str | Path | None = None,
+                    log=print):
+        """Build the serving index of the model's catalogue (or ``catalog``) from its store; save it to ``index/``."""
+        from .ingest import Catalog
+        from .serving.index import SearchIndex
+
+        config = self.config()
+        tf = config.data.title_field
+        cat_dir, store_dir = self.catalog_location(catalog)
+        products = Catalog.load(cat_dir).products
+        self.check_prepared(products, store_dir, tf)
+        index = SearchIndex.from_store(products, store_dir, config.catalog_config(tf, codec=codec),
+                                       config.text_encoder_name, config.transcriber_name, log=log)
+        index.save(Path(index_dir) if index_dir else self.index_dir)
+        return index
+
+    def open_index(self, index_dir: str | Path | None = None, log=print):
+        """The saved serving index (``index/`` unless given); an error naming ``fusionrank index`` if there is none."""
+        from .serving.index import SearchIndex
+
+        d = Path(index_dir) if index_dir else self.index_dir
+        if not (d / "index.json").exists():
+            raise StaleArtefactError(f"{d}: no search index; build it with `fusionrank index {self.path}`")
+        index = SearchIndex.load(d, log=log)
+        tf = self.config().data.title_field
+        if index.config.title_field != tf:
+            raise StaleArtefactError(f"{d}: the index serves the {index.config.title_field!r} title field but the model ranks "
+                                     f"{tf!r}; rebuild it with `fusionrank index {self.path}`")
+        return index
+
+    def pipeline(self, tables, ranker=None, encoder=None):
+        """The ranking path over ``tables`` with this model's ranker (or ``ranker``)."""
+        from .ranking import RankingPipeline
+
+        config = self.config()
+        return RankingPipeline.over(tables, ranker if ranker is not None else self.load_ranker(), encoder,
+                                    text_encoder=config.text_encoder_spec)

@@ -1,0 +1,264 @@
+"""The catalogue storage the ranking path reads: records, embedding tables, BM25 fields, vector search.
+
+:class:`CatalogTables` is the one storage interface of the candidate generator, the
+feature builder and the explainer. Products are *rows*:
+
+- ``records[column][row]``: display and filter columns (:data:`RECORD_COLUMNS`);
+- ``emb[table][row]`` float32 and ``emb_mask[table][row]``: one table per modality
+  (:data:`fusionrank.modalities.TABLES`), the mask says whether the product has it;
+- ``lex_text[field][row]`` and ``lexical[field]``: the text each BM25 field indexed, and
+  the :class:`~fusionrank.ranking.lexical.LexicalField` that scores it;
+- ``vectors[table]``: nearest-neighbour search over a table (exact or IVF);
+- ``live[row]``: rows of removed or replaced products stay allocated but are never returned.
+
+It has two implementations: this class, built once from an ingested catalogue and its
+embedding store (:meth:`CatalogTables.from_store`, what training and evaluation use),
+and its subclass :class:`fusionrank.serving.index.SearchIndex`, which adds writes, a
+change log and snapshots for the service. Both are read by the same code.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import schema as S
+from ..errors import FusionrankError, UnknownCategory
+from ..modalities import LEXICAL_FIELDS, MODALITIES, TABLES, TRANSCRIPT, transcript_feature
+from .lexical import LexicalField
+from .retrieve import CandidateConfig
+from .vectors import AnnIndex, ExactVectors, RowFilter
+
+INDEXED_TITLE = "indexed_title"  # the title a product is indexed with (depends on the title field)
+TRANSCRIPT_TEXT = TRANSCRIPT
+RECORD_COLUMNS: tuple[str, ...] = (S.PRODUCT_ID, S.TITLE, INDEXED_TITLE, S.DESCRIPTION, S.BRAND, S.COLOR, S.CATEGORY,
+                                   S.IMAGE, S.AUDIO, TRANSCRIPT_TEXT)
+
+
+class Bm25Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k1: float = Field(1.2, gt=0)
+    b: float = Field(0.75, ge=0, le=1)
+
+
+class VectorConfig(BaseModel):
+    """Nearest-neighbour search per table: ``exact`` (a matrix product) or faiss IVF with ``flat``/``sq8`` codes."""
+
+    model_config = ConfigDict(extra="forbid")
+    codec: Literal["exact", "flat", "sq8"] = "sq8"
+    nprobe: int = Field(64, ge=1)
+    nlist: int | None = Field(None, ge=1)
+
+
+class CatalogConfig(BaseModel):
+    """How a catalogue variant is indexed: which title field, the candidate stage, BM25 and vector search."""
+
+    model_config = ConfigDict(extra="forbid")
+    title_field: str = S.TITLE
+    candidates: CandidateConfig = Field(default_factory=CandidateConfig)
+    bm25: Bm25Config = Field(default_factory=Bm25Config)
+    ann: VectorConfig = Field(default_factory=VectorConfig)
+
+
+def lexical_texts(titles: Sequence[str], descriptions: Sequence[str | None], transcripts: Sequence[str | None]
+                  ) -> dict[str, list[str]]:
+    """What each BM25 field indexes: the title plus the description (when there is one), and the transcript."""
+    return {"title": [t if not d else f"{t} {d}" for t, d in zip(titles, descriptions)],
+            "transcript": [t or "" for t in transcripts]}
+
+
+class CatalogTables:
+    def __init__(self, config: CatalogConfig, dims: dict[str, int]):
+        self.config = config
+        self.dims = dict(dims)
+        self.lock = threading.RLock()
+        self.n_rows = 0
+        self.cap = 0
+        self.records: dict[str, np.ndarray] = {c: np.empty(0, object) for c in RECORD_COLUMNS}
+        self.cat_code = np.zeros(0, np.int32)  # per row: code of its lower-cased category (0 = none), for filters
+        self._cat_codes: dict[str, int] = {}
+        self.lex_text: dict[str, np.ndarray] = {f: np.empty(0, object) for f in LEXICAL_FIELDS}
+        self.emb: dict[str, np.ndarray] = {t: np.zeros((0, dims[t]), np.float32) for t in TABLES}
+        self.emb_mask: dict[str, np.ndarray] = {t: np.zeros(0, bool) for t in TABLES}
+        self.live = np.zeros(0, bool)
+        self.row_of: dict[str, int] = {}
+        self.lexical: dict[str, LexicalField] = {}
+        self.vectors: dict[str, ExactVectors | AnnIndex] = {}
+        self.version = 0  # bumped on every change
+        self._filters: dict[str, tuple[int, RowFilter]] = {}
+        self._category_names: dict[str, str] = {}  # lower-cased -> as first seen
+        self._cat_count: dict[str, int] = {}
+
+    # construction --------------------------------------------------------------
+    @classmethod
+    def build(cls, records: dict[str, Sequence], lex_texts: dict[str, Sequence[str]], emb: dict[str, np.ndarray],
+              emb_mask: dict[str, np.ndarray], config: CatalogConfig | None = None, log=print):
+        """Tables over ``P`` products given as columns (``records``), BM25 texts and embedding tables."""
+        config = config or CatalogConfig()
+        t0 = time.perf_counter()
+        P = len(records[S.PRODUCT_ID])
+        self = cls(config, {t: emb[t].shape[1] for t in TABLES})
+        for c in RECORD_COLUMNS:
+            v = records.get(c)
+            self.records[c] = np.asarray(list(v) if v is not None else [None] * P, dtype=object)
+        ids = [str(p) for p in self.records[S.PRODUCT_ID]]
+        if len(set(ids)) != P:
+            raise FusionrankError("duplicate product ids in the index input")
+        self.records[S.PRODUCT_ID] = np.asarray(ids, dtype=object)
+        self.row_of = {p: i for i, p in enumerate(ids)}
+        self.cat_code = self._codes(self.records[S.CATEGORY])
+        for f in LEXICAL_FIELDS:
+            self.lex_text[f] = np.asarray([t or "" for t in lex_texts[f]], dtype=object)
+            self.lexical[f] = LexicalField.build(self.lex_text[f], **config.bm25.model_dump())
+        for t in TABLES:
+            self.emb[t] = np.ascontiguousarray(emb[t], np.float32)
+            self.emb_mask[t] = np.asarray(emb_mask[t], bool).copy()
+        self.live = np.ones(P, bool)
+        self.n_rows = self.cap = P
+        a = config.ann
+        for t in self.dense_tables():
+            if a.codec == "exact":
+                self.vectors[t] = ExactVectors(self, t)
+                continue
+            rows = np.flatnonzero(self.emb_mask[t])
+            t1 = time.perf_counter()
+            self.vectors[t] = AnnIndex(self.dims[t], a.nlist, a.nprobe, a.codec).build(self.emb[t][rows], rows)
+            log(f"  ANN {t}: {len(rows):,} vectors, {self.vectors[t].nlist} lists, {time.perf_counter() - t1:.1f} s")
+        self._refresh_category_names()
+        log(f"catalogue tables: {P:,} products ({self.config.title_field}, {a.codec} vectors) in {time.perf_counter() - t0:.1f} s")
+        return self
+
+    @classmethod
+    def from_store(cls, products: pd.DataFrame, store, config: CatalogConfig | None = None, text_encoder: str = "minilm",
+                   transcriber: str = "whisper_tiny_en", log=print):
+        """Tables of an ingested catalogue from its embedding store (nothing is encoded here).
+
+        Raises :class:`FusionrankError` naming the command to run when a product has no
+        title embedding for the title field.
+        """
+        from ..encode import field_values
+        from ..store import EmbeddingStore
+
+        config = config or CatalogConfig()
+        store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
+        p = products.reset_index(drop=True)
+        n = len(p)
+        ids = p[S.PRODUCT_ID].astype(str).tolist()
+        emb, mask = {}, {}
+        for m in MODALITIES:
+            feat = m.store_feature(config.title_field, text_encoder)
+            if m.required and not store.exists(feat):
+                raise FusionrankError(f"the embedding store at {store.root} has no {feat!r} feature; prepare it with "
+                                      f"`fusionrank encode CATALOG --store {store.root}` (or `fusionrank train`)")
+            emb[m.table], mask[m.table] = store.matrix(feat, ids, dim=None if m.required else emb["title"].shape[1])
+            if m.required and not mask[m.table].all():
+                missing = int((~mask[m.table]).sum())
+                raise FusionrankError(f"{missing} product(s) have no {feat!r} embedding in {store.root}; prepare them with "
+                                      f"`fusionrank encode CATALOG --store {store.root}`")
+
+        def col(c):
+            if c not in p.columns:
+                return [None] * n
+            return p[c].astype(object).where(p[c].notna(), None).tolist()
+
+        titles = field_values(p, config.title_field).fillna(p[S.TITLE]).astype(str).tolist()
+        transcripts = p[S.PRODUCT_ID].astype(str).map(store.text_map(transcript_feature(transcriber))).tolist()
+        transcripts = [t if isinstance(t, str) and t else None for t in transcripts]
+        records = {c: col(c) for c in (S.PRODUCT_ID, S.TITLE, S.DESCRIPTION, S.BRAND, S.COLOR, S.CATEGORY, S.IMAGE, S.AUDIO)}
+        records[S.PRODUCT_ID] = ids
+        records[INDEXED_TITLE] = titles
+        records[TRANSCRIPT_TEXT] = transcripts
+        desc = [d if isinstance(d, str) else "" for d in col(S.DESCRIPTION)]
+        return cls.build(records, lexical_texts(titles, desc, transcripts), emb, mask, config, log)
+
+    def dense_tables(self) -> list[str]:
+        return [s.split(":", 1)[1] for s in self.config.candidates.sources if s.startswith("dense:")]
+
+    def _codes(self, categories) -> np.ndarray:
+        """Integer codes of categories (case-insensitive; 0 for none), assigning new codes as needed."""
+        out = np.zeros(len(categories), np.int32)
+        for i, c in enumerate(categories):
+            if c is not None and str(c).strip():
+                out[i] = self._cat_codes.setdefault(str(c).lower(), len(self._cat_codes) + 1)
+        return out
+
+    def _refresh_category_names(self) -> None:
+        """Count live products per (lower-cased) category from scratch; writes then keep the counts."""
+        live = self.live[:self.n_rows]
+        cats = pd.Series(self.records[S.CATEGORY][:self.n_rows][live], dtype=object).dropna().astype(str)
+        cats = cats[cats.str.strip() != ""]
+        self._cat_count = cats.str.lower().value_counts().to_dict()
+        self._category_names = {}
+        for c in pd.unique(cats):
+            self._category_names.setdefault(c.lower(), c)
+
+    # reads ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.live[:self.n_rows].sum())
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Product id of every row (object array; removed rows keep their old id)."""
+        return self.records[S.PRODUCT_ID][:self.n_rows]
+
+    @property
+    def category_names(self) -> list[str]:
+        return [self._category_names[k] for k in sorted(self._category_names)]
+
+    def has_category(self, category: str) -> bool:
+        return category.lower() in self._category_names
+
+    def rows_of(self, product_ids: Sequence[str]) -> np.ndarray:
+        """Rows of live products (-1 for unknown ids)."""
+        return np.asarray([self.row_of.get(str(p), -1) for p in product_ids], np.int64)
+
+    def product(self, product_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            r = self.row_of.get(str(product_id))
+            return None if r is None else self.record(r)
+
+    def record(self, row: int) -> dict[str, Any]:
+        d = {c: self.records[c][row] for c in RECORD_COLUMNS}
+        d["modalities"] = {m.name: bool(self.emb_mask[m.table][row]) for m in MODALITIES}
+        return d
+
+    def row_filter(self, category: str | None) -> RowFilter | None:
+        """The rows of one category (case-insensitive), cached per version; None for no filter.
+
+        An unknown category is an error that lists the valid ones (the same in every caller).
+        """
+        if not category:
+            return None
+        key = category.lower()
+        if key not in self._category_names:
+            raise UnknownCategory(f"unknown category {category!r}; valid: {', '.join(self.category_names)}")
+        hit = self._filters.get(key)
+        if hit is None or hit[0] != self.version:
+            mask = (self.cat_code[:self.n_rows] == self._cat_codes.get(key, -1)) & self.live[:self.n_rows]
+            flt = RowFilter(mask, np.packbits(mask, bitorder="little"), float(mask.sum()) / max(1, len(self)))
+            self._filters[key] = hit = (self.version, flt)
+        return hit[1]
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """The embedding tables as they are now (references: rows are append-only, so a reader keeps a consistent view)."""
+        with self.lock:
+            return dict(self.emb)
+
+    def modality_mask(self, rows: np.ndarray) -> np.ndarray:
+        """bool ``rows.shape + (K,)``: which modalities each row has (False on padding, ``rows < 0``)."""
+        safe = np.where(rows >= 0, rows, 0)
+        with self.lock:
+            m = np.stack([self.emb_mask[mod.table][safe] for mod in MODALITIES], -1)
+        return m & (rows >= 0)[..., None]
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held per part (arrays and indexes; Python string objects of the records not counted)."""
+        n = self.cap
+        return {"embeddings": int(sum(self.emb[t].nbytes + self.emb_mask[t].nbytes for t in TABLES)),
+                "ann": int(sum(a.memory_bytes() for a in self.vectors.values())),
+                "bm25": int(sum(lx.memory_bytes() for lx in self.lexical.values())),
+                "rows": int(self.live.nbytes + 8 * n * (len(RECORD_COLUMNS) + 1 + len(LEXICAL_FIELDS)))}
