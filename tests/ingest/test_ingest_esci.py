@@ -161,3 +161,31 @@ def test_esci_bad_options_and_layout(esci_dir, tmp_path):
         ingest(esci_dir, tmp_path / "y", adapter="esci")
     assert ei.value.missing == ["esci_label"] and "query_id" in ei.value.found
     assert ei.value.file.endswith(EXAMPLES_FILE)
+
+
+def test_esci_options_as_adapter_args(esci_dir, tmp_path):
+    args = {"locale": ["US", "es"], "version": "large", "split": "Train", "id_scheme": "locale", "only_judged": True,
+            "grades": {"e": 2, "s": 1, "c": 0, "i": 0}, "limit": 4,
+            "products_file": PRODUCTS_FILE, "examples_file": str(esci_dir / EXAMPLES_FILE)}
+    cat = ingest(esci_dir, tmp_path / "a", adapter="esci", adapter_args=args)
+    # only_judged keeps the us products judged in the train split; the es one is not judged there
+    assert list(cat.products["product_id"]) == ["us:B1", "us:B2"]
+    assert cat.qrels.to_dict("records") == [{"query_id": "1", "product_id": "us:B1", "grade": 2},
+                                            {"query_id": "1", "product_id": "us:B2", "grade": 1}]
+    assert list(cat.queries["split"]) == ["train"]
+    rep = cat.report["adapter_args"]
+    assert rep["locale"] == ["us", "es"] and rep["split"] == "train" and rep["limit"] == 4 and "id_scheme" not in rep
+
+    # limit stops reading product rows (judgments of the others are skipped, not rejected)
+    cat = ingest(esci_dir, tmp_path / "lim", adapter="esci", limit=2)
+    assert list(cat.products["product_id"]) == ["us:B1", "us:B2"]
+    assert cat.report["qrels"]["skipped"] == 2 and cat.report["qrels"]["rejected"] == 1  # the bad label
+
+
+def test_esci_options_model():
+    from fusionrank.ingest.adapters.esci import EsciOptions
+
+    o = EsciOptions(locale="JP")
+    assert o.locale == "jp" and o.grades == ESCI_GRADES and o.id_scheme == "locale" and o.limit is None
+    with pytest.raises(ValueError):
+        EsciOptions(locle="jp")

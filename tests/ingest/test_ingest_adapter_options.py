@@ -1,0 +1,110 @@
+"""Typed adapter options: one pydantic model per adapter, checked from Python, config files and the CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fusionrank.errors import AdapterOptionsError, FusionrankError, UnknownNameError
+from fusionrank.ingest import ingest
+from fusionrank.ingest.adapters import ADAPTERS, adapter_options, get_adapter, options_model, parse_option_strings
+
+VALID = {
+    "native": ["limit"],
+    "fashion44k": ["limit", "splits"],
+    "wands": ["grades", "limit"],
+    "esci": ["locale", "version", "split", "only_judged", "id_scheme", "grades", "limit", "products_file", "examples_file"],
+}
+
+
+def write_native(d, n=5):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "products.jsonl").write_text("".join(json.dumps({"product_id": f"p{i}", "title": f"thing {i}"}) + "\n" for i in range(n)))
+    (d / "queries.tsv").write_text("query_id\tquery\nq1\tthing\n")
+    (d / "qrels.tsv").write_text("query_id\tproduct_id\tgrade\nq1\tp0\t2\nq1\tp4\t1\n")
+    return d
+
+
+def test_every_adapter_has_an_options_model():
+    assert set(ADAPTERS.names()) == set(VALID)
+    for name, keys in VALID.items():
+        model = options_model(name)
+        assert list(model.model_fields) == keys
+        assert model.model_config["extra"] == "forbid"
+        assert adapter_options(name) == model()  # every option has a default
+
+
+def test_native_limit_is_honoured(tmp_path):
+    src = write_native(tmp_path / "src")
+    cat = ingest(src, tmp_path / "out", adapter="native", check_media=False, adapter_args={"limit": 2})
+    assert list(cat.products["product_id"]) == ["p0", "p1"]
+    rep = cat.report
+    assert (rep["qrels"]["kept"], rep["qrels"]["skipped"], rep["qrels"]["rejected"]) == (1, 1, 0)
+    assert rep["adapter_args"] == {"limit": 2}
+    cat = ingest(src, tmp_path / "kw", adapter="native", check_media=False, limit=3)  # the keyword style still works
+    assert len(cat.products) == 3
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_misspelt_option_from_python(name, tmp_path):
+    src = write_native(tmp_path / "src")
+    with pytest.raises(AdapterOptionsError) as ei:
+        ingest(src, tmp_path / "out", adapter=name, adapter_args={"limt": 5})
+    e = ei.value
+    assert isinstance(e, FusionrankError)
+    assert (e.adapter, e.unknown, e.valid) == (name, ["limt"], VALID[name])
+    msg = str(e)
+    assert msg.startswith(f"{name} adapter: unknown option 'limt' (did you mean 'limit'?)")
+    assert msg.endswith(f"valid options: {', '.join(VALID[name])}")
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+    with pytest.raises(AdapterOptionsError, match="unknown option 'limt'"):  # the keyword style too
+        ingest(src, tmp_path / "out", adapter=name, limt=5)
+    with pytest.raises(AdapterOptionsError, match="unknown option 'limt'"):
+        get_adapter(name, src, limt=5)
+
+
+def test_bad_values_name_the_option():
+    with pytest.raises(AdapterOptionsError) as ei:
+        adapter_options("esci", {"version": "medium", "limit": "ten", "locale": 5})
+    e = ei.value
+    assert set(e.invalid) == {"version", "limit", "locale"} and e.unknown == []
+    assert "option 'version': Input should be 'small' or 'large', got 'medium'" in str(e)
+    assert "option 'limit'" in str(e) and "'ten'" in str(e)
+    assert "option 'locale': expected text or list of text or null, got 5" in str(e)
+    assert "ValidationError" not in repr(e) and e.__cause__ is None and e.__suppress_context__
+    with pytest.raises(AdapterOptionsError, match=r"option 'grades': at E: .*greater than or equal to 0, got -1"):
+        adapter_options("wands", {"grades": {"E": -1}})
+    with pytest.raises(AdapterOptionsError, match="option 'limit'"):
+        adapter_options("native", {"limit": 0})
+    with pytest.raises(AdapterOptionsError, match="option 'limit'"):
+        adapter_options("native", {"limit": True})
+
+
+def test_option_given_twice(tmp_path):
+    src = write_native(tmp_path / "src")
+    with pytest.raises(AdapterOptionsError, match=r"option 'limit': given twice with different values \(2 and 3\)"):
+        ingest(src, tmp_path / "out", adapter="native", adapter_args={"limit": 2}, limit=3)
+    assert len(ingest(src, tmp_path / "out", adapter="native", check_media=False, adapter_args={"limit": 2}, limit=2).products) == 2
+
+
+def test_unknown_adapter_lists_valid_names(tmp_path):
+    for call in (lambda: ingest(tmp_path, tmp_path / "out", adapter="amazon"), lambda: adapter_options("amazon", {"limit": 1}),
+                 lambda: get_adapter("amazon", tmp_path)):
+        with pytest.raises(UnknownNameError) as ei:
+            call()
+        assert ei.value.valid == ADAPTERS.names() == sorted(VALID)
+        assert str(ei.value) == "unknown dataset adapter 'amazon'; valid names: esci, fashion44k, native, wands"
+
+
+def test_parse_option_strings():
+    got = parse_option_strings("esci", ["locale=us", "limit=5", "only_judged=true", 'grades={"E": 1, "I": 0}',
+                                        "products_file=123", "split=null", "version=small"])
+    assert got == {"locale": "us", "limit": 5, "only_judged": True, "grades": {"E": 1, "I": 0}, "products_file": "123",
+                   "split": None, "version": "small"}
+    assert parse_option_strings("esci", ['locale=["us", "es"]'])["locale"] == ["us", "es"]
+    assert parse_option_strings("esci", ["locale=a=b"])["locale"] == "a=b"
+    assert parse_option_strings("fashion44k", ['splits=["train"]', "limt=5"]) == {"splits": ["train"], "limt": "5"}
+    with pytest.raises(FusionrankError, match="KEY=VALUE, got 'limit'"):
+        parse_option_strings("native", ["limit"])
+    with pytest.raises(FusionrankError, match="'limit' given twice"):
+        parse_option_strings("native", ["limit=1", "limit=2"])
