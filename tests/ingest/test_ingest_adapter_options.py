@@ -108,3 +108,86 @@ def test_parse_option_strings():
         parse_option_strings("native", ["limit"])
     with pytest.raises(FusionrankError, match="'limit' given twice"):
         parse_option_strings("native", ["limit=1", "limit=2"])
+
+
+# --- experiment configs and workspaces -------------------------------------------------
+
+def write_config(path, data: str):
+    path.write_text(f"[data]\n{data}\n")
+    return path
+
+
+def test_config_adapter_args(tmp_path):
+    from fusionrank.experiment import DataConfig, ExperimentConfig
+
+    assert DataConfig().adapter_args == {}
+    cfg = ExperimentConfig.load(write_config(tmp_path / "ok.toml", 'adapter = "esci"\nadapter_args = { locale = "us", limit = 5 }'))
+    assert cfg.data.adapter_args == {"locale": "us", "limit": 5}
+    cfg = ExperimentConfig.load(write_config(tmp_path / "ok2.toml", 'adapter_args = { splits = ["train"] }'))
+    assert cfg.data.adapter == "fashion44k" and cfg.data.adapter_args == {"splits": ["train"]}
+
+
+def test_misspelt_option_in_config_fails_at_load(tmp_path):
+    from fusionrank.experiment import ExperimentConfig
+
+    path = write_config(tmp_path / "bad.toml", 'adapter = "fashion44k"\nadapter_args = { limt = 5 }')
+    with pytest.raises(FusionrankError) as ei:
+        ExperimentConfig.load(path)
+    msg = str(ei.value)
+    assert str(path) in msg and "ValidationError" not in type(ei.value).__name__
+    assert "fashion44k adapter: unknown option 'limt' (did you mean 'limit'?); valid options: limit, splits" in msg
+
+    path = write_config(tmp_path / "bad_value.toml", 'adapter = "esci"\nadapter_args = { version = "medium" }')
+    with pytest.raises(FusionrankError, match="option 'version': Input should be 'small' or 'large'"):
+        ExperimentConfig.load(path)
+    # data.limit is the adapter's limit option: the two must agree
+    path = write_config(tmp_path / "clash.toml", "limit = 5\nadapter_args = { limit = 6 }")
+    with pytest.raises(FusionrankError, match=r"option 'limit': given twice with different values \(6 and 5\)"):
+        ExperimentConfig.load(path)
+    path = write_config(tmp_path / "unknown.toml", 'adapter = "amazon"')
+    with pytest.raises(FusionrankError, match="unknown dataset adapter 'amazon'; valid names: esci, fashion44k, native, wands"):
+        ExperimentConfig.load(path)
+
+
+def test_misspelt_option_in_config_from_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+
+    path = write_config(tmp_path / "bad.toml", 'adapter = "wands"\nadapter_args = { grade = { Exact = 1 } }')
+    r = CliRunner().invoke(app, ["train", "--config", str(path), "--out", str(tmp_path / "model")])
+    assert r.exit_code == 2, r.output
+    msg = "".join(r.output.split())
+    assert "wandsadapter:unknownoption'grade'(didyoumean'grades'?);validoptions:grades,limit" in msg
+    assert not (tmp_path / "model").exists()
+
+
+def test_workspace_passes_adapter_args_and_keys_its_cache_on_them(tmp_path):
+    import hashlib
+
+    from fusionrank.workspace import Workspace
+
+    src, home = write_native(tmp_path / "src"), tmp_path / "home"
+    plain = Workspace(src, "native", home=home)
+    old_key = hashlib.sha1(f"{src.resolve()}|native|None".encode()).hexdigest()[:8]
+    assert plain.root == home / f"src-full-{old_key}"  # no options: the folder of earlier versions
+    assert Workspace(src, "native", None, home, adapter_args={}).root == plain.root
+
+    lim = Workspace(src, "native", home=home, adapter_args={"limit": 2})
+    assert lim.limit == 2 and lim.root == Workspace(src, "native", 2, home).root and lim.root.name.startswith("src-first2-")
+    assert len(lim.catalog(log=lambda m: None, check_media=False).products) == 2
+
+    f_default = Workspace(src, "fashion44k", home=home)
+    f_same = Workspace(src, "fashion44k", home=home, adapter_args={"splits": ["train", "dev"]})
+    f_train = Workspace(src, "fashion44k", home=home, adapter_args={"splits": ["train"]})
+    assert f_same.root == f_default.root and f_train.root != f_default.root
+    assert f_train.adapter_args == {"splits": ["train"]}
+    # an existing plain-name workspace is only reused without other options
+    (home / "src-full").mkdir(parents=True)
+    assert Workspace(src, "fashion44k", home=home).root == home / "src-full"
+    assert Workspace(src, "fashion44k", home=home, adapter_args={"splits": ["train"]}).root == f_train.root
+
+    with pytest.raises(AdapterOptionsError, match="native adapter: unknown option 'limt'"):
+        Workspace(src, "native", home=home, adapter_args={"limt": 2})
+    with pytest.raises(AdapterOptionsError, match="given twice"):
+        Workspace(src, "native", 3, home, adapter_args={"limit": 2})
