@@ -191,3 +191,59 @@ def test_workspace_passes_adapter_args_and_keys_its_cache_on_them(tmp_path):
         Workspace(src, "native", home=home, adapter_args={"limt": 2})
     with pytest.raises(AdapterOptionsError, match="given twice"):
         Workspace(src, "native", 3, home, adapter_args={"limit": 2})
+
+
+# --- the command line ------------------------------------------------------------------
+
+def squash(text: str) -> str:
+    """Text without whitespace: rich wraps messages to the terminal width."""
+    return "".join(text.split())
+
+
+@pytest.fixture
+def cli():
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_options_are_parsed_and_honoured(cli, tmp_path):
+    src = write_native(tmp_path / "src")
+    r = cli("ingest", src, "-o", tmp_path / "out", "--option", "limit=2", "--no-check-media", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["adapter_args"] == {"limit": 2} and rep["products"]["kept"] == 2 and rep["qrels"]["skipped"] == 1
+    r = cli("ingest", src, "-o", tmp_path / "out2", "--option", "limit=2", "--limit", "3")
+    assert r.exit_code == 2 and "giventwice" in squash(r.output)
+    r = cli("ingest", src, "-o", tmp_path / "out3", "--option", "limit")
+    assert r.exit_code == 2 and squash("--option expects KEY=VALUE, got 'limit'") in squash(r.output)
+    r = cli("ingest", src, "-o", tmp_path / "out4", "--option", "limit=many")
+    assert r.exit_code == 2 and squash("native adapter: option 'limit': Input should be a valid integer") in squash(r.output)
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_misspelt_option_from_the_cli(cli, name, tmp_path):
+    src = write_native(tmp_path / "src")
+    r = cli("ingest", src, "-o", tmp_path / "out", "--adapter", name, "--option", "limt=5")
+    assert r.exit_code == 2, r.output
+    msg = squash(r.output)
+    assert squash(f"{name} adapter: unknown option 'limt' (did you mean 'limit'?); valid options: {', '.join(VALID[name])}") in msg
+    assert "Traceback" not in r.output and not (tmp_path / "out").exists()
+
+
+def test_cli_list_options(cli):
+    from fusionrank.ingest.adapters import options_markdown
+
+    r = cli("ingest", "--list-options", "esci")  # no SOURCE or --out needed
+    assert r.exit_code == 0, r.output
+    assert r.stdout == options_markdown(["esci"])
+    for key in VALID["esci"]:
+        assert f"| `{key}` |" in r.stdout
+    r = cli("ingest", "--list-options", "all")
+    assert r.exit_code == 0 and r.stdout == options_markdown()
+    r = cli("ingest", "--list-options", "amazon")
+    assert r.exit_code == 2
+    assert squash("unknown dataset adapter 'amazon'; valid names: esci, fashion44k, native, wands, or all") in squash(r.output)

@@ -189,3 +189,24 @@ def test_esci_options_model():
     assert o.locale == "jp" and o.grades == ESCI_GRADES and o.id_scheme == "locale" and o.limit is None
     with pytest.raises(ValueError):
         EsciOptions(locle="jp")
+
+
+def test_esci_options_from_the_cli(esci_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(app, ["ingest", str(esci_dir), "-o", str(out), "--adapter", "esci", "--json",
+                                 "--option", 'locale=["ES", "jp"]', "--option", "split=test", "--option", "only_judged=true",
+                                 "--option", 'grades={"E": 1, "S": 1, "C": 1, "I": 0}', "--option", "id_scheme=plain",
+                                 "--option", f"products_file={PRODUCTS_FILE}", "--option", "limit=5"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["adapter_args"] == {"locale": ["es", "jp"], "split": "test", "only_judged": True, "id_scheme": "plain",
+                                   "grades": {"E": 1, "S": 1, "C": 1, "I": 0}, "limit": 5, "products_file": PRODUCTS_FILE}
+    cat = Catalog.load(out)
+    assert list(cat.products["product_id"]) == ["B1", "B3"]
+    assert sorted(cat.qrels["grade"]) == [0, 1]
