@@ -212,7 +212,7 @@ def options_markdown(adapters: Iterable[str] | None = None) -> str:
     """Markdown tables of the options of ``adapters`` (default: every registered one)."""
     out = []
     for name in adapters if adapters is not None else ADAPTERS.names():
-        out.append(f"`{name}`\n\n| option | type | default | meaning |\n|---|---|---|---|")
+        out.append(f"**`{name}`**\n\n| option | type | default | meaning |\n|---|---|---|---|")
         for r in describe_options(name):
             out.append(f"| `{r['name']}` | {r['type']} | `{r['default']}` | {r['help'].replace('|', '&#124;')} |")
         out.append("")

@@ -130,7 +130,7 @@ class EsciOptions(AdapterOptions):
     only_judged: bool = Field(False, strict=True,
                               description="keep only products judged by the selected examples (else the whole catalogue of the selected locales)")
     id_scheme: Literal["locale", "plain"] = Field(
-        "locale", description='product ids "<locale>:<asin>" (stable across locales) or the plain ASIN (use with one locale)')
+        "locale", description="product ids {locale}:{asin} (unique across locales) or the plain ASIN (use with a single locale)")
     grades: dict[str, Annotated[StrictInt, Field(ge=0)]] = Field(
         default_factory=lambda: dict(ESCI_GRADES), min_length=1,
         description="esci_label -> grade (integers >= 0; labels matched case-insensitively)")

@@ -23,7 +23,7 @@ class Fashion44kOptions(AdapterOptions):
     limit: int | None = Field(None, ge=1, strict=True,
                               description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
     splits: list[str] = Field(default_factory=lambda: ["train", "dev"], min_length=1,
-                              description="query splits to read: queries_<split>.tsv and qrels_<split>.tsv[.gz]")
+                              description="query splits to read: queries_{split}.tsv and qrels_{split}.tsv[.gz] (a split without files is skipped)")
 
 
 @ADAPTERS.register("fashion44k")
