@@ -187,6 +187,7 @@ def test_esci_options_model():
 
     o = EsciOptions(locale="JP")
     assert o.locale == "jp" and o.grades == ESCI_GRADES and o.id_scheme == "locale" and o.limit is None
+    assert EsciOptions(products_file="", examples_file=" ").products_file is None
     with pytest.raises(ValueError):
         EsciOptions(locle="jp")
 

@@ -151,6 +151,11 @@ class EsciOptions(AdapterOptions):
     def _lower_split(cls, v: Any) -> Any:
         return v.strip().lower() if isinstance(v, str) else v
 
+    @field_validator("products_file", "examples_file", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v  # as before: "" means "search for it"
+
 
 @ADAPTERS.register("esci")
 class EsciAdapter(Adapter):
