@@ -69,7 +69,7 @@ def main() -> None:
     cfg = ExperimentConfig.load(args.config)
     cfg.training.epochs, cfg.training.max_train_seconds = args.epochs, args.max_seconds
     src = resolve_source(cfg.data.source, Path(args.config))
-    ws = Workspace(src, cfg.data.adapter, cfg.data.limit)
+    ws = Workspace(src, cfg.data.adapter, cfg.data.limit, adapter_args=cfg.data.adapter_args)
     cat = ws.catalog()
     ws.encode(cat.products, cfg.encode_settings(), progress=False)
     train_q = _split_frames(cat, "train")

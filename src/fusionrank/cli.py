@@ -52,11 +52,29 @@ def print_encode_summary(s: dict) -> None:
         console.print(f"  {s['failures']} item(s) failed; see {s.get('failures_file')}")
 
 
+def _list_adapter_options(value: Optional[str]) -> None:
+    """``--list-options ADAPTER`` (or ``all``): print the options as Markdown tables and exit."""
+    if value is None:
+        return
+    from .ingest.adapters import ADAPTERS, options_markdown
+
+    if value != "all" and value not in ADAPTERS:
+        _fail(FusionrankError(f"unknown dataset adapter {value!r}; valid names: {', '.join(ADAPTERS.names())}, or all"))
+    print(options_markdown(ADAPTERS.names() if value == "all" else [value]), end="")
+    raise typer.Exit()
+
+
 @app.command()
 def ingest(
     source: Path = typer.Argument(..., help="dataset folder or products file"),
     out: Path = typer.Option(..., "--out", "-o", help="catalogue directory to write"),
     adapter: str = typer.Option("native", help="dataset adapter: native, fashion44k, esci, wands"),
+    option: list[str] = typer.Option([], "--option", metavar="KEY=VALUE",
+                                     help="an adapter option (repeatable), e.g. --option locale=us; values are read as JSON "
+                                          "when that fits the option (5, true, null, '[\"us\",\"es\"]'), else as text"),
+    list_options: Optional[str] = typer.Option(None, "--list-options", metavar="ADAPTER", is_eager=True,
+                                               callback=_list_adapter_options,
+                                               help="print the options of ADAPTER (or 'all') and exit"),
     limit: Optional[int] = typer.Option(None, help="ingest only the first N products (judgments of others are counted as skipped)"),
     check_media: bool = typer.Option(True, help="decode every photo and audio clip"),
     on_bad_media: str = typer.Option("drop_field", help="drop_field (keep the product without that modality) or reject_row"),
@@ -64,10 +82,13 @@ def ingest(
 ):
     """Read, validate and clean a catalogue into OUT (products, queries, qrels, rejects, report)."""
     from .ingest import ingest as run_ingest
+    from .ingest.adapters import parse_option_strings
 
     opts = {"limit": limit} if limit is not None else {}
     try:
-        cat = run_ingest(source, out, adapter=adapter, check_media=check_media, on_bad_media=on_bad_media, progress=True, **opts)
+        args = parse_option_strings(adapter, option)
+        cat = run_ingest(source, out, adapter=adapter, adapter_args=args, check_media=check_media, on_bad_media=on_bad_media,
+                         progress=True, **opts)
     except FusionrankError as e:
         _fail(e)
     if json_out:

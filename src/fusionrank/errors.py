@@ -87,3 +87,23 @@ class StaleArtefactError(FusionrankError):
 
     The message names what is missing or stale and the command that prepares it.
     """
+
+
+class AdapterOptionsError(FusionrankError, ValueError):
+    """Options given to a dataset adapter do not fit its options model.
+
+    Attributes: ``adapter`` (its name), ``unknown`` (option names it does not
+    have), ``invalid`` (option name -> reason, for known options with a bad value)
+    and ``valid`` (every option name it accepts, generated from its model).
+    """
+
+    def __init__(self, adapter: str, valid: list[str], unknown: list[str] | None = None,
+                 invalid: dict[str, str] | None = None, suggestions: dict[str, str] | None = None):
+        self.adapter, self.valid = adapter, list(valid)
+        self.unknown, self.invalid = list(unknown or ()), dict(invalid or {})
+        parts = []
+        for k in self.unknown:
+            hint = f" (did you mean {suggestions[k]!r}?)" if suggestions and k in suggestions else ""
+            parts.append(f"unknown option {k!r}{hint}")
+        parts += [f"option {k!r}: {why}" for k, why in self.invalid.items()]
+        super().__init__(f"{adapter} adapter: {'; '.join(parts)}; valid options: {', '.join(self.valid) or '(none)'}")

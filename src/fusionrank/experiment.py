@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import schema as S
 from .encode import EncodeSettings
@@ -47,6 +47,19 @@ class DataConfig(BaseModel):
     eval_split: str | None = "dev"
     valid_fraction: float = 0.1
     max_train_queries: int | None = None
+    # options of the adapter (e.g. { locale = "us" } for esci); see `fusionrank ingest --list-options ADAPTER`
+    adapter_args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_adapter_args(self) -> "DataConfig":
+        from .errors import UnknownNameError
+        from .ingest.adapters import adapter_options
+
+        try:  # an AdapterOptionsError is a ValueError: pydantic reports it under `data`
+            adapter_options(self.adapter, self.adapter_args, **({"limit": self.limit} if self.limit is not None else {}))
+        except UnknownNameError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
 class TrainingConfig(BaseModel):
@@ -183,7 +196,7 @@ def prepare_training(config: ExperimentConfig, config_path: Path | None = None, 
     Returns ``(source, workspace, catalog, encode_summary, train_queries, valid_queries)``.
     """
     src = resolve_source(config.data.source, config_path)
-    ws = Workspace(src, config.data.adapter, config.data.limit)
+    ws = Workspace(src, config.data.adapter, config.data.limit, adapter_args=config.data.adapter_args)
     cat = ws.catalog(log)
     enc_summary = ws.encode(cat.products, config.encode_settings(), log, progress, modalities=config.encoded_modalities(),
                             engine=config.engine)

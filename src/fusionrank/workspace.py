@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -12,6 +14,7 @@ from .encode import EncodeSettings, encode_catalog
 from .errors import FusionrankError
 from .ingest import Catalog
 from .ingest import ingest as run_ingest
+from .ingest.adapters import adapter_options
 from .settings import DEFAULT_FASHION44K_SOURCE, REPO_ROOT, get_settings
 
 
@@ -31,15 +34,24 @@ def resolve_source(source: str, config_path: Path | None = None) -> Path:
 class Workspace:
     """Where a source's ingested catalogue and embedding store live between runs."""
 
-    def __init__(self, source: Path, adapter: str, limit: int | None = None, home: Path | None = None):
+    def __init__(self, source: Path, adapter: str, limit: int | None = None, home: Path | None = None,
+                 adapter_args: Mapping[str, Any] | None = None):
         home = get_settings().home if home is None else Path(home)
+        # `limit` and `adapter_args` are both adapter options: validated together, a clash is an error
+        opts = adapter_options(adapter, adapter_args, **({"limit": limit} if limit is not None else {}))
+        limit = getattr(opts, "limit", None)
         self.source, self.adapter, self.limit = Path(source), adapter, limit
+        self.adapter_args: dict[str, Any] = opts.model_dump(mode="json", exclude_defaults=True)
+        other = {k: v for k, v in self.adapter_args.items() if k != "limit"}  # limit is in the name already
         tag = "full" if limit is None else f"first{limit}"
         name = f"{self.source.name}-{tag}"
-        if (home / name).exists():  # a workspace kept under the plain name (e.g. fashion44k-full)
+        if not other and (home / name).exists():  # a workspace kept under the plain name (e.g. fashion44k-full)
             self.root = home / name
         else:
-            h = hashlib.sha1(f"{self.source.resolve()}|{adapter}|{limit}".encode()).hexdigest()[:8]
+            key = f"{self.source.resolve()}|{adapter}|{limit}"
+            if other:  # without other options the key (and so the folder) is the one of earlier versions
+                key += "|" + json.dumps(other, sort_keys=True)
+            h = hashlib.sha1(key.encode()).hexdigest()[:8]
             self.root = home / f"{name}-{h}"
         self.catalog_dir, self.store_dir = self.root / "catalog", self.root / "store"
 
@@ -47,8 +59,8 @@ class Workspace:
         if (self.catalog_dir / S.CATALOG_PRODUCTS_FILE).exists():
             return Catalog.load(self.catalog_dir)
         log(f"ingesting {self.source} ({self.adapter}) -> {self.catalog_dir}")
-        opts = {"limit": self.limit} if self.limit is not None else {}
-        return run_ingest(self.source, self.catalog_dir, adapter=self.adapter, check_media=check_media, progress=True, **opts)
+        return run_ingest(self.source, self.catalog_dir, adapter=self.adapter, adapter_args=self.adapter_args,
+                          check_media=check_media, progress=True)
 
     def encode(self, products: pd.DataFrame, settings: EncodeSettings, log=print, progress: bool = True,
                modalities=S.MODALITIES, engine=None) -> dict:

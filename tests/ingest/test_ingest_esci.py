@@ -161,3 +161,53 @@ def test_esci_bad_options_and_layout(esci_dir, tmp_path):
         ingest(esci_dir, tmp_path / "y", adapter="esci")
     assert ei.value.missing == ["esci_label"] and "query_id" in ei.value.found
     assert ei.value.file.endswith(EXAMPLES_FILE)
+
+
+def test_esci_options_as_adapter_args(esci_dir, tmp_path):
+    args = {"locale": ["US", "es"], "version": "large", "split": "Train", "id_scheme": "locale", "only_judged": True,
+            "grades": {"e": 2, "s": 1, "c": 0, "i": 0}, "limit": 4,
+            "products_file": PRODUCTS_FILE, "examples_file": str(esci_dir / EXAMPLES_FILE)}
+    cat = ingest(esci_dir, tmp_path / "a", adapter="esci", adapter_args=args)
+    # only_judged keeps the us products judged in the train split; the es one is not judged there
+    assert list(cat.products["product_id"]) == ["us:B1", "us:B2"]
+    assert cat.qrels.to_dict("records") == [{"query_id": "1", "product_id": "us:B1", "grade": 2},
+                                            {"query_id": "1", "product_id": "us:B2", "grade": 1}]
+    assert list(cat.queries["split"]) == ["train"]
+    rep = cat.report["adapter_args"]
+    assert rep["locale"] == ["us", "es"] and rep["split"] == "train" and rep["limit"] == 4 and "id_scheme" not in rep
+
+    # limit stops reading product rows (judgments of the others are skipped, not rejected)
+    cat = ingest(esci_dir, tmp_path / "lim", adapter="esci", limit=2)
+    assert list(cat.products["product_id"]) == ["us:B1", "us:B2"]
+    assert cat.report["qrels"]["skipped"] == 2 and cat.report["qrels"]["rejected"] == 1  # the bad label
+
+
+def test_esci_options_model():
+    from fusionrank.ingest.adapters.esci import EsciOptions
+
+    o = EsciOptions(locale="JP")
+    assert o.locale == "jp" and o.grades == ESCI_GRADES and o.id_scheme == "locale" and o.limit is None
+    assert EsciOptions(products_file="", examples_file=" ").products_file is None
+    with pytest.raises(ValueError):
+        EsciOptions(locle="jp")
+
+
+def test_esci_options_from_the_cli(esci_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(app, ["ingest", str(esci_dir), "-o", str(out), "--adapter", "esci", "--json",
+                                 "--option", 'locale=["ES", "jp"]', "--option", "split=test", "--option", "only_judged=true",
+                                 "--option", 'grades={"E": 1, "S": 1, "C": 1, "I": 0}', "--option", "id_scheme=plain",
+                                 "--option", f"products_file={PRODUCTS_FILE}", "--option", "limit=5"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["adapter_args"] == {"locale": ["es", "jp"], "split": "test", "only_judged": True, "id_scheme": "plain",
+                                   "grades": {"E": 1, "S": 1, "C": 1, "I": 0}, "limit": 5, "products_file": PRODUCTS_FILE}
+    cat = Catalog.load(out)
+    assert list(cat.products["product_id"]) == ["B1", "B3"]
+    assert sorted(cat.qrels["grade"]) == [0, 1]

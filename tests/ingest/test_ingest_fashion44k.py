@@ -72,3 +72,20 @@ def test_fashion44k_limit_and_reject_row(f44k_dir, tmp_path):
     assert cat.report["products"]["rejected"] == 1
     # the judgment of the rejected product is rejected too, never kept dangling
     assert "3" not in set(cat.qrels["product_id"])
+
+
+def test_fashion44k_options(f44k_dir, tmp_path):
+    (f44k_dir / "queries_test.tsv").write_text("query_id\tquery\nq9\tblue shoes\n")
+    (f44k_dir / "qrels_test.tsv").write_text("query_id\tproduct_id\tgrade\nq9\t2\t3\n")
+    # the default splits are train and dev (no dev files here): the test files are not read
+    cat = ingest(f44k_dir, tmp_path / "default", adapter="fashion44k", check_media=False)
+    assert set(cat.queries["split"]) == {"train"}
+    cat = ingest(f44k_dir, tmp_path / "test", adapter="fashion44k", check_media=False,
+                 adapter_args={"splits": ["test"], "limit": 3})
+    assert list(cat.products["product_id"]) == ["1", "2", "3"]
+    assert cat.queries.to_dict("records") == [{"query_id": "q9", "query": "blue shoes", "split": "test"}]
+    assert cat.qrels.to_dict("records") == [{"query_id": "q9", "product_id": "2", "grade": 3}]
+    assert cat.report["adapter_args"] == {"splits": ["test"], "limit": 3}
+    cat = ingest(f44k_dir, tmp_path / "both", adapter="fashion44k", check_media=False, adapter_args={"splits": ["train", "test"]})
+    assert cat.queries["split"].tolist() == ["train", "train", "test"]
+    assert cat.report["adapter_args"] == {"splits": ["train", "test"]}

@@ -117,3 +117,17 @@ def test_wands_options_and_errors(wands_dir, tmp_path):
     with pytest.raises(SchemaError) as ei:
         ingest(wands_dir, tmp_path / "y", adapter="wands")
     assert ei.value.missing == ["product_name"] and ei.value.found == ["product_id", "name"]
+
+
+def test_wands_options_as_adapter_args(wands_dir, tmp_path):
+    from fusionrank.ingest.adapters.wands import WandsOptions
+
+    args = {"grades": {"EXACT": 3, "partial": 1, "irrelevant": 0}, "limit": 3}
+    cat = ingest(wands_dir, tmp_path / "a", adapter="wands", adapter_args=args)
+    assert list(cat.products["product_id"]) == ["0", "1", "2"]
+    assert sorted(cat.qrels["grade"]) == [0, 1, 3]
+    assert cat.report["qrels"]["skipped"] == 1 and cat.report["adapter_args"] == args
+    # the typed model works as well as a mapping
+    cat = ingest(wands_dir, tmp_path / "b", adapter="wands", adapter_args=WandsOptions(limit=1))
+    assert list(cat.products["product_id"]) == ["0"]
+    assert WandsOptions().grades == WANDS_GRADES

@@ -3,33 +3,42 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .. import schema as S
-from .adapters import get_adapter
+from .adapters import AdapterOptions, adapter_options, get_adapter
 from .catalog import Catalog, RejectsWriter, ingest_products, ingest_qrels, ingest_queries
 
 
 def ingest(source: str | Path, out_dir: str | Path, adapter: str = "native", check_media: bool = True,
-           on_bad_media: str = "drop_field", progress: bool = False, **options: Any) -> Catalog:
+           on_bad_media: str = "drop_field", progress: bool = False,
+           adapter_args: AdapterOptions | Mapping[str, Any] | None = None, **options: Any) -> Catalog:
     """Read ``source`` with the named adapter, validate every row and write ``out_dir``.
+
+    ``adapter_args`` (a mapping, or the adapter's options model) and any further
+    keyword arguments (e.g. ``limit=100``) are the adapter's options; they are
+    validated against its options model before anything is read or written, and
+    an unknown or ill-typed option raises :class:`~fusionrank.errors.AdapterOptionsError`
+    naming the adapter, the bad key and the valid ones.
 
     Rejected rows and dropped media fields go to ``out_dir/rejects.jsonl``; the
     counts to ``out_dir/report.json``.
     """
     t0 = time.perf_counter()
+    opts = adapter_options(adapter, adapter_args, **options)
+    ad = get_adapter(adapter, source, opts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ad = get_adapter(adapter, source, **options)
     with RejectsWriter(out / S.CATALOG_REJECTS_FILE) as rej:
         products, prep = ingest_products(ad.products(), rej, check_media=check_media, on_bad_media=on_bad_media, progress=progress)
         queries, qrep = ingest_queries(ad.queries(), rej)
         pids = set(products[S.PRODUCT_ID])
         qids = set(queries[S.QUERY_ID]) if len(queries) else None
         qrels, jrep = ingest_qrels(ad.qrels(), rej, product_ids=pids, query_ids=qids,
-                                   skip_unknown_products=options.get("limit") is not None)
+                                   skip_unknown_products=getattr(opts, "limit", None) is not None)
     report = {
-        "source": str(source), "adapter": adapter, "seconds": round(time.perf_counter() - t0, 2),
+        "source": str(source), "adapter": adapter,
+        "adapter_args": opts.model_dump(mode="json", exclude_defaults=True), "seconds": round(time.perf_counter() - t0, 2),
         "products": prep.as_dict(), "queries": qrep.as_dict(), "qrels": jrep.as_dict(),
         "rejects_file": str(out / S.CATALOG_REJECTS_FILE),
     }

@@ -39,7 +39,7 @@ Grades
     map (labels are matched case-insensitively). A row with any other label is
     rejected (a :class:`RowError` naming file, row and ``esci_label``), not fatal.
 
-Options
+Options (:class:`EsciOptions`)
     ``locale``   "us" / "es" / "jp" or a list of them; None = all. Filters products
                  and examples on ``product_locale``.
     ``version``  "small" (rows with ``small_version == 1``, the reduced task-1 set),
@@ -50,6 +50,7 @@ Options
                  the whole catalogue of the selected locales).
     ``limit``    read at most this many product rows (judgments of products outside
                  them are then counted as skipped, not rejected).
+    ``id_scheme``, ``grades``, ``products_file``, ``examples_file``: see above.
 
 Rows removed by the filters are not read at all (they are not in the report).
 """
@@ -57,12 +58,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Annotated, Any, Iterable, Iterator, Literal
+
+from pydantic import Field, StrictInt, field_validator
 
 from ... import schema as S
 from ...errors import FusionrankError, RowError, SchemaError
 from ..readers import read_columns
-from .base import ADAPTERS, Adapter, Record
+from .base import ADAPTERS, Adapter, AdapterOptions, Record
 
 #: Default ESCI label -> grade map (E exact, S substitute, C complement, I irrelevant).
 ESCI_GRADES: dict[str, int] = {"E": 3, "S": 2, "C": 1, "I": 0}
@@ -80,8 +83,6 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     S.COLOR: ("product_color", "color"),
     "locale": ("product_locale", "locale"),
 }
-_ID_SCHEMES = ("locale", "plain")
-_VERSIONS = (None, "small", "large")
 
 
 def _missing(v: Any) -> bool:
@@ -120,33 +121,59 @@ def _bullets(v: Any) -> Any:
     return v
 
 
+class EsciOptions(AdapterOptions):
+    locale: str | list[str] | None = Field(
+        None, description='"us", "es", "jp" or a list of them (null = all); filters products and examples on product_locale')
+    version: Literal["small", "large"] | None = Field(
+        None, description="only examples with small_version == 1 (the reduced task-1 set) or large_version == 1; null = all")
+    split: Literal["train", "test"] | None = Field(None, description="only examples of this split; null = all")
+    only_judged: bool = Field(False, strict=True,
+                              description="keep only products judged by the selected examples (else the whole catalogue of the selected locales)")
+    id_scheme: Literal["locale", "plain"] = Field(
+        "locale", description="product ids {locale}:{asin} (unique across locales) or the plain ASIN (use with a single locale)")
+    grades: dict[str, Annotated[StrictInt, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(ESCI_GRADES), min_length=1,
+        description="esci_label -> grade (integers >= 0; labels matched case-insensitively)")
+    limit: int | None = Field(None, ge=1, strict=True,
+                              description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
+    products_file: Path | None = Field(None, description="products file (absolute or relative to the source); default: searched for")
+    examples_file: Path | None = Field(None, description="examples file (absolute or relative to the source); default: searched for")
+
+    @field_validator("locale", mode="after")
+    @classmethod
+    def _lower_locales(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one locale, or null for all")
+        return v.strip().lower() if isinstance(v, str) else [x.strip().lower() for x in v] if v is not None else None
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _lower_split(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("products_file", "examples_file", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v  # as before: "" means "search for it"
+
+
 @ADAPTERS.register("esci")
 class EsciAdapter(Adapter):
     name = "esci"
+    Options = EsciOptions
+    options: EsciOptions
 
-    def __init__(self, root: str | Path, **options: Any):
-        super().__init__(root, **options)
-        loc = options.get("locale")
-        if loc is None:
-            self.locales: set[str] | None = None
-        else:
-            locs = [loc] if isinstance(loc, str) else list(loc)
-            self.locales = {str(x).strip().lower() for x in locs}
-        self.version = options.get("version")
-        if self.version not in _VERSIONS:
-            raise FusionrankError(f"esci: version must be 'small', 'large' or None, got {self.version!r}")
-        split = options.get("split")
-        self.split = str(split).strip().lower() if split is not None else None
-        self.id_scheme = options.get("id_scheme", "locale")
-        if self.id_scheme not in _ID_SCHEMES:
-            raise FusionrankError(f"esci: id_scheme must be one of {_ID_SCHEMES}, got {self.id_scheme!r}")
-        grades = options.get("grades") or ESCI_GRADES
-        if not isinstance(grades, dict) or not grades or any(
-                isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in grades.values()):
-            raise FusionrankError(f"esci: grades must map labels to integers >= 0, got {grades!r}")
-        self.grades = {str(k).strip().upper(): int(g) for k, g in grades.items()}
-        self.only_judged = bool(options.get("only_judged", False))
-        self.limit = options.get("limit")
+    def __init__(self, root: str | Path, options: EsciOptions | dict[str, Any] | None = None, /, **kwargs: Any):
+        super().__init__(root, options, **kwargs)
+        o = self.options
+        loc = o.locale
+        self.locales: set[str] | None = None if loc is None else ({loc} if isinstance(loc, str) else set(loc))
+        self.version = o.version
+        self.split = o.split
+        self.id_scheme = o.id_scheme
+        self.grades = {str(k).strip().upper(): int(g) for k, g in o.grades.items()}
+        self.only_judged = o.only_judged
+        self.limit = o.limit
 
     # files -------------------------------------------------------------------
     def _resolve(self, p: str | Path) -> Path:
@@ -170,7 +197,7 @@ class EsciAdapter(Adapter):
         return None
 
     def products_path(self) -> Path:
-        opt = self.options.get("products_file")
+        opt = self.options.products_file
         if opt:
             p = self._resolve(opt)
             if not p.exists():
@@ -184,7 +211,7 @@ class EsciAdapter(Adapter):
         return p
 
     def examples_path(self) -> Path | None:
-        opt = self.options.get("examples_file")
+        opt = self.options.examples_file
         if opt:
             p = self._resolve(opt)
             if not p.exists():

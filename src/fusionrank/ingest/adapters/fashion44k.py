@@ -3,25 +3,39 @@
 ``master_category`` becomes ``category``; ``title_sparse`` is kept as an
 attribute (select it with ``with_title_field(products, "title_sparse")``).
 Image and audio paths are made absolute against the dataset folder.
+
+Options (:class:`Fashion44kOptions`): ``limit`` (read at most this many product
+rows) and ``splits`` (which ``queries_<split>.tsv`` / ``qrels_<split>.tsv[.gz]``
+pairs to read; a split without files is skipped).
 """
 from __future__ import annotations
 
 from typing import Iterator
 
+from pydantic import Field
+
 from ... import schema as S
 from ...errors import RowError
-from .base import ADAPTERS, Adapter, Record
+from .base import ADAPTERS, Adapter, AdapterOptions, Record
+
+
+class Fashion44kOptions(AdapterOptions):
+    limit: int | None = Field(None, ge=1, strict=True,
+                              description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
+    splits: list[str] = Field(default_factory=lambda: ["train", "dev"], min_length=1,
+                              description="query splits to read: queries_{split}.tsv and qrels_{split}.tsv[.gz] (a split without files is skipped)")
 
 
 @ADAPTERS.register("fashion44k")
 class Fashion44kAdapter(Adapter):
     name = "fashion44k"
-    SPLITS = ("train", "dev")
+    Options = Fashion44kOptions
+    options: Fashion44kOptions
 
     def products(self) -> Iterator[Record]:
         path = self.root / "products.parquet"
         self.require_columns(path, ["product_id", "title"])
-        limit = self.options.get("limit")
+        limit = self.options.limit
         for row, rec in self.rows(path):
             if limit is not None and row >= limit:
                 break
@@ -39,7 +53,7 @@ class Fashion44kAdapter(Adapter):
             yield str(path), row, out
 
     def queries(self) -> Iterator[Record]:
-        for split in self.SPLITS:
+        for split in self.options.splits:
             path = self.root / f"queries_{split}.tsv"
             if not path.exists():
                 continue
@@ -50,7 +64,7 @@ class Fashion44kAdapter(Adapter):
                 yield str(path), row, rec
 
     def qrels(self) -> Iterator[Record]:
-        for split in self.SPLITS:
+        for split in self.options.splits:
             for name in (f"qrels_{split}.tsv", f"qrels_{split}.tsv.gz"):
                 path = self.root / name
                 if path.exists():

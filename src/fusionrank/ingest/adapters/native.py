@@ -4,23 +4,34 @@ canonical column names of :mod:`fusionrank.schema`, and optional
 
 ``root`` may be the products file itself or a folder holding ``products.*``.
 Relative image/audio paths are resolved against the products file's folder.
+
+Options (:class:`NativeOptions`): ``limit`` (read at most this many product rows).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator
 
+from pydantic import Field
+
 from ... import schema as S
 from ...errors import FusionrankError, RowError
 from ..media import is_url
-from .base import ADAPTERS, Adapter, Record
+from .base import ADAPTERS, Adapter, AdapterOptions, Record
 
 _PRODUCT_NAMES = ("products.parquet", "products.jsonl", "products.jsonl.gz", "products.csv", "products.csv.gz", "products.tsv", "products.tsv.gz")
+
+
+class NativeOptions(AdapterOptions):
+    limit: int | None = Field(None, ge=1, strict=True,
+                              description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
 
 
 @ADAPTERS.register("native")
 class NativeAdapter(Adapter):
     name = "native"
+    Options = NativeOptions
+    options: NativeOptions
 
     def _products_path(self) -> Path:
         if self.root.is_file():
@@ -34,7 +45,10 @@ class NativeAdapter(Adapter):
         path = self._products_path()
         self.require_columns(path, list(S.REQUIRED_PRODUCT_COLUMNS))
         base = path.parent
+        limit = self.options.limit
         for row, rec in self.rows(path):
+            if limit is not None and row >= limit:
+                break
             if not isinstance(rec, RowError):
                 for fld in (S.IMAGE, S.AUDIO):
                     v = rec.get(fld)

@@ -27,17 +27,19 @@ Grades
     case-insensitively; ``grades={...}`` overrides). Any other label rejects the row
     (a :class:`RowError` naming file, row and ``label``).
 
-Options: ``grades``, ``limit`` (read at most this many product rows).
+Options (:class:`WandsOptions`): ``grades``, ``limit`` (read at most this many product rows).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
+
+from pydantic import Field, StrictInt
 
 from ... import schema as S
 from ...errors import FusionrankError, RowError
-from .base import ADAPTERS, Adapter, Record
+from .base import ADAPTERS, Adapter, AdapterOptions, Record
 
 #: Default WANDS label -> grade map.
 WANDS_GRADES: dict[str, int] = {"Exact": 2, "Partial": 1, "Irrelevant": 0}
@@ -92,19 +94,26 @@ def parse_features(text: Any) -> dict[str, str]:
     return {k: " | ".join(v) for k, v in out.items()}
 
 
+class WandsOptions(AdapterOptions):
+    grades: dict[str, Annotated[StrictInt, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(WANDS_GRADES), min_length=1,
+        description="label -> grade (integers >= 0; labels matched case-insensitively)")
+    limit: int | None = Field(None, ge=1, strict=True,
+                              description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
+
+
 @ADAPTERS.register("wands")
 class WandsAdapter(Adapter):
     name = "wands"
+    Options = WandsOptions
+    options: WandsOptions
 
-    def __init__(self, root: str | Path, **options: Any):
-        super().__init__(root, **options)
-        grades = options.get("grades") or WANDS_GRADES
-        if not isinstance(grades, dict) or not grades or any(
-                isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in grades.values()):
-            raise FusionrankError(f"wands: grades must map labels to integers >= 0, got {grades!r}")
+    def __init__(self, root: str | Path, options: WandsOptions | dict[str, Any] | None = None, /, **kwargs: Any):
+        super().__init__(root, options, **kwargs)
+        grades = self.options.grades
         self.grades = {str(k).strip().lower(): int(g) for k, g in grades.items()}
         self._labels = ", ".join(str(k) for k in grades)
-        self.limit = options.get("limit")
+        self.limit = self.options.limit
 
     def _path(self, name: str, required: bool = True) -> Path | None:
         base = self.root.parent if self.root.is_file() else self.root
