@@ -94,7 +94,7 @@ def evaluate_args(model, data, qrels=None, *extra):
 
 def test_train(cli_model):
     out, result = cli_model
-    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "metrics.json", "ranker", "workspace.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "index", "metrics.json", "ranker", "workspace.json"]
     assert "{" not in result.stdout                              # progress and the metrics summary go to stderr
     assert "modelwrittento" in squash(result.stderr)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -133,16 +133,52 @@ def test_evaluate_gzip_qrels_and_per_query(runner, cli_model, cli_data, tmp_path
     assert per_query.is_file() and len(per_query.read_text().strip().splitlines()) == 1 + 8
 
 
-def test_evaluate_json_stdout_stays_clean_when_encoders_load(runner, cli_model, tmp_path, monkeypatch):
-    """A catalogue the model has not seen is encoded first; the image model prints while loading."""
+def test_evaluate_an_unprepared_catalogue_names_the_commands_and_encodes_nothing(runner, cli_model, cli_data, tmp_path,
+                                                                                monkeypatch):
+    """evaluate opens what exists: a catalogue nobody ingested is an error naming the preparing commands."""
     import fusionrank.encoders.image as image
 
     monkeypatch.setattr(image, "_NET", {})                 # as in a fresh process: EfficientNet not loaded yet
     model, _ = cli_model
+    _, toml = cli_data
     data = make_tiny_fashion(tmp_path / "unseen_catalogue", audio=False)
-    r = ok(runner.invoke(app, evaluate_args(model, data, None, "--json")))
-    out = json.loads(r.stdout)
-    assert out["queries"] == 8 and "Loaded pretrained weights" in r.stderr
+    r = runner.invoke(app, evaluate_args(model, data, None, "--json"))
+    assert r.exit_code == 2 and r.stdout == ""
+    msg = squash(r.stderr)
+    assert "notingested" in msg and "fusionrankingest" in msg and "fusionrankencode" in msg
+    assert "Loaded pretrained weights" not in r.stderr and image._NET == {}   # nothing was encoded
+    # prepared with the two commands it names, the same evaluation runs
+    cat, store = tmp_path / "prepared" / "catalog", tmp_path / "prepared" / "store"
+    ok(runner.invoke(app, ["ingest", str(data.root), "--adapter", "fashion44k", "--out", str(cat)]))
+    ok(runner.invoke(app, ["encode", str(cat), "--store", str(store), "--config", str(toml), "--modalities", "text,image"]))
+    args = evaluate_args(model, data, None, "--json")
+    args[args.index("--catalog") + 1] = str(cat)
+    out = json.loads(ok(runner.invoke(app, args)).stdout)
+    assert out["queries"] == 8 and out["title_field"] == "title_sparse"
+
+
+def test_evaluate_a_field_the_store_lacks_names_the_encode_command(runner, cli_model, cli_data):
+    data, _ = cli_data
+    model, _ = cli_model
+    args = evaluate_args(model, data, None, "--json")
+    args[args.index("--title-field") + 1] = "title_short"
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and r.stdout == ""
+    msg = squash(r.stderr)
+    assert "title_short.minilm" in msg and "fusionrankencode" in msg
+
+
+def test_search_opens_the_saved_index_and_says_how_to_build_a_missing_one(runner, cli_model, tmp_path):
+    model, _ = cli_model
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    shutil.rmtree(copy / "index")
+    r = runner.invoke(app, ["search", str(copy), "black tshirt", "--json"])
+    assert r.exit_code == 2 and r.stdout == "" and f"fusionrankindex{squash(str(copy))}" in squash(r.stderr)
+    ok(runner.invoke(app, ["index", str(copy)]))
+    a = json.loads(ok(runner.invoke(app, ["search", str(copy), "black tshirt", "--json"])).stdout)["results"]
+    b = json.loads(ok(runner.invoke(app, ["search", str(model), "black tshirt", "--json"])).stdout)["results"]
+    assert [h["product_id"] for h in a] == [h["product_id"] for h in b] and len(a) == 10
 
 
 def test_evaluate_table_output(runner, cli_model, cli_data):

@@ -97,6 +97,18 @@ def ingest(
         print_ingest_report(cat.report)
 
 
+def _encode_settings(config: Optional[Path]):
+    """What ``fusionrank encode --config`` encodes: an ``[encode]`` table as given, or what an experiment config's model needs."""
+    from .config import load_config
+    from .encode import EncodeSettings
+    from .experiment import ExperimentConfig
+
+    if config is None:
+        return EncodeSettings()
+    raw = load_config(config)
+    return EncodeSettings.from_dict(raw["encode"]) if "encode" in raw else ExperimentConfig.load(config).encode_settings()
+
+
 @app.command()
 def encode(
     catalog: Path = typer.Argument(..., help="catalogue directory written by `fusionrank ingest`"),
@@ -104,20 +116,19 @@ def encode(
     engine: str = typer.Option("local", help="local (in-process) or ray"),
     ray_address: Optional[str] = typer.Option(None, help="address of an existing Ray cluster (default: start a local one)"),
     modalities: str = typer.Option("text,image,audio", help="comma-separated modalities to encode"),
-    config: Optional[Path] = typer.Option(None, help="TOML/YAML file with an [encode] table of EncodeSettings"),
+    config: Optional[Path] = typer.Option(None, help="an experiment config (its encoders and title fields), or a TOML/YAML file with an [encode] table of EncodeSettings"),
     limit: Optional[int] = typer.Option(None, help="encode only the first N products"),
     processes: int = typer.Option(1, help="local engine: worker processes (e.g. 2 for speech-to-text on 2 cores)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ):
     """Encode every modality into the embedding store; only new or changed products are encoded."""
-    from .config import load_config
-    from .encode import EncodeSettings, encode_catalog
+    from .encode import encode_catalog
     from .ingest import Catalog
 
     try:
         cat = Catalog.load(catalog)
         products = cat.products if limit is None else cat.products.iloc[:limit]
-        settings = EncodeSettings.from_dict(load_config(config).get("encode", {})) if config else EncodeSettings()
+        settings = _encode_settings(config)
         eng_args = {"address": ray_address} if engine == "ray" else {"processes": processes}
         summary = encode_catalog(products, store, settings, engine=engine, engine_args=eng_args,
                                  modalities=[m.strip() for m in modalities.split(",") if m.strip()], log=lambda m: console.print(f"  {m}"))

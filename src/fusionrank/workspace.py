@@ -92,9 +92,12 @@ def check_encoded(products: pd.DataFrame, store_dir: Path, settings: EncodeSetti
     store = EmbeddingStore(store_dir)
     text = settings.text["name"]
     need = [f"{f}.{text}" for f in settings.projection_fields]
-    if "image" in modalities and settings.projection:
+    def has(col):
+        return col in products.columns and products[col].notna().any()
+
+    if "image" in modalities and settings.projection and has(S.IMAGE):
         need += [f"image_proj.{f}" for f in settings.projection_fields]
-    if "audio" in modalities and settings.transcriber:
+    if "audio" in modalities and settings.transcriber and has(S.AUDIO):
         need += [transcript_feature(settings.transcriber["name"])]
     missing = [f for f in need if not store.exists(f)]
     hint = f"prepare it with `fusionrank encode CATALOG --store {store.root}` (or `fusionrank train`, which ingests and encodes)"
