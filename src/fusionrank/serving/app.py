@@ -25,14 +25,15 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path as PathParam, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path as PathParam, Query
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import FusionrankError
+from .http.errors import EXCEPTION_HANDLERS
+from .http.metrics import Metrics, ObserveRequests
 from .products import ProductInputError
-from .service import EVENT_TYPES, STAGES, ModelMismatch, SearchService, UnknownCategory
+from .service import EVENT_TYPES, ModelMismatch, SearchService, UnknownCategory
 
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY_CHARS = 256
@@ -77,81 +78,16 @@ class ModelSwap(BaseModel):
     path: str = Field(min_length=1, description="a model directory written by `fusionrank train`")
 
 
-def _loc(loc) -> str:
-    parts = [str(p) for p in loc if p not in ("query", "path", "body", "header")]
-    return ".".join(parts) or "request"
-
-
-def _readable(err: dict) -> str:
-    where, msg = _loc(err.get("loc", ())), err.get("msg", "invalid")
-    got = err.get("input")
-    if err.get("type") == "missing":
-        return f"{where}: required"
-    if got is not None and not isinstance(got, (dict, list)) and len(str(got)) <= 80:
-        return f"{where}: {msg} (got {got!r})"
-    return f"{where}: {msg}"
-
-
 def create_app(service: SearchService, admin_key: str | None = None, events_key: str | None = None,
                max_concurrent_searches: int = 2) -> FastAPI:
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
     admin_key = admin_key or secrets.token_urlsafe(24)
     events_key = events_key or secrets.token_urlsafe(16)
-    app = FastAPI(title="fusionrank search", version="1", description=__doc__)
+    app = FastAPI(title="fusionrank search", version="1", description=__doc__, exception_handlers=EXCEPTION_HANDLERS)
     app.state.service, app.state.admin_key, app.state.events_key = service, admin_key, events_key
     gate = threading.Semaphore(max_concurrent_searches)
 
-    reg = CollectorRegistry()
-    buckets = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5)
-    requests = Counter("fusionrank_requests_total", "HTTP requests", ["endpoint", "method", "status"], registry=reg)
-    latency = Histogram("fusionrank_request_seconds", "HTTP request latency", ["endpoint", "method"], buckets=buckets, registry=reg)
-    stage = Histogram("fusionrank_search_stage_seconds", "search latency per stage", ["stage"],
-                      buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5), registry=reg)
-    products = Gauge("fusionrank_index_products", "products in the index", registry=reg)
-    products.set_function(lambda: len(service.index))
-    Gauge("fusionrank_query_cache_hits", "query embeddings served from the cache", registry=reg).set_function(
-        lambda: service.queries.hits)
-    Gauge("fusionrank_query_cache_misses", "query embeddings computed", registry=reg).set_function(
-        lambda: service.queries.misses)
-    swaps = Counter("fusionrank_model_swaps_total", "model swaps", registry=reg)
-    model_info = Gauge("fusionrank_model_info", "the model serving requests (value 1)", ["version"], registry=reg)
-    model_info.labels(service.model.version).set(1)
-    events_total = Counter("fusionrank_events_total", "events accepted", ["type"], registry=reg)
-    for s in STAGES:
-        stage.labels(s)
-    service.stage_observer = lambda name, sec: stage.labels(name).observe(sec)
-
-    class Observe:
-        """Pure ASGI middleware (BaseHTTPMiddleware costs ~1 ms a request): counts and latency per route."""
-
-        def __init__(self, inner):
-            self.inner = inner
-
-        async def __call__(self, scope, receive, send):
-            if scope["type"] != "http":
-                return await self.inner(scope, receive, send)
-            t0 = time.perf_counter()
-            status = [500]
-
-            async def send_wrapper(message):
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
-
-            try:
-                await self.inner(scope, receive, send_wrapper)
-            finally:
-                endpoint = getattr(scope.get("route"), "path", "unmatched")
-                requests.labels(endpoint, scope["method"], str(status[0])).inc()
-                latency.labels(endpoint, scope["method"]).observe(time.perf_counter() - t0)
-
-    app.add_middleware(Observe)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        errs = exc.errors()
-        return JSONResponse(status_code=422, content={"detail": "; ".join(_readable(e) for e in errs[:5])})
+    meters = app.state.metrics = Metrics(service)
+    app.add_middleware(ObserveRequests, metrics=meters)
 
     def key_of(x_api_key: str | None) -> str:
         if not x_api_key:
@@ -243,8 +179,7 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
             out = service.record_events(evs)
         except ValueError as e:
             raise HTTPException(422, str(e))
-        for e in evs:
-            events_total.labels(e["type"]).inc()
+        meters.events_accepted(evs)
         return out
 
     @app.post("/admin/model", summary="Swap in another model", dependencies=[Depends(require_admin)])
@@ -257,10 +192,7 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
             raise HTTPException(409, str(e))
         except FusionrankError as e:
             raise HTTPException(422, f"path: {e}")
-        swaps.inc()
-        if old.version != new.version:
-            model_info.remove(old.version)
-        model_info.labels(new.version).set(1)
+        meters.model_swapped(old.version, new.version)
         return {"previous": old.version, "current": new.version}
 
     @app.post("/admin/snapshot", summary="Write the index snapshot (and empty the change log)",
@@ -284,7 +216,7 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def metrics() -> Response:
-        return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+        return meters.exposition()
 
     return app
 

@@ -1,0 +1,1 @@
+"""Building blocks of the HTTP layer: the exception handlers (``errors``) and the Prometheus metrics (``metrics``)."""
