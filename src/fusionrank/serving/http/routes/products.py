@@ -1,0 +1,84 @@
+"""``/products/{product_id}``: read a product and stream its media; add, replace or remove one (admin key)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path as PathParam
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...products import ProductInputError
+from ...service import SearchService
+from ..deps import AdminKeyRequired, ServiceDep
+
+ID_PATTERN = r"^[^\s/\\][^/\\]{0,199}$"
+
+ProductId = Annotated[str, PathParam(min_length=1, max_length=200, pattern=ID_PATTERN, description="product id")]
+
+
+class ProductIn(BaseModel):
+    """A product in the ingest schema; unknown fields are kept as attributes."""
+
+    model_config = ConfigDict(extra="allow")
+    product_id: str | None = Field(None, description="optional; must equal the id in the path")
+    title: str = Field(min_length=1, max_length=1000)
+    description: str | None = None
+    brand: str | None = None
+    color: str | None = None
+    category: str | None = None
+    image: str | None = Field(None, description="path of the product photo on the server")
+    audio: str | None = Field(None, description="path of a spoken description on the server")
+    attributes: dict[str, str] | None = None
+
+
+router = APIRouter(prefix="/products")
+
+
+def _product_or_404(service: SearchService, product_id: str) -> dict:
+    p = service.index.product(product_id)
+    if p is None:
+        raise HTTPException(404, f"no product with id {product_id!r}")
+    return p
+
+
+def _media(service: SearchService, product_id: str, field: str) -> FileResponse:
+    """The product's ``image`` or ``audio`` file, or 404 when it has none on disk."""
+    path = _product_or_404(service, product_id).get(field)
+    if not path or not Path(path).is_file():
+        raise HTTPException(404, f"product {product_id!r} has no {field} file")
+    return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+
+
+@router.get("/{product_id}", summary="One product")
+def get_product(service: ServiceDep, product_id: ProductId) -> dict[str, Any]:
+    return _product_or_404(service, product_id)
+
+
+@router.get("/{product_id}/image", summary="The product's photo", response_class=FileResponse)
+def product_image(service: ServiceDep, product_id: ProductId):
+    return _media(service, product_id, "image")
+
+
+@router.get("/{product_id}/audio", summary="The product's spoken description", response_class=FileResponse)
+def product_audio(service: ServiceDep, product_id: ProductId):
+    return _media(service, product_id, "audio")
+
+
+@router.put("/{product_id}", summary="Add or replace a product")
+def put_product(_: AdminKeyRequired, service: ServiceDep, product_id: ProductId, product: ProductIn) -> dict[str, Any]:
+    if product.product_id is not None and product.product_id != product_id:
+        raise HTTPException(422, f"product_id: the body says {product.product_id!r} but the path says {product_id!r}")
+    raw = product.model_dump(exclude_none=True)
+    raw["product_id"] = product_id
+    try:
+        return service.put_product(raw)
+    except ProductInputError as e:
+        raise HTTPException(422, str(e))
+
+
+@router.delete("/{product_id}", status_code=204, summary="Remove a product")
+def delete_product(_: AdminKeyRequired, service: ServiceDep, product_id: ProductId) -> Response:
+    if not service.index.delete(product_id):
+        raise HTTPException(404, f"no product with id {product_id!r}")
+    return Response(status_code=204)

@@ -1,0 +1,43 @@
+"""The search page (``GET /``) and ``GET /search``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import HTMLResponse, Response
+
+from ...service import UnknownCategory
+from ..deps import EventsKeyDep, SearchGateDep, ServiceDep
+
+PAGE = Path(__file__).resolve().parents[2] / "static" / "index.html"
+MAX_QUERY_CHARS = 256
+MAX_K = 100
+
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page(events_key: EventsKeyDep) -> HTMLResponse:
+    return HTMLResponse(PAGE.read_text().replace("{{EVENTS_KEY}}", events_key))
+
+
+@router.get("/search", summary="Search the catalogue")
+def search(service: ServiceDep, gate: SearchGateDep,
+           q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="search text")],
+           k: Annotated[int, Query(ge=1, le=MAX_K, description="results to return")] = 10,
+           category: Annotated[str | None, Query(max_length=200, description="master category filter (case-insensitive)")] = None,
+           explain: Annotated[bool, Query(description="per-modality contributions (a few ms)")] = True) -> Response:
+    """Ranked products: ``results[]`` with ``score``, per-modality ``contributions`` and fusion ``weights``,
+    ``matched_terms``, media URLs; plus ``search_id`` and ``model_version`` (quote both in events) and
+    ``timings_ms`` per stage."""
+    if not q.strip():
+        raise HTTPException(422, "q: must contain a search term (got only whitespace)")
+    try:
+        # serialised here: FastAPI's generic encoder costs ~2 ms on this nested payload
+        with gate:  # at most `max_concurrent_searches` at once: FIFO-ish queueing instead of GIL thrashing
+            result = service.search(q, k=k, category=category or None, explain=explain)
+        return Response(json.dumps(result), media_type="application/json")
+    except UnknownCategory as e:
+        raise HTTPException(422, f"category: {e.args[0]}")

@@ -1,0 +1,49 @@
+"""The dependencies read each app's own ``app.state``: two apps in one process keep their services, keys and
+metrics apart, and only the ranking inside ``GET /search`` waits for the app's search gate."""
+from __future__ import annotations
+
+import threading
+
+import httpx
+from fastapi.testclient import TestClient
+
+from fusionrank.serving.app import create_app
+
+
+def test_two_apps_keep_their_own_service_keys_and_metrics(service_factory):
+    svc_a, svc_b = service_factory("a"), service_factory("b")
+    pid = svc_a.index.records["product_id"][0]
+    with TestClient(create_app(svc_a, "admin-a", "events-a")) as a, TestClient(create_app(svc_b, "admin-b", "events-b")) as b:
+        assert a.delete(f"/products/{pid}", headers={"X-API-Key": "admin-b"}).status_code == 403
+        assert a.post("/events", json={"events": []}, headers={"X-API-Key": "events-b"}).status_code == 403
+        assert a.delete(f"/products/{pid}", headers={"X-API-Key": "admin-a"}).status_code == 204
+        assert a.get(f"/products/{pid}").status_code == 404 and b.get(f"/products/{pid}").status_code == 200
+        assert a.get("/healthz").json()["products"] == b.get("/healthz").json()["products"] - 1
+        page_a, page_b = a.get("/").text, b.get("/").text
+        assert "events-a" in page_a and "events-b" in page_b and "events-a" not in page_b
+        metrics_b = b.get("/metrics").text
+    assert 'endpoint="/products/{product_id}",method="DELETE"' not in metrics_b
+
+
+def test_only_ranking_waits_for_the_search_gate(service_factory, live_server):
+    app = create_app(service_factory("gate"), "admin", "ev", max_concurrent_searches=1)
+    statuses = []
+
+    def search():
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            statuses.append(c.get("/search", params={"q": "red shirt", "k": 3}).status_code)
+
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        assert c.get("/search", params={"q": "red shirt", "k": 3}).status_code == 200
+        app.state.search_gate.acquire()
+        waiting = threading.Thread(target=search)
+        try:
+            waiting.start()
+            waiting.join(0.5)
+            assert waiting.is_alive() and statuses == []
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/search", params={"q": "   "}).status_code == 422  # rejected before the gate
+        finally:
+            app.state.search_gate.release()
+        waiting.join(30)
+    assert statuses == [200]
