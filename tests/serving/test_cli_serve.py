@@ -39,11 +39,18 @@ def test_serve_command(tiny_model, tmp_path, fusionrank_home):
     shutil.copytree(tiny_model[0], model, ignore=shutil.ignore_patterns("index"))
     port = _free_port()
     env = {**os.environ, "FUSIONRANK_ADMIN_KEY": "cli-admin", "FUSIONRANK_HOME": str(fusionrank_home), "OMP_NUM_THREADS": "1"}
+    # serve opens what `fusionrank train` / `fusionrank index` prepared; it never builds behind the user's back
+    proc = _start(model, port, env)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 2 and "fusionrank index" in err and not (model / "index").exists()
+    built = subprocess.run([sys.executable, "-m", "fusionrank.cli", "index", str(model)], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    assert (model / "index" / "index.json").exists()
     proc = _start(model, port, env)
     try:
         url = _wait_url(proc)
         assert url == f"http://127.0.0.1:{port}/"
-        assert (model / "index" / "index.json").exists()  # built on first start
         with httpx.Client(base_url=url, timeout=30) as c:
             for _ in range(100):
                 try:
