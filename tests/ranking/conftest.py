@@ -36,6 +36,14 @@ def encoder(fusionrank_home):
 
 
 @pytest.fixture(scope="session")
+def uncached_encoder(fusionrank_home):
+    """A query encoder that keeps nothing: every query vector is computed afresh."""
+    from fusionrank.ranking import QueryEncoder
+
+    return QueryEncoder(cache_size=0)
+
+
+@pytest.fixture(scope="session")
 def attrs(tiny_fashion):
     return tiny_fashion.attrs.set_index("product_id")
 
