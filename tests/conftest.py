@@ -167,8 +167,8 @@ def tiny_catalog(tmp_path):
 
 
 # --- a tiny fashion44k-layout dataset, ingested, encoded and trained once per session -------------
-# (tests/fixtures_fashion.py builds the data; the fixtures below are shared by test_features,
-# test_pipeline, test_experiment and test_cli_train.)
+# (tests/fixtures_fashion.py builds the data; the fixtures below are shared by tests/ranking,
+# tests/serving, test_experiment and test_cli_train.)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from fusionrank.features import Slates
+from fusionrank.ranking import Slates
 from fusionrank.rankers import FeatureGroup
 
 N_ITEMS = 10

@@ -12,7 +12,7 @@ from fusionrank.encode import EncodeSettings, encode_catalog
 from fusionrank.encoders import BM25Encoder
 from fusionrank.ingest import ingest
 from fusionrank.metrics import evaluate
-from fusionrank.retrieval.hybrid import topk_rows
+from fusionrank.ranking import topk_rows
 from fusionrank.store import EmbeddingStore
 
 REPO = Path(__file__).resolve().parents[2]

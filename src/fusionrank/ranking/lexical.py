@@ -6,7 +6,7 @@ index keeps term frequencies and document lengths (not precomputed weights) and
 applies the statistics (``idf`` from live document frequencies, ``avgdl`` over
 live documents) at query time, as Lucene does. An index after any sequence of
 adds and deletes therefore scores the same as a ``BM25Encoder`` fitted from
-scratch on the live documents; ``tests/serving/test_lexical.py`` checks that.
+scratch on the live documents; ``tests/ranking/test_lexical.py`` checks that.
 
 Postings live in a CSR matrix ``[terms, rows]`` (the *main* segment) plus small
 per-term lists for rows added since (the *delta*), merged into main once the

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fusionrank.encoders import BM25Encoder
-from fusionrank.serving.lexical import LexicalField
+from fusionrank.ranking.lexical import LexicalField
 
 WORDS = "red blue green black white shirt dress jeans watch shoes men women casual formal cotton silk zorblax".split()
 
