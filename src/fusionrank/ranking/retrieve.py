@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..registry import Registry
 from .stage import Queries, Stage
+from .vectors import ExactVectors
 
 RETRIEVERS: Registry[type] = Registry("retriever")
 SOURCE_KINDS = ("bm25", "dense")
@@ -144,8 +145,9 @@ class HybridRetriever(Stage):
                 kind, name = src.split(":", 1)
                 if kind == "bm25":
                     per_source.append([lex[b][name].top(cfg.depth) for b in range(B)])
-                else:
-                    per_source.append(cat.vectors[name].search(queries.q, cfg.depth, flt))
+                else:  # a table the catalogue built no index for (a swapped-in retriever): exact search
+                    vs = cat.vectors[name] if name in cat.vectors else ExactVectors(cat, name)
+                    per_source.append(vs.search(queries.q, cfg.depth, flt))
                 weights.append(float(cfg.weights.get(src, 1.0)))
         rows = [rrf_merge([ps[b] for ps in per_source], cfg.n, cfg.rrf_k, weights) for b in range(B)]
         sources = [{src: len(ps[b]) for src, ps in zip(cfg.sources, per_source)} for b in range(B)]
