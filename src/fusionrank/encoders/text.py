@@ -1,7 +1,6 @@
 """Text encoders: MiniLM sentence embeddings and lexical BM25 / TF-IDF statistics."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -95,10 +94,10 @@ def term_counts(texts: Sequence[str], vocab: dict[str, int], grow: bool) -> tupl
 
 @ENCODERS.register("bm25")
 class BM25Encoder(Encoder):
-    """BM25 (Robertson & Zaragoza 2009) as sparse vectors.
+    """BM25 as sparse vectors, a view of :class:`~fusionrank.ranking.lexical.LexicalField` (the one BM25).
 
-    ``fit(corpus)`` learns the vocabulary, idf and average length. ``encode(docs)``
-    gives the document matrix ``W`` (n, vocab) with
+    ``fit(corpus)`` indexes the corpus (vocabulary, document frequencies, average length).
+    ``encode(docs)`` gives the document matrix ``W`` (n, vocab) with
     ``W[d, t] = idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b |d| / avgdl))`` and
     ``encode_queries(qs)`` a binary term matrix ``Q``; ``Q @ W.T`` is the BM25 score.
     idf is the Lucene form ``log(1 + (N - df + 0.5) / (df + 0.5))``.
@@ -111,65 +110,49 @@ class BM25Encoder(Encoder):
 
     def __init__(self, k1: float = 1.2, b: float = 0.75):
         self.k1, self.b = k1, b
-        self.vocab_: dict[str, int] | None = None
-        self.idf_: np.ndarray | None = None
-        self.avgdl_: float | None = None
+        self.field_ = None
 
     def config(self) -> dict[str, Any]:
         return {"k1": self.k1, "b": self.b}
 
     @property
+    def vocab_(self) -> dict[str, int] | None:
+        return None if self.field_ is None else self.field_.vocab
+
+    @property
     def dim(self) -> int:  # type: ignore[override]
         return len(self.vocab_ or {})
 
-    def _counts(self, texts: Sequence[str], grow: bool) -> tuple[sp.csr_matrix, np.ndarray]:
-        vocab = self.vocab_ if self.vocab_ is not None else {}
-        m, lens = term_counts(texts, vocab, grow)
-        if grow:
-            self.vocab_ = vocab
-        return m, lens
-
     def fit(self, corpus: Sequence[str]) -> "BM25Encoder":
-        self.vocab_ = {}
-        tf, lens = self._counts(corpus, grow=True)
-        df = np.bincount(tf.indices, minlength=tf.shape[1]).astype(np.float64)
-        n = tf.shape[0]
-        self.idf_ = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
-        self.avgdl_ = float(lens.mean()) if n else 1.0
+        from ..ranking.lexical import LexicalField
+
+        self.field_ = LexicalField.build(list(corpus), self.k1, self.b)
         return self
 
     def _check(self) -> None:
-        if self.vocab_ is None:
+        if self.field_ is None:
             raise NotFittedError(self)
 
     def encode(self, items: Sequence[str]) -> sp.csr_matrix:
         self._check()
-        tf, lens = self._counts(items, grow=False)
-        tf = tf.tocsr()
-        rows = np.repeat(np.arange(tf.shape[0]), np.diff(tf.indptr))
-        norm = self.k1 * (1 - self.b + self.b * lens[rows] / max(self.avgdl_, 1e-9))
-        tf.data = (self.idf_[tf.indices] * tf.data * (self.k1 + 1) / (tf.data + norm)).astype(np.float32)
-        return tf
+        return self.field_.weights(items)
 
     def encode_queries(self, queries: Sequence[str]) -> sp.csr_matrix:
         self._check()
-        q, _ = self._counts(queries, grow=False)
-        q.data[:] = 1.0  # BM25 sums over query terms; a repeated term counts once
-        return q
+        return self.field_.query_matrix(queries)
 
     def _state_signature(self) -> dict[str, Any]:
-        return {"vocab": len(self.vocab_ or {}), "avgdl": self.avgdl_}
+        return {"vocab": self.dim, "avgdl": None if self.field_ is None else self.field_.avgdl}
 
     def _save_state(self, d: Path) -> None:
         self._check()
-        (d / "vocab.json").write_text(json.dumps(self.vocab_))
-        np.savez(d / "stats.npz", idf=self.idf_, avgdl=np.float64(self.avgdl_))
+        self.field_.save(d / "field")
 
     def _load_state(self, d: Path) -> None:
-        if (d / "vocab.json").exists():
-            self.vocab_ = json.loads((d / "vocab.json").read_text())
-            z = np.load(d / "stats.npz")
-            self.idf_, self.avgdl_ = z["idf"], float(z["avgdl"])
+        from ..ranking.lexical import LexicalField
+
+        if (d / "field").exists():
+            self.field_ = LexicalField.load(d / "field")
 
 
 @ENCODERS.register("tfidf")

@@ -1,12 +1,16 @@
-"""An updatable BM25 inverted index that scores exactly like :class:`~fusionrank.encoders.BM25Encoder`.
+"""BM25 (Robertson & Zaragoza 2009), the one implementation: an updatable inverted index.
 
-Training computes BM25 features with :class:`BM25Encoder` fitted on the whole
-catalogue. A service must let products come and go without a rebuild, so this
-index keeps term frequencies and document lengths (not precomputed weights) and
-applies the statistics (``idf`` from live document frequencies, ``avgdl`` over
-live documents) at query time, as Lucene does. An index after any sequence of
-adds and deletes therefore scores the same as a ``BM25Encoder`` fitted from
-scratch on the live documents; ``tests/ranking/test_lexical.py`` checks that.
+A service must let products come and go without a rebuild, so this index keeps term
+frequencies and document lengths (not precomputed weights) and applies the
+statistics (``idf`` from live document frequencies, ``avgdl`` over live documents)
+at query time, as Lucene does. An index after any sequence of adds and deletes
+therefore scores the same as one built from scratch on the live documents;
+``tests/ranking/test_lexical.py`` checks that against an independent reference.
+The ranking path scores with it, and :class:`~fusionrank.encoders.BM25Encoder`
+(BM25 as sparse vectors) is a view of it.
+
+``score(q, d) = sum over distinct query terms t in d of idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b |d| / avgdl))``
+with the Lucene ``idf(t) = log(1 + (N - df + 0.5) / (df + 0.5))``.
 
 Postings live in a CSR matrix ``[terms, rows]`` (the *main* segment) plus small
 per-term lists for rows added since (the *delta*), merged into main once the
@@ -113,6 +117,32 @@ class LexicalField:
         self.delta, self.delta_postings = {}, 0
         self._w_main = None  # postings changed: recompute the cached weights
 
+    @property
+    def avgdl(self) -> float:
+        return max(self.sum_dl / self.n_live, 1e-9) if self.n_live else 1.0
+
+    def idf(self, terms: np.ndarray) -> np.ndarray:
+        """Lucene's idf of term ids over the live documents (float32)."""
+        n = self.n_live
+        return np.log1p((n - self.df[terms] + 0.5) / (self.df[terms] + 0.5)).astype(np.float32)
+
+    def weights(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """BM25 weight of every known term in each text ``[len(texts), vocab]`` under the live statistics.
+
+        A text's row dotted with a binary query row (:meth:`query_matrix`) is its BM25 score.
+        """
+        tf, lens = term_counts(texts, self.vocab, grow=False)
+        tf = tf.tocsr()
+        rows = np.repeat(np.arange(tf.shape[0]), np.diff(tf.indptr))
+        tf.data = self.idf(tf.indices) * self._tf_part(tf.data, lens[rows], self.avgdl)
+        return tf
+
+    def query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
+        """Binary ``[len(queries), vocab]``: the distinct known terms of each query (a repeated term counts once)."""
+        q, _ = term_counts(queries, self.vocab, grow=False)
+        q.data[:] = 1.0
+        return q
+
     def _tf_part(self, tf: np.ndarray, dl: np.ndarray, avgdl: float) -> np.ndarray:
         """BM25's saturated term frequency, ``tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl))``."""
         return (tf * (self.k1 + 1) / (tf + self.k1 * (1 - self.b + self.b * dl / avgdl))).astype(np.float32)
@@ -144,9 +174,8 @@ class LexicalField:
         """BM25 of every live (and ``allowed``) row for the query ``terms``."""
         if not len(terms) or not self.n_live:
             return LexScores(self, terms, np.zeros(0, np.int64), np.zeros(0, np.float64), None)
-        n = self.n_live
-        avgdl = max(self.sum_dl / n, 1e-9)
-        idf = np.log1p((n - self.df[terms] + 0.5) / (self.df[terms] + 0.5)).astype(np.float32)
+        avgdl = self.avgdl
+        idf = self.idf(terms)
         parts_r, parts_w = [], []
         m = self.main
         w_main = self._main_weights(avgdl)
