@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import schema as S
 from ..errors import FusionrankError, UnknownCategory
-from ..modalities import LEXICAL_FIELDS, MODALITIES, TABLES, TRANSCRIPT, transcript_feature
+from ..modalities import LEXICAL_FIELDS, MODALITIES, TABLES, TRANSCRIPT, modality, transcript_feature
 from .lexical import LexicalField
 from .retrieve import CandidateConfig
 from .vectors import AnnIndex, ExactVectors, RowFilter
@@ -66,9 +66,10 @@ class CatalogConfig(BaseModel):
 
 def lexical_texts(titles: Sequence[str], descriptions: Sequence[str | None], transcripts: Sequence[str | None]
                   ) -> dict[str, list[str]]:
-    """What each BM25 field indexes: the title plus the description (when there is one), and the transcript."""
-    return {"title": [t if not d else f"{t} {d}" for t, d in zip(titles, descriptions)],
-            "transcript": [t or "" for t in transcripts]}
+    """What each BM25 field indexes: the text modality's field holds the title plus the description (when there
+    is one), the audio modality's field the transcript."""
+    return {modality("text").lexical: [t if not d else f"{t} {d}" for t, d in zip(titles, descriptions)],
+            modality("audio").lexical: [t or "" for t in transcripts]}
 
 
 class CatalogTables:
@@ -133,16 +134,19 @@ class CatalogTables:
         return self
 
     @classmethod
-    def from_store(cls, products: pd.DataFrame, store, config: CatalogConfig | None = None, text_encoder: str = "minilm",
-                   transcriber: str = "whisper_tiny_en", log=print):
+    def from_store(cls, products: pd.DataFrame, store, config: CatalogConfig | None = None, text_encoder: str | None = None,
+                   transcriber: str | None = None, log=print):
         """Tables of an ingested catalogue from its embedding store (nothing is encoded here).
 
         Raises :class:`FusionrankError` naming the command to run when a product has no
         title embedding for the title field.
         """
-        from ..encode import field_values
+        from ..encode import EncodeSettings, field_values
         from ..store import EmbeddingStore
 
+        defaults = EncodeSettings()
+        text_encoder = text_encoder or defaults.text["name"]
+        transcriber = transcriber or defaults.transcriber["name"]
         config = config or CatalogConfig()
         store = store if isinstance(store, EmbeddingStore) else EmbeddingStore(store)
         p = products.reset_index(drop=True)

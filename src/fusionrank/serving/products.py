@@ -20,6 +20,7 @@ from ..encode import EncodeSettings
 from ..encoders import Encoder, build_encoder
 from ..errors import FusionrankError, RowError
 from ..ingest.validate import validate_product
+from ..modalities import MODALITIES, modality
 from ..ranking.catalog import INDEXED_TITLE, TRANSCRIPT_TEXT, lexical_texts
 
 
@@ -66,8 +67,8 @@ class ProductEncoder:
         title = p[S.TITLE]
         indexed = title if self.title_field == S.TITLE else (p[S.ATTRIBUTES].get(self.title_field) or title)
         t0 = time.perf_counter()
-        vectors: dict[str, np.ndarray | None] = {"title": self._encoder("text").encode([indexed])[0],
-                                                 "image_proj": None, "transcript": None}
+        text, image, audio = (modality(m).table for m in ("text", "image", "audio"))
+        vectors: dict[str, np.ndarray | None] = {text: self._encoder("text").encode([indexed])[0], image: None, audio: None}
         transcript = None
         if p[S.IMAGE]:
             path = self._local_file(p[S.IMAGE], S.IMAGE)
@@ -79,7 +80,7 @@ class ProductEncoder:
                     x = self._encoder("image").encode([path])
                 except Exception as e:
                     raise ProductInputError(f"{S.IMAGE}: cannot decode {p[S.IMAGE]!r}: {e}") from None
-                vectors["image_proj"] = proj.encode(x)[0]
+                vectors[image] = proj.encode(x)[0]
         if p[S.AUDIO]:
             path = self._local_file(p[S.AUDIO], S.AUDIO)
             tr = self._encoder("transcriber")
@@ -91,9 +92,9 @@ class ProductEncoder:
                 except Exception as e:
                     raise ProductInputError(f"{S.AUDIO}: cannot decode {p[S.AUDIO]!r}: {e}") from None
                 if transcript:
-                    vectors["transcript"] = self._encoder("text").encode([transcript])[0]
+                    vectors[audio] = self._encoder("text").encode([transcript])[0]
         report["seconds"] = round(time.perf_counter() - t0, 3)
-        report["modalities"] = {"text": True, "image": vectors["image_proj"] is not None, "audio": vectors["transcript"] is not None}
+        report["modalities"] = {m.name: vectors[m.table] is not None for m in MODALITIES}
         desc = p.get(S.DESCRIPTION) or ""
         record = {S.PRODUCT_ID: p[S.PRODUCT_ID], S.TITLE: title, INDEXED_TITLE: indexed, S.DESCRIPTION: p.get(S.DESCRIPTION),
                   S.BRAND: p.get(S.BRAND), S.COLOR: p.get(S.COLOR), S.CATEGORY: p.get(S.CATEGORY), S.IMAGE: p[S.IMAGE],
