@@ -29,13 +29,12 @@ sys.path.insert(0, str(ROOT / "src"))
 from fusionrank import schema as S  # noqa: E402
 from fusionrank.experiment import ExperimentConfig, _split_frames, ideal_for, training_data  # noqa: E402
 from fusionrank.workspace import Workspace, resolve_source  # noqa: E402
-from fusionrank.features import MODALITIES, Slates  # noqa: E402
 from fusionrank.ingest import split_queries  # noqa: E402
 from fusionrank.metrics import compare, evaluate  # noqa: E402
-from fusionrank.pipeline import RankingPipeline, feature_groups  # noqa: E402
-from fusionrank.rankers import GBDTRanker, NeuralRanker  # noqa: E402
+from fusionrank.modalities import MODALITY_NAMES as MODALITIES  # noqa: E402
+from fusionrank.ranking import QueryEncoder, RankingPipeline, Slates, feature_groups, topk_rows  # noqa: E402
+from fusionrank.rankers import GBDTRanker  # noqa: E402
 from fusionrank.report import plot_per_query, plot_systems, plot_weights, write_report  # noqa: E402
-from fusionrank.retrieval.hybrid import topk_rows  # noqa: E402
 
 METRICS = ["ndcg@10", "map", "mrr", "recall@100"]
 
@@ -47,6 +46,16 @@ def full_run(ids, qids, scores, k=1000):
         r = rows[i][rows[i] >= 0]
         parts.append(pd.DataFrame({S.QUERY_ID: q, S.PRODUCT_ID: ids[r], S.SCORE: scores[i, r].astype(float)}))
     return pd.concat(parts, ignore_index=True)
+
+
+def bm25_scores(cat, field, queries):
+    """BM25 of every catalogue row for each query ``[Q, P]`` (0 where nothing matches), from the catalogue's field."""
+    lf = cat.lexical[field]
+    out = np.zeros((len(queries), cat.n_rows), np.float32)
+    for i, q in enumerate(queries):
+        rows, sc = lf.score(lf.query_terms(q)).arrays()
+        out[i, rows] = sc
+    return out
 
 
 def minmax(a):
@@ -80,9 +89,15 @@ def main() -> None:
     dev_qrels = cat.qrels[cat.qrels[S.QUERY_ID].isin(set(dev[S.QUERY_ID]))]
     variants = ["title", "title_sparse"]
     t0 = time.perf_counter()
-    train_sl, valid_sl, tables, indexes = training_data(cat.products, ws.store_dir, cfg, tq, vq, cat.qrels, title_fields=variants)
+    train_sl, valid_sl, tables, catalogs = training_data(cat.products, ws.store_dir, cfg, tq, vq, cat.qrels, title_fields=variants)
     valid_ideal = ideal_for(valid_sl, cat.qrels)
-    dev_sl = {tf: indexes[tf].slates(dev[S.QUERY_ID].tolist(), dev[S.QUERY].tolist(), cat.qrels) for tf in variants}
+    # one query encoder (the ranking path's, as training uses) for the dev slates and the baselines
+    qenc = QueryEncoder(text_encoder=cfg.text_encoder_spec, cache_size=len(dev) + len(vq) + 16)
+
+    def pipeline(tf, ranker=None):
+        return RankingPipeline.over(catalogs[tf], ranker, qenc)
+
+    dev_sl = {tf: pipeline(tf).slates(dev[S.QUERY_ID].tolist(), dev[S.QUERY].tolist(), cat.qrels) for tf in variants}
     print(f"slates: train {len(train_sl)}, valid {len(valid_sl)}, dev 2x{len(dev)} in {time.perf_counter() - t0:.0f} s")
 
     rows, per_query, weights, timings = [], {}, {}, {}
@@ -94,19 +109,19 @@ def main() -> None:
 
     # --- baselines over the full catalogue --------------------------------------
     for tf in variants:
-        idx = indexes[tf]
+        idx = catalogs[tf]
         qs, qids = dev[S.QUERY].tolist(), dev[S.QUERY_ID].tolist()
-        qe = idx.encode_queries(qs)
-        bm = (idx.bm25["title"].encode_queries(qs) @ idx.W_t["title"]).toarray()
-        de = qe @ idx.emb["title"].T
+        qe = qenc.encode_many(qs)
+        bm = bm25_scores(idx, "title", qs)
+        de = qe @ idx.emb["title"][:idx.n_rows].T
         for name, sc in (("BM25 (title)", bm), ("dense MiniLM (title)", de)):
             r = evaluate(dev_qrels, full_run(idx.ids, qids, sc), METRICS)
             record(name, tf, r.mean, r.per_query["ndcg@10"])
         # hybrid weight tuned on held-out training queries, then applied to dev
         vqs = vq[S.QUERY].tolist()
-        vqe = idx.encode_queries(vqs)
-        vbm = minmax((idx.bm25["title"].encode_queries(vqs) @ idx.W_t["title"]).toarray())
-        vde = minmax(vqe @ idx.emb["title"].T)
+        vqe = qenc.encode_many(vqs)
+        vbm = minmax(bm25_scores(idx, "title", vqs))
+        vde = minmax(vqe @ idx.emb["title"][:idx.n_rows].T)
         vqr = cat.qrels[cat.qrels[S.QUERY_ID].isin(set(vq[S.QUERY_ID]))]
         grid = np.round(np.arange(0.0, 1.01, 0.1), 2)
         best_w = max(grid, key=lambda w: evaluate(vqr, full_run(idx.ids, vq[S.QUERY_ID].tolist(), w * vbm + (1 - w) * vde, 100), ["ndcg@10"]).mean["ndcg@10"])
@@ -124,7 +139,7 @@ def main() -> None:
         ranker.fit(train_sl, feature_groups(modalities), tables, valid=valid_sl, valid_ideal_dcg=valid_ideal, log=None)
         timings[system] = round(time.perf_counter() - t, 1)
         for tf in variants:
-            pipe = RankingPipeline(indexes[tf], ranker, modalities)
+            pipe = pipeline(tf, ranker)
             r = evaluate(dev_qrels, pipe.run(None, None, slates=dev_sl[tf]), METRICS)
             record(system, tf, r.mean, r.per_query["ndcg@10"])
         print(f"  {system}: trained in {timings[system]} s; dev ndcg@10 " +
@@ -147,11 +162,11 @@ def main() -> None:
         w = full[fu].modality_weights()
         if w is None:
             sl = dev_sl["title_sparse"]
-            _, wt = full[fu].predict(sl, {k: v for k, v in RankingPipeline(indexes["title_sparse"], full[fu]).tables.items()}, return_weights=True)
+            _, wt = full[fu].predict(sl, catalogs["title_sparse"].tables(), return_weights=True)
             pres = sl.rows >= 0
             w = {g.name: float(wt[..., j][pres].mean()) for j, g in enumerate(full[fu].groups_)}
         weights[fu] = w
-    gb = fit_eval("LightGBM lambdarank (same features)", GBDTRanker(seed=cfg.seed), list(MODALITIES))
+    fit_eval("LightGBM lambdarank (same features)", GBDTRanker(seed=cfg.seed), list(MODALITIES))
 
     # all-minus-one ablation of the best fusion model, by masking at inference
     table = pd.DataFrame(rows)
@@ -163,7 +178,7 @@ def main() -> None:
             sl = dev_sl[tf]
             masked = Slates(sl.query_ids, sl.queries, sl.rows, sl.x, sl.mask.copy(), sl.q, sl.y)
             masked.mask[..., k] = False
-            pipe = RankingPipeline(indexes[tf], best, MODALITIES)
+            pipe = pipeline(tf, best)
             r = evaluate(dev_qrels, pipe.run(None, None, slates=masked), METRICS)
             record(f"ablation: {best_fu} without {m}", tf, r.mean)
     table = pd.DataFrame(rows)
@@ -213,7 +228,7 @@ def main() -> None:
                         f"{best_fu} fusion minus hybrid, per dev query (title_sparse)", out / "fashion44k_per_query.png")
     info = (f"Run on {time.strftime('%Y-%m-%d %H:%M')}, 2-core machine, {time.perf_counter() - t_all:.0f} s in all. "
             f"Training: {len(tq)} queries per variant x 2 variants, {len(vq)} held-out validation queries per variant; "
-            f"epochs <= {args.epochs}, {args.max_seconds:.0f} s cap per model; candidates: hybrid top {cfg.candidates.get('n', 200)}.")
+            f"epochs <= {args.epochs}, {args.max_seconds:.0f} s cap per model; candidates: hybrid top {cfg.candidates.n}.")
     write_report(out / "fashion44k.md", "fashion44k dev: rankers side by side", [
         ("Setup", info), ("Results", table), ("NDCG@10 by system", p1), ("Learned modality weights", pd.DataFrame(weights).T.reset_index().rename(columns={"index": "fusion"})),
         ("Modality weights plot", p2), ("Per-query differences", p3), ("Paired significance (best fusion vs hybrid)", sig),

@@ -6,17 +6,18 @@ For each index (44k; 1M if its folder from search_latency.py exists):
 * ``upsert``: N products re-added under new ids with their own vectors and texts (index
   work only: BM25 postings and statistics, IVF add, arrays, change log with fsync);
 * ``delete``: N products removed;
-* the first search after the writes (it recomputes BM25's cached weights once) and the next one;
+* the first candidate retrieval after the writes (``HybridRetriever``, BM25 + IVF + RRF; it
+  recomputes BM25's cached weights once) and the next one;
 * the baseline, in the same run: rebuilding the index from the same arrays (SearchIndex.build).
 Then ``SearchService.put_product`` on 20 real fashion44k products (photo, and the voice clip
 where there is one): validation + MiniLM + EfficientNet + projection + Whisper + indexing.
+If the model has no saved index (``MODEL/index``), it is built first (``fusionrank index``).
 Writes benchmarks/results/index_updates.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -26,7 +27,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-HOME = Path(os.environ.get("FUSIONRANK_HOME", Path.home() / ".cache" / "fusionrank"))
+
+from fusionrank.settings import get_settings  # noqa: E402
+
+HOME = get_settings().home
 
 
 def timings(a):
@@ -35,8 +39,9 @@ def timings(a):
 
 
 def writes(src: Path, n: int, log) -> dict:
-    from fusionrank.serving.index import LEX_FIELDS, RECORD_COLUMNS, TABLES, SearchIndex
-    from fusionrank.serving.query import QueryEncoder
+    from fusionrank.modalities import LEXICAL_FIELDS, TABLES
+    from fusionrank.ranking import HybridRetriever, Queries, QueryEncoder
+    from fusionrank.serving.index import RECORD_COLUMNS, SearchIndex
 
     work = HOME / "bench" / f"updates-{src.name}"
     shutil.rmtree(work, ignore_errors=True)
@@ -45,23 +50,25 @@ def writes(src: Path, n: int, log) -> dict:
     qe = QueryEncoder()
     q = "black watch for men"
     v = qe.encode(q)[0]
-    idx.retrieve(q, v)
+    retriever = HybridRetriever(idx)  # the candidate stage the service runs (BM25 + IVF per table, RRF)
+    query = Queries(["q"], [q], v[None, :])
+    retriever.transform(query)
     rng = np.random.default_rng(0)
     rows = rng.choice(np.flatnonzero(idx.live[:idx.n_rows]), n, replace=False)
     t_up = []
     for r in rows:
         rec = {c: idx.records[c][r] for c in RECORD_COLUMNS}
         rec["product_id"] = f"{rec['product_id']}-new"
-        lex = {f: idx.lex_text[f][r] for f in LEX_FIELDS}
+        lex = {f: idx.lex_text[f][r] for f in LEXICAL_FIELDS}
         vec = {t: (idx.emb[t][r].copy() if idx.emb_mask[t][r] else None) for t in TABLES}
         t0 = time.perf_counter()
         idx.upsert(rec, lex, vec)
         t_up.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    idx.retrieve(q, v)
+    retriever.transform(query)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    idx.retrieve(q, v)
+    retriever.transform(query)
     second = time.perf_counter() - t0
     t_del = []
     for r in rows:
@@ -69,7 +76,7 @@ def writes(src: Path, n: int, log) -> dict:
         t0 = time.perf_counter()
         assert idx.delete(pid)
         t_del.append(time.perf_counter() - t0)
-    idx.retrieve(q, v)
+    retriever.transform(query)
     # baseline: a full rebuild from the same (live) arrays
     products = len(idx)
     t0 = time.perf_counter()
@@ -89,13 +96,14 @@ def real_puts(model: Path, log, n: int = 20) -> dict:
 
     from fusionrank import schema as S
     from fusionrank.ingest import Catalog
+    from fusionrank.modeldir import ModelDir
     from fusionrank.serving.build import open_service
 
-    ws = json.loads((model / "workspace.json").read_text())
-    cat = Catalog.load(ws["catalog"])
+    md = ModelDir.open(model)
+    cat = Catalog.load(md.workspace().catalog)
     tmp_index = HOME / "bench" / "updates-put-index"
     shutil.rmtree(tmp_index, ignore_errors=True)
-    shutil.copytree(model / "index", tmp_index)
+    shutil.copytree(md.index_dir, tmp_index)
     svc = open_service(model, tmp_index, data_dir=HOME / "bench" / "updates-put-data", log=lambda m: None)
     p = cat.products
     with_audio = p[p[S.AUDIO].notna()].head(n // 2)
@@ -128,7 +136,13 @@ def main() -> None:
 
     torch.set_num_threads(1)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    res = {"44k": writes(a.model / "index", a.n, log)}
+    from fusionrank.modeldir import ModelDir
+
+    md = ModelDir.open(a.model)
+    if not (md.index_dir / "index.json").exists():
+        log(f"{md.index_dir}: no index; building it (what `fusionrank index {a.model}` does)")
+        md.build_index(log=log)
+    res = {"44k": writes(md.index_dir, a.n, log)}
     if (a.index1m / "index.json").exists():
         res["1m"] = writes(a.index1m, a.n, log)
     res["put"] = real_puts(a.model, log)

@@ -26,9 +26,10 @@ over grades 0-3). Ratios are to the seeded random ranking of the same run.
 
 Data: the catalogue written by ``fusionrank ingest`` at ``<home>/fashion44k-full/catalog``
 and the store of ``fusionrank encode`` at ``<home>/fashion44k-full/store`` (``--home``,
-default ``~/.cache/fusionrank``; ``--name`` for another catalogue). The catalogue side is
-built with ``ProductIndex.build(products, store, IndexConfig(title_field=...))``. Writes
-``benchmarks/results/photo_bridge.md`` (``--out``).
+default ``FUSIONRANK_HOME``, else ``~/.cache/fusionrank``; ``--name`` for another catalogue).
+The catalogue side is the ranking path's frozen tables, ``CatalogTables.from_store(products,
+store, CatalogConfig(title_field=...))``, and queries are encoded by its ``QueryEncoder``.
+Writes ``benchmarks/results/photo_bridge.md`` (``--out``).
 """
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from fusionrank import schema as S  # noqa: E402
-from fusionrank.features import IndexConfig, ProductIndex  # noqa: E402
 from fusionrank.ingest import Catalog  # noqa: E402
 from fusionrank.metrics import evaluate  # noqa: E402
+from fusionrank.ranking import CatalogConfig, CatalogTables, QueryEncoder, VectorConfig  # noqa: E402
+from fusionrank.settings import get_settings  # noqa: E402
 from fusionrank.store import EmbeddingStore  # noqa: E402
 
 RECALL = "recall(rel_level=3)@100"
@@ -126,7 +128,7 @@ def projection_split(products: pd.DataFrame, store: EmbeddingStore, title_field:
     return held, seen, msg
 
 
-def subset_eval(idx: ProductIndex, rows: np.ndarray, q_emb: np.ndarray, qids: list[str], qrels: pd.DataFrame,
+def subset_eval(idx: CatalogTables, rows: np.ndarray, q_emb: np.ndarray, qids: list[str], qrels: pd.DataFrame,
                 rng: np.random.Generator) -> dict[str, dict[str, float]]:
     """Rank only the catalogue rows ``rows``; queries with a grade-3 product among them."""
     ids = idx.ids[rows]
@@ -148,7 +150,7 @@ def subset_eval(idx: ProductIndex, rows: np.ndarray, q_emb: np.ndarray, qids: li
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--home", type=Path, default=Path.home() / ".cache" / "fusionrank", help="fusionrank home (default: %(default)s)")
+    ap.add_argument("--home", type=Path, default=get_settings().home, help="fusionrank home (default: %(default)s)")
     ap.add_argument("--name", default="fashion44k-full", help="catalogue folder under --home (default: %(default)s)")
     ap.add_argument("--fields", default="title,title_sparse", help="title fields, comma-separated (default: %(default)s)")
     ap.add_argument("--split", default="dev", help="query split (default: %(default)s)")
@@ -191,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     coverage = {}
     for tf in [f.strip() for f in a.fields.split(",") if f.strip()]:
         t0 = time.perf_counter()
-        idx = ProductIndex.build(cat.products, store, IndexConfig(title_field=tf), log=log)
+        idx = CatalogTables.from_store(cat.products, store, CatalogConfig(title_field=tf, ann=VectorConfig(codec="exact")),
+                                       log=log)
         if q_emb is None:
-            q_emb = idx.encode_queries(texts)  # the same MiniLM for every title field
+            q_emb = QueryEncoder().encode_many(texts)  # the same MiniLM for every title field
         pm = idx.emb_mask["image_proj"]
         coverage[tf] = int(pm.sum())
         if not pm.any():

@@ -14,10 +14,13 @@ model (gated fusion MLP of configs/fashion44k.toml), explanations on, as the pag
   about 0.93) and re-normalised; texts are repeated, so BM25 posting lists are 23x longer.
 
 Baselines measured in the same run:
-* 44k: the training-time path, ``RankingPipeline.search`` in-process (sentence-transformers
-  query encoder, exact BLAS vector search, sparse-matrix BM25): no HTTP at all.
-* 1M: exact (brute-force BLAS) dense search over the same three tables vs the IVF-SQ8 index.
+* 44k: the training-time path, ``RankingPipeline.search`` in-process over the frozen
+  catalogue tables training and evaluation use (``ModelDir.pipeline(ModelDir.catalog_tables())``:
+  exact BLAS vector search, the same BM25 fields and query encoder): no HTTP at all.
+* 1M: exact (brute-force BLAS) dense search over the same three tables (``ExactVectors``)
+  vs the index's IVF-SQ8 ``AnnIndex``.
 Also: dev NDCG@10 of the served path (ANN candidates) vs the evaluation pipeline (exact).
+If the model has no saved index (``MODEL/index``), it is built first (``fusionrank index``).
 Writes benchmarks/results/search_latency.md (+ .json).
 """
 from __future__ import annotations
@@ -36,7 +39,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 RESULTS = ROOT / "benchmarks" / "results"
-HOME = Path(os.environ.get("FUSIONRANK_HOME", Path.home() / ".cache" / "fusionrank"))
+
+from fusionrank.settings import get_settings  # noqa: E402
+
+HOME = get_settings().home
 
 
 def pct(a, qs=(50, 95, 99)):
@@ -106,7 +112,8 @@ def serve_and_load(model, index, port, queries, requests, tmp, log) -> dict:
 
 
 def build_1m(src_index: Path, dst: Path, copies: int, sigma: float, log) -> dict:
-    from fusionrank.serving.index import LEX_FIELDS, RECORD_COLUMNS, TABLES, SearchIndex
+    from fusionrank.modalities import LEXICAL_FIELDS, TABLES
+    from fusionrank.serving.index import RECORD_COLUMNS, CatalogConfig, SearchIndex
 
     base = SearchIndex.load(src_index, log=log)
     n = base.n_rows
@@ -115,7 +122,7 @@ def build_1m(src_index: Path, dst: Path, copies: int, sigma: float, log) -> dict
     records = {c: np.tile(base.records[c][:n][live], copies) for c in RECORD_COLUMNS}
     ids = base.records["product_id"][:n][live]
     records["product_id"] = np.asarray([f"{p}" if j == 0 else f"{p}~{j}" for j in range(copies) for p in ids], dtype=object)
-    texts = {f: np.tile(base.lex_text[f][:n][live], copies) for f in LEX_FIELDS}
+    texts = {f: np.tile(base.lex_text[f][:n][live], copies) for f in LEXICAL_FIELDS}
     emb, mask = {}, {}
     for t in TABLES:
         e0 = base.emb[t][:n][live]
@@ -131,9 +138,7 @@ def build_1m(src_index: Path, dst: Path, copies: int, sigma: float, log) -> dict
     del base
     gc.collect()
     t0 = time.perf_counter()
-    from fusionrank.serving.index import ServingConfig
-
-    cfg = ServingConfig.from_dict(json.loads((src_index / "index.json").read_text())["config"])
+    cfg = CatalogConfig.model_validate(json.loads((src_index / "index.json").read_text())["config"])
     idx = SearchIndex.build(records, texts, emb, mask, cfg, log=log)
     build_s = time.perf_counter() - t0
     idx.save(dst)
@@ -143,25 +148,25 @@ def build_1m(src_index: Path, dst: Path, copies: int, sigma: float, log) -> dict
 
 def exact_vs_ann(index_dir: Path, queries: list[str], log) -> dict:
     """In-process retrieval of the dense sources: exact brute force (training path) vs the IVF index."""
-    from fusionrank.retrieval.dense import VectorIndex
+    from fusionrank.ranking import QueryEncoder
+    from fusionrank.ranking.vectors import ExactVectors
     from fusionrank.serving.index import SearchIndex
-    from fusionrank.serving.query import QueryEncoder
 
     idx = SearchIndex.load(index_dir, log=log)
     qe = QueryEncoder()
     qv = [qe.encode(q)[0] for q in queries]
     out = {}
-    for t, a in idx.ann.items():
-        ex = VectorIndex("exact").build(idx.emb[t][:idx.n_rows], idx.emb_mask[t][:idx.n_rows])
+    for t, a in idx.vectors.items():
+        ex = ExactVectors(idx, t)  # a matrix product over the index's own table (live rows with a vector)
         te, ta, rec = [], [], []
         for v in qv:
             t0 = time.perf_counter()
-            r_ex, _ = ex.search(v[None, :], 200)
+            r_ex = ex.search(v[None, :], 200)[0]
             te.append((time.perf_counter() - t0) * 1e3)
             t0 = time.perf_counter()
-            r_an, _ = a.search(v, 200)
+            r_an = a.search(v[None, :], 200)[0]
             ta.append((time.perf_counter() - t0) * 1e3)
-            rec.append(len(set(r_ex[0].tolist()) & set(r_an.tolist())) / max(1, (r_ex[0] >= 0).sum()))
+            rec.append(len(set(r_ex.tolist()) & set(r_an.tolist())) / max(1, len(r_ex)))
         out[t] = {"exact_ms": pct(te), "ann_ms": pct(ta), "recall@200": float(np.mean(rec))}
         log(f"  {t}: exact p50 {out[t]['exact_ms']['p50']:.2f} ms, IVF p50 {out[t]['ann_ms']['p50']:.2f} ms, recall@200 {out[t]['recall@200']:.3f}")
         del ex
@@ -173,12 +178,13 @@ def quality_and_baseline(model: Path, index_dir: Path, dev, qrels, queries: list
     import torch
 
     from fusionrank import schema as S
-    from fusionrank.experiment import open_pipeline
     from fusionrank.metrics import evaluate
+    from fusionrank.modeldir import ModelDir
     from fusionrank.serving.build import open_service
 
     torch.set_num_threads(1)
-    pipe, _ = open_pipeline(model, log=lambda m: None, progress=False)
+    md = ModelDir.open(model)
+    pipe = md.pipeline(md.catalog_tables(log=lambda m: None))  # frozen tables, exact vector search
     lat = []
     for q in queries:
         t0 = time.perf_counter()
@@ -225,13 +231,13 @@ def main() -> None:
     log = lambda m: print(m, flush=True)  # noqa: E731
     from fusionrank import schema as S
     from fusionrank.ingest import Catalog
-    from fusionrank.serving.build import build_index
+    from fusionrank.modeldir import ModelDir
     from fusionrank.serving.index import SearchIndex
 
     tmp = HOME / "bench"
     tmp.mkdir(parents=True, exist_ok=True)
-    ws = json.loads((a.model / "workspace.json").read_text())
-    cat = Catalog.load(ws["catalog"])
+    md = ModelDir.open(a.model)
+    cat = Catalog.load(md.workspace().catalog)
     qs = cat.queries
     dev = qs[qs["split"] == "dev"].reset_index(drop=True)
     queries = list(dict.fromkeys(qs[S.QUERY].tolist()))  # distinct texts, train then dev
@@ -242,8 +248,9 @@ def main() -> None:
     idx44 = a.index44k or a.model / "index"
     log(f"44k index: {idx44}")
     if not (idx44 / "index.json").exists():
+        log(f"  no index there: building it (what `fusionrank index {a.model}` does)")
         t0 = time.perf_counter()
-        build_index(a.model, log=log).save(idx44)
+        md.build_index(index_dir=idx44, log=log)
         res["build_44k_seconds"] = time.perf_counter() - t0
     i44 = SearchIndex.load(idx44, log=log)
     res["memory_44k"] = i44.memory_bytes()
