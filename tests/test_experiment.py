@@ -70,6 +70,24 @@ def test_unknown_keys_give_a_clear_error(tmp_path, snippet, key):
     assert "Extra inputs are not permitted" in msg
 
 
+@pytest.mark.parametrize("snippet, message", [
+    ('[scorer]\nname = "mlp"\nargs = { hiden = 8 }\n', "scorer 'mlp': unknown argument 'hiden'; valid: hidden, dropout"),
+    ('[fusion]\nname = "gated"\nargs = { atn_dim = 8 }\n', "fusion 'gated': unknown argument 'atn_dim'; valid: attn_dim"),
+    ('[loss]\nname = "lambdaloss"\nargs = { weighing = "x" }\n', "unknown argument 'weighing'; valid: padded_value_indicator"),
+    ('[encoders.image]\nname = "efficientnet_lite0"\nargs = { resolutoin = 64 }\n', "unknown argument 'resolutoin'"),
+    ('[scorer]\nname = "lightgbm"\nargs = { num_leafs = 7 }\n', "scorer 'lightgbm': unknown argument 'num_leafs'"),
+    ('[optimizer]\nname = "adam"\nargs = { learning_rate = 0.1 }\n', "unknown argument 'learning_rate'; valid: lr, weight_decay"),
+    ('[fusion]\nname = "gatd"\n', "unknown fusion method 'gatd'; valid names: concat, gated"),
+    ('[candidates]\nsources = ["bm25:title", "dense:photo"]\n', "unknown candidate source 'dense:photo'; valid: bm25:title"),
+])
+def test_misspelt_block_arguments_are_errors_listing_the_valid_ones(tmp_path, snippet, message):
+    p = tmp_path / "bad.toml"
+    p.write_text('name = "x"\n' + snippet)
+    with pytest.raises(FusionrankError) as e:
+        ExperimentConfig.load(p)
+    assert message in str(e.value)
+
+
 def test_bad_values_give_a_clear_error(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text('modalities = ["text", "smell"]\n[training]\nepochs = "many"\n')

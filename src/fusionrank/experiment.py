@@ -8,6 +8,7 @@ and writes a :class:`~fusionrank.modeldir.ModelDir` including the serving index.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,17 @@ class Block(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     args: dict[str, Any] = Field(default_factory=dict)
+
+
+def _check_args(what: str, name: str, args: dict[str, Any], target, skip: tuple[str, ...] = ()) -> None:
+    """A misspelt argument of a ``{name, args}`` block is an error listing the ones ``target`` accepts."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if n not in ("self", *skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    bad = [k for k in args if k not in valid]
+    if bad:
+        raise ValueError(f"{what} {name!r}: unknown argument {bad[0]!r}; valid: {', '.join(valid)}")
 
 
 class DataConfig(BaseModel):
@@ -89,6 +101,32 @@ class ExperimentConfig(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     # batch engine for encoding: local (processes = worker processes) or ray (address, num_cpus)
     engine: Block = Field(default_factory=lambda: Block(name="local", args={"processes": 2}))
+
+    @model_validator(mode="after")
+    def _check_blocks(self) -> "ExperimentConfig":
+        """Every ``{name, args}`` block names a registered component and passes only arguments it takes."""
+        from .encoders import ENCODERS
+        from .errors import UnknownNameError
+        from .fusion import FUSIONS
+        from .losses import LOSSES
+        from .rankers import GBDTRanker, NeuralRanker
+
+        try:
+            for key, b in self.encoders.items():
+                if b is not None and b.name.lower() not in ("none", "off"):
+                    _check_args(f"encoders.{key}", b.name, b.args, ENCODERS.get(b.name).__init__)
+            _check_args("fusion", self.fusion.name, self.fusion.args, FUSIONS.get(self.fusion.name).__init__,
+                        ("n_modalities", "hidden", "query_dim"))
+            _check_args("loss", self.loss.name, self.loss.args, LOSSES.get(self.loss.name), ("y_pred", "y_true"))
+            if ranker_kind(self.scorer.name) == GBDTRanker.kind:
+                _check_args("scorer", self.scorer.name, self.scorer.args, GBDTRanker.__init__, ("seed",))
+            else:  # the other blocks set the rest of NeuralRanker's arguments
+                _check_args("scorer", self.scorer.name, self.scorer.args, NeuralRanker.__init__,
+                            ("fusion", "fusion_args", "scorer", "loss", "seed", "lr", "weight_decay", *TrainingConfig.model_fields))
+            _check_args("optimizer", self.optimizer.name, self.optimizer.args, lambda lr=None, weight_decay=None: None)
+        except UnknownNameError as e:
+            raise ValueError(str(e)) from None
+        return self
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentConfig":
