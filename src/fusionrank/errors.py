@@ -73,3 +73,16 @@ class MissingExtraError(FusionrankError, ImportError):
     def __init__(self, package: str, extra: str):
         self.package, self.extra = package, extra
         super().__init__(f"{package} is required for this feature; install it with: pip install 'fusionrank[{extra}]'")
+
+
+class StaleArtefactError(FusionrankError):
+    """A prepared artefact (an embedding store, an index) does not match what it is used with.
+
+    Attributes: ``problems`` (one line per missing or stale part), ``command`` (the
+    command that prepares it) and ``store`` (the artefact's path), when known.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None, command: str | None = None,
+                 store: str | None = None):
+        self.problems, self.command, self.store = list(problems or []), command, store
+        super().__init__(message)
