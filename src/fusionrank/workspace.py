@@ -236,9 +236,11 @@ class Workspace:
     def encode(self, products: pd.DataFrame, settings: EncodeSettings, log=print, progress: bool = True,
                modalities=S.MODALITIES, engine=None) -> dict:
         name, args = (engine.name, engine.args) if engine is not None else ("local", {})
+        home = self.root.parent  # a store under this workspace's home shares its content store
+        content = home / CONTENT_DIR if self.store_dir.resolve().is_relative_to(home.resolve()) else None
         return encode_catalog(products, self.store_dir, settings, engine=name, engine_args=args,
                               progress=progress, log=lambda m: log("  " + m), modalities=list(modalities),
-                              content_dir=self.root.parent / CONTENT_DIR, catalog_dir=self.catalog_dir)
+                              content_dir=content, catalog_dir=self.catalog_dir)
 
 
 def catalog_from_path(path: Path, home: Path | None = None) -> Workspace:
