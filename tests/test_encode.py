@@ -242,3 +242,85 @@ def test_settings_from_dict():
     assert s.text_fields == ("title",) and s.transcriber is None
     with pytest.raises(FusionrankError, match="unknown encode setting.*'txt'"):
         EncodeSettings.from_dict({"txt": {}})
+
+
+# --- values shared across stores through the content store --------------------------------------
+def test_stores_share_encoded_values_through_the_content_store(tiny_catalog, tmp_path):
+    """A second store holding some of the same products takes their values from the content store:
+    its encoder is only given the new inputs, and the values are the ones the first store holds."""
+    from fusionrank.store import ContentStore
+
+    a, _ = tiny_catalog(n=6, name="a")
+    b, _ = tiny_catalog(n=8, name="b")        # p0..p5 as in "a" (same titles, same photo bytes), p6, p7 new
+    pa = ingest(a, tmp_path / "cat_a", check_media=False).products
+    pb = ingest(b, tmp_path / "cat_b", check_media=False).products
+    content = tmp_path / "home" / "content"
+    settings = EncodeSettings(**FAST)
+    s1 = encode_catalog(pa, tmp_path / "store_a", settings, modalities=TEXT_IMAGE, progress=False, content_dir=content)
+    assert all(j["shared"] == 0 for j in s1["jobs"]) and s1["content_store"] == str(content)
+    assert ContentStore(content).count("minilm") > 0 and ContentStore(content).count("efficientnet_lite0") == 6
+
+    eng = CountingEngine()
+    run = Encoding(EmbeddingStore(tmp_path / "store_b"), eng, settings, progress=False, content=ContentStore(content))
+    t, i = run.encode_text_field(pb, "title"), run.encode_media(pb, "image", settings.image, "image")
+    assert (t.present, t.encoded, t.cached, t.shared) == (8, 2, 6, 6)
+    assert (i.present, i.encoded, i.cached, i.shared) == (8, 2, 6, 6)
+    assert eng.seen["title.minilm"] == pb["title"].tolist()[6:]
+    assert [os.path.basename(p) for p in eng.seen["image.efficientnet_lite0"]] == ["p6.jpg", "p7.jpg"]
+    ids = pb["product_id"].tolist()
+    for f in ("title.minilm", "image.efficientnet_lite0"):
+        va, ma = EmbeddingStore(tmp_path / "store_a").matrix(f, ids[:6])
+        vb, mb = EmbeddingStore(tmp_path / "store_b").matrix(f, ids)
+        assert ma.all() and mb.all() and np.array_equal(va, vb[:6]), f
+    # and the new products' values are shared from now on
+    assert not ContentStore(content).missing("efficientnet_lite0", EmbeddingStore(tmp_path / "store_b").hashes("image.efficientnet_lite0").values())
+
+
+def test_a_store_encoded_before_the_content_store_fills_it(tiny_catalog, tmp_path):
+    from fusionrank.store import ContentStore
+
+    d, _ = tiny_catalog(n=4)
+    products = ingest(d, tmp_path / "cat", check_media=False).products
+    settings, content = EncodeSettings(**FAST), tmp_path / "content"
+    encode_catalog(products, tmp_path / "old", settings, modalities=["image"], progress=False, content_dir=None)
+    assert not content.exists()
+    s = encode_catalog(products, tmp_path / "old", settings, modalities=["image"], progress=False, content_dir=content)
+    assert _counts(s)["image.efficientnet_lite0"] == (4, 0, 4, 0)                 # nothing encoded ...
+    assert ContentStore(content).count("efficientnet_lite0") == 4                 # ... and its values shared
+    s2 = encode_catalog(products, tmp_path / "new", settings, modalities=["image"], progress=False, content_dir=content)
+    assert _jobs(s2)["image.efficientnet_lite0"]["shared"] == 4 and _counts(s2)["image.efficientnet_lite0"] == (4, 0, 4, 0)
+
+
+def test_content_store_only_for_stores_under_the_home(tiny_catalog, tmp_path, monkeypatch):
+    d, _ = tiny_catalog(n=2)
+    products = ingest(d, tmp_path / "cat", check_media=False).products
+    home = tmp_path / "home"
+    monkeypatch.setenv("FUSIONRANK_HOME", str(home))
+    s = encode_catalog(products, tmp_path / "elsewhere", EncodeSettings(**FAST), modalities=["text"], progress=False)
+    assert "content_store" not in s and not (home / "content").exists()
+    s = encode_catalog(products, home / "ws" / "store", EncodeSettings(**FAST), modalities=["text"], progress=False)
+    assert s["content_store"] == str((home / "content").resolve()) and (home / "content" / "minilm.sqlite").exists()
+
+
+def test_manifest_records_each_feature(tiny_catalog, tmp_path, make_jpeg):
+    from fusionrank.encode import read_manifest
+
+    d, rows = tiny_catalog(n=3)
+    (d / "img" / "p2.jpg").write_bytes(b"not a photo")
+    products = ingest(d, tmp_path / "cat", check_media=False).products
+    store = tmp_path / "store"
+    encode_catalog(products, store, EncodeSettings(**FAST), modalities=["text"], progress=False, catalog_dir=tmp_path / "cat")
+    encode_catalog(products, store, EncodeSettings(**FAST), modalities=["image"], progress=False)
+    m = read_manifest(store)
+    assert m["catalog_dir"] == str(tmp_path / "cat")                   # kept from the first run
+    assert set(m["features"]) == {"title.minilm", "title_sparse.minilm", "description.minilm", "image.efficientnet_lite0"}
+    img = m["features"]["image.efficientnet_lite0"]
+    assert img["failed"] == ["p2"] and img["signature"] == EfficientNetLite0Encoder().signature() and img["present"] == 3
+    st = (store / "image.efficientnet_lite0.parquet").stat()
+    assert img["file"] == [st.st_size, st.st_mtime_ns, st.st_ino]
+    assert [r["modalities"] for r in m["runs"]] == [["text"], ["image"]]
+    # the failure is fixed: the failures file goes, the manifest follows
+    make_jpeg(d / "img" / "p2.jpg", (1, 2, 3), pattern=5)
+    s = encode_catalog(products, store, EncodeSettings(**FAST), modalities=["image"], progress=False)
+    assert s["failures"] == 0 and not (store / "failures.jsonl").exists()
+    assert read_manifest(store)["features"]["image.efficientnet_lite0"]["failed"] == []

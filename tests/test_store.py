@@ -1,5 +1,7 @@
-"""EmbeddingStore: write/load, upsert, masks for missing products, atomic replace, texts."""
+"""EmbeddingStore: write/load, upsert, masks for missing products, atomic replace, texts; the shared ContentStore."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -143,3 +145,81 @@ def test_hashes(tmp_path):
     p.write_bytes(b"abd")
     assert file_hash(str(p), "s") != h
     assert file_hash(str(tmp_path / "missing"), "s") is None
+
+
+# --- the content store shared across workspaces ------------------------------------------------
+def test_content_store_vectors_and_texts(tmp_path):
+    from fusionrank.store import ContentStore
+
+    cs = ContentStore(tmp_path / "content")
+    assert cs.lookup("minilm", ["h1"]) == {} and cs.missing("minilm", ["h1"]) == {"h1"} and cs.count("minilm") == 0
+    assert not (tmp_path / "content").exists()             # reading creates nothing
+    v = _vecs(3)
+    cs.add("minilm", ["h1", "h2", "h3"], list(v))
+    cs.add("whisper_tiny_en", ["a1", "a2"], ["red shirt ✓", ""])
+    got = cs.lookup("minilm", ["h3", "h1", "zz", None])
+    assert set(got) == {"h1", "h3"} and got["h1"].dtype == np.float32
+    assert np.array_equal(got["h1"], v[0]) and np.array_equal(got["h3"], v[2])
+    assert cs.lookup("whisper_tiny_en", ["a1", "a2"]) == {"a1": "red shirt ✓", "a2": ""}
+    assert cs.missing("minilm", ["h2", "h9"]) == {"h9"}
+    # a hash already stored keeps its first value (same hash = same content and encoder signature)
+    cs.add("minilm", ["h1", "h4"], [np.ones(4, np.float32), np.full(4, 2, np.float32)])
+    assert np.array_equal(cs.lookup("minilm", ["h1"])["h1"], v[0]) and cs.count("minilm") == 4
+    # more hashes than one query binds
+    many = [f"k{i}" for i in range(2500)]
+    cs.add("big", many, list(_vecs(2500, dim=2)))
+    assert len(cs.lookup("big", many)) == 2500 and cs.missing("big", many + ["x"]) == {"x"}
+    with pytest.raises(FusionrankError, match="invalid encoder name"):
+        cs.path("../x")
+
+
+def test_content_store_write_that_fails_half_way_leaves_it_as_it_was(tmp_path):
+    from fusionrank.store import ContentStore
+
+    cs = ContentStore(tmp_path)
+    cs.add("e", ["a", "b"], list(_vecs(2)))
+    bad = list(_vecs(50, seed=3)) + [object()]             # the 51st value cannot become a vector
+    with pytest.raises(TypeError):
+        cs.add("e", [f"n{i}" for i in range(51)], bad)
+    assert cs.count("e") == 2 and cs.missing("e", ["a", "b", "n0"]) == {"n0"}
+
+
+def test_content_store_survives_a_process_killed_mid_write(tmp_path):
+    """A hard kill inside the write transaction: the committed rows stay, the table is intact."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from fusionrank.store import ContentStore
+
+    ContentStore(tmp_path).add("e", ["a"], [np.ones(8, np.float32)])
+    child = textwrap.dedent(f"""
+        import os, signal
+        import numpy as np
+        from fusionrank.store import ContentStore
+
+        class Dying(list):
+            def __iter__(self):
+                for i, v in enumerate(list.__iter__(self)):
+                    if i == 3000:
+                        os.kill(os.getpid(), signal.SIGKILL)   # mid-transaction, thousands of rows in
+                    yield v
+
+        n = 5000
+        ContentStore({str(tmp_path)!r}).add("e", [f"k{{i}}" for i in range(n)], Dying(np.ones((n, 8), np.float32)))
+    """)
+    import os
+
+    import fusionrank
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(fusionrank.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", child], capture_output=True, env=env)
+    assert p.returncode == -9, p.stderr.decode()[-2000:]
+    cs = ContentStore(tmp_path)
+    assert cs.count("e") == 1 and set(cs.lookup("e", ["a", "k0", "k2999"])) == {"a"}
+    import sqlite3
+
+    with sqlite3.connect(cs.path("e")) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    cs.add("e", ["k0"], [np.zeros(8, np.float32)])        # and it takes writes again
+    assert cs.count("e") == 2

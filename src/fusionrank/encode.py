@@ -12,12 +12,23 @@ Jobs, in order (each only encodes products whose content hash changed):
 Feature names in the store are ``<source>.<encoder>``, e.g. ``title.minilm``,
 ``image.efficientnet_lite0``, ``audio.whisper_tiny_en``, ``transcript.minilm``,
 ``image_proj.title``.
+
+Values of encoders that depend only on their input (text, photo and clip encoders,
+speech-to-text) are also kept in a :class:`~fusionrank.store.ContentStore` under
+``$FUSIONRANK_HOME/content``, keyed by content hash, when the store lies under that home
+(every workspace's does): an item encoded for one catalogue is reused by every other
+catalogue that holds the same text or file bytes. Trained encoders (the projection,
+PCA) stay per store. ``<store>/manifest.json`` records what each feature was encoded
+from (encoder signature, failed products, skipped projections) for
+:func:`fusionrank.workspace.check_encoded`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,9 +39,14 @@ from . import schema as S
 from .encoders import Encoder, ImageTextProjection, build_encoder
 from .engine import Engine, get_engine
 from .errors import FusionrankError
-from .store import EmbeddingStore, file_hash, text_hash
+from .settings import get_settings
+from .store import ContentStore, EmbeddingStore, file_hash, text_hash
 
 TRANSCRIPT = "transcript"
+MANIFEST_FILE = "manifest.json"
+FAILURES_FILE = "failures.jsonl"
+CONTENT_DIR = "content"  # under FUSIONRANK_HOME: the content store shared by every workspace
+AUTO = "auto"
 
 
 @dataclass
@@ -69,6 +85,7 @@ class JobStats:
     encoded: int = 0
     failed: int = 0
     seconds: float = 0.0
+    shared: int = 0  # of ``cached``: values found in the content store shared across workspaces
 
     @property
     def per_second(self) -> float:
@@ -76,8 +93,14 @@ class JobStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"feature": self.feature, "modality": self.modality, "present": self.present, "cached": self.cached,
-                "encoded": self.encoded, "failed": self.failed, "seconds": round(self.seconds, 2),
+                "shared": self.shared, "encoded": self.encoded, "failed": self.failed, "seconds": round(self.seconds, 2),
                 "items_per_second": round(self.per_second, 1)}
+
+
+def inputs_digest(ids: Sequence[str], values: Sequence[str]) -> str:
+    """A short hash of a job's inputs (ids and texts, paths or base hashes), in order; a few ms for 44k."""
+    blob = json.dumps([[str(i) for i in ids], [str(v) for v in values]])  # JSON: unambiguous, ASCII, C-fast
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def field_values(products: pd.DataFrame, name: str) -> pd.Series:
@@ -93,11 +116,15 @@ class Encoding:
     """Runs encode jobs against one store with one engine and records stats and failures."""
 
     def __init__(self, store: EmbeddingStore, engine: Engine, settings: EncodeSettings, progress: bool = True,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, content: ContentStore | None = None):
         self.store, self.engine, self.settings, self.progress = store, engine, settings, progress
+        self.content = content
         self.log = log or (lambda m: None)
         self.stats: list[JobStats] = []
         self.failures: list[dict] = []
+        self.meta: dict[str, dict] = {}      # feature -> encoder meta of this run's jobs
+        self.skipped: dict[str, str] = {}    # feature -> why it was not built
+        self.inputs: dict[str, str] = {}     # feature -> inputs_digest of what this run's job was given
         self._encoders: dict[str, Encoder] = {}
         self.checkpoint_seconds = 120.0
 
@@ -109,8 +136,12 @@ class Encoding:
 
     # generic job ---------------------------------------------------------
     def run_job(self, feature: str, modality: str, encoder: Encoder, ids: Sequence[str], items: Sequence[Any],
-                hashes: Sequence[str | None], batch_size: int, reuse: dict[str, np.ndarray | str] | None = None) -> JobStats:
+                hashes: Sequence[str | None], batch_size: int, reuse: dict[str, np.ndarray | str] | None = None,
+                inputs: str | None = None) -> JobStats:
+        """Encode the items whose hash changed. ``inputs`` (an :func:`inputs_digest`) is only recorded in the manifest."""
         st = JobStats(feature, modality, present=len(ids))
+        if inputs is not None:
+            self.inputs[feature] = inputs
         t0 = time.perf_counter()
         old = self.store.hashes(feature)
         todo_idx: list[int] = []
@@ -126,6 +157,20 @@ class Encoding:
                 new_ids.append(pid); new_hashes.append(h); new_vals.append(reuse[h])
             else:
                 todo_idx.append(i)
+        # trained encoders (projection, PCA) depend on the catalogue: only the others share values
+        shared = self.content if self.content is not None and not encoder.trainable else None
+        if shared is not None and todo_idx:
+            found = shared.lookup(encoder.name, [hashes[i] for i in todo_idx])
+            rest = []
+            for i in todo_idx:
+                v = found.get(hashes[i])
+                if v is None:
+                    rest.append(i)
+                    continue
+                st.cached += 1
+                st.shared += 1
+                new_ids.append(ids[i]); new_hashes.append(hashes[i]); new_vals.append(v)
+            todo_idx = rest
         # identical inputs (same hash) are encoded once
         uniq: dict[str, int] = {}
         enc_items, enc_of = [], []
@@ -138,6 +183,7 @@ class Encoding:
         results: list[Any] = [None] * len(enc_items)
         errors: dict[int, str] = {}
         meta = {"encoder": encoder.name, "signature": encoder.signature(), "modality": modality}
+        self.meta[feature] = meta
         last_flush = time.perf_counter()
         for start, out in self.engine.map(encoder, enc_items, batch_size, desc=feature, progress=self.progress):
             good = np.flatnonzero(out.ok)
@@ -150,6 +196,8 @@ class Encoding:
                 done = [(ids[i], hashes[i], results[u]) for i, u in zip(todo_idx, enc_of) if results[u] is not None]
                 if done:
                     self._write(feature, encoder, [d[0] for d in done], [d[1] for d in done], [d[2] for d in done], None, meta)
+                    if shared is not None:
+                        shared.add(encoder.name, [d[1] for d in done], [d[2] for d in done])
                 last_flush = time.perf_counter()
         for i, u in zip(todo_idx, enc_of):
             if results[u] is None:
@@ -163,10 +211,28 @@ class Encoding:
         keep = [pid for pid, h in zip(ids, hashes) if h is not None and pid not in failed]
         if new_ids or set(old) - set(keep) or not self.store.exists(feature):
             self._write(feature, encoder, new_ids, new_hashes, new_vals, keep, meta)
+        if shared is not None:
+            self._share(shared, feature, encoder, ids, hashes, old, todo_idx, enc_of, results)
         st.seconds = time.perf_counter() - t0
         self.stats.append(st)
-        self.log(f"{feature}: {st.encoded} encoded, {st.cached} cached, {st.failed} failed in {st.seconds:.1f} s")
+        shared_note = f" ({st.shared} from the shared content store)" if st.shared else ""
+        self.log(f"{feature}: {st.encoded} encoded, {st.cached} cached{shared_note}, {st.failed} failed in {st.seconds:.1f} s")
         return st
+
+    def _share(self, shared: ContentStore, feature: str, encoder: Encoder, ids, hashes, old: dict[str, str],
+               todo_idx: list[int], enc_of: list[int], results: list[Any]) -> None:
+        """Add what this job encoded to the shared content store, and what the store held
+        from before the content store existed (or from another home) that it lacks."""
+        fresh = {hashes[i]: results[u] for i, u in zip(todo_idx, enc_of) if results[u] is not None}
+        kept = {h for pid, h in zip(ids, hashes) if h is not None and old.get(pid) == h and h not in fresh}
+        lacking = shared.missing(encoder.name, kept) if kept else set()
+        if lacking:
+            f = self.store.load(feature)
+            for j, h in enumerate(f.hashes):
+                if h in lacking and h not in fresh:
+                    fresh[h] = f.vectors[j] if f.vectors is not None else f.texts[j]
+        if fresh:
+            shared.add(encoder.name, list(fresh), list(fresh.values()))
 
     def _write(self, feature, encoder, ids, hashes, vals, keep, meta) -> None:
         if encoder.output == "text":
@@ -195,7 +261,8 @@ class Encoding:
         ids = products.loc[present, S.PRODUCT_ID].tolist()
         texts = vals[present].astype(str).tolist()
         hashes = [text_hash(t, sig) for t in texts]
-        return self.run_job(f"{name}.{enc.name}", S.TEXT, enc, ids, texts, hashes, self.settings.batch_size["text"], reuse=self._text_reuse(enc))
+        return self.run_job(f"{name}.{enc.name}", S.TEXT, enc, ids, texts, hashes, self.settings.batch_size["text"],
+                            reuse=self._text_reuse(enc), inputs=inputs_digest(ids, texts))
 
     def encode_media(self, products: pd.DataFrame, column: str, spec: dict, modality: str) -> JobStats | None:
         enc = self.encoder(spec)
@@ -207,7 +274,7 @@ class Encoding:
         paths = products.loc[present, column].tolist()
         hashes = [file_hash(p, sig) for p in paths]
         bs = self.settings.batch_size["image" if modality == S.IMAGE_MODALITY else "audio"]
-        return self.run_job(f"{column}.{enc.name}", modality, enc, ids, paths, hashes, bs)
+        return self.run_job(f"{column}.{enc.name}", modality, enc, ids, paths, hashes, bs, inputs=inputs_digest(ids, paths))
 
     def projection(self, products: pd.DataFrame, title_field: str) -> JobStats | None:
         spec = self.settings.projection
@@ -225,6 +292,7 @@ class Encoding:
             both = xm & tm
             if both.sum() < 100:
                 self.log(f"image projection ({title_field}): only {int(both.sum())} (title, photo) pairs; skipped")
+                self.skipped[f"image_proj.{title_field}"] = f"only {int(both.sum())} (title, photo) pairs (100 needed)"
                 return None
             t0 = time.perf_counter()
             proj = build_encoder(spec["name"], **spec.get("args", {}))
@@ -239,7 +307,7 @@ class Encoding:
         pids = [ids[i] for i in sel]
         hashes = [text_hash(img_hashes[p], sig) for p in pids]
         return self.run_job(f"image_proj.{title_field}", S.IMAGE_MODALITY, proj, pids, list(X[sel]), hashes,
-                            self.settings.batch_size["projection"])
+                            self.settings.batch_size["projection"], inputs=inputs_digest(pids, [img_hashes[p] for p in pids]))
 
     def transcripts(self, products: pd.DataFrame) -> JobStats | None:
         if self.settings.transcriber is None:
@@ -270,17 +338,94 @@ class Encoding:
                 red.save(model_dir)
             sig = red.signature()
             self.run_job(f"{feat}.pca{red.dim}", "reduced", red, list(f.ids), list(f.vectors),
-                         [text_hash(h, sig) for h in f.hashes], 8192)
+                         [text_hash(h, sig) for h in f.hashes], 8192, inputs=inputs_digest(f.ids, f.hashes))
+
+
+def settings_signature(settings: EncodeSettings) -> str:
+    """A short hash of every encode setting."""
+    return hashlib.sha1(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def catalog_digest(products: pd.DataFrame, text_fields: Sequence[str] = ()) -> str:
+    """A short hash of what encode reads from a catalogue: ids, the text fields and media paths."""
+    ids = products[S.PRODUCT_ID].astype(str).tolist()
+    cols = [products[c] for c in (S.IMAGE, S.AUDIO) if c in products.columns] + [field_values(products, f) for f in text_fields]
+    return hashlib.sha1("".join(inputs_digest(ids, c.tolist()) for c in cols).encode()).hexdigest()[:16]
+
+
+def shared_content_dir(store_dir: str | Path) -> Path | None:
+    """``$FUSIONRANK_HOME/content`` when ``store_dir`` lies under that home (as workspaces do), else None."""
+    home = Path(get_settings().home).expanduser().resolve()
+    return home / CONTENT_DIR if Path(store_dir).resolve().is_relative_to(home) else None
+
+
+def table_stamp(path: Path) -> list[int] | None:
+    """Size, mtime and inode of a feature table: every write (a new file renamed in place) changes it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def read_manifest(store_dir: str | Path) -> dict[str, Any]:
+    p = Path(store_dir) / MANIFEST_FILE
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _update_manifest(store: EmbeddingStore, run: Encoding, products: pd.DataFrame, settings: EncodeSettings,
+                     modalities: Sequence[str], catalog_dir: str | Path | None, seconds: float) -> None:
+    """Record, per feature this run touched, what it was encoded from; keep older features' entries."""
+    man = read_manifest(store.root)
+    at = time.strftime("%Y-%m-%dT%H:%M:%S")
+    digest, sig = catalog_digest(products, settings.text_fields), settings_signature(settings)
+    feats, skipped = man.get("features", {}), man.get("skipped", {})
+    for st in run.stats:
+        failed = sorted({str(f[S.PRODUCT_ID]) for f in run.failures if f["feature"] == st.feature})
+        path = store.path(st.feature)
+        feats[st.feature] = {**run.meta.get(st.feature, {}), "present": st.present, "failed": failed,
+                             "inputs": run.inputs.get(st.feature),
+                             # the table as this run left it: a later change to it voids "inputs"
+                             "file": table_stamp(path),
+                             "catalog": digest, "settings": sig, "at": at}
+        skipped.pop(st.feature, None)
+    for feat, why in run.skipped.items():
+        skipped[feat] = {"reason": why, "catalog": digest, "settings": sig, "at": at}
+    runs = man.get("runs", [])[-19:] + [{
+        "at": at, "catalog": digest, "products": int(len(products)), "settings": sig, "modalities": list(modalities),
+        "encoded": sum(s.encoded for s in run.stats), "shared": sum(s.shared for s in run.stats),
+        "cached": sum(s.cached for s in run.stats), "failed": sum(s.failed for s in run.stats), "seconds": round(seconds, 2)}]
+    man = {"format": 1, "catalog_dir": str(catalog_dir) if catalog_dir else man.get("catalog_dir"),
+           "features": feats, "skipped": skipped, "runs": runs}
+    _write_json(store.root / MANIFEST_FILE, man)
 
 
 def encode_catalog(products: pd.DataFrame, store_dir: str | Path, settings: EncodeSettings | None = None,
                    engine: str = "local", engine_args: dict | None = None, modalities: Sequence[str] = S.MODALITIES,
-                   progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Encode every modality of ``products`` into ``store_dir``; returns a summary dict."""
+                   progress: bool = True, log: Callable[[str], None] | None = None,
+                   content_dir: str | Path | None = AUTO, catalog_dir: str | Path | None = None) -> dict[str, Any]:
+    """Encode every modality of ``products`` into ``store_dir``; returns a summary dict.
+
+    ``content_dir``: the shared content store to consult and fill ("auto": the home's,
+    if ``store_dir`` is under ``FUSIONRANK_HOME``; None: none). ``catalog_dir`` is only
+    recorded in the manifest (to name it in messages about a stale store).
+    """
     settings = settings or EncodeSettings()
     store = EmbeddingStore(store_dir)
+    if content_dir == AUTO:
+        content_dir = shared_content_dir(store.root)
+    content = ContentStore(content_dir) if content_dir is not None else None
     eng = get_engine(engine, **(engine_args or {}))
-    run = Encoding(store, eng, settings, progress=progress, log=log)
+    run = Encoding(store, eng, settings, progress=progress, log=log, content=content)
     t0 = time.perf_counter()
     try:
         if S.TEXT in modalities:
@@ -297,15 +442,87 @@ def encode_catalog(products: pd.DataFrame, store_dir: str | Path, settings: Enco
         run.pca(products)
     finally:
         eng.close()
+    seconds = time.perf_counter() - t0
     summary = {
         "store": str(store.root), "engine": engine, "products": int(len(products)),
-        "seconds": round(time.perf_counter() - t0, 2), "jobs": [s.as_dict() for s in run.stats],
+        "seconds": round(seconds, 2), "jobs": [s.as_dict() for s in run.stats],
         "failures": len(run.failures),
     }
+    if content is not None:
+        summary["content_store"] = str(content.root)
+    failures_file = store.root / FAILURES_FILE
     if run.failures:
-        with open(store.root / "failures.jsonl", "w") as f:
+        with open(failures_file, "w") as f:
             for r in run.failures:
                 f.write(json.dumps(r) + "\n")
-        summary["failures_file"] = str(store.root / "failures.jsonl")
+        summary["failures_file"] = str(failures_file)
+    elif failures_file.exists():  # the failures of an earlier run are not this run's
+        failures_file.unlink()
     (store.root / "encode_summary.json").write_text(json.dumps(summary, indent=2))
+    _update_manifest(store, run, products, settings, modalities, catalog_dir, seconds)
     return summary
+
+
+# --- what a store must hold for a catalogue (used by workspace.check_encoded) -------------------
+@dataclass
+class PlannedFeature:
+    """A feature ``encode_catalog`` builds for a catalogue, and how to check it without encoding.
+
+    ``kind`` "text": rows are keyed by the hash of ``values`` (text per product, None where
+    absent) and ``signature``; "media": one row per product with a file in ``column`` unless
+    it failed (files are not hashed here); "derived": one row per row of ``base``, hashed from
+    the base row's hash and the feature's own (trained) signature.
+    """
+
+    name: str
+    kind: str
+    modality: str
+    signature: str | None = None
+    values: pd.Series | None = None
+    column: str | None = None
+    base: str | None = None
+
+
+def plan_features(products: pd.DataFrame, settings: EncodeSettings, modalities: Sequence[str],
+                  store: EmbeddingStore) -> list[PlannedFeature]:
+    """The features ``encode_catalog(products, store, settings, modalities=...)`` writes, in job order."""
+    enc = lambda spec: build_encoder(spec["name"], **spec.get("args", {}))  # noqa: E731  (cheap: models load lazily)
+    text = enc(settings.text)
+    out: list[PlannedFeature] = []
+
+    def text_feature(name: str, values: pd.Series) -> None:
+        if values.notna().any():
+            out.append(PlannedFeature(f"{name}.{text.name}", "text", S.TEXT, text.signature(), values=values))
+
+    def media(column: str, spec: dict, modality: str) -> str | None:
+        if column not in products.columns or not products[column].notna().any():
+            return None
+        e = enc(spec)
+        out.append(PlannedFeature(f"{column}.{e.name}", "media", modality, e.signature(), column=column))
+        return out[-1].name
+
+    if S.TEXT in modalities:
+        for name in settings.text_fields:
+            text_feature(name, field_values(products, name))
+    if S.IMAGE_MODALITY in modalities:
+        img = media(S.IMAGE, settings.image, S.IMAGE_MODALITY)
+        if img and settings.projection is not None:
+            planned = {f.name for f in out}
+            for tf in settings.projection_fields:  # encode trains a projection only where the title feature exists
+                if f"{tf}.{text.name}" in planned or store.exists(f"{tf}.{text.name}"):
+                    out.append(PlannedFeature(f"image_proj.{tf}", "derived", S.IMAGE_MODALITY, base=img))
+    if S.AUDIO_MODALITY in modalities:
+        if settings.transcriber is not None:
+            tr = media(S.AUDIO, settings.transcriber, S.AUDIO_MODALITY)
+            if tr:
+                vals = products[S.PRODUCT_ID].map(store.text_map(tr)) if store.exists(tr) else pd.Series(None, index=products.index, dtype=object)
+                vals = vals.where(vals.notna() & (vals.astype(str).str.strip() != ""), None)
+                text_feature(TRANSCRIPT, vals)
+        if settings.audio_features:
+            media(S.AUDIO, settings.audio_features, S.AUDIO_MODALITY)
+    if settings.pca:
+        planned = {f.name for f in out}
+        for feat in settings.pca.get("features", []):
+            if feat in planned:
+                out.append(PlannedFeature(f"{feat}.pca{settings.pca.get('n_components', 128)}", "derived", "reduced", base=feat))
+    return out

@@ -82,13 +82,6 @@ class UnknownCategory(FusionrankError, KeyError):
         return self.args[0]
 
 
-class StaleArtefactError(FusionrankError):
-    """A prepared artefact (catalogue, embedding store, search index) is missing or out of date.
-
-    The message names what is missing or stale and the command that prepares it.
-    """
-
-
 class AdapterOptionsError(FusionrankError, ValueError):
     """Options given to a dataset adapter do not fit its options model.
 
@@ -107,3 +100,16 @@ class AdapterOptionsError(FusionrankError, ValueError):
             parts.append(f"unknown option {k!r}{hint}")
         parts += [f"option {k!r}: {why}" for k, why in self.invalid.items()]
         super().__init__(f"{adapter} adapter: {'; '.join(parts)}; valid options: {', '.join(self.valid) or '(none)'}")
+
+
+class StaleArtefactError(FusionrankError):
+    """A prepared artefact (an embedding store, an index) does not match what it is used with.
+
+    Attributes: ``problems`` (one line per missing or stale part), ``command`` (the
+    command that prepares it) and ``store`` (the artefact's path), when known.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None, command: str | None = None,
+                 store: str | None = None):
+        self.problems, self.command, self.store = list(problems or []), command, store
+        super().__init__(message)
