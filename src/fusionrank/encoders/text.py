@@ -120,6 +120,10 @@ class BM25Encoder(Encoder):
         return None if self.field_ is None else self.field_.vocab
 
     @property
+    def avgdl_(self) -> float | None:
+        return None if self.field_ is None else self.field_.avgdl
+
+    @property
     def dim(self) -> int:  # type: ignore[override]
         return len(self.vocab_ or {})
 
@@ -142,7 +146,7 @@ class BM25Encoder(Encoder):
         return self.field_.query_matrix(queries)
 
     def _state_signature(self) -> dict[str, Any]:
-        return {"vocab": self.dim, "avgdl": None if self.field_ is None else self.field_.avgdl}
+        return {"vocab": self.dim, "avgdl": self.avgdl_}
 
     def _save_state(self, d: Path) -> None:
         self._check()
