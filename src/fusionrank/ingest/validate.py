@@ -93,7 +93,7 @@ def _as_text(v: Any, file: str, row: int, name: str, fixes: list[str]) -> str | 
         try:
             v = str(v)
         except ValueError:  # an integer of thousands of digits
-            raise RowError(file, row, name, f"number too long to be text") from None
+            raise RowError(file, row, name, "number too long to be text") from None
     out, changed = clean_text(v)
     if changed:
         fixes.append(f"{name}: cleaned")
