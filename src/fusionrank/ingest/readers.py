@@ -127,6 +127,8 @@ def _chunks(path: Path) -> Iterator[bytes]:
     """The file's bytes in chunks (gunzipped for ``.gz``); a fault raises :class:`ReadFault`."""
     offset = 0
     try:
+        if _is_gz(path) and path.stat().st_size == 0:
+            raise ReadFault("the file is empty (0 bytes), not a gzip file", 0)
         f = gzip.open(path, "rb") if _is_gz(path) else open(path, "rb")
     except OSError as e:
         raise ReadFault(f"cannot open the file ({e.strerror or e})", 0) from None
