@@ -248,3 +248,26 @@ def test_ids_in_queries_and_qrels_are_not_stripped(tmp_path, read_rejects, asser
     assert "leading or trailing whitespace" in rej[("qrel", 2)]["reason"]
     assert rej[("qrel", 3)]["field"] == "query_id"
     assert rej[("qrel", 4)]["field"] == "grade" and "integer from 0 to" in rej[("qrel", 4)]["reason"]
+
+
+def test_gzipped_parquet_and_unclosed_quote(tmp_path):
+    p = tmp_path / "products.parquet.gz"
+    p.write_bytes(gzip.compress(pq_bytes := _parquet_bytes(ROWS[:3])))
+    assert [r for _, r in iter_records(p)] == ROWS[:3] and len(pq_bytes) > 0
+    cat = ingest(tmp_path, tmp_path / "out", adapter="native", check_media=False)  # found by the native adapter
+    assert len(cat.products) == 3
+    c = tmp_path / "q.csv"
+    c.write_text('product_id,title\np0,a\np1,"never closed\np2,b\np3,c\n')
+    recs = list(iter_records(c))
+    assert recs[0][1] == {"product_id": "p0", "title": "a"} and len(recs) == 2
+    assert recs[1][1].reason == "unclosed quote: the row starting at byte offset 22 runs over 3 lines to the end of the file"
+    c.write_text('product_id,title\np0,"two\nlines"\np1,b\n')
+    assert [r for _, r in iter_records(c)] == [{"product_id": "p0", "title": "two\nlines"}, {"product_id": "p1", "title": "b"}]
+
+
+def _parquet_bytes(rows):
+    import io
+
+    buf = io.BytesIO()
+    pd.DataFrame(rows).to_parquet(buf, index=False)
+    return buf.getvalue()

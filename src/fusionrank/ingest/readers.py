@@ -159,13 +159,16 @@ class _Lines:
         self.path = path
         self.offset = 0
         self.replaced: list[tuple[int, int]] = []
+        self.recent: list[str] = []  # lines returned since the caller last cleared it
         self._it = self._lines()
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        return next(self._it)
+        line = next(self._it)
+        self.recent.append(line)
+        return line
 
     def _decode(self, raw: bytes) -> str:
         try:
@@ -328,7 +331,8 @@ def _csv_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | R
             return
         n = len(header)
         while True:
-            start = lines.offset
+            start, first_line = lines.offset, reader.line_num
+            lines.recent.clear()
             try:
                 cells = next(reader)
             except StopIteration:
@@ -346,6 +350,12 @@ def _csv_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | R
                 lines.replaced.clear()
                 continue
             _utf8_notes(path, lines, row)
+            spans = reader.line_num - first_line
+            if spans > 1 and _unclosed_quote(lines.recent, delim):
+                yield row, RowError(str(path), row, None, f"unclosed quote: the row starting at byte offset {start} runs "
+                                                          f"over {spans} lines to the end of the file")
+                row += 1
+                continue
             if len(cells) > n:
                 yield row, RowError(str(path), row, None, f"{len(cells) - n} more cell(s) than the header has columns")
             elif len(cells) < n:
@@ -356,6 +366,16 @@ def _csv_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | R
             row += 1
     except ReadFault as f:
         yield row, _fault(path, row, f"{f.reason}; rows from {row} on are not read")
+
+
+def _unclosed_quote(lines: list[str], delim: str) -> bool:
+    """Whether the raw lines of one (multi-line) CSV row end inside a quoted field."""
+    try:
+        for _ in csv.reader(lines, delimiter=delim, strict=True):
+            pass
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
