@@ -231,6 +231,8 @@ CASES: list[tuple] = [
     ("media", "image .jpg", "random bytes", lambda d: _media_rows(d, "image", "a.jpg", os.urandom(600)), "native", "media"),
     ("media", "image .jpg", "JPEG cut at 40%", lambda d: _media_rows(d, "image", "a.jpg", (lambda b: b[: int(len(b) * 0.4)])(_jpeg(_tmp(d) / "a.jpg"))), "native", "media"),
     ("media", "image .png", "decompression bomb (header claims 60000x60000)", lambda d: _media_rows(d, "image", "a.png", _png_bomb()), "native", "media"),
+    ("file", "products.parquet (fashion44k)", "image column of integers, not paths", lambda d: (d / "products.parquet").write_bytes(_parquet([{"product_id": str(i), "title": f"Shirt {i}", "image": i} for i in range(5)])), "fashion44k", "product"),
+    ("file", "--out", "the output path is an existing file", lambda d: (_w("products.csv", csv_text)(d), (d / "out").write_text("x")), "native", "product"),
     ("media", "image path", "5,000-character file name", lambda d: _media_path(d, "image", "x" * 5000 + ".jpg"), "native", "media"),
     ("media", "image path", "NUL byte in the path", lambda d: _media_path(d, "image", "a\x00b.jpg"), "native", "media"),
     ("media", "audio path", "a directory", lambda d: (Path(d / "dir.wav").mkdir(), _media_path(d, "audio", str(d / "dir.wav"))), "native", "media"),

@@ -91,6 +91,8 @@ def ingest(
                          progress=True, **opts)
     except FusionrankError as e:
         _fail(e)
+    except OSError as e:  # e.g. OUT cannot be created or written: a clear error, not a traceback
+        _fail(FusionrankError(f"cannot write the catalogue to {out}: {e.strerror or e}"))
     if json_out:
         print(json.dumps(cat.report, indent=2))
     else:

@@ -271,3 +271,31 @@ def _parquet_bytes(rows):
     buf = io.BytesIO()
     pd.DataFrame(rows).to_parquet(buf, index=False)
     return buf.getvalue()
+
+
+def test_wrong_types_are_row_rejects_not_a_stopped_table(tmp_path, read_rejects):
+    rows = [{"product_id": str(i), "title": f"Shirt {i}", "image": i if i == 2 else None} for i in range(5)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "products.parquet", index=False)
+    (tmp_path / "queries_train.tsv").write_text("query_id\tquery\tsplit\nq1\tshirt\tx\n")
+    cat = ingest(tmp_path, tmp_path / "out", adapter="fashion44k")
+    assert list(cat.products["product_id"]) == ["0", "1", "3", "4"]
+    (r,) = [x for x in read_rejects(tmp_path / "out") if x["kind"] == "product"]
+    assert (r["row"], r["field"]) == (2, "image") and "expected a path" in r["reason"]
+    (tmp_path / "q").mkdir()
+    _write_jsonl(tmp_path / "q" / "products.jsonl", [{"product_id": "a", "title": "A"}])
+    (tmp_path / "q" / "queries.jsonl").write_text('{"query_id": "q1", "query": "x", "split": "tr\\ud800"}\n'
+                                                  '{"query_id": "q2", "query": "y", "split": "train"}\n')
+    cat = ingest(tmp_path / "q", tmp_path / "q" / "out", adapter="native")
+    assert cat.queries.to_dict("records") == [{"query_id": "q2", "query": "y", "split": "train"}]
+
+
+def test_cli_ingest_to_an_unwritable_out_is_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+
+    pd.DataFrame(ROWS[:3]).to_csv(tmp_path / "products.csv", index=False)
+    (tmp_path / "out").write_text("a file, not a folder")
+    r = CliRunner().invoke(app, ["ingest", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "cannot write the catalogue" in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)

@@ -313,6 +313,8 @@ def ingest_queries(records: Iterable[Record], rejects: RejectsWriter) -> tuple[p
                         continue
                     raise RowError(file, row, S.QUERY_ID, f"duplicate query id {qid!r} with a different query text")
                 split = rec.get("split")
+                if split and (not isinstance(split, (str, int)) or not str(split).isprintable()):
+                    raise RowError(file, row, "split", f"expected a split name, got {split!r}")
                 out[qid] = {S.QUERY_ID: qid, S.QUERY: q, **({"split": str(split)} if split else {})}
             except RowError as e:
                 rep.rejected += 1
