@@ -25,7 +25,6 @@ import codecs
 import contextlib
 import csv
 import gzip
-import io
 import json
 import zlib
 from contextvars import ContextVar
@@ -155,11 +154,12 @@ class _Lines:
     of the fault).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_recent: bool = False):
         self.path = path
         self.offset = 0
         self.replaced: list[tuple[int, int]] = []
-        self.recent: list[str] = []  # lines returned since the caller last cleared it
+        self.keep_recent = keep_recent
+        self.recent: list[str] = []  # with keep_recent: the lines returned since the caller last cleared it
         self._it = self._lines()
 
     def __iter__(self):
@@ -167,7 +167,8 @@ class _Lines:
 
     def __next__(self) -> str:
         line = next(self._it)
-        self.recent.append(line)
+        if self.keep_recent:
+            self.recent.append(line)
         return line
 
     def _decode(self, raw: bytes) -> str:
@@ -205,13 +206,6 @@ class _Lines:
             raise
         if carry:
             yield self._decode(carry)
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    """A text stream of the file (gunzipped, UTF-8 with replacement); used for quick peeks."""
-    if _is_gz(path):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace", newline="")
-    return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def _first_line(path: Path) -> str | None:
@@ -279,6 +273,7 @@ def _parquet_records(path: Path, batch_size: int) -> Iterator[tuple[int, dict[st
         except Exception:
             expected = None
         done = 0
+        start = row
         try:
             for batch in pf.iter_batches(batch_size=batch_size, row_groups=[g]):
                 try:
@@ -298,7 +293,8 @@ def _parquet_records(path: Path, batch_size: int) -> Iterator[tuple[int, dict[st
             lost = f"{expected - done} row(s)" if expected is not None and expected >= done else "its remaining rows"
             yield row, _fault(path, row, f"Parquet row group {g} unreadable from row {row} on ({lost} lost): "
                                          f"{type(e).__name__}: {e}")
-            row += 1
+            # the next group's rows keep their numbers in the file
+            row = start + expected if expected is not None and start + expected > row else row + 1
 
 
 # --- text formats ---------------------------------------------------------------
@@ -312,7 +308,7 @@ def _utf8_notes(path: Path, lines: _Lines, row: int | None) -> None:
 
 def _csv_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
     delim = _sniff_delimiter(path, fmt)
-    lines = _Lines(path)
+    lines = _Lines(path, keep_recent=True)
     reader = csv.reader(lines, delimiter=delim)
     row = 0
     try:
