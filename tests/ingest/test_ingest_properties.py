@@ -269,6 +269,9 @@ def _check_run(root: Path, adapter: str) -> None:
         assert r["rejected"] == sum(x["kind"] == kind for x in rejects), (table, r, rejects)
     assert sum(x["kind"] == "encoding" for x in rejects) >= sum(rep[t]["utf8_replaced_rows"] for t in ("products", "queries", "qrels"))
     assert len(cat.products) == rep["products"]["kept"]
+    if adapter == "native":  # rows in, counted independently of the report: every item the reader gives
+        (src,) = [p for p in root.iterdir() if p.name.startswith("products.")]
+        assert rep["products"]["read"] == len(list(iter_records(src)))
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
