@@ -192,6 +192,10 @@ def test_rows_that_do_not_parse(tmp_path):
     p.write_text("a,a\n1,2\n")
     ((_, e),) = list(iter_records(p))
     assert "duplicate column name(s) ['a']" in e.reason
+    p.write_text("a,b,,\n1,2,,\n3,4,x,\n5,6,x,y\n")  # trailing delimiters: unnamed columns are fine while empty
+    recs = list(iter_records(p))
+    assert recs[0][1] == {"a": "1", "b": "2", "": ""} and recs[1][1] == {"a": "3", "b": "4", "": "x"}
+    assert "values in 2 unnamed columns" in recs[2][1].reason
 
 
 def test_lone_surrogates_from_json_escapes(tmp_path, read_rejects, assert_balanced):

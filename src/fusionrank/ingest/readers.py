@@ -321,11 +321,13 @@ def _csv_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | R
             yield 0, _fault(path, 0, "the file is empty: no header line")
             return
         _utf8_notes(path, lines, None)
-        dup = sorted({c for c in header if header.count(c) > 1})
+        dup = sorted({c for c in header if c != "" and header.count(c) > 1})
         if dup:
             yield 0, _fault(path, 0, f"duplicate column name(s) {dup} in the header: cannot tell which one to read")
             return
         n = len(header)
+        # several unnamed columns (e.g. trailing delimiters): read as one column "", as long as at most one has a value
+        unnamed = [i for i, c in enumerate(header) if c == ""] if header.count("") > 1 else []
         while True:
             start, first_line = lines.offset, reader.line_num
             lines.recent.clear()
@@ -357,6 +359,15 @@ def _csv_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | R
             elif len(cells) < n:
                 yield row, RowError(str(path), row, None, f"{n - len(cells)} fewer cell(s) than the header has columns "
                                                           f"(row starts at byte offset {start})")
+            elif unnamed:
+                vals = [cells[i] for i in unnamed if cells[i].strip()]
+                if len(vals) > 1:
+                    yield row, RowError(str(path), row, None, f"values in {len(vals)} unnamed columns (empty header cells): "
+                                                              "cannot tell them apart")
+                else:
+                    rec = {c: v for c, v in zip(header, cells) if c != ""}
+                    rec[""] = vals[0] if vals else ""
+                    yield row, rec
             else:
                 yield row, dict(zip(header, cells))
             row += 1
