@@ -187,6 +187,8 @@ CASES: list[tuple] = [
     ("file", "products.csv", "duplicate column name in the header", _w("products.csv", "product_id,title,title\np1,a,b\n"), "native", "product"),
     ("file", "products.csv", "empty file (0 bytes)", _w("products.csv", b""), "native", "product"),
     ("file", "products.csv", "header only, no rows", _w("products.csv", "product_id,title\n"), "native", "product"),
+    ("file", "products.csv", "trailing delimiters (two unnamed columns)", _w("products.csv", "product_id,title,,\np1,a,,\np2,b,x,y\n"), "native", "product"),
+    ("file", "products.csv", "CRLF line ends and a quoted CR inside a field", _w("products.csv", 'product_id,title\r\np1,"a\rb"\r\np2,c\r\n'), "native", "product"),
     ("file", "products.csv", "NUL byte inside a row", _w("products.csv", csv_text.replace("Title 3", "Ti\x00tle 3", 1)), "native", "product"),
     ("file", "products.csv", "missing required column (title)", _w("products.csv", "product_id,name\np1,x\n"), "native", "product"),
     ("file", "products.csv.gz", "not gzip (plain text named .gz)", _w("products.csv.gz", csv_text), "native", "product"),
