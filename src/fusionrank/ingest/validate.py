@@ -64,7 +64,8 @@ def _as_id(v: Any, file: str, row: int, name: str = S.PRODUCT_ID) -> str:
         v = str(int(v)) if v.is_integer() else repr(v)
     elif isinstance(v, int):
         if abs(v) >= 10 ** S.MAX_FIELD_CHARS[S.PRODUCT_ID]:
-            raise RowError(file, row, name, "is too long")
+            raise RowError(file, row, name, f"{name.replace('_', ' ')} is too long: a number of more than "
+                                            f"{S.MAX_FIELD_CHARS[S.PRODUCT_ID]} digits")
         v = str(v)
     if v.strip() == "":
         raise RowError(file, row, name, f"missing {name.replace('_', ' ')}")
@@ -159,7 +160,8 @@ def _as_attributes(v: Any, file: str, row: int, fixes: list[str]) -> dict[str, s
 
 
 def _json_text(v: Any) -> str:
-    return json.dumps(v, default=str, ensure_ascii=False)
+    """A nested value as JSON text (values JSON cannot hold, e.g. bytes, as their str())."""
+    return json.dumps(v, default=str)
 
 
 def validate_product(raw: dict[str, Any], file: str, row: int) -> tuple[dict[str, Any], list[str]]:
