@@ -37,6 +37,10 @@ def print_ingest_report(rep: dict) -> None:
         for k in ("reject_reasons", "media_reasons", "skip_reasons"):
             for reason, n in list(r.get(k, {}).items())[:8]:
                 console.print(f"  {name} {k.split('_')[0]}: {reason}: {n:,}")
+    for name in ("products", "queries", "qrels"):
+        n = rep.get(name, {}).get("utf8_replaced_rows", 0)
+        if n:
+            console.print(f"  {name}: {n:,} row(s) read with invalid UTF-8 replaced by U+FFFD (listed in the rejects, kind encoding)")
     console.print(f"  rejects written to {rep.get('rejects_file')}")
 
 
@@ -91,6 +95,8 @@ def ingest(
                          progress=True, **opts)
     except FusionrankError as e:
         _fail(e)
+    except OSError as e:  # e.g. OUT cannot be created or written: a clear error, not a traceback
+        _fail(FusionrankError(f"cannot write the catalogue to {out}: {e.strerror or e}"))
     if json_out:
         print(json.dumps(cat.report, indent=2))
     else:

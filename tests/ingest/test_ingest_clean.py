@@ -21,11 +21,29 @@ from fusionrank.ingest.clean import clean_text, collapse_whitespace, normalize_u
     ("zero\u200bwidth\u00a0space", "zerowidth space"),
     ("  lots \t of\n\n  space  ", "lots of space"),
     ("<br>", ""),
+    # entity-encoded HTML is decoded, then stripped like any HTML: never a live tag in the output
+    ("&lt;script&gt;alert(1)&lt;/script&gt;Shirt", "Shirt"),
+    ("a &lt;b&gt;bold&lt;/b&gt; c", "a bold c"),
+    ("&#60;img src=x onerror=alert(1)&#62;ok", "ok"),
+    ("<<script>script>alert(1)<</script>/script>x", "x"),
+    ("\uff1cscript\uff1ealert(1)\uff1c/script\uff1ey", "y"),   # full-width < > become tags under NFKC
+    ("&amp;lt;script&amp;gt;", "&lt;script&gt;"),              # one level of entities decoded: text, no tag
+    ("5 &lt; 6 and 7&gt;3", "5 < 6 and 7>3"),                 # a < that opens no tag is text
 ])
 def test_clean_text(raw, want):
     out, changed = clean_text(raw)
     assert out == want
     assert changed == (raw != want)
+
+
+@pytest.mark.parametrize("raw", [
+    "&lt;script&gt;x&lt;/script&gt;", "&amp;lt;b&amp;gt;", "&lt;&lt;a&gt;a&gt;", "&#x3c;a href=x&#x3e;",
+    "\ufe64b\ufe65", "&lt;!--x--&gt;", "&lt;" * 50 + "a&gt;", "<a<b>>c",
+])
+def test_no_live_tag_after_cleaning(raw):
+    from fusionrank.ingest.clean import has_tag
+
+    assert not has_tag(clean_text(raw)[0])
 
 
 def test_clean_text_unchanged():

@@ -137,3 +137,40 @@ def test_queries_and_qrels_validation(tmp_path, read_rejects, assert_balanced):
     assert rej[("qrel", 7)]["field"] == "grade"
     assert all(r["file"].endswith("qrels.tsv") for k, r in rej.items() if k[0] == "qrel")
     assert cat.report["qrels"]["merged_duplicates"] == 1
+
+
+# --- ids are stored exactly as given, or refused ------------------------------------
+
+@pytest.mark.parametrize("pid", ["ＡＢＣ１", "a&amp;b", "&lt;x&gt;", "a  b", "e\u0301", "ﬁ-1", "x\u00a0y", "ü-9", "<b>p</b>"])
+def test_product_id_is_kept_exactly(pid):
+    """No NFKC, entity decoding, tag stripping or whitespace collapsing of ids."""
+    p, _ = validate_product({"product_id": pid, "title": "t"}, "f", 0)
+    assert p["product_id"] == pid
+
+
+@pytest.mark.parametrize("pid, why", [
+    (" a", "leading or trailing whitespace"),
+    ("a ", "leading or trailing whitespace"),
+    ("a\n", "leading or trailing whitespace"),
+    ("\u3000a", "leading or trailing whitespace"),
+    ("a\x00b", "control character (U+0000)"),
+    ("a\x1bb", "control character (U+001B)"),
+    ("a\u200bb", "invisible format character (U+200B)"),
+    ("a\u202eb", "invisible format character (U+202E)"),
+    ("a\ud800", "lone surrogate (U+D800)"),
+    ("a\ufffdb", "U+FFFD"),
+    ("x" * 201, "too long"),
+])
+def test_product_id_refused_with_reason(pid, why):
+    e = _raises({"product_id": pid, "title": "t"}, "product_id")
+    assert why in e.reason, e.reason
+
+
+def test_product_id_types():
+    assert validate_product({"product_id": 7, "title": "t"}, "f", 0)[0]["product_id"] == "7"
+    assert validate_product({"product_id": 7.0, "title": "t"}, "f", 0)[0]["product_id"] == "7"
+    assert "got bool" in _raises({"product_id": True, "title": "t"}, "product_id").reason
+    assert "inf" in _raises({"product_id": float("inf"), "title": "t"}, "product_id").reason
+    assert "missing product id" == _raises({"product_id": "   ", "title": "t"}, "product_id").reason
+    assert "too long" in _raises({"product_id": 10 ** 5000, "title": "t"}, "product_id").reason
+

@@ -5,7 +5,8 @@ A catalogue directory (written by ``fusionrank ingest``) holds::
     products.parquet   canonical products (schema.PRODUCT_SCHEMA)
     queries.tsv        query_id, query[, split]
     qrels.tsv          query_id, product_id, grade
-    rejects.jsonl      one line per rejected row or dropped media field, with file, row, field, reason, record
+    rejects.jsonl      one line per rejected row, dropped media field or row read with invalid UTF-8
+                       replaced (kind "encoding"), with file, row, field, reason, record
     report.json        the ValidationReport of products, queries and qrels
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ import pyarrow.parquet as pq
 from .. import schema as S
 from ..errors import FusionrankError, RowError
 from .media import check_audio, check_image
-from .validate import ValidationReport, content_signature, validate_product
+from .readers import ReadNote, collect_notes
+from .validate import ValidationReport, content_signature, id_problem, validate_product
 
 Record = tuple[str, int, "dict[str, Any] | RowError"]
 
@@ -51,7 +53,15 @@ class RejectsWriter:
         self.count += 1
         if self._f is not None:
             line = {"kind": kind, **err.as_dict(), "record": record}
-            self._f.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+            try:
+                text = json.dumps(line, ensure_ascii=False, default=str)
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates from JSON escapes: keep them as \u escapes
+                text = json.dumps(line, ensure_ascii=True, default=str)
+            except (ValueError, TypeError, RecursionError):
+                line["record"] = repr(record)[:10_000]
+                text = json.dumps(line, ensure_ascii=True, default=str)
+            self._f.write(text + "\n")
 
     def close(self) -> None:
         if self._f is not None:
@@ -64,19 +74,77 @@ class RejectsWriter:
         self.close()
 
 
+def guarded(records: Iterable[Record], source: str) -> Iterator[Record]:
+    """``records``, but an unexpected exception of the reader or adapter ends them with one reject.
+
+    The reject names the file and the row after the last one read and the reason;
+    what was read before is kept and the rest of the batch goes on. Errors the
+    user must act on before anything can be read (:class:`FusionrankError`, e.g.
+    a missing required column) still propagate.
+    """
+    file, row = source, -1
+    it = iter(records)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except FusionrankError:
+            raise
+        except Exception as e:
+            yield file, row + 1, RowError(file, row + 1, None, f"reading stopped by an unexpected error: {type(e).__name__}: {e}"[:1000])
+            return
+        file, row = item[0], item[1]
+        yield item
+
+
+_NO_HITS: set = set()
+
+
+class _Notes:
+    """Counts the reader's repair notes (invalid UTF-8 replaced) of one table and writes them as rejects."""
+
+    def __init__(self, notes: list[ReadNote], rep: ValidationReport, rejects: RejectsWriter):
+        self.notes, self.rep, self.rejects = notes, rep, rejects
+        self.last: dict[str, int] = {}
+
+    def seen(self, file: str, row: int) -> set[tuple[str, int | None]]:
+        """Flush the notes of rows read so far; the (file, row) pairs that had any."""
+        if not self.notes:  # the common case, once per row: keep it cheap
+            return _NO_HITS
+        self.last[file] = max(self.last.get(file, -1), row)
+        return self.flush()
+
+    def flush(self, final: bool = False) -> set[tuple[str, int | None]]:
+        hit: set[tuple[str, int | None]] = set()
+        keep = []
+        for n in self.notes:
+            if final and n.row is not None and n.row > self.last.get(n.file, -1):
+                continue  # a row the adapter never took (e.g. past its limit)
+            if not final and n.row is not None and n.row > self.last.get(n.file, -1):
+                keep.append(n)
+                continue
+            if (n.file, n.row) not in hit:
+                self.rep.utf8_replaced += 1
+                hit.add((n.file, n.row))
+            self.rejects.write("encoding", RowError(n.file, n.row, None, n.reason))
+        self.notes[:] = keep
+        return hit
+
+
 def _check_media(products: list[dict], locs: list[tuple[str, int]], threads: int) -> list[list[tuple[str, str]]]:
     """For every product, the list of (field, reason) of media that failed to decode."""
 
     def one(p: dict) -> list[tuple[str, str]]:
         bad = []
-        if p.get(S.IMAGE):
-            r = check_image(p[S.IMAGE])
-            if r:
-                bad.append((S.IMAGE, r))
-        if p.get(S.AUDIO):
-            r = check_audio(p[S.AUDIO])
-            if r:
-                bad.append((S.AUDIO, r))
+        for fld, check in ((S.IMAGE, check_image), (S.AUDIO, check_audio)):
+            if p.get(fld):
+                try:
+                    r = check(p[fld])
+                except Exception as e:  # a check must never end the batch
+                    r = f"{fld} unreadable: {type(e).__name__}: {e}"
+                if r:
+                    bad.append((fld, r))
         return bad
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:
@@ -110,39 +178,35 @@ def ingest_products(
         from tqdm.auto import tqdm
 
         it = tqdm(records, desc="validate products", unit="row", mininterval=1.0)
-    for file, row, rec in it:
-        if file not in files:
-            files.append(file)
-        rep.read += 1
-        if isinstance(rec, RowError):
-            rep.rejected += 1
-            rep.reject_reasons[_reason_key(rec)] += 1
-            rejects.write("product", rec)
-            continue
-        try:
-            p, fixes = validate_product(rec, file, row)
-        except RowError as e:
-            rep.rejected += 1
-            rep.reject_reasons[_reason_key(e)] += 1
-            rejects.write("product", e, rec)
-            continue
-        pid = p[S.PRODUCT_ID]
-        sig = content_signature(p)
-        if pid in kept:
-            if sigs[pid] == sig:
-                rep.merged += 1
+    with collect_notes() as raw_notes:
+        notes = _Notes(raw_notes, rep, rejects)
+        for file, row, rec in guarded(it, "products"):
+            if file not in files:
+                files.append(file)
+            rep.read += 1
+            replaced = (file, row) in notes.seen(file, row)
+            if isinstance(rec, RowError):
+                rep.rejected += 1
+                rep.reject_reasons[_reason_key(rec)] += 1
+                rejects.write("product", rec)
                 continue
-            f0, r0 = where[pid]
-            e = RowError(file, row, S.PRODUCT_ID, f"duplicate product id {pid!r} with different content (kept {f0}, row {r0})")
-            rep.rejected += 1
-            rep.reject_reasons[_reason_key(e)] += 1
-            rejects.write("product", e, rec)
-            continue
-        kept[pid], where[pid], sigs[pid] = p, (file, row), sig
-        if fixes:
-            fixed_ids.add(pid)
-            for f in set(fx.split(":")[0].split("[")[0] + ": " + fx.split(": ", 1)[1] for fx in fixes):
-                rep.fix_reasons[f] += 1
+            try:
+                p, fixes = validate_product(rec, file, row)
+            except RowError as e:
+                rep.rejected += 1
+                rep.reject_reasons[_reason_key(e)] += 1
+                rejects.write("product", e, rec)
+                continue
+            except Exception as e:  # a validation bug must not end the batch
+                e = RowError(file, row, None, f"unexpected error: {type(e).__name__}: {e}"[:1000])
+                rep.rejected += 1
+                rep.reject_reasons[_reason_key(e)] += 1
+                rejects.write("product", e, rec)
+                continue
+            if replaced:
+                fixes.append("row: invalid UTF-8 replaced by U+FFFD")
+            _keep_product(p, fixes, file, row, rec, rep, rejects, kept, where, sigs, fixed_ids)
+        notes.flush(final=True)
     rep.files = files
     products = list(kept.values())
     if check_media and products:
@@ -174,6 +238,27 @@ def ingest_products(
     return products_frame(products), rep
 
 
+def _keep_product(p: dict, fixes: list[str], file: str, row: int, rec: Any, rep: ValidationReport,
+                  rejects: RejectsWriter, kept: dict, where: dict, sigs: dict, fixed_ids: set) -> None:
+    pid = p[S.PRODUCT_ID]
+    sig = content_signature(p)
+    if pid in kept:
+        if sigs[pid] == sig:
+            rep.merged += 1
+            return
+        f0, r0 = where[pid]
+        e = RowError(file, row, S.PRODUCT_ID, f"duplicate product id {pid!r} with different content (kept {f0}, row {r0})")
+        rep.rejected += 1
+        rep.reject_reasons[_reason_key(e)] += 1
+        rejects.write("product", e, rec)
+        return
+    kept[pid], where[pid], sigs[pid] = p, (file, row), sig
+    if fixes:
+        fixed_ids.add(pid)
+        for f in set(fx.split(":")[0].split("[")[0] + ": " + fx.split(": ", 1)[1] for fx in fixes):
+            rep.fix_reasons[f] += 1
+
+
 def products_frame(products: list[dict]) -> pd.DataFrame:
     """Canonical products DataFrame (attributes as a dict column)."""
     if not products:
@@ -181,36 +266,99 @@ def products_frame(products: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(products, columns=list(S.PRODUCT_COLUMNS))
 
 
+def _text_id(v: Any) -> str | None:
+    """An id read from a file as text (integral numbers as their digits); None when missing."""
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e18:
+        return str(int(v))
+    if isinstance(v, (str, int)) and not isinstance(v, bool):
+        try:
+            return str(v)
+        except ValueError:
+            return "9" * 1000  # thousands of digits: refused as too long
+    return None
+
+
 def ingest_queries(records: Iterable[Record], rejects: RejectsWriter) -> tuple[pd.DataFrame, ValidationReport]:
     rep = ValidationReport()
     out: dict[str, dict] = {}
-    for file, row, rec in records:
-        rep.read += 1
-        try:
-            if isinstance(rec, RowError):
-                raise rec
-            qid, q = rec.get(S.QUERY_ID), rec.get(S.QUERY)
-            if qid is None or str(qid).strip() == "":
-                raise RowError(file, row, S.QUERY_ID, "missing query id")
-            if q is None or not isinstance(q, (str, int, float)) or str(q).strip() == "":
-                raise RowError(file, row, S.QUERY, "missing query text")
-            qid, q = str(qid).strip(), " ".join(str(q).split())
-            if qid in out:
-                if out[qid][S.QUERY] == q:
-                    rep.merged += 1
-                    continue
-                raise RowError(file, row, S.QUERY_ID, f"duplicate query id {qid!r} with a different query text")
-            out[qid] = {S.QUERY_ID: qid, S.QUERY: q, **({"split": rec["split"]} if rec.get("split") else {})}
-        except RowError as e:
-            rep.rejected += 1
-            rep.reject_reasons[_reason_key(e)] += 1
-            rejects.write("query", e, rec if not isinstance(rec, RowError) else None)
+    with collect_notes() as raw_notes:
+        notes = _Notes(raw_notes, rep, rejects)
+        for file, row, rec in guarded(records, "queries"):
+            rep.read += 1
+            notes.seen(file, row)
+            try:
+                if isinstance(rec, RowError):
+                    raise rec
+                qid, q = rec.get(S.QUERY_ID), rec.get(S.QUERY)
+                if qid is not None and not isinstance(qid, (str, int, float)) or isinstance(qid, bool):
+                    raise RowError(file, row, S.QUERY_ID, f"expected text, got {type(qid).__name__}")
+                qid = _text_id(qid)
+                if qid is None or qid.strip() == "":
+                    raise RowError(file, row, S.QUERY_ID, "missing query id")
+                why = id_problem(qid)
+                if why:
+                    raise RowError(file, row, S.QUERY_ID, f"query id {why}: {qid!r}")
+                if q is None or isinstance(q, bool) or not isinstance(q, (str, int, float)) or str(q).strip() == "":
+                    raise RowError(file, row, S.QUERY, "missing query text")
+                q = " ".join(str(q).split())
+                try:
+                    q.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise RowError(file, row, S.QUERY, "not valid Unicode (a lone surrogate)") from None
+                if qid in out:
+                    if out[qid][S.QUERY] == q:
+                        rep.merged += 1
+                        continue
+                    raise RowError(file, row, S.QUERY_ID, f"duplicate query id {qid!r} with a different query text")
+                split = rec.get("split")
+                if split and (not isinstance(split, (str, int)) or not str(split).isprintable()):
+                    raise RowError(file, row, "split", f"expected a split name, got {split!r}")
+                out[qid] = {S.QUERY_ID: qid, S.QUERY: q, **({"split": str(split)} if split else {})}
+            except RowError as e:
+                rep.rejected += 1
+                rep.reject_reasons[_reason_key(e)] += 1
+                rejects.write("query", e, rec if not isinstance(rec, RowError) else None)
+        notes.flush(final=True)
     rep.kept = len(out)
     rep.check()
     df = pd.DataFrame(list(out.values()))
     if df.empty:
         df = pd.DataFrame(columns=list(S.QUERY_COLUMNS))
     return df, rep
+
+
+def _ids(col: pd.Series) -> pd.Series:
+    """Ids as text, never stripped (integral numbers as their digits; other types missing)."""
+    if pd.api.types.infer_dtype(col, skipna=True) in ("string", "empty"):
+        return col.astype("string")
+    return col.astype(object).map(_text_id).astype("string")
+
+
+def _bad_ids(ids: pd.Series) -> pd.Series:
+    """Mask of ids that are present but refused by :func:`id_problem` (checked once per distinct id)."""
+    bad = [v for v in pd.unique(ids.dropna().to_numpy()) if v.strip() and id_problem(v)]
+    return ids.isin(bad) if bad else pd.Series(False, index=ids.index)
+
+
+def _grades(col: pd.Series) -> pd.Series:
+    if pd.api.types.infer_dtype(col, skipna=True) in ("string", "integer", "floating", "mixed-integer-float", "empty"):
+        return pd.to_numeric(col, errors="coerce").astype("float64")
+    return col.astype(object).map(_grade_number).astype("float64")
+
+
+def _grade_number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        return None
+    try:
+        return float(v.strip() if isinstance(v, str) else v)
+    except (ValueError, OverflowError):
+        return None
+
+
+#: Largest grade accepted (judgments are stored as int32).
+MAX_GRADE = 2**31 - 1
 
 
 def ingest_qrels(records: Iterable[Record], rejects: RejectsWriter, product_ids: set[str] | None = None,
@@ -241,13 +389,15 @@ def ingest_qrels(records: Iterable[Record], rejects: RejectsWriter, product_ids:
         df = pd.DataFrame.from_records(buf, columns=list(S.QREL_COLUMNS))
         df["_file"], df["_row"] = buf_file, buf_row
         buf.clear(); buf_file.clear(); buf_row.clear()
-        q = df[S.QUERY_ID].astype("string").str.strip()
-        p = df[S.PRODUCT_ID].astype("string").str.strip()
-        g = pd.to_numeric(df[S.GRADE], errors="coerce")
+        q, p, g = _ids(df[S.QUERY_ID]), _ids(df[S.PRODUCT_ID]), _grades(df[S.GRADE])
+        qbad, pbad = _bad_ids(q), _bad_ids(p)
         checks = [
-            (q.isna() | (q == ""), S.QUERY_ID, lambda r: "missing query id"),
-            (p.isna() | (p == ""), S.PRODUCT_ID, lambda r: "missing product id"),
-            (g.isna() | (g % 1 != 0) | (g < 0), S.GRADE, lambda r: f"grade must be an integer >= 0, got {r[S.GRADE]!r}"),
+            (q.isna() | (q.str.strip() == ""), S.QUERY_ID, lambda r: "missing query id"),
+            (p.isna() | (p.str.strip() == ""), S.PRODUCT_ID, lambda r: "missing product id"),
+            (qbad, S.QUERY_ID, lambda r: f"query id {id_problem(_text_id(r[S.QUERY_ID]))}: {r[S.QUERY_ID]!r}"),
+            (pbad, S.PRODUCT_ID, lambda r: f"product id {id_problem(_text_id(r[S.PRODUCT_ID]))}: {r[S.PRODUCT_ID]!r}"),
+            (g.isna() | (g % 1 != 0) | (g < 0) | (g > MAX_GRADE), S.GRADE,
+             lambda r: f"grade must be an integer from 0 to {MAX_GRADE}, got {r[S.GRADE]!r}"),
         ]
         if query_ids is not None:
             checks.append((~q.isin(query_ids), S.QUERY_ID, lambda r: f"unknown query id {r[S.QUERY_ID]!r}"))
@@ -269,15 +419,19 @@ def ingest_qrels(records: Iterable[Record], rejects: RejectsWriter, product_ids:
         frames.append(pd.DataFrame({S.QUERY_ID: q[~bad].astype(str), S.PRODUCT_ID: p[~bad].astype(str),
                                     S.GRADE: g[~bad].astype("int32"), "_file": good["_file"], "_row": good["_row"]}))
 
-    for file, row, rec in records:
-        rep.read += 1
-        if isinstance(rec, RowError):
-            reject(rec)
-            continue
-        buf.append(rec); buf_file.append(file); buf_row.append(row)
-        if len(buf) >= chunk:
-            flush()
-    flush()
+    with collect_notes() as raw_notes:
+        notes = _Notes(raw_notes, rep, rejects)
+        for file, row, rec in guarded(records, "qrels"):
+            rep.read += 1
+            notes.seen(file, row)
+            if isinstance(rec, RowError):
+                reject(rec)
+                continue
+            buf.append(rec); buf_file.append(file); buf_row.append(row)
+            if len(buf) >= chunk:
+                flush()
+        flush()
+        notes.flush(final=True)
     if frames:
         allq = pd.concat(frames, ignore_index=True)
     else:

@@ -2,6 +2,13 @@
 
 Each function is pure and returns the cleaned value; :func:`clean_text` also
 reports whether it changed anything so validation can count "fixed" rows.
+
+Cleaned text never holds a live HTML tag. Entities are decoded as tags are
+stripped, so text that was entity-encoded HTML (``&lt;script&gt;``), or full-width
+look-alikes that NFKC turns into ``<`` and ``>``, would come out as tags; such
+text is cleaned again (decoded, then stripped like any HTML) until no tag is left,
+at most :data:`MAX_ROUNDS` times, after which whatever still looks like a tag is
+removed. ``5 &lt; 6`` stays ``5 < 6``: a ``<`` not followed by a tag name is text.
 """
 from __future__ import annotations
 
@@ -59,7 +66,22 @@ def collapse_whitespace(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
+MAX_ROUNDS = 4
+
+
+def has_tag(text: str) -> bool:
+    """Whether ``text`` holds something an HTML parser would take for a tag."""
+    return _TAG_HINT.search(text) is not None
+
+
 def clean_text(text: str) -> tuple[str, bool]:
-    """Return ``(cleaned, changed)``: HTML stripped, NFKC, whitespace collapsed."""
-    out = collapse_whitespace(normalize_unicode(strip_html(text)))
+    """Return ``(cleaned, changed)``: HTML stripped (entities decoded), NFKC, whitespace collapsed; no tag left."""
+    out = normalize_unicode(strip_html(normalize_unicode(text)))
+    rounds = 1
+    while has_tag(out) and rounds < MAX_ROUNDS:  # decoded entities formed new tags: strip those too
+        out = normalize_unicode(strip_html(out))
+        rounds += 1
+    if has_tag(out):
+        out = _TAG_HINT.sub(" ", out)
+    out = collapse_whitespace(out)
     return out, out != text

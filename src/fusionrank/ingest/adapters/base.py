@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ...errors import AdapterOptionsError, FusionrankError, RowError, SchemaError
 from ...registry import Registry
-from ..readers import iter_records, read_columns
+from ..readers import iter_records, probe_columns
 
 Record = tuple[str, int, "dict[str, Any] | RowError"]
 
@@ -62,7 +62,14 @@ class Adapter:
     # helpers ---------------------------------------------------------------
     @staticmethod
     def require_columns(path: Path, required: list[str], hint: str = "") -> list[str]:
-        cols = read_columns(path)
+        """The file's columns; :class:`SchemaError` if a required one is missing.
+
+        A file that cannot be read far enough to tell (empty, not gzip, a damaged
+        Parquet footer, ...) passes: reading its rows then reports the fault as a reject.
+        """
+        cols = probe_columns(path)
+        if cols is None:
+            return []
         missing = [c for c in required if c not in cols]
         if missing:
             raise SchemaError(str(path), missing, cols, hint)

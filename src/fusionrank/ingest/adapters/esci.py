@@ -64,7 +64,7 @@ from pydantic import Field, StrictInt, field_validator
 
 from ... import schema as S
 from ...errors import FusionrankError, RowError, SchemaError
-from ..readers import read_columns
+from ..readers import probe_columns
 from .base import ADAPTERS, Adapter, AdapterOptions, Record
 
 #: Default ESCI label -> grade map (E exact, S substitute, C complement, I irrelevant).
@@ -90,7 +90,10 @@ def _missing(v: Any) -> bool:
 
 
 def _id_text(v: Any) -> Any:
-    """Ids as text: ``535`` and ``535.0`` -> ``"535"``; missing -> None; other types unchanged."""
+    """Ids as text: ``535`` and ``535.0`` -> ``"535"``; missing -> None; other types unchanged.
+
+    Text is kept exactly as given (never stripped): validation refuses an id with
+    leading or trailing whitespace rather than change it."""
     if _missing(v):
         return None
     if isinstance(v, bool):
@@ -98,7 +101,7 @@ def _id_text(v: Any) -> Any:
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if isinstance(v, (int, str)):
-        return str(v).strip()
+        return str(v)
     return v
 
 
@@ -276,9 +279,9 @@ class EsciAdapter(Adapter):
     # adapter API -------------------------------------------------------------
     def products(self) -> Iterator[Record]:
         path = self.products_path()
-        cols = read_columns(path)
-        feed = "put" in cols or "fields" in cols
-        if not feed:
+        cols = probe_columns(path)
+        feed = cols is not None and ("put" in cols or "fields" in cols)
+        if cols is not None and not feed:
             need = ["pid", S.TITLE] + (["locale"] if self.id_scheme == "locale" and len(self.locales or ()) != 1 else [])
             missing = [_ALIASES[k][0] for k in need if not any(a in cols for a in _ALIASES[k])]
             if missing:

@@ -47,10 +47,16 @@ class Fashion44kAdapter(Adapter):
                 S.TITLE: rec.get("title"),
                 S.CATEGORY: rec.get("master_category"),
                 S.ATTRIBUTES: {"title_sparse": rec.get("title_sparse")} if rec.get("title_sparse") else {},
-                S.IMAGE: str(self.root / rec["image"]) if rec.get("image") else None,
-                S.AUDIO: str(self.root / rec["audio"]) if rec.get("audio") else None,
+                S.IMAGE: self._media(rec.get("image")),
+                S.AUDIO: self._media(rec.get("audio")),
             }
             yield str(path), row, out
+
+    def _media(self, v):
+        """A media path made absolute against the dataset folder; anything else is left for validation to refuse."""
+        if isinstance(v, str):
+            return str(self.root / v) if v.strip() else None
+        return v  # None, or a value of the wrong type: validation refuses the row, naming the field
 
     def queries(self) -> Iterator[Record]:
         for split in self.options.splits:

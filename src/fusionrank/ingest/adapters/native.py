@@ -19,7 +19,7 @@ from ...errors import FusionrankError, RowError
 from ..media import is_url
 from .base import ADAPTERS, Adapter, AdapterOptions, Record
 
-_PRODUCT_NAMES = ("products.parquet", "products.jsonl", "products.jsonl.gz", "products.csv", "products.csv.gz", "products.tsv", "products.tsv.gz")
+_PRODUCT_NAMES = ("products.parquet", "products.parquet.gz", "products.jsonl", "products.jsonl.gz", "products.csv", "products.csv.gz", "products.tsv", "products.tsv.gz")
 
 
 class NativeOptions(AdapterOptions):

@@ -57,7 +57,7 @@ def _id_text(v: Any) -> Any:
         return None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
-    return str(v).strip() if isinstance(v, (int, str)) and not isinstance(v, bool) else v
+    return str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v  # never stripped: see validate.id_problem
 
 
 def _number_text(v: Any, whole: bool) -> str | None:
