@@ -160,3 +160,25 @@ def test_index_replays_past_a_damaged_change(tiny_model, tmp_path):
     back = SearchIndex.load(d, log=msgs.append)
     assert pids[0] not in back.row_of and pids[1] in back.row_of and pids[2] not in back.row_of
     assert back.log_repair["corrupt_lines"] == 1 and "failed their checksum" in " ".join(msgs)
+
+
+def test_concurrent_appends_share_fsyncs_and_interleave_whole_lines(tmp_path):
+    import threading
+
+    log = RecordLog(tmp_path / "events.jsonl", max_bytes=4000, log=None)
+
+    def work(t):
+        for i in range(200):
+            log.append({"t": t, "i": i, "pad": "x" * (i % 17)})
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    got = list(read_all(tmp_path / "events.jsonl"))
+    assert len(got) == 1200 and all(not scan(p, repair=False, log=None)[1].repaired for p in tmp_path.iterdir())
+    for t in range(6):
+        assert [r["i"] for r in got if r["t"] == t] == list(range(200))
+    assert log.fsyncs <= 1200
