@@ -45,6 +45,6 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
     cat_dir, store = md.catalog_location(catalog)
     products = ProductEncoder(index.config.title_field, config.encode_settings(), store, media_dirs=catalog_media_dirs(cat_dir))
     svc = SearchService(index, load_handle(md.path), QueryEncoder(text_encoder=config.text_encoder_spec),
-                        data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products)
+                        data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products, log=log)
     log(f"warm-up search: {svc.warm_up():.0f} ms")
     return svc
