@@ -137,6 +137,14 @@ def test_unknown_fields_are_kept_as_attributes(svc_client):
     assert logged["attributes"] == got
 
 
+@pytest.mark.parametrize("body", [b'{"title": "x", "weight": NaN}', b'{"title": "x", "attributes": {}, "dims": [1, Infinity]}'])
+def test_non_finite_numbers_in_a_product_are_refused(svc_client, body):
+    svc, c = svc_client
+    r = c.put("/products/nan-1", content=body, headers={**A, "content-type": "application/json"})
+    assert r.status_code == 422 and "NaN and Infinity" in r.json()["detail"], r.text
+    assert svc.index.product("nan-1") is None
+
+
 def _search(c):
     s = c.get("/search", params={"q": "blue shirt", "k": 3}).json()
     return {"type": "click", "search_id": s["search_id"], "model_version": s["model_version"],

@@ -1,6 +1,7 @@
 """``/products/{product_id}``: read a product and stream its media; add, replace or remove one (admin key)."""
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path as PathParam
@@ -34,6 +35,17 @@ class ProductIn(BaseModel):
 
 
 router = APIRouter(prefix="/products")
+
+
+def _non_finite(v: Any, where: str) -> str | None:
+    """The dotted name of the first NaN/Infinity in a decoded JSON body (Python's parser accepts them; JSON does not)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return where
+    if isinstance(v, dict):
+        return next((w for k, x in v.items() if (w := _non_finite(x, f"{where}.{k}" if where else str(k)))), None)
+    if isinstance(v, list):
+        return next((w for i, x in enumerate(v) if (w := _non_finite(x, f"{where}.{i}"))), None)
+    return None
 
 
 def _product_or_404(service: SearchService, product_id: str) -> dict:
@@ -80,6 +92,9 @@ def put_product(_: AdminKeyRequired, service: ServiceDep, product_id: ProductId,
     if product.product_id is not None and product.product_id != product_id:
         raise HTTPException(422, f"product_id: the body says {product.product_id!r} but the path says {product_id!r}")
     raw = product.model_dump(exclude_none=True)
+    bad = _non_finite(raw, "")
+    if bad:
+        raise HTTPException(422, f"{bad}: NaN and Infinity are not numbers JSON allows")
     raw["product_id"] = product_id
     try:
         return service.put_product(raw)
