@@ -12,7 +12,6 @@ request fails during a swap.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
