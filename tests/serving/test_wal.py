@@ -182,3 +182,32 @@ def test_concurrent_appends_share_fsyncs_and_interleave_whole_lines(tmp_path):
     for t in range(6):
         assert [r["i"] for r in got if r["t"] == t] == list(range(200))
     assert log.fsyncs <= 1200
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_crash_between_the_snapshot_renames_is_recovered(tiny_model, tmp_path, complete):
+    """save() renames index -> index.old, then index.tmp -> index; a crash in between left no index."""
+    import shutil
+
+    from conftest import serving_index
+    from fusionrank.serving import SearchIndex
+
+    idx = serving_index(tiny_model[0])
+    d = idx.save(tmp_path / "index")
+    pid = str(idx.records["product_id"][0])
+    idx.delete(pid)  # logged in the old snapshot's change log
+    idx.close()
+    shutil.copytree(d, tmp_path / "index.old")
+    if complete:  # the new snapshot was fully written: it already holds the delete
+        back = SearchIndex.load(d, log=lambda m: None)
+        back.save(tmp_path / "snap")
+        back.close()
+        shutil.move(tmp_path / "snap", tmp_path / "index.tmp")
+    else:  # the new snapshot was cut short: no changes.jsonl yet
+        (tmp_path / "index.tmp").mkdir()
+        (tmp_path / "index.tmp" / "index.json").write_text("{}")
+    shutil.rmtree(d)
+    msgs = []
+    back = SearchIndex.load(d, log=msgs.append)
+    assert pid not in back.row_of and len(back) == 119
+    assert ("recovered the new snapshot" if complete else "recovered the previous snapshot") in " ".join(msgs)

@@ -48,6 +48,37 @@ def _unb64(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), np.float32)
 
 
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _finish_interrupted_save(d: Path, log) -> None:
+    """After a crash between ``save``'s two renames, ``d`` is missing: take the new snapshot if complete, else the old one."""
+    if (d / "index.json").exists():
+        return
+    tmp, old = d.with_name(d.name + ".tmp"), d.with_name(d.name + ".old")
+    if (tmp / "index.json").exists() and (tmp / "changes.jsonl").exists():
+        use = tmp  # complete: it holds every change logged before it was written
+    elif (old / "index.json").exists():
+        use = old
+    else:
+        return
+    if d.exists():
+        shutil.rmtree(d)
+    use.rename(d)
+    _fsync_dir(d.parent)
+    log(f"{d}: a snapshot write was interrupted by a crash; recovered the {'new' if use is tmp else 'previous'} snapshot")
+
+
 class SearchIndex(CatalogTables):
     """Catalogue tables that take writes (``upsert``, ``delete``), log them, and save/load snapshots."""
 
@@ -221,8 +252,12 @@ class SearchIndex(CatalogTables):
                                                         "dims": self.dims, "rows": n, "products": len(self)}, indent=2))
             live_attrs = {p: a for p, a in self.attributes.items() if p in self.row_of}
             (tmp / "attributes.json").write_text(json.dumps(live_attrs))
-            (tmp / "changes.jsonl").write_text("")
+            (tmp / "changes.jsonl").write_text("")  # written last: its presence marks a complete snapshot folder
             os.chmod(tmp / "changes.jsonl", 0o600)
+            for f in tmp.rglob("*"):  # on disk before the swap: a crash after it never finds a half-written snapshot
+                if f.is_file():
+                    with open(f, "rb+") as fh:
+                        os.fsync(fh.fileno())
             old = d.with_name(d.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
             if self._log is not None:
@@ -231,6 +266,7 @@ class SearchIndex(CatalogTables):
             if d.exists():
                 d.rename(old)
             tmp.rename(d)
+            _fsync_dir(d.parent)
             shutil.rmtree(old, ignore_errors=True)
             self._log_path = d / "changes.jsonl"
             self._log = RecordLog(self._log_path)
@@ -240,6 +276,7 @@ class SearchIndex(CatalogTables):
     def load(cls, directory: str | Path, log=print) -> "SearchIndex":
         """Load a snapshot and replay its change log."""
         d = Path(directory)
+        _finish_interrupted_save(d, log)
         if not (d / "index.json").exists():
             raise FusionrankError(f"{d}: not a search index (no index.json); build one with `fusionrank serve` or SearchIndex.save")
         t0 = time.perf_counter()
