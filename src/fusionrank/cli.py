@@ -245,7 +245,8 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
     events_key = events_key or (settings.events_key.get_secret_value() if settings.events_key else None)
     import socket
 
-    with socket.socket() as sock:  # fail before loading anything if the port is taken
+    with socket.socket() as sock:  # fail before loading anything if the port is taken (by a listener, not TIME_WAIT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart right after a stop works
         try:
             sock.bind((host, port))
         except OSError as e:

@@ -14,6 +14,13 @@ variable                          meaning
 ``FUSIONRANK_ADMIN_KEY``          the service's admin key (PUT/DELETE products, model swap,
                                   snapshot); generated and printed at start when unset
 ``FUSIONRANK_EVENTS_KEY``         the events-only key the search page embeds; generated when unset
+``FUSIONRANK_UPLOAD_ROOTS``       folders (``:``-separated, or a JSON list) from which ``PUT
+                                  /products`` may take a photo or clip, besides the catalogue's
+                                  own media folders (default: none)
+``FUSIONRANK_LOG_MAX_BYTES``      size at which ``searches.jsonl`` / ``events.jsonl`` are rotated
+                                  to ``<name>.1``, ``.2``, ... (default 64 MiB; 0 never rotates)
+``FUSIONRANK_EVENTS_RATE``        events-key requests per second per client before 429
+                                  (token bucket; default 20, burst ``FUSIONRANK_EVENTS_BURST`` 40)
 ================================  ==============================================================
 
 :func:`get_settings` reads the environment on each call (cheap), so a test that sets a
@@ -22,6 +29,7 @@ reads ``os.environ`` for these.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -40,6 +48,24 @@ class Settings(BaseSettings):
     fashion44k: Path | None = None
     admin_key: SecretStr | None = None
     events_key: SecretStr | None = None
+    upload_roots: str = ""
+    log_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    events_rate: float = Field(20.0, gt=0)
+    events_burst: int = Field(40, ge=1)
+
+    @property
+    def upload_root_paths(self) -> list[Path]:
+        """``FUSIONRANK_UPLOAD_ROOTS`` as resolved folders (a JSON list, or ``:``-separated)."""
+        raw = (self.upload_roots or "").strip()
+        if not raw:
+            return []
+        if raw.startswith("["):
+            import json
+
+            items = [str(x) for x in json.loads(raw)]
+        else:
+            items = raw.split(os.pathsep)
+        return [Path(x).expanduser().resolve() for x in items if x.strip()]
 
     @property
     def fashion44k_dir(self) -> Path:

@@ -10,6 +10,24 @@ from .products import ProductEncoder
 from .service import SearchService, load_handle
 
 
+def catalog_media_dirs(cat_dir: str | Path) -> list[str]:
+    """The folders holding the ingested catalogue's photos and clips: where PUT media may come from (with the upload roots)."""
+    import pandas as pd
+
+    from .. import schema as S
+    from .media import MediaRoots
+
+    f = Path(cat_dir) / S.CATALOG_PRODUCTS_FILE
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(f).names
+    cols = [c for c in (S.IMAGE, S.AUDIO) if c in names]
+    if not cols:
+        return []
+    df = pd.read_parquet(f, columns=cols)
+    return [str(r) for r in MediaRoots.of_paths(v for c in cols for v in df[c].dropna().tolist()).roots]
+
+
 def open_service(model_dir: str | Path, index_dir: str | Path | None = None, rebuild: bool = False,
                  catalog: str | Path | None = None, data_dir: str | Path | None = None, log=print) -> SearchService:
     """Open the saved index (or, with ``rebuild``, build and save it first), load the model, wire the service.
@@ -24,9 +42,9 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
     else:
         index = md.open_index(index_dir, log=log)
     config = md.config()
-    store = md.catalog_location(catalog)[1]
-    products = ProductEncoder(index.config.title_field, config.encode_settings(), store)
+    cat_dir, store = md.catalog_location(catalog)
+    products = ProductEncoder(index.config.title_field, config.encode_settings(), store, media_dirs=catalog_media_dirs(cat_dir))
     svc = SearchService(index, load_handle(md.path), QueryEncoder(text_encoder=config.text_encoder_spec),
-                        data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products)
+                        data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products, log=log)
     log(f"warm-up search: {svc.warm_up():.0f} ms")
     return svc

@@ -9,8 +9,9 @@ loaded at start.
 Products are rows. ``upsert`` appends a new row (and retires the old one when the id
 exists); ``delete`` retires a row. Every change updates the BM25 statistics and the
 vector indexes at once, so the next search sees it, and is appended to a change log
-(``changes.jsonl``) that ``load`` replays; ``save`` writes a fresh snapshot and
-truncates the log. Reads and writes take one lock; a search holds it only for
+(``changes.jsonl``, a checksummed :class:`~fusionrank.serving.wal.RecordLog`, fsync-ed
+before the write returns) that ``load`` replays, repairing a torn tail and reporting
+damaged lines; ``save`` writes a fresh snapshot and starts an empty log. Reads and writes take one lock; a search holds it only for
 retrieval and feature computation (a few ms), not for ranking.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..modalities import LEXICAL_FIELDS, TABLES
 from ..ranking.catalog import INDEXED_TITLE, RECORD_COLUMNS, TRANSCRIPT_TEXT, CatalogConfig, CatalogTables
 from ..ranking.lexical import LexicalField
 from ..ranking.vectors import AnnIndex, ExactVectors
+from .wal import RecordLog, encode_record
 
 __all__ = ["SearchIndex", "CatalogConfig", "INDEXED_TITLE", "TRANSCRIPT_TEXT", "RECORD_COLUMNS"]
 
@@ -46,12 +48,47 @@ def _unb64(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), np.float32)
 
 
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _finish_interrupted_save(d: Path, log) -> None:
+    """After a crash between ``save``'s two renames, ``d`` is missing: take the new snapshot if complete, else the old one."""
+    if (d / "index.json").exists():
+        return
+    tmp, old = d.with_name(d.name + ".tmp"), d.with_name(d.name + ".old")
+    if (tmp / "index.json").exists() and (tmp / "changes.jsonl").exists():
+        use = tmp  # complete: it holds every change logged before it was written
+    elif (old / "index.json").exists():
+        use = old
+    else:
+        return
+    if d.exists():
+        shutil.rmtree(d)
+    use.rename(d)
+    _fsync_dir(d.parent)
+    log(f"{d}: a snapshot write was interrupted by a crash; recovered the {'new' if use is tmp else 'previous'} snapshot")
+
+
 class SearchIndex(CatalogTables):
     """Catalogue tables that take writes (``upsert``, ``delete``), log them, and save/load snapshots."""
 
     def __init__(self, config: CatalogConfig, dims: dict[str, int]):
         super().__init__(config, dims)
         self._log_path: Path | None = None
+        self._log: RecordLog | None = None
+        self.attributes: dict[str, dict[str, str]] = {}  # extra fields of products written through PUT
+        self.log_repair: dict[str, Any] = {}
+        self.replay_errors = 0
 
     # writes --------------------------------------------------------------------
     def _grow(self, n: int) -> None:
@@ -98,7 +135,7 @@ class SearchIndex(CatalogTables):
         self._count_category(self.records[S.CATEGORY][row], -1)
 
     def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
-               _log: bool = True) -> int:
+               _log: bool = True, attributes: dict[str, str] | None = None) -> int:
         """Add or replace one product; returns its new row. Visible to the next search."""
         pid = str(record[S.PRODUCT_ID])
         for t in TABLES:
@@ -107,7 +144,16 @@ class SearchIndex(CatalogTables):
                 raise FusionrankError(f"vector {t!r} of product {pid!r} has shape {np.asarray(v).shape}, expected ({self.dims[t]},)")
         if vectors.get("title") is None:
             raise FusionrankError(f"product {pid!r} has no title embedding")
+        entry = None
+        if _log:  # encoded first: a record that cannot be logged (NaN, ...) is refused before it changes anything
+            entry = {"op": "upsert", "record": {c: record.get(c) for c in RECORD_COLUMNS}, "lex": lex_texts,
+                     "vectors": {t: (None if vectors.get(t) is None else _b64(vectors[t])) for t in TABLES}}
+            if attributes:
+                entry["attributes"] = attributes
+            encode_record(entry)
         with self.lock:
+            if entry is not None:
+                self._append_log(entry)  # on disk before the change is visible or acknowledged
             old = self.row_of.get(pid)
             if old is not None:
                 self._retire(old)
@@ -133,31 +179,35 @@ class SearchIndex(CatalogTables):
             self.row_of[pid] = row
             self.version += 1
             self._count_category(cat, +1)
-            if _log:
-                self._append_log({"op": "upsert", "record": {c: record.get(c) for c in RECORD_COLUMNS}, "lex": lex_texts,
-                                  "vectors": {t: (None if vectors.get(t) is None else _b64(vectors[t])) for t in TABLES}})
+            if attributes:
+                self.attributes[pid] = dict(attributes)
+            else:
+                self.attributes.pop(pid, None)
         return row
 
     def delete(self, product_id: str, _log: bool = True) -> bool:
         """Remove a product; False if it is not in the index."""
         pid = str(product_id)
         with self.lock:
-            row = self.row_of.pop(pid, None)
-            if row is None:
+            if pid not in self.row_of:
                 return False
-            self._retire(row)
-            self.version += 1
             if _log:
                 self._append_log({"op": "delete", "product_id": pid})
+            row = self.row_of.pop(pid)
+            self._retire(row)
+            self.attributes.pop(pid, None)
+            self.version += 1
         return True
 
     def _append_log(self, entry: dict) -> None:
-        if self._log_path is None:
-            return
-        with open(self._log_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self._log is not None:
+            self._log.append(entry)
+
+    def product(self, product_id: str) -> dict[str, Any] | None:
+        p = super().product(product_id)
+        if p is not None and str(product_id) in self.attributes:
+            p["attributes"] = dict(self.attributes[str(product_id)])
+        return p
 
     def compacted(self, log=print) -> "SearchIndex":
         """A new index holding only the live products (rows renumbered, IVF centroids re-learned).
@@ -200,20 +250,33 @@ class SearchIndex(CatalogTables):
                 a.save(tmp / f"ann.{t}.faiss")
             (tmp / "index.json").write_text(json.dumps({"format": FORMAT_VERSION, "config": self.config.model_dump(mode="json"),
                                                         "dims": self.dims, "rows": n, "products": len(self)}, indent=2))
-            (tmp / "changes.jsonl").write_text("")
+            live_attrs = {p: a for p, a in self.attributes.items() if p in self.row_of}
+            (tmp / "attributes.json").write_text(json.dumps(live_attrs))
+            (tmp / "changes.jsonl").write_text("")  # written last: its presence marks a complete snapshot folder
+            os.chmod(tmp / "changes.jsonl", 0o600)
+            for f in tmp.rglob("*"):  # on disk before the swap: a crash after it never finds a half-written snapshot
+                if f.is_file():
+                    with open(f, "rb+") as fh:
+                        os.fsync(fh.fileno())
             old = d.with_name(d.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
+            if self._log is not None:
+                self._log.close()
+                self._log = None
             if d.exists():
                 d.rename(old)
             tmp.rename(d)
+            _fsync_dir(d.parent)
             shutil.rmtree(old, ignore_errors=True)
             self._log_path = d / "changes.jsonl"
+            self._log = RecordLog(self._log_path)
         return d
 
     @classmethod
     def load(cls, directory: str | Path, log=print) -> "SearchIndex":
         """Load a snapshot and replay its change log."""
         d = Path(directory)
+        _finish_interrupted_save(d, log)
         if not (d / "index.json").exists():
             raise FusionrankError(f"{d}: not a search index (no index.json); build one with `fusionrank serve` or SearchIndex.save")
         t0 = time.perf_counter()
@@ -245,26 +308,38 @@ class SearchIndex(CatalogTables):
         self.n_rows = n
         self.row_of = {str(p): i for i, p in enumerate(self.records[S.PRODUCT_ID][:n]) if self.live[i]}
         self._refresh_category_names()
+        if (d / "attributes.json").exists():
+            self.attributes = {p: a for p, a in json.loads((d / "attributes.json").read_text()).items() if p in self.row_of}
         replayed = 0
         log_path = d / "changes.jsonl"
-        if log_path.exists():
-            for line in log_path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    e = json.loads(line)
-                except json.JSONDecodeError:  # a write cut short by a crash: the last line only
-                    break
+        wal = RecordLog(log_path, log=log)  # scans, cuts a torn tail off (copy kept), reports damaged lines
+        for i, e in enumerate(wal.records):
+            try:  # one bad entry never stops the replay of the acknowledged changes after it
                 if e["op"] == "upsert":
                     self.upsert(e["record"], e["lex"], {t: (None if v is None else _unb64(v)) for t, v in e["vectors"].items()},
-                                _log=False)
+                                _log=False, attributes=e.get("attributes"))
                 elif e["op"] == "delete":
                     self.delete(e["product_id"], _log=False)
+                else:
+                    raise KeyError(f"op {e.get('op')!r}")
                 replayed += 1
-        self._log_path = log_path
+            except Exception as ex:  # noqa: BLE001 - reported and counted below
+                self.replay_errors += 1
+                log(f"{log_path.name}: change {i + 1} could not be replayed ({type(ex).__name__}: {ex}); skipped")
+        wal.release_records()
+        self._log, self._log_path = wal, log_path
+        self.log_repair = {**wal.repair.as_dict(), "replay_errors": self.replay_errors}
+        problems = wal.repair.message()
         log(f"serving index: {len(self):,} products loaded from {d} in {time.perf_counter() - t0:.1f} s"
-            + (f" ({replayed} logged change(s) replayed)" if replayed else ""))
+            + (f" ({replayed} logged change(s) replayed)" if replayed else "")
+            + (f"; REPAIRED: {problems}" if problems else "")
+            + (f"; {self.replay_errors} change(s) could not be replayed" if self.replay_errors else ""))
         return self
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     @property
     def directory(self) -> Path | None:

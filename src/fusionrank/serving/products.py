@@ -2,9 +2,13 @@
 
 ``PUT /products/{id}`` sends a product record (the ingest schema: ``title``,
 ``description``, ``category``, ``image`` and ``audio`` paths, ...). It is validated
-by the ingest validator, then its title is embedded with MiniLM, its photo with
+by the ingest validator (the id must come out of it unchanged: ids are stored exactly as
+given or refused; unknown fields are kept as ``attributes``), then its title is embedded with MiniLM, its photo with
 EfficientNet-Lite0 and the catalogue's trained image->text projection, and its
 spoken description transcribed by Whisper and embedded. Encoders load on first use.
+
+Media paths must lie under the allowed roots (:class:`~fusionrank.serving.media.MediaRoots`)
+and decode fully, whether or not an encoder uses them; see :mod:`fusionrank.serving.media`.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from ..errors import FusionrankError, RowError
 from ..ingest.validate import validate_product
 from ..modalities import MODALITIES, modality
 from ..ranking.catalog import INDEXED_TITLE, TRANSCRIPT_TEXT, lexical_texts
+from .media import MediaError, MediaRoots, audio_bytes, image_bytes
 
 
 class ProductInputError(FusionrankError, ValueError):
@@ -29,8 +34,10 @@ class ProductInputError(FusionrankError, ValueError):
 
 
 class ProductEncoder:
-    def __init__(self, title_field: str, settings: EncodeSettings | None = None, store_dir: str | Path | None = None):
+    def __init__(self, title_field: str, settings: EncodeSettings | None = None, store_dir: str | Path | None = None,
+                 media_dirs: list[str | Path] | None = None):
         self.title_field = title_field
+        self.media_dirs = media_dirs  # the catalogue's media folders; None: the service fills them in from its index
         self.settings = settings or EncodeSettings()
         self.store_dir = Path(store_dir) if store_dir else None
         self._enc: dict[str, Encoder] = {}
@@ -48,14 +55,20 @@ class ProductEncoder:
                     self._enc[key] = build_encoder(spec["name"], **spec.get("args", {})) if spec else None
             return self._enc[key]
 
-    @staticmethod
-    def _local_file(path: str, name: str) -> str:
-        p = path[7:] if path.startswith("file://") else path
-        if "://" in p:
-            raise ProductInputError(f"{name}: only local files can be indexed (got {path!r})")
-        if not Path(p).is_file():
-            raise ProductInputError(f"{name}: no such file {path!r}")
-        return p
+    def media_roots(self) -> MediaRoots:
+        """The catalogue's media folders plus ``FUSIONRANK_UPLOAD_ROOTS`` (read at each call)."""
+        from ..settings import get_settings
+
+        return MediaRoots([*(self.media_dirs or ()), *get_settings().upload_root_paths])
+
+    def _local_file(self, path: str, name: str) -> str:
+        """The real path of an allowed media file that decodes fully; the error never names the path or why it failed."""
+        try:
+            real = self.media_roots().resolve(path)
+            (image_bytes if name == S.IMAGE else audio_bytes)(real)
+        except MediaError as e:
+            raise ProductInputError(f"{name}: {e}") from None
+        return str(real)
 
     def encode(self, raw: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
         """``(record, bm25 texts, vectors, report)`` for one product; :class:`ProductInputError` if it cannot be indexed."""
@@ -63,7 +76,11 @@ class ProductEncoder:
             p, fixes = validate_product(raw, "PUT /products", 0)
         except RowError as e:
             raise ProductInputError(f"{e.field}: {e.reason}") from None
-        report: dict[str, Any] = {"fixes": fixes}
+        given = raw.get(S.PRODUCT_ID)
+        if not isinstance(given, str) or p[S.PRODUCT_ID] != given:
+            raise ProductInputError(f"product_id: {given!r} would be stored as {p[S.PRODUCT_ID]!r}; ids are stored exactly as "
+                                    f"given, so send it without leading/trailing spaces, entities or compatibility characters")
+        report: dict[str, Any] = {"fixes": fixes, "attributes": dict(p.get(S.ATTRIBUTES) or {})}
         title = p[S.TITLE]
         indexed = title if self.title_field == S.TITLE else (p[S.ATTRIBUTES].get(self.title_field) or title)
         t0 = time.perf_counter()
@@ -71,7 +88,7 @@ class ProductEncoder:
         vectors: dict[str, np.ndarray | None] = {text: self._encoder("text").encode([indexed])[0], image: None, audio: None}
         transcript = None
         if p[S.IMAGE]:
-            path = self._local_file(p[S.IMAGE], S.IMAGE)
+            path = p[S.IMAGE] = self._local_file(p[S.IMAGE], S.IMAGE)
             proj = self._encoder("projection")
             if proj is None:
                 report["image"] = "not encoded: no image->text projection was trained for this catalogue"
@@ -79,10 +96,10 @@ class ProductEncoder:
                 try:
                     x = self._encoder("image").encode([path])
                 except Exception as e:
-                    raise ProductInputError(f"{S.IMAGE}: cannot decode {p[S.IMAGE]!r}: {e}") from None
+                    raise ProductInputError(f"{S.IMAGE}: cannot decode the photo ({type(e).__name__})") from None
                 vectors[image] = proj.encode(x)[0]
         if p[S.AUDIO]:
-            path = self._local_file(p[S.AUDIO], S.AUDIO)
+            path = p[S.AUDIO] = self._local_file(p[S.AUDIO], S.AUDIO)
             tr = self._encoder("transcriber")
             if tr is None:
                 report["audio"] = "not encoded: no transcriber configured"
@@ -90,7 +107,7 @@ class ProductEncoder:
                 try:
                     transcript = (tr.encode([path])[0] or "").strip() or None
                 except Exception as e:
-                    raise ProductInputError(f"{S.AUDIO}: cannot decode {p[S.AUDIO]!r}: {e}") from None
+                    raise ProductInputError(f"{S.AUDIO}: cannot decode the clip ({type(e).__name__})") from None
                 if transcript:
                     vectors[audio] = self._encoder("text").encode([transcript])[0]
         report["seconds"] = round(time.perf_counter() - t0, 3)

@@ -12,7 +12,6 @@ request fails during a swap.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from ..modalities import SCALAR_FEATURES
 from ..modeldir import ModelDir
 from ..ranking import STAGES, QueryEncoder, RankingPipeline
 from .index import SearchIndex
+from .wal import RecordLog
 
 __all__ = ["SearchService", "ModelHandle", "ModelMismatch", "UnknownCategory", "load_handle", "STAGES", "EVENT_TYPES"]
 
@@ -57,7 +57,8 @@ def load_handle(model_dir: str | Path) -> ModelHandle:
 
 class SearchService:
     def __init__(self, index: SearchIndex, model: ModelHandle, query_encoder: QueryEncoder | None = None,
-                 data_dir: str | Path | None = None, product_encoder=None, recent_searches: int = 100_000):
+                 data_dir: str | Path | None = None, product_encoder=None, recent_searches: int = 100_000,
+                 log_max_bytes: int | None = None, log=print):
         self.index = index
         self.queries = query_encoder or QueryEncoder()
         self._model: ModelHandle | None = None
@@ -65,14 +66,32 @@ class SearchService:
         self.pipeline = RankingPipeline.over(index, model.ranker, self.queries)
         self.data_dir = Path(data_dir) if data_dir else None
         self.product_encoder = product_encoder
+        if product_encoder is not None and getattr(product_encoder, "media_dirs", ()) is None:
+            product_encoder.media_dirs = self._index_media_dirs()
         self._recent: OrderedDict[str, tuple[str, frozenset]] = OrderedDict()
         self._recent_max = recent_searches
         self._log_lock = threading.Lock()
-        self._files: dict[str, Any] = {}
+        self._files: dict[str, RecordLog] = {}
         self._swap_lock = threading.Lock()
         self.stage_observer = None  # callable(stage, seconds), set by the HTTP layer for metrics
+        if log_max_bytes is None:
+            from ..settings import get_settings
+
+            log_max_bytes = get_settings().log_max_bytes
+        self.log_max_bytes = log_max_bytes or None
         if self.data_dir:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.data_dir.chmod(0o700)
+            except OSError:
+                pass
+            for name in ("searches.jsonl", "events.jsonl"):  # scanned and repaired now, not at the first write
+                f = self._files[name] = RecordLog(self.data_dir / name, max_bytes=self.log_max_bytes, log=log)
+                if name == "searches.jsonl":  # searches issued before a restart stay known to /events
+                    for r in f.records[-self._recent_max:]:
+                        if isinstance(r.get("search_id"), str):
+                            self._recent[r["search_id"]] = (str(r.get("model_version")), frozenset(map(str, r.get("results") or ())))
+                f.release_records()
 
     # model -----------------------------------------------------------------
     @property
@@ -135,22 +154,45 @@ class SearchService:
 
     # products --------------------------------------------------------------
     def put_product(self, product: dict[str, Any]) -> dict[str, Any]:
-        """Validate, encode and index one product (replacing any with the same id)."""
+        """Validate, encode and index one product (replacing any with the same id); logged and fsync-ed before it returns."""
         if self.product_encoder is None:
             raise FusionrankError("this service has no product encoder; start it with the model's embedding store")
         record, lex, vectors, report = self.product_encoder.encode(product)
-        self.index.upsert(record, lex, vectors)
+        self.index.upsert(record, lex, vectors, attributes=report.pop("attributes", None) or None)
         return {"product": self.index.product(record[S.PRODUCT_ID]), "encoded": report}
 
+    def _index_media_dirs(self) -> list[str]:
+        """The folders holding the media of the products loaded at start (used when no catalogue folders were given)."""
+        from .media import MediaRoots
+
+        n = self.index.n_rows
+        paths = [*self.index.records[S.IMAGE][:n], *self.index.records[S.AUDIO][:n]]
+        return [str(r) for r in MediaRoots.of_paths(paths).roots]
+
+    def media_roots(self):
+        """Where product media may come from and be served from (:class:`~fusionrank.serving.media.MediaRoots`)."""
+        from .media import MediaRoots
+
+        if self.product_encoder is not None:
+            return self.product_encoder.media_roots()
+        return MediaRoots(self._index_media_dirs())
+
     # events ----------------------------------------------------------------
-    def record_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """Check each event against the search it names, then append them all (or none) to the event log."""
+    def record_events(self, events: list[dict[str, Any]], require_known: bool = False) -> dict[str, Any]:
+        """Check each event against the search it names, then append them all (or none) to the event log.
+
+        With ``require_known`` (the public events key), an event must name a search this
+        service issued (one of the last ``recent_searches``, kept across restarts through
+        ``searches.jsonl``); otherwise an unknown search id is accepted as given.
+        """
         problems = []
         with self._log_lock:
             for i, e in enumerate(events):
                 known = self._recent.get(e["search_id"])
                 if known is None:
-                    continue  # a search from before a restart, or evicted: accepted as given
+                    if require_known:
+                        problems.append(f"events[{i}].search_id: {e['search_id']} is not a search this service issued recently")
+                    continue  # admin key: a search from before a restart, or evicted: accepted as given
                 version, shown = known
                 if e["model_version"] != version:
                     problems.append(f"events[{i}].model_version: search {e['search_id']} was served by {version!r}, "
@@ -164,25 +206,45 @@ class SearchService:
         return {"accepted": len(events)}
 
     def _write(self, name: str, *entries: dict) -> None:
+        """Append to a data log; returns once the entries are on disk (ValueError for NaN/Infinity, nothing written)."""
         if not self.data_dir:
             return
-        text = "".join(json.dumps(e, default=str) + "\n" for e in entries)
-        with self._log_lock:
-            f = self._files.get(name)
-            if f is None:
-                f = self._files[name] = open(self.data_dir / name, "a", buffering=1)
-            f.write(text)
-            f.flush()
+        f = self._files.get(name)
+        if f is None:
+            with self._log_lock:
+                f = self._files.get(name)
+                if f is None:
+                    f = self._files[name] = RecordLog(self.data_dir / name, max_bytes=self.log_max_bytes)
+                    f.release_records()
+        f.append(*entries)
 
     def close(self) -> None:
         with self._log_lock:
             for f in self._files.values():
                 f.close()
             self._files.clear()
+        self.index.close()
 
-    def stats(self) -> dict[str, Any]:
+    def log_health(self) -> dict[str, Any]:
+        """What opening each log repaired (torn tails cut off, damaged lines reported) and records appended since."""
+        out = {"changes.jsonl": dict(self.index.log_repair)}
+        for name, f in self._files.items():
+            out[name] = {**f.repair.as_dict(), "appended": f.appended}
+        out["repaired_total"] = sum(int(bool(v.get("torn_bytes"))) + int(v.get("corrupt_lines") or 0)
+                                    for k, v in out.items() if isinstance(v, dict))
+        return out
+
+    def stats(self, admin: bool = False) -> dict[str, Any]:
+        """Index, model and cache details; the model's path on the server only for the admin key."""
         m = self.model
-        return {"products": len(self.index), "model_version": m.version, "model_path": m.path,
-                "title_field": self.index.config.title_field, "categories": self.index.category_names,
-                "query_cache": {"hits": self.queries.hits, "misses": self.queries.misses, "backend": self.queries.backend},
-                "index_version": self.index.version}
+        out = {"products": len(self.index), "model_version": m.version,
+               "title_field": self.index.config.title_field, "categories": self.index.category_names,
+               "query_cache": {"hits": self.queries.hits, "misses": self.queries.misses, "backend": self.queries.backend},
+               "index_version": self.index.version, "logs": self.log_health()}
+        if admin:
+            out["model_path"] = m.path
+        else:
+            for v in out["logs"].values():
+                if isinstance(v, dict):
+                    v.pop("torn_copy", None)
+        return out

@@ -22,7 +22,8 @@ OPERATIONS = {
 }
 GUARDED = {("put", "/products/{product_id}"): "admin key", ("delete", "/products/{product_id}"): "admin key",
            ("post", "/events"): "events key or admin key",
-           ("post", "/admin/model"): "admin key", ("post", "/admin/snapshot"): "admin key"}
+           ("post", "/admin/model"): "admin key", ("post", "/admin/snapshot"): "admin key",
+           ("get", "/stats"): "optional admin key: adds server paths"}
 
 
 def test_openapi_operations_ids_and_key_headers(service_factory):

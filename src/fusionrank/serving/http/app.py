@@ -13,7 +13,8 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
     GET    /healthz, /stats, /metrics (Prometheus)
 
 Keys travel in the ``X-API-Key`` header. The events key is meant for browsers (the
-page embeds it); it can only post events. Bad input gets a 4xx whose ``detail`` is
+page embeds it); it can only post events, for searches this service issued, at a
+limited rate per client (429 beyond it). A URL longer than 8 KiB gets 414. Bad input gets a 4xx whose ``detail`` is
 one readable sentence naming the parameter.
 """
 from __future__ import annotations
@@ -22,15 +23,38 @@ import secrets
 import threading
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..service import SearchService
+from .deps import RateLimiter
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics, ObserveRequests
 from .routes import api_router
 
+MAX_URL_BYTES = 8192
+H11_MAX_INCOMPLETE_EVENT = 256 * 1024  # request line + headers uvicorn buffers, so a long URL reaches LimitUrl
+
+
+class LimitUrl:
+    """414 for a path + query longer than ``MAX_URL_BYTES`` (instead of a reset or a 422 deep in validation)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_URL_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            n = len(scope.get("raw_path") or scope.get("path", "").encode()) + len(scope.get("query_string") or b"")
+            if n > self.max_bytes:
+                body = b'{"detail":"URL too long: at most %d bytes of path and query"}' % self.max_bytes
+                await send({"type": "http.response.start", "status": 414,
+                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
 
 def create_app(service: SearchService, admin_key: str | None = None, events_key: str | None = None,
-               max_concurrent_searches: int = 2) -> FastAPI:
+               max_concurrent_searches: int = 2, events_rate: float | None = None, events_burst: int | None = None) -> FastAPI:
     """The FastAPI app over ``service``; this module's docstring is its OpenAPI description.
 
     A missing key is generated at random (the page embeds the events key; the admin
@@ -43,7 +67,15 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
     app.state.events_key = events_key or secrets.token_urlsafe(16)
     app.state.search_gate = threading.Semaphore(max_concurrent_searches)
     app.state.metrics = Metrics(service)
+    if events_rate is None or events_burst is None:
+        from ...settings import get_settings
+
+        st = get_settings()
+        events_rate = st.events_rate if events_rate is None else events_rate
+        events_burst = st.events_burst if events_burst is None else events_burst
+    app.state.events_limiter = RateLimiter(events_rate, events_burst)
     app.add_middleware(ObserveRequests, metrics=app.state.metrics)
+    app.add_middleware(LimitUrl)
     app.include_router(api_router)
     return app
 
@@ -55,4 +87,4 @@ def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, adm
 
     app = create_app(service, admin_key, events_key)
     log(f"fusionrank search on http://{host}:{port}/  ({len(service.index):,} products, model {service.model.version})")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)

@@ -1,12 +1,12 @@
 """Operations endpoints: ``/healthz`` (liveness), ``/stats`` (index, model and cache details), ``/metrics`` (Prometheus)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from ..deps import MetricsDep, ServiceDep
+from ..deps import MetricsDep, ServiceDep, is_admin
 
 router = APIRouter()
 
@@ -16,9 +16,11 @@ def healthz(service: ServiceDep) -> dict[str, Any]:
     return {"status": "ok", "products": len(service.index), "model_version": service.model.version}
 
 
-@router.get("/stats", summary="Index, model and cache details")
-def stats(service: ServiceDep) -> dict[str, Any]:
-    return service.stats()
+@router.get("/stats", summary="Index, model, cache and log-repair details")
+def stats(service: ServiceDep, request: Request,
+          x_api_key: Annotated[str | None, Header(description="optional admin key: adds server paths")] = None) -> dict[str, Any]:
+    """``logs`` counts what opening each append-only log repaired; ``model_path`` only with the admin key."""
+    return service.stats(admin=is_admin(request, x_api_key))
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

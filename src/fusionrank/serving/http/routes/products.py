@@ -1,13 +1,14 @@
 """``/products/{product_id}``: read a product and stream its media; add, replace or remove one (admin key)."""
 from __future__ import annotations
 
-from pathlib import Path
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path as PathParam
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...media import MediaError, audio_bytes, image_bytes
 from ...products import ProductInputError
 from ...service import SearchService
 from ..deps import AdminKeyRequired, ServiceDep
@@ -18,7 +19,7 @@ ProductId = Annotated[str, PathParam(min_length=1, max_length=200, pattern=ID_PA
 
 
 class ProductIn(BaseModel):
-    """A product in the ingest schema; unknown fields are kept as attributes."""
+    """A product in the ingest schema; unknown fields are kept as ``attributes`` (and returned by GET)."""
 
     model_config = ConfigDict(extra="allow")
     product_id: str | None = Field(None, description="optional; must equal the id in the path")
@@ -27,12 +28,24 @@ class ProductIn(BaseModel):
     brand: str | None = None
     color: str | None = None
     category: str | None = None
-    image: str | None = Field(None, description="path of the product photo on the server")
-    audio: str | None = Field(None, description="path of a spoken description on the server")
+    image: str | None = Field(None, max_length=4096, description="path of the product photo on the server, in the "
+                              "catalogue's media folders or FUSIONRANK_UPLOAD_ROOTS (absolute, or relative to one of them)")
+    audio: str | None = Field(None, max_length=4096, description="path of a spoken description on the server (same rule)")
     attributes: dict[str, str] | None = None
 
 
 router = APIRouter(prefix="/products")
+
+
+def _non_finite(v: Any, where: str) -> str | None:
+    """The dotted name of the first NaN/Infinity in a decoded JSON body (Python's parser accepts them; JSON does not)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return where
+    if isinstance(v, dict):
+        return next((w for k, x in v.items() if (w := _non_finite(x, f"{where}.{k}" if where else str(k)))), None)
+    if isinstance(v, list):
+        return next((w for i, x in enumerate(v) if (w := _non_finite(x, f"{where}.{i}"))), None)
+    return None
 
 
 def _product_or_404(service: SearchService, product_id: str) -> dict:
@@ -42,12 +55,21 @@ def _product_or_404(service: SearchService, product_id: str) -> dict:
     return p
 
 
-def _media(service: SearchService, product_id: str, field: str) -> FileResponse:
-    """The product's ``image`` or ``audio`` file, or 404 when it has none on disk."""
+def _media(service: SearchService, product_id: str, field: str) -> Response:
+    """The product's stored ``image`` or ``audio``, decoded and re-encoded; 404 when it has none that is allowed and decodes.
+
+    The path is checked against the allowed media roots again at every request, and the
+    404 says the same whether the file is missing, unreadable, outside the roots or not media.
+    """
     path = _product_or_404(service, product_id).get(field)
-    if not path or not Path(path).is_file():
-        raise HTTPException(404, f"product {product_id!r} has no {field} file")
-    return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+    missing = HTTPException(404, f"product {product_id!r} has no {field} file")
+    if not path:
+        raise missing
+    try:
+        data, ctype = (image_bytes if field == "image" else audio_bytes)(service.media_roots().resolve(path))
+    except MediaError:
+        raise missing from None
+    return Response(data, media_type=ctype, headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
 
 
 @router.get("/{product_id}", summary="One product")
@@ -55,12 +77,12 @@ def get_product(service: ServiceDep, product_id: ProductId) -> dict[str, Any]:
     return _product_or_404(service, product_id)
 
 
-@router.get("/{product_id}/image", summary="The product's photo", response_class=FileResponse)
+@router.get("/{product_id}/image", summary="The product's photo", response_class=Response)
 def product_image(service: ServiceDep, product_id: ProductId):
     return _media(service, product_id, "image")
 
 
-@router.get("/{product_id}/audio", summary="The product's spoken description", response_class=FileResponse)
+@router.get("/{product_id}/audio", summary="The product's spoken description", response_class=Response)
 def product_audio(service: ServiceDep, product_id: ProductId):
     return _media(service, product_id, "audio")
 
@@ -70,6 +92,9 @@ def put_product(_: AdminKeyRequired, service: ServiceDep, product_id: ProductId,
     if product.product_id is not None and product.product_id != product_id:
         raise HTTPException(422, f"product_id: the body says {product.product_id!r} but the path says {product_id!r}")
     raw = product.model_dump(exclude_none=True)
+    bad = _non_finite(raw, "")
+    if bad:
+        raise HTTPException(422, f"{bad}: NaN and Infinity are not numbers JSON allows")
     raw["product_id"] = product_id
     try:
         return service.put_product(raw)
