@@ -9,6 +9,7 @@ import gzip
 import json
 import shutil
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -142,6 +143,9 @@ def test_evaluate_an_unprepared_catalogue_names_the_commands_and_encodes_nothing
     model, _ = cli_model
     _, toml = cli_data
     data = make_tiny_fashion(tmp_path / "unseen_catalogue", audio=False)
+    products = pd.read_parquet(data.root / "products.parquet")
+    products.loc[0, "title"] = "A Title No Other Catalogue Has"   # other content: workspaces are keyed by content
+    products.to_parquet(data.root / "products.parquet", index=False)
     r = runner.invoke(app, evaluate_args(model, data, None, "--json"))
     assert r.exit_code == 2 and r.stdout == ""
     msg = squash(r.stderr)

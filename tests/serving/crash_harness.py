@@ -164,6 +164,9 @@ def load_then_kill(server: Server, ledger: Ledger, seconds: float, rng: random.R
     for t in threads:
         t.start()
     time.sleep(seconds)
+    deadline = time.time() + 120  # a slow first PUT (encoders load) must not leave a cycle without writes
+    while time.time() < deadline and (ledger.writes_acked == 0 or ledger.events_acked == 0):
+        time.sleep(0.1)
     server.kill9()  # while requests are in flight
     stop.set()
     for t in threads:

@@ -66,6 +66,8 @@ def test_products_read(client, svc_app):
     pid = svc_app[0].index.records["product_id"][0]
     r = client.get(f"/products/{pid}")
     assert r.status_code == 200 and r.json()["product_id"] == pid
+    # media as this service's URLs, never a server path
+    assert "image" not in r.json() and "audio" not in r.json() and r.json()["image_url"] == f"/products/{pid}/image"
     assert client.get(f"/products/{pid}/image").headers["content-type"] == "image/jpeg"
     r = client.get("/products/does-not-exist")
     assert r.status_code == 404 and detail(r) == "no product with id 'does-not-exist'"

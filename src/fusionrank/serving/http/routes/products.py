@@ -74,7 +74,11 @@ def _media(service: SearchService, product_id: str, field: str) -> Response:
 
 @router.get("/{product_id}", summary="One product")
 def get_product(service: ServiceDep, product_id: ProductId) -> dict[str, Any]:
-    return _product_or_404(service, product_id)
+    """The product as shoppers see it: its media as URLs of this service, never server paths."""
+    p = dict(_product_or_404(service, product_id))
+    for field in ("image", "audio"):
+        p[f"{field}_url"] = f"/products/{product_id}/{field}" if p.pop(field, None) else None
+    return p
 
 
 @router.get("/{product_id}/image", summary="The product's photo", response_class=Response)
