@@ -368,18 +368,24 @@ def table_stamp(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def read_manifest(store_dir: str | Path) -> dict[str, Any]:
-    p = Path(store_dir) / MANIFEST_FILE
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ``{}`` when it is missing, unreadable or not an object."""
     try:
-        return json.loads(p.read_text())
+        d = json.loads(Path(path).read_text())
+        return d if isinstance(d, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (temp file + rename)."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
+
+
+def read_manifest(store_dir: str | Path) -> dict[str, Any]:
+    return read_json(Path(store_dir) / MANIFEST_FILE)
 
 
 def _update_manifest(store: EmbeddingStore, run: Encoding, products: pd.DataFrame, settings: EncodeSettings,
@@ -406,7 +412,7 @@ def _update_manifest(store: EmbeddingStore, run: Encoding, products: pd.DataFram
         "cached": sum(s.cached for s in run.stats), "failed": sum(s.failed for s in run.stats), "seconds": round(seconds, 2)}]
     man = {"format": 1, "catalog_dir": str(catalog_dir) if catalog_dir else man.get("catalog_dir"),
            "features": feats, "skipped": skipped, "runs": runs}
-    _write_json(store.root / MANIFEST_FILE, man)
+    write_json(store.root / MANIFEST_FILE, man)
 
 
 def encode_catalog(products: pd.DataFrame, store_dir: str | Path, settings: EncodeSettings | None = None,

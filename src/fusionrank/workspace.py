@@ -37,8 +37,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from . import schema as S
-from .encode import (CONTENT_DIR, FAILURES_FILE, EncodeSettings, encode_catalog, inputs_digest, plan_features, read_manifest,
-                     table_stamp)
+from .encode import (CONTENT_DIR, FAILURES_FILE, EncodeSettings, encode_catalog, inputs_digest, plan_features, read_json,
+                     read_manifest, table_stamp, write_json)
 from .errors import FusionrankError, StaleArtefactError
 from .ingest import Catalog
 from .ingest import ingest as run_ingest
@@ -120,19 +120,6 @@ def workspace_key(fingerprint: str, adapter: str, limit: int | None, options: di
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
 
 def _same_place(recorded: str | None, source: Path) -> bool:
     """Whether a recorded source path is ``source`` (same file/folder, whatever the path)."""
@@ -150,12 +137,12 @@ def _same_place(recorded: str | None, source: Path) -> bool:
 
 def _accepts(d: Path, want: dict, source: Path) -> bool:
     """Whether the existing workspace ``d`` is the one ``want`` (a workspace.json record) describes."""
-    have = _read_json(d / WORKSPACE_FILE)
+    have = read_json(d / WORKSPACE_FILE)
     if have.get("key"):
         return have["key"] == want["key"]
     if want["options"]:  # layouts before fingerprints knew no adapter options
         return False
-    rep = _read_json(d / "catalog" / S.CATALOG_REPORT_FILE)
+    rep = read_json(d / "catalog" / S.CATALOG_REPORT_FILE)
     return rep.get("adapter") == want["adapter"] and _same_place(rep.get("source"), source)
 
 
@@ -174,15 +161,15 @@ def locate_workspace(home: Path, source: Path, adapter: str, limit: int | None =
     if (home / name).is_dir() and _accepts(home / name, want, source):
         root = home / name
     else:  # any folder recording this key (whatever path it was made from), or named after it
-        root = next((d for d in dirs if _read_json(d / WORKSPACE_FILE).get("key") == want["key"]), None) or \
+        root = next((d for d in dirs if read_json(d / WORKSPACE_FILE).get("key") == want["key"]), None) or \
             next((d for d in dirs if d.name.endswith(f"-{want['key']}") and not (d / WORKSPACE_FILE).exists()), None)
         if root is None:
             root = legacy if legacy.is_dir() and _accepts(legacy, want, source) else home / f"{name}-{want['key']}"
-    have = _read_json(root / WORKSPACE_FILE)
+    have = read_json(root / WORKSPACE_FILE)
     if root.is_dir() and (root / "catalog").is_dir() and not have.get("key"):
         # a workspace from before fingerprints: record it now; its catalogue's paths start at the recorded source
-        want = {**want, "source": _read_json(root / "catalog" / S.CATALOG_REPORT_FILE).get("source") or str(source)}
-        _write_json(root / WORKSPACE_FILE, want)
+        want = {**want, "source": read_json(root / "catalog" / S.CATALOG_REPORT_FILE).get("source") or str(source)}
+        write_json(root / WORKSPACE_FILE, want)
     elif have.get("source"):
         want = {**want, "source": have["source"]}
     return root, want
@@ -237,7 +224,7 @@ class Workspace:
                          check_media=check_media, progress=True)
         if self._own_catalog():
             self._record["source"] = str(self.source)
-            _write_json(self.root / WORKSPACE_FILE, self._record)
+            write_json(self.root / WORKSPACE_FILE, self._record)
         return cat
 
     def encode(self, products: pd.DataFrame, settings: EncodeSettings, log=print, progress: bool = True,

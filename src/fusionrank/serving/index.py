@@ -33,7 +33,7 @@ from ..modalities import LEXICAL_FIELDS, TABLES
 from ..ranking.catalog import INDEXED_TITLE, RECORD_COLUMNS, TRANSCRIPT_TEXT, CatalogConfig, CatalogTables
 from ..ranking.lexical import LexicalField
 from ..ranking.vectors import AnnIndex, ExactVectors
-from .wal import RecordLog, encode_record
+from .wal import RecordLog, encode_record, fsync_dir
 
 __all__ = ["SearchIndex", "CatalogConfig", "INDEXED_TITLE", "TRANSCRIPT_TEXT", "RECORD_COLUMNS"]
 
@@ -47,18 +47,6 @@ def _b64(v: np.ndarray) -> str:
 def _unb64(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), np.float32)
 
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _finish_interrupted_save(d: Path, log) -> None:
@@ -75,7 +63,7 @@ def _finish_interrupted_save(d: Path, log) -> None:
     if d.exists():
         shutil.rmtree(d)
     use.rename(d)
-    _fsync_dir(d.parent)
+    fsync_dir(d.parent)
     log(f"{d}: a snapshot write was interrupted by a crash; recovered the {'new' if use is tmp else 'previous'} snapshot")
 
 
@@ -266,7 +254,7 @@ class SearchIndex(CatalogTables):
             if d.exists():
                 d.rename(old)
             tmp.rename(d)
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
             shutil.rmtree(old, ignore_errors=True)
             self._log_path = d / "changes.jsonl"
             self._log = RecordLog(self._log_path)

@@ -110,68 +110,66 @@ def _key(path: Path, kind: str):
     return (kind, str(path), st.st_size, st.st_mtime_ns)
 
 
-def image_bytes(path: Path) -> tuple[bytes, str]:
-    """``(bytes, content type)`` of the photo decoded and re-encoded; :class:`MediaError` if it is not a whole image."""
-    from PIL import Image
-
+def _reencoded(path: Path, kind: str, decode) -> tuple[bytes, str]:
+    """``decode(path)`` -> ``(bytes, content type)``, cached by path, size and mtime; any decoder failure is one :class:`MediaError`."""
     try:
-        key = _key(path, "image")
+        key = _key(path, kind)
         hit = _cache.get(key)
         if hit:
             return hit
-        with Image.open(path) as im:
-            fmt = im.format
-            im.load()  # full decode: a truncated or corrupt image fails here
-            if im.width < 1 or im.height < 1:
-                raise MediaError("the image has no pixels")
-            out = io.BytesIO()
-            if fmt == "JPEG":
-                im = im if im.mode in ("RGB", "L", "CMYK") else im.convert("RGB")
-                im.save(out, "JPEG", quality=92)
-                ctype = "image/jpeg"
-            else:
-                if im.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16"):
-                    im = im.convert("RGBA")
-                im.save(out, "PNG")
-                ctype = "image/png"
+        value = decode(path)
     except MediaError:
         raise
     except Exception:  # noqa: BLE001 - whatever the decoder raises, the answer is the same
-        raise MediaError("cannot decode the file as an image") from None
-    value = (out.getvalue(), ctype)
+        raise MediaError(f"cannot decode the file as {'an image' if kind == 'image' else 'an audio clip'}") from None
     _cache.put(key, value)
     return value
+
+
+def _image(path: Path) -> tuple[bytes, str]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        fmt = im.format
+        im.load()  # full decode: a truncated or corrupt image fails here
+        if im.width < 1 or im.height < 1:
+            raise MediaError("the image has no pixels")
+        out = io.BytesIO()
+        if fmt == "JPEG":
+            im = im if im.mode in ("RGB", "L", "CMYK") else im.convert("RGB")
+            im.save(out, "JPEG", quality=92)
+            return out.getvalue(), "image/jpeg"
+        if im.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16"):
+            im = im.convert("RGBA")
+        im.save(out, "PNG")
+        return out.getvalue(), "image/png"
+
+
+def _audio(path: Path) -> tuple[bytes, str]:
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    if info.duration > MAX_AUDIO_SECONDS:
+        raise MediaError(f"the clip is longer than {MAX_AUDIO_SECONDS} s")
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # whole clip: a cut-off one fails
+    if data.shape[0] == 0:
+        raise MediaError("the clip has no samples")
+    out = io.BytesIO()
+    if info.format == "OGG":
+        sf.write(out, data, sr, format="OGG", subtype="VORBIS")
+        return out.getvalue(), "audio/ogg"
+    if info.format == "FLAC":
+        sf.write(out, data, sr, format="FLAC")
+        return out.getvalue(), "audio/flac"
+    sf.write(out, data, sr, format="WAV", subtype="PCM_16")
+    return out.getvalue(), "audio/wav"
+
+
+def image_bytes(path: Path) -> tuple[bytes, str]:
+    """``(bytes, content type)`` of the photo decoded and re-encoded; :class:`MediaError` if it is not a whole image."""
+    return _reencoded(path, "image", _image)
 
 
 def audio_bytes(path: Path) -> tuple[bytes, str]:
     """``(bytes, content type)`` of the whole clip decoded and re-encoded; :class:`MediaError` otherwise."""
-    import soundfile as sf
-
-    try:
-        key = _key(path, "audio")
-        hit = _cache.get(key)
-        if hit:
-            return hit
-        info = sf.info(str(path))
-        if info.duration > MAX_AUDIO_SECONDS:
-            raise MediaError(f"the clip is longer than {MAX_AUDIO_SECONDS} s")
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # whole clip: a cut-off one fails
-        if data.shape[0] == 0:
-            raise MediaError("the clip has no samples")
-        out = io.BytesIO()
-        if info.format == "OGG":
-            sf.write(out, data, sr, format="OGG", subtype="VORBIS")
-            ctype = "audio/ogg"
-        elif info.format == "FLAC":
-            sf.write(out, data, sr, format="FLAC")
-            ctype = "audio/flac"
-        else:
-            sf.write(out, data, sr, format="WAV", subtype="PCM_16")
-            ctype = "audio/wav"
-    except MediaError:
-        raise
-    except Exception:  # noqa: BLE001
-        raise MediaError("cannot decode the file as an audio clip") from None
-    value = (out.getvalue(), ctype)
-    _cache.put(key, value)
-    return value
+    return _reencoded(path, "audio", _audio)

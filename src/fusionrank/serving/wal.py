@@ -145,13 +145,14 @@ def scan(path: str | Path, repair: bool = True, log: Callable[[str], None] | Non
                 f.truncate(end)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(p.parent)
+            fsync_dir(p.parent)
     if rep.repaired and log is not None:
         log(rep.message())
     return records, rep
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
+    """Make a rename or a new file in ``d`` durable (best effort where the file system cannot)."""
     try:
         fd = os.open(d, os.O_RDONLY)
     except OSError:
@@ -251,7 +252,7 @@ class RecordLog:
             self._synced = self._written
             os.close(self._fd)
             os.rename(self.path, self.path.with_name(f"{self.path.name}.{n}"))
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             self._fd = self._open()
         self._size = 0
 
