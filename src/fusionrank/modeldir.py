@@ -40,6 +40,7 @@ class WorkspaceRecord:
 class ModelDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._config = None
 
     @classmethod
     def open(cls, path: str | Path) -> "ModelDir":
@@ -59,9 +60,12 @@ class ModelDir:
         return self.path / INDEX
 
     def config(self):
+        """The experiment config the model was trained with (read once per ``ModelDir``)."""
         from .experiment import ExperimentConfig
 
-        return ExperimentConfig.model_validate(json.loads((self.path / CONFIG).read_text()))
+        if self._config is None:
+            self._config = ExperimentConfig.model_validate(json.loads((self.path / CONFIG).read_text()))
+        return self._config
 
     def workspace(self) -> WorkspaceRecord:
         p = self.path / WORKSPACE
@@ -100,6 +104,7 @@ class ModelDir:
         self.path.mkdir(parents=True, exist_ok=True)
         if config is not None:
             (self.path / CONFIG).write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+            self._config = config
         if workspace is not None:
             (self.path / WORKSPACE).write_text(json.dumps(workspace.__dict__, indent=2))
         if ranker is not None:
