@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--search-runs", type=int, default=3)
     ap.add_argument("--port", type=int, default=8791)
     ap.add_argument("--skip-serve", action="store_true")
+    ap.add_argument("--results", default="ranking_path", help="results file name (without .md/.json) under benchmarks/results")
     args = ap.parse_args()
     log = lambda m: print(m, flush=True)  # noqa: E731
     res: dict = {"model": str(args.model), "before": args.before,
@@ -189,8 +190,8 @@ def main() -> None:
                     f"{s['rps']:.0f} req/s, {s['failed']} failed")
     res["loadavg_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ranking_path.json").write_text(json.dumps(res, indent=2))
-    (RESULTS / "ranking_path.md").write_text(report(res))
+    (RESULTS / f"{args.results}.json").write_text(json.dumps(res, indent=2))
+    (RESULTS / f"{args.results}.md").write_text(report(res))
     print(report(res))
 
 
