@@ -132,19 +132,25 @@ class ModelDir:
                                      f"--out {cat_dir}` and `fusionrank encode {cat_dir} --store {store_dir}`")
         return cat_dir, store_dir
 
-    def catalog_tables(self, title_field: str | None = None, catalog: str | Path | None = None, codec: str = "exact",
-                       log=print):
-        """The frozen catalogue tables the model ranks (from the ingested catalogue and its store; nothing encoded)."""
+    def catalog_tables(self, title_field: str | None = None, catalog: str | Path | None = None, codec: str | None = "exact",
+                       log=print, updatable: bool = False):
+        """The catalogue tables the model ranks, from the ingested catalogue and its store (nothing encoded).
+
+        Frozen :class:`~fusionrank.ranking.CatalogTables` by default; with ``updatable`` a
+        :class:`~fusionrank.serving.index.SearchIndex`. ``codec=None`` takes the config's ``[vectors]``.
+        """
         from .ingest import Catalog
         from .ranking import CatalogTables
+        from .serving.index import SearchIndex
 
         config = self.config()
         cat_dir, store_dir = self.catalog_location(catalog)
         products = Catalog.load(cat_dir).products
         tf = title_field or config.data.title_field
         self.check_prepared(products, store_dir, tf)
-        return CatalogTables.from_store(products, store_dir, config.catalog_config(tf, codec=codec),
-                                        config.text_encoder_name, config.transcriber_name, log=log)
+        return (SearchIndex if updatable else CatalogTables).from_store(
+            products, store_dir, config.catalog_config(tf, codec=codec), config.text_encoder_name, config.transcriber_name,
+            log=log)
 
     def check_prepared(self, products, store_dir: Path, title_field: str) -> None:
         """Raise :class:`StaleArtefactError` if the store lacks what ranking ``products`` needs (no media is hashed)."""
@@ -157,16 +163,7 @@ class ModelDir:
     def build_index(self, codec: str | None = None, catalog: str | Path | None = None, index_dir: str | Path | None = None,
                     log=print):
         """Build the serving index of the model's catalogue (or ``catalog``) from its store; save it to ``index/``."""
-        from .ingest import Catalog
-        from .serving.index import SearchIndex
-
-        config = self.config()
-        tf = config.data.title_field
-        cat_dir, store_dir = self.catalog_location(catalog)
-        products = Catalog.load(cat_dir).products
-        self.check_prepared(products, store_dir, tf)
-        index = SearchIndex.from_store(products, store_dir, config.catalog_config(tf, codec=codec),
-                                       config.text_encoder_name, config.transcriber_name, log=log)
+        index = self.catalog_tables(None, catalog, codec, log, updatable=True)
         index.save(Path(index_dir) if index_dir else self.index_dir)
         return index
 

@@ -16,15 +16,9 @@ def tiny_pipe(tiny_model):
 
 def serving_index(model_dir, codec: str = "flat", title_field: str | None = None):
     """A SearchIndex of the model's catalogue (its title field unless given), not saved."""
-    from fusionrank.ingest import Catalog
     from fusionrank.modeldir import ModelDir
-    from fusionrank.serving import SearchIndex
 
-    md = ModelDir.open(model_dir)
-    config = md.config()
-    cat_dir, store = md.catalog_location()
-    return SearchIndex.from_store(Catalog.load(cat_dir).products, store, config.catalog_config(title_field, codec=codec),
-                                  config.text_encoder_name, config.transcriber_name, log=lambda m: None)
+    return ModelDir.open(model_dir).catalog_tables(title_field, codec=codec, log=lambda m: None, updatable=True)
 
 
 def make_service(model_dir, directory, ann: dict | None = None):

@@ -66,6 +66,7 @@ class SearchService:
         self.pipeline = RankingPipeline.over(index, model.ranker, self.queries)
         self.data_dir = Path(data_dir) if data_dir else None
         self.product_encoder = product_encoder
+        self._start_media_dirs: list[str] | None = None
         if product_encoder is not None and getattr(product_encoder, "media_dirs", ()) is None:
             product_encoder.media_dirs = self._index_media_dirs()
         self._recent: OrderedDict[str, tuple[str, frozenset]] = OrderedDict()
@@ -175,7 +176,9 @@ class SearchService:
 
         if self.product_encoder is not None:
             return self.product_encoder.media_roots()
-        return MediaRoots(self._index_media_dirs())
+        if self._start_media_dirs is None:  # once: a scan of every row's paths must not run per media request
+            self._start_media_dirs = self._index_media_dirs()
+        return MediaRoots(self._start_media_dirs)
 
     # events ----------------------------------------------------------------
     def record_events(self, events: list[dict[str, Any]], require_known: bool = False) -> dict[str, Any]:
