@@ -1,0 +1,1 @@
+"""Learning from shoppers: the event store, simulated shoppers, click models, propensities, counterfactual labels."""
