@@ -1,0 +1,263 @@
+"""Position-bias estimation from click logs: randomised swaps, intervention harvesting and regression EM.
+
+Every estimator reads a click log (a pandas frame, one row per shown result) with the columns
+
+``query_id``       the search (one served list)
+``user_query``     the query text or id: with ``product_id``, what identifies a (query, product) pair
+``product_id``     the product shown
+``rank``           1-based rank it was shown at
+``logged_rank``    1-based rank before a randomisation swap (``== rank`` when not randomised)
+``randomised``     whether the search was randomised
+``model_version``  the ranker that built the list
+``grid_row``, ``grid_col``  1-based cell of ``rank`` on the page
+``click``          clicks on the row (0/1 per row typically)
+
+and returns a :class:`~fusionrank.feedback.bias.PositionBias` whose ``theta`` is normalised so that
+rank 1 is 1 (:meth:`PositionBias.relative`): without absolute examination rates, only ratios are
+identified. Each assumes the position-based model P(click at k) = theta_k * gamma(query, product);
+under trust bias (click noise per rank) they recover theta_k (eps-_k + (eps+_k - eps-_k) r) ratios,
+not theta_k alone. :data:`ESTIMATORS` maps "swaps", "harvest" and "em" to them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import FusionrankError, SchemaError
+from ..registry import Registry
+from .bias import PositionBias
+
+#: Position-bias estimators by name: ``ESTIMATORS.get(name)(log, ranks=10) -> PositionBias``.
+ESTIMATORS: Registry = Registry("propensity estimator")
+
+LOG_COLUMNS = ("query_id", "user_query", "product_id", "rank", "logged_rank", "randomised",
+               "model_version", "grid_row", "grid_col", "click")
+
+
+class InsufficientInterventionsError(FusionrankError, ValueError):
+    """The log holds too little variation in rank to identify some propensities.
+
+    Attributes: ``method`` (the estimator), ``missing_ranks`` (ranks that could not be estimated)
+    and ``found`` (a short description of what the log holds).
+    """
+
+    def __init__(self, method: str, message: str, missing_ranks=(), found: dict | None = None):
+        self.method, self.missing_ranks, self.found = method, [int(k) for k in missing_ranks], dict(found or {})
+        super().__init__(f"{method}: {message}")
+
+
+def _check(log, needed: tuple[str, ...], ranks: int, method: str):
+    missing = [c for c in needed if c not in log.columns]
+    if missing:
+        raise SchemaError("click log", missing, list(log.columns),
+                          hint=f"{method} needs the columns {list(needed)}")
+    if ranks < 2:
+        raise ValueError(f"{method}: ranks must be at least 2; got {ranks}")
+    shown = log[log["rank"] <= ranks]
+    top = int(shown["rank"].max()) if len(shown) else 0
+    if top < ranks:
+        raise InsufficientInterventionsError(method, f"the log shows results down to rank {top}, fewer than ranks={ranks}",
+                                             range(top + 1, ranks + 1), {"max_rank": top})
+    return shown
+
+
+# ---------------------------------------------------------------------------------------------- swaps
+
+
+@ESTIMATORS.register("swaps")
+def estimate_from_swaps(log, ranks: int = 10, grid: bool = False) -> PositionBias:
+    """Relative propensities from a swap intervention (Joachims et al. 2017, "Unbiased learning-to-rank with biased feedback", WSDM).
+
+    Design: for a share of traffic (chosen independently of the query) the service swaps the result
+    logged at rank 1 with the one logged at rank k, k uniform in 2..n. Write ``CTR(j -> k)`` for the
+    click-through rate of rows logged at rank ``j`` and shown at rank ``k``. Under the PBM
+    ``CTR(j -> k) = theta_k * rbar_j``, where ``rbar_j`` is the mean relevance of what the ranker puts at
+    ``j``; because randomisation is independent of the query, ``rbar_j`` is the same in randomised and
+    ordinary traffic. Hence
+
+        theta_k / theta_1 = (CTR(1 -> k) + CTR(k -> k)) / (CTR(1 -> 1) + CTR(k -> 1)),
+
+    numerator and denominator both being ``(rbar_1 + rbar_k)`` times the propensity. This uses both
+    halves of each swap (the rank-1 result moved down, and the rank-k result moved up) so the unknown
+    relevances cancel exactly, with less variance than ``CTR(1 -> k) / CTR(1 -> 1)`` alone.
+    ``CTR(1 -> 1)`` and ``CTR(k -> k)`` come from the lists not swapped at those ranks.
+
+    With ``grid=True`` the result also carries ``theta_grid[row-1, col-1]``, each cell taking the
+    propensity of the rank the log places there (``grid_row``, ``grid_col``); cells no rank in
+    1..``ranks`` reaches are NaN.
+    """
+    need = ("rank", "logged_rank", "click") + (("grid_row", "grid_col") if grid else ())
+    shown = _check(log, need, ranks, "swaps")
+    shown = shown[shown["logged_rank"] <= ranks]
+    idx = (shown["logged_rank"].to_numpy(np.int64) - 1) * ranks + shown["rank"].to_numpy(np.int64) - 1
+    clicks = np.bincount(idx, weights=shown["click"].to_numpy(np.float64), minlength=ranks * ranks).reshape(ranks, ranks)
+    views = np.bincount(idx, minlength=ranks * ranks).reshape(ranks, ranks)
+    k = np.arange(1, ranks)
+    unswapped = [int(j) + 1 for j in k if views[0, j] == 0 or views[j, 0] == 0]
+    if unswapped or views[0, 0] == 0:
+        raise InsufficientInterventionsError(
+            "swaps", "no randomised swaps of rank 1 with rank(s) " f"{unswapped or [1]}; "
+            "randomise a share of traffic by swapping rank 1 with rank k, k uniform in 2..n",
+            unswapped, {"randomised_rows": int(np.asarray(log.get("randomised", [])).sum())})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ctr = clicks / views
+    diag = np.diag(ctr)
+    theta = np.ones(ranks)
+    theta[1:] = (ctr[0, 1:] + diag[1:]) / (ctr[0, 0] + ctr[1:, 0])
+    bias = PositionBias(theta, method="swaps")
+    if grid:
+        bias.theta_grid = _grid_of(shown, theta, ranks)
+    return bias
+
+
+def _grid_of(shown, theta: np.ndarray, ranks: int) -> np.ndarray:
+    cells = shown.drop_duplicates("rank")[["rank", "grid_row", "grid_col"]].to_numpy(np.int64)
+    out = np.full((cells[:, 1].max(), cells[:, 2].max()), np.nan)
+    for rank, row, col in cells:
+        out[row - 1, col - 1] = theta[rank - 1]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- harvesting
+
+
+def _pair_counts(shown, ranks: int):
+    """Per (query, product, rank): clicks and views."""
+    agg = (shown.groupby(["user_query", "product_id", "rank"], sort=False, observed=True)["click"]
+           .agg(["sum", "count"]).reset_index())
+    return agg
+
+
+@ESTIMATORS.register("harvest")
+def intervention_harvesting(log, ranks: int = 10, max_iter: int = 2000) -> PositionBias:
+    """Relative propensities harvested from several logged rankers (Agarwal et al. 2019, "Estimating position bias without intrusive interventions", WSDM).
+
+    When two or more model versions serve the same query (assigned independently of the shopper),
+    the same (query, product) is shown at different ranks: a natural swap. For every pair of ranks
+    ``k != k'`` let ``Omega_{k,k'}`` be the (query, product) pairs shown at both, and
+
+        c[k, k'] = sum over Omega_{k,k'} of CTR(query, product, at rank k),   N[k, k'] = |Omega_{k,k'}|,
+
+    so that ``E c[k, k'] = theta_k * rho_{k,k'} * N[k, k']`` with ``rho_{k,k'} = rho_{k',k}`` the mean
+    relevance of ``Omega_{k,k'}``. The AllPairs extremum estimator maximises the binomial likelihood
+    ``sum_{k != k'} c log(theta_k rho_kk') + (N - c) log(1 - theta_k rho_kk')`` over ``theta`` and the
+    symmetric ``rho`` (L-BFGS on logits, analytic gradient). Every (query, product) counts once per rank
+    pair, whatever its traffic. All pairs are used, not only those with rank 1, so ranks the rankers
+    never swap with rank 1 are still reached through the others. Raises
+    :class:`InsufficientInterventionsError` with fewer than two model versions, or when some rank shares
+    no (query, product) with the others (it names those ranks).
+    """
+    from scipy.optimize import minimize
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    shown = _check(log, ("user_query", "product_id", "rank", "model_version", "click"), ranks, "harvest")
+    versions = sorted(map(str, shown["model_version"].unique()))
+    if len(versions) < 2:
+        raise InsufficientInterventionsError(
+            "harvest", f"needs lists from at least two model versions that show the same (query, product) at "
+                       f"different ranks; the log holds {len(versions)}: {versions}", range(2, ranks + 1),
+            {"model_versions": versions})
+    agg = _pair_counts(shown, ranks)
+    agg["ctr"] = agg["sum"] / agg["count"]
+    agg["n_ranks"] = agg.groupby(["user_query", "product_id"], sort=False, observed=True)["rank"].transform("size")
+    multi = agg[agg["n_ranks"] > 1]
+    pairs = multi.merge(multi[["user_query", "product_id", "rank"]], on=["user_query", "product_id"], suffixes=("", "_other"))
+    pairs = pairs[pairs["rank"] != pairs["rank_other"]]
+    k1 = pairs["rank"].to_numpy(np.int64) - 1
+    k2 = pairs["rank_other"].to_numpy(np.int64) - 1
+    c = np.bincount(k1 * ranks + k2, weights=pairs["ctr"].to_numpy(np.float64), minlength=ranks * ranks).reshape(ranks, ranks)
+    N = np.bincount(k1 * ranks + k2, minlength=ranks * ranks).reshape(ranks, ranks).astype(np.float64)
+
+    adj = coo_matrix((np.ones(len(k1)), (k1, k2)), shape=(ranks, ranks))
+    _, label = connected_components(adj, directed=False)
+    lonely = [k + 1 for k in range(ranks) if label[k] != label[0]]
+    if lonely:
+        raise InsufficientInterventionsError(
+            "harvest", f"rank(s) {lonely} share no (query, product) with rank 1, directly or through other ranks; "
+                       f"found {len(multi.groupby(['user_query', 'product_id']))} (query, product) pairs shown at "
+                       f"two or more ranks by model versions {versions}", lonely,
+            {"model_versions": versions, "overlapping_pairs": int(len(pairs) // 2)})
+
+    iu, ju = np.nonzero(np.triu(N > 0, 1))                               # one rho per unordered pair
+    P = len(iu)
+    rows = np.concatenate([iu, ju])
+    cols = np.concatenate([ju, iu])
+    cc, nn = c[rows, cols], N[rows, cols]
+    pair = np.concatenate([np.arange(P), np.arange(P)])
+
+    def nll(x):
+        a, b = x[:ranks], x[ranks:]
+        t, r = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
+        p = np.clip(t[rows] * r[pair], 1e-12, 1 - 1e-12)
+        f = -(cc * np.log(p) + (nn - cc) * np.log1p(-p)).sum()
+        dp = -cc / p + (nn - cc) / (1 - p)
+        ga = np.bincount(rows, dp * p * (1 - t[rows]), minlength=ranks)
+        gb = np.bincount(pair, dp * p * (1 - r[pair]), minlength=P)
+        return f, np.concatenate([ga, gb])
+
+    ctr_rank = np.array([np.nanmean(agg.loc[agg["rank"] == k + 1, "ctr"]) for k in range(ranks)])
+    t0 = np.clip(ctr_rank / ctr_rank.max() * 0.9, 0.01, 0.99)
+    x0 = np.concatenate([np.log(t0 / (1 - t0)), np.zeros(P)])
+    res = minimize(nll, x0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    theta = 1 / (1 + np.exp(-res.x[:ranks]))
+    return PositionBias(theta, method="harvest").relative()
+
+
+# ---------------------------------------------------------------------------------------------- EM
+
+
+@ESTIMATORS.register("em")
+def regression_em(log, ranks: int = 10, features: list[str] | None = None, max_iter: int = 3000,
+                  tol: float = 1e-6) -> PositionBias:
+    """Propensities by expectation-maximisation (Wang et al. 2018, "Position bias estimation for unbiased learning to rank in personal search", WSDM).
+
+    The PBM ``P(click) = theta_k * gamma_g`` with latent examination E and relevance R, ``C = E and R``.
+    E-step, for a row at rank ``k`` of group ``g`` without a click::
+
+        P(E=1, R=0 | C=0) = theta_k (1 - gamma_g) / (1 - theta_k gamma_g)
+        P(E=0, R=1 | C=0) = (1 - theta_k) gamma_g / (1 - theta_k gamma_g)
+
+    (a click means E = R = 1). M-step: ``theta_k`` is the expected share of rows at ``k`` that were
+    examined, ``gamma_g`` the expected share of rows of ``g`` that were relevant. Rows are first
+    aggregated into (group, rank) cells, so each iteration is a few vector operations.
+
+    The "regression" of relevance on features is a lookup table here (our choice, simpler than the
+    paper's gradient-boosted trees): with ``features=None`` each (``user_query``, ``product_id``) is its
+    own group, which identifies ``theta`` only if pairs are shown at more than one rank (several
+    rankers, per-session noise, randomisation); with ``features=[columns]`` rows sharing those columns'
+    values share one ``gamma`` (e.g. a relevance grade or a bucketed ranker score), which identifies
+    ``theta`` even from one deterministic ranker as long as each value appears at several ranks.
+    Iterates until ``theta / theta_1`` moves less than ``tol`` or ``max_iter`` steps.
+    """
+    import pandas as pd
+
+    keys = ["user_query", "product_id"] if features is None else list(features)
+    shown = _check(log, tuple(keys) + ("rank", "click"), ranks, "em")
+    group = pd.MultiIndex.from_frame(shown[keys]).factorize()[0] if len(keys) > 1 else pd.factorize(shown[keys[0]])[0]
+    G = int(group.max()) + 1
+    cell = group.astype(np.int64) * ranks + shown["rank"].to_numpy(np.int64) - 1
+    ucell, inv = np.unique(cell, return_inverse=True)
+    n = np.bincount(inv).astype(np.float64)
+    c = np.minimum(np.bincount(inv, weights=shown["click"].to_numpy(np.float64)), n)
+    g, k = ucell // ranks, ucell % ranks
+    n_rank, n_group = np.bincount(k, n, minlength=ranks), np.bincount(g, n, minlength=G)
+    if (n_rank == 0).any():
+        raise InsufficientInterventionsError("em", "no rows at some ranks", np.flatnonzero(n_rank == 0) + 1)
+
+    ctr_rank = np.bincount(k, c, minlength=ranks) / n_rank
+    theta = np.clip(ctr_rank / max(ctr_rank.max(), 1e-12), 0.05, 0.95)
+    gamma = np.full(G, 0.5)
+    prev = theta / theta[0]
+    for _ in range(max_iter):
+        t, r = theta[k], gamma[g]
+        denom = np.maximum(1.0 - t * r, 1e-12)
+        miss = n - c
+        examined = c + miss * t * (1.0 - r) / denom
+        relevant = c + miss * (1.0 - t) * r / denom
+        theta = np.clip(np.bincount(k, examined, minlength=ranks) / n_rank, 1e-6, 1.0)
+        gamma = np.clip(np.bincount(g, relevant, minlength=G) / n_group, 1e-6, 1.0 - 1e-6)
+        rel = theta / theta[0]
+        if np.max(np.abs(rel - prev)) < tol:
+            break
+        prev = rel
+    return PositionBias(theta, method="em").relative()
