@@ -32,8 +32,9 @@ RANKS = 10
 
 def machine_load() -> str:
     load = os.getloadavg()
-    top = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout
-    busy = [l.split(None, 1) for l in top.splitlines()[1:8]]
+    top = subprocess.run(["ps", "-eo", "pid,pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout
+    rows = [l.split(None, 2) for l in top.splitlines()[1:10]]
+    busy = [(p, c) for pid, p, c in rows if int(pid) != os.getpid()][:6]        # not this benchmark itself
     busy = ", ".join(f"{c.strip()} {p}%" for p, c in busy if float(p) >= 5.0) or "nothing above 5% CPU"
     return f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores; busiest processes: {busy}"
 
@@ -90,7 +91,7 @@ def main():
     lines += ["Under trust bias the three estimators assume the PBM, so they recover the ratio of click rates "
               "theta_k (eps-_k + (eps+_k - eps-_k) rbar) / theta_1 (...), not theta_k: the trust-bias table shows "
               "how far that is from the examination propensity (an affine / trust-bias estimator is not implemented yet).", "",
-              f"Machine before the run: {before}.", f"Machine after the run: {machine_load()}.", ""]
+              f"Other work on the machine before the run (ps %CPU is each process's lifetime average): {before}.", f"Other work on the machine after the run: {machine_load()}.", ""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
