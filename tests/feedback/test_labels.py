@@ -260,3 +260,11 @@ def test_ips_beats_naive_on_simulated_clicks(one_torch_thread):
         r.fit(sl, groups, log=None)
         scores[method] = _true_ndcg(r, test)
     assert scores["ips"] > scores["naive"] + 0.03, scores
+
+
+def test_attach_matches_keys_as_strings():
+    sl = _slates()
+    sl.queries = ["7", "bags"]
+    ids = np.array([10, 11, 12, 13], dtype=object)
+    labels = pd.DataFrame({"user_query": [7, "bags"], "product_id": ["10", 13], "label": [0.5, 2.0]})
+    assert attach_click_labels(sl, labels, ids).y.tolist() == [[0.5, 0.0, 0.0, -1.0], [2.0, 0.0, -1.0, -1.0]]

@@ -240,11 +240,20 @@ def click_labels(log: pd.DataFrame, method: str = "ips", bias: PositionBias | No
 
 
 def slate_pairs(slates, ids) -> pd.DataFrame:
-    """One row per real candidate of ``slates``: ``b, n`` (its slot), ``user_query`` (the slate's query text), ``product_id``."""
+    """One row per real candidate of ``slates``: ``b, n`` (its slot), ``user_query`` (the slate's query text), ``product_id``.
+
+    Keys are strings (as :func:`~fusionrank.ranking.attach_grades` compares product ids).
+    """
     b, n = np.nonzero(slates.rows >= 0)
     ids = np.asarray(ids, dtype=object)
-    return pd.DataFrame({"b": b, "n": n, "user_query": np.asarray(slates.queries, dtype=object)[b],
-                         "product_id": ids[slates.rows[b, n]]})
+    return pd.DataFrame({"b": b, "n": n, "user_query": np.asarray(slates.queries, dtype=object)[b].astype(str),
+                         "product_id": ids[slates.rows[b, n]].astype(str)})
+
+
+def _keyed(labels: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``labels[KEY + columns]`` with string keys, one row per pair."""
+    out = labels[KEY + columns].astype({"user_query": str, "product_id": str})
+    return out.drop_duplicates(KEY)
 
 
 MIX_KEYS = ("judgments", "clicks")
@@ -268,8 +277,7 @@ def attach_click_labels(slates, labels: pd.DataFrame, ids, *, fill: float | np.n
     if missing:
         raise SchemaError("click labels", missing, list(labels.columns))
     pairs = slate_pairs(slates, ids)
-    lab = labels.drop_duplicates(KEY)[KEY + ["label"]]
-    lab = lab.astype({"user_query": object, "product_id": object})
+    lab = _keyed(labels, ["label"])
     merged = pairs.merge(lab, on=KEY, how="left")
     fill_arr = np.broadcast_to(np.asarray(fill, np.float64), slates.rows.shape)
     values = np.where(merged["label"].isna(), fill_arr[merged["b"], merged["n"]], merged["label"].to_numpy(np.float64))
@@ -333,7 +341,7 @@ def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] |
 
     cols = list(range(slates.x.shape[-1])) if columns is None else list(columns)
     pairs = slate_pairs(slates, ids)
-    lab = labels[KEY + ["label", "impressions"]].drop_duplicates(KEY).astype({"user_query": object, "product_id": object})
+    lab = _keyed(labels, ["label", "impressions"])
     m = pairs.merge(lab, on=KEY, how="inner")
     m = m[m["impressions"] > 0]
     if m.empty:
