@@ -9,7 +9,7 @@ import torch
 from fusionrank.errors import UnknownNameError
 from fusionrank.losses import LOSSES, PADDED_Y_VALUE, get_loss, loss_from_config
 
-EXPECTED = ["bce", "lambdaloss", "listnet", "mse", "ranknet"]
+EXPECTED = ["bce", "ips_listwise", "ips_pairwise", "lambdaloss", "listnet", "mse", "ranknet"]
 
 
 def test_registered_names():

@@ -17,6 +17,12 @@ Registered losses (see each module's docstring for formula and citation):
 - ``ranknet``    pairwise logistic, Burges et al. 2005 (:mod:`.ranknet`)
 - ``listnet``    listwise top-one softmax cross-entropy, Cao et al. 2007 (:mod:`.listnet`)
 - ``lambdaloss`` NDCG-weighted pairwise, Wang et al. 2018 (:mod:`.lambdaloss`)
+- ``ips_listwise`` propensity-weighted softmax, Ai et al. 2018 (:mod:`.counterfactual`)
+- ``ips_pairwise`` propensity-weighted pairwise logistic, Joachims et al. 2017 (:mod:`.counterfactual`)
+
+The two ``ips_*`` losses take *signed* labels (debiased click labels may be negative), so
+they pad with ``-inf`` instead of -1; :func:`label_padding` gives the padding value of a
+loss by name (losses that take signed labels carry ``signed_labels = True``).
 
 Configs name a loss with a ``{name, args}`` block::
 
@@ -34,6 +40,7 @@ from torch import Tensor
 
 from ._common import DEFAULT_EPS, LOSSES, PADDED_Y_VALUE
 from .bce import bce
+from .counterfactual import SIGNED_PADDED_Y_VALUE, ips_listwise, ips_pairwise
 from .lambdaloss import lambdaloss
 from .listnet import listnet
 from .mse import mse
@@ -46,8 +53,12 @@ __all__ = [
     "LOSSES",
     "PADDED_Y_VALUE",
     "LossFn",
+    "SIGNED_PADDED_Y_VALUE",
     "bce",
     "get_loss",
+    "ips_listwise",
+    "ips_pairwise",
+    "label_padding",
     "lambdaloss",
     "listnet",
     "loss_from_config",
@@ -78,3 +89,8 @@ def loss_from_config(block: Mapping[str, Any]) -> functools.partial:
     if "name" not in block or extra:
         raise ValueError(f"a loss block needs 'name' and optional 'args' only; got keys {sorted(block)}")
     return get_loss(block["name"], **dict(block.get("args") or {}))
+
+
+def label_padding(name: str) -> float:
+    """The ``y_true`` padding value loss ``name`` expects: ``-inf`` if it takes signed labels, else ``PADDED_Y_VALUE``."""
+    return SIGNED_PADDED_Y_VALUE if getattr(LOSSES.get(name), "signed_labels", False) else PADDED_Y_VALUE

@@ -3,7 +3,9 @@
 Training: Adam with weight decay (L2), dropout, modality dropout, gradient-norm
 clipping, early stopping on validation NDCG@10 (ideal DCG from all judged products
 when ``valid_ideal_dcg`` is given), fixed seeds. The loss is any registered loss
-(``{name, args}``) over padded ``[batch, slate]`` tensors.
+(``{name, args}``) over padded ``[batch, slate]`` tensors. Labels are graded relevance (>= 0, padded
+with -1) or, for losses that take signed labels (debiased clicks, e.g. ``ips_listwise``), any
+finite value, padded with ``-inf`` (:func:`~fusionrank.losses.label_padding`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import FusionrankError, NotFittedError
-from ..losses import PADDED_Y_VALUE, get_loss
+from ..losses import LOSSES, PADDED_Y_VALUE, get_loss, label_padding
 from ..metrics import ndcg_at_k_padded
 from .base import FeatureGroup
 from .neural import FusionRankerNet
@@ -101,9 +103,23 @@ class NeuralRanker:
     # estimator API ----------------------------------------------------------
     def fit(self, train, groups: Sequence[FeatureGroup], tables: dict[str, np.ndarray] | None = None, valid=None,
             valid_ideal_dcg: np.ndarray | None = None, log=print) -> "NeuralRanker":
-        """``train``/``valid``: objects with ``x [B,N,F]``, ``mask [B,N,K]``, ``rows [B,N]``, ``q [B,D]``, ``y [B,N]``."""
+        """``train``/``valid``: objects with ``x [B,N,F]``, ``mask [B,N,K]``, ``rows [B,N]``, ``q [B,D]``, ``y [B,N]``.
+
+        ``train.y`` on real candidates (``rows >= 0``) must be finite; it may be negative only
+        for a loss that takes signed labels. Slates whose labels are all 0 are skipped.
+        ``valid=None`` trains for exactly ``epochs`` epochs (or ``max_train_seconds``).
+        """
         if train.y is None:
             raise FusionrankError("training slates have no labels (qrels)")
+        pad = label_padding(self.loss["name"])
+        real = train.rows >= 0
+        labels = train.y[real]
+        if not np.isfinite(labels).all():
+            raise FusionrankError(f"training labels must be finite; found {int((~np.isfinite(labels)).sum())} that are not")
+        if pad == PADDED_Y_VALUE and (labels < 0).any():
+            signed = [n for n in LOSSES.names() if getattr(LOSSES.get(n), "signed_labels", False)]
+            raise FusionrankError(f"loss {self.loss['name']!r} takes graded labels >= 0 but {int((labels < 0).sum())} are "
+                                  f"negative; losses that take signed labels: {', '.join(signed)}")
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
         rng = np.random.default_rng(self.seed)
@@ -121,7 +137,7 @@ class NeuralRanker:
         best, best_state, bad = -1.0, None, 0
         self.history_ = []
         t_start = time.perf_counter()
-        keep = np.flatnonzero((train.y > 0).any(1))  # slates with no relevant candidate carry no ranking signal
+        keep = np.flatnonzero(((train.y != 0) & real).any(1))  # all-zero slates carry no ranking signal
         for ep in range(self.epochs):
             net.train()
             t0 = time.perf_counter()
@@ -130,9 +146,9 @@ class NeuralRanker:
             for i in range(0, len(order), self.batch_size):
                 idx = order[i:i + self.batch_size]
                 xs, ms, embs, qt = self._inputs(train.x, train.mask, train.rows, train.q, tables, idx)
-                y = _to_t(np.where(train.rows[idx] >= 0, train.y[idx], PADDED_Y_VALUE))
+                y = _to_t(np.where(train.rows[idx] >= 0, train.y[idx], pad))
                 s = net(xs, ms, embs, qt)
-                loss = loss_fn(s, y)
+                loss = loss_fn(s, y, padded_value_indicator=pad)
                 opt.zero_grad()
                 loss.backward()
                 if self.clip_norm:

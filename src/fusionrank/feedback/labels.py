@@ -1,0 +1,352 @@
+"""Training labels from a click log: naive, IPS, affine and doubly robust estimates of relevance.
+
+The click log has one row per product shown in a search (columns :data:`LOG_COLUMNS`):
+``query_id`` (the search), ``user_query`` (its text), ``product_id``, ``rank`` (1-based,
+as shown), ``logged_rank``, ``grid_row``/``grid_col``, ``model_version`` and the action
+counts ``click``, ``add_to_cart``, ``purchase``. Each row's *signal* is a weighted sum of
+its actions (:func:`action_signal`). A labeler (registered in :data:`LABELERS`) aggregates
+the rows of each ``(user_query, product_id)`` pair into one label; every labeler returns a
+frame with :data:`LABEL_COLUMNS`. With ``alpha_k``/``beta_k`` from
+:class:`~fusionrank.feedback.bias.PositionBias` (``P(click at k | r) = alpha_k r + beta_k``)
+and n impressions of the pair at ranks ``k_1..k_n`` with signals ``c_1..c_n``:
+
+- ``naive``   ``sum_i c_i / n``                                (no correction)
+- ``ips``     ``sum_i c_i / theta_{k_i} / n``                  (Joachims et al. 2017)
+- ``affine``  ``sum_i (c_i - beta_{k_i}) / alpha_{k_i} / n``   (Vardasbi et al. 2020; = ips without click noise)
+- ``dr``      ``r_hat + sum_i (c_i - beta_{k_i} - alpha_{k_i} r_hat) / sum_i alpha_{k_i}``, and ``r_hat`` for
+  candidates never shown (Oosterhuis 2023, aggregated form; ``r_hat`` is a direct-method estimate,
+  e.g. from :func:`fit_direct_method`).
+
+The corrected labels are unbiased per impression but can be large or negative; train on them
+with a loss that is linear in the labels (``ips_listwise``, ``ips_pairwise``).
+:func:`attach_click_labels` puts labels onto training slates (like
+:func:`~fusionrank.ranking.attach_grades` does for judgments), optionally mixed with grades.
+
+Typical use::
+
+    bias = PositionBias.load("bias.json")
+    labels = click_labels(log, "ips", bias)
+    train = attach_click_labels(train, labels, catalog.ids)
+    NeuralRanker(loss={"name": "ips_listwise", "args": {}}).fit(train, groups, tables)
+
+    # doubly robust: regress r_hat on the slates' features from the affine labels first
+    dm = fit_direct_method(train, click_labels(log, "affine", bias), catalog.ids)
+    labels = click_labels(log, "dr", bias, r_hat=dm.frame(train, catalog.ids))
+    train = attach_click_labels(train, labels, catalog.ids, fill=dm.predict(train))
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..errors import FusionrankError, SchemaError
+from ..registry import Registry
+from .bias import PositionBias
+from .schema import DEFAULT_ACTION_WEIGHTS
+
+#: Columns of a click log (one row per product shown in a search).
+LOG_COLUMNS: tuple[str, ...] = ("query_id", "user_query", "product_id", "rank", "logged_rank", "grid_row", "grid_col",
+                                "model_version", "click", "add_to_cart", "purchase")
+#: Columns every labeler returns.
+LABEL_COLUMNS: tuple[str, ...] = ("user_query", "product_id", "label", "impressions", "signal_sum")
+#: Where an impression's propensity is looked up: by list rank or by grid cell.
+POSITIONS = ("rank", "grid")
+KEY = ["user_query", "product_id"]
+
+#: name -> labeler ``fn(log, bias=None, *, weights=DEFAULT_ACTION_WEIGHTS, **args) -> DataFrame[LABEL_COLUMNS]``.
+LABELERS: Registry = Registry("click labeler")
+
+
+def _require(log: pd.DataFrame, columns) -> None:
+    missing = [c for c in columns if c not in log.columns]
+    if missing:
+        raise SchemaError("click log", missing, list(log.columns))
+
+
+def action_signal(log: pd.DataFrame, weights: Mapping[str, float] = DEFAULT_ACTION_WEIGHTS) -> pd.Series:
+    """Per row, ``sum_a weights[a] * log[a]`` over the actions in ``weights`` (float Series aligned with ``log``).
+
+    Actions count independently: a cart or purchase without a recorded click still counts.
+    """
+    _require(log, list(weights))
+    out = pd.Series(0.0, index=log.index)
+    for action, w in weights.items():
+        out += float(w) * log[action].fillna(0).astype(float)
+    return out
+
+
+def _lookup(table: np.ndarray, rank) -> np.ndarray:
+    """``table[rank - 1]``; ranks past the table take its last value (as :class:`PositionBias` does)."""
+    return table[np.clip(np.asarray(rank, np.int64), 1, len(table)) - 1]
+
+
+def propensities(log: pd.DataFrame, bias: PositionBias, position: str = "rank") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row ``(theta, alpha, beta)`` of its position: by ``rank``, or by ``grid`` cell (``bias.theta_grid``).
+
+    In grid mode the click noise (if any) is still looked up by rank.
+    """
+    if position not in POSITIONS:
+        raise FusionrankError(f"unknown position {position!r}; valid: {', '.join(POSITIONS)}")
+    _require(log, ["rank"] + (["grid_row", "grid_col"] if position == "grid" else []))
+    rank = log["rank"].to_numpy()
+    if position == "grid":
+        if bias.theta_grid is None:
+            raise FusionrankError("position='grid' needs a PositionBias with theta_grid")
+        tg = bias.theta_grid
+        r = np.clip(log["grid_row"].to_numpy(np.int64), 1, tg.shape[0]) - 1
+        c = np.clip(log["grid_col"].to_numpy(np.int64), 1, tg.shape[1]) - 1
+        theta = tg[r, c]
+    else:
+        theta = _lookup(bias.theta, rank)
+    if bias.eps_plus is None:
+        return theta, theta, np.zeros_like(theta)
+    ep, em = _lookup(bias.eps_plus, rank), _lookup(bias.eps_minus, rank)
+    return theta, theta * (ep - em), theta * em
+
+
+def _aggregate(log: pd.DataFrame, signal: pd.Series, numerator: np.ndarray) -> pd.DataFrame:
+    """Group rows by (user_query, product_id): label = mean of ``numerator``, impressions, signal_sum."""
+    _require(log, KEY)
+    frame = pd.DataFrame({"user_query": log["user_query"].to_numpy(), "product_id": log["product_id"].to_numpy(),
+                          "num": np.asarray(numerator, np.float64), "signal": signal.to_numpy(np.float64)})
+    g = frame.groupby(KEY, sort=False)
+    out = g.agg(num=("num", "sum"), impressions=("num", "size"), signal_sum=("signal", "sum")).reset_index()
+    out["label"] = out["num"] / out["impressions"]
+    return out[list(LABEL_COLUMNS)]
+
+
+def _need_bias(name: str, bias: PositionBias | None) -> PositionBias:
+    if bias is None:
+        raise FusionrankError(f"click labeler {name!r} needs a PositionBias")
+    return bias
+
+
+def _clipped(a: np.ndarray, clip: float | None) -> np.ndarray:
+    if clip is None:
+        if (a <= 0).any():
+            raise FusionrankError(f"{int((a <= 0).sum())} impressions have a propensity <= 0; pass clip= to bound it")
+        return a
+    return np.maximum(a, clip)
+
+
+@LABELERS.register("naive")
+def naive(log: pd.DataFrame, bias: PositionBias | None = None, *,
+          weights: Mapping[str, float] = DEFAULT_ACTION_WEIGHTS) -> pd.DataFrame:
+    """Mean signal over impressions, ignoring position: ``sum_i c_i / n``."""
+    signal = action_signal(log, weights)
+    return _aggregate(log, signal, signal.to_numpy())
+
+
+@LABELERS.register("ips")
+def ips(log: pd.DataFrame, bias: PositionBias | None = None, *, weights: Mapping[str, float] = DEFAULT_ACTION_WEIGHTS,
+        position: str = "rank", clip: float | None = None) -> pd.DataFrame:
+    """Inverse propensity scoring: ``sum_i c_i / theta_{k_i} / n`` (click noise in ``bias`` is ignored).
+
+    ``clip`` bounds propensities from below (``max(theta, clip)``), trading a little bias for
+    variance (Joachims et al. 2017, Sec. 5).
+
+    Joachims, Swaminathan & Schnabel, "Unbiased Learning-to-Rank with Biased Feedback", WSDM 2017.
+    """
+    theta, _, _ = propensities(log, _need_bias("ips", bias), position)
+    signal = action_signal(log, weights)
+    return _aggregate(log, signal, signal.to_numpy() / _clipped(theta, clip))
+
+
+@LABELERS.register("affine")
+def affine(log: pd.DataFrame, bias: PositionBias | None = None, *, weights: Mapping[str, float] = DEFAULT_ACTION_WEIGHTS,
+           position: str = "rank", clip: float | None = None) -> pd.DataFrame:
+    """Affine trust-bias correction: ``sum_i (c_i - beta_{k_i}) / alpha_{k_i} / n``; equals ``ips`` without click noise.
+
+    ``beta`` is on the scale of one click; with action weights other than clicks it corrects
+    the click part of the signal only approximately. ``clip`` bounds ``alpha`` from below.
+
+    Vardasbi, Oosterhuis & de Rijke, "When Inverse Propensity Scoring does not Work: Affine
+    Corrections for Unbiased Learning to Rank", CIKM 2020.
+    """
+    _, alpha, beta = propensities(log, _need_bias("affine", bias), position)
+    signal = action_signal(log, weights)
+    return _aggregate(log, signal, (signal.to_numpy() - beta) / _clipped(alpha, clip))
+
+
+def _r_hat_for(log: pd.DataFrame, r_hat) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Per-row r_hat of the log, and the frame of extra (never shown) pairs when ``r_hat`` is a frame."""
+    if isinstance(r_hat, str):
+        _require(log, [r_hat])
+        return log[r_hat].to_numpy(np.float64), None
+    if isinstance(r_hat, pd.DataFrame):
+        if not {"user_query", "product_id", "r_hat"} <= set(r_hat.columns):
+            raise SchemaError("r_hat frame", sorted({"user_query", "product_id", "r_hat"} - set(r_hat.columns)),
+                              list(r_hat.columns))
+        rh = r_hat.drop_duplicates(KEY)[KEY + ["r_hat"]]
+        merged = log[KEY].merge(rh, on=KEY, how="left")
+        missing = merged["r_hat"].isna()
+        if missing.any():
+            first = merged.loc[missing, KEY].iloc[0].tolist()
+            raise FusionrankError(f"r_hat has no value for {int(missing.sum())} logged impressions, e.g. {first}")
+        return merged["r_hat"].to_numpy(np.float64), rh
+    a = np.asarray(r_hat, np.float64)
+    if a.shape != (len(log),):
+        raise FusionrankError(f"r_hat must be a column name, a frame or an array of {len(log)} values; got shape {a.shape}")
+    return a, None
+
+
+@LABELERS.register("dr")
+def dr(log: pd.DataFrame, bias: PositionBias | None = None, *, r_hat: Any = "r_hat",
+       weights: Mapping[str, float] = DEFAULT_ACTION_WEIGHTS, position: str = "rank") -> pd.DataFrame:
+    """Doubly robust labels: ``r_hat + sum_i (c_i - beta_{k_i} - alpha_{k_i} r_hat) / sum_i alpha_{k_i}``.
+
+    ``r_hat`` is the direct-method (regression) estimate of relevance: the name of a log
+    column, an array aligned with the log's rows, or a frame ``user_query, product_id,
+    r_hat``. A frame may hold candidates that were never shown: they get the label
+    ``r_hat`` (``impressions`` 0). The estimate is unbiased if either ``r_hat`` or the
+    propensities are correct. With ``r_hat = 0`` it is the ratio estimator
+    ``sum_i (c_i - beta_{k_i}) / sum_i alpha_{k_i}``, which equals ``affine`` for a pair always
+    shown at one rank (and differs from it in weighting otherwise).
+
+    Oosterhuis, "Doubly Robust Estimation for Correcting Position Bias in Click Feedback for
+    Unbiased Learning to Rank", ACM TOIS 2023 (here per query-product pair, aggregated over
+    its impressions; the expected correction is the mean ``alpha`` over the impressions).
+    """
+    _, alpha, beta = propensities(log, _need_bias("dr", bias), position)
+    signal = action_signal(log, weights)
+    rh, frame = _r_hat_for(log, r_hat)
+    rows = pd.DataFrame({"user_query": log["user_query"].to_numpy(), "product_id": log["product_id"].to_numpy(),
+                         "r_hat": rh, "num": signal.to_numpy() - beta - alpha * rh, "alpha": alpha,
+                         "signal": signal.to_numpy()})
+    g = rows.groupby(KEY, sort=False)
+    out = g.agg(r_hat=("r_hat", "mean"), num=("num", "sum"), alpha=("alpha", "sum"), impressions=("num", "size"),
+                signal_sum=("signal", "sum")).reset_index()
+    if (out["alpha"] <= 0).any():
+        raise FusionrankError(f"{int((out['alpha'] <= 0).sum())} pairs have a total propensity <= 0")
+    out["label"] = out["r_hat"] + out["num"] / out["alpha"]
+    if frame is not None:
+        unseen = frame.merge(out[KEY], on=KEY, how="left", indicator=True)
+        unseen = unseen[unseen["_merge"] == "left_only"]
+        extra = pd.DataFrame({"user_query": unseen["user_query"].to_numpy(), "product_id": unseen["product_id"].to_numpy(),
+                              "label": unseen["r_hat"].to_numpy(np.float64), "impressions": 0, "signal_sum": 0.0})
+        out = pd.concat([out[list(LABEL_COLUMNS)], extra], ignore_index=True)
+    return out[list(LABEL_COLUMNS)]
+
+
+def click_labels(log: pd.DataFrame, method: str = "ips", bias: PositionBias | None = None, **args: Any) -> pd.DataFrame:
+    """Labels from the registered labeler ``method`` (see :data:`LABELERS`), with its keyword ``args``."""
+    return LABELERS.get(method)(log, bias, **args)
+
+
+# --- onto slates ---------------------------------------------------------------------------------
+
+
+def slate_pairs(slates, ids) -> pd.DataFrame:
+    """One row per real candidate of ``slates``: ``b, n`` (its slot), ``user_query`` (the slate's query text), ``product_id``.
+
+    Keys are strings (as :func:`~fusionrank.ranking.attach_grades` compares product ids).
+    """
+    b, n = np.nonzero(slates.rows >= 0)
+    ids = np.asarray(ids, dtype=object)
+    return pd.DataFrame({"b": b, "n": n, "user_query": np.asarray(slates.queries, dtype=object)[b].astype(str),
+                         "product_id": ids[slates.rows[b, n]].astype(str)})
+
+
+def _keyed(labels: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``labels[KEY + columns]`` with string keys, one row per pair."""
+    out = labels[KEY + columns].astype({"user_query": str, "product_id": str})
+    return out.drop_duplicates(KEY)
+
+
+MIX_KEYS = ("judgments", "clicks")
+
+
+def attach_click_labels(slates, labels: pd.DataFrame, ids, *, fill: float | np.ndarray = 0.0,
+                        mix: Mapping[str, float] | None = None):
+    """A copy of ``slates`` whose ``y`` holds click labels (-1 on padding, per the :class:`Slates` contract).
+
+    Candidates are matched to ``labels`` by the slate's query text (``slates.queries``, as
+    logged in ``user_query``) and product id (``ids[row]``). A candidate without a label
+    gets ``fill``: 0 (the default, right for naive/ips/affine) or an array ``[B, N]``, e.g.
+    a direct-method estimate for ``dr`` (``DirectMethod.predict(slates)``).
+
+    ``mix={"judgments": w1, "clicks": w2}`` returns ``w1 * slates.y + w2 * clicks`` instead,
+    for slates that already carry judgment grades (:func:`~fusionrank.ranking.attach_grades`);
+    scale the weights so both parts have comparable ranges (grades 0..4, clicks ~0..1).
+    The result is linear in the click labels, so an unbiased click part stays unbiased.
+    """
+    missing = [c for c in ("user_query", "product_id", "label") if c not in labels.columns]
+    if missing:
+        raise SchemaError("click labels", missing, list(labels.columns))
+    pairs = slate_pairs(slates, ids)
+    lab = _keyed(labels, ["label"])
+    merged = pairs.merge(lab, on=KEY, how="left")
+    fill_arr = np.broadcast_to(np.asarray(fill, np.float64), slates.rows.shape)
+    values = np.where(merged["label"].isna(), fill_arr[merged["b"], merged["n"]], merged["label"].to_numpy(np.float64))
+    clicks = np.full(slates.rows.shape, -1.0, np.float32)
+    clicks[merged["b"].to_numpy(), merged["n"].to_numpy()] = values
+    y = clicks
+    if mix is not None:
+        bad = sorted(set(mix) - set(MIX_KEYS))
+        if bad:
+            raise FusionrankError(f"unknown mix key {bad[0]!r}; valid: {', '.join(MIX_KEYS)}")
+        if slates.y is None and mix.get("judgments", 0):
+            raise FusionrankError("mix with judgments needs slates with grades (attach_grades first)")
+        real = slates.rows >= 0
+        grades = np.where(real, slates.y, 0.0) if slates.y is not None else 0.0
+        y = np.where(real, mix.get("judgments", 0.0) * grades + mix.get("clicks", 0.0) * clicks, -1.0).astype(np.float32)
+    return dataclasses.replace(slates, y=y)
+
+
+# --- direct method -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DirectMethod:
+    """A regression estimate of relevance from the scalar features of a candidate (``r_hat`` for ``dr``).
+
+    ``model`` is a fitted scikit-learn regressor over ``x[..., columns]``; predictions are
+    clipped to ``[lo, hi]`` (``None`` = unbounded).
+    """
+
+    model: Any
+    columns: list[int]
+    lo: float | None = 0.0
+    hi: float | None = None
+
+    def predict(self, slates) -> np.ndarray:
+        """``[B, N]`` estimates for every candidate (0 on padding)."""
+        real = slates.rows >= 0
+        out = np.zeros(slates.rows.shape, np.float64)
+        if real.any():
+            out[real] = np.clip(self.model.predict(slates.x[real][:, self.columns]), self.lo, self.hi)
+        return out
+
+    def frame(self, slates, ids) -> pd.DataFrame:
+        """``user_query, product_id, r_hat`` for every candidate of ``slates`` (the ``r_hat`` argument of ``dr``)."""
+        pairs = slate_pairs(slates, ids)
+        pairs["r_hat"] = self.predict(slates)[pairs["b"], pairs["n"]]
+        return pairs[KEY + ["r_hat"]].drop_duplicates(KEY)
+
+
+def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] | None = None, ridge_alpha: float = 1.0,
+                      lo: float | None = 0.0, hi: float | None = None) -> DirectMethod:
+    """Fit ``r_hat`` by ridge regression of debiased labels (e.g. ``affine``) on candidates' scalar features.
+
+    Only candidates with impressions are used, weighted by their number of impressions
+    (a label averaged over more impressions has less variance). ``columns`` picks feature
+    columns of ``slates.x`` (default all). Features are standardised first.
+    """
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cols = list(range(slates.x.shape[-1])) if columns is None else list(columns)
+    pairs = slate_pairs(slates, ids)
+    lab = _keyed(labels, ["label", "impressions"])
+    m = pairs.merge(lab, on=KEY, how="inner")
+    m = m[m["impressions"] > 0]
+    if m.empty:
+        raise FusionrankError("no logged candidate on the slates: cannot fit a direct-method estimate")
+    X = slates.x[m["b"].to_numpy(), m["n"].to_numpy()][:, cols]
+    model = make_pipeline(StandardScaler(), Ridge(alpha=ridge_alpha))
+    model.fit(X, m["label"].to_numpy(np.float64), ridge__sample_weight=m["impressions"].to_numpy(np.float64))
+    return DirectMethod(model, cols, lo, hi)
