@@ -415,13 +415,26 @@ class EventStore:
                     yield d
 
     def iter_events(self, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        """Every stored event in id order, with the grid columns of its search (None if the search is gone)."""
+        """Every stored event in id order, with the grid columns of its search (None if the search is gone).
+
+        An event stored without a position gets the product's shown rank in its search, when
+        the search is still stored and showed the product (``position_from_slate`` is then True).
+        """
         with self._tx(write=False) as cur:
-            self._x(cur, f"SELECT e.id, {', '.join('e.' + c for c in _EVENT_COLUMNS)}, q.grid_columns FROM events e "
-                         "LEFT JOIN queries q ON q.query_id = e.query_id ORDER BY e.id")
+            self._x(cur, f"SELECT e.id, {', '.join('e.' + c for c in _EVENT_COLUMNS)}, q.grid_columns, "
+                         "CASE WHEN e.position IS NULL THEN s.product_ids END FROM events e "
+                         "LEFT JOIN queries q ON q.query_id = e.query_id LEFT JOIN slates s ON s.slate_key = q.slate_key "
+                         "ORDER BY e.id")
             names = ("id", *_EVENT_COLUMNS, "grid_columns")
             while rows := cur.fetchmany(batch):
-                yield from (dict(zip(names, r)) for r in rows)
+                for r in rows:
+                    d = dict(zip(names, r[:-1]))
+                    d["position_from_slate"] = False
+                    if r[-1] is not None:
+                        shown = json.loads(r[-1])
+                        if d["object_id"] in shown:
+                            d["position"], d["position_from_slate"] = shown.index(d["object_id"]) + 1, True
+                    yield d
 
     # housekeeping ------------------------------------------------------------
     def purge(self, now: float | None = None) -> dict[str, int]:
