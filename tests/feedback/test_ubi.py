@@ -124,3 +124,29 @@ def test_empty_store_exports_empty_files(store_url, tmp_path):
     with open_store(store_url, HASH_KEY) as st:
         paths = export_ubi(st, tmp_path / "out", bulk=False)
     assert set(paths) == {"queries", "events"} and all(p.read_text() == "" for p in paths.values())
+
+
+def test_cli_events_export_stats_purge(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+    from fusionrank.feedback.store import hash_key_for
+
+    monkeypatch.delenv("FUSIONRANK_EVENTS_HASH_KEY", raising=False)
+    data = tmp_path / "data"
+    with open_store(data / "events.sqlite", hash_key_for(data)) as st:  # the service's layout: events.key beside the store
+        sl = ServedSlate(["a", "b"], np.zeros(2, np.float32), np.zeros((2, 1), np.float32), np.ones((2, 1), bool),
+                         np.zeros(3, np.float32), ["va", "vb"], [1, 2])
+        st.log_search(SearchLog("q1", "shoes", time.time() - 200 * 86400, "m1", sl))
+        st.record_events([Event("click", "q1", "b", 2, received=time.time() - 200 * 86400)])
+    url = f"sqlite:///{data / 'events.sqlite'}"
+    r = CliRunner().invoke(app, ["events", "stats", "--store", url])
+    assert r.exit_code == 0 and json.loads(r.stdout)["events"] == 1, r.output
+    r = CliRunner().invoke(app, ["events", "export", "--store", url, "--format", "ubi", "--out", str(tmp_path / "ubi")])
+    assert r.exit_code == 0 and len(read_ndjson(tmp_path / "ubi" / "ubi_events.ndjson")) == 1, r.output
+    r = CliRunner().invoke(app, ["events", "purge", "--store", url])
+    assert r.exit_code == 0 and json.loads(r.stdout)["deleted"]["queries"] == 1, r.output
+    r = CliRunner().invoke(app, ["events", "stats", "--store", "mysql://h/db"])
+    assert r.exit_code == 2 and "use one of: sqlite:///PATH, postgresql://" in " ".join(r.output.split())
+    r = CliRunner().invoke(app, ["events", "export", "--store", url, "--format", "csv", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "valid formats: ubi" in r.output

@@ -39,7 +39,7 @@ import numpy as np
 from .schema import ACTIONS, DEFAULT_GRID_COLUMNS, Event, SearchLog, ServedSlate, slate_key
 
 __all__ = ["EventStore", "open_store", "hash_key_for", "events_url_for", "open_service_store", "SCHEMA_VERSION",
-           "URL_SCHEMES", "StoreError"]
+           "URL_SCHEMES", "StoreError", "parse_url"]
 
 SCHEMA_VERSION = 1
 URL_SCHEMES = ("sqlite:///PATH", "postgresql://USER@HOST:PORT/DB", "a file path (SQLite)")
@@ -624,24 +624,32 @@ def _make_private_dirs(d: Path) -> None:
         os.chmod(q, DIR_MODE)
 
 
-def open_store(url: str | Path, hash_key: bytes, retention_days: float | None = None) -> EventStore:
-    """Open (creating if needed) the event store at ``url``: a file path, ``sqlite:///PATH`` or ``postgresql://...``."""
+def parse_url(url: str | Path) -> tuple[str, str]:
+    """``(engine, target)`` of an event store URL: ``("sqlite", PATH)`` or ``("postgresql", URL)``; StoreError otherwise."""
     u = str(url)
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", u)
     if m is None:
         if not u.strip():
             raise StoreError(f"empty event store URL; use one of: {', '.join(URL_SCHEMES)}")
-        return SQLiteEventStore(u, hash_key, retention_days)
+        return "sqlite", u
     scheme = m.group(1).lower()
     if scheme == "sqlite":
         path = u[len(m.group(0)):]
         if not path.startswith("/"):
             raise StoreError(f"{u!r}: a sqlite URL needs an absolute path after the scheme, like sqlite:////tmp/events.sqlite "
                              "(three slashes then the path)")
-        return SQLiteEventStore(path, hash_key, retention_days)
+        return "sqlite", path
     if scheme in ("postgresql", "postgres"):
-        return PostgresEventStore(u, hash_key, retention_days)
+        return "postgresql", u
     raise StoreError(f"unknown event store URL scheme {scheme!r}; use one of: {', '.join(URL_SCHEMES)}")
+
+
+def open_store(url: str | Path, hash_key: bytes, retention_days: float | None = None) -> EventStore:
+    """Open (creating if needed) the event store at ``url``: a file path, ``sqlite:///PATH`` or ``postgresql://...``."""
+    engine, target = parse_url(url)
+    if engine == "sqlite":
+        return SQLiteEventStore(target, hash_key, retention_days)
+    return PostgresEventStore(target, hash_key, retention_days)
 
 
 # --------------------------------------------------------------------------- the service's defaults
