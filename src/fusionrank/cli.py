@@ -409,6 +409,101 @@ def tune(
     console.print(f"best valid ndcg@10 {res['best_value']:.4f} with {res['best_params']}; config in {out / 'best.json'}")
 
 
+# --------------------------------------------------------------------------- events
+events_app = typer.Typer(no_args_is_help=True, help="The event store: searches served and shopper events (export, purge, stats).")
+app.add_typer(events_app, name="events")
+
+_STORE_HELP = "event store: a file path, sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+_KEY_HELP = ("file holding the store's hash key (default: $FUSIONRANK_EVENTS_HASH_KEY, else events.key beside a SQLite "
+             "store)")
+
+
+def _open_events(store: str, key_file: Optional[Path], retention_days: Optional[float] = None):
+    """Open an existing event store with its hash key; errors say what is missing."""
+    from .feedback.store import StoreError, open_store, parse_url
+    from .settings import get_settings
+
+    try:
+        engine, target = parse_url(store)
+    except StoreError as e:
+        _fail(e)
+    s = get_settings()
+    if key_file is not None:
+        if not key_file.is_file():
+            _fail(FusionrankError(f"--key-file {key_file}: no such file"))
+        key = key_file.read_bytes()
+    elif s.events_hash_key is not None and s.events_hash_key.get_secret_value():
+        key = s.events_hash_key.get_secret_value().encode("utf-8")
+    else:
+        path = Path(target) if engine == "sqlite" else None
+        if path is not None and not path.is_file():
+            _fail(FusionrankError(f"no event store at {path}"))
+        if path is None or not (path.parent / "events.key").is_file():
+            _fail(FusionrankError("the event store's hash key is needed: pass --key-file, or set FUSIONRANK_EVENTS_HASH_KEY"))
+        key = (path.parent / "events.key").read_bytes()
+    try:
+        return open_store(store, key, s.events_retention_days if retention_days is None else retention_days)
+    except (StoreError, ImportError) as e:
+        _fail(e)
+    except Exception as e:  # a server that refuses the connection, a file that is not a database
+        _fail(FusionrankError(f"cannot open the event store {store}: {e}"))
+
+
+@events_app.command("export")
+def events_export(
+    store: str = typer.Option(..., "--store", help=_STORE_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write the files into"),
+    fmt: str = typer.Option("ubi", "--format", help="export format (ubi: UBI 1.3 NDJSON for OpenSearch)"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
+):
+    """Write the stored searches and events as UBI NDJSON (ubi_queries.ndjson, ubi_events.ndjson and _bulk variants)."""
+    formats = ("ubi",)
+    if fmt not in formats:
+        _fail(FusionrankError(f"unknown export format {fmt!r}; valid formats: {', '.join(formats)}"))
+    from .feedback.ubi import export_ubi
+
+    st = _open_events(store, key_file)
+    try:
+        stats: dict = {}
+        paths = export_ubi(st, out, stats=stats)
+    finally:
+        st.close()
+    for name, p in paths.items():
+        console.print(f"{name:>13}: {p}")
+    console.print(f"{stats['queries']:,} searches, {stats['events']:,} events"
+                  + (f" ({stats['events_without_position']:,} without a position left out)" if stats["events_without_position"] else ""))
+
+
+@events_app.command("purge")
+def events_purge(
+    store: str = typer.Option(..., "--store", help=_STORE_HELP),
+    retention_days: Optional[float] = typer.Option(None, help="keep this many days (default: $FUSIONRANK_EVENTS_RETENTION_DAYS, 90; 0 keeps all)"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
+):
+    """Delete searches and events older than the retention (and slates and vectors nothing refers to any more)."""
+    st = _open_events(store, key_file, retention_days)
+    try:
+        gone = st.purge()
+        counts = st.counts()
+    finally:
+        st.close()
+    print(json.dumps({"deleted": gone, "remaining": counts, "retention_days": st.retention_days}))
+
+
+@events_app.command("stats")
+def events_stats(
+    store: str = typer.Option(..., "--store", help=_STORE_HELP),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
+):
+    """Rows per table of the event store, as JSON."""
+    st = _open_events(store, key_file)
+    try:
+        counts = st.counts()
+    finally:
+        st.close()
+    print(json.dumps({"store": st.dialect.name, **counts}))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,27 +1,36 @@
 """Every environment variable fusionrank reads, in one typed object.
 
-================================  ==============================================================
-variable                          meaning
-================================  ==============================================================
-``FUSIONRANK_HOME``               cache root: workspaces (ingested catalogues), the embedding
-                                  store, demo models, the exported ONNX query encoder
-                                  (default ``~/.cache/fusionrank``)
-``FUSIONRANK_FASHION44K``         the fashion44k folder; used where a config's data source is the
-                                  default ``../shared/data/fashion44k`` (``make demo``, the
-                                  shipped configs), and by ``fusionrank demo --data``'s default
-``FUSIONRANK_SHARED_DATA``        the shared data folder (``fashion44k/``, ``ltr/``,
-                                  ``esci-sample/``) for tests and benchmarks
-``FUSIONRANK_ADMIN_KEY``          the service's admin key (PUT/DELETE products, model swap,
-                                  snapshot); generated and printed at start when unset
-``FUSIONRANK_EVENTS_KEY``         the events-only key the search page embeds; generated when unset
-``FUSIONRANK_UPLOAD_ROOTS``       folders (``:``-separated, or a JSON list) from which ``PUT
-                                  /products`` may take a photo or clip, besides the catalogue's
-                                  own media folders (default: none)
-``FUSIONRANK_LOG_MAX_BYTES``      size at which ``searches.jsonl`` / ``events.jsonl`` are rotated
-                                  to ``<name>.1``, ``.2``, ... (default 64 MiB; 0 never rotates)
-``FUSIONRANK_EVENTS_RATE``        events-key requests per second per client before 429
-                                  (token bucket; default 20, burst ``FUSIONRANK_EVENTS_BURST`` 40)
-================================  ==============================================================
+======================================  ==============================================================
+variable                                meaning
+======================================  ==============================================================
+``FUSIONRANK_HOME``                     cache root: workspaces (ingested catalogues), the embedding
+                                        store, demo models, the exported ONNX query encoder
+                                        (default ``~/.cache/fusionrank``)
+``FUSIONRANK_FASHION44K``               the fashion44k folder; used where a config's data source is the
+                                        default ``../shared/data/fashion44k`` (``make demo``, the
+                                        shipped configs), and by ``fusionrank demo --data``'s default
+``FUSIONRANK_SHARED_DATA``              the shared data folder (``fashion44k/``, ``ltr/``,
+                                        ``esci-sample/``) for tests and benchmarks
+``FUSIONRANK_ADMIN_KEY``                the service's admin key (PUT/DELETE products, model swap,
+                                        snapshot); generated and printed at start when unset
+``FUSIONRANK_EVENTS_KEY``               the events-only key the search page embeds; generated when unset
+``FUSIONRANK_UPLOAD_ROOTS``             folders (``:``-separated, or a JSON list) from which ``PUT
+                                        /products`` may take a photo or clip, besides the catalogue's
+                                        own media folders (default: none)
+``FUSIONRANK_LOG_MAX_BYTES``            size at which ``searches.jsonl`` / ``events.jsonl`` are rotated
+                                        to ``<name>.1``, ``.2``, ... (default 64 MiB; 0 never rotates)
+``FUSIONRANK_EVENTS_RATE``              events-key requests per second per client before 429
+                                        (token bucket; default 20, burst ``FUSIONRANK_EVENTS_BURST`` 40)
+``FUSIONRANK_EVENTS_URL``               the event store: a file path or ``sqlite:///PATH`` (SQLite, WAL,
+                                        ``synchronous=FULL``) or ``postgresql://USER@HOST:PORT/DB``
+                                        (default: ``<service data dir>/events.sqlite``)
+``FUSIONRANK_EVENTS_HASH_KEY``          key of the HMAC-SHA256 that replaces client and session ids before
+                                        they are stored (default: 32 random bytes generated once into
+                                        ``<service data dir>/events.key``, mode 0600; see
+                                        :func:`fusionrank.feedback.store.hash_key_for`)
+``FUSIONRANK_EVENTS_RETENTION_DAYS``    days searches and events are kept before ``purge`` deletes
+                                        them (default 90; 0 keeps everything)
+======================================  ==============================================================
 
 :func:`get_settings` reads the environment on each call (cheap), so a test that sets a
 variable with ``monkeypatch.setenv`` sees it without reloading modules. No other module
@@ -52,6 +61,9 @@ class Settings(BaseSettings):
     log_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     events_rate: float = Field(20.0, gt=0)
     events_burst: int = Field(40, ge=1)
+    events_url: str | None = None
+    events_hash_key: SecretStr | None = None
+    events_retention_days: float = Field(90.0, ge=0)
 
     @property
     def upload_root_paths(self) -> list[Path]:
