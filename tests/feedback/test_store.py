@@ -293,3 +293,10 @@ def test_a_search_with_no_results(store):
     with pytest.raises(ValueError, match=r"want \[n, F\] and \[n, K\]"):
         store.log_search(make_search("q2", ServedSlate(["a"], np.zeros(1, np.float32), np.zeros(7, np.float32),
                                                        np.zeros((1, 3), bool), np.ones(4, np.float32), ["va"], [1]), 3.0))
+
+
+def test_click_log_dtypes_do_not_depend_on_the_rows(store):
+    empty = store.click_log()
+    store.log_search(make_search("q1", make_slate(np.random.default_rng(7), n=2), 1.0))
+    store.record_events([Event("click", "q1", store.recent_searches(1)[0][2][0], 1)])
+    assert empty.dtypes.to_dict() == store.click_log().dtypes.to_dict()

@@ -354,7 +354,7 @@ class EventStore:
                 "grid_col", "product_id", "score", "randomised", *COUNT_ACTIONS]
         if not q:
             text = ("query_id", "user_query", "model_version", "slate_key", "product_id")
-            return pd.DataFrame({c: pd.Series(dtype=object if c in text else np.float64 if c == "timestamp" else
+            return pd.DataFrame({c: pd.Series(dtype="str" if c in text else np.float64 if c == "timestamp" else
                                               np.float32 if c == "score" else bool if c == "randomised" else np.int64)
                                  for c in cols})
         qf = pd.DataFrame(q, columns=["query_id", "user_query", "timestamp", "model_version", "slate_key", "grid_columns",
@@ -364,7 +364,7 @@ class EventStore:
         pids = [json.loads(r[1]) for r in s]
         lens = np.fromiter((len(p) for p in pids), dtype=np.int64, count=len(pids))
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else np.zeros(0, np.int64)
-        flat_pid = np.array([p for ps in pids for p in ps], dtype=object)
+        flat_pid = pd.array([p for ps in pids for p in ps], dtype="str")
         flat_score = np.frombuffer(b"".join(bytes(r[2]) for r in s), dtype="<f4").astype(np.float32)
         flat_logged = np.fromiter((x for r in s for x in json.loads(r[3])), dtype=np.int64, count=int(lens.sum()))
         slot = pd.Index(skeys).get_indexer(qf["slate_key"])
@@ -377,17 +377,20 @@ class EventStore:
         rank0 = np.arange(total) - first
         flat = np.repeat(starts[slot], n) + rank0
         gc = qf["grid_columns"].to_numpy(np.int64)[qrow]
+        def per_search(col: str):  # string columns taken as arrays (no per-row Python objects)
+            return pd.array(qf[col].to_numpy(object), dtype="str").take(qrow)
+
         out = pd.DataFrame({
-            "query_id": qf["query_id"].to_numpy(object)[qrow],
-            "user_query": qf["user_query"].to_numpy(object)[qrow],
+            "query_id": per_search("query_id"),
+            "user_query": per_search("user_query"),
             "timestamp": qf["timestamp"].to_numpy(np.float64)[qrow],
-            "model_version": qf["model_version"].to_numpy(object)[qrow],
-            "slate_key": qf["slate_key"].to_numpy(object)[qrow],
+            "model_version": per_search("model_version"),
+            "slate_key": per_search("slate_key"),
             "rank": rank0 + 1,
             "logged_rank": flat_logged[flat],
             "grid_row": rank0 // gc + 1,
             "grid_col": rank0 % gc + 1,
-            "product_id": flat_pid[flat],
+            "product_id": flat_pid.take(flat),
             "score": flat_score[flat],
             "randomised": qf["randomised"].to_numpy(np.int64)[qrow].astype(bool),
         })
