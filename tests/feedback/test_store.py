@@ -300,3 +300,10 @@ def test_click_log_dtypes_do_not_depend_on_the_rows(store):
     store.log_search(make_search("q1", make_slate(np.random.default_rng(7), n=2), 1.0))
     store.record_events([Event("click", "q1", store.recent_searches(1)[0][2][0], 1)])
     assert empty.dtypes.to_dict() == store.click_log().dtypes.to_dict()
+
+
+def test_sqlite_commits_are_synchronous_in_wal_mode(tmp_path):
+    with open_store(tmp_path / "e.sqlite", HASH_KEY) as st:
+        with st._tx(write=False) as cur:
+            assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsync at every commit
