@@ -24,8 +24,10 @@ variable                                meaning
 ``FUSIONRANK_EVENTS_URL``               the event store: a file path or ``sqlite:///PATH`` (SQLite, WAL,
                                         ``synchronous=FULL``) or ``postgresql://USER@HOST:PORT/DB``
                                         (default: ``<service data dir>/events.sqlite``)
-``FUSIONRANK_EVENTS_HASH_KEY``          key of the HMAC-SHA256 that replaces client and session ids before
-                                        they are stored (default: 32 random bytes generated once into
+``FUSIONRANK_EVENTS_HASH_KEY``          key (any string of 16 bytes or more) of the HMAC-SHA256 that replaces
+                                        client and session ids before they are stored; a store refuses a
+                                        key other than the one it was created with (default: 32 random
+                                        bytes generated once into
                                         ``<service data dir>/events.key``, mode 0600; see
                                         :func:`fusionrank.feedback.store.hash_key_for`)
 ``FUSIONRANK_EVENTS_RETENTION_DAYS``    days searches and events are kept before ``purge`` deletes

@@ -279,3 +279,31 @@ def test_acknowledged_events_survive_sigkill(store_url, batch):
         stored = {int(e["object_id"][1:]) for e in st.iter_events()}
     assert set(range(acked + 1)) <= stored
     assert len(stored) % batch == 0  # whole batches only: a batch is one transaction
+
+
+def test_a_search_with_no_results(store):
+    empty = ServedSlate([], np.zeros(0, np.float32), np.zeros((0, 7), np.float32), np.zeros((0, 3), bool),
+                        np.ones(16, np.float32), [], [])
+    rng = np.random.default_rng(6)
+    store.log_searches([make_search("q0", empty, 1.0), make_search("q1", make_slate(rng, n=2), 2.0)])
+    got = store.slates([slate_key(empty, "m1")])[slate_key(empty, "m1")]
+    assert got.features.shape == (0, 7) and got.mask.shape == (0, 3) and got.product_ids == []
+    assert store.recent_searches(5)[0] == ("q0", "m1", [])
+    assert store.click_log()["query_id"].tolist() == ["q1", "q1"]
+    with pytest.raises(ValueError, match=r"want \[n, F\] and \[n, K\]"):
+        store.log_search(make_search("q2", ServedSlate(["a"], np.zeros(1, np.float32), np.zeros(7, np.float32),
+                                                       np.zeros((1, 3), bool), np.ones(4, np.float32), ["va"], [1]), 3.0))
+
+
+def test_click_log_dtypes_do_not_depend_on_the_rows(store):
+    empty = store.click_log()
+    store.log_search(make_search("q1", make_slate(np.random.default_rng(7), n=2), 1.0))
+    store.record_events([Event("click", "q1", store.recent_searches(1)[0][2][0], 1)])
+    assert empty.dtypes.to_dict() == store.click_log().dtypes.to_dict()
+
+
+def test_sqlite_commits_are_synchronous_in_wal_mode(tmp_path):
+    with open_store(tmp_path / "e.sqlite", HASH_KEY) as st:
+        with st._tx(write=False) as cur:
+            assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsync at every commit

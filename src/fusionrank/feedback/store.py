@@ -120,10 +120,9 @@ def _slate_row(key: str, s: ServedSlate) -> tuple:
     if scores.shape[0] != n or len(s.vector_keys) != n or len(s.logged_ranks) != n:
         raise ValueError(f"slate of {n} products has {scores.shape[0]} scores, {len(s.vector_keys)} vector keys and "
                          f"{len(s.logged_ranks)} logged ranks; each must have one per product")
-    nf = feats.shape[1] if feats.ndim == 2 else 0
-    nk = mask.shape[1] if mask.ndim == 2 else 0
-    if feats.size and feats.shape[0] != n or mask.size and mask.shape[0] != n:
+    if feats.ndim != 2 or feats.shape[0] != n or mask.ndim != 2 or mask.shape[0] != n:
         raise ValueError(f"slate of {n} products has features {feats.shape} and mask {mask.shape}; want [n, F] and [n, K]")
+    nf, nk = feats.shape[1], mask.shape[1]
     return (key, n, json.dumps(list(map(str, s.product_ids))), _f32(scores), _f32(feats), nf,
             np.ascontiguousarray(mask).tobytes(), nk, _f32(qv), int(qv.shape[0]),
             json.dumps(list(map(str, s.vector_keys))), json.dumps([int(r) for r in s.logged_ranks]))
@@ -354,9 +353,10 @@ class EventStore:
         cols = ["query_id", "user_query", "timestamp", "model_version", "slate_key", "rank", "logged_rank", "grid_row",
                 "grid_col", "product_id", "score", "randomised", *COUNT_ACTIONS]
         if not q:
-            return pd.DataFrame({c: pd.Series(dtype=object if c in ("query_id", "user_query", "model_version", "slate_key",
-                                                                   "product_id") else float if c in ("timestamp", "score")
-                                              else bool if c == "randomised" else np.int64) for c in cols})
+            text = ("query_id", "user_query", "model_version", "slate_key", "product_id")
+            return pd.DataFrame({c: pd.Series(dtype="str" if c in text else np.float64 if c == "timestamp" else
+                                              np.float32 if c == "score" else bool if c == "randomised" else np.int64)
+                                 for c in cols})
         qf = pd.DataFrame(q, columns=["query_id", "user_query", "timestamp", "model_version", "slate_key", "grid_columns",
                                       "randomised"])
         # slates flattened once: product ids, scores, logged ranks end to end, with each slate's offset and length
@@ -364,10 +364,12 @@ class EventStore:
         pids = [json.loads(r[1]) for r in s]
         lens = np.fromiter((len(p) for p in pids), dtype=np.int64, count=len(pids))
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else np.zeros(0, np.int64)
-        flat_pid = np.array([p for ps in pids for p in ps], dtype=object)
+        flat_pid = pd.array([p for ps in pids for p in ps], dtype="str")
         flat_score = np.frombuffer(b"".join(bytes(r[2]) for r in s), dtype="<f4").astype(np.float32)
         flat_logged = np.fromiter((x for r in s for x in json.loads(r[3])), dtype=np.int64, count=int(lens.sum()))
         slot = pd.Index(skeys).get_indexer(qf["slate_key"])
+        if (slot < 0).any():  # cannot happen through this class: a search and its slate are written in one transaction
+            raise StoreError(f"{int((slot < 0).sum())} stored search(es) name a slate that is not stored")
         n = lens[slot]
         total = int(n.sum())
         qrow = np.repeat(np.arange(len(qf)), n)
@@ -375,17 +377,20 @@ class EventStore:
         rank0 = np.arange(total) - first
         flat = np.repeat(starts[slot], n) + rank0
         gc = qf["grid_columns"].to_numpy(np.int64)[qrow]
+        def per_search(col: str):  # string columns taken as arrays (no per-row Python objects)
+            return pd.array(qf[col].to_numpy(object), dtype="str").take(qrow)
+
         out = pd.DataFrame({
-            "query_id": qf["query_id"].to_numpy(object)[qrow],
-            "user_query": qf["user_query"].to_numpy(object)[qrow],
+            "query_id": per_search("query_id"),
+            "user_query": per_search("user_query"),
             "timestamp": qf["timestamp"].to_numpy(np.float64)[qrow],
-            "model_version": qf["model_version"].to_numpy(object)[qrow],
-            "slate_key": qf["slate_key"].to_numpy(object)[qrow],
+            "model_version": per_search("model_version"),
+            "slate_key": per_search("slate_key"),
             "rank": rank0 + 1,
             "logged_rank": flat_logged[flat],
             "grid_row": rank0 // gc + 1,
             "grid_col": rank0 % gc + 1,
-            "product_id": flat_pid[flat],
+            "product_id": flat_pid.take(flat),
             "score": flat_score[flat],
             "randomised": qf["randomised"].to_numpy(np.int64)[qrow].astype(bool),
         })
