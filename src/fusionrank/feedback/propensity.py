@@ -261,3 +261,128 @@ def regression_em(log, ranks: int = 10, features: list[str] | None = None, max_i
             break
         prev = rel
     return PositionBias(theta, method="em").relative()
+
+
+# ---------------------------------------------------------------------------------------------- trust bias
+
+
+@ESTIMATORS.register("trust_em")
+def trust_bias_em(log, ranks: int = 10, features: list[str] | None = None, levels: int | None = None,
+                  max_iter: int = 3000, tol: float = 1e-6) -> PositionBias:
+    """Trust-bias curves ``alpha_k``, ``beta_k`` on their absolute scale, by EM (Agarwal et al. 2019, "Addressing trust bias for unbiased learning-to-rank", WWW; Vardasbi et al. 2020, CIKM).
+
+    Model: each impression of a group ``g`` (a (``user_query``, ``product_id``) pair, or a cell of
+    ``features``) is relevant (latent ``R = 1``) with probability ``gamma_g``, and
+
+        P(click | rank k, R = 1) = a_k = theta_k eps+_k,    P(click | rank k, R = 0) = b_k = theta_k eps-_k,
+
+    so ``P(click | k, g) = b_k + (a_k - b_k) gamma_g = beta_k + alpha_k gamma_g``. EM over the aggregated
+    (group, rank) click / impression counts: the E-step splits the clicks and the non-clicks of each cell
+    into expected relevant and non-relevant impressions, the M-step sets ``a_k`` (``b_k``) to the click
+    share of the expected relevant (non-relevant) impressions at ``k`` and ``gamma`` to the relevant share.
+    Pairs shown at several ranks (two or more model versions, randomised swaps, per-session noise) tie
+    the ranks together.
+
+    What the clicks identify. The likelihood is unchanged by ``gamma -> s gamma + t`` with
+    ``alpha -> alpha / s`` and ``beta -> beta - alpha t / s``: clicks fix the per-rank lines
+    ``beta_k + alpha_k gamma`` but not which relevance is called 0 and which 1 (``eps+_1 = 0.98`` cannot be
+    told from ``eps+_1 = 1``). This estimator fixes that with a convention: **the least relevant level
+    has relevance 0 and the most relevant level relevance 1** (its clicks at rank k are all noise,
+    ``beta_k``; or all signal, ``alpha_k + beta_k``). That is the truth when the catalogue holds both
+    useless and perfect results for some queries (as :class:`~.clickmodels.GradeRelevance` grades 0 and
+    4 are); otherwise ``alpha``/``beta`` are those of a relevance rescaled to the range seen. The affine
+    labels ``(c - beta_k) / alpha_k`` then move by the same ``s r + t`` for every impression, so a ranking
+    by mean label does not depend on the convention.
+
+    Levels. With one free ``gamma`` per pair, the lowest and highest fitted ``gamma`` are the noisiest ones
+    (a pair seen 500 times has ``gamma`` within about +-0.05), so anchoring to them would inflate the
+    scale. ``levels=L`` (the default, 5, when ``features`` is None) makes the relevance of a pair one of
+    ``L`` latent levels ``gamma_1..gamma_L`` shared by all pairs (a mixture over pairs, EM on the pair's
+    level as well), and the anchors are the lowest and highest level, each pooled over many pairs.
+    With ``features=[columns]`` each cell has its own ``gamma`` (``levels=None``, the default then),
+    fine when cells are few and large (a grade, a bucketed ranker score).
+
+    Returned convention: ``theta_k = a_k = alpha_k + beta_k`` (the click rate of a relevant result at
+    ``k``, not examination alone), ``eps_plus = 1`` and ``eps_minus_k = b_k / a_k``, so that
+    :meth:`PositionBias.alpha` and :meth:`PositionBias.beta` give ``alpha_k`` and ``beta_k`` exactly
+    (absolute, not normalised to rank 1). Iterates until alpha and beta (after the convention) move less
+    than ``tol`` or ``max_iter`` steps.
+    """
+    import pandas as pd
+
+    keys = ["user_query", "product_id"] if features is None else list(features)
+    if levels is None and features is None:
+        levels = 5
+    if levels is not None and levels < 2:
+        raise ValueError(f"trust_em: levels must be at least 2 (a relevant and a non-relevant level); got {levels}")
+    shown = _check(log, tuple(keys) + ("rank", "click"), ranks, "trust_em")
+    group = pd.MultiIndex.from_frame(shown[keys]).factorize()[0] if len(keys) > 1 else pd.factorize(shown[keys[0]])[0]
+    G = int(group.max()) + 1
+    cell = group.astype(np.int64) * ranks + shown["rank"].to_numpy(np.int64) - 1
+    ucell, inv = np.unique(cell, return_inverse=True)
+    n = np.bincount(inv).astype(np.float64)
+    c = np.minimum(np.bincount(inv, weights=shown["click"].to_numpy(np.float64)), n)
+    g, k = ucell // ranks, ucell % ranks
+    n_rank = np.bincount(k, n, minlength=ranks)
+    if (n_rank == 0).any():
+        raise InsufficientInterventionsError("trust_em", "no rows at some ranks", np.flatnonzero(n_rank == 0) + 1)
+    ranks_per_group = np.bincount(g, minlength=G)
+    if (ranks_per_group > 1).sum() == 0:
+        raise InsufficientInterventionsError(
+            "trust_em", "no (query, product) is shown at more than one rank, so the ranks cannot be compared; log "
+                        "two or more model versions, randomise a share of traffic, or pass features=",
+            range(2, ranks + 1), {"groups": G})
+    miss = n - c
+
+    ctr = np.bincount(k, c, minlength=ranks) / n_rank
+    a = np.clip(1.5 * ctr, 0.02, 0.98)
+    b = np.clip(0.5 * ctr, 0.01, 0.97)
+    L = levels if levels is not None else G
+    gamma = np.linspace(0.1, 0.9, L) if levels is not None else np.full(G, 0.5)
+    weight = np.full(L, 1.0 / L)
+    lv = np.arange(L)
+    prev = None
+    eps = 1e-12
+    for it in range(max_iter):
+        if levels is None:
+            resp = None
+            gi = gamma[g][:, None]                                          # [C, 1]
+        else:
+            p = b[k][:, None] + (a[k] - b[k])[:, None] * gamma[None, :]     # [C, L]
+            p = np.clip(p, 1e-9, 1 - 1e-9)
+            ll_cell = c[:, None] * np.log(p) + miss[:, None] * np.log1p(-p)
+            ll = np.stack([np.bincount(g, ll_cell[:, l], minlength=G) for l in lv], 1) + np.log(np.maximum(weight, eps))
+            ll -= ll.max(1, keepdims=True)
+            resp = np.exp(ll)
+            resp /= resp.sum(1, keepdims=True)                              # [G, L] P(level | pair's clicks)
+            gi = gamma[None, :]
+        ak, bk = a[k][:, None], b[k][:, None]
+        rel_click = c[:, None] * gi * ak / np.maximum(gi * ak + (1 - gi) * bk, eps)
+        rel_miss = miss[:, None] * gi * (1 - ak) / np.maximum(gi * (1 - ak) + (1 - gi) * (1 - bk), eps)
+        if resp is not None:
+            w = resp[g]                                                      # [C, L]
+            rel_click, rel_miss = rel_click * w, rel_miss * w
+            n_w = n[:, None] * w
+            gamma = np.clip(rel_click.sum(0) + rel_miss.sum(0), eps, None) / np.maximum(n_w.sum(0), eps)
+            weight = resp.mean(0)
+            rc, rm = rel_click.sum(1), rel_miss.sum(1)
+        else:
+            rc, rm = rel_click[:, 0], rel_miss[:, 0]
+            gamma = np.clip(np.bincount(g, rc + rm, minlength=G) / np.bincount(g, n, minlength=G), 1e-6, 1 - 1e-6)
+        rel_n = np.bincount(k, rc + rm, minlength=ranks)
+        a = np.clip(np.bincount(k, rc, minlength=ranks) / np.maximum(rel_n, eps), 1e-6, 1 - 1e-6)
+        b = np.clip(np.bincount(k, c - rc, minlength=ranks) / np.maximum(n_rank - rel_n, eps), 1e-6, 1 - 1e-6)
+        alpha, beta = _anchor(a, b, gamma if levels is None else gamma[weight > 1e-3])
+        cur = np.concatenate([alpha, beta])
+        if prev is not None and np.max(np.abs(cur - prev)) < tol:
+            break
+        prev = cur
+    top = alpha + beta
+    return PositionBias(top, np.ones(ranks), beta / top, method="trust_em")
+
+
+def _anchor(a: np.ndarray, b: np.ndarray, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``alpha``, ``beta`` with relevance rescaled so the lowest ``gamma`` is 0 and the highest 1."""
+    lo, hi = float(gamma.min()), float(gamma.max())
+    alpha = a - b
+    return alpha * (hi - lo), b + alpha * lo
