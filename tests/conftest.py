@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# the PostgreSQL server fixture of the event-store tests (a module, not a second conftest: tests import from `conftest`)
+pytest_plugins = ["postgres_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -109,7 +109,7 @@ class ExperimentConfig(BaseModel):
         from .errors import UnknownNameError
         from .fusion import FUSIONS
         from .losses import LOSSES
-        from .rankers import GBDTRanker, NeuralRanker
+        from .rankers import FeatureRanker, GBDTRanker, NeuralRanker
 
         try:
             for key, b in self.encoders.items():
@@ -120,6 +120,8 @@ class ExperimentConfig(BaseModel):
             _check_args("loss", self.loss.name, self.loss.args, LOSSES.get(self.loss.name), ("y_pred", "y_true"))
             if ranker_kind(self.scorer.name) == GBDTRanker.kind:
                 _check_args("scorer", self.scorer.name, self.scorer.args, GBDTRanker.__init__, ("seed",))
+            elif ranker_kind(self.scorer.name) == FeatureRanker.kind:
+                _check_args("scorer", self.scorer.name, self.scorer.args, FeatureRanker.__init__)
             else:  # the other blocks set the rest of NeuralRanker's arguments
                 _check_args("scorer", self.scorer.name, self.scorer.args, NeuralRanker.__init__,
                             ("fusion", "fusion_args", "scorer", "loss", "seed", "lr", "weight_decay", *TrainingConfig.model_fields))

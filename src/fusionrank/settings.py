@@ -32,6 +32,9 @@ variable                                meaning
                                         :func:`fusionrank.feedback.store.hash_key_for`)
 ``FUSIONRANK_EVENTS_RETENTION_DAYS``    days searches and events are kept before ``purge`` deletes
                                         them (default 90; 0 keeps everything)
+``FUSIONRANK_RANDOMISE_SHARE``          share of searches whose top result the service swaps with one at
+                                        a random rank 2..k, so position bias can be estimated from
+                                        clicks (default 0: off)
 ======================================  ==============================================================
 
 :func:`get_settings` reads the environment on each call (cheap), so a test that sets a
@@ -66,6 +69,7 @@ class Settings(BaseSettings):
     events_url: str | None = None
     events_hash_key: SecretStr | None = None
     events_retention_days: float = Field(90.0, ge=0)
+    randomise_share: float = Field(0.0, ge=0, le=1)
 
     @property
     def upload_root_paths(self) -> list[Path]:

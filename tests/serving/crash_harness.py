@@ -10,8 +10,8 @@ Used by ``tests/serving/test_crash.py`` and ``benchmarks/crash_runs.py``. Load, 
   event marked by a unique ``timestamp``; a 200 makes the search id and events acknowledged.
 
 After each kill the server is restarted and every acknowledged state, search and event is
-checked: products through ``GET /products/{id}``, searches and events in ``searches.jsonl`` /
-``events.jsonl`` (rotated files included) read with :func:`fusionrank.serving.wal.read_all`.
+checked: products through ``GET /products/{id}``, searches and events in the service's event store
+(``events.sqlite`` in its data folder), opened read-side with :func:`fusionrank.feedback.store.open_service_store`.
 """
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ class Check:
 
 def check(server: Server, ledger: Ledger, data_dir: Path) -> Check:
     """Compare everything acknowledged with the restarted server's products and the logs on disk."""
-    from fusionrank.serving.wal import read_all
+    from fusionrank.feedback.store import open_service_store
 
     lost, found = [], 0
     with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -201,8 +201,9 @@ def check(server: Server, ledger: Ledger, data_dir: Path) -> Check:
             else:
                 lost.append(f"{pid}: acknowledged {title!r}, found {have!r}")
     ledger.inflight.clear()
-    evs = {(e.get("search_id"), e.get("timestamp")) for e in read_all(data_dir / "events.jsonl")}
-    searches = {e.get("search_id") for e in read_all(data_dir / "searches.jsonl")}
+    with open_service_store(data_dir) as store:
+        evs = {(e["query_id"], e["timestamp"]) for e in store.iter_events()}
+        searches = {q["query_id"] for q in store.iter_queries()}
     return Check(len(ledger.acked), found, lost, len(ledger.events), len(ledger.events & evs),
                  len(ledger.searches), len(ledger.searches & searches))
 

@@ -79,16 +79,20 @@ def test_search_page_end_to_end(service_factory, live_server, browser, tmp_path)
         # a click on a result is posted as an event
         pid = first.get_attribute("data-product-id")
         first.locator("img.photo, .title").first.click()
-        events_file = svc.data_dir / "events.jsonl"
         t0 = time.time()
         while time.time() - t0 < 10:
-            evs = [json.loads(l) for l in events_file.read_text().splitlines()] if events_file.exists() else []
-            if any(e["type"] == "click" for e in evs):
+            evs = list(svc.events.iter_events())
+            if any(e["action_name"] == "click" for e in evs):
                 break
             time.sleep(0.1)
-        clicks = [e for e in evs if e["type"] == "click"]
-        assert clicks and clicks[-1]["product_id"] == pid and clicks[-1]["position"] == 1
-        assert sum(e["type"] == "impression" for e in evs) == cards.count()
+        clicks = [e for e in evs if e["action_name"] == "click"]
+        assert clicks and clicks[-1]["object_id"] == pid and clicks[-1]["position"] == 1
+        assert (clicks[-1]["grid_row"], clicks[-1]["grid_col"]) == (1, 1)
+        assert sum(e["action_name"] == "impression" for e in evs) == cards.count()
+        # the page's anonymous browser and visit ids arrive, stored only as keyed hashes
+        assert clicks[-1]["client_id"] and clicks[-1]["session_id"] and len(clicks[-1]["client_id"]) == 32
+        q = [r for r in svc.events.iter_queries() if r["query_id"] == clicks[-1]["query_id"]]
+        assert q and q[0]["client_id"] == clicks[-1]["client_id"] and q[0]["session_id"] == clicks[-1]["session_id"]
         # a bad query shows the API's message, not a broken page
         page.goto(srv.url + "/?q=shirt&category=Spaceships")
         page.wait_for_function("document.getElementById('status').textContent.startsWith('Error')")

@@ -73,6 +73,7 @@ class SearchLog:
     grid_columns: int = DEFAULT_GRID_COLUMNS
     randomised: bool = False
     total_ms: float | None = None
+    vectors: dict = field(default_factory=dict)  # vector key -> embedding rows first served here (archived with the search)
 
 
 @dataclass

@@ -101,6 +101,7 @@ _INSERT_QUERY = (f"INSERT INTO queries ({', '.join(_QUERY_COLUMNS)}) VALUES ({',
                  "ON CONFLICT DO NOTHING")
 _INSERT_SLATE = (f"INSERT INTO slates ({', '.join(_SLATE_COLUMNS)}) VALUES ({', '.join('?' * len(_SLATE_COLUMNS))}) "
                  "ON CONFLICT DO NOTHING")
+_INSERT_VECTOR = "INSERT INTO vectors (vector_key, dims, data, created) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
 #: click_log's integer count columns, one per action aggregated from ``events``.
 COUNT_ACTIONS = ("click", "add_to_cart", "purchase")
@@ -228,11 +229,17 @@ class EventStore:
         self.log_searches([s])
 
     def log_searches(self, logs: Sequence[SearchLog]) -> None:
-        """Store many searches in one transaction (``executemany``); a query id already stored is left as it was."""
+        """Store many searches in one transaction (``executemany``); a query id already stored is left as it was.
+
+        The product vectors a search carries (``SearchLog.vectors``: first served with it) go in the same transaction.
+        """
         qrows, srows = self._search_rows(logs)
         if not qrows:
             return
+        vrows = [self._vector_row(k, rows) for s in logs for k, rows in (s.vectors or {}).items()]
         with self._tx() as cur:
+            if vrows:
+                self._xm(cur, _INSERT_VECTOR, vrows)
             self._xm(cur, _INSERT_SLATE, srows)
             self._xm(cur, _INSERT_QUERY, qrows)
 
@@ -259,13 +266,15 @@ class EventStore:
         return out
 
     # vectors -----------------------------------------------------------------
+    @staticmethod
+    def _vector_row(key: str, rows: list[np.ndarray]) -> tuple:
+        arrs = [np.asarray(r, dtype=np.float32).reshape(-1) for r in rows]
+        return (str(key), json.dumps([int(a.shape[0]) for a in arrs]), b"".join(_f32(a) for a in arrs), time.time())
+
     def put_vectors(self, key: str, rows: list[np.ndarray]) -> None:
         """Store one product's embedding rows (one 1-D float32 array per table) under ``key``; a known key is kept."""
-        arrs = [np.asarray(r, dtype=np.float32).reshape(-1) for r in rows]
-        data = b"".join(_f32(a) for a in arrs)
         with self._tx() as cur:
-            self._x(cur, "INSERT INTO vectors (vector_key, dims, data, created) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (str(key), json.dumps([int(a.shape[0]) for a in arrs]), data, time.time()))
+            self._x(cur, _INSERT_VECTOR, self._vector_row(key, rows))
 
     def vectors(self, keys: Iterable[str]) -> dict[str, list[np.ndarray]]:
         keys = list(dict.fromkeys(keys))

@@ -1,4 +1,4 @@
-"""Rankers: neural fusion rankers (linear, logistic, MLP heads) and LightGBM lambdarank, registered by kind."""
+"""Rankers: neural fusion rankers (linear, logistic, MLP heads), LightGBM lambdarank and single-feature rankers, registered by kind."""
 from __future__ import annotations
 
 import json
@@ -6,12 +6,14 @@ from pathlib import Path
 
 from ..registry import Registry
 from .base import FeatureGroup, Ranker
+from .feature import FeatureRanker
 from .gbdt import GBDTRanker
 from .trainer import NeuralRanker
 
 RANKERS: Registry[type] = Registry("ranker")
 RANKERS.register(NeuralRanker.kind, NeuralRanker)
 RANKERS.register(GBDTRanker.kind, GBDTRanker)
+RANKERS.register(FeatureRanker.kind, FeatureRanker)
 
 
 def ranker_kind(scorer: str) -> str:
@@ -27,4 +29,4 @@ def load_ranker(directory: str | Path) -> Ranker:
     return RANKERS.get(kind).load(d)
 
 
-__all__ = ["RANKERS", "FeatureGroup", "Ranker", "NeuralRanker", "GBDTRanker", "ranker_kind", "load_ranker"]
+__all__ = ["RANKERS", "FeatureGroup", "Ranker", "NeuralRanker", "GBDTRanker", "FeatureRanker", "ranker_kind", "load_ranker"]

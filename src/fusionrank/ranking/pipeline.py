@@ -41,6 +41,8 @@ class SearchResult:
     candidates: Candidates
     timings_ms: dict[str, float]
     query_cached: bool
+    scored: Scored | None = None  # the ranker's inputs and scores for every candidate
+    order: np.ndarray | None = None  # slate positions of ``hits``, in shown order
 
 
 @dataclass
@@ -123,6 +125,7 @@ class RankingPipeline:
         scored: Scored = scorer.transform(sl)
         t.append(time.perf_counter())
         hits = self.explainer.hits(scored, scorer.ranker, k, 0, explain)
+        order = scored.order(0, k)
         t.append(time.perf_counter())
         timings = {}
         for name, a, b in zip(STAGES, t[:-1], t[1:]):
@@ -130,4 +133,4 @@ class RankingPipeline:
             if observe is not None:
                 observe(name, b - a)
         timings["total_ms"] = round((t[-1] - t[0]) * 1e3, 3)
-        return SearchResult(hits, cands, timings, cached)
+        return SearchResult(hits, cands, timings, cached, scored, order)

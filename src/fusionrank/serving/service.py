@@ -4,7 +4,12 @@
 what the benchmarks call directly. A search runs the ranking path
 (:class:`~fusionrank.ranking.RankingPipeline`: encode, retrieve, features, rank,
 explain; the same stages training and evaluation use) over the updatable
-:class:`~fusionrank.serving.index.SearchIndex`, and logs what it served.
+:class:`~fusionrank.serving.index.SearchIndex`, and logs what it served to the event store
+(:mod:`fusionrank.feedback.store`): the search, the products in shown order with their grid
+cells, and the features, masks, query vector and product vectors the ranker scored
+(:func:`fusionrank.feedback.logged.served_slate`), so training from clicks sees exactly what
+the ranker saw. A configurable share of searches is randomised (the top result swapped with
+one at a random rank) so position bias can be estimated from the clicks.
 
 The ranker sits behind a :class:`ModelHandle` that a swap replaces in one assignment;
 a request reads the handle once, so it finishes with the model it started with and no
@@ -12,6 +17,7 @@ request fails during a swap.
 """
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -22,15 +28,16 @@ from typing import Any
 
 from .. import schema as S
 from ..errors import FusionrankError, UnknownCategory
+from ..feedback.logged import VectorArchive, draw_swap, served_slate
+from ..feedback.schema import ACTIONS, DEFAULT_GRID_COLUMNS, Event, SearchLog, grid_cell
 from ..modalities import SCALAR_FEATURES
 from ..modeldir import ModelDir
 from ..ranking import STAGES, QueryEncoder, RankingPipeline
 from .index import SearchIndex
-from .wal import RecordLog
 
 __all__ = ["SearchService", "ModelHandle", "ModelMismatch", "UnknownCategory", "load_handle", "STAGES", "EVENT_TYPES"]
 
-EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
+EVENT_TYPES = ACTIONS
 
 
 class ModelMismatch(FusionrankError):
@@ -58,7 +65,13 @@ def load_handle(model_dir: str | Path) -> ModelHandle:
 class SearchService:
     def __init__(self, index: SearchIndex, model: ModelHandle, query_encoder: QueryEncoder | None = None,
                  data_dir: str | Path | None = None, product_encoder=None, recent_searches: int = 100_000,
-                 log_max_bytes: int | None = None, log=print):
+                 events=None, feature_logging: bool = True, randomise_share: float | None = None,
+                 grid_columns: int = DEFAULT_GRID_COLUMNS, seed: int | None = None, log=print):
+        """``events``: an open event store, or None to open the configured one in ``data_dir``
+        (``FUSIONRANK_EVENTS_URL``, else ``data_dir/events.sqlite``); with neither, nothing is logged."""
+        from ..settings import get_settings
+
+        settings = get_settings()
         self.index = index
         self.queries = query_encoder or QueryEncoder()
         self._model: ModelHandle | None = None
@@ -69,30 +82,34 @@ class SearchService:
         self._start_media_dirs: list[str] | None = None
         if product_encoder is not None and getattr(product_encoder, "media_dirs", ()) is None:
             product_encoder.media_dirs = self._index_media_dirs()
-        self._recent: OrderedDict[str, tuple[str, frozenset]] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[str, frozenset, int]] = OrderedDict()
         self._recent_max = recent_searches
         self._log_lock = threading.Lock()
-        self._files: dict[str, RecordLog] = {}
         self._swap_lock = threading.Lock()
         self.stage_observer = None  # callable(stage, seconds), set by the HTTP layer for metrics
-        if log_max_bytes is None:
-            from ..settings import get_settings
+        self.feature_logging = feature_logging
+        self.randomise_share = settings.randomise_share if randomise_share is None else float(randomise_share)
+        if not 0.0 <= self.randomise_share <= 1.0:
+            raise FusionrankError(f"randomise_share must be in [0, 1]; got {self.randomise_share}")
+        self.grid_columns = int(grid_columns)
+        self._rng = random.Random(seed)
+        self.events = events
+        if self.events is None and self.data_dir:
+            from ..feedback.store import open_service_store
 
-            log_max_bytes = get_settings().log_max_bytes
-        self.log_max_bytes = log_max_bytes or None
-        if self.data_dir:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             try:
                 self.data_dir.chmod(0o700)
             except OSError:
                 pass
-            for name in ("searches.jsonl", "events.jsonl"):  # scanned and repaired now, not at the first write
-                f = self._files[name] = RecordLog(self.data_dir / name, max_bytes=self.log_max_bytes, log=log)
-                if name == "searches.jsonl":  # searches issued before a restart stay known to /events
-                    for r in f.records[-self._recent_max:]:
-                        if isinstance(r.get("search_id"), str):
-                            self._recent[r["search_id"]] = (str(r.get("model_version")), frozenset(map(str, r.get("results") or ())))
-                f.release_records()
+            self.events = open_service_store(self.data_dir)
+        self.archive = VectorArchive()
+        if self.events is not None:
+            purged = self.events.purge()
+            if any(purged.values()) and log:
+                log(f"event store: retention removed {purged}")
+            for sid, version, shown in self.events.recent_searches(self._recent_max):  # known to /events across restarts
+                self._recent[sid] = (str(version), frozenset(map(str, shown)), self.grid_columns)
 
     # model -----------------------------------------------------------------
     @property
@@ -132,23 +149,39 @@ class SearchService:
         return (time.perf_counter() - t0) * 1e3
 
     def search(self, query: str, k: int = 10, category: str | None = None, explain: bool = True,
-               record: bool = True) -> dict[str, Any]:
+               record: bool = True, client_id: str | None = None, session_id: str | None = None) -> dict[str, Any]:
+        """Rank, explain and log one search. ``client_id``/``session_id`` are stored only as keyed hashes."""
         m = self.model  # one read: the whole request uses this model
         res = self.pipeline.search(query, k, category, explain, ranker=m.ranker, observe=self.stage_observer)
         hits, t = res.hits, res.timings_ms
         sid = uuid.uuid4().hex
-        if not record:
+        if not record or self.events is None:
             return {"search_id": sid, "timings_ms": t, "results": hits}
-        shown = frozenset(h["product_id"] for h in hits)
         with self._log_lock:
-            self._recent[sid] = (m.version, shown)
+            swap = draw_swap(self._rng, self.randomise_share, len(hits))
+        if swap is not None:
+            hits[0], hits[swap] = hits[swap], hits[0]
+        for i, h in enumerate(hits):
+            h["rank"] = i + 1
+            h["grid_row"], h["grid_col"] = (int(v) for v in grid_cell(i + 1, self.grid_columns))
+        t0 = time.perf_counter()
+        slate, vectors = served_slate(res, self.index, self.archive, swap, features=self.feature_logging)
+        query = query.strip()
+        entry = SearchLog(sid, query, time.time(), m.version, slate, client_id=client_id, session_id=session_id, k=k,
+                          category=category, index_version=int(self.index.version), grid_columns=self.grid_columns,
+                          randomised=swap is not None, total_ms=t["total_ms"], vectors=vectors)
+        try:
+            self.events.log_search(entry)  # with the product vectors first served here, in one transaction
+        except BaseException:
+            self.archive.forget(vectors)
+            raise
+        t["log_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        with self._log_lock:
+            self._recent[sid] = (m.version, frozenset(slate.product_ids), self.grid_columns)
             if len(self._recent) > self._recent_max:
                 self._recent.popitem(last=False)
-        query = query.strip()
-        self._write("searches.jsonl", {"search_id": sid, "ts": time.time(), "query": query, "k": k, "category": category,
-                                       "model_version": m.version, "results": [h["product_id"] for h in hits],
-                                       "total_ms": t["total_ms"]})
         return {"search_id": sid, "query": query, "k": k, "category": category, "model_version": m.version,
+                "grid_columns": self.grid_columns, "randomised": swap is not None,
                 "candidates": int(len(res.candidates.rows[0])), "candidate_sources": res.candidates.sources[0],
                 "query_cached": res.query_cached, "model_weights": (m.alpha or {}).get("weights"),
                 "model_weights_kind": (m.alpha or {}).get("kind"), "timings_ms": t, "results": hits}
@@ -182,59 +215,56 @@ class SearchService:
 
     # events ----------------------------------------------------------------
     def record_events(self, events: list[dict[str, Any]], require_known: bool = False) -> dict[str, Any]:
-        """Check each event against the search it names, then append them all (or none) to the event log.
+        """Check each event against the search it names, then store them all (or none); durable on return.
 
-        With ``require_known`` (the public events key), an event must name a search this
-        service issued (one of the last ``recent_searches``, kept across restarts through
-        ``searches.jsonl``); otherwise an unknown search id is accepted as given.
+        An event is a dict with ``type`` (one of :data:`EVENT_TYPES`), ``search_id``,
+        ``model_version``, ``product_id`` and optional ``position``, ``timestamp``, ``value``,
+        ``client_id``, ``session_id``. The grid cell is derived from the position. With
+        ``require_known`` (the public events key), an event must name a search this service
+        issued (one of the last ``recent_searches``, kept across restarts by the store);
+        otherwise an unknown search id is accepted as given.
         """
+        if self.events is None:
+            raise FusionrankError("this service has no event store (start it with a data folder or FUSIONRANK_EVENTS_URL)")
         problems = []
+        out: list[Event] = []
+        now = time.time()
         with self._log_lock:
             for i, e in enumerate(events):
                 known = self._recent.get(e["search_id"])
+                columns = self.grid_columns
                 if known is None:
                     if require_known:
                         problems.append(f"events[{i}].search_id: {e['search_id']} is not a search this service issued recently")
-                    continue  # admin key: a search from before a restart, or evicted: accepted as given
-                version, shown = known
-                if e["model_version"] != version:
-                    problems.append(f"events[{i}].model_version: search {e['search_id']} was served by {version!r}, "
-                                    f"not {e['model_version']!r}")
-                if e["product_id"] not in shown:
-                    problems.append(f"events[{i}].product_id: {e['product_id']!r} was not in the results of search {e['search_id']}")
+                        continue
+                else:  # admin key: a search from before a restart, or evicted: accepted as given
+                    version, shown, columns = known
+                    if e["model_version"] != version:
+                        problems.append(f"events[{i}].model_version: search {e['search_id']} was served by {version!r}, "
+                                        f"not {e['model_version']!r}")
+                    if e["product_id"] not in shown:
+                        problems.append(f"events[{i}].product_id: {e['product_id']!r} was not in the results of search {e['search_id']}")
+                pos = e.get("position")
+                row, col = (int(v) for v in grid_cell(pos, columns)) if pos else (None, None)
+                out.append(Event(e["type"], e["search_id"], str(e["product_id"]), pos, e.get("timestamp"),
+                                 e.get("client_id"), e.get("session_id"), e["model_version"], e.get("value"), row, col, now))
         if problems:
             raise ValueError("; ".join(problems[:10]) + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
-        now = time.time()
-        self._write("events.jsonl", *({**e, "received": now} for e in events))
-        return {"accepted": len(events)}
-
-    def _write(self, name: str, *entries: dict) -> None:
-        """Append to a data log; returns once the entries are on disk (ValueError for NaN/Infinity, nothing written)."""
-        if not self.data_dir:
-            return
-        f = self._files.get(name)
-        if f is None:
-            with self._log_lock:
-                f = self._files.get(name)
-                if f is None:
-                    f = self._files[name] = RecordLog(self.data_dir / name, max_bytes=self.log_max_bytes)
-                    f.release_records()
-        f.append(*entries)
+        self.events.record_events(out)
+        return {"accepted": len(out)}
 
     def close(self) -> None:
-        with self._log_lock:
-            for f in self._files.values():
-                f.close()
-            self._files.clear()
+        if self.events is not None:
+            self.events.close()
         self.index.close()
 
     def log_health(self) -> dict[str, Any]:
-        """What opening each log repaired (torn tails cut off, damaged lines reported) and records appended since."""
-        out = {"changes.jsonl": dict(self.index.log_repair)}
-        for name, f in self._files.items():
-            out[name] = {**f.repair.as_dict(), "appended": f.appended}
-        out["repaired_total"] = sum(int(bool(v.get("torn_bytes"))) + int(v.get("corrupt_lines") or 0)
-                                    for k, v in out.items() if isinstance(v, dict))
+        """What opening the change log repaired, and the event store's record counts."""
+        out: dict[str, Any] = {"changes.jsonl": dict(self.index.log_repair)}
+        if self.events is not None:
+            out["events"] = self.events.counts()
+        v = out["changes.jsonl"]
+        out["repaired_total"] = int(bool(v.get("torn_bytes"))) + int(v.get("corrupt_lines") or 0)
         return out
 
     def stats(self, admin: bool = False) -> dict[str, Any]:

@@ -167,14 +167,15 @@ def _search(c):
 def test_non_finite_numbers_and_absurd_times_are_refused(svc_client, field, value, text):
     svc, c = svc_client
     ev = _search(c)
-    before = (svc.data_dir / "events.jsonl").read_bytes()
+    before = svc.events.counts()["events"]
     body = json.dumps({"events": [ev]})[:-3] + f', "{field}": {value}}}]}}'
     r = c.post("/events", content=body, headers={**E, "content-type": "application/json"})
     assert r.status_code == 422 and text in r.json()["detail"], r.text
-    assert (svc.data_dir / "events.jsonl").read_bytes() == before
+    assert svc.events.counts()["events"] == before
     ok = {**ev, "timestamp": time.time(), "value": 12.5}
     assert c.post("/events", json={"events": [ok]}, headers=E).status_code == 200
-    assert all(math.isfinite(e.get("value") or 0) for e in read_all(svc.data_dir / "events.jsonl"))
+    stored = list(svc.events.iter_events())
+    assert len(stored) == before + 1 and all(math.isfinite(e.get("value") or 0) for e in stored)
 
 
 def test_events_key_only_for_searches_this_service_issued(svc_client, tiny_model, tmp_path):
@@ -184,7 +185,7 @@ def test_events_key_only_for_searches_this_service_issued(svc_client, tiny_model
     r = c.post("/events", json={"events": [forged]}, headers=E)
     assert r.status_code == 422 and "is not a search this service issued" in r.json()["detail"]
     assert c.post("/events", json={"events": [forged]}, headers=A).status_code == 200  # the admin key may backfill
-    # after a restart the searches log still vouches for the ids it issued
+    # after a restart the event store still vouches for the ids it issued
     from fusionrank.serving import SearchService
 
     again = SearchService(svc.index, svc.model, data_dir=svc.data_dir, log=lambda m: None)
@@ -225,6 +226,7 @@ def test_long_url_gets_414(svc_client):
 def test_data_logs_are_private(svc_client):
     svc, c = svc_client
     _search(c)
-    for name in ("searches.jsonl", "events.jsonl"):
+    assert stat.S_IMODE(os.stat(svc.data_dir).st_mode) == 0o700
+    for name in ("events.sqlite", "events.key"):
         assert stat.S_IMODE(os.stat(svc.data_dir / name).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(svc.index._log_path).st_mode) == 0o600

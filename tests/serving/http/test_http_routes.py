@@ -38,5 +38,5 @@ def test_openapi_operations_ids_and_key_headers(service_factory):
     keys = {k: prm["description"] for k, op in ops.items() for prm in op.get("parameters", [])
             if prm["in"] == "header" and prm["name"] == "x-api-key"}
     assert keys == GUARDED
-    assert [p["name"] for p in ops["get", "/search"]["parameters"]] == ["q", "k", "category", "explain"]
+    assert [p["name"] for p in ops["get", "/search"]["parameters"]] == ["q", "k", "category", "explain", "client_id", "session_id"]
     assert spec["info"]["title"] == "fusionrank search" and "X-API-Key" in spec["info"]["description"]

@@ -26,6 +26,8 @@ class Event(BaseModel):
     timestamp: float | None = Field(None, allow_inf_nan=False, ge=MIN_TIMESTAMP,
                                     description="client time, seconds since the epoch (2000-01-01 .. now + 1 day)")
     value: float | None = Field(None, ge=0, le=MAX_VALUE, allow_inf_nan=False, description="order value (purchases)")
+    client_id: str | None = Field(None, min_length=1, max_length=200, description="the shopper's browser id (stored only as a keyed hash)")
+    session_id: str | None = Field(None, min_length=1, max_length=200, description="the shopping session id (stored only as a keyed hash)")
 
     @field_validator("timestamp")
     @classmethod

@@ -1,4 +1,4 @@
-"""Fixtures of the feedback tests: a throwaway PostgreSQL server, and the store URLs to run against.
+"""Fixtures of the event-store tests (a plugin of tests/conftest.py): a throwaway PostgreSQL server, and the store URLs to run against.
 
 :class:`TempPostgres` runs Debian's ``postgresql`` binaries (``/usr/lib/postgresql/*/bin``):
 ``initdb`` into a fresh temporary folder (as the ``postgres`` OS user when the tests run as

@@ -1,0 +1,141 @@
+"""What the ranker saw, captured at serving time and rebuilt for training: the one bridge between the two.
+
+:func:`served_slate` turns one :class:`~fusionrank.ranking.pipeline.SearchResult` into a
+:class:`~fusionrank.feedback.schema.ServedSlate`: for every product shown, in shown order, the
+scalar features and modality masks the ranker scored, its score, the query vector, and a
+*vector key* naming the product's embedding rows. The embedding rows themselves go to the
+store's ``vectors`` table the first time a key is served (:class:`VectorArchive`), so a
+logged slate can be rebuilt after the product has changed, or after the catalogue was rebuilt.
+
+:func:`rebuild_slates` does the reverse: logged slates -> :class:`~fusionrank.ranking.features.Slates`
+plus the embedding tables they index, the exact inputs of ``ranker.predict``. A test proves that
+the rebuilt inputs give the served scores bit for bit.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import FusionrankError
+from ..modalities import TABLES
+from ..ranking.features import Slates
+from .schema import ServedSlate, vector_key
+
+
+class VectorArchive:
+    """Vector keys of catalogue rows (cached per row: rows are never rewritten in place), and which keys the store has."""
+
+    def __init__(self, known: Iterable[str] = ()):
+        self._row_keys: dict[tuple[int, int], str] = {}
+        self._stored: set[str] = set(known)
+        self._lock = threading.Lock()
+
+    def key(self, catalog, row: int) -> tuple[str, list[np.ndarray]]:
+        rows = [np.asarray(catalog.emb[t][row], np.float32) for t in TABLES]
+        k = self._row_keys.get((id(catalog), row))
+        if k is None:
+            k = vector_key(rows)
+            self._row_keys[(id(catalog), row)] = k
+        return k, rows
+
+    def new(self, keys_rows: Sequence[tuple[str, list[np.ndarray]]]) -> dict[str, list[np.ndarray]]:
+        """The vectors among ``keys_rows`` the store does not hold yet (marked as held: the caller writes them now)."""
+        out = {}
+        with self._lock:
+            for k, rows in keys_rows:
+                if k not in self._stored:
+                    self._stored.add(k)
+                    out[k] = [r.copy() for r in rows]
+        return out
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Keys whose write failed: written again next time they are served."""
+        with self._lock:
+            self._stored.difference_update(keys)
+
+
+def served_slate(result, catalog, archive: VectorArchive, swap: int | None = None,
+                 features: bool = True) -> tuple[ServedSlate, dict[str, list[np.ndarray]]]:
+    """The shown products of one search with the ranker's inputs; and the vectors to archive.
+
+    ``swap``: 0-based shown position exchanged with the top one (a randomised swap), or None.
+    Without ``features`` only the products and scores are kept (feature logging off).
+    """
+    sc = result.scored
+    order = np.asarray(result.order, np.int64)
+    n = len(order)
+    sl = sc.slates
+    rows = sl.rows[0, order]
+    ids = [str(catalog.ids[r]) for r in rows]
+    scores = np.asarray(sc.scores[0, order], np.float32)
+    if not features:
+        slate = ServedSlate(ids, scores, np.zeros((n, 0), np.float32), np.zeros((n, 0), bool), np.zeros(0, np.float32),
+                            [""] * n, list(range(1, n + 1)))
+        return swapped(slate, swap), {}
+    with catalog.lock:
+        kr = [archive.key(catalog, int(r)) for r in rows]
+    slate = ServedSlate(ids, scores, np.array(sl.x[0, order], np.float32), np.array(sl.mask[0, order], bool),
+                        np.array(sl.q[0], np.float32), [k for k, _ in kr], list(range(1, n + 1)))
+    return swapped(slate, swap), archive.new(kr)
+
+
+def swapped(slate: ServedSlate, swap: int | None) -> ServedSlate:
+    """``slate`` with the product at 0-based shown position ``swap`` exchanged with the top one (the randomisation
+    intervention); ``logged_ranks`` keep the ranks the ranker gave. ``None`` or 0 returns ``slate`` itself."""
+    if not swap:
+        return slate
+    n = len(slate.product_ids)
+    if not 0 < swap < n:
+        raise FusionrankError(f"swap position {swap} is outside the slate of {n}")
+    p = np.arange(n)
+    p[[0, swap]] = p[[swap, 0]]
+    feats = slate.features[p] if len(slate.features) == n else slate.features
+    mask = slate.mask[p] if len(slate.mask) == n else slate.mask
+    return ServedSlate([slate.product_ids[i] for i in p], slate.scores[p], feats, mask, slate.query_vector,
+                       [slate.vector_keys[i] for i in p], [slate.logged_ranks[i] for i in p])
+
+
+def draw_swap(rng, share: float, n: int) -> int | None:
+    """The randomisation decision for one search of ``n`` results: None, or the 0-based position swapped with the top.
+
+    With probability ``share`` a position is drawn uniformly from 2..n (Joachims et al. 2017's swap
+    intervention); ``rng`` is a :class:`random.Random`.
+    """
+    if share <= 0 or n < 2 or rng.random() >= share:
+        return None
+    return rng.randrange(1, n)
+
+
+def rebuild_slates(slates: Sequence[ServedSlate], vectors: dict[str, list[np.ndarray]], query_ids: Sequence[str] | None = None,
+                   queries: Sequence[str] | None = None) -> tuple[Slates, dict[str, np.ndarray]]:
+    """Logged slates -> ``(Slates, tables)``, the inputs ``ranker.predict`` had when the slates were served.
+
+    ``vectors`` maps vector keys to embedding rows (``store.vectors(keys)``). Rows of the
+    returned slates index the returned tables (one row per distinct key).
+    """
+    if not slates:
+        raise FusionrankError("no logged slates to rebuild")
+    keys = sorted({k for s in slates for k in s.vector_keys})
+    missing = [k for k in keys if k not in vectors]
+    if "" in keys or missing:
+        raise FusionrankError(f"cannot rebuild the ranker's inputs: {len(missing) or 'some'} slates were logged without "
+                              f"features or their vectors are missing from the store (first: {(missing or [''])[0]!r})")
+    pos = {k: i for i, k in enumerate(keys)}
+    tables = {t: np.stack([vectors[k][j] for k in keys]).astype(np.float32) for j, t in enumerate(TABLES)}
+    B, N = len(slates), max(len(s.product_ids) for s in slates)
+    F = slates[0].features.shape[1]
+    K = slates[0].mask.shape[1]
+    rows = np.full((B, N), -1, np.int64)
+    x = np.zeros((B, N, F), np.float32)
+    mask = np.zeros((B, N, K), bool)
+    q = np.stack([s.query_vector for s in slates]).astype(np.float32)
+    for b, s in enumerate(slates):
+        n = len(s.product_ids)
+        rows[b, :n] = [pos[k] for k in s.vector_keys]
+        x[b, :n] = s.features
+        mask[b, :n] = s.mask
+    qids = list(query_ids) if query_ids is not None else [str(i) for i in range(B)]
+    texts = list(queries) if queries is not None else [""] * B
+    return Slates(qids, texts, rows, x, mask, q), tables

@@ -1,0 +1,224 @@
+"""Simulated shoppers: draw queries, search through the real service, click by a click model, post events.
+
+A :class:`Shoppers` population draws each session's query with a Zipf-like frequency from a
+set of queries with graded judgments (fashion44k's training queries), searches through a
+:class:`Shop` (the in-process :class:`~fusionrank.serving.service.SearchService`, or the HTTP
+API with the events key, as the web page does), lets a click model
+(:mod:`fusionrank.feedback.clickmodels`) decide clicks, carts and purchases from the true
+grades of the products shown at their positions, and posts them as events.
+
+For 10^5 to 10^6 sessions, :meth:`Shoppers.run` with ``cache=True`` searches each distinct
+query once per logging model (as the unbiased-LTR literature does), keeps that result list,
+applies the service's own randomisation (:func:`~fusionrank.feedback.logged.draw_swap`,
+:func:`~fusionrank.feedback.logged.swapped`) per session, and writes searches and events to
+the service's event store in bulk: a million sessions take minutes rather than hours.
+"""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from .. import schema as S
+from ..errors import FusionrankError
+from .logged import draw_swap, swapped
+from .schema import ACTIONS, Event, SearchLog, grid_cell
+
+
+class Shop(Protocol):
+    """Where shoppers search and post events: the service in process, or over HTTP."""
+
+    def search(self, query: str, k: int, client_id: str, session_id: str) -> dict[str, Any]: ...
+
+    def post(self, events: list[dict[str, Any]]) -> None: ...
+
+
+class ServiceShop:
+    """The in-process :class:`~fusionrank.serving.service.SearchService`."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def search(self, query, k, client_id, session_id):
+        return self.service.search(query, k=k, explain=False, client_id=client_id, session_id=session_id)
+
+    def post(self, events):
+        self.service.record_events(events, require_known=True)
+
+
+class HttpShop:
+    """The HTTP API with the public events key, exactly as the web page calls it (an ``httpx.Client`` or TestClient)."""
+
+    def __init__(self, client, events_key: str):
+        self.client, self.key = client, events_key
+
+    def search(self, query, k, client_id, session_id):
+        r = self.client.get("/search", params={"q": query, "k": k, "explain": "false", "client_id": client_id,
+                                                "session_id": session_id})
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, events):
+        for i in range(0, len(events), 1000):
+            r = self.client.post("/events", json={"events": events[i:i + 1000]}, headers={"X-API-Key": self.key})
+            r.raise_for_status()
+
+
+@dataclass
+class SimulationReport:
+    sessions: int
+    searches: int
+    actions: dict[str, int]
+    seconds: float
+    distinct_lists: int = 0
+    randomised: int = 0
+    query_counts: dict[str, int] = field(default_factory=dict)
+
+
+def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
+    """P(query of frequency rank i) ∝ 1 / i^s, i = 1..n."""
+    w = 1.0 / np.arange(1, n + 1) ** s
+    return w / w.sum()
+
+
+class Shoppers:
+    """A population of simulated shoppers over judged queries.
+
+    ``queries``: DataFrame with ``query_id`` and ``query``; ``qrels``: ``query_id``, ``product_id``,
+    ``grade`` (unjudged products have grade 0). ``click_model`` has
+    ``sample_actions(grades [S, n], rng) -> {action: bool [S, n]}`` (see :mod:`.clickmodels`).
+    Query popularity is Zipf(``zipf_s``) over a seeded shuffle of the queries.
+    """
+
+    def __init__(self, queries: pd.DataFrame, qrels: pd.DataFrame, click_model, k: int = 10, zipf_s: float = 1.0,
+                 clients: int = 10_000, seed: int = 0):
+        if queries.empty:
+            raise FusionrankError("no queries for the simulated shoppers")
+        self.queries = queries[[S.QUERY_ID, S.QUERY]].drop_duplicates(S.QUERY_ID).reset_index(drop=True)
+        rng = np.random.default_rng(seed)
+        self.queries = self.queries.iloc[rng.permutation(len(self.queries))].reset_index(drop=True)
+        self.p = zipf_weights(len(self.queries), zipf_s)
+        self.grades = {str(q): dict(zip(d[S.PRODUCT_ID].astype(str), d[S.GRADE].astype(float)))
+                       for q, d in qrels.groupby(S.QUERY_ID)}
+        self.click_model, self.k, self.clients, self.seed = click_model, k, clients, seed
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Indices into ``self.queries`` of ``n`` sessions."""
+        return rng.choice(len(self.queries), size=n, p=self.p)
+
+    def grades_of(self, qi: int, product_ids) -> np.ndarray:
+        g = self.grades.get(str(self.queries.at[qi, S.QUERY_ID]), {})
+        return np.array([g.get(str(p), 0.0) for p in product_ids], np.float64)
+
+    # -- every session through the shop ----------------------------------------------------------
+    def run_live(self, shop: Shop, n_sessions: int, batch: int = 100) -> SimulationReport:
+        """Each session searches and posts through ``shop`` (the path the web page takes)."""
+        rng = np.random.default_rng(self.seed)
+        t0 = time.perf_counter()
+        counts = {a: 0 for a in ACTIONS[1:]}
+        pending: list[dict] = []
+        randomised = 0
+        for i, qi in enumerate(self.draw(n_sessions, rng)):
+            client, session = f"shopper-{rng.integers(self.clients)}", uuid.UUID(int=int(rng.integers(2**63))).hex
+            res = shop.search(self.queries.at[qi, S.QUERY], self.k, client, session)
+            hits = res["results"]
+            randomised += bool(res.get("randomised"))
+            if not hits:
+                continue
+            acts = self.click_model.sample_actions(self.grades_of(qi, [h["product_id"] for h in hits])[None, :], rng=rng)
+            for a in ACTIONS[1:]:
+                for j in np.flatnonzero(acts[a][0]):
+                    h = hits[j]
+                    pending.append({"type": a, "search_id": res["search_id"], "model_version": res["model_version"],
+                                    "product_id": h["product_id"], "position": h["rank"], "client_id": client,
+                                    "session_id": session, "timestamp": time.time()})
+                    counts[a] += 1
+            if len(pending) >= batch:
+                shop.post(pending)
+                pending = []
+        if pending:
+            shop.post(pending)
+        return SimulationReport(n_sessions, n_sessions, counts, time.perf_counter() - t0, randomised=randomised)
+
+    # -- cached result lists, bulk writes --------------------------------------------------------
+    def run_cached(self, service, n_sessions: int, chunk: int = 50_000, log=print) -> SimulationReport:
+        """``n_sessions`` sessions against ``service``'s current model, each distinct query searched once.
+
+        Every session gets its own search record (its own id, ids, time and randomisation, drawn
+        as the service draws it) referencing the cached list; events go through
+        ``service.record_events``. Written in chunks of ``chunk`` sessions.
+        """
+        if service.events is None:
+            raise FusionrankError("the service has no event store to log the simulated sessions in")
+        rng = np.random.default_rng(self.seed)
+        swap_rng = random.Random(self.seed)
+        t0 = time.perf_counter()
+        draws = self.draw(n_sessions, rng)
+        cache: dict[int, tuple[SearchLog, np.ndarray]] = {}
+        share = service.randomise_share
+        counts = {a: 0 for a in ACTIONS[1:]}
+        randomised = 0
+        version = service.model.version
+        for start in range(0, n_sessions, chunk):
+            part = draws[start:start + chunk]
+            for qi in np.unique(part):
+                if qi not in cache:  # one real search through the service; its log is the template
+                    qi = int(qi)
+                    res = service.pipeline.search(self.queries.at[qi, S.QUERY], self.k, None, False, ranker=service.model.ranker)
+                    cache[qi] = self._template(service, qi, res)
+            logs: list[SearchLog] = []
+            events: list[Event] = []
+            now = time.time()
+            # group the chunk's sessions by (query, swap) so each group's clicks are drawn in one call
+            swaps = [draw_swap(swap_rng, share, len(cache[int(q)][0].slate.product_ids)) for q in part]
+            ids = [uuid.UUID(int=int(x)).hex for x in rng.integers(0, 2**63, size=len(part))]
+            groups: dict[tuple[int, int], list[int]] = {}
+            for j, (q, sw) in enumerate(zip(part, swaps)):
+                groups.setdefault((int(q), sw or 0), []).append(j)
+            for (qi, sw), members in groups.items():
+                tmpl, grades = cache[qi]
+                slate = swapped(tmpl.slate, sw)
+                g = grades
+                if sw:
+                    p = np.arange(len(grades))
+                    p[[0, sw]] = p[[sw, 0]]
+                    g = grades[p]
+                acts = self.click_model.sample_actions(np.broadcast_to(g, (len(members), len(g))), rng=rng)
+                for m, j in enumerate(members):
+                    sid = ids[j]
+                    client = f"shopper-{(start + j) % self.clients}"
+                    session = f"{self.seed}-{start + j}"
+                    logs.append(SearchLog(sid, tmpl.user_query, now, version, slate, client_id=client, session_id=session,
+                                          k=self.k, index_version=tmpl.index_version, grid_columns=tmpl.grid_columns,
+                                          randomised=bool(sw)))
+                    for a in ACTIONS[1:]:
+                        for pos in np.flatnonzero(acts[a][m]):
+                            r, c = grid_cell(pos + 1, tmpl.grid_columns)
+                            events.append(Event(a, sid, slate.product_ids[pos], int(pos + 1), now, client, session, version,
+                                                None, int(r), int(c), now))
+                            counts[a] += 1
+                randomised += len(members) if sw else 0
+            service.events.log_searches(logs)
+            service.events.record_events(events)
+            if log:
+                log(f"  sessions {min(start + chunk, n_sessions):,}/{n_sessions:,}: {sum(counts.values()):,} actions "
+                    f"({time.perf_counter() - t0:.0f} s)")
+        qc = pd.Series(draws).value_counts()
+        return SimulationReport(n_sessions, n_sessions, counts, time.perf_counter() - t0, len(cache), randomised,
+                                {str(self.queries.at[int(i), S.QUERY_ID]): int(c) for i, c in qc.items()})
+
+    def _template(self, service, qi: int, res) -> tuple[SearchLog, np.ndarray]:
+        from .logged import served_slate
+
+        slate, vectors = served_slate(res, service.index, service.archive, None, features=service.feature_logging)
+        if vectors:
+            for key, rows in vectors.items():
+                service.events.put_vectors(key, rows)
+        tmpl = SearchLog("", self.queries.at[qi, S.QUERY], 0.0, service.model.version, slate,
+                         index_version=int(service.index.version), grid_columns=service.grid_columns)
+        return tmpl, self.grades_of(qi, slate.product_ids)

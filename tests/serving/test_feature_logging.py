@@ -1,0 +1,116 @@
+"""Serving-time feature logs: the logged inputs reproduce the served scores exactly; grid cells; randomised swaps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusionrank.feedback.logged import rebuild_slates
+from fusionrank.modalities import TABLES
+
+QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes", "shirt"]
+
+
+def _logged(svc, search_ids):
+    log = svc.events.click_log()
+    log = log[log["query_id"].isin(search_ids)]
+    keys = {qid: d["slate_key"].iloc[0] for qid, d in log.groupby("query_id")}
+    slates = svc.events.slates(list(set(keys.values())))
+    return [slates[keys[s]] for s in search_ids], log
+
+
+def test_logged_inputs_reproduce_the_served_scores_bit_for_bit(service_factory):
+    svc = service_factory("fl")
+    served = [svc.search(q, k=6, client_id="browser-1", session_id="visit-1") for q in QUERIES]
+    ids = [r["search_id"] for r in served]
+    logged, log = _logged(svc, ids)
+    for r, s in zip(served, logged):
+        assert s.product_ids == [h["product_id"] for h in r["results"]]
+        assert np.array_equal(s.scores, np.array([h["score"] for h in r["results"]], np.float32))
+    from fusionrank.modalities import SCALAR_FEATURES
+
+    keys = sorted({k for s in logged for k in s.vector_keys})
+    sl, tables = rebuild_slates(logged, svc.events.vectors(keys), ids, QUERIES)
+    for b, (r, s) in enumerate(zip(served, logged)):
+        n = len(s.product_ids)
+        # the inputs, bit for bit: features as served, the query vector, each product's embedding rows
+        served_x = np.array([[h["features"][f] for f in SCALAR_FEATURES] for h in r["results"]], np.float32)
+        assert np.array_equal(sl.x[b, :n], served_x)
+        assert np.array_equal(sl.q[b], svc.queries.encode(QUERIES[b])[0])
+        for t in TABLES:
+            rows = [svc.index.row_of[p] for p in s.product_ids]
+            assert np.array_equal(tables[t][sl.rows[b, :n]], svc.index.emb[t][rows])
+        assert np.array_equal(sl.mask[b, :n], svc.index.modality_mask(np.array([rows]))[0])
+    again = svc.model.ranker.predict(sl, tables)
+    for b, s in enumerate(logged):
+        # the same scores; float32 matrix products round differently for another batch shape (a few ulp)
+        np.testing.assert_allclose(again[b, :len(s.scores)], s.scores, rtol=2e-6, atol=1e-7)
+    # positions: rank, and the grid cell of the page (4 columns)
+    one = log[log["query_id"] == ids[0]].sort_values("rank")
+    assert one["rank"].tolist() == list(range(1, 7))
+    assert list(zip(one["grid_row"], one["grid_col"])) == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2)]
+    assert (one["model_version"] == svc.model.version).all()
+    svc.close()
+
+
+def test_a_changed_product_still_rebuilds_as_it_was_served(service_factory):
+    """The vectors a search used are archived, so the log outlives a product update."""
+    svc = service_factory("fl-upd")
+    first = svc.search("red shirt", k=5)
+    pid = first["results"][0]["product_id"]
+    idx = svc.index
+    row = idx.row_of[pid]
+    v = {t: (idx.emb[t][row] * -1.0 if idx.emb_mask[t][row] else None) for t in TABLES}
+    rec = {**idx.record(row)}
+    idx.upsert(rec, {"title": idx.lex_text["title"][row], "transcript": idx.lex_text["transcript"][row]}, v)
+    second = svc.search("red shirt", k=5)
+    (s1, s2), _ = _logged(svc, [first["search_id"], second["search_id"]])
+    assert s1.vector_keys[s1.product_ids.index(pid)] not in s2.vector_keys  # the product's vectors changed
+    keys = sorted(set(s1.vector_keys) | set(s2.vector_keys))
+    sl, tables = rebuild_slates([s1, s2], svc.events.vectors(keys))
+    again = svc.model.ranker.predict(sl, tables)
+    np.testing.assert_allclose(again[0, :len(s1.scores)], s1.scores, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(again[1, :len(s2.scores)], s2.scores, rtol=2e-6, atol=1e-7)
+    old_rows = svc.events.vectors([s1.vector_keys[s1.product_ids.index(pid)]])
+    assert np.array_equal(next(iter(old_rows.values()))[0], -v["title"])  # the vectors as served, before the update
+    svc.close()
+
+
+def test_randomised_swaps_are_logged_with_their_original_ranks(service_factory, monkeypatch):
+    svc = service_factory("fl-rand")
+    svc.randomise_share = 1.0
+    r = svc.search("shirt", k=6)
+    assert r["randomised"] is True
+    (s,), log = _logged(svc, [r["search_id"]])
+    assert s.product_ids == [h["product_id"] for h in r["results"]]
+    j = s.logged_ranks[0] - 1  # the product the ranker put first now sits at shown position j
+    assert j > 0 and s.logged_ranks[j] == 1 and sorted(s.logged_ranks) == list(range(1, 7))
+    assert log["randomised"].all()
+    svc.randomise_share = 0.0
+    assert svc.search("shirt", k=6)["randomised"] is False
+    svc.close()
+
+
+def test_feature_logging_off_keeps_products_and_scores_only(service_factory):
+    svc = service_factory("fl-off")
+    svc.feature_logging = False
+    r = svc.search("red shirt", k=4)
+    (s,), _ = _logged(svc, [r["search_id"]])
+    assert s.product_ids == [h["product_id"] for h in r["results"]] and s.features.size == 0
+    with pytest.raises(Exception, match="without features"):
+        rebuild_slates([s], {})
+    svc.close()
+
+
+def test_events_carry_grid_cells_and_hashed_ids(service_factory):
+    svc = service_factory("fl-ev")
+    r = svc.search("red shirt", k=6, client_id="browser-7", session_id="visit-7")
+    h = r["results"][5]
+    assert (h["grid_row"], h["grid_col"]) == (2, 2)
+    svc.record_events([{"type": "click", "search_id": r["search_id"], "model_version": r["model_version"],
+                        "product_id": h["product_id"], "position": 6, "client_id": "browser-7", "session_id": "visit-7"}])
+    log = svc.events.click_log()
+    row = log[(log["query_id"] == r["search_id"]) & (log["product_id"] == h["product_id"])].iloc[0]
+    assert row["click"] == 1 and (row["grid_row"], row["grid_col"]) == (2, 2)
+    svc.close()
+    raw = b"".join(p.read_bytes() for p in (svc.data_dir).glob("events.sqlite*"))
+    assert b"browser-7" not in raw and b"visit-7" not in raw
