@@ -129,7 +129,7 @@ class Bench:
         from fusionrank.serving.service import SearchService, load_handle
 
         index = SearchIndex.load(self.out / "index", log=lambda m: None)
-        store = open_store(store_path, b"benchmark-key", None)
+        store = open_store(store_path, b"benchmark-hash-key-0123456789", None)
         return SearchService(index, load_handle(model_dir), QueryEncoder(text_encoder=self.config.text_encoder_spec),
                              events=store, randomise_share=share, seed=seed, log=None)
 
@@ -155,7 +155,7 @@ class Bench:
     def click_log(store_path: Path) -> pd.DataFrame:
         from fusionrank.feedback.store import open_store
 
-        with open_store(store_path, b"benchmark-key", None) as st:
+        with open_store(store_path, b"benchmark-hash-key-0123456789", None) as st:
             return st.click_log()
 
 
@@ -263,9 +263,9 @@ def main() -> None:
         truth = cm.bias(10)
         logs = {}
         for lg_name, md in loggers.items():
-            p = logs_dir / f"{lg_name}-{cm_name}.sqlite"
+            p = logs_dir / f"{lg_name}-{cm_name}-{max(Ns)}.sqlite"
             res["simulations"][p.name] = bench.simulate(md, p, cm, max(Ns), seed=1)
-            h = logs_dir / f"{lg_name}-{cm_name}-heldout.sqlite"
+            h = logs_dir / f"{lg_name}-{cm_name}-heldout-{a.heldout}.sqlite"
             res["simulations"][h.name] = bench.simulate(md, h, cm, a.heldout, seed=2)
             t0 = time.perf_counter()
             logs[lg_name] = bench.click_log(p)
@@ -275,7 +275,7 @@ def main() -> None:
         both = pd.concat([first_sessions(logs["bm25"], a.propensity_sessions, 3), first_sessions(logs["full"], a.propensity_sessions, 3)])
         est = {"harvest (2 loggers, no randomisation)": ESTIMATORS.get("harvest")(both),
                "em (2 loggers, no randomisation)": ESTIMATORS.get("em")(both)}
-        rp = logs_dir / f"bm25-{cm_name}-randomised.sqlite"
+        rp = logs_dir / f"bm25-{cm_name}-randomised-{a.propensity_sessions}.sqlite"
         res["simulations"][rp.name] = bench.simulate(loggers["bm25"], rp, cm, a.propensity_sessions, seed=4, share=0.5)
         est["swaps (50% randomised)"] = ESTIMATORS.get("swaps")(bench.click_log(rp))
         if "trust_em" in ESTIMATORS:

@@ -420,33 +420,12 @@ _KEY_HELP = ("file holding the store's hash key (default: $FUSIONRANK_EVENTS_HAS
 
 def _open_events(store: str, key_file: Optional[Path], retention_days: Optional[float] = None):
     """Open an existing event store with its hash key; errors say what is missing."""
-    from .feedback.store import StoreError, open_store, parse_url
-    from .settings import get_settings
+    from .feedback.store import open_existing
 
     try:
-        engine, target = parse_url(store)
-    except StoreError as e:
+        return open_existing(store, key_file, retention_days)
+    except (FusionrankError, ValueError, ImportError) as e:
         _fail(e)
-    s = get_settings()
-    if key_file is not None:
-        if not key_file.is_file():
-            _fail(FusionrankError(f"--key-file {key_file}: no such file"))
-        key = key_file.read_bytes()
-    elif s.events_hash_key is not None and s.events_hash_key.get_secret_value():
-        key = s.events_hash_key.get_secret_value().encode("utf-8")
-    else:
-        path = Path(target) if engine == "sqlite" else None
-        if path is not None and not path.is_file():
-            _fail(FusionrankError(f"no event store at {path}"))
-        if path is None or not (path.parent / "events.key").is_file():
-            _fail(FusionrankError("the event store's hash key is needed: pass --key-file, or set FUSIONRANK_EVENTS_HASH_KEY"))
-        key = (path.parent / "events.key").read_bytes()
-    try:
-        return open_store(store, key, s.events_retention_days if retention_days is None else retention_days)
-    except (StoreError, ImportError) as e:
-        _fail(e)
-    except Exception as e:  # a server that refuses the connection, a file that is not a database
-        _fail(FusionrankError(f"cannot open the event store {store}: {e}"))
 
 
 @events_app.command("export")

@@ -28,6 +28,7 @@ from .modeldir import ModelDir, WorkspaceRecord
 from .ranking import CandidateConfig, CatalogConfig, CatalogTables, RankingPipeline, Slates, VectorConfig, feature_groups
 from .ranking.catalog import Bm25Config
 from .rankers import RANKERS, ranker_kind
+from .feedback.source import EventsConfig
 from .workspace import Workspace, resolve_source
 
 
@@ -99,6 +100,8 @@ class ExperimentConfig(BaseModel):
     loss: Block = Field(default_factory=lambda: Block(name="lambdaloss"))
     optimizer: Block = Field(default_factory=lambda: Block(name="adam", args={"lr": 2e-3, "weight_decay": 1e-5}))
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    # train from an event store's logged searches and shopper actions (see fusionrank.feedback.source)
+    events: EventsConfig | None = None
     # batch engine for encoding: local (processes = worker processes) or ray (address, num_cpus)
     engine: Block = Field(default_factory=lambda: Block(name="local", args={"processes": 2}))
 
@@ -230,6 +233,34 @@ def training_data(products: pd.DataFrame, store_dir: Path, config: ExperimentCon
     return Slates.concat(train_parts), Slates.concat(valid_parts), tables, catalogs
 
 
+def click_training_data(cat: Catalog, store_dir: Path, config: ExperimentConfig, tq: pd.DataFrame, vq: pd.DataFrame,
+                        log=print, config_path: Path | None = None):
+    """Training slates labelled from the event store's clicks (``[events]``), on the served title field.
+
+    The judged training queries join with their grades scaled by ``events.judgments_weight`` when it
+    is above 0; judged validation queries (when the catalogue has them) drive early stopping, else the
+    ranker trains for ``training.epochs``. Returns ``(train, valid or None, tables, catalogs, info)``.
+    """
+    from .feedback.source import click_training_slates
+    from .ranking import QueryEncoder
+
+    ev = config.events
+    tf = config.data.title_field
+    # the serving index's own vector search (not exact): the candidates the shoppers were shown come from it
+    tables = CatalogTables.from_store(cat.products, store_dir, config.catalog_config(tf), config.text_encoder_name,
+                                      config.transcriber_name, log=lambda m: log("  " + m))
+    pipe = RankingPipeline.over(tables, None, QueryEncoder(text_encoder=config.text_encoder_spec))
+    base = config_path.parent if config_path is not None else None
+    train, info = click_training_slates(ev, pipe, log, base)
+    if ev.judgments_weight > 0 and len(tq) and cat.qrels is not None:
+        judged = pipe.slates(tq[S.QUERY_ID].tolist(), tq[S.QUERY].tolist(), cat.qrels)
+        judged.y = np.where(judged.rows >= 0, judged.y * ev.judgments_weight, -1).astype(np.float32)
+        train = Slates.concat([train, judged])
+        info["judged_queries"] = len(judged)
+    valid = pipe.slates(vq[S.QUERY_ID].tolist(), vq[S.QUERY].tolist(), cat.qrels) if len(vq) and cat.qrels is not None else None
+    return train, valid, tables.tables(), {tf: tables}, info
+
+
 def prepare_training(config: ExperimentConfig, config_path: Path | None = None, log=print, progress: bool = True):
     """Ingest and encode (both cached) and split the training queries into train / validation.
 
@@ -240,7 +271,13 @@ def prepare_training(config: ExperimentConfig, config_path: Path | None = None, 
     cat = ws.catalog(log)
     enc_summary = ws.encode(cat.products, config.encode_settings(), log, progress, modalities=config.encoded_modalities(),
                             engine=config.engine)
-    train_q = _split_frames(cat, config.data.train_split)
+    try:
+        train_q = _split_frames(cat, config.data.train_split)
+    except FusionrankError:
+        if config.events is None:
+            raise
+        empty = pd.DataFrame({S.QUERY_ID: pd.Series(dtype=str), S.QUERY: pd.Series(dtype=str)})
+        return src, ws, cat, enc_summary, empty, empty  # clicks only: no judged queries
     split = split_queries(train_q, {"train": 1 - config.data.valid_fraction, "valid": config.data.valid_fraction}, seed=config.seed)
     tq, vq = train_q[split == "train"], train_q[split == "valid"]
     if config.data.max_train_queries:
@@ -256,13 +293,21 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
     src, ws, cat, enc_summary, tq, vq = prepare_training(config, config_path, log, progress)
     groups = feature_groups(config.modalities)
     log(f"training queries {len(tq):,}, validation queries {len(vq):,}; modalities {config.modalities}")
-    train_sl, valid_sl, tables, catalogs = training_data(cat.products, ws.store_dir, config, tq, vq, cat.qrels, log)
+    clicks = None
+    if config.events is not None:
+        train_sl, valid_sl, tables, catalogs, clicks = click_training_data(cat, ws.store_dir, config, tq, vq, log, config_path)
+    else:
+        train_sl, valid_sl, tables, catalogs = training_data(cat.products, ws.store_dir, config, tq, vq, cat.qrels, log)
     ranker = config.build_ranker()
     t0 = time.perf_counter()
-    ranker.fit(train_sl, groups, tables, valid=valid_sl, valid_ideal_dcg=ideal_for(valid_sl, cat.qrels), log=log)
+    ranker.fit(train_sl, groups, tables, valid=valid_sl,
+               valid_ideal_dcg=ideal_for(valid_sl, cat.qrels) if valid_sl is not None else None, log=log)
     train_seconds = time.perf_counter() - t0
-    metrics: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "train_queries": len(tq), "valid_queries": len(vq),
+    metrics: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "train_queries": len(tq) if clicks is None else len(train_sl),
+                               "valid_queries": 0 if valid_sl is None else len(valid_sl),
                                "best_valid_ndcg@10": getattr(ranker, "best_valid_ndcg_", None)}
+    if clicks is not None:
+        metrics["clicks"] = clicks
     md.write(config=config, ranker=ranker, workspace=WorkspaceRecord(str(src), str(ws.catalog_dir), str(ws.store_dir),
                                                                       enc_summary.get("jobs")))
     if config.data.eval_split:
@@ -282,7 +327,9 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
     else:  # gated fusion: the mean weight it applied on validation candidates
         tf = config.data.title_field
         pipe = md.pipeline(catalogs.get(tf) or md.catalog_tables(tf, log=lambda m: None), ranker)
-        scored = pipe.scorer.transform(pipe.slates(vq[S.QUERY_ID].tolist()[:100], vq[S.QUERY].tolist()[:100]))
+        qids, texts = (vq[S.QUERY_ID].tolist()[:100], vq[S.QUERY].tolist()[:100]) if len(vq) else \
+            (train_sl.query_ids[:100], train_sl.queries[:100])
+        scored = pipe.scorer.transform(pipe.slates(qids, texts))
         if scored.weights is not None:
             present = scored.slates.rows >= 0
             alpha = {g.name: float(scored.weights[..., j][present].mean()) for j, g in enumerate(ranker.groups_)}

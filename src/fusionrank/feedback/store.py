@@ -706,3 +706,32 @@ def open_service_store(data_dir: str | Path) -> EventStore:
     from ..settings import get_settings
 
     return open_store(events_url_for(data_dir), hash_key_for(data_dir), get_settings().events_retention_days)
+
+
+def open_existing(url: str | Path, key_file: str | Path | None = None, retention_days: float | None = None) -> EventStore:
+    """Open an event store that already exists, with its hash key: ``key_file``, else
+    ``FUSIONRANK_EVENTS_HASH_KEY``, else the ``events.key`` beside a SQLite store. Errors say what is missing."""
+    from ..errors import FusionrankError
+    from ..settings import get_settings
+
+    engine, target = parse_url(url)
+    s = get_settings()
+    path = Path(target) if engine == "sqlite" else None
+    if path is not None and not path.is_file():
+        raise FusionrankError(f"no event store at {path}")
+    if key_file is not None:
+        if not Path(key_file).is_file():
+            raise FusionrankError(f"key file {key_file}: no such file")
+        key = Path(key_file).read_bytes()
+    elif s.events_hash_key is not None and s.events_hash_key.get_secret_value():
+        key = s.events_hash_key.get_secret_value().encode("utf-8")
+    else:
+        if path is None or not (path.parent / KEY_FILE).is_file():
+            raise FusionrankError("the event store's hash key is needed: pass a key file, or set FUSIONRANK_EVENTS_HASH_KEY")
+        key = (path.parent / KEY_FILE).read_bytes()
+    try:
+        return open_store(url, key, s.events_retention_days if retention_days is None else retention_days)
+    except (StoreError, ImportError):
+        raise
+    except Exception as e:  # a server that refuses the connection, a file that is not a database
+        raise FusionrankError(f"cannot open the event store {url}: {e}") from None

@@ -1,0 +1,164 @@
+"""An event store as a training source: logged searches and shopper actions -> labelled slates of the ranking path.
+
+``fusionrank train`` reads this when its config has an ``[events]`` block::
+
+    [events]
+    store = "runs/shop/service-data/events.sqlite"   # or postgresql://...
+    labels = "ips"            # naive | ips | affine | dr   (fusionrank.feedback.labels.LABELERS)
+    propensity = "em"         # swaps | harvest | em | trust_em, or a saved PositionBias .json
+    action_weights = { click = 1.0, add_to_cart = 2.0, purchase = 4.0 }
+    judgments_weight = 0.0    # > 0: the judged training queries join, their grades scaled by this
+
+Steps (:func:`click_training_slates`):
+
+1. the click log (one row per product shown in a search, with its action counts);
+2. position bias from the log (``propensity``), or loaded;
+3. each distinct logged query text becomes a training query; its candidates and features come from
+   the ranking path (:meth:`~fusionrank.ranking.RankingPipeline.slates`), exactly as at serving time;
+4. a skew check: the logged features of the products shown are compared with the recomputed ones
+   (a mismatch means the catalogue or the candidate config changed since the searches were served);
+5. labels by the configured labeler, put on the slates (:func:`~fusionrank.feedback.labels.attach_click_labels`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import FusionrankError
+from .bias import PositionBias
+from .schema import DEFAULT_ACTION_WEIGHTS
+
+
+class EventsConfig(BaseModel):
+    """The ``[events]`` block of an experiment config: train from an event store's clicks."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: str
+    key_file: str | None = None
+    labels: str = "ips"
+    propensity: str = "em"
+    position: str = "rank"
+    action_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
+    since_days: float | None = Field(None, gt=0)
+    model_versions: list[str] | None = None
+    judgments_weight: float = Field(0.0, ge=0)
+    min_impressions: int = Field(1, ge=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _known_labeler(cls, v: str) -> str:
+        from .labels import LABELERS
+
+        LABELERS.get(v)  # UnknownNameError lists the valid names
+        return v
+
+    @field_validator("propensity")
+    @classmethod
+    def _known_estimator(cls, v: str) -> str:
+        from .propensity import ESTIMATORS
+
+        if v not in ESTIMATORS and not v.endswith(".json"):
+            ESTIMATORS.get(v)  # the error lists the estimators; a saved bias is a .json path
+        return v
+
+    @field_validator("action_weights")
+    @classmethod
+    def _known_actions(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in v if k not in DEFAULT_ACTION_WEIGHTS]
+        if bad:
+            raise ValueError(f"unknown action {bad[0]!r}; valid: {', '.join(DEFAULT_ACTION_WEIGHTS)}")
+        return v
+
+
+def position_bias(cfg: EventsConfig, log: pd.DataFrame, base: Path | None = None) -> PositionBias | None:
+    if cfg.labels == "naive":
+        return None
+    if cfg.propensity.endswith(".json"):
+        p = Path(cfg.propensity)
+        p = p if p.is_absolute() or base is None else base / p
+        return PositionBias.load(p)
+    from .propensity import ESTIMATORS
+
+    return ESTIMATORS.get(cfg.propensity)(log, ranks=int(log["rank"].max()))  # every rank the pages showed
+
+
+def skew_check(log: pd.DataFrame, store, slates, ids, sample: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Largest difference between logged and recomputed features of shown products, over a sample of searches."""
+    from ..ranking.features import Slates  # noqa: F401 (documentation)
+
+    keys = log.drop_duplicates("slate_key")
+    keys = keys.sample(n=min(sample, len(keys)), random_state=seed)
+    served = store.slates(keys["slate_key"].tolist())
+    pos = {(q, str(ids[r])): (b, n) for b, q in enumerate(slates.queries) for n, r in enumerate(slates.rows[b]) if r >= 0}
+    worst, checked, missing = 0.0, 0, 0
+    for _, row in keys.iterrows():
+        s = served.get(row["slate_key"])
+        if s is None or s.features.size == 0:
+            continue
+        for j, pid in enumerate(s.product_ids):
+            at = pos.get((row["user_query"], str(pid)))
+            if at is None:
+                missing += 1
+                continue
+            worst = max(worst, float(np.max(np.abs(slates.x[at] - s.features[j]))))
+            checked += 1
+    return {"products_checked": checked, "not_in_candidates": missing, "max_abs_difference": worst}
+
+
+def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None = None):
+    """``(slates with click labels, info)`` for training from ``cfg.store`` over ``pipe`` (a ranking pipeline)."""
+    from .labels import attach_click_labels, click_labels, fit_direct_method
+    from .store import open_existing
+
+    t0 = time.perf_counter()
+    store_url = cfg.store
+    if base is not None and "://" not in store_url and not Path(store_url).is_absolute():
+        store_url = str(base / store_url)
+    with open_existing(store_url, cfg.key_file) as store:
+        since = time.time() - cfg.since_days * 86400 if cfg.since_days else None
+        cl = store.click_log(since=since, model_versions=cfg.model_versions)
+        if cl.empty:
+            raise FusionrankError(f"{cfg.store}: no logged searches to train from"
+                                  + (f" in the last {cfg.since_days} days" if cfg.since_days else ""))
+        log(f"  click log: {cl['query_id'].nunique():,} searches, {len(cl):,} impressions, "
+            f"{int(cl['click'].sum()):,} clicks, {int(cl['add_to_cart'].sum()):,} carts, {int(cl['purchase'].sum()):,} purchases")
+        bias = position_bias(cfg, cl, base)
+        if bias is not None:
+            log(f"  position bias ({cfg.propensity}): theta = " + ", ".join(f"{t:.3f}" for t in bias.relative().theta[:10]))
+        texts = sorted(cl["user_query"].astype(str).unique())
+        counts = cl.groupby(["user_query", "product_id"]).size()
+        slates = pipe.slates([f"clicks-{i:06d}" for i in range(len(texts))], texts)
+        ids = pipe.catalog.ids
+        skew = skew_check(cl, store, slates, ids)
+    log(f"  skew check (logged vs recomputed features of {skew['products_checked']:,} shown products): "
+        f"max |difference| {skew['max_abs_difference']:.2e}")
+    if skew["max_abs_difference"] > 1e-4:
+        log("  warning: the features the service logged differ from the ranking path's now; the catalogue, its index or "
+            "the candidate settings changed since the searches were served")
+    kw = {"weights": cfg.action_weights, **({"position": cfg.position} if cfg.labels != "naive" else {})}
+    cand = pd.DataFrame({"user_query": np.asarray(slates.queries, dtype=object)[np.nonzero(slates.rows >= 0)[0]],
+                         "product_id": np.asarray(ids, dtype=object)[slates.rows[slates.rows >= 0]].astype(str)})
+    known = cl[["user_query", "product_id"]].astype(str).merge(cand.drop_duplicates(), how="left", indicator=True)["_merge"].eq("both").to_numpy()
+    if not known.all():  # shown then, not a candidate now (the catalogue or its index changed): no features to learn from
+        log(f"  {int((~known).sum()):,} logged impressions are not among the ranking path's candidates now; left out")
+        cl = cl[known]
+    if cfg.labels == "dr":
+        dm = fit_direct_method(slates, click_labels(cl, "affine", bias, **kw), ids)
+        labels = click_labels(cl, "dr", bias, r_hat=dm.frame(slates, ids), **kw)
+        out = attach_click_labels(slates, labels, ids, fill=dm.predict(slates))
+    else:
+        labels = click_labels(cl, cfg.labels, bias, **kw)
+        if cfg.min_impressions > 1:
+            labels = labels[labels["impressions"] >= cfg.min_impressions]
+        out = attach_click_labels(slates, labels, ids)
+    info = {"searches": int(cl["query_id"].nunique()), "impressions": int(len(cl)), "queries": len(texts),
+            "impressions_left_out": int((~known).sum()),
+            "pairs": int(len(counts)), "labels": cfg.labels, "propensity": cfg.propensity,
+            "theta": None if bias is None else bias.relative().theta.tolist(), "skew": skew,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    return out, info

@@ -1,0 +1,69 @@
+"""`fusionrank train` with an event store as its data source: clicks logged by the service train the same ranker."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fusionrank.errors import UnknownNameError
+
+
+@pytest.fixture(scope="module")
+def click_store(tiny_model, tiny_fashion, tmp_path_factory):
+    """A service over the tiny model, 4,000 simulated PBM sessions over the training queries, logged to SQLite."""
+    from fusionrank.feedback.clickmodels import PositionBased, PowerLawExamination
+    from fusionrank.feedback.simulate import Shoppers
+    from fusionrank.serving.build import open_service
+
+    data = tmp_path_factory.mktemp("shop") / "service-data"
+    svc = open_service(tiny_model[0], data_dir=data, log=lambda m: None)
+    shoppers = Shoppers(tiny_fashion.queries["train"], tiny_fashion.qrels["train"], PositionBased(PowerLawExamination(1.0)),
+                        k=8, seed=0)
+    shoppers.run_cached(svc, 4000, log=None)
+    svc.close()
+    return data / "events.sqlite"
+
+
+@pytest.mark.parametrize("labels, loss", [("ips", "ips_listwise"), ("dr", "ips_pairwise"), ("naive", "lambdaloss")])
+def test_train_from_clicks(click_store, tiny_fashion, tmp_path, labels, loss):
+    from fixtures_fashion import tiny_config_dict
+    from fusionrank.experiment import ExperimentConfig, train
+    from fusionrank.modeldir import ModelDir
+
+    cfg = ExperimentConfig.model_validate(tiny_config_dict(
+        tiny_fashion.root, loss={"name": loss, "args": {}},
+        events={"store": str(click_store), "labels": labels, "propensity": "em"}))
+    metrics = train(cfg, tmp_path / "m", log=lambda m: None, progress=False, build_index=False)
+    c = metrics["clicks"]
+    assert c["searches"] == 4000 and c["labels"] == labels and c["queries"] <= len(tiny_fashion.queries["train"])
+    # the service logged exactly the features the ranking path computes again for training
+    assert c["skew"]["products_checked"] > 0 and c["skew"]["max_abs_difference"] == 0.0
+    if labels != "naive":
+        assert len(c["theta"]) >= 8 and c["theta"][0] == pytest.approx(1.0) and c["theta"][7] < c["theta"][0]
+    assert metrics["dev/title"]["ndcg@10"] > 0.2
+    md = ModelDir.open(tmp_path / "m")
+    assert md.load_ranker().n_features_ == 10 and json.loads((md.path / "config.json").read_text())["events"]["labels"] == labels
+
+
+def test_events_block_is_checked(tiny_fashion, click_store):
+    from fixtures_fashion import tiny_config_dict
+    from fusionrank.experiment import ExperimentConfig
+
+    with pytest.raises(Exception, match="click labeler .*valid names: .*ips"):
+        ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(click_store), "labels": "ipss"}))
+    with pytest.raises(Exception, match="unknown action 'share'"):
+        ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(click_store),
+                                                                                    "action_weights": {"share": 1}}))
+    with pytest.raises(Exception, match="valid names: .*harvest"):
+        ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(click_store), "propensity": "magic"}))
+
+
+def test_missing_store_is_a_clear_error(tiny_fashion, tmp_path):
+    from fixtures_fashion import tiny_config_dict
+    from fusionrank.errors import FusionrankError
+    from fusionrank.experiment import ExperimentConfig, train
+
+    cfg = ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(tmp_path / "none.sqlite")}))
+    with pytest.raises(FusionrankError, match="no event store at"):
+        train(cfg, tmp_path / "m", log=lambda m: None, progress=False, build_index=False)
