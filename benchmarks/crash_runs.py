@@ -8,7 +8,7 @@
    change) is exported to a temporary folder; each side, in a fresh process with the same
    virtualenv and model, times (a) ``SearchIndex.upsert`` of 300 products with precomputed vectors
    then 300 ``delete`` (each logged to ``changes.jsonl``), (b) 1000 ``SearchService.record_events``
-   calls of one event (logged to ``events.jsonl``), then the same from 4 threads at once, (c) 300 logged searches. Before, events and searches were
+   calls of one event (logged to ``events.jsonl``), then the same from 4 threads at once, (c) 300 searches served and logged. Before, events and searches were
    written without ``fsync`` and changes with one; after, every record is checksummed and ``fsync``-ed.
    Sides alternate, two rounds each; the table shows the median.
 3. Crash runs (current code): the real ``fusionrank serve`` process, three writer threads (PUT with
@@ -82,9 +82,8 @@ for t in threads:
 t_ev4 = time.perf_counter() - t0
 q = ["red shirt", "blue dress", "black watch"]
 t0 = time.perf_counter()
-for i in range(300):
-    svc._write("searches.jsonl", {"search_id": f"{i:032x}", "ts": time.time(), "query": q[i % 3], "k": 10, "category": None,
-                                  "model_version": svc.model.version, "results": ["1", "2", "3"], "total_ms": 5.0})
+for i in range(300):  # served and logged (searches.jsonl before the event store, the event store after)
+    svc.search(q[i % 3], k=10, explain=False)
 t_s = time.perf_counter() - t0
 print(json.dumps({"upserts_per_s": n_writes / t_up, "deletes_per_s": n_writes / t_del, "events_per_s": n_events / t_ev,
                   "events_4_threads_per_s": 4 * (n_events // 4) / t_ev4,

@@ -224,12 +224,19 @@ def serve(
     admin_key: Optional[str] = typer.Option(None, help="key for PUT/DELETE/admin (default: $FUSIONRANK_ADMIN_KEY, else generated)"),
     events_key: Optional[str] = typer.Option(None, help="key the web page uses for POST /events (default: $FUSIONRANK_EVENTS_KEY, else generated)"),
     threads: int = typer.Option(1, help="torch threads per request (requests run concurrently)"),
+    randomise_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="share of searches whose top result is swapped "
+                                                    "with a random one of the page, to estimate position bias "
+                                                    "(default: $FUSIONRANK_RANDOMISE_SHARE, 0)"),
+    feature_logging: bool = typer.Option(True, help="log the features the ranker scored with every search (training from clicks needs them)"),
 ):
-    """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page."""
-    _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads)
+    """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page.
+
+    Searches and shoppers' events go to the event store ($FUSIONRANK_EVENTS_URL, default MODEL/service-data/events.sqlite)."""
+    _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share, feature_logging)
 
 
-def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads) -> None:
+def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share=None,
+           feature_logging=True) -> None:
     import secrets
 
     import torch
@@ -252,7 +259,8 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
         except OSError as e:
             _fail(FusionrankError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port or stop what uses it"))
     try:
-        svc = open_service(model, index, rebuild=rebuild, catalog=catalog, log=lambda s: console.print(s))
+        svc = open_service(model, index, rebuild=rebuild, catalog=catalog, randomise_share=randomise_share,
+                           feature_logging=feature_logging, log=lambda s: console.print(s))
     except FusionrankError as e:
         _fail(e)
     if admin_key is None:

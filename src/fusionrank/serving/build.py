@@ -29,7 +29,8 @@ def catalog_media_dirs(cat_dir: str | Path) -> list[str]:
 
 
 def open_service(model_dir: str | Path, index_dir: str | Path | None = None, rebuild: bool = False,
-                 catalog: str | Path | None = None, data_dir: str | Path | None = None, log=print) -> SearchService:
+                 catalog: str | Path | None = None, data_dir: str | Path | None = None, randomise_share: float | None = None,
+                 feature_logging: bool = True, log=print) -> SearchService:
     """Open the saved index (or, with ``rebuild``, build and save it first), load the model, wire the service.
 
     Nothing is encoded: a missing index is an error that names ``fusionrank index MODEL``.
@@ -45,6 +46,7 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
     cat_dir, store = md.catalog_location(catalog)
     products = ProductEncoder(index.config.title_field, config.encode_settings(), store, media_dirs=catalog_media_dirs(cat_dir))
     svc = SearchService(index, load_handle(md.path), QueryEncoder(text_encoder=config.text_encoder_spec),
-                        data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products, log=log)
+                        data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products,
+                        randomise_share=randomise_share, feature_logging=feature_logging, log=log)
     log(f"warm-up search: {svc.warm_up():.0f} ms")
     return svc
