@@ -8,8 +8,9 @@ import pytest
 from fusionrank.settings import DEFAULT_FASHION44K_SOURCE, DEFAULT_SHARED, Settings, get_settings
 
 VARIABLES = ("FUSIONRANK_HOME", "FUSIONRANK_SHARED_DATA", "FUSIONRANK_FASHION44K", "FUSIONRANK_ADMIN_KEY",
-             "FUSIONRANK_EVENTS_KEY", "FUSIONRANK_UPLOAD_ROOTS", "FUSIONRANK_LOG_MAX_BYTES", "FUSIONRANK_EVENTS_RATE",
-             "FUSIONRANK_EVENTS_BURST")
+             "FUSIONRANK_EVENTS_KEY", "FUSIONRANK_UPLOAD_ROOTS", "FUSIONRANK_EVENTS_RATE",
+             "FUSIONRANK_EVENTS_BURST", "FUSIONRANK_EVENTS_URL", "FUSIONRANK_EVENTS_HASH_KEY",
+             "FUSIONRANK_EVENTS_RETENTION_DAYS", "FUSIONRANK_RANDOMISE_SHARE")
 
 
 @pytest.fixture
@@ -32,8 +33,10 @@ def test_each_variable_is_read(clean_env, tmp_path):
     up2.mkdir()
     env = {"FUSIONRANK_HOME": str(tmp_path / "home"), "FUSIONRANK_SHARED_DATA": str(tmp_path / "shared"),
            "FUSIONRANK_FASHION44K": str(tmp_path / "f44k"), "FUSIONRANK_ADMIN_KEY": "adm-secret",
-           "FUSIONRANK_EVENTS_KEY": "ev-secret", "FUSIONRANK_UPLOAD_ROOTS": f"{up1}:{up2}", "FUSIONRANK_LOG_MAX_BYTES": "1024",
-           "FUSIONRANK_EVENTS_RATE": "2.5", "FUSIONRANK_EVENTS_BURST": "7"}
+           "FUSIONRANK_EVENTS_KEY": "ev-secret", "FUSIONRANK_UPLOAD_ROOTS": f"{up1}:{up2}",
+           "FUSIONRANK_EVENTS_RATE": "2.5", "FUSIONRANK_EVENTS_BURST": "7", "FUSIONRANK_EVENTS_URL": "postgresql://u@h:5/db",
+           "FUSIONRANK_EVENTS_HASH_KEY": "hash-secret-0123456789", "FUSIONRANK_EVENTS_RETENTION_DAYS": "30",
+           "FUSIONRANK_RANDOMISE_SHARE": "0.1"}
     for k, v in env.items():
         clean_env.setenv(k, v)
     s = get_settings()  # read per call: no module reload needed
@@ -42,7 +45,9 @@ def test_each_variable_is_read(clean_env, tmp_path):
     assert s.admin_key.get_secret_value() == "adm-secret" and s.events_key.get_secret_value() == "ev-secret"
     assert "adm-secret" not in repr(s) and "ev-secret" not in str(s)            # keys never printed
     assert [p.name for p in s.upload_root_paths] == ["up1", "up2"]
-    assert (s.log_max_bytes, s.events_rate, s.events_burst) == (1024, 2.5, 7)
+    assert (s.events_rate, s.events_burst) == (2.5, 7)
+    assert (s.events_url, s.events_retention_days, s.randomise_share) == ("postgresql://u@h:5/db", 30.0, 0.1)
+    assert s.events_hash_key.get_secret_value() == "hash-secret-0123456789" and "hash-secret" not in repr(s)
 
 
 def test_bad_values_are_errors(clean_env):

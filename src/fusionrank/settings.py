@@ -17,8 +17,6 @@ variable                                meaning
 ``FUSIONRANK_UPLOAD_ROOTS``             folders (``:``-separated, or a JSON list) from which ``PUT
                                         /products`` may take a photo or clip, besides the catalogue's
                                         own media folders (default: none)
-``FUSIONRANK_LOG_MAX_BYTES``            size at which ``searches.jsonl`` / ``events.jsonl`` are rotated
-                                        to ``<name>.1``, ``.2``, ... (default 64 MiB; 0 never rotates)
 ``FUSIONRANK_EVENTS_RATE``              events-key requests per second per client before 429
                                         (token bucket; default 20, burst ``FUSIONRANK_EVENTS_BURST`` 40)
 ``FUSIONRANK_EVENTS_URL``               the event store: a file path or ``sqlite:///PATH`` (SQLite, WAL,
@@ -63,7 +61,6 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
     events_key: SecretStr | None = None
     upload_roots: str = ""
-    log_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     events_rate: float = Field(20.0, gt=0)
     events_burst: int = Field(40, ge=1)
     events_url: str | None = None
