@@ -206,6 +206,28 @@ def intervention_harvesting(log, ranks: int = 10, max_iter: int = 2000) -> Posit
 # ---------------------------------------------------------------------------------------------- EM
 
 
+def _group_rank_cells(log, keys: list[str], ranks: int, method: str):
+    """Click and impression counts per (group of ``keys``, rank) cell: ``(G, g, k, n, c, n_rank)``.
+
+    ``g``/``k`` are each non-empty cell's group and 0-based rank, ``n``/``c`` its impressions and
+    clicks (clicks capped at impressions), ``n_rank`` the impressions per rank.
+    """
+    import pandas as pd
+
+    shown = _check(log, tuple(keys) + ("rank", "click"), ranks, method)
+    group = pd.MultiIndex.from_frame(shown[keys]).factorize()[0] if len(keys) > 1 else pd.factorize(shown[keys[0]])[0]
+    G = int(group.max()) + 1
+    cell = group.astype(np.int64) * ranks + shown["rank"].to_numpy(np.int64) - 1
+    ucell, inv = np.unique(cell, return_inverse=True)
+    n = np.bincount(inv).astype(np.float64)
+    c = np.minimum(np.bincount(inv, weights=shown["click"].to_numpy(np.float64)), n)
+    g, k = ucell // ranks, ucell % ranks
+    n_rank = np.bincount(k, n, minlength=ranks)
+    if (n_rank == 0).any():
+        raise InsufficientInterventionsError(method, "no rows at some ranks", np.flatnonzero(n_rank == 0) + 1)
+    return G, g, k, n, c, n_rank
+
+
 @ESTIMATORS.register("em")
 def regression_em(log, ranks: int = 10, features: list[str] | None = None, max_iter: int = 3000,
                   tol: float = 1e-6) -> PositionBias:
@@ -229,20 +251,9 @@ def regression_em(log, ranks: int = 10, features: list[str] | None = None, max_i
     ``theta`` even from one deterministic ranker as long as each value appears at several ranks.
     Iterates until ``theta / theta_1`` moves less than ``tol`` or ``max_iter`` steps.
     """
-    import pandas as pd
-
     keys = ["user_query", "product_id"] if features is None else list(features)
-    shown = _check(log, tuple(keys) + ("rank", "click"), ranks, "em")
-    group = pd.MultiIndex.from_frame(shown[keys]).factorize()[0] if len(keys) > 1 else pd.factorize(shown[keys[0]])[0]
-    G = int(group.max()) + 1
-    cell = group.astype(np.int64) * ranks + shown["rank"].to_numpy(np.int64) - 1
-    ucell, inv = np.unique(cell, return_inverse=True)
-    n = np.bincount(inv).astype(np.float64)
-    c = np.minimum(np.bincount(inv, weights=shown["click"].to_numpy(np.float64)), n)
-    g, k = ucell // ranks, ucell % ranks
-    n_rank, n_group = np.bincount(k, n, minlength=ranks), np.bincount(g, n, minlength=G)
-    if (n_rank == 0).any():
-        raise InsufficientInterventionsError("em", "no rows at some ranks", np.flatnonzero(n_rank == 0) + 1)
+    G, g, k, n, c, n_rank = _group_rank_cells(log, keys, ranks, "em")
+    n_group = np.bincount(g, n, minlength=G)
 
     ctr_rank = np.bincount(k, c, minlength=ranks) / n_rank
     theta = np.clip(ctr_rank / max(ctr_rank.max(), 1e-12), 0.05, 0.95)
@@ -308,24 +319,12 @@ def trust_bias_em(log, ranks: int = 10, features: list[str] | None = None, level
     (absolute, not normalised to rank 1). Iterates until alpha and beta (after the convention) move less
     than ``tol`` or ``max_iter`` steps.
     """
-    import pandas as pd
-
     keys = ["user_query", "product_id"] if features is None else list(features)
     if levels is None and features is None:
         levels = 5
     if levels is not None and levels < 2:
         raise ValueError(f"trust_em: levels must be at least 2 (a relevant and a non-relevant level); got {levels}")
-    shown = _check(log, tuple(keys) + ("rank", "click"), ranks, "trust_em")
-    group = pd.MultiIndex.from_frame(shown[keys]).factorize()[0] if len(keys) > 1 else pd.factorize(shown[keys[0]])[0]
-    G = int(group.max()) + 1
-    cell = group.astype(np.int64) * ranks + shown["rank"].to_numpy(np.int64) - 1
-    ucell, inv = np.unique(cell, return_inverse=True)
-    n = np.bincount(inv).astype(np.float64)
-    c = np.minimum(np.bincount(inv, weights=shown["click"].to_numpy(np.float64)), n)
-    g, k = ucell // ranks, ucell % ranks
-    n_rank = np.bincount(k, n, minlength=ranks)
-    if (n_rank == 0).any():
-        raise InsufficientInterventionsError("trust_em", "no rows at some ranks", np.flatnonzero(n_rank == 0) + 1)
+    G, g, k, n, c, n_rank = _group_rank_cells(log, keys, ranks, "trust_em")
     ranks_per_group = np.bincount(g, minlength=G)
     if (ranks_per_group > 1).sum() == 0:
         raise InsufficientInterventionsError(
