@@ -27,7 +27,7 @@ import pandas as pd
 from .. import schema as S
 from ..errors import FusionrankError
 from .logged import draw_swap, swapped
-from .schema import ACTIONS, Event, SearchLog, grid_cell
+from .schema import ACTIONS, SearchLog
 
 
 class Shop(Protocol):
@@ -151,7 +151,7 @@ class Shoppers:
 
         Every session gets its own search record (its own id, ids, time and randomisation, drawn
         as the service draws it) referencing the cached list; events go through
-        ``service.record_events``. Written in chunks of ``chunk`` sessions.
+        ``service.record_events`` (as the page's events do). Written in chunks of ``chunk`` sessions.
         """
         if service.events is None:
             raise FusionrankError("the service has no event store to log the simulated sessions in")
@@ -172,7 +172,7 @@ class Shoppers:
                     res = service.pipeline.search(self.queries.at[qi, S.QUERY], self.k, None, False, ranker=service.model.ranker)
                     cache[qi] = self._template(service, qi, res)
             logs: list[SearchLog] = []
-            events: list[Event] = []
+            events: list[dict] = []
             now = time.time()
             # group the chunk's sessions by (query, swap) so each group's clicks are drawn in one call
             swaps = [draw_swap(swap_rng, share, len(cache[int(q)][0].slate.product_ids)) for q in part]
@@ -198,13 +198,13 @@ class Shoppers:
                                           randomised=bool(sw)))
                     for a in ACTIONS[1:]:
                         for pos in np.flatnonzero(acts[a][m]):
-                            r, c = grid_cell(pos + 1, tmpl.grid_columns)
-                            events.append(Event(a, sid, slate.product_ids[pos], int(pos + 1), now, client, session, version,
-                                                None, int(r), int(c), now))
+                            events.append({"type": a, "search_id": sid, "model_version": version,
+                                           "product_id": slate.product_ids[pos], "position": int(pos + 1), "timestamp": now,
+                                           "client_id": client, "session_id": session})
                             counts[a] += 1
                 randomised += len(members) if sw else 0
             service.events.log_searches(logs)
-            service.events.record_events(events)
+            service.record_events(events)  # the service's own checks and grid cells, as for the page's events
             if log:
                 log(f"  sessions {min(start + chunk, n_sessions):,}/{n_sessions:,}: {sum(counts.values()):,} actions "
                     f"({time.perf_counter() - t0:.0f} s)")
