@@ -1,0 +1,53 @@
+"""Logged slates: randomised swaps, the swap draw, and rebuilding the ranker's inputs (pure parts; the served
+round trip is in tests/serving/test_feature_logging.py)."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from fusionrank.errors import FusionrankError
+from fusionrank.feedback.logged import draw_swap, rebuild_slates, swapped
+from fusionrank.feedback.schema import ServedSlate, grid_cell, slate_key, vector_key
+
+
+def _slate(n=4):
+    return ServedSlate([f"p{i}" for i in range(n)], np.arange(n, 0, -1, dtype=np.float32), np.eye(n, 10, dtype=np.float32),
+                       np.ones((n, 3), bool), np.full(8, 0.5, np.float32), [f"k{i}" for i in range(n)], list(range(1, n + 1)))
+
+
+def test_swapped_exchanges_the_top_with_one_position_and_keeps_the_logged_ranks():
+    s = swapped(_slate(), 2)
+    assert s.product_ids == ["p2", "p1", "p0", "p3"] and s.logged_ranks == [3, 2, 1, 4]
+    assert s.scores.tolist() == [2.0, 3.0, 4.0, 1.0] and s.features[0, 2] == 1.0 and s.vector_keys[0] == "k2"
+    assert swapped(_slate(), None).product_ids == ["p0", "p1", "p2", "p3"]
+    with pytest.raises(FusionrankError, match="outside the slate"):
+        swapped(_slate(), 4)
+
+
+def test_draw_swap_share_and_uniform_positions():
+    rng = random.Random(0)
+    draws = [draw_swap(rng, 0.3, 10) for _ in range(20000)]
+    hit = [d for d in draws if d is not None]
+    assert 0.28 < len(hit) / len(draws) < 0.32 and set(hit) == set(range(1, 10))
+    assert draw_swap(rng, 0.0, 10) is None and draw_swap(rng, 1.0, 1) is None
+
+
+def test_rebuild_slates_indexes_one_table_row_per_vector_key():
+    a, b = _slate(3), swapped(_slate(3), 1)
+    vec = {f"k{i}": [np.full(4, i, np.float32), np.full(2, -i, np.float32), np.zeros(3, np.float32)] for i in range(3)}
+    sl, tables = rebuild_slates([a, b], vec, ["s1", "s2"], ["q", "q"])
+    assert sl.rows.shape == (2, 3) and tables["title"].shape == (3, 4)
+    assert [tables["title"][r][0] for r in sl.rows[1]] == [1.0, 0.0, 2.0]  # shown order of the swapped slate
+    assert np.array_equal(sl.x[1], b.features) and np.array_equal(sl.q[0], a.query_vector)
+    with pytest.raises(FusionrankError, match="vectors are missing"):
+        rebuild_slates([a], {"k0": vec["k0"]})
+
+
+def test_keys_are_content_keys():
+    assert slate_key(_slate(), "m1") == slate_key(_slate(), "m1") != slate_key(_slate(), "m2")
+    assert slate_key(swapped(_slate(), 1), "m1") != slate_key(_slate(), "m1")
+    r = [np.ones(3, np.float32), np.zeros(2, np.float32)]
+    assert vector_key(r) == vector_key([x.copy() for x in r]) != vector_key([r[0] * 2, r[1]])
+    assert grid_cell(np.array([1, 4, 5, 10]), 4)[0].tolist() == [1, 1, 2, 3]
