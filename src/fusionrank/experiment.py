@@ -304,7 +304,7 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
                valid_ideal_dcg=ideal_for(valid_sl, cat.qrels) if valid_sl is not None else None, log=log)
     train_seconds = time.perf_counter() - t0
     metrics: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "train_queries": len(tq) if clicks is None else len(train_sl),
-                               "valid_queries": 0 if valid_sl is None else len(valid_sl),
+                               "valid_queries": len(vq) if valid_sl is not None else 0,
                                "best_valid_ndcg@10": getattr(ranker, "best_valid_ndcg_", None)}
     if clicks is not None:
         metrics["clicks"] = clicks
