@@ -186,6 +186,10 @@ def throughput(model: Path, index: Path, before: str, seconds: float) -> dict:
     for name, extra, src in sides:
         m = work / f"model-{len(out)}"
         shutil.copytree(model, m, ignore=shutil.ignore_patterns("index", "service-data"))
+        if src is not None:  # the code before the event store does not know the config's [events] block
+            cfg = json.loads((m / "config.json").read_text())
+            cfg.pop("events", None)
+            (m / "config.json").write_text(json.dumps(cfg))
         proc, url = start_server(m, index, serve_env(**extra), src)
         try:
             out[name] = {b: events_per_s(url, b, seconds) for b in (1, 10, 100)}

@@ -114,3 +114,15 @@ def test_events_carry_grid_cells_and_hashed_ids(service_factory):
     svc.close()
     raw = b"".join(p.read_bytes() for p in (svc.data_dir).glob("events.sqlite*"))
     assert b"browser-7" not in raw and b"visit-7" not in raw
+
+
+def test_product_vectors_are_archived_at_start_not_on_the_search_path(service_factory):
+    svc = service_factory("fl-arch")
+    n = svc.events.counts()["vectors"]
+    live = [r for r in range(svc.index.n_rows) if svc.index.live[r]]
+    assert n == len({svc.archive.key(svc.index, r)[0] for r in live}) > 0
+    svc.search("red shirt", k=5)
+    assert svc.events.counts()["vectors"] == n  # nothing new to archive
+    again = type(svc)(svc.index, svc.model, data_dir=svc.data_dir, log=None)  # a restart writes nothing again
+    assert again.archive.archive_catalog(svc.index, again.events, log=None) == 0
+    svc.close()

@@ -50,6 +50,32 @@ class VectorArchive:
                     out[k] = [r.copy() for r in rows]
         return out
 
+    def archive_catalog(self, catalog, store, batch: int = 2000, log=print) -> int:
+        """Store the vectors of every live row of ``catalog`` that ``store`` lacks; returns how many were written.
+
+        Run when the service starts, so searches write only their features and keys: a product's
+        vectors are then written on the search path only if it was added or changed since.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        with self._lock:
+            self._stored |= store.vector_keys()
+        with catalog.lock:
+            live = np.flatnonzero(catalog.live[:catalog.n_rows]) if hasattr(catalog, "live") else np.arange(catalog.n_rows)
+            todo = [self.key(catalog, int(r)) for r in live]
+        written = 0
+        for i in range(0, len(todo), batch):
+            new = self.new(todo[i:i + batch])
+            try:
+                written += store.put_many_vectors(new.items())
+            except BaseException:
+                self.forget(new)
+                raise
+        if log and written:
+            log(f"event store: archived the vectors of {written:,} products in {time.perf_counter() - t0:.1f} s")
+        return written
+
     def forget(self, keys: Iterable[str]) -> None:
         """Keys whose write failed: written again next time they are served."""
         with self._lock:

@@ -276,6 +276,19 @@ class EventStore:
         with self._tx() as cur:
             self._x(cur, _INSERT_VECTOR, self._vector_row(key, rows))
 
+    def put_many_vectors(self, items: Iterable[tuple[str, list[np.ndarray]]]) -> int:
+        """Store many products' embedding rows in one transaction (known keys are kept); returns how many were given."""
+        rows = [self._vector_row(k, r) for k, r in items]
+        if rows:
+            with self._tx() as cur:
+                self._xm(cur, _INSERT_VECTOR, rows)
+        return len(rows)
+
+    def vector_keys(self) -> set[str]:
+        """Every vector key the store holds."""
+        with self._tx(write=False) as cur:
+            return {r[0] for r in self._x(cur, "SELECT vector_key FROM vectors").fetchall()}
+
     def vectors(self, keys: Iterable[str]) -> dict[str, list[np.ndarray]]:
         keys = list(dict.fromkeys(keys))
         out: dict[str, list[np.ndarray]] = {}

@@ -110,6 +110,8 @@ class SearchService:
                 log(f"event store: retention removed {purged}")
             for sid, version, shown in self.events.recent_searches(self._recent_max):  # known to /events across restarts
                 self._recent[sid] = (str(version), frozenset(map(str, shown)), self.grid_columns)
+            if self.feature_logging:  # product vectors once, here, not on the search path
+                self.archive.archive_catalog(index, self.events, log=log)
 
     # model -----------------------------------------------------------------
     @property
