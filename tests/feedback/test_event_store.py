@@ -307,3 +307,14 @@ def test_sqlite_commits_are_synchronous_in_wal_mode(tmp_path):
         with st._tx(write=False) as cur:
             assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsync at every commit
+
+
+def test_a_damaged_store_file_is_named_and_left_alone(tmp_path):
+    from fusionrank.feedback.store import StoreError, open_store
+
+    bad = tmp_path / "events.sqlite"
+    junk = bytes(range(256)) * 20
+    bad.write_bytes(junk)
+    with pytest.raises(StoreError, match=rf"{bad}: not a readable event store .*nothing was changed"):
+        open_store(bad, b"0123456789abcdef0123")
+    assert bad.read_bytes() == junk

@@ -675,7 +675,11 @@ def open_store(url: str | Path, hash_key: bytes, retention_days: float | None = 
     """Open (creating if needed) the event store at ``url``: a file path, ``sqlite:///PATH`` or ``postgresql://...``."""
     engine, target = parse_url(url)
     if engine == "sqlite":
-        return SQLiteEventStore(target, hash_key, retention_days)
+        try:
+            return SQLiteEventStore(target, hash_key, retention_days)
+        except sqlite3.DatabaseError as e:  # a damaged or foreign file: say which, change nothing
+            raise StoreError(f"{target}: not a readable event store ({e}); nothing was changed. Move the file aside "
+                             f"(or restore it from a backup) to start a new store") from None
     return PostgresEventStore(target, hash_key, retention_days)
 
 
