@@ -4,12 +4,13 @@
 :class:`~fusionrank.feedback.schema.ServedSlate`: for every product shown, in shown order, the
 scalar features and modality masks the ranker scored, its score, the query vector, and a
 *vector key* naming the product's embedding rows. The embedding rows themselves go to the
-store's ``vectors`` table the first time a key is served (:class:`VectorArchive`), so a
-logged slate can be rebuilt after the product has changed, or after the catalogue was rebuilt.
+store's ``vectors`` table (:class:`VectorArchive`): every product's when the service starts, a
+product added or changed later the first time it is served. So a logged slate can be rebuilt
+after the product has changed, or after the catalogue was rebuilt.
 
 :func:`rebuild_slates` does the reverse: logged slates -> :class:`~fusionrank.ranking.features.Slates`
-plus the embedding tables they index, the exact inputs of ``ranker.predict``. A test proves that
-the rebuilt inputs give the served scores bit for bit.
+plus the embedding tables they index, the inputs ``ranker.predict`` had. A test proves the rebuilt
+inputs bit-identical to the served ones, and the scores equal to float32 rounding.
 """
 from __future__ import annotations
 
@@ -62,8 +63,7 @@ class VectorArchive:
         with self._lock:
             self._stored |= store.vector_keys()
         with catalog.lock:
-            live = np.flatnonzero(catalog.live[:catalog.n_rows]) if hasattr(catalog, "live") else np.arange(catalog.n_rows)
-            todo = [self.key(catalog, int(r)) for r in live]
+            todo = [self.key(catalog, int(r)) for r in np.flatnonzero(catalog.live[:catalog.n_rows])]
         written = 0
         for i in range(0, len(todo), batch):
             new = self.new(todo[i:i + batch])

@@ -183,11 +183,7 @@ class Shoppers:
             for (qi, sw), members in groups.items():
                 tmpl, grades = cache[qi]
                 slate = swapped(tmpl.slate, sw)
-                g = grades
-                if sw:
-                    p = np.arange(len(grades))
-                    p[[0, sw]] = p[[sw, 0]]
-                    g = grades[p]
+                g = self.grades_of(qi, slate.product_ids) if sw else grades
                 acts = self.click_model.sample_actions(np.broadcast_to(g, (len(members), len(g))), rng=rng)
                 for m, j in enumerate(members):
                     sid = ids[j]
@@ -216,9 +212,7 @@ class Shoppers:
         from .logged import served_slate
 
         slate, vectors = served_slate(res, service.index, service.archive, None, features=service.feature_logging)
-        if vectors:
-            for key, rows in vectors.items():
-                service.events.put_vectors(key, rows)
+        service.events.put_many_vectors(vectors.items())  # products added since the service archived its catalogue
         tmpl = SearchLog("", self.queries.at[qi, S.QUERY], 0.0, service.model.version, slate,
                          index_version=int(service.index.version), grid_columns=service.grid_columns)
         return tmpl, self.grades_of(qi, slate.product_ids)

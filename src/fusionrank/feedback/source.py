@@ -89,8 +89,6 @@ def position_bias(cfg: EventsConfig, log: pd.DataFrame, base: Path | None = None
 
 def skew_check(log: pd.DataFrame, store, slates, ids, sample: int = 200, seed: int = 0) -> dict[str, Any]:
     """Largest difference between logged and recomputed features of shown products, over a sample of searches."""
-    from ..ranking.features import Slates  # noqa: F401 (documentation)
-
     keys = log.drop_duplicates("slate_key")
     keys = keys.sample(n=min(sample, len(keys)), random_state=seed)
     served = store.slates(keys["slate_key"].tolist())

@@ -82,7 +82,7 @@ class SearchService:
         self._start_media_dirs: list[str] | None = None
         if product_encoder is not None and getattr(product_encoder, "media_dirs", ()) is None:
             product_encoder.media_dirs = self._index_media_dirs()
-        self._recent: OrderedDict[str, tuple[str, frozenset, int]] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[str, frozenset]] = OrderedDict()  # search id -> (model version, shown ids)
         self._recent_max = recent_searches
         self._log_lock = threading.Lock()
         self._swap_lock = threading.Lock()
@@ -109,7 +109,7 @@ class SearchService:
             if any(purged.values()) and log:
                 log(f"event store: retention removed {purged}")
             for sid, version, shown in self.events.recent_searches(self._recent_max):  # known to /events across restarts
-                self._recent[sid] = (str(version), frozenset(map(str, shown)), self.grid_columns)
+                self._recent[sid] = (str(version), frozenset(map(str, shown)))
             if self.feature_logging:  # product vectors once, here, not on the search path
                 self.archive.archive_catalog(index, self.events, log=log)
 
@@ -179,7 +179,7 @@ class SearchService:
             raise
         t["log_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         with self._log_lock:
-            self._recent[sid] = (m.version, frozenset(slate.product_ids), self.grid_columns)
+            self._recent[sid] = (m.version, frozenset(slate.product_ids))
             if len(self._recent) > self._recent_max:
                 self._recent.popitem(last=False)
         return {"search_id": sid, "query": query, "k": k, "category": category, "model_version": m.version,
@@ -234,20 +234,20 @@ class SearchService:
         with self._log_lock:
             for i, e in enumerate(events):
                 known = self._recent.get(e["search_id"])
-                columns = self.grid_columns
-                if known is None:
+                if known is None:  # from before the store's recent searches, or evicted
                     if require_known:
                         problems.append(f"events[{i}].search_id: {e['search_id']} is not a search this service issued recently")
                         continue
-                else:  # admin key: a search from before a restart, or evicted: accepted as given
-                    version, shown, columns = known
+                    # the admin key: accepted as given
+                else:
+                    version, shown = known
                     if e["model_version"] != version:
                         problems.append(f"events[{i}].model_version: search {e['search_id']} was served by {version!r}, "
                                         f"not {e['model_version']!r}")
                     if e["product_id"] not in shown:
                         problems.append(f"events[{i}].product_id: {e['product_id']!r} was not in the results of search {e['search_id']}")
                 pos = e.get("position")
-                row, col = (int(v) for v in grid_cell(pos, columns)) if pos else (None, None)
+                row, col = (int(v) for v in grid_cell(pos, self.grid_columns)) if pos else (None, None)
                 out.append(Event(e["type"], e["search_id"], str(e["product_id"]), pos, e.get("timestamp"),
                                  e.get("client_id"), e.get("session_id"), e["model_version"], e.get("value"), row, col, now))
         if problems:
