@@ -108,32 +108,15 @@ def p99_on_off(model: Path, index: Path, n: int) -> dict:
 
 # 2 -------------------------------------------------------------------------------------------
 def start_server(model: Path, index: Path, env: dict, src: Path | None = None):
-    from crash_harness import free_port
+    """The real ``fusionrank serve`` of ``model`` over ``index`` (``src``: another checkout's code), with its own store."""
+    from crash_harness import Server
 
-    port = free_port()
     e = {**env, **({"PYTHONPATH": str(src)} if src else {})}
     e.setdefault("FUSIONRANK_EVENTS_URL", str(model / "service-data" / "events.sqlite"))  # each server its own store
     e.setdefault("FUSIONRANK_EVENTS_HASH_KEY", HASH_KEY)
-    err = open(model.parent / f"serve-{port}.stderr", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--index", str(index), "--port", str(port)],
-                         stdout=subprocess.PIPE, stderr=err, env=e, text=True)
-    import httpx
-
-    t0 = time.time()
-    while time.time() - t0 < 300:
-        line = p.stdout.readline()
-        if line.startswith("http://"):
-            break
-        if p.poll() is not None:
-            raise RuntimeError(f"serve exited: {(model.parent / f'serve-{port}.stderr').read_text()[-2000:]}")
-    url = f"http://127.0.0.1:{port}"
-    while time.time() - t0 < 300:
-        try:
-            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
-                return p, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("no /healthz")
+    server = Server(model, e, args=("--index", index))
+    server.start(timeout=300)
+    return server
 
 
 def events_per_s(url: str, batch: int, seconds: float, threads: int = 4) -> float:
@@ -196,12 +179,11 @@ def throughput(model: Path, index: Path, before: str, seconds: float) -> dict:
             cfg = json.loads((m / "config.json").read_text())
             cfg.pop("events", None)
             (m / "config.json").write_text(json.dumps(cfg))
-        proc, url = start_server(m, index, serve_env(**extra), src)
+        server = start_server(m, index, serve_env(**extra), src)
         try:
-            out[name] = {b: events_per_s(url, b, seconds) for b in (1, 10, 100)}
+            out[name] = {b: events_per_s(server.url, b, seconds) for b in (1, 10, 100)}
         finally:
-            proc.send_signal(2)
-            proc.wait(timeout=60)
+            server.stop()
         print(name, out[name], flush=True)
     if pg is not None:
         pg.stop()
@@ -212,9 +194,7 @@ def throughput(model: Path, index: Path, before: str, seconds: float) -> dict:
 def kills(model: Path, index: Path, n: int, seed: int = 11) -> dict:
     import shutil
 
-    import httpx
-
-    from crash_harness import EVENTS, Ledger, _searcher, serve_env
+    from crash_harness import Ledger, _searcher, serve_env
     from fusionrank.feedback.store import open_store
 
     work = Path(tempfile.mkdtemp(prefix="fr-kill-"))
@@ -222,31 +202,28 @@ def kills(model: Path, index: Path, n: int, seed: int = 11) -> dict:
     shutil.copytree(model, m, ignore=shutil.ignore_patterns("index", "service-data"))
     env = serve_env()
     ledger, rng, rows = Ledger(), random.Random(seed), []
-    proc, url = start_server(m, index, env)
+    server = start_server(m, index, env)
     for cycle in range(n):
         stop = threading.Event()
-        ths = [threading.Thread(target=_searcher, args=(url, ledger, stop, random.Random(rng.random()), 1.7e9 + cycle * 1e4),
+        ths = [threading.Thread(target=_searcher, args=(server.url, ledger, stop, random.Random(rng.random()), 1.7e9 + cycle * 1e4),
                                 daemon=True) for _ in range(4)]
         for t in ths:
             t.start()
         time.sleep(rng.uniform(1.0, 3.0))
         while ledger.events_acked == 0:
             time.sleep(0.1)
-        os.kill(proc.pid, 9)
-        proc.wait(timeout=30)
+        server.kill9()
         stop.set()
         for t in ths:
             t.join(timeout=60)
-        proc, url2 = start_server(m, index, env)
-        url = url2
+        server.start(timeout=300)  # the same port and store
         with open_store(m / "service-data" / "events.sqlite", HASH_KEY.encode()) as st:
             evs = {(e["query_id"], e["timestamp"]) for e in st.iter_events()}
             qs = {q["query_id"] for q in st.iter_queries()}
         rows.append({"events_acked": len(ledger.events), "events_found": len(ledger.events & evs),
                      "searches_acked": len(ledger.searches), "searches_found": len(ledger.searches & qs)})
         print("kill", cycle + 1, rows[-1], flush=True)
-    proc.send_signal(2)
-    proc.wait(timeout=60)
+    server.stop()
     last = rows[-1]
     return {"kills": n, "per_kill": rows, "events_acked": last["events_acked"], "events_missing": last["events_acked"] - last["events_found"],
             "searches_acked": last["searches_acked"], "searches_missing": last["searches_acked"] - last["searches_found"],

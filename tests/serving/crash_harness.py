@@ -52,8 +52,9 @@ class Ledger:
 
 
 class Server:
-    def __init__(self, model: Path, env: dict, port: int | None = None, python: str = sys.executable):
-        self.model, self.env, self.python = model, env, python
+    def __init__(self, model: Path, env: dict, port: int | None = None, python: str = sys.executable, args: tuple = ()):
+        """``args``: more ``fusionrank serve`` options (e.g. ``("--index", DIR)``)."""
+        self.model, self.env, self.python, self.args = model, env, python, tuple(str(a) for a in args)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -62,7 +63,7 @@ class Server:
     def start(self, timeout: float = 180) -> float:
         t0 = time.time()
         err = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen([self.python, "-m", "fusionrank.cli", "serve", str(self.model), "--port", str(self.port)],
+        self.proc = subprocess.Popen([self.python, "-m", "fusionrank.cli", "serve", str(self.model), "--port", str(self.port), *self.args],
                                      stdout=subprocess.PIPE, stderr=err, env=self.env, text=True)
         err.close()
         while time.time() - t0 < timeout:
