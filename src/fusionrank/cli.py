@@ -377,9 +377,36 @@ def search(
     except FusionrankError as e:
         _fail(e)
     if json_out:
-        print(json.dumps({"query": query, "timing_ms": res.timings_ms, "results": res.hits}, default=str))
+        print(json.dumps({"query": query, "understood": res.understood.as_dict(), "timing_ms": res.timings_ms,
+                          "results": res.hits}, default=str))
         return
+    if res.understood.changed:
+        console.print(f"searched as {res.understood.rewritten!r}: " + "; ".join(str(m) for m in res.understood.mappings))
     print_hits(query, res)
+
+
+@app.command()
+def understand(
+    model: Path = typer.Argument(..., help="model directory"),
+    query: list[str] = typer.Option([], "--query", "-q", help="show how these queries are rewritten (repeatable)"),
+    rebuild: bool = typer.Option(False, help="rebuild the model's query understanding from its training queries"),
+):
+    """Show (or build) how the model rewrites queries into words it trained on: "men's specs" -> "men's sunglasses"."""
+    from .experiment import understand_model
+    from .modeldir import ModelDir
+
+    try:
+        md = ModelDir.open(model)
+        if rebuild or md.understanding() is None:
+            understand_model(model, log=lambda s: console.print(s))
+        tf = md.config().data.title_field
+        pipe = md.pipeline(md.catalog_tables(tf, log=lambda s: None)) if query else None
+    except FusionrankError as e:
+        _fail(e)
+    for q in query:
+        u = pipe.understanding.understand(q)
+        how = "; ".join(str(m) for m in u.mappings) + (f" (ignored: {', '.join(u.dropped)})" if u.dropped else "")
+        console.print(f"{q!r} -> {u.rewritten!r}" + (f": {how}" if how else ""))
 
 
 @app.command("index")

@@ -85,6 +85,15 @@ class TrainingConfig(BaseModel):
     max_train_seconds: float | None = None
 
 
+class UnderstandingConfig(BaseModel):
+    """Query understanding (:mod:`fusionrank.ranking.understand`): built from the training queries, saved with the model."""
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    min_similarity: float = 0.15        # encoder similarity a lexicon candidate needs
+    neighbour_similarity: float = 0.75  # encoder similarity of a nearest-term mapping
+    roots: list[str] | None = None      # WordNet synsets the targets' senses must lie under (None: the shop default)
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "experiment"
@@ -100,6 +109,7 @@ class ExperimentConfig(BaseModel):
     loss: Block = Field(default_factory=lambda: Block(name="lambdaloss"))
     optimizer: Block = Field(default_factory=lambda: Block(name="adam", args={"lr": 2e-3, "weight_decay": 1e-5}))
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    understanding: UnderstandingConfig = Field(default_factory=UnderstandingConfig)
     # train from an event store's logged searches and shopper actions (see fusionrank.feedback.source)
     events: EventsConfig | None = None
     # batch engine for encoding: local (processes = worker processes) or ray (address, num_cpus)
@@ -310,6 +320,11 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
         metrics["clicks"] = clicks
     md.write(config=config, ranker=ranker, workspace=WorkspaceRecord(str(src), str(ws.catalog_dir), str(ws.store_dir),
                                                                       enc_summary.get("jobs")))
+    if config.understanding.enabled:
+        tf = config.data.title_field
+        texts = [*tq[S.QUERY].tolist(), *vq[S.QUERY].tolist()] if clicks is None else list(train_sl.queries)
+        metrics["understanding"] = build_understanding(md, config, texts, catalogs.get(tf) or md.catalog_tables(tf, log=lambda m: None),
+                                                       log)
     if config.data.eval_split:
         try:
             eq = _split_frames(cat, config.data.eval_split)
@@ -342,6 +357,41 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
     metrics["seconds_total"] = round(time.perf_counter() - t_all, 1)
     md.write(alpha={"kind": alpha_kind, "weights": alpha}, metrics=metrics)
     return metrics
+
+
+def build_understanding(md: ModelDir, config: ExperimentConfig, training_queries: list[str], tables: CatalogTables,
+                        log=print) -> dict[str, Any]:
+    """Build the model's query understanding from the queries it trained on and save it in ``md``."""
+    from .modalities import modality
+    from .ranking import QueryEncoder
+    from .ranking.understand import DOMAIN_ROOTS, QueryUnderstanding
+
+    t0 = time.perf_counter()
+    u = config.understanding
+    enc = QueryEncoder(text_encoder=config.text_encoder_spec)
+    qu = QueryUnderstanding.build(training_queries, tables.lexical[modality("text").lexical].doc_freq,
+                                  lambda t: enc.encode(t)[0], roots=u.roots or DOMAIN_ROOTS, min_similarity=u.min_similarity,
+                                  neighbour_similarity=u.neighbour_similarity)
+    qu.save(md.path)
+    info = {"known_terms": len(qu.known), "targets": len(qu.targets), "lexicon_entries": len(qu.lexicon),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"  query understanding: {info['known_terms']:,} known terms, {info['targets']:,} targets, "
+        f"{info['lexicon_entries']:,} lexicon entries in {info['seconds']} s")
+    return info
+
+
+def understand_model(model_dir: str | Path, log=print) -> dict[str, Any]:
+    """(Re)build a trained model's query understanding from the judged training queries it was trained on."""
+    from .ingest import Catalog
+
+    md = ModelDir.open(model_dir)
+    config = md.config()
+    if config.events is not None:
+        raise FusionrankError(f"{md.path} was trained from an event store; re-train it to rebuild its query understanding")
+    cat = Catalog.load(Path(md.workspace().catalog))
+    train_q = _split_frames(cat, config.data.train_split)  # the queries train() split into train and validation
+    tf = config.data.title_field
+    return build_understanding(md, config, train_q[S.QUERY].tolist(), md.catalog_tables(tf, log=lambda m: None), log)
 
 
 def evaluate_pipeline(pipe: RankingPipeline, queries: pd.DataFrame, qrels: pd.DataFrame,

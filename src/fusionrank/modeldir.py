@@ -181,10 +181,17 @@ class ModelDir:
                                      f"{tf!r}; rebuild it with `fusionrank index {self.path}`")
         return index
 
-    def pipeline(self, tables, ranker=None, encoder=None):
-        """The ranking path over ``tables`` with this model's ranker (or ``ranker``)."""
+    def understanding(self):
+        """The model's query understanding (``understanding.json``), or None if it was built without."""
+        from .ranking.understand import QueryUnderstanding
+
+        return QueryUnderstanding.load(self.path)
+
+    def pipeline(self, tables, ranker=None, encoder=None, understanding: bool = True):
+        """The ranking path over ``tables`` with this model's ranker (or ``ranker``) and its query understanding."""
         from .ranking import RankingPipeline
 
         config = self.config()
         return RankingPipeline.over(tables, ranker if ranker is not None else self.load_ranker(), encoder,
-                                    text_encoder=config.text_encoder_spec)
+                                    text_encoder=config.text_encoder_spec,
+                                    understanding=self.understanding() if understanding else None)

@@ -165,6 +165,11 @@ class LexicalField:
         return self._w_main
 
     # queries ---------------------------------------------------------------
+    def doc_freq(self, term: str) -> int:
+        """How many live rows contain ``term``."""
+        j = self.vocab.get(term)
+        return 0 if j is None or j >= len(self.df) else int(self.df[j])
+
     def query_terms(self, query: str) -> np.ndarray:
         """Term ids of the query's distinct tokens that occur in at least one live document."""
         ids = {self.vocab[w] for w in tokenize(query) if w in self.vocab}

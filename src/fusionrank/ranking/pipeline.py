@@ -1,4 +1,4 @@
-"""The ranking path: encode -> retrieve -> features -> rank -> explain, one implementation for every caller.
+"""The ranking path: understand -> encode -> retrieve -> features -> rank -> explain, one implementation for every caller.
 
 :class:`RankingPipeline` holds one stage of each kind over one
 :class:`~fusionrank.ranking.catalog.CatalogTables`. Training builds its slates with
@@ -16,21 +16,23 @@ is the stage that turns :class:`Queries` into :class:`Slates`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import schema as S
+from ..modalities import modality
 from ..errors import FusionrankError
 from .explain import Explainer, Scored, Scorer
 from .features import Featuriser, Slates, attach_grades
 from .query import QueryEncoder
 from .retrieve import Candidates, build_retriever
 from .stage import Queries, Stage
+from .understand import Understood, Verbatim
 
-STAGES = ("encode", "retrieve", "features", "rank", "explain")
+STAGES = ("understand", "encode", "retrieve", "features", "rank", "explain")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class SearchResult:
     query_cached: bool
     scored: Scored | None = None  # the ranker's inputs and scores for every candidate
     order: np.ndarray | None = None  # slate positions of ``hits``, in shown order
+    understood: Understood | None = None  # the query as rewritten for ranking, and how
 
 
 @dataclass
@@ -52,13 +55,24 @@ class RankingPipeline:
     featuriser: Featuriser
     scorer: Scorer
     explainer: Explainer
+    understanding: Stage = field(default_factory=Verbatim)
     batch_size: int = 256
 
     @classmethod
-    def over(cls, catalog, ranker, encoder: QueryEncoder | None = None, text_encoder: dict | None = None) -> "RankingPipeline":
-        """The default stages over ``catalog``: its configured retriever, the feature builder, ``ranker``, explanations."""
-        return cls(encoder or QueryEncoder(text_encoder=text_encoder), build_retriever(catalog), Featuriser(catalog),
-                   Scorer(ranker, catalog), Explainer(catalog))
+    def over(cls, catalog, ranker, encoder: QueryEncoder | None = None, text_encoder: dict | None = None,
+             understanding: Stage | None = None) -> "RankingPipeline":
+        """The default stages over ``catalog``: its configured retriever, the feature builder, ``ranker``, explanations.
+
+        ``understanding`` (a :class:`~fusionrank.ranking.understand.QueryUnderstanding`) rewrites queries
+        first; it is bound here to ``catalog``'s title field and the query encoder.
+        """
+        encoder = encoder or QueryEncoder(text_encoder=text_encoder)
+        if understanding is None:
+            understanding = Verbatim()
+        elif hasattr(understanding, "bind"):
+            understanding.bind(doc_freq=catalog.lexical[modality("text").lexical].doc_freq, embed=lambda t: encoder.encode(t)[0])
+        return cls(encoder, build_retriever(catalog), Featuriser(catalog), Scorer(ranker, catalog), Explainer(catalog),
+                   understanding)
 
     def replace(self, **stages) -> "RankingPipeline":
         """A copy with some stages swapped (``retriever=``, ``scorer=``, ...)."""
@@ -77,8 +91,8 @@ class RankingPipeline:
 
     @property
     def to_slates(self) -> Stage:
-        """``Queries -> Slates``: encode, retrieve, featurise."""
-        return self.encoder >> self.retriever >> self.featuriser
+        """``Queries -> Slates``: understand, encode, retrieve, featurise."""
+        return self.understanding >> self.encoder >> self.retriever >> self.featuriser
 
     # batches -----------------------------------------------------------------
     def slates(self, query_ids: Sequence[Any], queries: Sequence[str], qrels: pd.DataFrame | None = None,
@@ -105,8 +119,9 @@ class RankingPipeline:
 
     # one query ---------------------------------------------------------------
     def search(self, query: str, k: int = 10, category: str | None = None, explain: bool = True, ranker=None,
-               observe=None) -> SearchResult:
-        """Top ``k`` for one query, explained, with stage timings; ``ranker`` overrides the pipeline's for this call.
+               observe=None, understanding=None) -> SearchResult:
+        """Top ``k`` for one query, explained, with stage timings; ``ranker`` (and the ``understanding`` that
+        goes with it) override the pipeline's for this call.
 
         ``observe(stage, seconds)`` is called once per stage (for metrics).
         """
@@ -115,8 +130,10 @@ class RankingPipeline:
             raise FusionrankError("empty query")
         scorer = self.scorer if ranker is None else Scorer(ranker, self.catalog)
         t = [time.perf_counter()]
-        q, cached = self.encoder.encode(query)
-        qs = Queries(["q"], [query], q[None, :], category)
+        understood = (self.understanding if understanding is None else understanding).understand(query)
+        t.append(time.perf_counter())
+        q, cached = self.encoder.encode(understood.rewritten)
+        qs = Queries(["q"], [understood.rewritten], q[None, :], category)
         t.append(time.perf_counter())
         cands = self.retriever.transform(qs)
         t.append(time.perf_counter())
@@ -133,4 +150,4 @@ class RankingPipeline:
             if observe is not None:
                 observe(name, b - a)
         timings["total_ms"] = round((t[-1] - t[0]) * 1e3, 3)
-        return SearchResult(hits, cands, timings, cached, scored, order)
+        return SearchResult(hits, cands, timings, cached, scored, order, understood)

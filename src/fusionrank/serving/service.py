@@ -30,9 +30,10 @@ from .. import schema as S
 from ..errors import FusionrankError, UnknownCategory
 from ..feedback.logged import VectorArchive, draw_swap, served_slate
 from ..feedback.schema import ACTIONS, DEFAULT_GRID_COLUMNS, Event, SearchLog, grid_cell
-from ..modalities import SCALAR_FEATURES
+from ..modalities import SCALAR_FEATURES, modality
 from ..modeldir import ModelDir
 from ..ranking import STAGES, QueryEncoder, RankingPipeline
+from ..ranking.understand import Verbatim
 from .index import SearchIndex
 
 __all__ = ["SearchService", "ModelHandle", "ModelMismatch", "UnknownCategory", "load_handle", "STAGES", "EVENT_TYPES"]
@@ -53,13 +54,14 @@ class ModelHandle:
     groups: list[str]
     alpha: dict | None = None
     loaded_at: float = field(default_factory=time.time)
+    understanding: Any = None  # the model's query understanding (None: queries as typed)
 
 
 def load_handle(model_dir: str | Path) -> ModelHandle:
     md = ModelDir.open(model_dir)
     ranker = md.load_ranker()
     return ModelHandle(ranker, md.version(), str(md.path.resolve()), md.config().data.title_field,
-                       [g.name for g in ranker.groups_ or []], md.alpha())
+                       [g.name for g in ranker.groups_ or []], md.alpha(), understanding=md.understanding())
 
 
 class SearchService:
@@ -133,6 +135,11 @@ class SearchService:
     def install_model(self, m: ModelHandle) -> ModelHandle:
         """Check a loaded model against the index and make it the one new requests use (atomic)."""
         self.check_model(m)
+        if m.understanding is None:
+            m.understanding = Verbatim()
+        else:  # reads the live index's word counts, so products added later count
+            m.understanding.bind(doc_freq=self.index.lexical[modality("text").lexical].doc_freq,
+                                 embed=lambda t: self.queries.encode(t)[0])
         self._model, old = m, self._model
         return old  # type: ignore[return-value]
 
@@ -154,11 +161,12 @@ class SearchService:
                record: bool = True, client_id: str | None = None, session_id: str | None = None) -> dict[str, Any]:
         """Rank, explain and log one search. ``client_id``/``session_id`` are stored only as keyed hashes."""
         m = self.model  # one read: the whole request uses this model
-        res = self.pipeline.search(query, k, category, explain, ranker=m.ranker, observe=self.stage_observer)
+        res = self.pipeline.search(query, k, category, explain, ranker=m.ranker, observe=self.stage_observer,
+                                   understanding=m.understanding)
         hits, t = res.hits, res.timings_ms
         sid = uuid.uuid4().hex
         if not record or self.events is None:
-            return {"search_id": sid, "timings_ms": t, "results": hits}
+            return {"search_id": sid, "timings_ms": t, "understood": res.understood.as_dict(), "results": hits}
         with self._log_lock:
             swap = draw_swap(self._rng, self.randomise_share, len(hits))
         if swap is not None:
@@ -185,7 +193,7 @@ class SearchService:
         return {"search_id": sid, "query": query, "k": k, "category": category, "model_version": m.version,
                 "grid_columns": self.grid_columns, "randomised": swap is not None,
                 "candidates": int(len(res.candidates.rows[0])), "candidate_sources": res.candidates.sources[0],
-                "query_cached": res.query_cached, "model_weights": (m.alpha or {}).get("weights"),
+                "query_cached": res.query_cached, "understood": res.understood.as_dict(), "model_weights": (m.alpha or {}).get("weights"),
                 "model_weights_kind": (m.alpha or {}).get("kind"), "timings_ms": t, "results": hits}
 
     # products --------------------------------------------------------------
