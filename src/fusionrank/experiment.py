@@ -188,7 +188,7 @@ class ExperimentConfig(BaseModel):
         return RANKERS.get(ranker_kind(self.scorer.name)).from_config(self)
 
 
-def _split_frames(cat: Catalog, split: str) -> pd.DataFrame:
+def split_frame(cat: Catalog, split: str) -> pd.DataFrame:
     q = cat.queries
     if q is None:
         raise FusionrankError("the catalogue has no queries")
@@ -272,7 +272,7 @@ def prepare_training(config: ExperimentConfig, config_path: Path | None = None, 
     enc_summary = ws.encode(cat.products, config.encode_settings(), log, progress, modalities=config.encoded_modalities(),
                             engine=config.engine)
     try:
-        train_q = _split_frames(cat, config.data.train_split)
+        train_q = split_frame(cat, config.data.train_split)
     except FusionrankError:
         if config.events is None:
             raise
@@ -312,7 +312,7 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
                                                                       enc_summary.get("jobs")))
     if config.data.eval_split:
         try:
-            eq = _split_frames(cat, config.data.eval_split)
+            eq = split_frame(cat, config.data.eval_split)
         except FusionrankError:
             eq = None
         if eq is not None:
