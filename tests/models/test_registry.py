@@ -1,31 +1,18 @@
 """The model registry: a round trip through its index, state rules, and an index that survives kill -9 at any point."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from fusionrank.models import ModelRegistry, PromotionPolicy, RegistryError, STATES
 
 
-def fake_model(d: Path, weights: bytes) -> Path:
-    """A model directory as `fusionrank train` lays it out (config + ranker files); no ranker is loaded here."""
-    from fusionrank.experiment import ExperimentConfig
-
-    (d / "ranker").mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps(ExperimentConfig(name=d.name).model_dump(mode="json")))
-    (d / "ranker" / "ranker.json").write_text('{"kind": "neural"}')
-    (d / "ranker" / "weights.bin").write_bytes(weights)
-    return d
-
-
-def test_round_trip(tmp_path):
+def test_round_trip(tmp_path, fake_model):
     policy = PromotionPolicy(mode="auto", tolerance=0.01, interleave_share=0.3, min_searches=50)
     reg = ModelRegistry.create(tmp_path / "reg", policy)
     v1 = reg.register(fake_model(tmp_path / "base", b"1"), training_data={"judgments": {"queries": 20}}, note="weak start")
@@ -56,7 +43,7 @@ def test_round_trip(tmp_path):
     assert again.promoted().id == "v2" and [v.id for v in again.in_state("retired")] == ["v1"]
 
 
-def test_rules_and_errors_name_what_is_valid(tmp_path):
+def test_rules_and_errors_name_what_is_valid(tmp_path, fake_model):
     reg = ModelRegistry.create(tmp_path / "reg")
     with pytest.raises(RegistryError, match="exists here already"):
         ModelRegistry.create(tmp_path / "reg")
@@ -102,7 +89,7 @@ while True:
 """
 
 
-def test_kill_9_while_writing_leaves_a_readable_index(tmp_path):
+def test_kill_9_while_writing_leaves_a_readable_index(tmp_path, fake_model):
     """A writer changing the index as fast as it can is killed 8 times at random moments: the index always reads whole."""
     import random
 
