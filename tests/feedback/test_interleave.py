@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import sqlite3
 
 import numpy as np
 import pytest
@@ -81,10 +80,10 @@ def _slate(ids):
                        np.zeros(3, np.float32), [f"v-{i}" for i in ids], list(range(1, n + 1)))
 
 
-def test_report_credits_teams_from_the_store_and_training_leaves_interleaved_searches_out(tmp_path):
+def test_report_credits_teams_from_the_store_and_training_leaves_interleaved_searches_out(store_url):
     from fusionrank.feedback.store import open_store
 
-    st = open_store(tmp_path / "ev.sqlite", b"k" * 32)
+    st = open_store(store_url, b"k" * 32)
     ids = ["p1", "p2", "p3", "p4"]
     logs, events = [], []
     # 30 searches where the candidate's product is clicked, 10 where the promoted one's is, 5 ties, 5 without clicks
@@ -115,22 +114,22 @@ def test_report_credits_teams_from_the_store_and_training_leaves_interleaved_sea
     st.close()
 
 
-def test_a_version_1_store_is_upgraded_in_place(tmp_path):
+def test_a_version_1_store_is_upgraded_in_place(store_url):
     """A store written before interleaving existed gains the two columns; its searches stay and read as not interleaved."""
     from fusionrank.feedback.store import SCHEMA_VERSION, open_store
 
-    path = tmp_path / "old.sqlite"
-    st = open_store(path, b"k" * 32)
+    st = open_store(store_url, b"k" * 32)
     st.log_search(SearchLog("old", "blue jeans", 1000.0, "A", _slate(["p1", "p2"])))
+    with st._tx() as cur:  # make it exactly what version 1 wrote
+        for stmt in ("ALTER TABLE queries DROP COLUMN teams", "ALTER TABLE queries DROP COLUMN interleaved_with",
+                     "UPDATE meta SET value = '1' WHERE key = 'schema_version'"):
+            st._x(cur, stmt)
     st.close()
-    with sqlite3.connect(path) as c:  # make it exactly what version 1 wrote
-        c.execute("ALTER TABLE queries DROP COLUMN teams")
-        c.execute("ALTER TABLE queries DROP COLUMN interleaved_with")
-        c.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    st = open_store(path, b"k" * 32)
+    st = open_store(store_url, b"k" * 32)
     assert len(st.click_log()) == 2 and st.interleaving_log() == []
     st.log_search(SearchLog("new", "blue jeans", 1001.0, "A", _slate(["p1", "p2"]), interleaved_with="B", teams=["b", "a"]))
     assert [s["query_id"] for s in st.interleaving_log()] == ["new"]
+    with st._tx(write=False) as cur:
+        assert st._x(cur, "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     st.close()
-    with sqlite3.connect(path) as c:
-        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    open_store(store_url, b"k" * 32).close()  # opening an upgraded store again changes nothing
