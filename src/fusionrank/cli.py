@@ -776,6 +776,60 @@ def retrain(
     console.print(f"[bold green]registered[/] {v.id} ({v.model_version}) as a candidate of {v.parent}")
 
 
+@app.command()
+def loop(
+    model: Path = typer.Option(..., "--model", "-m", help="the starting model directory (its index and catalogue are served)"),
+    registry: Path = typer.Option(..., "--registry", "-r", help="model registry (created with MODEL as v1 if missing)"),
+    rounds: int = typer.Option(3, min=1, help="retrain -> interleave -> promote rounds"),
+    sessions: int = typer.Option(2000, min=1, help="simulated sessions logged before each retraining"),
+    interleave_batch: int = typer.Option(500, min=1, help="sessions between two runs of the gate while interleaving"),
+    max_interleave_sessions: int = typer.Option(20_000, min=1, help="a candidate still undecided after this many is retired"),
+    click_model: str = typer.Option("pbm", help="simulated shoppers' click model (pbm, trust_bias, cascade, dbn, grid_pbm)"),
+    labels: str = typer.Option("ips", help="click labels of retraining: naive, ips, affine or dr"),
+    propensity: str = typer.Option("em", help="position bias estimator of retraining"),
+    judgments_weight: float = typer.Option(0.0, help="> 0: judged training queries join retraining, grades scaled by this"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs of each candidate (default: the parent's)"),
+    policy: Optional[Path] = typer.Option(None, help="TOML/YAML file with the promotion policy of a new registry"),
+    interleave_share: Optional[float] = typer.Option(None, help="share of searches interleaved (default: the policy's)"),
+    tolerance: Optional[float] = typer.Option(None, help="largest allowed offline drop (default: the policy's)"),
+    min_searches: Optional[int] = typer.Option(None, help="credited interleaved searches before a decision (default: the policy's)"),
+    seed: int = typer.Option(0, help="seed of the shoppers"),
+    serve_after: bool = typer.Option(False, "--serve/--no-serve", help="keep serving the promoted version afterwards"),
+    port: int = typer.Option(0, help="port of the service (0: a free one)"),
+    json_out: bool = typer.Option(False, "--json", help="print the rounds as JSON on stdout"),
+):
+    """Close the loop with simulated shoppers: serve -> simulate -> retrain -> interleave -> promote, ROUNDS times."""
+    from .models import ModelRegistry
+    from .models.loop import run_loop
+
+    try:
+        over = {"interleave_share": interleave_share, "tolerance": tolerance, "min_searches": min_searches}
+        pol = None
+        if policy is not None or any(v is not None for v in over.values()):
+            base = ModelRegistry.open(registry).read().policy.model_dump() if (registry / "registry.json").exists() else {}
+            pol = _policy_from(policy, {**base, **over}) if policy is None else _policy_from(policy, over)
+        reps = run_loop(model, registry, rounds=rounds, sessions=sessions, interleave_batch=interleave_batch,
+                        max_interleave_sessions=max_interleave_sessions, click_model=click_model, labels=labels,
+                        propensity=propensity, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
+                        serve_forever=serve_after, port=port, log=lambda m: console.print(m, markup=False, highlight=False))
+    except FusionrankError as e:
+        _fail(e)
+    if json_out:
+        print(json.dumps([r.as_dict() for r in reps], indent=1))
+        return
+    t = Table(title=f"the loop over {model} ({registry})")
+    for c in ("round", "candidate", "outcome", "serving", "ndcg@10", "candidate ndcg@10", "sessions", "interleaved",
+              "preference", "CI", "s"):
+        t.add_column(c)
+    for r in reps:
+        t.add_row(str(r.round), r.candidate or "-", r.outcome, r.promoted,
+                  "-" if r.promoted_ndcg is None else f"{r.promoted_ndcg:.4f}",
+                  "-" if r.candidate_ndcg is None else f"{r.candidate_ndcg:.4f}", f"{r.sessions_logged:,}",
+                  f"{r.sessions_interleaving:,}", "-" if r.preference is None else f"{r.preference:+.3f}",
+                  "-" if r.ci is None else f"[{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]", f"{r.seconds:.0f}")
+    console.print(t)
+
+
 interleave_app = typer.Typer(no_args_is_help=True, help="Team-draft interleaving of the promoted model with candidates.")
 app.add_typer(interleave_app, name="interleave")
 

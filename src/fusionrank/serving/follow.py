@@ -30,8 +30,10 @@ __all__ = ["RegistryFollower"]
 class RegistryFollower:
     """Keeps ``service`` on ``registry``'s promoted version and interleaving candidates (:meth:`start` polls in a thread)."""
 
-    def __init__(self, service: SearchService, registry, poll_seconds: float = 1.0, log=print):
+    def __init__(self, service: SearchService, registry, poll_seconds: float = 1.0, log=print, auto: bool = True):
+        """``auto=False``: never run the gate, even under the auto policy (someone else decides, e.g. ``fusionrank loop``)."""
         self.service, self.registry, self.poll_seconds, self.log = service, registry, float(poll_seconds), log
+        self.auto = auto
         self._stamp = None
         self._policy = None
         self._candidates: dict[str, ModelHandle] = {}  # model version -> loaded candidate
@@ -49,7 +51,7 @@ class RegistryFollower:
             idx = self.registry.read()
             self._apply(idx)
             self._stamp, self._policy = stamp, idx.policy
-        if self._policy is not None and self._policy.mode == "auto" and \
+        if self.auto and self._policy is not None and self._policy.mode == "auto" and \
                 time.monotonic() - self._last_check >= self._policy.check_seconds:
             self._last_check = time.monotonic()
             self._auto()
