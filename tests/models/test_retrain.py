@@ -88,3 +88,19 @@ def test_retrain_without_searches_in_range_says_so(shop, tiny_model, tmp_path):
     with pytest.raises(FusionrankError, match="no logged searches to train from since"):
         retrain(reg, str(shop[0]), since=time.time() + 60, log=lambda m: None)
     assert [p.name for p in (tmp_path / "reg" / "versions").iterdir()] == []  # the allocated directory is removed again
+
+
+def test_retrain_names_what_is_valid(shop, tiny_model, tmp_path):
+    from fusionrank.errors import FusionrankError
+    from fusionrank.models import ModelRegistry, RegistryError
+    from fusionrank.models.retrain import retrain
+
+    reg = ModelRegistry.create(tmp_path / "reg")
+    with pytest.raises(RegistryError, match="no promoted version to retrain from; register one with `fusionrank models add"):
+        retrain(reg, str(shop[0]), log=lambda m: None)
+    reg.register(tiny_model[0])
+    with pytest.raises(FusionrankError, match="click labeler 'ipx'; valid names: affine, dr, ips, naive"):
+        retrain(reg, str(shop[0]), labels="ipx", log=lambda m: None)
+    with pytest.raises(FusionrankError, match="unknown loss 'listwize'; valid names: .*ips_listwise"):
+        retrain(reg, str(shop[0]), loss="listwize", log=lambda m: None)
+    assert list((tmp_path / "reg" / "versions").iterdir()) == []

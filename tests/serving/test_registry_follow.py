@@ -98,3 +98,40 @@ def test_service_follows_interleaving_and_promotion_under_concurrent_searches(se
     # and click training leaves them out
     assert svc.events.click_log()["query_id"].isin([s["query_id"] for s in log]).sum() == 0
     svc.close()
+
+
+def test_auto_policy_the_service_promotes_a_preferred_candidate(service_factory, tiny_model, tiny_lgbm_model, tmp_path):
+    """With ``mode = "auto"`` the follower runs the gate over the service's own event store and promotes by itself."""
+    from fusionrank.models import ModelRegistry, PromotionPolicy, offline_comparison
+    from fusionrank.serving.follow import RegistryFollower
+
+    reg = ModelRegistry.create(tmp_path / "reg", PromotionPolicy(mode="auto", interleave_share=1.0, min_searches=30,
+                                                                  tolerance=1.0, check_seconds=0.01))
+    reg.register(tiny_model[0])
+    off = offline_comparison(tiny_lgbm_model[0], tiny_model[0], baseline_id="v1", log=lambda m: None)
+    reg.register(tiny_lgbm_model[0], parent="v1", offline=off)
+    reg.set_state("v2", "interleaving", actor="test")
+    svc = service_factory("auto")
+    follower = RegistryFollower(svc, reg, log=lambda m: None)
+    follower.sync()
+    assert [h.version for h in svc.interleaving[0]] == [reg.read().find("v2").model_version]
+    # shoppers who click the candidate's products only
+    for i in range(40):
+        res = svc.search(QUERIES[i % len(QUERIES)], k=6, explain=False)
+        assert res["interleaved"]
+        stored = svc.events.interleaving_log()[-1]
+        assert stored["query_id"] == res["search_id"]
+        j = stored["teams"].index("b")
+        svc.record_events([{"type": "click", "search_id": res["search_id"], "model_version": res["model_version"],
+                            "product_id": res["results"][j]["product_id"], "position": j + 1}], require_known=True)
+    time.sleep(0.02)
+    follower.sync()  # runs the gate: promotes v2
+    idx = reg.read()
+    assert idx.promoted().id == "v2" and follower.decisions == 1
+    d = idx.decisions[-1]
+    assert (d.version, d.action, d.actor) == ("v2", "promote", "auto (service)")
+    assert d.evidence["interleaving"]["wins"] == 40 and d.evidence["verdict"] == "promote"
+    follower.sync()  # and serves it
+    assert svc.model.version == idx.find("v2").model_version and svc.interleaving[0] == ()
+    assert svc.stats()["interleaving"] == {"candidates": [], "share": 1.0}
+    svc.close()

@@ -20,6 +20,8 @@ import shutil
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..errors import FusionrankError
 from .registry import ModelRegistry, ModelVersion, RegistryError
 
@@ -56,15 +58,18 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
     cfg = pmd.config().model_copy(deep=True)
     cfg.data.source = pmd.workspace().source  # absolute: the saved config may name it relative to its own file
     until = until if until is not None else time.time()
-    cfg.events = EventsConfig(store=store, key_file=key_file, labels=labels, propensity=propensity, since=since, until=until,
-                              judgments_weight=judgments_weight)
-    if loss is not None:
-        cfg.loss = Block(name=loss)
-    if epochs is not None:
-        cfg.training.epochs = epochs
-    if seed is not None:
-        cfg.seed = seed
-    cfg = type(cfg).model_validate(cfg.model_dump())  # the blocks checked again (a misspelt loss lists the valid ones)
+    try:
+        cfg.events = EventsConfig(store=store, key_file=key_file, labels=labels, propensity=propensity, since=since,
+                                  until=until, judgments_weight=judgments_weight)
+        if loss is not None:
+            cfg.loss = Block(name=loss)
+        if epochs is not None:
+            cfg.training.epochs = epochs
+        if seed is not None:
+            cfg.seed = seed
+        cfg = type(cfg).model_validate(cfg.model_dump())  # the blocks checked again (a misspelt loss lists the valid ones)
+    except ValidationError as e:
+        raise FusionrankError(f"retrain: {e}") from None
     vid, out = registry.allocate()
     log(f"retrain {vid} from {parent.id}: events {redact_url(store)}"
         + (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if since else "")

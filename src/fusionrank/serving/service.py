@@ -323,7 +323,8 @@ class SearchService:
         out = {"products": len(self.index), "model_version": m.version,
                "title_field": self.index.config.title_field, "categories": self.index.category_names,
                "query_cache": {"hits": self.queries.hits, "misses": self.queries.misses, "backend": self.queries.backend},
-               "index_version": self.index.version, "logs": self.log_health()}
+               "index_version": self.index.version, "logs": self.log_health(),
+               "interleaving": {"candidates": [c.version for c in self._interleaving[0]], "share": self._interleaving[1]}}
         if admin:
             out["model_path"] = m.path
         else:
