@@ -74,6 +74,25 @@ def test_a_damaged_index_is_an_error_naming_it(tmp_path):
         reg.read()
 
 
+def test_a_write_cut_at_any_byte_leaves_the_old_index(tmp_path, fake_model):
+    """Until the rename, a write exists only as a temporary file: cut at every byte, the index reads as before."""
+    import json
+
+    reg = ModelRegistry.create(tmp_path / "reg")
+    reg.register(fake_model(tmp_path / "a", b"a"))
+    old = reg.read()
+    new = old.model_copy(deep=True)
+    new.generation += 1
+    new.policy.tolerance = 0.02
+    data = json.dumps(new.model_dump(mode="json"), indent=1).encode()
+    tmp = tmp_path / "reg" / ".registry.json.tmp-1-1"
+    for n in range(len(data) + 1):
+        tmp.write_bytes(data[:n])
+        assert reg.read() == old
+    reg.set_policy(new.policy)  # the next write replaces the index and removes the cut-off one
+    assert not tmp.exists() and reg.read().policy.tolerance == 0.02
+
+
 WRITER = """
 import sys
 from fusionrank.models import ModelRegistry
@@ -110,5 +129,9 @@ def test_kill_9_while_writing_leaves_a_readable_index(tmp_path, fake_model):
         assert idx.generation > last and idx.find("v2").state in ("candidate", "interleaving")
         assert len(idx.decisions) == idx.generation - 1  # one decision per write, none lost or half-written
         last = idx.generation
-    leftovers = [p.name for p in (tmp_path / "reg").iterdir() if p.name.startswith(".registry.json.tmp")]
-    assert len(leftovers) <= 8  # a temporary file a kill left behind is never read
+    def leftovers():
+        return [p.name for p in (tmp_path / "reg").iterdir() if p.name.startswith(".registry.json.tmp")]
+
+    assert len(leftovers()) <= 1  # at most the last kill's temporary file: each writer removes the ones before
+    reg.set_state("v2", "retired")
+    assert leftovers() == [] and reg.read().find("v2").state == "retired"

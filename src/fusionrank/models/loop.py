@@ -19,6 +19,7 @@ Each round reports the promoted version's NDCG@10 on the evaluation queries and 
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
     key_file = data_dir / "events.key"
     follower = RegistryFollower(svc, reg, poll_seconds=0.1, log=lambda m: log("  " + m), auto=False).start()
     reports: list[RoundReport] = []
-    draws = iter(range(seed * 1_000_003 + 1, 2**62))
+    draws = itertools.count(seed * 1_000_000 + 1)  # one seed per batch of sessions: the traffic goes on, never repeats
     try:
         with BackgroundServer(svc, port=port, events_key="loop-events") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
             shop = HttpShop(http, "loop-events")
@@ -134,9 +135,7 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
                         shoppers.run_live(shop, interleave_batch, seed=next(draws))
                         used += interleave_batch
                         res = decide(reg, cand.id, svc.events, actor="loop", retire_refused=True)
-                        il = res.evidence.get("interleaving")
-                        log(f"  {used:,} sessions: " + (res.reasons[1] if len(res.reasons) > 1 else res.verdict)
-                            if il else f"  {used:,} sessions: no credited interleaved search yet")
+                        log(f"  {used:,} sessions: {res.reasons[-1]}")  # the online check's sentence
                         if res.verdict != "wait":
                             outcome = "promoted" if res.verdict == "promote" else "refused online"
                             break

@@ -213,6 +213,8 @@ class ModelRegistry:
             os.close(fd)  # releases the lock
 
     def _write(self, idx: RegistryIndex) -> None:
+        for stale in self.root.glob(f".{INDEX_FILE}.tmp-*"):  # under the lock, any is a killed writer's: never read
+            stale.unlink(missing_ok=True)
         idx.generation += 1
         write_atomic(self.index_path, json.dumps(idx.model_dump(mode="json"), indent=1).encode("utf-8"))
 
