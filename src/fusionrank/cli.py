@@ -542,16 +542,18 @@ def _when(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def _policy_from(policy_file: Optional[Path], overrides: dict):
+def _policy_from(policy_file: Optional[Path], overrides: dict, base: dict | None = None):
+    """A promotion policy: ``base`` (e.g. a registry's), then the file's ``[policy]`` table (or top level), then the
+    options given (None = not given)."""
     from pydantic import ValidationError
 
     from .config import load_config
     from .models import PromotionPolicy
 
-    raw: dict = {}
+    raw: dict = dict(base or {})
     if policy_file is not None:
-        raw = load_config(policy_file)
-        raw = raw.get("policy", raw)
+        f = load_config(policy_file)
+        raw.update(f.get("policy", f))
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return PromotionPolicy.model_validate(raw)
@@ -594,9 +596,7 @@ def models_policy(
     over = {"mode": mode, "tolerance": tolerance, "interleave_share": interleave_share, "min_searches": min_searches}
     try:
         if policy is not None or any(v is not None for v in over.values()):
-            base = {} if policy is not None else reg.read().policy.model_dump()
-            pol = _policy_from(policy, over) if policy is not None else _policy_from(None, {**base, **over})
-            reg.set_policy(pol)
+            reg.set_policy(_policy_from(policy, over, base=reg.read().policy.model_dump()))
     except FusionrankError as e:
         _fail(e)
     print(json.dumps(reg.read().policy.model_dump(), indent=1))
@@ -807,7 +807,7 @@ def loop(
         pol = None
         if policy is not None or any(v is not None for v in over.values()):
             base = ModelRegistry.open(registry).read().policy.model_dump() if (registry / "registry.json").exists() else {}
-            pol = _policy_from(policy, {**base, **over}) if policy is None else _policy_from(policy, over)
+            pol = _policy_from(policy, over, base=base)
         reps = run_loop(model, registry, rounds=rounds, sessions=sessions, interleave_batch=interleave_batch,
                         max_interleave_sessions=max_interleave_sessions, click_model=click_model, labels=labels,
                         propensity=propensity, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,

@@ -20,13 +20,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["PromotionPolicy", "GateResult", "gate", "decide", "start_interleaving", "offline_comparison", "VERDICTS"]
 
-VERDICTS: tuple[str, ...] = ("promote", "refuse", "wait")
+Verdict = Literal["promote", "refuse", "wait"]
+VERDICTS: tuple[str, ...] = get_args(Verdict)
 
 
 class PromotionPolicy(BaseModel):
@@ -56,7 +57,7 @@ class PromotionPolicy(BaseModel):
 class GateResult:
     """The gate's verdict on one candidate, the reasons (one sentence per check) and the evidence used."""
 
-    verdict: Literal["promote", "refuse", "wait"]
+    verdict: Verdict
     reasons: list[str]
     evidence: dict[str, Any] = field(default_factory=dict)
 

@@ -30,7 +30,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -44,7 +44,7 @@ INDEX_FILE, LOCK_FILE, VERSIONS_DIR = "registry.json", "registry.lock", "version
 FORMAT = 1
 
 State = Literal["candidate", "interleaving", "promoted", "retired"]
-STATES: tuple[str, ...] = ("candidate", "interleaving", "promoted", "retired")
+STATES: tuple[str, ...] = get_args(State)
 #: state -> the states a version in it may move to. The promoted version leaves its state only when another
 #: one is promoted (it is retired then), so the service always has a version to serve.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -54,7 +54,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "retired": ("candidate", "interleaving", "promoted"),
 }
 #: What a decision did: one per state it can lead to, plus ``register`` and ``refuse`` (a promotion the gate refused).
-ACTIONS: tuple[str, ...] = ("register", "interleave", "promote", "retire", "candidate", "refuse")
+Action = Literal["register", "interleave", "promote", "retire", "candidate", "refuse"]
+ACTIONS: tuple[str, ...] = get_args(Action)
 _ACTION_OF = {"interleaving": "interleave", "promoted": "promote", "retired": "retire", "candidate": "candidate"}
 
 
@@ -84,7 +85,7 @@ class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
     time: float
     version: str
-    action: Literal["register", "interleave", "promote", "retire", "candidate", "refuse"]
+    action: Action
     from_state: State | None = None
     to_state: State | None = None
     actor: str                                # "cli", "auto (service)", "loop", ...
