@@ -111,6 +111,12 @@ def test_report_credits_teams_from_the_store_and_training_leaves_interleaved_sea
     log = st.click_log()
     assert set(log["query_id"]) == {"plain"} and int(log["click"].sum()) == 1
     assert len(st.click_log(interleaved=None)) == 51 * 4
+    # a UBI export says which searches were interleaved, and the teams
+    from fusionrank.feedback.ubi import query_document
+
+    docs = {q["query_id"]: query_document(q) for q in st.iter_queries()}
+    assert docs["s0"]["query_attributes"]["interleaved_with"] == "B" and docs["s0"]["query_attributes"]["teams"] == ["a", "b", "a", "b"]
+    assert "teams" not in docs["plain"]["query_attributes"]
     st.close()
 
 

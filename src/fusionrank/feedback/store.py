@@ -483,18 +483,20 @@ class EventStore:
                 for qid, sess, ts, mv, b, teams, pids in rows]
 
     def iter_queries(self, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        """Every stored search with its shown product ids, oldest first (for exports)."""
+        """Every stored search with its shown product ids (and, if interleaved, the candidate and teams), oldest first."""
         with self._tx(write=False) as cur:
             self._x(cur, "SELECT q.query_id, q.user_query, q.client_id, q.session_id, q.timestamp, q.model_version, "
-                         "q.index_version, q.k, q.category, q.grid_columns, q.randomised, q.slate_key, s.product_ids "
+                         "q.index_version, q.k, q.category, q.grid_columns, q.randomised, q.slate_key, q.interleaved_with, "
+                         "q.teams, s.product_ids "
                          "FROM queries q JOIN slates s ON s.slate_key = q.slate_key ORDER BY q.timestamp, q.query_id")
             names = ("query_id", "user_query", "client_id", "session_id", "timestamp", "model_version", "index_version",
-                     "k", "category", "grid_columns", "randomised", "slate_key", "product_ids")
+                     "k", "category", "grid_columns", "randomised", "slate_key", "interleaved_with", "teams", "product_ids")
             while rows := cur.fetchmany(batch):
                 for r in rows:
                     d = dict(zip(names, r))
                     d["product_ids"] = json.loads(d["product_ids"])
                     d["randomised"] = bool(d["randomised"])
+                    d["teams"] = None if d["teams"] is None else json.loads(d["teams"])
                     yield d
 
     def iter_events(self, batch: int = 5000) -> Iterator[dict[str, Any]]:
