@@ -156,6 +156,7 @@ class Shoppers:
         Every session gets its own search record (its own id, ids, time and randomisation, drawn
         as the service draws it) referencing the cached list; events go through
         ``service.record_events`` (as the page's events do). Written in chunks of ``chunk`` sessions.
+        The cached lists are the promoted model's only: nothing is interleaved here (use :meth:`run_live`).
         """
         if service.events is None:
             raise FusionrankError("the service has no event store to log the simulated sessions in")
