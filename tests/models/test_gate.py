@@ -120,3 +120,24 @@ def test_offline_comparison_measures_both_models_on_the_same_queries(tiny_model,
     assert off["metrics"]["ndcg@10"] == pytest.approx(tiny_lgbm_model[1]["dev/title"]["ndcg@10"], abs=1e-9)
     assert off["baseline_metrics"]["ndcg@10"] == pytest.approx(tiny_model[1]["dev/title"]["ndcg@10"], abs=1e-9)
     assert off["paired"]["ndcg@10"]["delta"] == pytest.approx(off["metrics"]["ndcg@10"] - off["baseline_metrics"]["ndcg@10"])
+
+
+def test_interleave_report_cli_names_versions_by_registry_id(registry, store, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+
+    idx = registry.read()
+    log_interleaved(store, idx.find("v1").model_version, idx.find("v3").model_version, wins=50, losses=10, ties=5)
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 32)
+    args = ["interleave", "report", "--store", str(tmp_path / "events.sqlite"), "--key-file", str(key),
+            "--registry", str(registry.root)]
+    (rep,) = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    assert (rep["control_id"], rep["candidate_id"], rep["wins"], rep["losses"], rep["ties"], rep["used"]) == \
+        ("v1", "v3", 50, 10, 5, 65)
+    assert rep["preference"] == pytest.approx(40 / 65) and rep["ci"][0] > 0 and rep["sessions"] == 65
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and "+0.615" in r.stderr
