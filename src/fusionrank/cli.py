@@ -778,8 +778,10 @@ def retrain(
 
 @app.command()
 def loop(
-    model: Path = typer.Option(..., "--model", "-m", help="the starting model directory (its index and catalogue are served)"),
-    registry: Path = typer.Option(..., "--registry", "-r", help="model registry (created with MODEL as v1 if missing)"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="the starting model directory (its index and catalogue "
+                                         "are served; default: the `fusionrank demo` model)"),
+    registry: Optional[Path] = typer.Option(None, "--registry", "-r", help="model registry, created with MODEL as v1 if "
+                                            "missing (default: $FUSIONRANK_HOME/models/loop-registry)"),
     rounds: int = typer.Option(3, min=1, help="retrain -> interleave -> promote rounds"),
     sessions: int = typer.Option(2000, min=1, help="simulated sessions logged before each retraining"),
     interleave_batch: int = typer.Option(500, min=1, help="sessions between two runs of the gate while interleaving"),
@@ -801,8 +803,15 @@ def loop(
     """Close the loop with simulated shoppers: serve -> simulate -> retrain -> interleave -> promote, ROUNDS times."""
     from .models import ModelRegistry
     from .models.loop import run_loop
+    from .settings import get_settings
 
+    models_dir = get_settings().models_dir
+    model = model or models_dir / "demo"
+    registry = registry or models_dir / "loop-registry"
     try:
+        if not (model / "config.json").is_file():
+            raise FusionrankError(f"{model}: no model to start the loop from; make one with `fusionrank demo --no-serve` "
+                                  "or pass --model")
         over = {"interleave_share": interleave_share, "tolerance": tolerance, "min_searches": min_searches}
         pol = None
         if policy is not None or any(v is not None for v in over.values()):
