@@ -1,12 +1,13 @@
 # fusionrank: two commands set everything up on a fresh machine.
 #   make demo   - install (pinned) and run the main job on fashion44k
 #   make test   - install (pinned) and run the test suite
+#   make loop   - after make demo: serve -> simulated shoppers -> retrain -> interleave -> promote, 3 rounds
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install browser postgres demo serve test test-slow bench clean
+.PHONY: install browser postgres demo loop serve test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +32,9 @@ postgres:
 
 demo: install
 	$(BIN)/fusionrank demo
+
+loop: install
+	$(BIN)/fusionrank loop --serve
 
 test: install browser postgres
 	FUSIONRANK_REQUIRE_BROWSER=1 FUSIONRANK_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q

@@ -63,7 +63,7 @@ def load_slates(path: Path):
 
 def prepare(out: Path, candidates: int = 200, log=print) -> dict:
     from fusionrank import schema as S
-    from fusionrank.experiment import _split_frames, ideal_for, prepare_training
+    from fusionrank.experiment import split_frame, ideal_for, prepare_training
     from fusionrank.modeldir import ModelDir, WorkspaceRecord
     from fusionrank.ranking import CatalogTables, QueryEncoder, RankingPipeline, feature_groups
     from fusionrank.rankers import FeatureRanker
@@ -71,8 +71,8 @@ def prepare(out: Path, candidates: int = 200, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     config = bench_config(candidates)
     src, ws, cat, _, tq, vq = prepare_training(config, None, log, progress=False)
-    train_q = _split_frames(cat, "train")
-    dev_q = _split_frames(cat, "dev")
+    train_q = split_frame(cat, "train")
+    dev_q = split_frame(cat, "dev")
     enc = QueryEncoder(text_encoder=config.text_encoder_spec, cache_size=len(train_q) + len(dev_q) + 16)
     info = {"train_queries": len(train_q), "dev_queries": len(dev_q), "candidates": candidates}
     for tf in FIELDS:

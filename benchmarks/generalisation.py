@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from fusionrank import schema as S  # noqa: E402
 from fusionrank.encoders.text import tokenize  # noqa: E402
-from fusionrank.experiment import _split_frames, evaluate_pipeline  # noqa: E402
+from fusionrank.experiment import split_frame, evaluate_pipeline  # noqa: E402
 from fusionrank.ingest import Catalog, split_queries  # noqa: E402
 from fusionrank.metrics import evaluate  # noqa: E402
 from fusionrank.modeldir import ModelDir  # noqa: E402
@@ -183,12 +183,12 @@ def main() -> None:
     cfg = md.config()
     ws = md.workspace()
     cat = Catalog.load(Path(ws.catalog))
-    train_q = _split_frames(cat, "train")
-    dev = _split_frames(cat, "dev")
+    train_q = split_frame(cat, "train")
+    dev = split_frame(cat, "dev")
     if args.limit:
         dev = dev.head(args.limit)
     qrels = cat.qrels
-    seen = {t for q in pd.concat([train_q, _split_frames(cat, "dev")])[S.QUERY] for t in tokenize(q)}
+    seen = {t for q in pd.concat([train_q, split_frame(cat, "dev")])[S.QUERY] for t in tokenize(q)}
     words = load_words()
     parts = {"train-like": dev[[S.QUERY_ID, S.QUERY]],
              "new phrasing": rephrased_queries(dev, words, set(train_q[S.QUERY].str.lower())),

@@ -67,14 +67,14 @@ def machine_load() -> str:
 class Bench:
     def __init__(self, out: Path, epochs: int, batch: int):
         from fusionrank import schema as S
-        from fusionrank.experiment import _split_frames, prepare_training
+        from fusionrank.experiment import split_frame, prepare_training
         from fusionrank.ranking import CatalogTables, feature_groups
 
         self.out, self.epochs, self.batch = out, epochs, batch
         self.config = bench_config()
         src, ws, cat, _, _, _ = prepare_training(self.config, None, lambda m: None, progress=False)
         self.src, self.ws, self.cat = src, ws, cat
-        self.train_q = _split_frames(cat, "train")
+        self.train_q = split_frame(cat, "train")
         self.qrels = cat.qrels
         self.train, _ = load_slates(out / "slates_train.npz")
         self.dev = {tf: load_slates(out / f"slates_dev_{tf}.npz") for tf in FIELDS}

@@ -228,15 +228,19 @@ def serve(
                                                     "with a random one of the page, to estimate position bias "
                                                     "(default: $FUSIONRANK_RANDOMISE_SHARE, 0)"),
     feature_logging: bool = typer.Option(True, help="log the features the ranker scored with every search (training from clicks needs them)"),
+    registry: Optional[Path] = typer.Option(None, help="a model registry: rank with its promoted version, follow promotions "
+                                            "and interleave its interleaving versions (MODEL still gives the index)"),
+    poll: float = typer.Option(1.0, min=0.05, help="with --registry: seconds between checks of the registry index"),
 ):
     """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page.
 
     Searches and shoppers' events go to the event store ($FUSIONRANK_EVENTS_URL, default MODEL/service-data/events.sqlite)."""
-    _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share, feature_logging)
+    _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share, feature_logging,
+           registry, poll)
 
 
 def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share=None,
-           feature_logging=True) -> None:
+           feature_logging=True, registry=None, poll=1.0) -> None:
     import secrets
 
     import torch
@@ -260,7 +264,12 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
             _fail(FusionrankError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port or stop what uses it"))
     try:
         svc = open_service(model, index, rebuild=rebuild, catalog=catalog, randomise_share=randomise_share,
-                           feature_logging=feature_logging, log=lambda s: console.print(s))
+                           feature_logging=feature_logging, registry=registry, log=lambda s: console.print(s))
+        if registry is not None:
+            from .models import ModelRegistry
+            from .serving.follow import RegistryFollower
+
+            RegistryFollower(svc, ModelRegistry.open(registry), poll, log=lambda s: console.print(s)).start()
     except FusionrankError as e:
         _fail(e)
     if admin_key is None:
@@ -516,6 +525,389 @@ def events_stats(
     finally:
         st.close()
     print(json.dumps({"store": st.dialect.name, **counts}))
+
+
+# --------------------------------------------------------------------------- model registry
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: versions, their lineage, states and decisions.")
+app.add_typer(models_app, name="models")
+
+_REGISTRY_HELP = "model registry directory (`fusionrank models init` creates one)"
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """Unix time from ``text``: unix seconds, an ISO 8601 date or date-time (local time unless it has a zone),
+    or a span back from now: ``90s``, ``30m``, ``2h``, ``7d``."""
+    import re
+    from datetime import datetime
+
+    now = time.time() if now is None else now
+    t = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", t)
+    if m:
+        return now - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(t).timestamp()
+    except ValueError:
+        raise FusionrankError(f"time {text!r}: use unix seconds, an ISO date or date-time (2026-12-01T09:00), "
+                              "or a span back from now (90s, 30m, 2h, 7d)") from None
+
+
+def _open_registry(path: Path):
+    from .models import ModelRegistry
+
+    try:
+        return ModelRegistry.open(path)
+    except FusionrankError as e:
+        _fail(e)
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _policy_from(policy_file: Optional[Path], overrides: dict, base: dict | None = None):
+    """A promotion policy: ``base`` (e.g. a registry's), then the file's ``[policy]`` table (or top level), then the
+    options given (None = not given)."""
+    from pydantic import ValidationError
+
+    from .config import load_config
+    from .models import PromotionPolicy
+
+    raw: dict = dict(base or {})
+    if policy_file is not None:
+        f = load_config(policy_file)
+        raw.update(f.get("policy", f))
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return PromotionPolicy.model_validate(raw)
+    except ValidationError as e:
+        raise FusionrankError(f"invalid promotion policy:\n{e}") from None
+
+
+@models_app.command("init")
+def models_init(
+    registry: Path = typer.Argument(..., help="directory to create the registry in"),
+    policy: Optional[Path] = typer.Option(None, help="TOML/YAML file with the promotion policy (a [policy] table or top level)"),
+    mode: Optional[str] = typer.Option(None, help="auto (the service promotes once the gate passes) or manual (default)"),
+    tolerance: Optional[float] = typer.Option(None, help="largest allowed offline drop of the policy metric (default 0.005)"),
+    interleave_share: Optional[float] = typer.Option(None, help="share of searches interleaved (default 0.2)"),
+    min_searches: Optional[int] = typer.Option(None, help="credited interleaved searches before a decision (default 200)"),
+):
+    """Create an empty model registry with its promotion policy."""
+    from .models import ModelRegistry
+
+    try:
+        pol = _policy_from(policy, {"mode": mode, "tolerance": tolerance, "interleave_share": interleave_share,
+                                    "min_searches": min_searches})
+        ModelRegistry.create(registry, pol)
+    except FusionrankError as e:
+        _fail(e)
+    console.print(f"[bold green]registry created[/] in {registry}; policy {pol.model_dump()}")
+
+
+@models_app.command("policy")
+def models_policy(
+    registry: Path = typer.Argument(..., help=_REGISTRY_HELP),
+    policy: Optional[Path] = typer.Option(None, help="TOML/YAML file with the promotion policy"),
+    mode: Optional[str] = typer.Option(None, help="auto or manual"),
+    tolerance: Optional[float] = typer.Option(None),
+    interleave_share: Optional[float] = typer.Option(None),
+    min_searches: Optional[int] = typer.Option(None),
+):
+    """Show the promotion policy, or change the fields given (the rest stay as they are)."""
+    reg = _open_registry(registry)
+    over = {"mode": mode, "tolerance": tolerance, "interleave_share": interleave_share, "min_searches": min_searches}
+    try:
+        if policy is not None or any(v is not None for v in over.values()):
+            reg.set_policy(_policy_from(policy, over, base=reg.read().policy.model_dump()))
+    except FusionrankError as e:
+        _fail(e)
+    print(json.dumps(reg.read().policy.model_dump(), indent=1))
+
+
+@models_app.command("add")
+def models_add(
+    registry: Path = typer.Argument(..., help=_REGISTRY_HELP),
+    model: Path = typer.Argument(..., help="a model directory written by `fusionrank train`"),
+    note: Optional[str] = typer.Option(None, help="a note kept with the version"),
+):
+    """Register a trained model directory (the registry's first version is promoted, later ones are candidates)."""
+    from .models.retrain import judgments_reference
+
+    reg = _open_registry(registry)
+    try:
+        v = reg.register(model, training_data=judgments_reference(model), note=note)
+    except FusionrankError as e:
+        _fail(e)
+    console.print(f"[bold green]registered[/] {v.id} ({v.model_version}) as {v.state}")
+
+
+@models_app.command("list")
+def models_list(
+    registry: Path = typer.Argument(..., help=_REGISTRY_HELP),
+    json_out: bool = typer.Option(False, "--json", help="print the versions as JSON"),
+):
+    """Every version: state, parent, training data and offline metric beside its baseline's."""
+    idx = _open_registry(registry).read()
+    if json_out:
+        print(json.dumps([v.model_dump(exclude={"config"}) for v in idx.versions], indent=1))
+        return
+    m = idx.policy.metric
+    t = Table(title=f"{registry}: {len(idx.versions)} version(s), policy {idx.policy.mode}")
+    for c in ("id", "state", "parent", "created", "trained on", m, f"baseline {m}", "model version"):
+        t.add_column(c)
+    for v in idx.versions:
+        td = v.training_data
+        data = []
+        if "events" in td:
+            data.append(f"{td['events'].get('searches') or 0:,} searches")
+        if "judgments" in td:
+            data.append(f"judgments ({td['judgments'].get('queries') or '?'} queries)")
+        off = v.offline or {}
+        t.add_row(v.id, v.state, v.parent or "-", _when(v.created), ", ".join(data) or "-",
+                  f"{off['metrics'][m]:.4f}" if m in off.get("metrics", {}) else "-",
+                  f"{off['baseline_metrics'][m]:.4f} ({off.get('baseline')})" if m in off.get("baseline_metrics", {}) else "-",
+                  v.model_version)
+    console.print(t)
+
+
+@models_app.command("show")
+def models_show(
+    registry: Path = typer.Argument(..., help=_REGISTRY_HELP),
+    version: str = typer.Argument(..., help="version id (v1, v2, ...)"),
+):
+    """One version as JSON: config, training data, offline metrics, parent, state and the decisions about it."""
+    reg = _open_registry(registry)
+    idx = reg.read()
+    try:
+        v = idx.find(version)
+    except FusionrankError as e:
+        _fail(e)
+    out = v.model_dump()
+    out["directory"] = str(reg.model_path(v))
+    out["decisions"] = [d.model_dump() for d in idx.decisions if d.version == version]
+    print(json.dumps(out, indent=1, default=str))
+
+
+def _set_state(registry: Path, version: str, to: str, reason: str) -> None:
+    reg = _open_registry(registry)
+    try:
+        d = reg.set_state(version, to, actor="cli", reason=reason)
+    except FusionrankError as e:
+        _fail(e)
+    console.print(f"{version}: {d.from_state} -> {d.to_state}")
+
+
+@models_app.command("interleave")
+def models_interleave(
+    registry: Path = typer.Argument(..., help=_REGISTRY_HELP),
+    version: str = typer.Argument(..., help="version id"),
+    reason: str = typer.Option("", help="why (kept in the decision history)"),
+):
+    """Start interleaving a candidate with the promoted version (a service following the registry picks it up)."""
+    _set_state(registry, version, "interleaving", reason)
+
+
+@models_app.command("retire")
+def models_retire(
+    registry: Path = typer.Argument(..., help=_REGISTRY_HELP),
+    version: str = typer.Argument(..., help="version id"),
+    reason: str = typer.Option("", help="why (kept in the decision history)"),
+):
+    """Retire a version (the promoted one is replaced by promoting another instead)."""
+    _set_state(registry, version, "retired", reason)
+
+
+@models_app.command("promote")
+def models_promote(
+    registry: Path = typer.Argument(..., help=_REGISTRY_HELP),
+    version: str = typer.Argument(..., help="version id"),
+    store: Optional[str] = typer.Option(None, "--store", help="event store with the interleaved searches (" + _STORE_HELP + ")"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
+    force: bool = typer.Option(False, help="promote even if the gate refuses (recorded as forced, with the gate's evidence)"),
+    reason: str = typer.Option("", help="why (kept in the decision history)"),
+):
+    """Promote a version if it passes the gate (offline within tolerance AND interleaving CI above zero); recorded either way."""
+    from .models import decide
+
+    reg = _open_registry(registry)
+    st = _open_events(store, key_file) if store else None
+    try:
+        res = decide(reg, version, st, actor="cli", force=force, record_wait=True, reason=reason)
+    except FusionrankError as e:
+        _fail(e)
+    finally:
+        if st is not None:
+            st.close()
+    for r in res.reasons:
+        console.print(f"  {r}")
+    if res.verdict == "promote" or force:
+        console.print(f"[bold green]promoted[/] {version}" + (" (forced)" if force and res.verdict != "promote" else ""))
+    else:
+        console.print(f"[bold red]not promoted[/]: the gate says {res.verdict} (recorded)")
+        raise typer.Exit(1)
+
+
+@models_app.command("evaluate")
+def models_evaluate(
+    registry: Path = typer.Argument(..., help=_REGISTRY_HELP),
+    version: str = typer.Argument(..., help="version id"),
+):
+    """Measure a version and the promoted one on the evaluation queries; keep the result as the version's offline metrics."""
+    from .models import offline_comparison
+
+    reg = _open_registry(registry)
+    try:
+        idx = reg.read()
+        v, p = idx.find(version), idx.promoted()
+        if p is None:
+            raise FusionrankError("the registry has no promoted version to compare with")
+        off = offline_comparison(reg.model_path(v), reg.model_path(p), baseline_id=p.id, log=lambda m: console.print(m))
+        with reg.edit() as ix:
+            ix.find(version).offline = off
+    except FusionrankError as e:
+        _fail(e)
+
+
+@app.command()
+def retrain(
+    registry: Path = typer.Option(..., "--registry", "-r", help=_REGISTRY_HELP),
+    store: str = typer.Option(..., "--store", help=_STORE_HELP),
+    since: Optional[str] = typer.Option(None, help="searches from this time on: unix seconds, ISO date-time, or 2h / 7d ago"),
+    until: Optional[str] = typer.Option(None, help="searches before this time (default: now)"),
+    labels: str = typer.Option("ips", help="click labels: naive, ips, affine or dr"),
+    propensity: str = typer.Option("em", help="position bias: swaps, harvest, em, trust_em or a saved bias .json"),
+    loss: str = typer.Option("ips_listwise", help="loss of the new version (ips_listwise / ips_pairwise are linear in the labels)"),
+    judgments_weight: float = typer.Option(0.0, help="> 0: the judged training queries join, grades scaled by this"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs (default: the promoted version's)"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
+    interleave: bool = typer.Option(False, help="start interleaving the new version at once, unless it regresses offline"),
+):
+    """Train a candidate from the event store on top of the promoted version; register it with offline metrics beside its parent's."""
+    from .models import start_interleaving
+    from .models.retrain import retrain as run_retrain
+
+    reg = _open_registry(registry)
+    try:
+        v = run_retrain(reg, store, since=parse_time(since) if since else None, until=parse_time(until) if until else None,
+                        labels=labels, propensity=propensity, loss=loss, judgments_weight=judgments_weight,
+                        key_file=str(key_file) if key_file else None, epochs=epochs, log=lambda m: console.print(m))
+        if interleave:
+            start_interleaving(reg, v.id, log=lambda m: console.print(m))
+    except FusionrankError as e:
+        _fail(e)
+    console.print(f"[bold green]registered[/] {v.id} ({v.model_version}) as a candidate of {v.parent}")
+
+
+@app.command()
+def loop(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="the starting model directory (its index and catalogue "
+                                         "are served; default: the `fusionrank demo` model)"),
+    registry: Optional[Path] = typer.Option(None, "--registry", "-r", help="model registry, created with MODEL as v1 if "
+                                            "missing (default: $FUSIONRANK_HOME/models/loop-registry)"),
+    rounds: int = typer.Option(3, min=1, help="retrain -> interleave -> promote rounds"),
+    sessions: int = typer.Option(2000, min=1, help="simulated sessions logged before each retraining"),
+    interleave_batch: int = typer.Option(500, min=1, help="sessions between two runs of the gate while interleaving"),
+    max_interleave_sessions: int = typer.Option(20_000, min=1, help="a candidate still undecided after this many is retired"),
+    click_model: str = typer.Option("pbm", help="simulated shoppers' click model (pbm, trust_bias, cascade, dbn, grid_pbm)"),
+    labels: str = typer.Option("ips", help="click labels of retraining: naive, ips, affine or dr"),
+    propensity: str = typer.Option("em", help="position bias estimator of retraining"),
+    judgments_weight: float = typer.Option(0.0, help="> 0: judged training queries join retraining, grades scaled by this"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs of each candidate (default: the parent's)"),
+    policy: Optional[Path] = typer.Option(None, help="TOML/YAML file with the promotion policy of a new registry"),
+    interleave_share: Optional[float] = typer.Option(None, help="share of searches interleaved (default: the policy's)"),
+    tolerance: Optional[float] = typer.Option(None, help="largest allowed offline drop (default: the policy's)"),
+    min_searches: Optional[int] = typer.Option(None, help="credited interleaved searches before a decision (default: the policy's)"),
+    seed: int = typer.Option(0, help="seed of the shoppers"),
+    serve_after: bool = typer.Option(False, "--serve/--no-serve", help="keep serving the promoted version afterwards"),
+    port: int = typer.Option(0, help="port of the service (0: a free one)"),
+    json_out: bool = typer.Option(False, "--json", help="print the rounds as JSON on stdout"),
+):
+    """Close the loop with simulated shoppers: serve -> simulate -> retrain -> interleave -> promote, ROUNDS times."""
+    from .models import ModelRegistry
+    from .models.loop import run_loop
+    from .settings import get_settings
+
+    models_dir = get_settings().models_dir
+    model = model or models_dir / "demo"
+    registry = registry or models_dir / "loop-registry"
+    try:
+        if not (model / "config.json").is_file():
+            raise FusionrankError(f"{model}: no model to start the loop from; make one with `fusionrank demo --no-serve` "
+                                  "or pass --model")
+        over = {"interleave_share": interleave_share, "tolerance": tolerance, "min_searches": min_searches}
+        pol = None
+        if policy is not None or any(v is not None for v in over.values()):
+            base = ModelRegistry.open(registry).read().policy.model_dump() if (registry / "registry.json").exists() else {}
+            pol = _policy_from(policy, over, base=base)
+        reps = run_loop(model, registry, rounds=rounds, sessions=sessions, interleave_batch=interleave_batch,
+                        max_interleave_sessions=max_interleave_sessions, click_model=click_model, labels=labels,
+                        propensity=propensity, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
+                        serve_forever=serve_after, port=port, log=lambda m: console.print(m, markup=False, highlight=False))
+    except FusionrankError as e:
+        _fail(e)
+    if json_out:
+        print(json.dumps([r.as_dict() for r in reps], indent=1))
+        return
+    t = Table(title=f"the loop over {model} ({registry})")
+    for c in ("round", "candidate", "outcome", "serving", "ndcg@10", "candidate ndcg@10", "sessions", "interleaved",
+              "preference", "CI", "s"):
+        t.add_column(c)
+    for r in reps:
+        t.add_row(str(r.round), r.candidate or "-", r.outcome, r.promoted,
+                  "-" if r.promoted_ndcg is None else f"{r.promoted_ndcg:.4f}",
+                  "-" if r.candidate_ndcg is None else f"{r.candidate_ndcg:.4f}", f"{r.sessions_logged:,}",
+                  f"{r.sessions_interleaving:,}", "-" if r.preference is None else f"{r.preference:+.3f}",
+                  "-" if r.ci is None else f"[{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]", f"{r.seconds:.0f}")
+    console.print(t)
+
+
+interleave_app = typer.Typer(no_args_is_help=True, help="Team-draft interleaving of the promoted model with candidates.")
+app.add_typer(interleave_app, name="interleave")
+
+
+@interleave_app.command("report")
+def interleave_report(
+    store: str = typer.Option(..., "--store", help=_STORE_HELP),
+    registry: Optional[Path] = typer.Option(None, help="name model versions by their registry ids"),
+    since: Optional[str] = typer.Option(None, help="interleaved searches from this time on"),
+    confidence: float = typer.Option(0.95, help="of the bootstrap interval"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Per comparison: wins, losses and ties of the candidate, its preference with a bootstrap CI, and the searches used."""
+    from .feedback.interleave import interleaving_report
+
+    names = {}
+    if registry is not None:
+        names = {v.model_version: v.id for v in _open_registry(registry).read().versions}
+    st = _open_events(store, key_file)
+    try:
+        reps = interleaving_report(st, since=parse_time(since) if since else None, confidence=confidence)
+    except FusionrankError as e:
+        _fail(e)
+    finally:
+        st.close()
+    if json_out:
+        print(json.dumps([{**r.as_dict(), "control_id": names.get(r.control), "candidate_id": names.get(r.candidate)}
+                          for r in reps], indent=1))
+        return
+    t = Table(title=f"team-draft interleaving in {store}")
+    for c in ("promoted", "candidate", "searches", "used", "sessions", "wins", "losses", "ties", "preference",
+              f"{confidence:.0%} CI"):
+        t.add_column(c)
+    for r in reps:
+        t.add_row(names.get(r.control, r.control), names.get(r.candidate, r.candidate), f"{r.searches:,}", f"{r.used:,}",
+                  f"{r.sessions:,}", f"{r.wins:,}", f"{r.losses:,}", f"{r.ties:,}",
+                  "-" if r.preference is None else f"{r.preference:+.3f}",
+                  "-" if r.ci is None else f"[{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]")
+    console.print(t)
+    if not reps:
+        console.print("no interleaved searches")
 
 
 def main() -> None:  # pragma: no cover

@@ -198,7 +198,7 @@ class ExperimentConfig(BaseModel):
         return RANKERS.get(ranker_kind(self.scorer.name)).from_config(self)
 
 
-def _split_frames(cat: Catalog, split: str) -> pd.DataFrame:
+def split_frame(cat: Catalog, split: str) -> pd.DataFrame:
     q = cat.queries
     if q is None:
         raise FusionrankError("the catalogue has no queries")
@@ -282,7 +282,7 @@ def prepare_training(config: ExperimentConfig, config_path: Path | None = None, 
     enc_summary = ws.encode(cat.products, config.encode_settings(), log, progress, modalities=config.encoded_modalities(),
                             engine=config.engine)
     try:
-        train_q = _split_frames(cat, config.data.train_split)
+        train_q = split_frame(cat, config.data.train_split)
     except FusionrankError:
         if config.events is None:
             raise
@@ -327,7 +327,7 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
                                                        log)
     if config.data.eval_split:
         try:
-            eq = _split_frames(cat, config.data.eval_split)
+            eq = split_frame(cat, config.data.eval_split)
         except FusionrankError:
             eq = None
         if eq is not None:
@@ -389,7 +389,7 @@ def understand_model(model_dir: str | Path, log=print) -> dict[str, Any]:
     if config.events is not None:
         raise FusionrankError(f"{md.path} was trained from an event store; re-train it to rebuild its query understanding")
     cat = Catalog.load(Path(md.workspace().catalog))
-    train_q = _split_frames(cat, config.data.train_split)  # the queries train() split into train and validation
+    train_q = split_frame(cat, config.data.train_split)  # the queries train() split into train and validation
     tf = config.data.title_field
     return build_understanding(md, config, train_q[S.QUERY].tolist(), md.catalog_tables(tf, log=lambda m: None), log)
 

@@ -117,3 +117,15 @@ def test_compare_dispatch_and_use_with_evaluate():
     assert compare(ea.per_query["mrr"], eb.per_query["mrr"], test="t").test == "paired_t"
     with pytest.raises(UnknownNameError, match="bootstrap"):
         compare(ea.per_query["mrr"], eb.per_query["mrr"], test="wilcoxon")
+
+
+def test_mean_ci_is_the_one_sample_form_of_bootstrap_ci():
+    from fusionrank.metrics.significance import bootstrap_ci, mean_ci
+
+    d = np.random.default_rng(5).choice([-1.0, 0.0, 1.0], size=300, p=[0.3, 0.2, 0.5])
+    idx = [f"q{i}" for i in range(len(d))]
+    paired = bootstrap_ci(pd.Series(np.zeros(len(d)), idx), pd.Series(d, idx), n_resamples=3000, seed=7)
+    mean, ci, p = mean_ci(d, n_resamples=3000, seed=7)
+    assert mean == pytest.approx(d.mean()) and ci == pytest.approx(paired.ci) and p == pytest.approx(paired.p_value)
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_ci([])

@@ -12,6 +12,9 @@ Behavior Insights, OpenSearch) where UBI has a field for the thing:
              the scalar features ``[n, F]`` and modality masks ``[n, K]`` the ranker saw,
              the query vector, each product's vector key, and the ranks the list had
              before any randomisation swap (``logged_ranks``).
+             An *interleaved* search (:mod:`fusionrank.feedback.interleave`) also keeps
+             ``interleaved_with`` (the candidate model's version; ``model_version`` is the
+             promoted one's) and ``teams``, one of :data:`TEAMS` per shown product.
 ``events``   one row per shopper action (UBI ``ubi_events``): ``action_name`` (one of
              :data:`ACTIONS`), ``query_id``, ``session_id``, ``client_id``, ``timestamp``,
              ``object_id`` (the product), ``position`` (1-based rank), ``grid_row`` and
@@ -35,6 +38,9 @@ DEFAULT_ACTION_WEIGHTS: dict[str, float] = {"click": 1.0, "add_to_cart": 2.0, "p
 
 #: Columns in the grid of the web page (results flow left to right, then down).
 DEFAULT_GRID_COLUMNS = 4
+
+#: Teams of an interleaved list: ``a`` = the promoted model's ranking (``model_version``), ``b`` = the candidate's.
+TEAMS: tuple[str, str] = ("a", "b")
 
 
 def grid_cell(rank: int | np.ndarray, columns: int) -> tuple:
@@ -73,6 +79,8 @@ class SearchLog:
     grid_columns: int = DEFAULT_GRID_COLUMNS
     randomised: bool = False
     total_ms: float | None = None
+    interleaved_with: str | None = None  # the candidate model version this list interleaves with model_version's
+    teams: list[str] | None = None       # per shown product: TEAMS[0] (model_version's) or TEAMS[1] (the candidate's)
     vectors: dict = field(default_factory=dict)  # vector key -> embedding rows first served here (archived with the search)
 
 

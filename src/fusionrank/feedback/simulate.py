@@ -116,9 +116,13 @@ class Shoppers:
         return np.array([g.get(str(p), 0.0) for p in product_ids], np.float64)
 
     # -- every session through the shop ----------------------------------------------------------
-    def run_live(self, shop: Shop, n_sessions: int, batch: int = 100) -> SimulationReport:
-        """Each session searches and posts through ``shop`` (the path the web page takes)."""
-        rng = np.random.default_rng(self.seed)
+    def run_live(self, shop: Shop, n_sessions: int, batch: int = 100, seed: int | None = None) -> SimulationReport:
+        """Each session searches and posts through ``shop`` (the path the web page takes).
+
+        ``seed`` draws these sessions (default: the population's seed); the population itself (its
+        queries' popularity) stays the same, so successive runs with other seeds continue one shop's traffic.
+        """
+        rng = np.random.default_rng(self.seed if seed is None else seed)
         t0 = time.perf_counter()
         counts = {a: 0 for a in ACTIONS[1:]}
         pending: list[dict] = []
@@ -152,6 +156,7 @@ class Shoppers:
         Every session gets its own search record (its own id, ids, time and randomisation, drawn
         as the service draws it) referencing the cached list; events go through
         ``service.record_events`` (as the page's events do). Written in chunks of ``chunk`` sessions.
+        The cached lists are the promoted model's only: nothing is interleaved here (use :meth:`run_live`).
         """
         if service.events is None:
             raise FusionrankError("the service has no event store to log the simulated sessions in")

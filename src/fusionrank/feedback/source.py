@@ -8,6 +8,9 @@
     propensity = "em"         # swaps | harvest | em | trust_em, or a saved PositionBias .json
     action_weights = { click = 1.0, add_to_cart = 2.0, purchase = 4.0 }
     judgments_weight = 0.0    # > 0: the judged training queries join, their grades scaled by this
+    since = 1767225600.0      # optional: searches from this unix time on (`fusionrank retrain --since` sets it)
+
+Interleaved searches (:mod:`fusionrank.feedback.interleave`) are left out: their lists mix two rankers.
 
 Steps (:func:`click_training_slates`):
 
@@ -45,6 +48,8 @@ class EventsConfig(BaseModel):
     position: str = "rank"
     action_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
     since_days: float | None = Field(None, gt=0)
+    since: float | None = None    # unix time: only searches from then on (with since_days, the later bound wins)
+    until: float | None = None    # unix time: only searches before then
     model_versions: list[str] | None = None
     judgments_weight: float = Field(0.0, ge=0)
     min_impressions: int = Field(1, ge=1)
@@ -118,11 +123,14 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
     if base is not None and "://" not in store_url and not Path(store_url).is_absolute():
         store_url = str(base / store_url)
     with open_existing(store_url, cfg.key_file) as store:
-        since = time.time() - cfg.since_days * 86400 if cfg.since_days else None
-        cl = store.click_log(since=since, model_versions=cfg.model_versions)
+        bounds = [b for b in (cfg.since, time.time() - cfg.since_days * 86400 if cfg.since_days else None) if b is not None]
+        since = max(bounds) if bounds else None
+        cl = store.click_log(since=since, until=cfg.until, model_versions=cfg.model_versions)
         if cl.empty:
             raise FusionrankError(f"{cfg.store}: no logged searches to train from"
-                                  + (f" in the last {cfg.since_days} days" if cfg.since_days else ""))
+                                  + (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if since else "")
+                                  + (f" before {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(cfg.until))}" if cfg.until else "")
+                                  + " (interleaved searches are not used for training)")
         log(f"  click log: {cl['query_id'].nunique():,} searches, {len(cl):,} impressions, "
             f"{int(cl['click'].sum()):,} clicks, {int(cl['add_to_cart'].sum()):,} carts, {int(cl['purchase'].sum()):,} purchases")
         bias = position_bias(cfg, cl, base)
@@ -155,7 +163,9 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
             labels = labels[labels["impressions"] >= cfg.min_impressions]
         out = attach_click_labels(slates, labels, ids)
     info = {"searches": int(cl["query_id"].nunique()), "impressions": int(len(cl)), "queries": len(texts),
-            "impressions_left_out": int((~known).sum()),
+            "impressions_left_out": int((~known).sum()), "since": since, "until": cfg.until,
+            "first_search": float(cl["timestamp"].min()) if len(cl) else None,
+            "last_search": float(cl["timestamp"].max()) if len(cl) else None,
             "pairs": int(len(counts)), "labels": cfg.labels, "propensity": cfg.propensity,
             "theta": None if bias is None else bias.relative().theta.tolist(), "skew": skew,
             "seconds": round(time.perf_counter() - t0, 1)}

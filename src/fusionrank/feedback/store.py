@@ -41,7 +41,13 @@ from .schema import ACTIONS, DEFAULT_GRID_COLUMNS, Event, SearchLog, ServedSlate
 __all__ = ["EventStore", "open_store", "hash_key_for", "events_url_for", "open_service_store", "SCHEMA_VERSION",
            "URL_SCHEMES", "StoreError", "parse_url"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Columns added to an existing table after version 1, by schema version: nullable, so a store of an older
+#: version is upgraded in place when it is opened (both engines). Version 2: interleaved searches
+#: (``interleaved_with`` = the candidate model version, ``teams`` = JSON list, one team per shown product).
+ADDED_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
+    2: (("queries", "interleaved_with", "TEXT"), ("queries", "teams", "TEXT")),
+}
 URL_SCHEMES = ("sqlite:///PATH", "postgresql://USER@HOST:PORT/DB", "a file path (SQLite)")
 FILE_MODE, DIR_MODE = 0o600, 0o700
 KEY_FILE = "events.key"
@@ -60,13 +66,15 @@ class Dialect:
     placeholder: str
     id_column: str
     blob: str
+    add_column: str  # ALTER TABLE statement adding a column (PostgreSQL skips one that exists, under concurrency too)
 
     def sql(self, statement: str) -> str:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
 
 
-SQLITE = Dialect("sqlite", "?", "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB")
-POSTGRES = Dialect("postgresql", "%s", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTEA")
+SQLITE = Dialect("sqlite", "?", "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "ALTER TABLE {table} ADD COLUMN {column} {type}")
+POSTGRES = Dialect("postgresql", "%s", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTEA",
+                   "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {type}")
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -92,7 +100,7 @@ CREATE INDEX IF NOT EXISTS queries_timestamp ON queries (timestamp);
 """
 
 _QUERY_COLUMNS = ("query_id", "user_query", "client_id", "session_id", "timestamp", "model_version", "index_version",
-                  "k", "category", "grid_columns", "randomised", "total_ms", "slate_key")
+                  "k", "category", "grid_columns", "randomised", "total_ms", "slate_key", "interleaved_with", "teams")
 _SLATE_COLUMNS = ("slate_key", "n", "product_ids", "scores", "features", "n_features", "mask", "n_modalities",
                   "query_vector", "dim", "vector_keys", "logged_ranks")
 _EVENT_COLUMNS = ("action_name", "query_id", "object_id", "position", "grid_row", "grid_col", "timestamp", "received",
@@ -193,16 +201,31 @@ class EventStore:
             for stmt in _DDL.format(blob=self.dialect.blob, id_column=self.dialect.id_column).split(";"):
                 if stmt.strip():
                     self._x(cur, stmt)
+            self._add_columns(cur)
             check = hmac.new(self._key, b"fusionrank-events-key-check", hashlib.sha256).hexdigest()[:16]
             self._x(cur, "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", ("schema_version", str(SCHEMA_VERSION)))
             self._x(cur, "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", ("hash_key_check", check))
             meta = dict(self._x(cur, "SELECT key, value FROM meta").fetchall())
+            if int(meta["schema_version"]) < SCHEMA_VERSION:  # the columns were added above
+                self._x(cur, "UPDATE meta SET value = ? WHERE key = ?", (str(SCHEMA_VERSION), "schema_version"))
         if int(meta["schema_version"]) > SCHEMA_VERSION:
             raise StoreError(f"the event store has schema version {meta['schema_version']}; this fusionrank reads "
                              f"version {SCHEMA_VERSION} and older (upgrade fusionrank)")
         if meta["hash_key_check"] != check:
             raise StoreError("the event store was written with another hash key (FUSIONRANK_EVENTS_HASH_KEY or "
                              "events.key); with this one its client and session hashes would not match")
+
+    def _add_columns(self, cur) -> None:
+        """Add the columns of :data:`ADDED_COLUMNS` a table lacks (inside the schema transaction: SQLite's write lock
+        serialises two openers; PostgreSQL's ``IF NOT EXISTS`` makes the second a no-op)."""
+        have: dict[str, set[str]] = {}
+        for version in sorted(ADDED_COLUMNS):
+            for table, column, typ in ADDED_COLUMNS[version]:
+                if table not in have:
+                    have[table] = {d[0] for d in self._x(cur, f"SELECT * FROM {table} WHERE 1 = 0").description}
+                if column not in have[table]:
+                    self._x(cur, self.dialect.add_column.format(table=table, column=column, type=typ))
+                    have[table].add(column)
 
     # hashing ---------------------------------------------------------------
     def hash_id(self, raw: str | None) -> str | None:
@@ -221,7 +244,8 @@ class EventStore:
                 srows.append(_slate_row(key, s.slate))
             qrows.append((str(s.query_id), str(s.user_query), self.hash_id(s.client_id), self.hash_id(s.session_id),
                           float(s.timestamp), str(s.model_version), int(s.index_version), int(s.k), s.category,
-                          int(s.grid_columns or DEFAULT_GRID_COLUMNS), int(bool(s.randomised)), _opt_float(s.total_ms), key))
+                          int(s.grid_columns or DEFAULT_GRID_COLUMNS), int(bool(s.randomised)), _opt_float(s.total_ms), key,
+                          s.interleaved_with, None if s.teams is None else json.dumps(list(s.teams))))
         return qrows, srows
 
     def log_search(self, s: SearchLog) -> None:
@@ -337,11 +361,17 @@ class EventStore:
         return len(rows)
 
     # reading for learning ------------------------------------------------------
-    def _query_filter(self, since: float | None, model_versions: Sequence[str] | None, alias: str = "") -> tuple[str, list]:
+    def _query_filter(self, since: float | None, model_versions: Sequence[str] | None, alias: str = "",
+                      until: float | None = None, interleaved: bool | None = False) -> tuple[str, list]:
         where, params = [], []
         if since is not None:
             where.append(f"{alias}timestamp >= ?")
             params.append(float(since))
+        if until is not None:
+            where.append(f"{alias}timestamp < ?")
+            params.append(float(until))
+        if interleaved is not None:
+            where.append(f"{alias}interleaved_with IS {'NOT ' if interleaved else ''}NULL")
         if model_versions is not None:
             mv = list(model_versions)
             if not mv:
@@ -351,19 +381,23 @@ class EventStore:
                 params += mv
         return (" WHERE " + " AND ".join(where)) if where else "", params
 
-    def click_log(self, since: float | None = None, model_versions: Sequence[str] | None = None):
+    def click_log(self, since: float | None = None, model_versions: Sequence[str] | None = None,
+                  until: float | None = None, interleaved: bool | None = False):
         """One row per (search, shown product), with the events on it counted.
 
         Columns: ``query_id, user_query, timestamp, model_version, slate_key, rank`` (1-based,
         as shown), ``logged_rank`` (before any randomisation), ``grid_row, grid_col`` (from the
         search's ``grid_columns``), ``product_id, score, randomised`` and the integer counts
         ``click, add_to_cart, purchase`` (events joined on ``query_id`` and ``object_id``).
-        Searches with ``timestamp >= since`` and, if given, served by one of ``model_versions``.
+        Searches with ``since <= timestamp < until`` and, if given, served by one of ``model_versions``.
+        Interleaved searches are left out by default (``interleaved=False``): their lists mix two
+        rankers, so neither's position bias nor its logging policy describes them; ``True`` keeps
+        only them, ``None`` keeps every search.
         """
         import pandas as pd
 
-        where, params = self._query_filter(since, model_versions)
-        qwhere, _ = self._query_filter(since, model_versions, alias="q.")
+        where, params = self._query_filter(since, model_versions, until=until, interleaved=interleaved)
+        qwhere, _ = self._query_filter(since, model_versions, alias="q.", until=until, interleaved=interleaved)
         counts_sql = ", ".join(f"SUM(CASE WHEN e.action_name = '{a}' THEN 1 ELSE 0 END)" for a in COUNT_ACTIONS)
         with self._tx(write=False) as cur:
             q = self._x(cur, "SELECT query_id, user_query, timestamp, model_version, slate_key, grid_columns, randomised "
@@ -426,19 +460,43 @@ class EventStore:
                 out[a] = np.zeros(len(out), np.int64)
         return out[cols]
 
+    def interleaving_log(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        """Every interleaved search (oldest first) with its shown products, their teams, and the actions on them.
+
+        Each item: ``query_id``, ``session_id`` (hashed), ``timestamp``, ``model_version`` (team ``a``),
+        ``interleaved_with`` (team ``b``), ``product_ids`` and ``teams`` (shown order), and ``actions``:
+        ``(product_id, action_name)`` pairs of the search's events other than impressions.
+        """
+        where, params = self._query_filter(since, None, alias="q.", until=until, interleaved=True)
+        with self._tx(write=False) as cur:
+            rows = self._x(cur, "SELECT q.query_id, q.session_id, q.timestamp, q.model_version, q.interleaved_with, q.teams, "
+                                f"s.product_ids FROM queries q JOIN slates s ON s.slate_key = q.slate_key{where} "
+                                "ORDER BY q.timestamp, q.query_id", params).fetchall()
+            ev = self._x(cur, "SELECT e.query_id, e.object_id, e.action_name FROM events e JOIN queries q "
+                              f"ON q.query_id = e.query_id{where} AND e.action_name <> 'impression' ORDER BY e.id",
+                              params).fetchall()
+        actions: dict[str, list[tuple[str, str]]] = {}
+        for qid, pid, a in ev:
+            actions.setdefault(qid, []).append((pid, a))
+        return [{"query_id": qid, "session_id": sess, "timestamp": float(ts), "model_version": mv, "interleaved_with": b,
+                 "teams": json.loads(teams), "product_ids": json.loads(pids), "actions": actions.get(qid, [])}
+                for qid, sess, ts, mv, b, teams, pids in rows]
+
     def iter_queries(self, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        """Every stored search with its shown product ids, oldest first (for exports)."""
+        """Every stored search with its shown product ids (and, if interleaved, the candidate and teams), oldest first."""
         with self._tx(write=False) as cur:
             self._x(cur, "SELECT q.query_id, q.user_query, q.client_id, q.session_id, q.timestamp, q.model_version, "
-                         "q.index_version, q.k, q.category, q.grid_columns, q.randomised, q.slate_key, s.product_ids "
+                         "q.index_version, q.k, q.category, q.grid_columns, q.randomised, q.slate_key, q.interleaved_with, "
+                         "q.teams, s.product_ids "
                          "FROM queries q JOIN slates s ON s.slate_key = q.slate_key ORDER BY q.timestamp, q.query_id")
             names = ("query_id", "user_query", "client_id", "session_id", "timestamp", "model_version", "index_version",
-                     "k", "category", "grid_columns", "randomised", "slate_key", "product_ids")
+                     "k", "category", "grid_columns", "randomised", "slate_key", "interleaved_with", "teams", "product_ids")
             while rows := cur.fetchmany(batch):
                 for r in rows:
                     d = dict(zip(names, r))
                     d["product_ids"] = json.loads(d["product_ids"])
                     d["randomised"] = bool(d["randomised"])
+                    d["teams"] = None if d["teams"] is None else json.loads(d["teams"])
                     yield d
 
     def iter_events(self, batch: int = 5000) -> Iterator[dict[str, Any]]:

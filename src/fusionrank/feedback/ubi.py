@@ -55,7 +55,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 def query_document(q: dict[str, Any]) -> dict[str, Any]:
     """The UBI query document of one row of :meth:`EventStore.iter_queries`."""
     attrs = _drop_none({"model_version": q["model_version"], "category": q["category"], "session_id": q["session_id"],
-                        "k": q["k"], "index_version": q["index_version"], "randomised": q["randomised"]})
+                        "k": q["k"], "index_version": q["index_version"], "randomised": q["randomised"],
+                        "interleaved_with": q.get("interleaved_with"), "teams": q.get("teams")})
     return _drop_none({"application": APPLICATION, "query_id": q["query_id"], "client_id": q["client_id"],
                        "user_query": q["user_query"], "timestamp": iso_utc(q["timestamp"]),
                        "query_response_id": q["query_id"], "query_response_hit_ids": list(q["product_ids"]),

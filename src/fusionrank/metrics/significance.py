@@ -38,6 +38,7 @@ __all__ = [
     "paired_t_test",
     "permutation_test",
     "bootstrap_ci",
+    "mean_ci",
     "compare",
 ]
 
@@ -166,6 +167,20 @@ def _bootstrap(d: np.ndarray, n_resamples: int, confidence: float, seed) -> tupl
     le = (np.count_nonzero(means <= 0) + 1) / (n_resamples + 1)
     ge = (np.count_nonzero(means >= 0) + 1) / (n_resamples + 1)
     return (float(lo), float(hi)), min(1.0, 2.0 * min(le, ge))
+
+
+def mean_ci(d, *, n_resamples: int = 10_000, confidence: float = 0.95, seed: int | None = 0) -> tuple[float, tuple[float, float], float]:
+    """``(mean, (lo, hi), p)``: the mean of the values ``d``, its percentile-bootstrap CI and two-sided bootstrap p-value.
+
+    The one-sample form of :func:`bootstrap_ci` (whose ``d`` is ``b - a``), e.g. for per-search
+    interleaving outcomes in {-1, 0, +1}. An empty ``d`` is a ValueError.
+    """
+    _check_conf(confidence)
+    d = np.asarray(d, np.float64).reshape(-1)
+    if not len(d):
+        raise ValueError("mean_ci needs at least one value")
+    ci, p = _bootstrap(d, n_resamples, confidence, seed)
+    return float(d.mean()), ci, p
 
 
 def permutation_test(

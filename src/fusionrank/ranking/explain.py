@@ -90,10 +90,12 @@ class Explainer:
     def __init__(self, catalog, contributions: bool = True):
         self.catalog, self.contributions = catalog, contributions
 
-    def hits(self, scored: Scored, ranker, k: int, b: int = 0, explain: bool = True) -> list[dict[str, Any]]:
+    def hits(self, scored: Scored, ranker, k: int, b: int = 0, explain: bool = True,
+             order: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Records of query ``b``'s top ``k`` by score, or of the slate positions ``order`` (e.g. an interleaved list)."""
         cat = self.catalog
         sl = scored.slates
-        order = scored.order(b, k)
+        order = scored.order(b, k) if order is None else np.asarray(order, np.int64)
         groups = [g.name for g in ranker.groups_]
         contrib = None
         if explain and self.contributions and len(order):

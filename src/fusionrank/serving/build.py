@@ -30,10 +30,13 @@ def catalog_media_dirs(cat_dir: str | Path) -> list[str]:
 
 def open_service(model_dir: str | Path, index_dir: str | Path | None = None, rebuild: bool = False,
                  catalog: str | Path | None = None, data_dir: str | Path | None = None, randomise_share: float | None = None,
-                 feature_logging: bool = True, log=print) -> SearchService:
+                 feature_logging: bool = True, registry: str | Path | None = None, log=print) -> SearchService:
     """Open the saved index (or, with ``rebuild``, build and save it first), load the model, wire the service.
 
-    Nothing is encoded: a missing index is an error that names ``fusionrank index MODEL``.
+    Nothing is encoded: a missing index is an error that names ``fusionrank index MODEL``. With a model
+    ``registry`` (:class:`~fusionrank.models.ModelRegistry`) the service ranks with its promoted version
+    instead of ``model_dir``'s ranker (``model_dir`` still gives the index and catalogue); follow later
+    promotions with :class:`~fusionrank.serving.follow.RegistryFollower`.
     """
     md = ModelDir.open(model_dir)
     index_dir = Path(index_dir) if index_dir else md.index_dir
@@ -45,7 +48,17 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
     config = md.config()
     cat_dir, store = md.catalog_location(catalog)
     products = ProductEncoder(index.config.title_field, config.encode_settings(), store, media_dirs=catalog_media_dirs(cat_dir))
-    svc = SearchService(index, load_handle(md.path), QueryEncoder(text_encoder=config.text_encoder_spec),
+    ranker_dir = md.path
+    if registry is not None:
+        from ..models import ModelRegistry, RegistryError
+
+        reg = ModelRegistry.open(registry)
+        promoted = reg.read().promoted()
+        if promoted is None:
+            raise RegistryError(f"{reg.root} has no promoted version; add one with `fusionrank models add {reg.root} {md.path}`")
+        ranker_dir = reg.model_path(promoted)
+        log(f"registry {reg.root}: serving the promoted version {promoted.id}")
+    svc = SearchService(index, load_handle(ranker_dir), QueryEncoder(text_encoder=config.text_encoder_spec),
                         data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products,
                         randomise_share=randomise_share, feature_logging=feature_logging, log=log)
     log(f"warm-up search: {svc.warm_up():.0f} ms")

@@ -13,7 +13,14 @@ one at a random rank) so position bias can be estimated from the clicks.
 
 The ranker sits behind a :class:`ModelHandle` that a swap replaces in one assignment;
 a request reads the handle once, so it finishes with the model it started with and no
-request fails during a swap.
+request fails during a swap. :class:`~fusionrank.serving.follow.RegistryFollower` drives the
+swaps from a model registry (:mod:`fusionrank.models`).
+
+While candidate models are interleaving (:meth:`SearchService.set_interleaving`), a share of
+searches shows a team-draft interleaving (:func:`~fusionrank.feedback.interleave.team_draft`) of
+the promoted ranking and one candidate's ranking of the same candidates; the search is logged with
+the candidate's version and each shown product's team, is never randomised, and is left out of
+click training. Its scores, explanations and logged features are the promoted model's.
 """
 from __future__ import annotations
 
@@ -26,13 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import schema as S
 from ..errors import FusionrankError, UnknownCategory
+from ..feedback.interleave import team_draft
 from ..feedback.logged import VectorArchive, draw_swap, served_slate
 from ..feedback.schema import ACTIONS, DEFAULT_GRID_COLUMNS, Event, SearchLog, grid_cell
 from ..modalities import SCALAR_FEATURES, modality
 from ..modeldir import ModelDir
 from ..ranking import STAGES, QueryEncoder, RankingPipeline
+from ..ranking.explain import Scorer
 from ..ranking.understand import Verbatim
 from .index import SearchIndex
 
@@ -78,6 +89,8 @@ class SearchService:
         self.queries = query_encoder or QueryEncoder()
         self._model: ModelHandle | None = None
         self.install_model(model)
+        self._interleaving: tuple[tuple[ModelHandle, ...], float] = ((), 0.0)  # (candidates, share), replaced whole
+        self.swap_observer = None  # callable(old_version, new_version) after a swap, set by the HTTP layer for metrics
         self.pipeline = RankingPipeline.over(index, model.ranker, self.queries)
         self.data_dir = Path(data_dir) if data_dir else None
         self.product_encoder = product_encoder
@@ -148,7 +161,22 @@ class SearchService:
         with self._swap_lock:
             new = load_handle(model_dir)
             old = self.install_model(new)
+            if self.swap_observer is not None:  # under the lock: the metrics see swaps in order
+                self.swap_observer(old.version, new.version)
         return old, new
+
+    def set_interleaving(self, candidates: list[ModelHandle] | tuple[ModelHandle, ...], share: float) -> None:
+        """Interleave ``share`` of the searches with one of ``candidates`` (drawn per search); none or 0 stops it."""
+        if not 0.0 <= share <= 1.0:
+            raise FusionrankError(f"interleave share must be in [0, 1]; got {share}")
+        for c in candidates:
+            self.check_model(c)
+        self._interleaving = (tuple(candidates), float(share))
+
+    @property
+    def interleaving(self) -> tuple[tuple[ModelHandle, ...], float]:
+        """``(candidate handles, share)`` interleaved now."""
+        return self._interleaving
 
     # search ----------------------------------------------------------------
     def warm_up(self, query: str = "black shirt for men") -> float:
@@ -161,14 +189,33 @@ class SearchService:
                record: bool = True, client_id: str | None = None, session_id: str | None = None) -> dict[str, Any]:
         """Rank, explain and log one search. ``client_id``/``session_id`` are stored only as keyed hashes."""
         m = self.model  # one read: the whole request uses this model
-        res = self.pipeline.search(query, k, category, explain, ranker=m.ranker, observe=self.stage_observer,
+        rivals, share = self._interleaving  # and these candidates
+        rival, coin = None, None
+        if record and self.events is not None and rivals and share > 0:
+            with self._log_lock:
+                if self._rng.random() < share:
+                    rival = rivals[self._rng.randrange(len(rivals))]
+                    coin = random.Random(self._rng.getrandbits(64))
+        res = self.pipeline.search(query, k, category, explain and rival is None, ranker=m.ranker, observe=self.stage_observer,
                                    understanding=m.understanding)
+        teams = None
+        if rival is not None:  # the same candidates ranked by the rival, then one list drafted from both rankings
+            t0 = time.perf_counter()
+            other = Scorer(rival.ranker, self.pipeline.catalog).transform(res.scored.slates)
+            shown, teams = team_draft(res.scored.order(0).tolist(), other.order(0).tolist(), k, coin)
+            res.order = np.asarray(shown, np.int64)
+            res.hits = self.pipeline.explainer.hits(res.scored, m.ranker, k, 0, explain, order=res.order)
+            dt = round((time.perf_counter() - t0) * 1e3, 3)
+            res.timings_ms["interleave_ms"] = dt
+            res.timings_ms["total_ms"] = round(res.timings_ms["total_ms"] + dt, 3)
         hits, t = res.hits, res.timings_ms
         sid = uuid.uuid4().hex
         if not record or self.events is None:
             return {"search_id": sid, "timings_ms": t, "understood": res.understood.as_dict(), "results": hits}
-        with self._log_lock:
-            swap = draw_swap(self._rng, self.randomise_share, len(hits))
+        swap = None
+        if rival is None:  # an interleaved list is not randomised as well
+            with self._log_lock:
+                swap = draw_swap(self._rng, self.randomise_share, len(hits))
         if swap is not None:
             hits[0], hits[swap] = hits[swap], hits[0]
         for i, h in enumerate(hits):
@@ -179,7 +226,8 @@ class SearchService:
         query = query.strip()
         entry = SearchLog(sid, query, time.time(), m.version, slate, client_id=client_id, session_id=session_id, k=k,
                           category=category, index_version=int(self.index.version), grid_columns=self.grid_columns,
-                          randomised=swap is not None, total_ms=t["total_ms"], vectors=vectors)
+                          randomised=swap is not None, total_ms=t["total_ms"], vectors=vectors,
+                          interleaved_with=None if rival is None else rival.version, teams=teams)
         try:
             self.events.log_search(entry)  # with the product vectors first served here, in one transaction
         except BaseException:
@@ -191,7 +239,7 @@ class SearchService:
             if len(self._recent) > self._recent_max:
                 self._recent.popitem(last=False)
         return {"search_id": sid, "query": query, "k": k, "category": category, "model_version": m.version,
-                "grid_columns": self.grid_columns, "randomised": swap is not None,
+                "grid_columns": self.grid_columns, "randomised": swap is not None, "interleaved": rival is not None,
                 "candidates": int(len(res.candidates.rows[0])), "candidate_sources": res.candidates.sources[0],
                 "query_cached": res.query_cached, "understood": res.understood.as_dict(), "model_weights": (m.alpha or {}).get("weights"),
                 "model_weights_kind": (m.alpha or {}).get("kind"), "timings_ms": t, "results": hits}
@@ -283,7 +331,8 @@ class SearchService:
         out = {"products": len(self.index), "model_version": m.version,
                "title_field": self.index.config.title_field, "categories": self.index.category_names,
                "query_cache": {"hits": self.queries.hits, "misses": self.queries.misses, "backend": self.queries.backend},
-               "index_version": self.index.version, "logs": self.log_health()}
+               "index_version": self.index.version, "logs": self.log_health(),
+               "interleaving": {"candidates": [c.version for c in self._interleaving[0]], "share": self._interleaving[1]}}
         if admin:
             out["model_path"] = m.path
         else:

@@ -88,3 +88,38 @@ def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, adm
     app = create_app(service, admin_key, events_key)
     log(f"fusionrank search on http://{host}:{port}/  ({len(service.index):,} products, model {service.model.version})")
     uvicorn.run(app, host=host, port=port, log_level="warning", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)
+
+
+class BackgroundServer:
+    """:func:`create_app` under uvicorn in a daemon thread (``with BackgroundServer(...) as srv: srv.url``)."""
+
+    def __init__(self, service: SearchService, host: str = "127.0.0.1", port: int = 0, admin_key: str | None = None,
+                 events_key: str | None = None):
+        import socket
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.app = create_app(service, admin_key, events_key)
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
+                                                    h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
+        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+
+    def __enter__(self) -> "BackgroundServer":
+        import time
+
+        self.thread.start()
+        t0 = time.monotonic()
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() - t0 > 30:
+                raise RuntimeError(f"the HTTP server on {self.url} did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -47,6 +47,7 @@ class Metrics:
         for s in STAGES:
             self.stage.labels(s)
         service.stage_observer = self.observe_stage
+        service.swap_observer = self.model_swapped  # every swap: POST /admin/model and the registry follower
 
     def observe_stage(self, name: str, seconds: float) -> None:
         self.stage.labels(name).observe(seconds)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ....errors import FusionrankError
 from ...service import ModelMismatch
-from ..deps import MetricsDep, ServiceDep, require_admin_key
+from ..deps import ServiceDep, require_admin_key
 
 
 class ModelSwap(BaseModel):
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)])
 
 
 @router.post("/model", summary="Swap in another model")
-def swap_model(service: ServiceDep, metrics: MetricsDep, body: ModelSwap) -> dict[str, Any]:
+def swap_model(service: ServiceDep, body: ModelSwap) -> dict[str, Any]:
     if not (Path(body.path) / "config.json").is_file():
         raise HTTPException(404, f"path: {body.path!r} is not a model directory (no config.json)")
     try:
@@ -31,7 +31,6 @@ def swap_model(service: ServiceDep, metrics: MetricsDep, body: ModelSwap) -> dic
         raise HTTPException(409, str(e))
     except FusionrankError as e:
         raise HTTPException(422, f"path: {e}")
-    metrics.model_swapped(old.version, new.version)
     return {"previous": old.version, "current": new.version}
 
 

@@ -1,0 +1,158 @@
+"""Team-draft interleaving (Radlinski, Kurup and Joachims 2008): two rankers compared on one result list.
+
+For a share of searches the service shows one list built from the promoted ranking ``A`` and a
+candidate ranking ``B`` by :func:`team_draft`, and logs which team (:data:`~fusionrank.feedback.schema.TEAMS`:
+``a`` or ``b``) contributed each product shown. A shopper's clicks, carts and purchases are then
+credited to the teams of the products they hit (:func:`team_credit`); the team with more credit
+wins the search (:func:`outcome`). Over many searches, the candidate's *preference* is
+
+    Δ = (wins - losses) / (wins + losses + ties)      in [-1, 1]
+
+counted over the searches with any credited action (those without one say nothing), with a
+percentile-bootstrap confidence interval over those searches
+(:func:`fusionrank.metrics.significance.mean_ci` of the outcomes in {-1, 0, +1}). Δ > 0 means
+shoppers preferred the candidate (Chapelle et al. 2012, "Large-scale validation and analysis of
+interleaved search evaluation", Δ_AB with ties counted in the denominator).
+
+:func:`interleaving_report` reads the interleaved searches of an event store and gives one
+:class:`ComparisonReport` per (promoted, candidate) pair.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .schema import DEFAULT_ACTION_WEIGHTS, TEAMS
+
+__all__ = ["team_draft", "team_credit", "outcome", "ComparisonReport", "compare_outcomes", "interleaving_report"]
+
+A, B = TEAMS
+
+
+def team_draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int, rng) -> tuple[list, list[str]]:
+    """Interleave rankings ``a`` and ``b`` into at most ``k`` items; returns ``(items, teams)``.
+
+    Team draft: in each round the team that has picked fewer items picks next (a coin,
+    ``rng.random() < 0.5`` meaning ``a``, decides when both have picked as many); the picking team
+    takes its ranking's highest item not yet in the list. When one ranking has nothing left to
+    contribute the other fills the remaining places. ``rng`` is anything with ``random()``
+    (a :class:`random.Random`). Both rankings usually order the same candidates.
+    """
+    items: list = []
+    teams: list[str] = []
+    seen: set = set()
+    ia = ib = na = nb = 0
+    while len(items) < k:
+        while ia < len(a) and a[ia] in seen:
+            ia += 1
+        while ib < len(b) and b[ib] in seen:
+            ib += 1
+        a_left, b_left = ia < len(a), ib < len(b)
+        if not (a_left or b_left):
+            break
+        pick_a = a_left and (not b_left or na < nb or (na == nb and rng.random() < 0.5))
+        if pick_a:
+            x, na = a[ia], na + 1
+            teams.append(A)
+        else:
+            x, nb = b[ib], nb + 1
+            teams.append(B)
+        items.append(x)
+        seen.add(x)
+    return items, teams
+
+
+def team_credit(shown: Sequence[Hashable], teams: Sequence[str], actions: Iterable[tuple[Hashable, str]],
+                weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Credit per team: each distinct ``(product, action)`` on a shown product adds its action weight to the product's team.
+
+    ``actions`` are ``(product_id, action_name)`` pairs (repeats of the same action on the same product count
+    once; impressions and actions of products not shown count nothing). ``weights`` default to
+    :data:`~fusionrank.feedback.schema.DEFAULT_ACTION_WEIGHTS` (click 1, add_to_cart 2, purchase 4).
+    """
+    w = DEFAULT_ACTION_WEIGHTS if weights is None else weights
+    team_of = dict(zip(shown, teams))
+    credit = {A: 0.0, B: 0.0}
+    for pid, action in set(actions):
+        t = team_of.get(pid)
+        if t is not None and action in w:
+            credit[t] += float(w[action])
+    return credit
+
+
+def outcome(credit: Mapping[str, float]) -> int | None:
+    """+1 if team ``b`` (the candidate) has more credit, -1 if ``a`` has, 0 for a tie, None when neither has any."""
+    ca, cb = credit[A], credit[B]
+    if ca == 0 and cb == 0:
+        return None
+    return int(np.sign(cb - ca))
+
+
+@dataclass
+class ComparisonReport:
+    """Interleaving evidence for one candidate against one promoted model (their model versions)."""
+
+    control: str                      # team a: the promoted model version
+    candidate: str                    # team b
+    searches: int                     # interleaved searches logged
+    used: int                         # those with credited actions (wins + losses + ties)
+    sessions: int                     # distinct shopper sessions among the used searches
+    wins: int                         # the candidate had more credit
+    losses: int
+    ties: int
+    preference: float | None          # (wins - losses) / used; None with no used search
+    ci: tuple[float, float] | None
+    confidence: float
+    p_value: float | None
+    credit: dict[str, dict[str, int]] = field(default_factory=dict)  # team -> action -> count
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci"] = list(self.ci) if self.ci is not None else None
+        return d
+
+
+def compare_outcomes(outcomes: Sequence[int], *, confidence: float = 0.95, n_resamples: int = 2000,
+                     seed: int | None = 0) -> tuple[float | None, tuple[float, float] | None, float | None]:
+    """``(preference, ci, p)`` of per-search outcomes in {-1, 0, +1} (None for all three with no outcome)."""
+    from ..metrics.significance import mean_ci
+
+    if not len(outcomes):
+        return None, None, None
+    mean, ci, p = mean_ci(np.asarray(outcomes, np.float64), n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return mean, ci, p
+
+
+def interleaving_report(store, *, since: float | None = None, until: float | None = None,
+                        weights: Mapping[str, float] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
+                        seed: int | None = 0, pairs: Iterable[tuple[str, str]] | None = None) -> list[ComparisonReport]:
+    """One :class:`ComparisonReport` per (promoted, candidate) pair interleaved in ``store`` (only ``pairs`` if given)."""
+    wanted = None if pairs is None else set(map(tuple, pairs))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for s in store.interleaving_log(since=since, until=until):
+        key = (s["model_version"], s["interleaved_with"])
+        if wanted is None or key in wanted:
+            groups.setdefault(key, []).append(s)
+    out = []
+    for (control, cand), searches in sorted(groups.items()):
+        outs, sessions = [], set()
+        credit = {t: {} for t in TEAMS}
+        for s in searches:
+            c = team_credit(s["product_ids"], s["teams"], s["actions"], weights)
+            o = outcome(c)
+            if o is None:
+                continue
+            outs.append(o)
+            sessions.add(s["session_id"] or s["query_id"])
+            team_of = dict(zip(s["product_ids"], s["teams"]))
+            for pid, action in set(s["actions"]):
+                t = team_of.get(pid)
+                if t is not None:
+                    credit[t][action] = credit[t].get(action, 0) + 1
+        pref, ci, p = compare_outcomes(outs, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        o = np.asarray(outs, np.int64)
+        out.append(ComparisonReport(control, cand, len(searches), len(outs), len(sessions), int((o > 0).sum()),
+                                    int((o < 0).sum()), int((o == 0).sum()), pref, ci, confidence, p, credit))
+    return out

@@ -1,0 +1,163 @@
+"""``fusionrank loop``: shoppers -> events -> a retrained model -> an online comparison -> promotion -> served.
+
+:func:`run_loop` runs every step through the real parts, in one process:
+
+1. **serve**: the search service over a model directory's index, ranking with the registry's promoted
+   version (:func:`~fusionrank.serving.build.open_service`), following the registry
+   (:class:`~fusionrank.serving.follow.RegistryFollower`), on HTTP on loopback;
+2. **simulate**: simulated shoppers (:class:`~fusionrank.feedback.simulate.Shoppers`, a click model by
+   name) search and post events through the HTTP API with the events key, as the web page does;
+3. **retrain**: a candidate from the searches of this round (:func:`~fusionrank.models.retrain.retrain`),
+   measured offline beside the promoted version; one that regresses offline is retired unseen;
+4. **interleave**: the candidate goes to ``interleaving``; the service interleaves it on the policy's
+   share of searches while the shoppers keep shopping, batch after batch, until the gate decides;
+5. **promote**: :func:`~fusionrank.models.gate.decide` promotes it (the service swaps it in at its
+   next poll) or retires it, recording the evidence; a candidate still undecided after
+   ``max_interleave_sessions`` is retired.
+
+Each round reports the promoted version's NDCG@10 on the evaluation queries and the sessions used.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .gate import PromotionPolicy, decide, start_interleaving
+from .registry import ModelRegistry
+from .retrain import retrain
+
+__all__ = ["run_loop", "RoundReport"]
+
+
+@dataclass
+class RoundReport:
+    """What one round did."""
+
+    round: int
+    candidate: str | None
+    outcome: str                    # promoted | refused offline | refused online | undecided
+    promoted: str                   # the promoted version after the round
+    promoted_ndcg: float | None     # its NDCG@10 (policy metric) on the evaluation queries
+    candidate_ndcg: float | None
+    sessions_logged: int            # sessions before retraining (the training data of the candidate)
+    sessions_interleaving: int      # sessions while the candidate was interleaved
+    preference: float | None
+    ci: list[float] | None
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _wait(pred, seconds: float, what: str) -> None:
+    from ..errors import FusionrankError
+
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > seconds:
+            raise FusionrankError(f"the service did not {what} within {seconds:.0f} s")
+        time.sleep(0.05)
+
+
+def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3, sessions: int = 2000,
+             interleave_batch: int = 500, max_interleave_sessions: int = 20_000, click_model: str = "pbm", k: int = 10,
+             labels: str = "ips", propensity: str = "em", loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
+             epochs: int | None = None, policy: PromotionPolicy | None = None, seed: int = 0, serve_forever: bool = False,
+             port: int = 0, log=print) -> list[RoundReport]:
+    """Run ``rounds`` rounds of the loop (see the module docstring) over ``model_dir``'s catalogue and index.
+
+    The registry is created (``policy``, default :class:`PromotionPolicy`) with ``model_dir`` as its
+    promoted first version when it does not exist; otherwise the loop continues from its promoted
+    version. The event store is ``REGISTRY/service-data/events.sqlite``.
+    """
+    import httpx
+
+    from ..experiment import split_frame
+    from ..feedback.clickmodels import CLICK_MODELS
+    from ..feedback.simulate import HttpShop, Shoppers
+    from ..ingest import Catalog
+    from ..modeldir import ModelDir
+    from ..serving.build import open_service
+    from ..serving.follow import RegistryFollower
+    from ..serving.http.app import BackgroundServer
+    from .retrain import judgments_reference
+
+    registry_dir = Path(registry_dir)
+    if (registry_dir / "registry.json").exists():
+        reg = ModelRegistry.open(registry_dir)
+        if policy is not None:
+            reg.set_policy(policy)
+    else:
+        reg = ModelRegistry.create(registry_dir, policy)
+        reg.register(model_dir, training_data=judgments_reference(model_dir), actor="loop", reason="the loop's starting model")
+    pol = reg.read().policy
+    if pol.mode == "auto":  # the loop takes the decisions itself, in order; the service only follows
+        pol = pol.model_copy(update={"mode": "manual"})
+        reg.set_policy(pol)
+    md = ModelDir.open(model_dir)
+    cat = Catalog.load(md.catalog_location()[0])
+    train_q = split_frame(cat, md.config().data.train_split)
+    shoppers = Shoppers(train_q, cat.qrels, CLICK_MODELS.get(click_model)(), k=k, seed=seed)
+    data_dir = registry_dir / "service-data"
+    svc = open_service(model_dir, data_dir=data_dir, registry=registry_dir, log=lambda m: log("  " + m))
+    store_url = getattr(svc.events, "url", str(data_dir / "events.sqlite"))
+    key_file = data_dir / "events.key"
+    follower = RegistryFollower(svc, reg, poll_seconds=0.1, log=lambda m: log("  " + m), auto=False).start()
+    reports: list[RoundReport] = []
+    draws = itertools.count(seed * 1_000_000 + 1)  # one seed per batch of sessions: the traffic goes on, never repeats
+    try:
+        with BackgroundServer(svc, port=port, events_key="loop-events") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
+            shop = HttpShop(http, "loop-events")
+            log(f"serving {reg.read().promoted().id} on {srv.url}/ (events in {store_url})")
+            for r in range(1, rounds + 1):
+                t0 = time.perf_counter()
+                idx = reg.read()
+                before = idx.promoted()
+                log(f"[round {r}/{rounds}] simulate: {sessions:,} sessions on {before.id} ({click_model} clicks)")
+                since = time.time()
+                rep = shoppers.run_live(shop, sessions, seed=next(draws))
+                log(f"  {rep.searches:,} searches, " + ", ".join(f"{n:,} {a}" for a, n in rep.actions.items()) +
+                    f" in {rep.seconds:.0f} s")
+                log(f"[round {r}/{rounds}] retrain on the searches of this round")
+                cand = retrain(reg, store_url, since=since, labels=labels, propensity=propensity, loss=loss,
+                               judgments_weight=judgments_weight, key_file=str(key_file) if key_file.exists() else None,
+                               epochs=epochs, seed=seed + r, actor="loop", log=lambda m: log("  " + m))
+                cand_ndcg = (cand.offline or {}).get("metrics", {}).get(pol.metric)
+                base_ndcg = (cand.offline or {}).get("baseline_metrics", {}).get(pol.metric)
+                log(f"[round {r}/{rounds}] interleave {cand.id} with {before.id}")
+                outcome, used, res = "refused offline", 0, None
+                if start_interleaving(reg, cand.id, actor="loop", log=lambda m: log("  " + m)):
+                    _wait(lambda: any(h.version == cand.model_version for h in svc.interleaving[0]), 30, "start interleaving")
+                    while True:
+                        shoppers.run_live(shop, interleave_batch, seed=next(draws))
+                        used += interleave_batch
+                        res = decide(reg, cand.id, svc.events, actor="loop", retire_refused=True)
+                        log(f"  {used:,} sessions: {res.reasons[-1]}")  # the online check's sentence
+                        if res.verdict != "wait":
+                            outcome = "promoted" if res.verdict == "promote" else "refused online"
+                            break
+                        if used >= max_interleave_sessions:
+                            reg.set_state(cand.id, "retired", actor="loop", reason=f"no confident decision after {used:,} "
+                                          "sessions of interleaving", evidence={"reasons": res.reasons, **res.evidence})
+                            outcome = "undecided"
+                            break
+                log(f"[round {r}/{rounds}] promote: {cand.id} {outcome}")
+                after = reg.read().promoted()
+                _wait(lambda: svc.model.version == after.model_version and not svc.interleaving[0], 30, f"serve {after.id}")
+                il = (res.evidence.get("interleaving") if res is not None else None) or {}
+                reports.append(RoundReport(r, cand.id, outcome, after.id, cand_ndcg if after.id == cand.id else base_ndcg,
+                                           cand_ndcg, sessions, used, il.get("preference"), il.get("ci"),
+                                           round(time.perf_counter() - t0, 1)))
+                log(f"  now serving {after.id}" + (f", {pol.metric} {reports[-1].promoted_ndcg:.4f}"
+                                                    if reports[-1].promoted_ndcg is not None else ""))
+            if serve_forever:
+                log(f"serving {reg.read().promoted().id} on {srv.url}/ (Ctrl-C stops)")
+                while True:
+                    time.sleep(3600)
+    finally:
+        follower.stop()
+        svc.close()
+    return reports

@@ -1,0 +1,141 @@
+"""Team-draft interleaving: construction and credit on hand-made cases, and the report over a real event store."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from fusionrank.feedback.interleave import compare_outcomes, interleaving_report, outcome, team_credit, team_draft
+from fusionrank.feedback.schema import Event, SearchLog, ServedSlate
+
+
+class Coins:
+    """A fixed sequence of coin flips: True = team a picks first in a round where both have picked as many."""
+
+    def __init__(self, *flips: bool):
+        self.flips = list(flips)
+
+    def random(self) -> float:
+        return 0.0 if self.flips.pop(0) else 0.9
+
+
+def test_team_draft_alternates_in_pairs_and_skips_items_already_picked():
+    a = ["d1", "d2", "d3", "d4"]
+    b = ["d2", "d3", "d1", "d4"]
+    # round 1: a wins the coin, picks d1; b picks d2.  round 2: b wins, picks d3; a's next unpicked is d4.
+    items, teams = team_draft(a, b, 4, Coins(True, False))
+    assert items == ["d1", "d2", "d3", "d4"]
+    assert teams == ["a", "b", "b", "a"]
+
+
+def test_team_draft_when_both_rankings_agree_each_team_gets_half():
+    a = b = list(range(10))
+    items, teams = team_draft(a, b, 10, random.Random(3))
+    assert items == a  # identical rankings: the interleaved list is that ranking
+    assert teams.count("a") == teams.count("b") == 5
+    for i in range(0, 10, 2):  # every pair of places holds one pick of each team
+        assert sorted(teams[i:i + 2]) == ["a", "b"]
+
+
+def test_team_draft_fills_from_the_other_ranking_and_stops_at_k():
+    items, teams = team_draft(["x"], ["x", "y", "z"], 5, Coins(True))
+    assert items == ["x", "y", "z"] and teams == ["a", "b", "b"]
+    items, teams = team_draft(list("abcdef"), list("fedcba"), 3, Coins(False, True))
+    assert items == ["f", "a", "b"] and teams == ["b", "a", "a"]
+    assert team_draft([], [], 3, Coins()) == ([], [])
+
+
+def test_team_draft_is_fair_to_both_teams_over_coins():
+    """Over many coins, each ranking's top item is shown first half of the time (the draft favours neither)."""
+    rng = random.Random(0)
+    firsts = [team_draft([1, 2, 3], [3, 2, 1], 3, rng)[1][0] for _ in range(4000)]
+    assert abs(firsts.count("a") / 4000 - 0.5) < 0.03
+
+
+def test_team_credit_counts_each_action_once_with_its_weight():
+    shown, teams = ["p1", "p2", "p3", "p4"], ["a", "b", "b", "a"]
+    actions = [("p1", "click"), ("p1", "click"), ("p2", "click"), ("p2", "add_to_cart"), ("p3", "purchase"),
+               ("p9", "click"), ("p4", "impression")]
+    c = team_credit(shown, teams, actions)
+    assert c == {"a": 1.0, "b": 1.0 + 2.0 + 4.0}
+    assert outcome(c) == 1
+    assert team_credit(shown, teams, actions, weights={"click": 1.0}) == {"a": 1.0, "b": 1.0}
+    assert outcome({"a": 2.0, "b": 1.0}) == -1 and outcome({"a": 1.0, "b": 1.0}) == 0
+    assert outcome({"a": 0.0, "b": 0.0}) is None  # no action: the search says nothing
+
+
+def test_preference_and_its_interval():
+    pref, ci, p = compare_outcomes([1] * 60 + [-1] * 20 + [0] * 20, n_resamples=2000)
+    assert pref == pytest.approx(0.4)  # (60 - 20) / 100
+    assert 0 < ci[0] < 0.4 < ci[1] and p < 0.01
+    pref, ci, _ = compare_outcomes([1, -1] * 50)
+    assert pref == 0 and ci[0] < 0 < ci[1]
+    assert compare_outcomes([]) == (None, None, None)
+
+
+def _slate(ids):
+    n = len(ids)
+    return ServedSlate(list(ids), np.arange(n, 0, -1, dtype=np.float32), np.zeros((n, 2), np.float32), np.ones((n, 1), bool),
+                       np.zeros(3, np.float32), [f"v-{i}" for i in ids], list(range(1, n + 1)))
+
+
+def test_report_credits_teams_from_the_store_and_training_leaves_interleaved_searches_out(store_url):
+    from fusionrank.feedback.store import open_store
+
+    st = open_store(store_url, b"k" * 32)
+    ids = ["p1", "p2", "p3", "p4"]
+    logs, events = [], []
+    # 30 searches where the candidate's product is clicked, 10 where the promoted one's is, 5 ties, 5 without clicks
+    for i in range(50):
+        sid = f"s{i}"
+        logs.append(SearchLog(sid, "red shoes", 1000.0 + i, "A", _slate(ids), session_id=f"sess{i % 40}",
+                              interleaved_with="B", teams=["a", "b", "a", "b"]))
+        clicked = ["p2"] if i < 30 else ["p1"] if i < 40 else ["p1", "p4"] if i < 45 else []
+        events += [Event("click", sid, p, position=ids.index(p) + 1, model_version="A") for p in clicked]
+        events.append(Event("impression", sid, "p1", position=1, model_version="A"))
+    logs.append(SearchLog("plain", "red shoes", 2000.0, "A", _slate(ids)))  # a normal search
+    events.append(Event("click", "plain", "p3", position=3, model_version="A"))
+    st.log_searches(logs)
+    st.record_events(events)
+
+    (r,) = interleaving_report(st, n_resamples=1000)
+    assert (r.control, r.candidate) == ("A", "B")
+    assert (r.searches, r.used, r.wins, r.losses, r.ties) == (50, 45, 30, 10, 5)
+    assert r.preference == pytest.approx(20 / 45) and r.ci[0] > 0
+    assert r.sessions == 40  # searches 40..44 share sessions 0..4 with searches 0..4
+    assert r.credit["b"]["click"] == 35 and r.credit["a"]["click"] == 10 + 5
+    (late,) = interleaving_report(st, since=1045.0)  # the last five searches: shown, never clicked
+    assert (late.searches, late.used, late.preference, late.ci) == (5, 0, None, None)
+    # click training sees the normal search only (interleaved lists mix two rankers)
+    log = st.click_log()
+    assert set(log["query_id"]) == {"plain"} and int(log["click"].sum()) == 1
+    assert len(st.click_log(interleaved=None)) == 51 * 4
+    # a UBI export says which searches were interleaved, and the teams
+    from fusionrank.feedback.ubi import query_document
+
+    docs = {q["query_id"]: query_document(q) for q in st.iter_queries()}
+    assert docs["s0"]["query_attributes"]["interleaved_with"] == "B" and docs["s0"]["query_attributes"]["teams"] == ["a", "b", "a", "b"]
+    assert "teams" not in docs["plain"]["query_attributes"]
+    st.close()
+
+
+def test_a_version_1_store_is_upgraded_in_place(store_url):
+    """A store written before interleaving existed gains the two columns; its searches stay and read as not interleaved."""
+    from fusionrank.feedback.store import SCHEMA_VERSION, open_store
+
+    st = open_store(store_url, b"k" * 32)
+    st.log_search(SearchLog("old", "blue jeans", 1000.0, "A", _slate(["p1", "p2"])))
+    with st._tx() as cur:  # make it exactly what version 1 wrote
+        for stmt in ("ALTER TABLE queries DROP COLUMN teams", "ALTER TABLE queries DROP COLUMN interleaved_with",
+                     "UPDATE meta SET value = '1' WHERE key = 'schema_version'"):
+            st._x(cur, stmt)
+    st.close()
+    st = open_store(store_url, b"k" * 32)
+    assert len(st.click_log()) == 2 and st.interleaving_log() == []
+    st.log_search(SearchLog("new", "blue jeans", 1001.0, "A", _slate(["p1", "p2"]), interleaved_with="B", teams=["b", "a"]))
+    assert [s["query_id"] for s in st.interleaving_log()] == ["new"]
+    with st._tx(write=False) as cur:
+        assert st._x(cur, "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    st.close()
+    open_store(store_url, b"k" * 32).close()  # opening an upgraded store again changes nothing

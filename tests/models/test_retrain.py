@@ -1,0 +1,106 @@
+"""`fusionrank retrain` and `fusionrank models ...` on the tiny model: a candidate from logged clicks, measured beside its parent."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from fusionrank.cli import app
+
+
+def ok(result):
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr, result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def shop(tiny_model, tiny_fashion, tmp_path_factory):
+    """A service over the tiny model; 600 simulated PBM sessions, then (after ``t_mid``) 1,500 more. Returns (store path, t_mid)."""
+    from fusionrank.feedback.clickmodels import PositionBased, PowerLawExamination
+    from fusionrank.feedback.simulate import Shoppers
+    from fusionrank.serving.build import open_service
+
+    data = tmp_path_factory.mktemp("shop") / "service-data"
+    svc = open_service(tiny_model[0], data_dir=data, log=lambda m: None)
+    clicks = PositionBased(PowerLawExamination(1.0))
+    Shoppers(tiny_fashion.queries["train"], tiny_fashion.qrels["train"], clicks, k=8, seed=0).run_cached(svc, 600, log=None)
+    time.sleep(0.01)
+    t_mid = time.time()
+    Shoppers(tiny_fashion.queries["train"], tiny_fashion.qrels["train"], clicks, k=8, seed=1).run_cached(svc, 1500, log=None)
+    svc.close()
+    return data / "events.sqlite", t_mid
+
+
+def test_retrain_registers_a_candidate_measured_beside_its_parent(shop, tiny_model, tmp_path):
+    from fusionrank.models import ModelRegistry
+
+    store, t_mid = shop
+    runner = CliRunner()
+    reg_dir = tmp_path / "reg"
+    ok(runner.invoke(app, ["models", "init", str(reg_dir), "--tolerance", "0.01"]))
+    ok(runner.invoke(app, ["models", "add", str(reg_dir), str(tiny_model[0]), "--note", "judged start"]))
+    r = ok(runner.invoke(app, ["retrain", "--registry", str(reg_dir), "--store", str(store), "--since", str(t_mid),
+                               "--epochs", "2", "--judgments-weight", "0.5"]))
+    assert "registered v2" in " ".join(r.stderr.split())
+
+    reg = ModelRegistry.open(reg_dir)
+    idx = reg.read()
+    v1, v2 = idx.find("v1"), idx.find("v2")
+    assert (v1.state, v2.state, v2.parent) == ("promoted", "candidate", "v1")
+    assert v1.training_data["judgments"]["queries"] == tiny_model[1]["train_queries"] and v1.note == "judged start"
+    ev = v2.training_data["events"]
+    assert ev["searches"] == 1500 and ev["since"] == pytest.approx(t_mid) and ev["first_search"] >= t_mid  # only the later ones
+    assert ev["labels"] == "ips" and ev["propensity"] == "em" and v2.training_data["judgments"]["weight"] == 0.5
+    assert v2.config["events"]["since"] == pytest.approx(t_mid) and v2.config["loss"]["name"] == "ips_listwise"
+    assert v2.config["scorer"] == v1.config["scorer"] and v2.config["fusion"] == v1.config["fusion"]  # on top of v1's config
+    off = v2.offline
+    assert off["split"] == "dev" and off["queries"] == 8 and off["baseline"] == "v1"
+    assert off["baseline_model_version"] == v1.model_version
+    assert off["baseline_metrics"]["ndcg@10"] == pytest.approx(tiny_model[1]["dev/title"]["ndcg@10"], abs=1e-9)
+    assert 0 < off["metrics"]["ndcg@10"] <= 1
+    assert reg.model_path(v2) == reg_dir / "versions" / "v2" and not (reg.model_path(v2) / "index").exists()
+
+    # the CLI shows it; a promotion without interleaving evidence is refused and recorded
+    ok(runner.invoke(app, ["models", "list", str(reg_dir)]))
+    listing = json.loads(ok(runner.invoke(app, ["models", "list", str(reg_dir), "--json"])).stdout)
+    assert [(v["id"], v["state"]) for v in listing] == [("v1", "promoted"), ("v2", "candidate")]
+    assert listing[1]["training_data"] == v2.training_data and "config" not in listing[1]
+    shown = json.loads(ok(runner.invoke(app, ["models", "show", str(reg_dir), "v2"])).stdout)
+    assert shown["offline"] == off and [d["action"] for d in shown["decisions"]] == ["register"]
+    r = runner.invoke(app, ["models", "promote", str(reg_dir), "v2", "--store", str(store)])
+    assert r.exit_code == 1 and "no credited interleaved searches" in " ".join(r.stderr.split())
+    assert reg.read().decisions[-1].action == "refuse" and reg.read().promoted().id == "v1"
+    r = ok(runner.invoke(app, ["interleave", "report", "--store", str(store), "--json"]))
+    assert json.loads(r.stdout) == []
+    r = runner.invoke(app, ["models", "show", str(reg_dir), "v7"])
+    assert r.exit_code == 2 and "versions: v1, v2" in " ".join(r.stderr.split())
+
+
+def test_retrain_without_searches_in_range_says_so(shop, tiny_model, tmp_path):
+    from fusionrank.errors import FusionrankError
+    from fusionrank.models import ModelRegistry
+    from fusionrank.models.retrain import retrain
+
+    reg = ModelRegistry.create(tmp_path / "reg")
+    reg.register(tiny_model[0])
+    with pytest.raises(FusionrankError, match="no logged searches to train from since"):
+        retrain(reg, str(shop[0]), since=time.time() + 60, log=lambda m: None)
+    assert [p.name for p in (tmp_path / "reg" / "versions").iterdir()] == []  # the allocated directory is removed again
+
+
+def test_retrain_names_what_is_valid(shop, tiny_model, tmp_path):
+    from fusionrank.errors import FusionrankError
+    from fusionrank.models import ModelRegistry, RegistryError
+    from fusionrank.models.retrain import retrain
+
+    reg = ModelRegistry.create(tmp_path / "reg")
+    with pytest.raises(RegistryError, match="no promoted version to retrain from; register one with `fusionrank models add"):
+        retrain(reg, str(shop[0]), log=lambda m: None)
+    reg.register(tiny_model[0])
+    with pytest.raises(FusionrankError, match="click labeler 'ipx'; valid names: affine, dr, ips, naive"):
+        retrain(reg, str(shop[0]), labels="ipx", log=lambda m: None)
+    with pytest.raises(FusionrankError, match="unknown loss 'listwize'; valid names: .*ips_listwise"):
+        retrain(reg, str(shop[0]), loss="listwize", log=lambda m: None)
+    assert list((tmp_path / "reg" / "versions").iterdir()) == []
