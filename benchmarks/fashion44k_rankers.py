@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from fusionrank import schema as S  # noqa: E402
-from fusionrank.experiment import ExperimentConfig, _split_frames, ideal_for, training_data  # noqa: E402
+from fusionrank.experiment import ExperimentConfig, split_frame, ideal_for, training_data  # noqa: E402
 from fusionrank.workspace import Workspace, resolve_source  # noqa: E402
 from fusionrank.ingest import split_queries  # noqa: E402
 from fusionrank.metrics import compare, evaluate  # noqa: E402
@@ -81,11 +81,11 @@ def main() -> None:
     ws = Workspace(src, cfg.data.adapter, cfg.data.limit, adapter_args=cfg.data.adapter_args)
     cat = ws.catalog()
     ws.encode(cat.products, cfg.encode_settings(), progress=False)
-    train_q = _split_frames(cat, "train")
+    train_q = split_frame(cat, "train")
     sp = split_queries(train_q, {"train": 0.9, "valid": 0.1}, seed=cfg.seed)
     tq = train_q[sp == "train"].sample(n=min(args.train_queries, int((sp == "train").sum())), random_state=cfg.seed)
     vq = train_q[sp == "valid"]
-    dev = _split_frames(cat, "dev")
+    dev = split_frame(cat, "dev")
     dev_qrels = cat.qrels[cat.qrels[S.QUERY_ID].isin(set(dev[S.QUERY_ID]))]
     variants = ["title", "title_sparse"]
     t0 = time.perf_counter()
