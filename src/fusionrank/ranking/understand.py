@@ -77,7 +77,7 @@ def _key(text: str) -> str:
 
 
 def singular_forms(word: str) -> list[str]:
-    """``word`` and the singulars English plural rules allow ("dresses" -> dresse, dress)."""
+    """``word`` and the singulars English plural rules allow ("dresses" -> dress, dresse)."""
     out = [word]
     if len(word) > 3 and word.endswith("ies"):
         out.append(word[:-3] + "y")
@@ -336,7 +336,7 @@ class QueryUnderstanding(Stage):
         return Mapping(word, self.targets[i], "encoder", round(float(s[i]), 4), False)
 
     def understand(self, text: str) -> Understood:
-        key = text.strip().lower()
+        key = text.strip()
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None:
@@ -356,7 +356,7 @@ class QueryUnderstanding(Stage):
         i = 0
         while i < len(words):
             w = words[i]
-            toks = tokenize(w)
+            toks = [t for t in tokenize(w) if len(t) > 1] or tokenize(w)  # "men's" -> men (the possessive s says nothing)
             if all(t in self.known for t in toks):
                 out.append(w)
                 i += 1
