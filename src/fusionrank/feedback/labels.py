@@ -15,7 +15,8 @@ and n impressions of the pair at ranks ``k_1..k_n`` with signals ``c_1..c_n``:
 - ``affine``  ``sum_i (c_i - beta_{k_i}) / alpha_{k_i} / n``   (Vardasbi et al. 2020; = ips without click noise)
 - ``dr``      ``r_hat + sum_i (c_i - beta_{k_i} - alpha_{k_i} r_hat) / sum_i alpha_{k_i}``, and ``r_hat`` for
   candidates never shown (Oosterhuis 2023, aggregated form; ``r_hat`` is a direct-method estimate,
-  e.g. from :func:`fit_direct_method`).
+  e.g. from :func:`fit_direct_method`, best given the logging policy's scores: candidates never shown
+  have no clicks to correct their ``r_hat``, and a policy that shows its top k left them out for a reason).
 
 The corrected labels are unbiased per impression but can be large or negative; train on them
 with a loss that is linear in the labels (``ips_listwise``, ``ips_pairwise``).
