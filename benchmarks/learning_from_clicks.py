@@ -1,6 +1,7 @@
 """Learning from simulated shoppers on fashion44k: clicks -> labels -> the same fusion ranker, against full information.
 
     .venv/bin/python benchmarks/learning_from_clicks.py [--sessions 10000,100000,1000000] [--click-models pbm,trust_bias]
+        [--arms bm25/*,full/*] [--merge]
 
 One run, in this order (everything under ``--out``, default ``$FUSIONRANK_HOME/bench-clicks``):
 
@@ -22,10 +23,14 @@ One run, in this order (everything under ``--out``, default ``$FUSIONRANK_HOME/b
    with randomised swaps (50% of traffic) and without.
 5. **Learning from N sessions** (N = the first N sessions of the 10^6): labels ``naive``, ``ips``
    (or ``affine`` under trust bias) and ``dr`` from the event store's click log, put on the training
-   slates, the same ranker and trainer; dev NDCG@10 on both title fields (full catalogue, ideal DCG from
+   slates, the same ranker and trainer (``dr``'s direct method: a ridge regression on the scalar features
+   and the logging policy's score of every candidate, relative to the query's best); dev NDCG@10 on both title fields (full catalogue, ideal DCG from
    all judged products), and the click log-likelihood of each model on 20,000 held-out sessions
    (P(click) = alpha_k sigmoid(a s + b) + beta_k, a and b fitted on the training clicks).
 6. The same with the strong logger at the largest N: every labeling, against naive.
+
+``--arms`` picks the logger/labeling pairs to train; ``--merge`` keeps the rows of the results file
+that the run does not repeat, each row marked with the run that computed it.
 
 Writes ``benchmarks/results/learning_from_clicks.md`` (+ ``.json``).
 """
@@ -194,13 +199,15 @@ def click_loglik(bench: Bench, r, train_log: pd.DataFrame, test_log: pd.DataFram
     return float(-nll(p, *frame(test_log)))
 
 
-def labels_for(bench: Bench, method: str, sub: pd.DataFrame, bias):
+def labels_for(bench: Bench, method: str, sub: pd.DataFrame, bias, logging_scores=None):
+    """Training slates labelled by ``method``; ``dr`` regresses r_hat on the features and ``logging_scores`` (the logger's)."""
     from fusionrank.feedback.labels import attach_click_labels, click_labels, fit_direct_method
 
     if method == "dr":
-        dm = fit_direct_method(bench.train, click_labels(sub, "affine", bias), bench.ids)
-        lab = click_labels(sub, "dr", bias, r_hat=dm.frame(bench.train, bench.ids))
-        return attach_click_labels(bench.train, lab, bench.ids, fill=dm.predict(bench.train))
+        s = logging_scores
+        dm = fit_direct_method(bench.train, click_labels(sub, "affine", bias), bench.ids, logging_scores=s)
+        lab = click_labels(sub, "dr", bias, r_hat=dm.frame(bench.train, bench.ids, s))
+        return attach_click_labels(bench.train, lab, bench.ids, fill=dm.predict(bench.train, s))
     lab = click_labels(sub, method, bias)
     return attach_click_labels(bench.train, lab, bench.ids)
 
@@ -217,6 +224,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--results", default="learning_from_clicks")
+    ap.add_argument("--arms", default="bm25/*,full/*",
+                    help="logger/labels pairs to train, * for every labeling of the click model (e.g. full/*,bm25/dr)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the results file that this run does not repeat (marked with their run)")
     a = ap.parse_args()
 
     from fusionrank.feedback.clickmodels import CLICK_MODELS, GridPositionBased, PositionBased, PowerLawExamination
@@ -227,7 +238,10 @@ def main() -> None:
     t_all = time.perf_counter()
     prepare(a.out, log=log)
     bench = Bench(a.out, a.epochs, a.batch)
-    res: dict = {"sessions": Ns, "epochs": a.epochs, "batch": a.batch, "runs": [], "propensities": {}, "simulations": {}}
+    run_id = time.strftime("%Y-%m-%d %H:%M")
+    earlier = json.loads((RESULTS / f"{a.results}.json").read_text()) if a.merge else None
+    res: dict = {"sessions": Ns, "epochs": a.epochs, "batch": a.batch, "runs": [], "propensities": {}, "simulations": {},
+                 "run": run_id, "command": " ".join(sys.argv[1:])}
     log(f"prepared: {len(bench.train)} training queries x {bench.train.rows.shape[1]} candidates")
 
     # full information = the strong logger ------------------------------------------------------
@@ -303,44 +317,80 @@ def main() -> None:
                 bias, bias_name = truth, "true alpha/beta (no estimator)"
             methods = ["naive", "ips", "affine", "dr"]
         ips_bias = est["harvest (2 loggers, no randomisation)"]
-        for lg_name in ("bm25", "full"):
+        arms = [tuple(x.split("/")) for x in a.arms.split(",")]
+        for lg_name in [lg for lg in ("bm25", "full") if any(al == lg for al, _ in arms)]:
+            logger_scores = load_ranker(loggers[lg_name] / "ranker").predict(bench.train, bench.tables["title"])
             for n in (Ns if lg_name == "bm25" else [max(Ns)]):
                 sub = first_sessions(logs[lg_name], n, 5)
-                for m in methods:
+                for m in [m for m in methods if (lg_name, "*") in arms or (lg_name, m) in arms]:
                     b = ips_bias if m == "ips" else (bias if m != "naive" else None)
                     t0 = time.perf_counter()
-                    sl = labels_for(bench, m, sub, b)
+                    sl = labels_for(bench, m, sub, b, logger_scores)
                     r, secs = bench.fit(sl)
                     nd = bench.ndcg(r)
                     ll = click_loglik(bench, r, sub, logs[lg_name + "-heldout"], bias)
-                    row = {"click_model": cm_name, "logger": lg_name, "sessions": n, "method": m,
+                    row = {"run": run_id, "click_model": cm_name, "logger": lg_name, "sessions": n, "method": m,
                            "propensity": "-" if m == "naive" else ("harvest" if m == "ips" else bias_name),
                            "ndcg@10": nd, "click_loglik": ll, "train_seconds": round(secs, 1),
                            "queries_with_labels": int(((sl.y != 0) & (sl.rows >= 0)).any(1).sum())}
                     res["runs"].append(row)
                     log(f"{cm_name} {lg_name} N={n:,} {m}: ndcg {nd} ll {ll:.5f} ({time.perf_counter() - t0:.0f} s)")
-                    (RESULTS / f"{a.results}.json").write_text(json.dumps(res, indent=1))
+                    (RESULTS / f"{a.results}.json").write_text(json.dumps(res if earlier is None else merged(earlier, res), indent=1))
     res["seconds_total"] = round(time.perf_counter() - t_all)
     res["load_before"], res["load_after"] = load_before, machine_load()
+    if earlier is not None:
+        res = merged(earlier, res)
     (RESULTS / f"{a.results}.json").write_text(json.dumps(res, indent=1))
     write_md(res, RESULTS / f"{a.results}.md")
+
+
+def merged(earlier: dict, res: dict) -> dict:
+    """``res`` with the rows of ``earlier`` it does not repeat (same click model, logger, sessions and labels) kept.
+
+    Earlier rows without a ``run`` get the earlier file's ``run`` (or "first run"); the earlier
+    runs' totals and machine load are kept under ``earlier_runs``.
+    """
+    key = lambda r: (r["click_model"], r["logger"], r["sessions"], r["method"])  # noqa: E731
+    new = {key(r) for r in res["runs"]}
+    first = earlier.get("run", "first run")
+    kept = [{"run": first, **r} for r in earlier["runs"] if key(r) not in new]
+    out = dict(res)
+    out["runs"] = sorted(kept + res["runs"], key=lambda r: (r["click_model"], r["logger"] != "bm25", r["sessions"],
+                                                           ["naive", "ips", "affine", "dr"].index(r["method"])
+                                                           if r["method"] in ("naive", "ips", "affine", "dr") else 9))
+    out["earlier_runs"] = earlier.get("earlier_runs", []) + [
+        {k: earlier.get(k) for k in ("run", "command", "seconds_total", "load_before", "load_after")} | {"run": first}]
+    for k in ("propensities", "simulations"):
+        out[k] = {**earlier.get(k, {}), **res[k]}
+    return out
 
 
 def write_md(res: dict, path: Path) -> None:
     full = res["full_information"]["ndcg@10"]
     L = ["# Learning from simulated shoppers (fashion44k)", "",
-         "`.venv/bin/python benchmarks/learning_from_clicks.py` — one run; dev NDCG@10 over the full catalogue (500 queries, "
+         "`.venv/bin/python benchmarks/learning_from_clicks.py`; dev NDCG@10 over the full catalogue (500 queries, "
          "gain 2^g-1, ideal DCG from all judged products). Every model is the same fusion ranker (gated fusion, MLP head, "
          f"`ips_listwise` loss, {res['epochs']} epochs, batch {res['batch']}) trained on the same 3,000 training queries' "
          "candidates; only the labels differ.", "",
          f"- full information (true relevance of every candidate): title {full['title']:.4f}, title_sparse {full['title_sparse']:.4f}",
          f"- weak logging policy (BM25 on titles): title {res['bm25_logger']['ndcg@10']['title']:.4f}, "
-         f"title_sparse {res['bm25_logger']['ndcg@10']['title_sparse']:.4f}", "",
-         "| click model | logger | sessions | labels | propensities | NDCG@10 title | % of full | NDCG@10 title_sparse | % of full | "
-         "held-out click log-lik. | train s |", "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+         f"title_sparse {res['bm25_logger']['ndcg@10']['title_sparse']:.4f}",
+         "- `dr`: the direct method is a ridge regression on the scalar features and the logging policy's score relative to "
+         "the query's best (`fit_direct_method(..., logging_scores=)`); `dr (no logging score)`: on the scalar features only.", ""]
+    runs = sorted({r.get("run", "") for r in res["runs"]})
+    if len(runs) > 1:
+        L += ["Rows come from more than one run (column `run`); only the rows of a run were computed by it:", ""]
+        for e in res.get("earlier_runs", []) + [{k: res.get(k) for k in ("run", "command", "seconds_total")}]:
+            L.append(f"- {e['run']}: `learning_from_clicks.py {e.get('command') or ''}` ({e.get('seconds_total', '?')} s)")
+        L.append("")
+    run_col = len(runs) > 1
+    L += [("| run " if run_col else "") + "| click model | logger | sessions | labels | propensities | NDCG@10 title | % of full | "
+          "NDCG@10 title_sparse | % of full | held-out click log-lik. | train s |",
+          ("|---" if run_col else "") + "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in res["runs"]:
         n = r["ndcg@10"]
-        L.append(f"| {r['click_model']} | {r['logger']} | {r['sessions']:,} | {r['method']} | {r['propensity']} | {n['title']:.4f} | "
+        L.append((f"| {r.get('run', '')} " if run_col else "") +
+                 f"| {r['click_model']} | {r['logger']} | {r['sessions']:,} | {r['method']} | {r['propensity']} | {n['title']:.4f} | "
                  f"{n['title'] / full['title']:.1%} | {n['title_sparse']:.4f} | {n['title_sparse'] / full['title_sparse']:.1%} | "
                  f"{r['click_loglik']:.5f} | {r['train_seconds']} |")
     L += ["", "## Propensities recovered (theta_k / theta_1, ranks 1-10, 10^5 sessions per logger; for trust bias also the "
@@ -362,7 +412,7 @@ def write_md(res: dict, path: Path) -> None:
     L += ["## Simulations", "", "| store | sessions | actions | distinct result lists | randomised | seconds |", "|---|---:|---|---:|---:|---:|"]
     for k, v in res["simulations"].items():
         L.append(f"| {k} | {v['sessions']:,} | {v['actions']} | {v['distinct_lists']} | {v['randomised']:,} | {v['seconds']} |")
-    L += ["", f"Total {res.get('seconds_total', '?')} s. Machine before: {res.get('load_before')}. After: {res.get('load_after')}."]
+    L += ["", f"Last run: total {res.get('seconds_total', '?')} s. Machine before: {res.get('load_before')}. After: {res.get('load_after')}."]
     path.write_text("\n".join(L) + "\n")
 
 

@@ -67,3 +67,27 @@ def test_missing_store_is_a_clear_error(tiny_fashion, tmp_path):
     cfg = ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(tmp_path / "none.sqlite")}))
     with pytest.raises(FusionrankError, match="no event store at"):
         train(cfg, tmp_path / "m", log=lambda m: None, progress=False, build_index=False)
+
+
+def test_dr_with_the_logging_model(click_store, tiny_model, tiny_fashion, tmp_path):
+    """``logging_model``: the served model's scores join the direct method; a model that served nothing is refused."""
+    import shutil
+
+    from fixtures_fashion import tiny_config_dict
+    from fusionrank.errors import FusionrankError
+    from fusionrank.experiment import ExperimentConfig, train
+    from fusionrank.modeldir import ModelDir
+
+    def config(model):
+        return ExperimentConfig.model_validate(tiny_config_dict(
+            tiny_fashion.root, loss={"name": "ips_listwise", "args": {}},
+            events={"store": str(click_store), "labels": "dr", "propensity": "em", "logging_model": str(model)}))
+
+    metrics = train(config(tiny_model[0]), tmp_path / "m", log=lambda m: None, progress=False, build_index=False)
+    assert metrics["clicks"]["logging_model"] == {"version": ModelDir.open(tiny_model[0]).version(), "share_of_searches": 1.0}
+    assert metrics["dev/title"]["ndcg@10"] > 0.2
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model[0], other)
+    (other / "ranker" / "note.txt").write_text("another version")
+    with pytest.raises(FusionrankError, match="served none of the logged searches"):
+        train(config(other), tmp_path / "m2", log=lambda m: None, progress=False, build_index=False)

@@ -8,7 +8,7 @@ import pytest
 from fusionrank.errors import FusionrankError, SchemaError, UnknownNameError
 from fusionrank.feedback.bias import PositionBias
 from fusionrank.feedback.labels import (LABEL_COLUMNS, LABELERS, LOG_COLUMNS, action_signal, attach_click_labels,
-                                        click_labels, fit_direct_method)
+                                        click_labels, fit_direct_method, relative_logging_scores)
 from fusionrank.ranking import Slates
 
 THETA = [1.0, 0.5, 0.25, 0.2]
@@ -189,6 +189,76 @@ def test_direct_method_fits_and_feeds_dr():
     frame = dm.frame(sl, IDS)
     assert list(frame.columns) == ["user_query", "product_id", "r_hat"] and len(frame) == 5
     assert frame.set_index(["user_query", "product_id"]).loc[("bags", "A"), "r_hat"] == pytest.approx(5, abs=1e-3)
+
+
+def test_relative_logging_scores_by_hand():
+    sl = _slates()
+    s = np.array([[3.0, 1.0, 2.5, np.nan], [-1.0, -4.0, 7.0, 9.0]])  # padding may hold anything
+    got = relative_logging_scores(sl, s)
+    assert got.tolist() == [[0.0, -2.0, -0.5, 0.0], [0.0, -3.0, 0.0, 0.0]]
+    assert relative_logging_scores(sl, s + 100.0).tolist() == got.tolist()  # a shift per query changes nothing
+    with pytest.raises(FusionrankError, match="shape"):
+        relative_logging_scores(sl, s[:, :3])
+    with pytest.raises(FusionrankError, match="not finite"):
+        relative_logging_scores(sl, np.where(sl.rows == 1, np.inf, s))
+
+
+def test_direct_method_with_logging_scores_needs_them_at_predict():
+    sl = _slates()
+    labels = pd.DataFrame({"user_query": ["shoes", "shoes", "bags"], "product_id": ["A", "B", "D"],
+                           "label": [2.0, 1.0, 2.0], "impressions": [1, 1, 1], "signal_sum": 0.0})
+    s = np.array([[2.0, 1.0, 0.0, 0.0], [5.0, 4.0, 0.0, 0.0]])
+    dm = fit_direct_method(sl, labels, IDS, columns=[1], ridge_alpha=1e-6, logging_scores=s)  # feature 1 is constant
+    # label = 2 + (s - best) on the labelled; never labelled: ("shoes", "C") two below its best, ("bags", "A") one below
+    assert dm.predict(sl, s)[sl.rows >= 0] == pytest.approx([2, 1, 0, 2, 1], abs=1e-3)
+    with pytest.raises(FusionrankError, match="pass logging_scores"):
+        dm.predict(sl)
+    with pytest.raises(FusionrankError, match="without logging scores"):
+        fit_direct_method(sl, labels, IDS).predict(sl, s)
+
+
+def test_dr_with_logging_scores_does_not_lift_what_a_strong_logger_left_out():
+    """A logger that knows the relevance shows its top 10 of 20; the direct method sees only an irrelevant feature.
+
+    Fitted on the shown (mostly relevant) candidates alone, it labels the 10 never shown about as
+    high as the shown; given the logger's scores it learns that relevance falls with them.
+    """
+    rng = np.random.default_rng(0)
+    sl, ids = _problem(300, rng, "s")
+    logger = 1.5 * sl.x[..., 0] + sl.x[..., 1] + 0.3 * rng.normal(size=sl.rows.shape)
+    top = np.argsort(-logger, axis=1)[:, :TOP]
+    shown = np.zeros(sl.rows.shape, bool)
+    np.put_along_axis(shown, top, True, 1)
+    theta = 1.0 / np.arange(1, TOP + 1)
+    b = np.repeat(np.arange(len(sl)), TOP)
+    log = pd.DataFrame({"user_query": np.asarray(sl.queries, dtype=object)[b], "product_id": ids[sl.rows[b, top.ravel()]],
+                        "rank": np.tile(np.arange(1, TOP + 1), len(sl))})
+    log["click"] = theta[log["rank"] - 1] * np.take_along_axis(sl.y, top, 1).ravel() / 3.0  # expected clicks: no noise
+    log["add_to_cart"] = log["purchase"] = 0
+    bias, w = PositionBias(theta), {"click": 1.0}
+    affine = click_labels(log, "affine", bias, weights=w)
+
+    def dr_labels(scores):
+        dm = fit_direct_method(sl, affine, ids, columns=[2], logging_scores=scores)
+        lab = click_labels(log, "dr", bias, r_hat=dm.frame(sl, ids, scores), weights=w)
+        return attach_click_labels(sl, lab, ids, fill=dm.predict(sl, scores)).y
+
+    plain, with_scores = dr_labels(None), dr_labels(logger)
+    true = sl.y / 3.0
+    assert with_scores[shown] == pytest.approx(true[shown], abs=1e-6)  # exact clicks: dr recovers the shown exactly
+    assert plain[~shown].mean() > 0.8 * true[shown].mean() > 2 * true[~shown].mean()
+    assert with_scores[~shown].mean() < plain[~shown].mean() / 2
+    naive = attach_click_labels(sl, click_labels(log, "naive", weights=w), ids).y
+    ndcg = {k: _true_ndcg_of_scores(v, sl) for k, v in {"plain": plain, "with_scores": with_scores, "naive": naive}.items()}
+    # as rankings of the candidates: near the logger's own (naive) and far above the regression on features alone
+    assert ndcg["with_scores"] > ndcg["naive"] - 0.01 and ndcg["with_scores"] > ndcg["plain"] + 0.05, ndcg
+
+
+def _true_ndcg_of_scores(scores, sl):
+    from fusionrank.metrics import ndcg_at_k_padded
+
+    tie = 1e-9 * np.random.default_rng(1).random(scores.shape)  # naive labels tie at 0 among the unshown
+    return float(ndcg_at_k_padded(scores + tie, sl.y, 10, mask=sl.rows >= 0).mean())
 
 
 # --- end to end: a simulated position-biased click log -------------------------------------------

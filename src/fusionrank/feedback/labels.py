@@ -15,7 +15,8 @@ and n impressions of the pair at ranks ``k_1..k_n`` with signals ``c_1..c_n``:
 - ``affine``  ``sum_i (c_i - beta_{k_i}) / alpha_{k_i} / n``   (Vardasbi et al. 2020; = ips without click noise)
 - ``dr``      ``r_hat + sum_i (c_i - beta_{k_i} - alpha_{k_i} r_hat) / sum_i alpha_{k_i}``, and ``r_hat`` for
   candidates never shown (Oosterhuis 2023, aggregated form; ``r_hat`` is a direct-method estimate,
-  e.g. from :func:`fit_direct_method`).
+  e.g. from :func:`fit_direct_method`, best given the logging policy's scores: candidates never shown
+  have no clicks to correct their ``r_hat``, and a policy that shows its top k left them out for a reason).
 
 The corrected labels are unbiased per impression but can be large or negative; train on them
 with a loss that is linear in the labels (``ips_listwise``, ``ips_pairwise``).
@@ -29,10 +30,11 @@ Typical use::
     train = attach_click_labels(train, labels, catalog.ids)
     NeuralRanker(loss={"name": "ips_listwise", "args": {}}).fit(train, groups, tables)
 
-    # doubly robust: regress r_hat on the slates' features from the affine labels first
-    dm = fit_direct_method(train, click_labels(log, "affine", bias), catalog.ids)
-    labels = click_labels(log, "dr", bias, r_hat=dm.frame(train, catalog.ids))
-    train = attach_click_labels(train, labels, catalog.ids, fill=dm.predict(train))
+    # doubly robust: regress r_hat on the slates' features (and the logging policy's scores) from affine labels first
+    s = served_ranker.predict(train, tables)
+    dm = fit_direct_method(train, click_labels(log, "affine", bias), catalog.ids, logging_scores=s)
+    labels = click_labels(log, "dr", bias, r_hat=dm.frame(train, catalog.ids, s))
+    train = attach_click_labels(train, labels, catalog.ids, fill=dm.predict(train, s))
 """
 from __future__ import annotations
 
@@ -299,41 +301,84 @@ def attach_click_labels(slates, labels: pd.DataFrame, ids, *, fill: float | np.n
 # --- direct method -------------------------------------------------------------------------------
 
 
+def relative_logging_scores(slates, logging_scores: np.ndarray) -> np.ndarray:
+    """``[B, N]`` logging-policy scores minus the best score of the same query (0 for the top candidate, 0 on padding).
+
+    A policy that shows its top k decides by how a candidate's score compares with the other
+    candidates of the query, and a listwise-trained scorer is only defined up to a shift per
+    query; the difference to the query's best score is comparable across queries.
+    """
+    s = np.asarray(logging_scores, np.float64)
+    if s.shape != slates.rows.shape:
+        raise FusionrankError(f"logging_scores must have the slates' shape {slates.rows.shape}; got {s.shape}")
+    real = slates.rows >= 0
+    if not np.isfinite(s[real]).all():
+        raise FusionrankError(f"{int((~np.isfinite(s[real])).sum())} logging scores of real candidates are not finite")
+    best = np.where(real, s, -np.inf).max(axis=1, keepdims=True)
+    return np.where(real, s - np.where(np.isfinite(best), best, 0.0), 0.0)
+
+
 @dataclasses.dataclass
 class DirectMethod:
     """A regression estimate of relevance from the scalar features of a candidate (``r_hat`` for ``dr``).
 
-    ``model`` is a fitted scikit-learn regressor over ``x[..., columns]``; predictions are
-    clipped to ``[lo, hi]`` (``None`` = unbounded).
+    ``model`` is a fitted scikit-learn regressor over ``x[..., columns]``, followed by the
+    relative logging score (:func:`relative_logging_scores`) when ``uses_logging_scores``;
+    predictions are clipped to ``[lo, hi]`` (``None`` = unbounded).
     """
 
     model: Any
     columns: list[int]
     lo: float | None = 0.0
     hi: float | None = None
+    uses_logging_scores: bool = False
 
-    def predict(self, slates) -> np.ndarray:
-        """``[B, N]`` estimates for every candidate (0 on padding)."""
+    def _features(self, slates, logging_scores) -> np.ndarray:
+        """``[B, N, F']`` regression inputs of every slot."""
+        x = slates.x[..., self.columns].astype(np.float64)
+        if not self.uses_logging_scores:
+            if logging_scores is not None:
+                raise FusionrankError("this direct method was fitted without logging scores; do not pass any")
+            return x
+        if logging_scores is None:
+            raise FusionrankError("this direct method was fitted with logging scores; pass logging_scores= for these slates")
+        return np.concatenate([x, relative_logging_scores(slates, logging_scores)[..., None]], axis=-1)
+
+    def predict(self, slates, logging_scores: np.ndarray | None = None) -> np.ndarray:
+        """``[B, N]`` estimates for every candidate (0 on padding); ``logging_scores [B, N]`` if fitted with them."""
         real = slates.rows >= 0
         out = np.zeros(slates.rows.shape, np.float64)
+        x = self._features(slates, logging_scores)
         if real.any():
-            out[real] = np.clip(self.model.predict(slates.x[real][:, self.columns]), self.lo, self.hi)
+            out[real] = np.clip(self.model.predict(x[real]), self.lo, self.hi)
         return out
 
-    def frame(self, slates, ids) -> pd.DataFrame:
+    def frame(self, slates, ids, logging_scores: np.ndarray | None = None) -> pd.DataFrame:
         """``user_query, product_id, r_hat`` for every candidate of ``slates`` (the ``r_hat`` argument of ``dr``)."""
         pairs = slate_pairs(slates, ids)
-        pairs["r_hat"] = self.predict(slates)[pairs["b"], pairs["n"]]
+        pairs["r_hat"] = self.predict(slates, logging_scores)[pairs["b"], pairs["n"]]
         return pairs[KEY + ["r_hat"]].drop_duplicates(KEY)
 
 
 def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] | None = None, ridge_alpha: float = 1.0,
-                      lo: float | None = 0.0, hi: float | None = None) -> DirectMethod:
+                      lo: float | None = 0.0, hi: float | None = None,
+                      logging_scores: np.ndarray | None = None) -> DirectMethod:
     """Fit ``r_hat`` by ridge regression of debiased labels (e.g. ``affine``) on candidates' scalar features.
 
     Only candidates with impressions are used, weighted by their number of impressions
     (a label averaged over more impressions has less variance). ``columns`` picks feature
     columns of ``slates.x`` (default all). Features are standardised first.
+
+    ``logging_scores [B, N]``: the logging policy's score of every candidate (e.g. the served
+    model's ``predict`` on ``slates``), added as one more feature relative to the query's best
+    (:func:`relative_logging_scores`). The fit sees only shown candidates, which a policy chose
+    by its score; its candidates never shown get their ``r_hat`` by extrapolation. Without the
+    score, a strong policy's choice (made from more than the scalar features) is invisible to
+    the regression, which then labels what it left out about as high as what it showed; with
+    the score the regression learns how relevance falls with it. For a policy whose score is
+    one of the features (e.g. BM25) it adds little. Conditioning the outcome model on the
+    variable that drives selection is the usual remedy for selection on observables
+    (Rosenbaum & Rubin 1983; here the logging score plays the propensity score's part).
     """
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
@@ -346,7 +391,8 @@ def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] |
     m = m[m["impressions"] > 0]
     if m.empty:
         raise FusionrankError("no logged candidate on the slates: cannot fit a direct-method estimate")
-    X = slates.x[m["b"].to_numpy(), m["n"].to_numpy()][:, cols]
-    model = make_pipeline(StandardScaler(), Ridge(alpha=ridge_alpha))
-    model.fit(X, m["label"].to_numpy(np.float64), ridge__sample_weight=m["impressions"].to_numpy(np.float64))
-    return DirectMethod(model, cols, lo, hi)
+    dm = DirectMethod(make_pipeline(StandardScaler(), Ridge(alpha=ridge_alpha)), cols, lo, hi,
+                      uses_logging_scores=logging_scores is not None)
+    X = dm._features(slates, logging_scores)[m["b"].to_numpy(), m["n"].to_numpy()]
+    dm.model.fit(X, m["label"].to_numpy(np.float64), ridge__sample_weight=m["impressions"].to_numpy(np.float64))
+    return dm

@@ -9,6 +9,7 @@
     action_weights = { click = 1.0, add_to_cart = 2.0, purchase = 4.0 }
     judgments_weight = 0.0    # > 0: the judged training queries join, their grades scaled by this
     since = 1767225600.0      # optional: searches from this unix time on (`fusionrank retrain --since` sets it)
+    logging_model = "runs/shop/model"   # dr: the model directory that served the searches (its scores join the regression)
 
 Interleaved searches (:mod:`fusionrank.feedback.interleave`) are left out: their lists mix two rankers.
 
@@ -20,7 +21,9 @@ Steps (:func:`click_training_slates`):
    the ranking path (:meth:`~fusionrank.ranking.RankingPipeline.slates`), exactly as at serving time;
 4. a skew check: the logged features of the products shown are compared with the recomputed ones
    (a mismatch means the catalogue or the candidate config changed since the searches were served);
-5. labels by the configured labeler, put on the slates (:func:`~fusionrank.feedback.labels.attach_click_labels`).
+5. labels by the configured labeler, put on the slates (:func:`~fusionrank.feedback.labels.attach_click_labels`);
+   for ``dr`` the direct method is fitted first, on the features and, given ``logging_model``, that
+   model's scores of every candidate (:func:`~fusionrank.feedback.labels.fit_direct_method`).
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ class EventsConfig(BaseModel):
     model_versions: list[str] | None = None
     judgments_weight: float = Field(0.0, ge=0)
     min_impressions: int = Field(1, ge=1)
+    logging_model: str | None = None
 
     @field_validator("labels")
     @classmethod
@@ -113,6 +117,27 @@ def skew_check(log: pd.DataFrame, store, slates, ids, sample: int = 200, seed: i
     return {"products_checked": checked, "not_in_candidates": missing, "max_abs_difference": worst}
 
 
+def logging_scores(model: str, cl: pd.DataFrame, slates, pipe, base: Path | None = None) -> tuple[np.ndarray, dict]:
+    """``(scores [B, N], info)``: the ranker of model directory ``model`` scoring every candidate of ``slates``.
+
+    ``info`` names the model's version and the share of the logged searches (``cl``) it served;
+    a direct method conditioned on the scores of a model that served none of them learns nothing
+    about the selection, so that is an error.
+    """
+    from ..modeldir import ModelDir
+
+    path = Path(model)
+    if base is not None and not path.is_absolute():
+        path = base / path
+    md = ModelDir.open(path)
+    version = md.version()
+    share = float((cl.drop_duplicates("query_id")["model_version"] == version).mean())
+    if share == 0:
+        served = ", ".join(sorted(cl["model_version"].astype(str).unique())[:5])
+        raise FusionrankError(f"logging_model {model}: version {version} served none of the logged searches (served by: {served})")
+    return md.load_ranker().predict(slates, pipe.catalog.tables()), {"version": version, "share_of_searches": share}
+
+
 def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None = None):
     """``(slates with click labels, info)`` for training from ``cfg.store`` over ``pipe`` (a ranking pipeline)."""
     from .labels import attach_click_labels, click_labels, fit_direct_method
@@ -153,10 +178,14 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
     if not known.all():  # shown then, not a candidate now (the catalogue or its index changed): no features to learn from
         log(f"  {int((~known).sum()):,} logged impressions are not among the ranking path's candidates now; left out")
         cl = cl[known]
+    logging_info = None
     if cfg.labels == "dr":
-        dm = fit_direct_method(slates, click_labels(cl, "affine", bias, **kw), ids)
-        labels = click_labels(cl, "dr", bias, r_hat=dm.frame(slates, ids), **kw)
-        out = attach_click_labels(slates, labels, ids, fill=dm.predict(slates))
+        scores, logging_info = (None, None) if cfg.logging_model is None else logging_scores(cfg.logging_model, cl, slates, pipe, base)
+        if logging_info is not None:
+            log(f"  logging model {logging_info['version']}: served {logging_info['share_of_searches']:.1%} of the searches")
+        dm = fit_direct_method(slates, click_labels(cl, "affine", bias, **kw), ids, logging_scores=scores)
+        labels = click_labels(cl, "dr", bias, r_hat=dm.frame(slates, ids, scores), **kw)
+        out = attach_click_labels(slates, labels, ids, fill=dm.predict(slates, scores))
     else:
         labels = click_labels(cl, cfg.labels, bias, **kw)
         if cfg.min_impressions > 1:
@@ -166,7 +195,7 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
             "impressions_left_out": int((~known).sum()), "since": since, "until": cfg.until,
             "first_search": float(cl["timestamp"].min()) if len(cl) else None,
             "last_search": float(cl["timestamp"].max()) if len(cl) else None,
-            "pairs": int(len(counts)), "labels": cfg.labels, "propensity": cfg.propensity,
+            "pairs": int(len(counts)), "labels": cfg.labels, "propensity": cfg.propensity, "logging_model": logging_info,
             "theta": None if bias is None else bias.relative().theta.tolist(), "skew": skew,
             "seconds": round(time.perf_counter() - t0, 1)}
     return out, info
