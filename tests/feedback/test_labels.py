@@ -338,3 +338,27 @@ def test_attach_matches_keys_as_strings():
     ids = np.array([10, 11, 12, 13], dtype=object)
     labels = pd.DataFrame({"user_query": [7, "bags"], "product_id": ["10", 13], "label": [0.5, 2.0]})
     assert attach_click_labels(sl, labels, ids).y.tolist() == [[0.5, 0.0, 0.0, -1.0], [2.0, 0.0, -1.0, -1.0]]
+
+
+def test_direct_method_regressors_by_name():
+    """Relevance that is a step in a feature: boosted trees find the step, a line cannot; unknown names list the valid ones."""
+    from fusionrank.errors import UnknownNameError
+    from fusionrank.feedback.labels import DM_REGRESSORS
+    rng = np.random.default_rng(0)
+    B, N = 200, 10
+    x = rng.uniform(-1, 1, size=(B, N, 2)).astype(np.float32)
+    rel = (np.abs(x[..., 0]) > 0.5).astype(float)  # relevant at both ends: not linear in the feature
+    rows = np.arange(B * N).reshape(B, N)
+    ids = np.array([f"p{i}" for i in range(B * N)])
+    sl = Slates([f"j{b}" for b in range(B)], [f"q{b}" for b in range(B)], rows, x, np.ones((B, N, 1), bool),
+                np.zeros((B, 1), np.float32), rel.astype(np.float32))
+    labels = pd.DataFrame({"user_query": np.repeat([f"q{b}" for b in range(B)], N), "product_id": ids,
+                           "label": rel.ravel(), "impressions": 1, "signal_sum": 0.0})
+    err = {}
+    for name in ("ridge", "lightgbm"):
+        pred = fit_direct_method(sl, labels, ids, regressor=name, seed=0).predict(sl)
+        err[name] = float(np.mean((pred - rel) ** 2))
+    assert err["lightgbm"] < 0.05 < err["ridge"]
+    assert set(DM_REGRESSORS.names()) >= {"ridge", "lightgbm"}
+    with pytest.raises(UnknownNameError, match="lightgbm"):
+        fit_direct_method(sl, labels, ids, regressor="forest")

@@ -360,14 +360,38 @@ class DirectMethod:
         return pairs[KEY + ["r_hat"]].drop_duplicates(KEY)
 
 
+# regressors for the direct method: name -> factory(seed) of a scikit-learn style estimator
+DM_REGRESSORS: Registry = Registry("direct-method regressor")
+
+
+@DM_REGRESSORS.register("ridge")
+def _ridge(ridge_alpha: float = 1.0, seed: int = 0):
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), Ridge(alpha=ridge_alpha)), "ridge__sample_weight"
+
+
+@DM_REGRESSORS.register("lightgbm")
+def _lightgbm(ridge_alpha: float = 1.0, seed: int = 0):
+    """Gradient-boosted trees (LightGBM, L2): relevance that is not linear in the features."""
+    from lightgbm import LGBMRegressor
+
+    return LGBMRegressor(n_estimators=300, learning_rate=0.05, num_leaves=31, min_child_samples=100,
+                         subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
+                         random_state=seed, n_jobs=-1, verbose=-1), "sample_weight"
+
+
 def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] | None = None, ridge_alpha: float = 1.0,
                       lo: float | None = 0.0, hi: float | None = None,
-                      logging_scores: np.ndarray | None = None) -> DirectMethod:
-    """Fit ``r_hat`` by ridge regression of debiased labels (e.g. ``affine``) on candidates' scalar features.
+                      logging_scores: np.ndarray | None = None, regressor: str = "ridge", seed: int = 0) -> DirectMethod:
+    """Fit ``r_hat`` by regressing debiased labels (e.g. ``affine``) on candidates' scalar features.
 
     Only candidates with impressions are used, weighted by their number of impressions
     (a label averaged over more impressions has less variance). ``columns`` picks feature
-    columns of ``slates.x`` (default all). Features are standardised first.
+    columns of ``slates.x`` (default all). ``regressor`` names one of :data:`DM_REGRESSORS`:
+    ``ridge`` (features standardised first; ``ridge_alpha``) or ``lightgbm`` (boosted trees).
 
     ``logging_scores [B, N]``: the logging policy's score of every candidate (e.g. the served
     model's ``predict`` on ``slates``), added as one more feature relative to the query's best
@@ -380,10 +404,7 @@ def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] |
     variable that drives selection is the usual remedy for selection on observables
     (Rosenbaum & Rubin 1983; here the logging score plays the propensity score's part).
     """
-    from sklearn.linear_model import Ridge
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+    model, weight_arg = DM_REGRESSORS.get(regressor)(ridge_alpha=ridge_alpha, seed=seed)
     cols = list(range(slates.x.shape[-1])) if columns is None else list(columns)
     pairs = slate_pairs(slates, ids)
     lab = _keyed(labels, ["label", "impressions"])
@@ -391,8 +412,7 @@ def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] |
     m = m[m["impressions"] > 0]
     if m.empty:
         raise FusionrankError("no logged candidate on the slates: cannot fit a direct-method estimate")
-    dm = DirectMethod(make_pipeline(StandardScaler(), Ridge(alpha=ridge_alpha)), cols, lo, hi,
-                      uses_logging_scores=logging_scores is not None)
+    dm = DirectMethod(model, cols, lo, hi, uses_logging_scores=logging_scores is not None)
     X = dm._features(slates, logging_scores)[m["b"].to_numpy(), m["n"].to_numpy()]
-    dm.model.fit(X, m["label"].to_numpy(np.float64), ridge__sample_weight=m["impressions"].to_numpy(np.float64))
+    dm.model.fit(X, m["label"].to_numpy(np.float64), **{weight_arg: m["impressions"].to_numpy(np.float64)})
     return dm
