@@ -324,3 +324,36 @@ def test_manifest_records_each_feature(tiny_catalog, tmp_path, make_jpeg):
     s = encode_catalog(products, store, EncodeSettings(**FAST), modalities=["image"], progress=False)
     assert s["failures"] == 0 and not (store / "failures.jsonl").exists()
     assert read_manifest(store)["features"]["image.efficientnet_lite0"]["failed"] == []
+
+
+def test_cross_fitted_projection_in_the_store_and_for_a_new_product(tiny_fashion, tmp_path):
+    """Each stored photo vector comes from the projection of its title's fold; a product sent later gets the same."""
+    from fusionrank import schema as S
+    from fusionrank.encoders import Encoder, fold_of
+    from fusionrank.serving.products import ProductEncoder
+    from fusionrank.workspace import Workspace
+
+    cat = Workspace(tiny_fashion.root, "fashion44k").catalog(log=lambda m: None)
+    products = cat.products.head(160).reset_index(drop=True)
+    settings = EncodeSettings(image={"name": "efficientnet_lite0", "args": {"resolution": 32}}, transcriber=None,
+                              audio_features=None, projection={"name": "image_projection", "args": {"epochs": 1, "folds": 2}})
+    encode_catalog(products, tmp_path / "store", settings, modalities=TEXT_IMAGE, progress=False)
+    store = EmbeddingStore(tmp_path / "store")
+    proj = Encoder.load(store.root / "models" / "image_projection.title")
+    assert proj.folds == 2 and [h["fold"] for h in proj.history_] == [0, 1]
+    ids = products[S.PRODUCT_ID].tolist()
+    X, xm = store.matrix("image.efficientnet_lite0", ids)
+    V, vm = store.matrix("image_proj.title", ids)
+    assert xm.sum() > 100 and np.array_equal(vm, xm)  # every photo projected, nothing else
+    folds = [fold_of(t, 2) for t in products[S.TITLE]]
+    assert set(folds) == {0, 1}
+    np.testing.assert_allclose(V[xm], proj.encode([(f, x) for f, x, m in zip(folds, X, xm) if m]), atol=1e-6)
+    # encoding again reuses every row (the fold is part of the content key)
+    again = encode_catalog(products, store.root, settings, modalities=TEXT_IMAGE, progress=False)
+    assert _counts(again)["image_proj.title"][1] == 0
+    # PUT of a product: the same vector as the catalogue's row with that title and photo
+    i = int(np.flatnonzero(xm)[3])
+    row = products.iloc[i]
+    pe = ProductEncoder(S.TITLE, settings, store.root, media_dirs=[str(tiny_fashion.root)])
+    _, _, vectors, _ = pe.encode({S.PRODUCT_ID: "new-1", S.TITLE: row[S.TITLE], S.IMAGE: row[S.IMAGE]})
+    np.testing.assert_allclose(vectors["image_proj"], V[i], atol=1e-5)

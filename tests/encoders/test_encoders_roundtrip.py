@@ -103,6 +103,39 @@ def test_image_projection_roundtrip(tmp_path):
         ImageTextProjection(in_dim=16, out_dim=8).fit(X[:, :10], T)
 
 
+def test_cross_fitted_projection_never_projects_a_photo_with_a_model_that_saw_its_title(tmp_path):
+    """Each fold's model is trained without the fold's pairs: changing a fold's titles leaves its own model unchanged."""
+    from fusionrank.encoders import fold_of
+
+    rng = np.random.default_rng(0)
+    titles = [f"title {i % 30}" for i in range(90)]  # duplicates of a title share a fold
+    folds = np.array([fold_of(t, 3) for t in titles])
+    assert fold_of("Title  3", 3) == fold_of("title 3", 3) and set(folds.tolist()) == {0, 1, 2}
+    X = rng.normal(size=(90, 16)).astype(np.float32)
+    T = rng.normal(size=(90, 8)).astype(np.float32)
+    kw = dict(in_dim=16, out_dim=8, hidden=12, epochs=2, batch_size=16, lr=1e-2, folds=3)
+    enc = ImageTextProjection(**kw).fit(X, T, folds_of=folds)
+    assert [h["fold"] for h in enc.history_] == [0, 1, 2]
+    assert all(h["held_out"] == int((folds == h["fold"]).sum()) and h["trained_on"] == 90 - h["held_out"] for h in enc.history_)
+    items = [(int(f), x) for f, x in zip(folds[:6], X[:6])]
+    v = _roundtrip(enc, tmp_path, items, _allclose)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    # other titles for fold 0's pairs: fold 0's model is the same, the other folds' models change
+    T2 = T.copy()
+    T2[folds == 0] = rng.normal(size=(int((folds == 0).sum()), 8))
+    enc2 = ImageTextProjection(**kw).fit(X, T2, folds_of=folds)
+    x0 = [(0, X[0])]
+    np.testing.assert_allclose(enc2.encode(x0), enc.encode(x0), atol=1e-6)
+    assert not np.allclose(enc2.encode([(1, X[0])]), enc.encode([(1, X[0])]))
+    assert enc.signature() != enc2.signature()
+    with pytest.raises(FusionrankError, match="fold, features"):
+        enc.encode(X[:2])
+    with pytest.raises(FusionrankError, match="needs folds_of"):
+        ImageTextProjection(**kw).fit(X, T)
+    with pytest.raises(FusionrankError, match="at least 1"):
+        ImageTextProjection(folds=0)
+
+
 def test_whisper_roundtrip_on_real_speech(tmp_path, real_clips):
     enc = WhisperTranscriber()
     items = [str(p) for p in real_clips]

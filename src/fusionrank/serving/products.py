@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import schema as S
 from ..encode import EncodeSettings
-from ..encoders import Encoder, build_encoder
+from ..encoders import Encoder, build_encoder, fold_of
 from ..errors import FusionrankError, RowError
 from ..ingest.validate import validate_product
 from ..modalities import MODALITIES, modality
@@ -97,7 +97,8 @@ class ProductEncoder:
                     x = self._encoder("image").encode([path])
                 except Exception as e:
                     raise ProductInputError(f"{S.IMAGE}: cannot decode the photo ({type(e).__name__})") from None
-                vectors[image] = proj.encode(x)[0]
+                # a cross-fitted projection: the model of the title's fold, as for the catalogue's products
+                vectors[image] = proj.encode([(fold_of(indexed, proj.folds), x[0])] if proj.cross_fitted else x)[0]
         if p[S.AUDIO]:
             path = p[S.AUDIO] = self._local_file(p[S.AUDIO], S.AUDIO)
             tr = self._encoder("transcriber")
