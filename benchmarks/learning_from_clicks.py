@@ -156,12 +156,24 @@ class Bench:
         done.write_text(json.dumps(info))
         return info
 
-    @staticmethod
-    def click_log(store_path: Path) -> pd.DataFrame:
+    def click_log(self, store_path: Path) -> pd.DataFrame:
+        """The store's click log, impressions of products that are not among their query's training candidates left out.
+
+        The service ranks candidates from the serving index; the training slates were built with the
+        same settings, but a product at the edge of the candidate list (rank ~200, float ties) can
+        differ, and it has no features to learn from (``fusionrank train`` leaves them out the same way).
+        """
+        from fusionrank.feedback.labels import slate_pairs
         from fusionrank.feedback.store import open_store
 
         with open_store(store_path, b"benchmark-hash-key-0123456789", None) as st:
-            return st.click_log()
+            cl = st.click_log()
+        if not hasattr(self, "_cand"):
+            self._cand = slate_pairs(self.train, self.ids)[["user_query", "product_id"]].drop_duplicates()
+        known = cl[["user_query", "product_id"]].astype(str).merge(self._cand, how="left", indicator=True)["_merge"].eq("both").to_numpy()
+        if not known.all():
+            log(f"  {store_path.name}: {int((~known).sum()):,} of {len(cl):,} impressions are not training candidates; left out")
+        return cl[known]
 
 
 def first_sessions(cl: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
@@ -199,13 +211,13 @@ def click_loglik(bench: Bench, r, train_log: pd.DataFrame, test_log: pd.DataFram
     return float(-nll(p, *frame(test_log)))
 
 
-def labels_for(bench: Bench, method: str, sub: pd.DataFrame, bias, logging_scores=None):
+def labels_for(bench: Bench, method: str, sub: pd.DataFrame, bias, logging_scores=None, regressor: str = "lightgbm"):
     """Training slates labelled by ``method``; ``dr`` regresses r_hat on the features and ``logging_scores`` (the logger's)."""
     from fusionrank.feedback.labels import attach_click_labels, click_labels, fit_direct_method
 
     if method == "dr":
         s = logging_scores
-        dm = fit_direct_method(bench.train, click_labels(sub, "affine", bias), bench.ids, logging_scores=s)
+        dm = fit_direct_method(bench.train, click_labels(sub, "affine", bias), bench.ids, logging_scores=s, regressor=regressor)
         lab = click_labels(sub, "dr", bias, r_hat=dm.frame(bench.train, bench.ids, s))
         return attach_click_labels(bench.train, lab, bench.ids, fill=dm.predict(bench.train, s))
     lab = click_labels(sub, method, bias)
@@ -226,6 +238,7 @@ def main() -> None:
     ap.add_argument("--results", default="learning_from_clicks")
     ap.add_argument("--arms", default="bm25/*,full/*",
                     help="logger/labels pairs to train, * for every labeling of the click model (e.g. full/*,bm25/dr)")
+    ap.add_argument("--dm-regressor", default="lightgbm", help="dr's direct method (fusionrank.feedback.labels.DM_REGRESSORS)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the results file that this run does not repeat (marked with their run)")
     a = ap.parse_args()
@@ -240,7 +253,8 @@ def main() -> None:
     bench = Bench(a.out, a.epochs, a.batch)
     run_id = time.strftime("%Y-%m-%d %H:%M")
     earlier = json.loads((RESULTS / f"{a.results}.json").read_text()) if a.merge else None
-    res: dict = {"sessions": Ns, "epochs": a.epochs, "batch": a.batch, "runs": [], "propensities": {}, "simulations": {},
+    res: dict = {"sessions": Ns, "epochs": a.epochs, "batch": a.batch, "dm_regressor": a.dm_regressor, "runs": [],
+                 "propensities": {}, "simulations": {},
                  "run": run_id, "command": " ".join(sys.argv[1:])}
     log(f"prepared: {len(bench.train)} training queries x {bench.train.rows.shape[1]} candidates")
 
@@ -325,7 +339,7 @@ def main() -> None:
                 for m in [m for m in methods if (lg_name, "*") in arms or (lg_name, m) in arms]:
                     b = ips_bias if m == "ips" else (bias if m != "naive" else None)
                     t0 = time.perf_counter()
-                    sl = labels_for(bench, m, sub, b, logger_scores)
+                    sl = labels_for(bench, m, sub, b, logger_scores, a.dm_regressor)
                     r, secs = bench.fit(sl)
                     nd = bench.ndcg(r)
                     ll = click_loglik(bench, r, sub, logs[lg_name + "-heldout"], bias)
@@ -375,8 +389,9 @@ def write_md(res: dict, path: Path) -> None:
          f"- full information (true relevance of every candidate): title {full['title']:.4f}, title_sparse {full['title_sparse']:.4f}",
          f"- weak logging policy (BM25 on titles): title {res['bm25_logger']['ndcg@10']['title']:.4f}, "
          f"title_sparse {res['bm25_logger']['ndcg@10']['title_sparse']:.4f}",
-         "- `dr`: the direct method is a ridge regression on the scalar features and the logging policy's score relative to "
-         "the query's best (`fit_direct_method(..., logging_scores=)`); `dr (no logging score)`: on the scalar features only.", ""]
+         f"- `dr`: the direct method is a regression ({res.get('dm_regressor', 'ridge')}) of the affine labels on the scalar "
+         "features and the logging policy's score relative to the query's best "
+         f"(`fit_direct_method(..., logging_scores=, regressor=\"{res.get('dm_regressor', 'ridge')}\")`).", ""]
     runs = sorted({r.get("run", "") for r in res["runs"]})
     if len(runs) > 1:
         L += ["Rows come from more than one run (column `run`); only the rows of a run were computed by it:", ""]

@@ -365,7 +365,7 @@ DM_REGRESSORS: Registry = Registry("direct-method regressor")
 
 
 @DM_REGRESSORS.register("ridge")
-def _ridge(ridge_alpha: float = 1.0, seed: int = 0):
+def _ridge(ridge_alpha: float = 1.0, seed: int = 0, linear_only: int = 0):
     from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -373,14 +373,51 @@ def _ridge(ridge_alpha: float = 1.0, seed: int = 0):
     return make_pipeline(StandardScaler(), Ridge(alpha=ridge_alpha)), "ridge__sample_weight"
 
 
-@DM_REGRESSORS.register("lightgbm")
-def _lightgbm(ridge_alpha: float = 1.0, seed: int = 0):
-    """Gradient-boosted trees (LightGBM, L2): relevance that is not linear in the features."""
+def _trees(seed: int):
     from lightgbm import LGBMRegressor
 
     return LGBMRegressor(n_estimators=300, learning_rate=0.05, num_leaves=31, min_child_samples=100,
                          subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
-                         random_state=seed, n_jobs=-1, verbose=-1), "sample_weight"
+                         random_state=seed, n_jobs=-1, verbose=-1)
+
+
+@DM_REGRESSORS.register("lightgbm")
+def _lightgbm(ridge_alpha: float = 1.0, seed: int = 0, linear_only: int = 0):
+    """Gradient-boosted trees (LightGBM, L2): relevance that is not linear in the features.
+
+    Trees are flat outside the range they were fitted on: a candidate a strong logger never
+    showed, with a logging score far below every shown one, gets the estimate of the lowest shown.
+    """
+    return _trees(seed), "sample_weight"
+
+
+class PartiallyLinear:
+    """``ridge(all columns) + trees(residual; all but the last linear_only columns)``.
+
+    The logging score enters linearly only, so the estimate keeps falling with it below the shown
+    candidates (a ridge's extrapolation), while the trees add what is not linear in the features.
+    """
+
+    def __init__(self, ridge_alpha: float, seed: int, linear_only: int):
+        self.linear, _ = _ridge(ridge_alpha)
+        self.trees, self.linear_only = _trees(seed), int(linear_only)
+
+    def _tree_x(self, X):
+        return X[:, :X.shape[1] - self.linear_only] if self.linear_only else X
+
+    def fit(self, X, y, sample_weight=None):
+        self.linear.fit(X, y, ridge__sample_weight=sample_weight)
+        self.trees.fit(self._tree_x(X), y - self.linear.predict(X), sample_weight=sample_weight)
+        return self
+
+    def predict(self, X):
+        return self.linear.predict(X) + self.trees.predict(self._tree_x(X))
+
+
+@DM_REGRESSORS.register("partially_linear")
+def _partially_linear(ridge_alpha: float = 1.0, seed: int = 0, linear_only: int = 0):
+    """A ridge on every input plus boosted trees on the residual, the logging score left out of the trees."""
+    return PartiallyLinear(ridge_alpha, seed, linear_only), "sample_weight"
 
 
 def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] | None = None, ridge_alpha: float = 1.0,
@@ -391,7 +428,9 @@ def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] |
     Only candidates with impressions are used, weighted by their number of impressions
     (a label averaged over more impressions has less variance). ``columns`` picks feature
     columns of ``slates.x`` (default all). ``regressor`` names one of :data:`DM_REGRESSORS`:
-    ``ridge`` (features standardised first; ``ridge_alpha``) or ``lightgbm`` (boosted trees).
+    ``ridge`` (features standardised first; ``ridge_alpha``), ``lightgbm`` (boosted trees) or
+    ``partially_linear`` (a ridge on everything plus trees on its residual, with the logging
+    score left out of the trees, so that it extrapolates like the ridge below the shown candidates).
 
     ``logging_scores [B, N]``: the logging policy's score of every candidate (e.g. the served
     model's ``predict`` on ``slates``), added as one more feature relative to the query's best
@@ -404,7 +443,8 @@ def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] |
     variable that drives selection is the usual remedy for selection on observables
     (Rosenbaum & Rubin 1983; here the logging score plays the propensity score's part).
     """
-    model, weight_arg = DM_REGRESSORS.get(regressor)(ridge_alpha=ridge_alpha, seed=seed)
+    model, weight_arg = DM_REGRESSORS.get(regressor)(ridge_alpha=ridge_alpha, seed=seed,
+                                                     linear_only=int(logging_scores is not None))
     cols = list(range(slates.x.shape[-1])) if columns is None else list(columns)
     pairs = slate_pairs(slates, ids)
     lab = _keyed(labels, ["label", "impressions"])

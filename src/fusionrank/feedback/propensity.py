@@ -128,7 +128,7 @@ def _pair_counts(shown, ranks: int):
 
 
 @ESTIMATORS.register("harvest")
-def intervention_harvesting(log, ranks: int = 10, max_iter: int = 2000) -> PositionBias:
+def intervention_harvesting(log, ranks: int = 10, max_iter: int = 2000, weighting: str = "impressions") -> PositionBias:
     """Relative propensities harvested from several logged rankers (Agarwal et al. 2019, "Estimating position bias without intrusive interventions", WSDM).
 
     When two or more model versions serve the same query (assigned independently of the shopper),
@@ -138,7 +138,11 @@ def intervention_harvesting(log, ranks: int = 10, max_iter: int = 2000) -> Posit
         c[k, k'] = sum over Omega_{k,k'} of CTR(query, product, at rank k),   N[k, k'] = |Omega_{k,k'}|,
 
     so that ``E c[k, k'] = theta_k * rho_{k,k'} * N[k, k']`` with ``rho_{k,k'} = rho_{k',k}`` the mean
-    relevance of ``Omega_{k,k'}``. The AllPairs extremum estimator maximises the binomial likelihood
+    relevance of ``Omega_{k,k'}``. With ``weighting="impressions"`` (the default) ``c`` and ``N`` are the
+    clicks and impressions of ``Omega_{k,k'}`` at rank k instead: a pair counts by its traffic, so the
+    rarely searched pairs, whose click rates are mostly noise, weigh little. Their relevance mix is
+    still the same at both ranks when the model versions serve the same query stream (the
+    symmetric ``rho`` holds in expectation); ``weighting="pairs"`` counts every pair once. The AllPairs extremum estimator maximises the binomial likelihood
     ``sum_{k != k'} c log(theta_k rho_kk') + (N - c) log(1 - theta_k rho_kk')`` over ``theta`` and the
     symmetric ``rho`` (L-BFGS on logits, analytic gradient). Every (query, product) counts once per rank
     pair, whatever its traffic. All pairs are used, not only those with rank 1, so ranks the rankers
@@ -150,6 +154,8 @@ def intervention_harvesting(log, ranks: int = 10, max_iter: int = 2000) -> Posit
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    if weighting not in ("impressions", "pairs"):
+        raise FusionrankError(f"harvest: weighting must be 'impressions' or 'pairs'; got {weighting!r}")
     shown = _check(log, ("user_query", "product_id", "rank", "model_version", "click"), ranks, "harvest")
     versions = sorted(map(str, shown["model_version"].unique()))
     if len(versions) < 2:
@@ -165,8 +171,11 @@ def intervention_harvesting(log, ranks: int = 10, max_iter: int = 2000) -> Posit
     pairs = pairs[pairs["rank"] != pairs["rank_other"]]
     k1 = pairs["rank"].to_numpy(np.int64) - 1
     k2 = pairs["rank_other"].to_numpy(np.int64) - 1
-    c = np.bincount(k1 * ranks + k2, weights=pairs["ctr"].to_numpy(np.float64), minlength=ranks * ranks).reshape(ranks, ranks)
-    N = np.bincount(k1 * ranks + k2, minlength=ranks * ranks).reshape(ranks, ranks).astype(np.float64)
+    by_traffic = weighting == "impressions"
+    c = np.bincount(k1 * ranks + k2, weights=pairs["sum" if by_traffic else "ctr"].to_numpy(np.float64),
+                    minlength=ranks * ranks).reshape(ranks, ranks)
+    N = np.bincount(k1 * ranks + k2, weights=pairs["count"].to_numpy(np.float64) if by_traffic else None,
+                    minlength=ranks * ranks).reshape(ranks, ranks).astype(np.float64)
 
     adj = coo_matrix((np.ones(len(k1)), (k1, k2)), shape=(ranks, ranks))
     _, label = connected_components(adj, directed=False)

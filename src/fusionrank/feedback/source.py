@@ -10,6 +10,7 @@
     judgments_weight = 0.0    # > 0: the judged training queries join, their grades scaled by this
     since = 1767225600.0      # optional: searches from this unix time on (`fusionrank retrain --since` sets it)
     logging_model = "runs/shop/model"   # dr: the model directory that served the searches (its scores join the regression)
+    dm_regressor = "ridge"    # dr's direct method: ridge | lightgbm
 
 Interleaved searches (:mod:`fusionrank.feedback.interleave`) are left out: their lists mix two rankers.
 
@@ -57,6 +58,15 @@ class EventsConfig(BaseModel):
     judgments_weight: float = Field(0.0, ge=0)
     min_impressions: int = Field(1, ge=1)
     logging_model: str | None = None
+    dm_regressor: str = "ridge"   # dr's direct method: a name in fusionrank.feedback.labels.DM_REGRESSORS
+
+    @field_validator("dm_regressor")
+    @classmethod
+    def _known_regressor(cls, v: str) -> str:
+        from .labels import DM_REGRESSORS
+
+        DM_REGRESSORS.get(v)  # UnknownNameError lists the valid names
+        return v
 
     @field_validator("labels")
     @classmethod
@@ -183,7 +193,7 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
         scores, logging_info = (None, None) if cfg.logging_model is None else logging_scores(cfg.logging_model, cl, slates, pipe, base)
         if logging_info is not None:
             log(f"  logging model {logging_info['version']}: served {logging_info['share_of_searches']:.1%} of the searches")
-        dm = fit_direct_method(slates, click_labels(cl, "affine", bias, **kw), ids, logging_scores=scores)
+        dm = fit_direct_method(slates, click_labels(cl, "affine", bias, **kw), ids, logging_scores=scores, regressor=cfg.dm_regressor)
         labels = click_labels(cl, "dr", bias, r_hat=dm.frame(slates, ids, scores), **kw)
         out = attach_click_labels(slates, labels, ids, fill=dm.predict(slates, scores))
     else:
