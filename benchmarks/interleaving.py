@@ -1,6 +1,6 @@
 """Interleaving sensitivity against an A/B test, and the closed loop, on fashion44k with simulated shoppers (issue 11).
 
-    nice -n 10 .venv/bin/python benchmarks/interleaving.py [--pairs 24] [--il-cap 51200] [--ab-cap 1638400]
+    nice -n 10 .venv/bin/python benchmarks/interleaving.py [--pairs 24] [--il-cap 51200] [--ab-cap 3276800]
         [--loop-rounds 3] [--loop-sessions 4000] [--parts versions,sensitivity,loop]
 
 Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-interleave``); the prepared data of
@@ -14,20 +14,20 @@ Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-inte
 2. **Pairs.** ``--pairs`` pairs whose dev NDCG@10 (title) differs by 0.005 to 0.05, spread over that band.
 3. **Interleaving.** For each pair, simulated shoppers (:class:`~fusionrank.feedback.simulate.Shoppers`,
    Zipf(1) popularity over the 500 dev queries, which no version trained on; PBM clicks, theta_k = 1/k,
-   eps- 0.1, eps+ 1) search a :class:`~fusionrank.serving.service.SearchService` that serves the worse-named
-   version (team a) and interleaves the other (team b) on every search. As in ``Shoppers.run_cached``, each
-   distinct query is searched once through the service's ranking path and each version's ranking of its
-   candidates is kept (the service's own :class:`~fusionrank.ranking.explain.Scorer` on the same slates);
-   every session then gets its own :func:`~fusionrank.feedback.interleave.team_draft` (its own coin), its
+   eps- 0.1, eps+ 1) search a :class:`~fusionrank.serving.service.SearchService` that serves one version of
+   the pair (team a, a coin per pair) and interleaves the other (team b) on every search. As
+   ``Shoppers.run_cached`` caches result lists, every dev query's candidates and features come once from the
+   service's ranking path (``RankingPipeline.slates``, as evaluation runs it) and each version's ranking of
+   them is kept (the service's own :class:`~fusionrank.ranking.explain.Scorer`); every session then gets its own :func:`~fusionrank.feedback.interleave.team_draft` (its own coin), its
    own search record with the teams and its events, written through the service's event store. The
    preference and its 95% bootstrap interval come from
-   :func:`~fusionrank.feedback.interleave.interleaving_report` on that store, checked after 100, 200,
-   400, ... sessions up to ``--il-cap``: the first check whose interval excludes 0 decides. Per run, some
+   :func:`~fusionrank.feedback.interleave.interleaving_report` on that store, checked after 200, 400,
+   800, ... sessions up to ``--il-cap``: the first check whose interval excludes 0 decides. Per run, some
    searches go through ``SearchService.search`` itself (interleaving share 1.0) and their lists are checked
    against the cached rankings' draft.
 4. **A/B test.** The same pairs, the same shoppers and lists; each version serves half the sessions alone.
    Click-through rate (share of sessions with a click), a two-sided two-proportion z-test at 5%, checked
-   after 100, 200, 400, ... sessions (both arms together) up to ``--ab-cap``. Also the clicks per session
+   after 200, 400, 800, ... sessions (both arms together) up to ``--ab-cap``. Also the clicks per session
    with Welch's t-test, a more sensitive A/B metric. The A/B sessions are drawn in memory (no event store:
    nothing in them is interleaved).
 5. **The loop.** :func:`fusionrank.models.loop.run_loop` (what ``fusionrank loop`` runs) from the
@@ -66,8 +66,8 @@ from learning_from_clicks import Bench, log, machine_load  # noqa: E402
 HASH_KEY = b"benchmark-hash-key-0123456789"
 #: (training queries, seed, epochs) of the model versions; 3,000 is every training query.
 VERSIONS = [(20, 0, 4), (30, 0, 4), (50, 0, 4), (50, 1, 4), (75, 0, 4), (100, 0, 4), (100, 1, 4), (150, 0, 4),
-            (200, 0, 4), (200, 1, 4), (300, 0, 4), (400, 0, 4), (400, 1, 4), (600, 0, 4), (800, 0, 4), (800, 1, 4),
-            (1200, 0, 4), (1600, 0, 4), (1600, 0, 2), (3000, 0, 4), (3000, 1, 4), (3000, 0, 2)]
+            (200, 0, 4), (200, 1, 4), (300, 0, 4), (400, 0, 4), (400, 1, 4), (600, 0, 4), (800, 0, 4), (1600, 0, 4),
+            (3000, 0, 4), (3000, 0, 2)]
 
 
 # -- model versions -----------------------------------------------------------------------------
@@ -196,34 +196,31 @@ class Traffic:
                                  events=open_store(store_path, HASH_KEY, None), feature_logging=False, seed=seed, log=None)
         self.shoppers = Shoppers(split_frame(bench.cat, "dev"), bench.qrels, click_model, k=10, zipf_s=1.0, seed=seed)
         self.click_model, self.k, self.seed = click_model, 10, seed
-        self.slates: dict[int, object] = {}
+        self.slates = None  # every query's candidates and features (Slates, one row per query)
         self.ranked: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # (version, query) -> (order, scores)
         self.top_grades: dict[str, np.ndarray] = {}  # version -> [queries, k] true grades of its top k
 
     def prepare(self) -> float:
-        """Search every query once and rank its candidates with every version; returns seconds."""
+        """Candidates and features of every query from the service's ranking path (in batches, as evaluation runs it),
+        ranked by every version with the service's :class:`Scorer`; returns seconds."""
         from fusionrank.ranking.explain import Scorer
 
         t0 = time.perf_counter()
         svc, sh = self.svc, self.shoppers
-        for qi in range(len(sh.queries)):
-            res = svc.pipeline.search(sh.queries.at[qi, "query"], self.k, None, False, ranker=svc.model.ranker,
-                                      understanding=svc.model.understanding)
-            self.slates[qi] = res.scored.slates
+        self.slates = svc.pipeline.slates(sh.queries["query_id"].tolist(), sh.queries["query"].tolist())
         for name, h in self.handles.items():
-            scorer = Scorer(h.ranker, svc.pipeline.catalog)
+            sc = Scorer(h.ranker, svc.pipeline.catalog).transform(self.slates)
             g = np.zeros((len(sh.queries), self.k))
-            for qi, sl in self.slates.items():
-                sc = scorer.transform(sl)
-                order = sc.order(0)
-                self.ranked[name, qi] = (order, np.asarray(sc.scores[0], np.float32))
+            for qi in range(len(sh.queries)):
+                order = sc.order(qi)
+                self.ranked[name, qi] = (order, np.asarray(sc.scores[qi], np.float32))
                 top = self.ids(qi, order[:self.k])
                 g[qi, :len(top)] = sh.grades_of(qi, top)
             self.top_grades[name] = g
         return time.perf_counter() - t0
 
     def ids(self, qi: int, positions) -> list[str]:
-        rows = self.slates[qi].rows[0, np.asarray(positions, np.int64)]
+        rows = self.slates.rows[qi, np.asarray(positions, np.int64)]
         return [str(self.svc.index.ids[r]) for r in rows]
 
     def interleave(self, a: str, b: str, start: int, stop: int, base: float, rng: np.random.Generator) -> None:
@@ -240,7 +237,8 @@ class Traffic:
             (oa, sa), (ob, _) = self.ranked[a, qi], self.ranked[b, qi]
             shown, teams = team_draft(oa.tolist(), ob.tolist(), self.k, random.Random(int(rng.integers(2**63))))
             # the service logs an interleaved list with the promoted model's scores (team a's)
-            slate, _ = served_slate(SimpleNamespace(scored=SimpleNamespace(slates=self.slates[qi], scores=sa[None]), order=shown),
+            one = SimpleNamespace(rows=self.slates.rows[qi:qi + 1])
+            slate, _ = served_slate(SimpleNamespace(scored=SimpleNamespace(slates=one, scores=sa[None]), order=shown),
                                     svc.index, svc.archive, None, features=False)
             acts = self.click_model.sample_actions(sh.grades_of(qi, slate.product_ids)[None, :], rng=rng)
             sid, ts = uuid.UUID(int=int(rng.integers(2**63))).hex, base + i
@@ -258,9 +256,12 @@ class Traffic:
     def live_check(self, a: str, b: str, n: int) -> dict:
         """``n`` searches through ``SearchService.search`` interleaving b with a (share 1.0): is each shown list the
         draft of the cached rankings in its logged team order?"""
+        from fusionrank.serving.service import load_handle
+
         svc, sh = self.svc, self.shoppers
-        svc.install_model(self.handles[a])
-        svc.set_interleaving([self.handles[b]], 1.0)
+        # fresh handles: install_model cannot take a handle it installed before (its Verbatim understanding has no bind)
+        svc.install_model(load_handle(self.handles[a].path))
+        svc.set_interleaving([load_handle(self.handles[b].path)], 1.0)
         since = time.time()
         rng = np.random.default_rng(self.seed + 99)
         qis = [int(q) for q in sh.draw(n, rng)]
@@ -292,7 +293,8 @@ def welch_p(s1: float, q1: float, n1: int, s2: float, q2: float, n2: int) -> flo
     return math.erfc(abs(m2 - m1) / se / math.sqrt(2))
 
 
-def checkpoints(cap: int, first: int = 100) -> list[int]:
+def checkpoints(cap: int, first: int = 200) -> list[int]:
+    """``first``, 2 ``first``, 4 ``first``, ... up to ``cap`` (200: the promotion policy's default minimum of searches)."""
     out = [first]
     while out[-1] * 2 <= cap:
         out.append(out[-1] * 2)
@@ -477,7 +479,7 @@ def main() -> None:
     ap.add_argument("--parts", default="versions,sensitivity,loop")
     ap.add_argument("--pairs", type=int, default=24)
     ap.add_argument("--il-cap", type=int, default=51_200, help="most interleaved sessions per pair")
-    ap.add_argument("--ab-cap", type=int, default=1_638_400, help="most A/B sessions per pair (both arms)")
+    ap.add_argument("--ab-cap", type=int, default=3_276_800, help="most A/B sessions per pair (both arms)")
     ap.add_argument("--live-searches", type=int, default=50)
     ap.add_argument("--loop-rounds", type=int, default=3)
     ap.add_argument("--loop-sessions", type=int, default=3000)
@@ -495,16 +497,15 @@ def main() -> None:
     parts = set(a.parts.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"run": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv[1:]), "load_before": machine_load(),
-                 "settings": {k: v for k, v in vars(a).items() if k not in ("prepared", "out")}}
+                 "out": str(a.out), "settings": {k: v for k, v in vars(a).items() if k not in ("prepared", "out")}}
     path = RESULTS / f"{a.results}.json"
     t_all = time.perf_counter()
     bench = VersionBench(a.prepared, a.out, a.epochs, a.batch)
-    t0 = time.perf_counter()
-    versions = train_versions(bench, a.out)
-    res["versions"] = versions
-    res["versions_seconds"] = round(time.perf_counter() - t0)
-    full = next(v for v in versions if v["queries"] == 3000 and v["seed"] == 0 and v["epochs"] == a.epochs)
-    res["full_information"] = {"version": full["name"], "ndcg@10": full["ndcg@10"]}
+    if "versions" in parts:
+        t0 = time.perf_counter()
+        train_versions(bench, a.out)
+        res["versions_seconds"] = round(time.perf_counter() - t0)
+    versions = sorted(json.loads((a.out / "versions.json").read_text()), key=lambda v: v["ndcg@10"]["title"])
     if "sensitivity" in parts:
         t0 = time.perf_counter()
         res["sensitivity"] = sensitivity(bench, a.out, versions, a)
@@ -524,6 +525,9 @@ def main() -> None:
 def save(res: dict, parts: set[str], path: Path) -> None:
     """Write ``res`` (+ .md), keeping the parts of the results file this run does not compute (each says its run)."""
     out = dict(res)
+    out["versions"] = sorted(json.loads((Path(res["out"]) / "versions.json").read_text()), key=lambda v: v["ndcg@10"]["title"])
+    full = [v for v in out["versions"] if v["queries"] == 3000 and v["seed"] == 0 and v["epochs"] == res["settings"]["epochs"]]
+    out["full_information"] = {"version": full[0]["name"], "ndcg@10": full[0]["ndcg@10"]} if full else None
     if path.exists():
         old = json.loads(path.read_text())
         for k in ("sensitivity", "loop"):
@@ -539,6 +543,8 @@ def save(res: dict, parts: set[str], path: Path) -> None:
 
 
 def write_md(res: dict, path: Path) -> None:
+    if res["full_information"] is None:
+        return  # written once the full-information version is trained
     full = res["full_information"]["ndcg@10"]
     L = ["# Interleaving against A/B, and the closed loop (fashion44k, simulated shoppers)", "",
          "Dev NDCG@10 over the full catalogue (500 queries, gain 2^g-1, ideal DCG "
@@ -561,15 +567,15 @@ def write_md(res: dict, path: Path) -> None:
               "popularity over the 500 dev queries (no version trained on them), PBM clicks (theta_k = 1/k, eps- 0.1, eps+ 1), "
               "carts and purchases as in `Shoppers`. Which version of a pair is promoted (team a) is a coin per pair.", "",
               f"- **Interleaving**: a `SearchService` serving team a and interleaving team b on every search (share 1.0); "
-              "each dev query searched once through the service's ranking path, both versions' rankings of its candidates "
-              "kept, a `team_draft` per session with its own coin, every session logged as its own interleaved search with "
+              "every dev query's candidates and features once from the service's ranking path (`RankingPipeline.slates`), "
+              "both versions' rankings of them kept (the service's `Scorer`), a `team_draft` per session with its own coin, every session logged as its own interleaved search with "
               "its events through the service's SQLite event store; preference and 95% bootstrap CI from "
-              f"`interleaving_report` over the first n sessions, n = 100, 200, 400, ... up to {il_cap:,}; the first n "
+              f"`interleaving_report` over the first n sessions, n = 200, 400, 800, ... up to {il_cap:,}; the first n "
               f"whose CI excludes 0 decides. Live check: {s['live_check']['searches']} searches through "
               f"`SearchService.search` itself; {s['live_check']['same_as_cached_draft']} of {s['live_check']['logged']} "
               "logged lists equal the draft of the cached rankings in their logged team order.",
               f"- **A/B**: the same shoppers and lists, each version serving half the sessions alone (drawn in memory); "
-              f"n = 100, 200, 400, ... (both arms) up to {ab_cap:,}; decided at the first n where a two-sided test has "
+              f"n = 200, 400, 800, ... (both arms) up to {ab_cap:,}; decided at the first n where a two-sided test has "
               "p < 0.05: CTR (share of sessions with a click, two-proportion z-test), or clicks per session (Welch).",
               "- Both procedures look at the data after every doubling, so their real error rates are somewhat above 5%. "
               "An undecided pair counts as needing the cap (a lower bound) in the medians.", "",
@@ -619,14 +625,20 @@ def write_md(res: dict, path: Path) -> None:
               f"least {lp['policy']['min_searches']} credited searches; undecided after {st['loop_max_interleave']:,} "
               f"sessions: retired). {lp['seconds']} s.", "",
               "| round | candidate | candidate dev NDCG@10 | outcome | serving after | its dev NDCG@10 title / title_sparse | "
-              "gap to full (title) | preference [CI] | sessions logged + interleaved | sessions so far |",
+              "minus full (title) | preference [CI] | sessions logged + interleaved | sessions so far |",
               "|---:|---|---:|---|---|---:|---:|---|---:|---:|"]
         for r in lp["rounds"]:
             pd_, cd = r["promoted_dev"], r["candidate_dev"]
             L.append(f"| {r['round']} | {r['candidate']} | {'-' if cd is None else format(cd['title'], '.4f')} | {r['outcome']} | "
-                     f"{r['promoted']} | {pd_['title']:.4f} / {pd_['title_sparse']:.4f} | {full['title'] - pd_['title']:+.4f} | "
+                     f"{r['promoted']} | {pd_['title']:.4f} / {pd_['title_sparse']:.4f} | {pd_['title'] - full['title']:+.4f} | "
                      + ("-" if r["preference"] is None else f"{r['preference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]")
                      + f" | {r['sessions_logged']:,} + {r['sessions_interleaving']:,} | {r['sessions_total']:,} |")
+        prev, worse = lp["start_dev"]["title"], []
+        for r in lp["rounds"]:
+            if r["outcome"] == "promoted" and r["promoted_dev"]["title"] < prev:
+                worse.append(f"round {r['round']} ({r['promoted_dev']['title'] - prev:+.4f})")
+            prev = r["promoted_dev"]["title"]
+        L += ["", "Promotions that lowered dev NDCG@10 (title): " + (", ".join(worse) if worse else "none") + "."]
         L += ["", "Decisions recorded in the registry:", ""]
         L += [f"- {d['version']} {d['action']}: {d['reason']}" for d in lp["decisions"]]
         L.append("")
