@@ -1,6 +1,6 @@
 """Interleaving sensitivity against an A/B test, and the closed loop, on fashion44k with simulated shoppers (issue 11).
 
-    nice -n 10 .venv/bin/python benchmarks/interleaving.py [--pairs 24] [--il-cap 51200] [--ab-cap 3276800]
+    nice -n 10 .venv/bin/python benchmarks/interleaving.py [--pairs 24] [--il-cap 25600] [--ab-cap 3276800]
         [--loop-rounds 3] [--loop-sessions 4000] [--parts versions,sensitivity,loop]
 
 Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-interleave``); the prepared data of
@@ -478,7 +478,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=home / "bench-interleave")
     ap.add_argument("--parts", default="versions,sensitivity,loop")
     ap.add_argument("--pairs", type=int, default=24)
-    ap.add_argument("--il-cap", type=int, default=51_200, help="most interleaved sessions per pair")
+    ap.add_argument("--il-cap", type=int, default=25_600, help="most interleaved sessions per pair")
     ap.add_argument("--ab-cap", type=int, default=3_276_800, help="most A/B sessions per pair (both arms)")
     ap.add_argument("--live-searches", type=int, default=50)
     ap.add_argument("--loop-rounds", type=int, default=3)
@@ -493,7 +493,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default="interleaving")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the results .json")
     a = ap.parse_args()
+    if a.render:
+        write_md(json.loads((RESULTS / f"{a.results}.json").read_text()), RESULTS / f"{a.results}.md")
+        return
     parts = set(a.parts.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"run": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv[1:]), "load_before": machine_load(),
