@@ -33,7 +33,8 @@ Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-inte
 5. **The loop.** :func:`fusionrank.models.loop.run_loop` (what ``fusionrank loop`` runs) from the
    20-query version: the service on HTTP follows a fresh registry; per round ``--loop-sessions`` sessions
    of shoppers (training queries, PBM), ``fusionrank retrain`` on that round's searches (``--loop-labels``,
-   ``--loop-propensity``), interleaving at the policy's share until the gate decides, promotion or
+   ``--loop-propensity``: by default the PBM propensities ``learning_from_clicks.py`` harvested, since EM on one
+   logger without randomisation finds no position bias here), interleaving at the policy's share until the gate decides, promotion or
    retirement. After each round the promoted version's dev NDCG@10 on both title fields (the slates' path,
    as for every version above) beside the full-information model's.
 
@@ -364,12 +365,19 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
             shutil.rmtree(d)
     shutil.copytree(start["dir"], start_dir)
     (start_dir / "index").symlink_to(bench.index_dir)  # the serving index; the loop's service only reads it
+    propensity = a.loop_propensity
+    if propensity == "part1":  # the PBM propensities learning_from_clicks.py harvested from 10^5 sessions per policy
+        from fusionrank.feedback.bias import PositionBias
+
+        est = json.loads((RESULTS / "learning_from_clicks.json").read_text())["propensities"]["pbm"]
+        propensity = str(out / "pbm-harvested.json")
+        PositionBias(np.array(est["harvest (2 loggers, no randomisation)"]), method="harvest (learning_from_clicks.py)").save(propensity)
     policy = PromotionPolicy(mode="manual", interleave_share=a.loop_share, min_searches=200,
                              max_searches=a.loop_max_interleave)
     t0 = time.perf_counter()
     reports = run_loop(start_dir, reg_dir, rounds=a.loop_rounds, sessions=a.loop_sessions, interleave_batch=a.loop_batch,
                        max_interleave_sessions=a.loop_max_interleave, click_model="pbm", labels=a.loop_labels,
-                       propensity=a.loop_propensity, loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed,
+                       propensity=propensity, loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed,
                        log=lambda m: log("loop " + m))
     secs = time.perf_counter() - t0
     reg = ModelRegistry.open(reg_dir)
@@ -487,7 +495,8 @@ def main() -> None:
     ap.add_argument("--loop-max-interleave", type=int, default=4000)
     ap.add_argument("--loop-share", type=float, default=1.0)
     ap.add_argument("--loop-labels", default="dr")
-    ap.add_argument("--loop-propensity", default="em")
+    ap.add_argument("--loop-propensity", default="part1",
+                    help="an estimator, a PositionBias .json, or part1: the PBM propensities learning_from_clicks.py harvested")
     ap.add_argument("--loop-start", default="q20-s0-e4")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
@@ -544,6 +553,10 @@ def save(res: dict, parts: set[str], path: Path) -> None:
                                   "load_after": res.get("load_after")}]
     path.write_text(json.dumps(out, indent=1, default=float))
     write_md(out, path.with_suffix(".md"))
+
+
+PROPENSITY_TEXT = {"part1": "the PBM theta_k that `learning_from_clicks.py` harvested across two logging policies "
+                             "(10^5 sessions each, no randomisation; within 9.1% of the truth)"}
 
 
 def write_md(res: dict, path: Path) -> None:
@@ -624,7 +637,7 @@ def write_md(res: dict, path: Path) -> None:
               f"{lp['start_dev']['title']:.4f} / {lp['start_dev']['title_sparse']:.4f}), a fresh registry, the service on HTTP "
               f"following it; per round {st['loop_sessions']:,} sessions of shoppers (training queries, Zipf(1), PBM) through "
               f"the HTTP API, `retrain` on that round's searches only (labels `{st['loop_labels']}`, propensities "
-              f"`{st['loop_propensity']}`, `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "
+              f"{PROPENSITY_TEXT.get(st['loop_propensity'], '`' + st['loop_propensity'] + '`')}, `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "
               f"{st['loop_batch']} sessions until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
               f"least {lp['policy']['min_searches']} credited searches; undecided after {st['loop_max_interleave']:,} "
               f"sessions: retired). {lp['seconds']} s.", "",
