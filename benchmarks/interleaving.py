@@ -62,7 +62,17 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 
-from learning_from_clicks import Bench, log, machine_load  # noqa: E402
+from learning_from_clicks import Bench, log  # noqa: E402
+
+
+def machine_load() -> str:
+    """Load average and the five busiest processes with their command lines (what else the 2 cores were doing)."""
+    import subprocess
+
+    la = os.getloadavg()
+    ps = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout.splitlines()[1:6]
+    return f"load average {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} on {os.cpu_count()} cores; busiest: " + \
+        "; ".join(f"`{p.split(None, 1)[1][:90]}` {p.split()[0]}%" for p in ps if len(p.split(None, 1)) == 2)
 
 HASH_KEY = b"benchmark-hash-key-0123456789"
 #: (training queries, seed, epochs) of the model versions; 3,000 is every training query.
@@ -574,6 +584,8 @@ def write_md(res: dict, path: Path) -> None:
         L.append(f"- {r['run']}, parts {', '.join(r['parts'])}: `nice -n 10 .venv/bin/python benchmarks/interleaving.py "
                  f"{r['command']}`, {r['seconds'] if r['seconds'] is not None else '?'} s wall. Machine before: "
                  f"{r['load_before']}. After: {r['load_after']}.")
+    for snap in res.get("ps_snapshots", []):
+        L.append(f"- During the runs, `ps` at {snap['time']}: {snap['text']}")
     L.append("")
     s = res.get("sensitivity")
     if s:
