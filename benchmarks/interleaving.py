@@ -312,8 +312,28 @@ def checkpoints(cap: int, first: int = 200) -> list[int]:
     return out
 
 
+def decisions(checks: list[dict], a: str, b: str) -> dict:
+    """Two readings of a test checked at growing session counts (each check's ``sign``: +1 confident for b, -1 for a, 0 not).
+
+    ``first``: the first confident check decides (stopping there). ``stable``: the test run to its cap decides by its
+    last check, and needed the sessions from which every later check was confident the same way."""
+    first = next((c for c in checks if c["sign"]), None)
+    last = checks[-1]["sign"]
+    n = None
+    if last:
+        n = checks[-1]["sessions"]
+        for c in reversed(checks):
+            if c["sign"] != last:
+                break
+            n = c["sessions"]
+    win = {1: b, -1: a}
+    return {"first": {"decided": first is not None, "sessions": first["sessions"] if first else None,
+                      "winner": win[first["sign"]] if first else None},
+            "stable": {"decided": bool(last), "sessions": n, "winner": win.get(last)}}
+
+
 def run_interleaving(tr: Traffic, a: str, b: str, base: float, cap: int, seed: int, alpha: float = 0.05) -> dict:
-    """Interleave until the preference's bootstrap interval excludes 0 at a checkpoint (or ``cap`` sessions)."""
+    """Interleave up to ``cap`` sessions, the report (preference, bootstrap CI) read at every checkpoint."""
     from fusionrank.feedback.interleave import interleaving_report
 
     rng = np.random.default_rng(seed)
@@ -323,20 +343,19 @@ def run_interleaving(tr: Traffic, a: str, b: str, base: float, cap: int, seed: i
         tr.interleave(a, b, done, n, base, rng)
         done = n
         rep = interleaving_report(tr.svc.events, since=base, until=base + n, confidence=1 - alpha, pairs=[(va, vb)])[0]
-        checks.append({"sessions": n, "used": rep.used, "preference": rep.preference, "ci": list(rep.ci)})
-        if rep.ci[0] > 0 or rep.ci[1] < 0:
-            return {"decided": True, "sessions": n, "winner": b if rep.ci[0] > 0 else a, "report": rep.as_dict(), "checks": checks}
-    return {"decided": False, "sessions": done, "winner": None, "report": rep.as_dict(), "checks": checks}
+        checks.append({"sessions": n, "used": rep.used, "preference": rep.preference, "ci": list(rep.ci),
+                       "sign": 1 if rep.ci[0] > 0 else -1 if rep.ci[1] < 0 else 0})
+    return {**decisions(checks, a, b), "report": rep.as_dict(), "checks": checks}
 
 
 def run_ab(tr: Traffic, a: str, b: str, cap: int, seed: int, alpha: float = 0.05) -> dict:
-    """A/B: half the sessions see a's list, half b's; the first checkpoint where a test is confident decides.
+    """A/B up to ``cap`` sessions: half see a's list, half b's; both tests read at every checkpoint.
 
     ``ctr``: share of sessions with a click (two-proportion z-test); ``clicks``: clicks per session (Welch)."""
     rng = np.random.default_rng(seed)
     sh = tr.shoppers
     stats = {v: np.zeros(4) for v in (a, b)}  # sessions, sessions with a click, clicks, clicks^2
-    out = {m: {"decided": False, "sessions": None, "winner": None} for m in ("ctr", "clicks")}
+    checks: dict[str, list] = {"ctr": [], "clicks": []}
     done = 0
     for n in checkpoints(cap):
         for v in (a, b):
@@ -349,12 +368,8 @@ def run_ab(tr: Traffic, a: str, b: str, cap: int, seed: int, alpha: float = 0.05
         tests = {"ctr": (two_proportion_p(int(xa), int(na), int(xb), int(nb)), xb / nb - xa / na),
                  "clicks": (welch_p(sa, qa, int(na), sb, qb, int(nb)), sb / nb - sa / na)}
         for k, (p, d) in tests.items():
-            if not out[k]["decided"]:
-                out[k].update(p=p, delta=d, sessions=n)
-                if p < alpha:
-                    out[k].update(decided=True, winner=b if d > 0 else a)
-        if all(o["decided"] for o in out.values()):
-            break
+            checks[k].append({"sessions": n, "p": p, "delta": d, "sign": int(np.sign(d)) if p < alpha else 0})
+    out = {k: {**decisions(v, a, b), "p": v[-1]["p"], "delta": v[-1]["delta"], "checks": v} for k, v in checks.items()}
     out["ctr_a"], out["ctr_b"] = stats[a][1] / stats[a][0], stats[b][1] / stats[b][0]
     out["clicks_a"], out["clicks_b"] = stats[a][2] / stats[a][0], stats[b][2] / stats[b][0]
     return out
@@ -448,11 +463,12 @@ def sensitivity(bench: VersionBench, out: Path, versions: list[dict], a) -> dict
                "offline_winner": offline_winner, "zipf_winner": B if zipf["b"] > zipf["a"] else A,
                "interleaving": il, "ab": ab, "seconds": {"interleaving": round(t1 - t0, 1), "ab": round(t2 - t1, 1)}}
         rows.append(row)
-        log(f"pair {i + 1}/{len(pairs)} {A} vs {B} (Δ {row['delta']:+.4f}): interleaving "
-            f"{'-> ' + str(il['winner']) if il['decided'] else 'undecided'} after {il['sessions']:,} sessions "
-            f"(pref {il['report']['preference']:+.3f}); A/B ctr {'-> ' + str(ab['ctr']['winner']) if ab['ctr']['decided'] else 'undecided'} "
-            f"after {ab['ctr']['sessions']:,}, clicks {'-> ' + str(ab['clicks']['winner']) if ab['clicks']['decided'] else 'undecided'} "
-            f"after {ab['clicks']['sessions']:,} ({t1 - t0:.0f} s + {t2 - t1:.0f} s)")
+        def said(d):
+            return f"{d['winner']} from {d['sessions']:,}" if d["decided"] else "undecided"
+
+        log(f"pair {i + 1}/{len(pairs)} {A} vs {B} (Δ {row['delta']:+.4f}): interleaving {said(il['stable'])} "
+            f"(first {said(il['first'])}; pref {il['report']['preference']:+.3f}); A/B ctr {said(ab['ctr']['stable'])} "
+            f"(first {said(ab['ctr']['first'])}), clicks {said(ab['clicks']['stable'])} ({t1 - t0:.0f} s + {t2 - t1:.0f} s)")
     live = tr.live_check(pairs[0][0]["name"], pairs[0][1]["name"], a.live_searches)
     log(f"live check: {live}")
     tr.close()
@@ -460,30 +476,26 @@ def sensitivity(bench: VersionBench, out: Path, versions: list[dict], a) -> dict
 
 
 def summarise(rows: list[dict], a) -> dict:
-    """Agreement and sessions needed; an undecided test counts as needing its cap (a lower bound)."""
-    def part(decided, winner, sessions, truth):
-        d = [r for r in rows if decided(r)]
-        return {"decided": len(d), "pairs": len(rows),
-                "agree": sum(winner(r) == r[truth] for r in d),
-                "agreement": sum(winner(r) == r[truth] for r in d) / len(rows) if rows else None,
-                "agreement_of_decided": sum(winner(r) == r[truth] for r in d) / len(d) if d else None,
-                "median_sessions": float(np.median([sessions(r) for r in rows])),
-                "median_sessions_decided": float(np.median([sessions(r) for r in d])) if d else None}
-
-    out = {}
-    for truth in ("offline_winner", "zipf_winner"):
-        out[truth] = {
-            "interleaving": part(lambda r: r["interleaving"]["decided"], lambda r: r["interleaving"]["winner"],
-                                 lambda r: r["interleaving"]["sessions"] if r["interleaving"]["decided"] else a.il_cap, truth),
-            **{f"ab_{m}": part(lambda r, m=m: r["ab"][m]["decided"], lambda r, m=m: r["ab"][m]["winner"],
-                               lambda r, m=m: r["ab"][m]["sessions"] if r["ab"][m]["decided"] else a.ab_cap, truth)
-               for m in ("ctr", "clicks")}}
-        il = out[truth]["interleaving"]["median_sessions"]
-        for m in ("ctr", "clicks"):
-            out[truth][f"ratio_{m}"] = out[truth][f"ab_{m}"]["median_sessions"] / il
-    paired = [r["ab"]["ctr"]["sessions"] / r["interleaving"]["sessions"] for r in rows
-              if r["interleaving"]["decided"] and r["ab"]["ctr"]["decided"]]
-    out["per_pair_ratio_ctr_median"] = float(np.median(paired)) if paired else None
+    """Agreement and sessions needed per test, rule (stable, first) and truth; an undecided test counts as its cap."""
+    tests = {"interleaving": (lambda r: r["interleaving"], a.il_cap), "ab_ctr": (lambda r: r["ab"]["ctr"], a.ab_cap),
+             "ab_clicks": (lambda r: r["ab"]["clicks"], a.ab_cap)}
+    out: dict = {}
+    for rule in ("stable", "first"):
+        for truth in ("offline_winner", "zipf_winner"):
+            o = out.setdefault(rule, {}).setdefault(truth, {})
+            for name, (get, cap) in tests.items():
+                d = [r for r in rows if get(r)[rule]["decided"]]
+                agree = sum(get(r)[rule]["winner"] == r[truth] for r in d)
+                o[name] = {"pairs": len(rows), "decided": len(d), "agree": agree, "agreement": agree / len(rows) if rows else None,
+                           "agreement_of_decided": agree / len(d) if d else None,
+                           "median_sessions": float(np.median([get(r)[rule]["sessions"] if get(r)[rule]["decided"] else cap
+                                                               for r in rows])),
+                           "median_sessions_decided": float(np.median([get(r)[rule]["sessions"] for r in d])) if d else None}
+            for m in ("ctr", "clicks"):
+                o[f"ratio_{m}"] = o[f"ab_{m}"]["median_sessions"] / o["interleaving"]["median_sessions"]
+        both = [r["ab"]["ctr"][rule]["sessions"] / r["interleaving"][rule]["sessions"] for r in rows
+                if r["interleaving"][rule]["decided"] and r["ab"]["ctr"][rule]["decided"]]
+        out[rule]["per_pair_ratio_ctr_median"] = float(np.median(both)) if both else None
     return out
 
 
@@ -597,50 +609,60 @@ def write_md(res: dict, path: Path) -> None:
               "carts and purchases as in `Shoppers`. Which version of a pair is promoted (team a) is a coin per pair.", "",
               f"- **Interleaving**: a `SearchService` serving team a and interleaving team b on every search (share 1.0); "
               "every dev query's candidates and features once from the service's ranking path (`RankingPipeline.slates`), "
-              "both versions' rankings of them kept (the service's `Scorer`), a `team_draft` per session with its own coin, every session logged as its own interleaved search with "
-              "its events through the service's SQLite event store; preference and 95% bootstrap CI from "
-              f"`interleaving_report` over the first n sessions, n = 200, 400, 800, ... up to {il_cap:,}; the first n "
-              f"whose CI excludes 0 decides. Live check: {s['live_check']['searches']} searches through "
-              f"`SearchService.search` itself; {s['live_check']['same_as_cached_draft']} of {s['live_check']['logged']} "
-              "logged lists equal the draft of the cached rankings in their logged team order.",
-              f"- **A/B**: the same shoppers and lists, each version serving half the sessions alone (drawn in memory); "
-              f"n = 200, 400, 800, ... (both arms) up to {ab_cap:,}; decided at the first n where a two-sided test has "
-              "p < 0.05: CTR (share of sessions with a click, two-proportion z-test), or clicks per session (Welch).",
-              "- Both procedures look at the data after every doubling, so their real error rates are somewhat above 5%. "
-              "An undecided pair counts as needing the cap (a lower bound) in the medians.", "",
-              "| | agrees with offline winner (of all pairs) | agreement among decided | decided | median sessions | "
-              "ratio to interleaving |", "|---|---:|---:|---:|---:|---:|"]
-        o = sm["offline_winner"]
-        for k, name in (("interleaving", "**team-draft interleaving**"), ("ab_ctr", "A/B, CTR (baseline)"),
-                        ("ab_clicks", "A/B, clicks per session")):
-            p = o[k]
-            ratio = "1" if k == "interleaving" else f"{o['ratio_' + k[3:]]:.1f}x"
-            L.append(f"| {name} | {p['agree']}/{p['pairs']} ({p['agreement']:.0%}) | "
-                     f"{'-' if p['agreement_of_decided'] is None else format(p['agreement_of_decided'], '.0%')} | "
-                     f"{p['decided']}/{p['pairs']} | {p['median_sessions']:,.0f} | {ratio} |")
-        z = sm["zipf_winner"]
-        L += ["", f"Against the winner on what the shoppers see (dev NDCG@10 weighted by the queries' popularity): "
-              f"interleaving {z['interleaving']['agree']}/{z['interleaving']['pairs']}, A/B CTR "
-              f"{z['ab_ctr']['agree']}/{z['ab_ctr']['pairs']}, A/B clicks {z['ab_clicks']['agree']}/{z['ab_clicks']['pairs']}. "
-              f"Median per-pair ratio of A/B CTR to interleaving sessions, over pairs both decided: "
-              f"{'-' if sm['per_pair_ratio_ctr_median'] is None else format(sm['per_pair_ratio_ctr_median'], '.1f') + 'x'}.", "",
-              "| pair (a vs b) | NDCG@10 a | b | Δ | popularity-weighted Δ | E[clicks] a | b | interleaving: winner | "
-              "sessions | preference [CI] | A/B CTR: winner | sessions | A/B clicks: winner | sessions |",
+              "both versions' rankings of them kept (the service's `Scorer`), a `team_draft` per session with its own coin, "
+              "every session logged as its own interleaved search with its events through the service's SQLite event store; "
+              f"preference and 95% bootstrap CI from `interleaving_report` over the first n sessions, n = 200, 400, 800, ... "
+              f"{il_cap:,}. Live check: {s['live_check']['searches']} searches through `SearchService.search` itself; "
+              f"{s['live_check']['same_as_cached_draft']} of {s['live_check']['logged']} logged lists equal the draft of the "
+              "cached rankings in their logged team order.",
+              f"- **A/B**: the same shoppers and lists, each version serving half the sessions alone (drawn in memory, not "
+              f"logged); n = 200, 400, 800, ... {ab_cap:,} sessions (both arms); two-sided tests at 5%: CTR (share of "
+              "sessions with a click, two-proportion z-test; the baseline) and clicks per session (Welch).",
+              "- Every test runs to its cap. **Stable** (the main figures): the decision is the last check's, and the sessions "
+              "needed are those from which every later check was confident the same way. **First**: stopping at the first "
+              "confident check, as a gate that peeks would; with up to 8 (interleaving) or 15 (A/B) looks this decides "
+              "early by chance more often than 5%. An undecided pair counts as its cap (a lower bound) in the medians.", ""]
+        for rule in ("stable", "first"):
+            o = sm[rule]["offline_winner"]
+            L += [f"**{rule.capitalize()}** decisions:", "",
+                  "| test | agrees with offline winner (of all pairs) | among decided | decided | median sessions "
+                  "(undecided = cap) | A/B sessions / interleaving sessions |", "|---|---:|---:|---:|---:|---:|"]
+            for k, name in (("interleaving", "**team-draft interleaving**"), ("ab_ctr", "A/B, CTR (baseline)"),
+                            ("ab_clicks", "A/B, clicks per session")):
+                p = o[k]
+                ratio = "-" if k == "interleaving" else f"**{o['ratio_' + k[3:]]:.1f}x**" if k == "ab_ctr" else f"{o['ratio_' + k[3:]]:.1f}x"
+                L.append(f"| {name} | {p['agree']}/{p['pairs']} ({p['agreement']:.0%}) | "
+                         f"{'-' if p['agreement_of_decided'] is None else format(p['agreement_of_decided'], '.0%')} | "
+                         f"{p['decided']}/{p['pairs']} | {p['median_sessions']:,.0f} | {ratio} |")
+            z = sm[rule]["zipf_winner"]
+            pr = sm[rule]["per_pair_ratio_ctr_median"]
+            L += ["", f"Against the winner on what the shoppers see (dev NDCG@10 weighted by the queries' popularity): "
+                  f"interleaving {z['interleaving']['agree']}/{z['interleaving']['pairs']}, A/B CTR "
+                  f"{z['ab_ctr']['agree']}/{z['ab_ctr']['pairs']}, A/B clicks {z['ab_clicks']['agree']}/{z['ab_clicks']['pairs']}. "
+                  "Median per-pair ratio of A/B CTR sessions to interleaving sessions, over the pairs both decided: "
+                  f"{'-' if pr is None else format(pr, '.1f') + 'x'}.", ""]
+        L += ["Per pair (stable decisions; a/b: the winner, ✓/✗ against the offline winner; sessions from which the "
+              "decision held, `cap` if undecided):", "",
+              "| pair (a vs b) | NDCG@10 a | b | Δ | popularity-weighted Δ | E[clicks] a | b | interleaving | "
+              "sessions | preference [95% CI] at the cap | A/B CTR | sessions | A/B clicks | sessions |",
               "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|---|---:|"]
 
-        def w(r, win):
+        def w(r, d):
+            win = d["stable"]["winner"]
             return "-" if win is None else ("b" if win == r["b"] else "a") + (" ✓" if win == r["offline_winner"] else " ✗")
+
+        def n(d):
+            return f"{d['stable']['sessions']:,}" if d["stable"]["decided"] else "cap"
 
         for r in s["pairs"]:
             il, ab, rep = r["interleaving"], r["ab"], r["interleaving"]["report"]
             L.append(f"| {r['a']} vs {r['b']} | {r['ndcg_a']:.4f} | {r['ndcg_b']:.4f} | {r['delta']:+.4f} | "
-                     f"{r['zipf_ndcg_b'] - r['zipf_ndcg_a']:+.4f} | {r['clicks_a']:.3f} | {r['clicks_b']:.3f} | {w(r, il['winner'])} | "
-                     f"{il['sessions']:,}{'' if il['decided'] else ' (cap)'} | {rep['preference']:+.3f} "
-                     f"[{rep['ci'][0]:+.3f}, {rep['ci'][1]:+.3f}] | {w(r, ab['ctr']['winner'])} | "
-                     f"{ab['ctr']['sessions']:,}{'' if ab['ctr']['decided'] else ' (cap)'} | {w(r, ab['clicks']['winner'])} | "
-                     f"{ab['clicks']['sessions']:,}{'' if ab['clicks']['decided'] else ' (cap)'} |")
-        L += ["", f"✓/✗: agrees with the offline (dev NDCG@10) winner. Sensitivity part: {s['seconds']} s "
-              f"(searching and ranking the dev queries {s['prepare_seconds']} s).", ""]
+                     f"{r['zipf_ndcg_b'] - r['zipf_ndcg_a']:+.4f} | {r['clicks_a']:.3f} | {r['clicks_b']:.3f} | {w(r, il)} | "
+                     f"{n(il)} | {rep['preference']:+.3f} [{rep['ci'][0]:+.3f}, {rep['ci'][1]:+.3f}] | {w(r, ab['ctr'])} | "
+                     f"{n(ab['ctr'])} | {w(r, ab['clicks'])} | {n(ab['clicks'])} |")
+        L += ["", f"E[clicks]: expected clicks per session of the version's top 10 under the click model, weighted by "
+              f"popularity. Sensitivity part: {s['seconds']} s (candidates of the dev queries and every version's rankings "
+              f"{s['prepare_seconds']} s).", ""]
     lp = res.get("loop")
     if lp:
         st = lp["settings"]
