@@ -1,7 +1,7 @@
 """Interleaving sensitivity against an A/B test, and the closed loop, on fashion44k with simulated shoppers (issue 11).
 
     nice -n 10 .venv/bin/python benchmarks/interleaving.py [--pairs 24] [--il-cap 25600] [--ab-cap 3276800]
-        [--loop-rounds 3] [--loop-sessions 4000] [--parts versions,sensitivity,loop]
+        [--loop-rounds 3] [--loop-sessions 3000] [--parts versions,sensitivity,loop]
 
 Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-interleave``); the prepared data of
 ``clicks_prepare.py`` (``$FUSIONRANK_HOME/bench-clicks``: training/dev slates, the serving index) is only read
@@ -18,24 +18,28 @@ Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-inte
    the pair (team a, a coin per pair) and interleaves the other (team b) on every search. As
    ``Shoppers.run_cached`` caches result lists, every dev query's candidates and features come once from the
    service's ranking path (``RankingPipeline.slates``, as evaluation runs it) and each version's ranking of
-   them is kept (the service's own :class:`~fusionrank.ranking.explain.Scorer`); every session then gets its own :func:`~fusionrank.feedback.interleave.team_draft` (its own coin), its
-   own search record with the teams and its events, written through the service's event store. The
-   preference and its 95% bootstrap interval come from
-   :func:`~fusionrank.feedback.interleave.interleaving_report` on that store, checked after 200, 400,
-   800, ... sessions up to ``--il-cap``: the first check whose interval excludes 0 decides. Per run, some
-   searches go through ``SearchService.search`` itself (interleaving share 1.0) and their lists are checked
-   against the cached rankings' draft.
+   them is kept (the service's own :class:`~fusionrank.ranking.explain.Scorer`); every session then gets its
+   own :func:`~fusionrank.feedback.interleave.team_draft` (its own coin), its own search record with the
+   teams and its events, written through the service's event store. The preference and its 95% bootstrap
+   interval come from :func:`~fusionrank.feedback.interleave.interleaving_report` on that store, read after
+   200, 400, 800, ... sessions up to ``--il-cap``. Per run, some searches go through
+   ``SearchService.search`` itself (interleaving share 1.0) and their lists are checked against the
+   cached rankings' draft.
 4. **A/B test.** The same pairs, the same shoppers and lists; each version serves half the sessions alone.
-   Click-through rate (share of sessions with a click), a two-sided two-proportion z-test at 5%, checked
-   after 200, 400, 800, ... sessions (both arms together) up to ``--ab-cap``. Also the clicks per session
-   with Welch's t-test, a more sensitive A/B metric. The A/B sessions are drawn in memory (no event store:
-   nothing in them is interleaved).
+   Click-through rate (share of sessions with a click) with a two-sided two-proportion z-test at 5%, and
+   clicks per session with Welch's t-test (a more sensitive A/B metric), read after 200, 400, 800, ...
+   sessions (both arms together) up to ``--ab-cap``. The A/B sessions are drawn in memory (no event
+   store: nothing in them is interleaved).
+
+   Every test runs to its cap and is read two ways: *stable* (the last reading decides; the sessions
+   needed are those from which every later reading was confident the same way) and *first* (the first
+   confident reading decides, as a gate that stops there would).
 5. **The loop.** :func:`fusionrank.models.loop.run_loop` (what ``fusionrank loop`` runs) from the
    20-query version: the service on HTTP follows a fresh registry; per round ``--loop-sessions`` sessions
    of shoppers (training queries, PBM), ``fusionrank retrain`` on that round's searches (``--loop-labels``,
-   ``--loop-propensity``: by default the PBM propensities ``learning_from_clicks.py`` harvested, since EM on one
-   logger without randomisation finds no position bias here), interleaving at the policy's share until the gate decides, promotion or
-   retirement. After each round the promoted version's dev NDCG@10 on both title fields (the slates' path,
+   ``--loop-propensity``: by default the PBM propensities ``learning_from_clicks.py`` harvested, since EM
+   on one logger without randomisation finds no position bias here), interleaving at the policy's share
+   until the gate decides, promotion or retirement. After each round the promoted version's dev NDCG@10 on both title fields (the slates' path,
    as for every version above) beside the full-information model's.
 
 Writes ``benchmarks/results/interleaving.md`` (+ ``.json``).
