@@ -194,7 +194,7 @@ class Traffic:
     version ranks those candidates with the service's :class:`Scorer`. Sessions then draft, click and log.
     """
 
-    def __init__(self, bench: VersionBench, out: Path, versions: list[dict], click_model, seed: int = 0):
+    def __init__(self, bench: VersionBench, out: Path, versions: list[dict], click_model, seed: int = 0, fresh: bool = True):
         from fusionrank.experiment import split_frame
         from fusionrank.feedback.simulate import Shoppers
         from fusionrank.feedback.store import open_store
@@ -203,7 +203,7 @@ class Traffic:
         from fusionrank.serving.service import SearchService, load_handle
 
         store_path = out / "interleaving.sqlite"
-        for p in out.glob(store_path.name + "*"):
+        for p in out.glob(store_path.name + "*") if fresh else ():
             p.unlink()
         self.handles = {v["name"]: load_handle(v["dir"]) for v in versions}
         self.svc = SearchService(SearchIndex.load(bench.index_dir, log=lambda m: None), next(iter(self.handles.values())),
@@ -479,6 +479,37 @@ def sensitivity(bench: VersionBench, out: Path, versions: list[dict], a) -> dict
     return {"pairs": rows, "live_check": live, "prepare_seconds": round(secs), "summary": summarise(rows, a)}
 
 
+def extend(bench: VersionBench, out: Path, versions: list[dict], sens: dict, cap: int, seed: int) -> None:
+    """Continue the interleaving of the pairs still undecided at their cap up to ``cap`` sessions (same store, same
+    checkpoints), in place."""
+    from fusionrank.feedback.clickmodels import PositionBased, PowerLawExamination
+    from fusionrank.feedback.interleave import interleaving_report
+
+    names = {r[k] for r in sens["pairs"] for k in ("a", "b")}
+    tr = Traffic(bench, out, [v for v in versions if v["name"] in names], PositionBased(PowerLawExamination(1.0)), seed=seed,
+                 fresh=False)
+    tr.prepare()
+    t0 = time.perf_counter()
+    for i, r in enumerate(sens["pairs"]):
+        il = r["interleaving"]
+        if il["stable"]["decided"] or il["checks"][-1]["sessions"] * 2 > cap:
+            continue
+        rng = np.random.default_rng(seed * 1000 + 700 + i)
+        base, done = 1e9 + i * 1e7, il["checks"][-1]["sessions"]
+        va, vb = tr.handles[r["a"]].version, tr.handles[r["b"]].version
+        for n in [n for n in checkpoints(cap) if n > done]:
+            tr.interleave(r["a"], r["b"], done, n, base, rng)
+            done = n
+            rep = interleaving_report(tr.svc.events, since=base, until=base + n, pairs=[(va, vb)])[0]
+            il["checks"].append({"sessions": n, "used": rep.used, "preference": rep.preference, "ci": list(rep.ci),
+                                 "sign": 1 if rep.ci[0] > 0 else -1 if rep.ci[1] < 0 else 0})
+        il.update(decisions(il["checks"], r["a"], r["b"]), report=rep.as_dict(), cap=cap)
+        log(f"extended pair {i + 1} {r['a']} vs {r['b']} to {cap:,}: {il['stable']} (pref {rep.preference:+.3f})")
+    tr.close()
+    sens["extend_seconds"] = round(time.perf_counter() - t0)
+    sens["settings"]["il_cap_extended"] = cap
+
+
 def summarise(rows: list[dict], a) -> dict:
     """Agreement and sessions needed per test, rule (stable, first) and truth; an undecided test counts as its cap."""
     tests = {"interleaving": (lambda r: r["interleaving"], a.il_cap), "ab_ctr": (lambda r: r["ab"]["ctr"], a.ab_cap),
@@ -492,7 +523,8 @@ def summarise(rows: list[dict], a) -> dict:
                 agree = sum(get(r)[rule]["winner"] == r[truth] for r in d)
                 o[name] = {"pairs": len(rows), "decided": len(d), "agree": agree, "agreement": agree / len(rows) if rows else None,
                            "agreement_of_decided": agree / len(d) if d else None,
-                           "median_sessions": float(np.median([get(r)[rule]["sessions"] if get(r)[rule]["decided"] else cap
+                           "median_sessions": float(np.median([get(r)[rule]["sessions"] if get(r)[rule]["decided"]
+                                                               else get(r).get("cap", cap)
                                                                for r in rows])),
                            "median_sessions_decided": float(np.median([get(r)[rule]["sessions"] for r in d])) if d else None}
             for m in ("ctr", "clicks"):
@@ -551,6 +583,13 @@ def main() -> None:
         res["sensitivity"].update(seconds=round(time.perf_counter() - t0), run=res["run"], command=res["command"],
                                   settings={k: getattr(a, k) for k in ("pairs", "il_cap", "ab_cap", "live_searches", "seed")})
         save(res, parts, path)
+    if "extend" in parts:  # the pairs interleaving left undecided, continued to --il-cap
+        sens = json.loads(path.read_text())["sensitivity"]
+        extend(bench, a.out, versions, sens, a.il_cap, a.seed)
+        sens["summary"] = summarise(sens["pairs"], SimpleNamespace(il_cap=sens["settings"]["il_cap"], ab_cap=sens["settings"]["ab_cap"]))
+        sens["extend_command"] = res["command"]
+        res["sensitivity"] = sens
+        parts.add("sensitivity")  # written as this run's sensitivity part
     if "loop" in parts:
         t0 = time.perf_counter()
         start = next(v for v in versions if v["name"] == a.loop_start)
@@ -616,7 +655,9 @@ def write_md(res: dict, path: Path) -> None:
               "both versions' rankings of them kept (the service's `Scorer`), a `team_draft` per session with its own coin, "
               "every session logged as its own interleaved search with its events through the service's SQLite event store; "
               f"preference and 95% bootstrap CI from `interleaving_report` over the first n sessions, n = 200, 400, 800, ... "
-              f"{il_cap:,}. Live check: {s['live_check']['searches']} searches through `SearchService.search` itself; "
+              f"{il_cap:,}" + (f"; the pairs still undecided there continued to {s['settings']['il_cap_extended']:,} "
+                               f"(`interleaving.py {s.get('extend_command', '')}`, {s.get('extend_seconds')} s)"
+                               if s["settings"].get("il_cap_extended") else "") + ". Live check: {s['live_check']['searches']} searches through `SearchService.search` itself; "
               f"{s['live_check']['same_as_cached_draft']} of {s['live_check']['logged']} logged lists equal the draft of the "
               "cached rankings in their logged team order.",
               f"- **A/B**: the same shoppers and lists, each version serving half the sessions alone (drawn in memory, not "
@@ -646,7 +687,7 @@ def write_md(res: dict, path: Path) -> None:
                   "Median per-pair ratio of A/B CTR sessions to interleaving sessions, over the pairs both decided: "
                   f"{'-' if pr is None else format(pr, '.1f') + 'x'}.", ""]
         L += ["Per pair (stable decisions; a/b: the winner, ✓/✗ against the offline winner; sessions from which the "
-              "decision held, `cap` if undecided):", "",
+              "decision held; > the cap if undecided):", "",
               "| pair (a vs b) | NDCG@10 a | b | Δ | popularity-weighted Δ | E[clicks] a | b | interleaving | "
               "sessions | preference [95% CI] at the cap | A/B CTR | sessions | A/B clicks | sessions |",
               "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|---|---:|"]
@@ -656,7 +697,7 @@ def write_md(res: dict, path: Path) -> None:
             return "-" if win is None else ("b" if win == r["b"] else "a") + (" ✓" if win == r["offline_winner"] else " ✗")
 
         def n(d):
-            return f"{d['stable']['sessions']:,}" if d["stable"]["decided"] else "cap"
+            return f"{d['stable']['sessions']:,}" if d["stable"]["decided"] else f"> {d.get('cap', ab_cap if 'p' in d else il_cap):,}"
 
         for r in s["pairs"]:
             il, ab, rep = r["interleaving"], r["ab"], r["interleaving"]["report"]
