@@ -39,8 +39,10 @@ Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-inte
    of shoppers (training queries, PBM), ``fusionrank retrain`` on that round's searches (``--loop-labels``,
    ``--loop-propensity``: by default the PBM propensities ``learning_from_clicks.py`` harvested, since EM
    on one logger without randomisation finds no position bias here), interleaving at the policy's share
-   until the gate decides, promotion or retirement. After each round the promoted version's dev NDCG@10 on both title fields (the slates' path,
-   as for every version above) beside the full-information model's.
+   until the gate decides, promotion or retirement. After each round the promoted version's dev NDCG@10
+   on both title fields (the slates' path, as for every version above) beside the full-information
+   model's. Defaults: labels ``dr`` (part I's best from a weak logger), 3,000 sessions per round, the
+   interleaving share 1.0, at most 4,000 interleaved sessions per candidate.
 
 Writes ``benchmarks/results/interleaving.md`` (+ ``.json``).
 """
@@ -671,7 +673,7 @@ def write_md(res: dict, path: Path) -> None:
             o = sm[rule]["offline_winner"]
             L += [f"**{rule.capitalize()}** decisions:", "",
                   "| test | agrees with offline winner (of all pairs) | among decided | decided | median sessions "
-                  "(undecided = cap) | A/B sessions / interleaving sessions |", "|---|---:|---:|---:|---:|---:|"]
+                  "(undecided: its cap) | A/B sessions / interleaving sessions |", "|---|---:|---:|---:|---:|---:|"]
             for k, name in (("interleaving", "**team-draft interleaving**"), ("ab_ctr", "A/B, CTR (baseline)"),
                             ("ab_clicks", "A/B, clicks per session")):
                 p = o[k]
@@ -720,13 +722,20 @@ def write_md(res: dict, path: Path) -> None:
               f"{st['loop_batch']} sessions until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
               f"least {lp['policy']['min_searches']} credited searches; undecided after {st['loop_max_interleave']:,} "
               f"sessions: retired). {lp['seconds']} s.", "",
-              "| round | candidate | candidate dev NDCG@10 | outcome | serving after | its dev NDCG@10 title / title_sparse | "
-              "minus full (title) | preference [CI] | sessions logged + interleaved | sessions so far |",
+              "Dev NDCG@10 here is measured as for every version above (the prepared dev slates, queries as typed); the gate's "
+              "own offline numbers (the service's ranking path, with the query understanding `retrain` builds) are beside "
+              "them.", "",
+              "| round | candidate | candidate dev NDCG@10 (gate's) | outcome | serving after | its dev NDCG@10 title / "
+              "title_sparse (gate's) | minus full (title) | preference [95% CI] | sessions logged + interleaved | sessions so far |",
               "|---:|---|---:|---|---|---:|---:|---|---:|---:|"]
         for r in lp["rounds"]:
             pd_, cd = r["promoted_dev"], r["candidate_dev"]
-            L.append(f"| {r['round']} | {r['candidate']} | {'-' if cd is None else format(cd['title'], '.4f')} | {r['outcome']} | "
-                     f"{r['promoted']} | {pd_['title']:.4f} / {pd_['title_sparse']:.4f} | {pd_['title'] - full['title']:+.4f} | "
+            def g(x):
+                return "" if x is None else f" ({x:.4f})"
+
+            L.append(f"| {r['round']} | {r['candidate']} | {'-' if cd is None else format(cd['title'], '.4f')}{g(r['candidate_ndcg'])} | "
+                     f"{r['outcome']} | {r['promoted']} | {pd_['title']:.4f} / {pd_['title_sparse']:.4f}{g(r['promoted_ndcg'])} | "
+                     f"{pd_['title'] - full['title']:+.4f} | "
                      + ("-" if r["preference"] is None else f"{r['preference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]")
                      + f" | {r['sessions_logged']:,} + {r['sessions_interleaving']:,} | {r['sessions_total']:,} |")
         prev, worse = lp["start_dev"]["title"], []
