@@ -44,7 +44,16 @@ Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-inte
    model's. Defaults: labels ``dr`` (part I's best from a weak logger), 3,000 sessions per round, the
    interleaving share 1.0, at most 4,000 interleaved sessions per candidate.
 
-Writes ``benchmarks/results/interleaving.md`` (+ ``.json``).
+``--parts`` runs some of it (``versions``, ``sensitivity``, ``loop``, ``extend``: the pairs interleaving left
+undecided continued to a new ``--il-cap``); each part is kept in the results file until a run repeats it.
+The published results came from (the loop alongside the sensitivity part)::
+
+    nice -n 10 .venv/bin/python benchmarks/interleaving.py --parts versions
+    nice -n 10 .venv/bin/python benchmarks/interleaving.py --parts sensitivity
+    nice -n 10 .venv/bin/python benchmarks/interleaving.py --parts loop --loop-rounds 3 --loop-sessions 3000
+    nice -n 10 .venv/bin/python benchmarks/interleaving.py --parts extend --il-cap 102400
+
+Writes ``benchmarks/results/interleaving.md`` (+ ``.json``); ``--render`` rewrites the ``.md`` from the ``.json``.
 """
 from __future__ import annotations
 
@@ -659,7 +668,8 @@ def write_md(res: dict, path: Path) -> None:
               f"preference and 95% bootstrap CI from `interleaving_report` over the first n sessions, n = 200, 400, 800, ... "
               f"{il_cap:,}" + (f"; the pairs still undecided there continued to {s['settings']['il_cap_extended']:,} "
                                f"(`interleaving.py {s.get('extend_command', '')}`, {s.get('extend_seconds')} s)"
-                               if s["settings"].get("il_cap_extended") else "") + ". Live check: {s['live_check']['searches']} searches through `SearchService.search` itself; "
+                               if s["settings"].get("il_cap_extended") else "")
+              + f". Live check: {s['live_check']['searches']} searches through `SearchService.search` itself; "
               f"{s['live_check']['same_as_cached_draft']} of {s['live_check']['logged']} logged lists equal the draft of the "
               "cached rankings in their logged team order.",
               f"- **A/B**: the same shoppers and lists, each version serving half the sessions alone (drawn in memory, not "
