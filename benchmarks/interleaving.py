@@ -677,7 +677,7 @@ def write_md(res: dict, path: Path) -> None:
               "sessions with a click, two-proportion z-test; the baseline) and clicks per session (Welch).",
               "- Every test runs to its cap. **Stable** (the main figures): the decision is the last check's, and the sessions "
               "needed are those from which every later check was confident the same way. **First**: stopping at the first "
-              "confident check, as a gate that peeks would; with up to 8 (interleaving) or 15 (A/B) looks this decides "
+              "confident check, as a gate that peeks would; with 8 to 10 (interleaving) or 15 (A/B) looks this decides "
               "early by chance more often than 5%. An undecided pair counts as its cap (a lower bound) in the medians.", ""]
         for rule in ("stable", "first"):
             o = sm[rule]["offline_winner"]
