@@ -238,6 +238,7 @@ def main() -> None:
     ap.add_argument("--results", default="learning_from_clicks")
     ap.add_argument("--arms", default="bm25/*,full/*",
                     help="logger/labels pairs to train, * for every labeling of the click model (e.g. full/*,bm25/dr)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per training (0: torch's default)")
     ap.add_argument("--dm-regressor", default="lightgbm", help="dr's direct method (fusionrank.feedback.labels.DM_REGRESSORS)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the results file that this run does not repeat (marked with their run)")
@@ -247,6 +248,10 @@ def main() -> None:
     from fusionrank.feedback.propensity import ESTIMATORS
 
     Ns = [int(x) for x in a.sessions.split(",")]
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     load_before = machine_load()
     t_all = time.perf_counter()
     prepare(a.out, log=log)

@@ -373,12 +373,22 @@ def _ridge(ridge_alpha: float = 1.0, seed: int = 0, linear_only: int = 0):
     return make_pipeline(StandardScaler(), Ridge(alpha=ridge_alpha)), "ridge__sample_weight"
 
 
-def _trees(seed: int):
+def _trees(seed: int, **kw):
     from lightgbm import LGBMRegressor
 
     return LGBMRegressor(n_estimators=300, learning_rate=0.05, num_leaves=31, min_child_samples=100,
                          subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
-                         random_state=seed, n_jobs=-1, verbose=-1)
+                         random_state=seed, n_jobs=-1, verbose=-1, **kw)
+
+
+@DM_REGRESSORS.register("lightgbm_linear")
+def _lightgbm_linear(ridge_alpha: float = 1.0, seed: int = 0, linear_only: int = 0):
+    """Boosted trees with a linear model in every leaf (LightGBM ``linear_tree``).
+
+    Beyond the shown candidates a leaf continues its own slope: steep where relevance fell fast
+    with the logging score among the shown (a strong logger), flat where it did not (a weak one).
+    """
+    return _trees(seed, linear_tree=True, linear_lambda=ridge_alpha), "sample_weight"
 
 
 @DM_REGRESSORS.register("lightgbm")
