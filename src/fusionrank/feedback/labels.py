@@ -438,9 +438,10 @@ def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] |
     Only candidates with impressions are used, weighted by their number of impressions
     (a label averaged over more impressions has less variance). ``columns`` picks feature
     columns of ``slates.x`` (default all). ``regressor`` names one of :data:`DM_REGRESSORS`:
-    ``ridge`` (features standardised first; ``ridge_alpha``), ``lightgbm`` (boosted trees) or
-    ``partially_linear`` (a ridge on everything plus trees on its residual, with the logging
-    score left out of the trees, so that it extrapolates like the ridge below the shown candidates).
+    ``ridge`` (features standardised first; ``ridge_alpha``), ``lightgbm`` (boosted trees; flat
+    beyond the shown candidates' logging scores), ``lightgbm_linear`` (trees with linear leaves,
+    ``linear_lambda = ridge_alpha``: each continues its own slope) or ``partially_linear`` (a ridge on
+    everything plus trees on its residual, the logging score left out of the trees).
 
     ``logging_scores [B, N]``: the logging policy's score of every candidate (e.g. the served
     model's ``predict`` on ``slates``), added as one more feature relative to the query's best
