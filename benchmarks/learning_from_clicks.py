@@ -211,7 +211,7 @@ def click_loglik(bench: Bench, r, train_log: pd.DataFrame, test_log: pd.DataFram
     return float(-nll(p, *frame(test_log)))
 
 
-def labels_for(bench: Bench, method: str, sub: pd.DataFrame, bias, logging_scores=None, regressor: str = "lightgbm"):
+def labels_for(bench: Bench, method: str, sub: pd.DataFrame, bias, logging_scores=None, regressor: str = "lightgbm_linear"):
     """Training slates labelled by ``method``; ``dr`` regresses r_hat on the features and ``logging_scores`` (the logger's)."""
     from fusionrank.feedback.labels import attach_click_labels, click_labels, fit_direct_method
 
@@ -239,7 +239,7 @@ def main() -> None:
     ap.add_argument("--arms", default="bm25/*,full/*",
                     help="logger/labels pairs to train, * for every labeling of the click model (e.g. full/*,bm25/dr)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per training (0: torch's default)")
-    ap.add_argument("--dm-regressor", default="lightgbm", help="dr's direct method (fusionrank.feedback.labels.DM_REGRESSORS)")
+    ap.add_argument("--dm-regressor", default="lightgbm_linear", help="dr's direct method (fusionrank.feedback.labels.DM_REGRESSORS)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the results file that this run does not repeat (marked with their run)")
     a = ap.parse_args()
@@ -378,7 +378,8 @@ def merged(earlier: dict, res: dict) -> dict:
                                                            ["naive", "ips", "affine", "dr"].index(r["method"])
                                                            if r["method"] in ("naive", "ips", "affine", "dr") else 9))
     out["earlier_runs"] = earlier.get("earlier_runs", []) + [
-        {k: earlier.get(k) for k in ("run", "command", "seconds_total", "load_before", "load_after")} | {"run": first}]
+        {k: earlier.get(k) for k in ("run", "command", "seconds_total", "load_before", "load_after", "full_information")}
+        | {"run": first}]
     for k in ("propensities", "simulations"):
         out[k] = {**earlier.get(k, {}), **res[k]}
     return out
@@ -399,19 +400,26 @@ def write_md(res: dict, path: Path) -> None:
          f"(`fit_direct_method(..., logging_scores=, regressor=\"{res.get('dm_regressor', 'ridge')}\")`).", ""]
     runs = sorted({r.get("run", "") for r in res["runs"]})
     if len(runs) > 1:
-        L += ["Rows come from more than one run (column `run`); only the rows of a run were computed by it:", ""]
-        for e in res.get("earlier_runs", []) + [{k: res.get(k) for k in ("run", "command", "seconds_total")}]:
-            L.append(f"- {e['run']}: `learning_from_clicks.py {e.get('command') or ''}` ({e.get('seconds_total', '?')} s)")
+        L += ["Rows come from more than one run (column `run`); only the rows of a run were computed by it, and its "
+              "`% of full` is against the full-information model of that run:", ""]
+        for e in res.get("earlier_runs", []) + [{k: res.get(k) for k in ("run", "command", "seconds_total", "full_information")}]:
+            fi = (e.get("full_information") or {}).get("ndcg@10")
+            secs = "stopped before its end" if e.get("seconds_total") is None else f"{e['seconds_total']} s"
+            L.append(f"- {e['run']}: `learning_from_clicks.py {e.get('command') or ''}` ({secs})"
+                     + (f"; full information {fi['title']:.4f} / {fi['title_sparse']:.4f}" if fi else ""))
         L.append("")
     run_col = len(runs) > 1
     L += [("| run " if run_col else "") + "| click model | logger | sessions | labels | propensities | NDCG@10 title | % of full | "
           "NDCG@10 title_sparse | % of full | held-out click log-lik. | train s |",
           ("|---" if run_col else "") + "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    # each row against the full-information model of its own run (the reference is retrained in every run)
+    ref = {e["run"]: e["full_information"]["ndcg@10"] for e in res.get("earlier_runs", []) if e.get("full_information")}
     for r in res["runs"]:
         n = r["ndcg@10"]
+        f = ref.get(r.get("run"), full)
         L.append((f"| {r.get('run', '')} " if run_col else "") +
                  f"| {r['click_model']} | {r['logger']} | {r['sessions']:,} | {r['method']} | {r['propensity']} | {n['title']:.4f} | "
-                 f"{n['title'] / full['title']:.1%} | {n['title_sparse']:.4f} | {n['title_sparse'] / full['title_sparse']:.1%} | "
+                 f"{n['title'] / f['title']:.1%} | {n['title_sparse']:.4f} | {n['title_sparse'] / f['title_sparse']:.1%} | "
                  f"{r['click_loglik']:.5f} | {r['train_seconds']} |")
     L += ["", "## Propensities recovered (theta_k / theta_1, ranks 1-10, 10^5 sessions per logger; for trust bias also the "
           "absolute alpha_k and beta_k the affine correction uses)", "",
