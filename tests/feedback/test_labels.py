@@ -217,12 +217,8 @@ def test_direct_method_with_logging_scores_needs_them_at_predict():
         fit_direct_method(sl, labels, IDS).predict(sl, s)
 
 
-def test_dr_with_logging_scores_does_not_lift_what_a_strong_logger_left_out():
-    """A logger that knows the relevance shows its top 10 of 20; the direct method sees only an irrelevant feature.
-
-    Fitted on the shown (mostly relevant) candidates alone, it labels the 10 never shown about as
-    high as the shown; given the logger's scores it learns that relevance falls with them.
-    """
+def _strong_logger():
+    """300 queries of 20 candidates; a logger that nearly knows the relevance shows its top 10; expected clicks (PBM 1/k)."""
     rng = np.random.default_rng(0)
     sl, ids = _problem(300, rng, "s")
     logger = 1.5 * sl.x[..., 0] + sl.x[..., 1] + 0.3 * rng.normal(size=sl.rows.shape)
@@ -235,6 +231,16 @@ def test_dr_with_logging_scores_does_not_lift_what_a_strong_logger_left_out():
                         "rank": np.tile(np.arange(1, TOP + 1), len(sl))})
     log["click"] = theta[log["rank"] - 1] * np.take_along_axis(sl.y, top, 1).ravel() / 3.0  # expected clicks: no noise
     log["add_to_cart"] = log["purchase"] = 0
+    return sl, ids, logger, top, shown, theta, log
+
+
+def test_dr_with_logging_scores_does_not_lift_what_a_strong_logger_left_out():
+    """A logger that knows the relevance shows its top 10 of 20; the direct method sees only an irrelevant feature.
+
+    Fitted on the shown (mostly relevant) candidates alone, it labels the 10 never shown about as
+    high as the shown; given the logger's scores it learns that relevance falls with them.
+    """
+    sl, ids, logger, top, shown, theta, log = _strong_logger()
     bias, w = PositionBias(theta), {"click": 1.0}
     affine = click_labels(log, "affine", bias, weights=w)
 
@@ -262,18 +268,7 @@ def test_which_direct_methods_carry_the_logging_score_below_the_shown():
     nearly flat there and label the never shown almost like the lowest shown (on fashion44k that cost
     a strong logger's dr 0.05 NDCG@10: ``benchmarks/results/learning_from_clicks.md``).
     """
-    rng = np.random.default_rng(0)
-    sl, ids = _problem(300, rng, "s")
-    logger = 1.5 * sl.x[..., 0] + sl.x[..., 1] + 0.3 * rng.normal(size=sl.rows.shape)
-    top = np.argsort(-logger, axis=1)[:, :TOP]
-    shown = np.zeros(sl.rows.shape, bool)
-    np.put_along_axis(shown, top, True, 1)
-    theta = 1.0 / np.arange(1, TOP + 1)
-    b = np.repeat(np.arange(len(sl)), TOP)
-    log = pd.DataFrame({"user_query": np.asarray(sl.queries, dtype=object)[b], "product_id": ids[sl.rows[b, top.ravel()]],
-                        "rank": np.tile(np.arange(1, TOP + 1), len(sl))})
-    log["click"] = theta[log["rank"] - 1] * np.take_along_axis(sl.y, top, 1).ravel() / 3.0
-    log["add_to_cart"] = log["purchase"] = 0
+    sl, ids, logger, top, shown, theta, log = _strong_logger()
     affine = click_labels(log, "affine", PositionBias(theta), weights={"click": 1.0})
     ratio = {}
     for regressor in ("ridge", "partially_linear", "lightgbm_linear", "lightgbm"):
