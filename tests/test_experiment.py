@@ -118,7 +118,8 @@ def test_unknown_optimizer(tiny_fashion):
 # --- train -> model directory ----------------------------------------------------
 def test_train_writes_the_model_directory(tiny_model, tiny_fashion):
     out, metrics, _ = tiny_model
-    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "index", "metrics.json", "ranker", "workspace.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "index", "metrics.json", "ranker", "understanding.json",
+                                                          "understanding.npy", "workspace.json"]
     assert (out / "index" / "index.json").is_file()                       # the serving index is prepared with the model
     assert {"ranker.json", "weights.pt"} <= {p.name for p in (out / "ranker").iterdir()}
     cfg = ExperimentConfig.model_validate(json.loads((out / "config.json").read_text()))

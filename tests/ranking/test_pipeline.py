@@ -17,7 +17,7 @@ from fusionrank.modalities import FEATURE_COLUMN, MODALITY_NAMES, SCALAR_FEATURE
 from fusionrank.ranking import CandidateConfig, HybridRetriever, Queries, Scorer, SearchResult, build_retriever
 from fusionrank.ranking.vectors import AnnIndex
 
-TIMINGS = {"encode_ms", "retrieve_ms", "features_ms", "rank_ms", "explain_ms", "total_ms"}
+TIMINGS = {"understand_ms", "encode_ms", "retrieve_ms", "features_ms", "rank_ms", "explain_ms", "total_ms"}
 GROUPS = list(MODALITY_NAMES)
 # what a hit holds: the records the HTTP service returns
 HIT_KEYS = {"rank", "product_id", "score", "title", "category", "brand", "color", "image_url", "audio_url", "transcript",
@@ -209,10 +209,10 @@ def test_swap_a_stage_in_one_line(pipe, model_tables, lgbm_ranker):
     assert all(h["weights"] == {} for h in res.hits)
     assert res.hits == pipe.replace(scorer=Scorer(lgbm_ranker, model_tables)).search("black tshirt", k=5).hits
     assert res.hits == pipe.search("black tshirt", k=5, ranker=lgbm_ranker).hits   # the per-call override
-    # stages compose with >>: encode >> retrieve >> featurise is what slates() runs
+    # stages compose with >>: understand >> encode >> retrieve >> featurise is what slates() runs
     queries = ["black tshirt", "women shoes", *MESSY]
-    stage = pipe.encoder >> pipe.retriever >> pipe.featuriser
-    assert repr(stage) == repr(pipe.to_slates) == "QueryEncoder >> HybridRetriever >> Featuriser"
+    stage = pipe.understanding >> pipe.encoder >> pipe.retriever >> pipe.featuriser
+    assert repr(stage) == repr(pipe.to_slates) == f"{type(pipe.understanding).__name__} >> QueryEncoder >> HybridRetriever >> Featuriser"
     assert_same_slates(stage.transform(Queries.of(queries, ["a", "b", "c", "d", "e"])),
                        pipe.slates(["a", "b", "c", "d", "e"], queries))
     assert_same_slates(stage(Queries.of(queries)), pipe.slates(list(range(5)), queries))

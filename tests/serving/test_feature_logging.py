@@ -7,7 +7,7 @@ import pytest
 from fusionrank.feedback.logged import rebuild_slates
 from fusionrank.modalities import TABLES
 
-QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes", "shirt"]
+QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes", "shirt", "crimson shirts for gents"]
 
 
 def _logged(svc, search_ids):
@@ -22,6 +22,7 @@ def test_logged_inputs_reproduce_the_served_scores_bit_for_bit(service_factory):
     svc = service_factory("fl")
     served = [svc.search(q, k=6, client_id="browser-1", session_id="visit-1") for q in QUERIES]
     ids = [r["search_id"] for r in served]
+    assert served[-1]["understood"]["rewritten"] != QUERIES[-1]  # words the tiny model never trained on
     logged, log = _logged(svc, ids)
     for r, s in zip(served, logged):
         assert s.product_ids == [h["product_id"] for h in r["results"]]
@@ -35,7 +36,8 @@ def test_logged_inputs_reproduce_the_served_scores_bit_for_bit(service_factory):
         # the inputs, bit for bit: features as served, the query vector, each product's embedding rows
         served_x = np.array([[h["features"][f] for f in SCALAR_FEATURES] for h in r["results"]], np.float32)
         assert np.array_equal(sl.x[b, :n], served_x)
-        assert np.array_equal(sl.q[b], svc.queries.encode(QUERIES[b])[0])
+        # the query vector as served: of the query as understood (words the ranker never trained on rewritten)
+        assert np.array_equal(sl.q[b], svc.queries.encode(r["understood"]["rewritten"])[0])
         for t in TABLES:
             rows = [svc.index.row_of[p] for p in s.product_ids]
             assert np.array_equal(tables[t][sl.rows[b, :n]], svc.index.emb[t][rows])
