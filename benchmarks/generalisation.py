@@ -201,7 +201,9 @@ def main() -> None:
     understanding = md.understanding()
     if understanding is None:
         raise SystemExit(f"{md.path} has no query understanding; build it with `fusionrank understand {md.path}`")
-    sp = split_queries(train_q, {"train": 1 - cfg.data.valid_fraction, "valid": cfg.data.valid_fraction}, seed=cfg.seed)
+    # the hybrid's weight is tuned on the model's held-out training queries (at least 10% of them)
+    vf = max(cfg.data.valid_fraction, 0.1)
+    sp = split_queries(train_q, {"train": 1 - vf, "valid": vf}, seed=cfg.seed)
     vq = train_q[sp == "valid"]
     qenc = QueryEncoder(text_encoder=cfg.text_encoder_spec, cache_size=20000)
     ranker = md.load_ranker()
