@@ -57,6 +57,9 @@ def test_events_block_is_checked(tiny_fashion, click_store):
                                                                                     "action_weights": {"share": 1}}))
     with pytest.raises(Exception, match="valid names: .*harvest"):
         ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(click_store), "propensity": "magic"}))
+    with pytest.raises(Exception, match="direct-method regressor .*valid names: .*lightgbm_linear"):
+        ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(click_store), "labels": "dr",
+                                                                                    "dm_regressor": "forest"}))
 
 
 def test_missing_store_is_a_clear_error(tiny_fashion, tmp_path):
