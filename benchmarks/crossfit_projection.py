@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from photo_bridge import NDCG, SUB_METRICS, SUB_RECALL, subset_eval  # noqa: E402
 
 from fusionrank import schema as S  # noqa: E402
-from fusionrank.encode import field_values  # noqa: E402
+from fusionrank.encode import indexed_titles  # noqa: E402
 from fusionrank.encoders import ImageTextProjection, fold_of  # noqa: E402
 from fusionrank.ingest import Catalog  # noqa: E402
 from fusionrank.ranking import CatalogConfig, CatalogTables, QueryEncoder, VectorConfig  # noqa: E402
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for tf in [f.strip() for f in a.fields.split(",") if f.strip()]:
         t0 = time.perf_counter()
         T, tm = store.matrix(f"{tf}.minilm", ids)
-        titles = field_values(cat.products, tf).fillna(cat.products[S.TITLE]).astype(str).tolist()
+        titles = indexed_titles(cat.products, tf)
         held_mask = np.array([fold_of(t, 20) == 0 for t in titles]) & xm & tm
         train_mask = xm & tm & ~held_mask
         held = np.flatnonzero(held_mask)

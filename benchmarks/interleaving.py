@@ -285,7 +285,7 @@ class Traffic:
         from fusionrank.serving.service import load_handle
 
         svc, sh = self.svc, self.shoppers
-        # fresh handles: install_model cannot take a handle it installed before (its Verbatim understanding has no bind)
+        # a fresh handle of each version, loaded as the service loads one
         svc.install_model(load_handle(self.handles[a].path))
         svc.set_interleaving([load_handle(self.handles[b].path)], 1.0)
         since = time.time()

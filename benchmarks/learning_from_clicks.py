@@ -163,14 +163,12 @@ class Bench:
         same settings, but a product at the edge of the candidate list (rank ~200, float ties) can
         differ, and it has no features to learn from (``fusionrank train`` leaves them out the same way).
         """
-        from fusionrank.feedback.labels import slate_pairs
+        from fusionrank.feedback.labels import among_candidates
         from fusionrank.feedback.store import open_store
 
         with open_store(store_path, b"benchmark-hash-key-0123456789", None) as st:
             cl = st.click_log()
-        if not hasattr(self, "_cand"):
-            self._cand = slate_pairs(self.train, self.ids)[["user_query", "product_id"]].drop_duplicates()
-        known = cl[["user_query", "product_id"]].astype(str).merge(self._cand, how="left", indicator=True)["_merge"].eq("both").to_numpy()
+        known = among_candidates(cl, self.train, self.ids)
         if not known.all():
             log(f"  {store_path.name}: {int((~known).sum()):,} of {len(cl):,} impressions are not training candidates; left out")
         return cl[known]

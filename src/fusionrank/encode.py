@@ -112,6 +112,11 @@ def field_values(products: pd.DataFrame, name: str) -> pd.Series:
     return s.where(s.notna() & (s.astype(str).str.strip() != ""), None)
 
 
+def indexed_titles(products: pd.DataFrame, title_field: str) -> list[str]:
+    """The title each product is indexed with for ``title_field`` (its value, else the title)."""
+    return field_values(products, title_field).fillna(products[S.TITLE]).astype(str).tolist()
+
+
 class Encoding:
     """Runs encode jobs against one store with one engine and records stats and failures."""
 
@@ -288,8 +293,8 @@ class Encoding:
         wanted = build_encoder(spec["name"], **spec.get("args", {}))
         assert isinstance(wanted, ImageTextProjection)
         # a cross-fitted projection projects each photo with the model of its title's fold
-        titles = field_values(products, title_field).fillna(products[S.TITLE]).astype(str).tolist()
-        folds = np.array([fold_of(t, wanted.folds) for t in titles], np.int64)
+        folds = np.array([fold_of(t, wanted.folds) for t in indexed_titles(products, title_field)], np.int64) \
+            if wanted.cross_fitted else None
         saved = Encoder.load(model_dir) if (model_dir / "config.json").exists() else None
         if saved is not None and not self.settings.refit_projection and saved.config() == wanted.config():
             proj = saved
@@ -302,7 +307,7 @@ class Encoding:
                 return None
             t0 = time.perf_counter()
             proj = wanted
-            proj.fit(X[both], T[both], progress=self.progress, folds_of=folds[both] if proj.cross_fitted else None)
+            proj.fit(X[both], T[both], progress=self.progress, folds_of=None if folds is None else folds[both])
             proj.save(model_dir)
             last = proj.history_[-1]
             quality = (f"out-of-fold photo->own-title recall@10 = "

@@ -252,6 +252,16 @@ def slate_pairs(slates, ids) -> pd.DataFrame:
                          "product_id": ids[slates.rows[b, n]].astype(str)})
 
 
+def among_candidates(click_log: pd.DataFrame, slates, ids) -> np.ndarray:
+    """``[rows]`` bool: which impressions of ``click_log`` are of a candidate of their query on ``slates``.
+
+    An impression of anything else (the catalogue, its index or the candidate settings changed since
+    it was served) has no features to learn from.
+    """
+    cand = slate_pairs(slates, ids)[KEY].drop_duplicates()
+    return (click_log[KEY].astype(str).merge(cand, how="left", indicator=True)["_merge"].eq("both").to_numpy())
+
+
 def _keyed(labels: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """``labels[KEY + columns]`` with string keys, one row per pair."""
     out = labels[KEY + columns].astype({"user_query": str, "product_id": str})
@@ -409,14 +419,14 @@ class PartiallyLinear:
     """
 
     def __init__(self, ridge_alpha: float, seed: int, linear_only: int):
-        self.linear, _ = _ridge(ridge_alpha)
+        self.linear, self._linear_weight = _ridge(ridge_alpha)
         self.trees, self.linear_only = _trees(seed), int(linear_only)
 
     def _tree_x(self, X):
         return X[:, :X.shape[1] - self.linear_only] if self.linear_only else X
 
     def fit(self, X, y, sample_weight=None):
-        self.linear.fit(X, y, ridge__sample_weight=sample_weight)
+        self.linear.fit(X, y, **{self._linear_weight: sample_weight})
         self.trees.fit(self._tree_x(X), y - self.linear.predict(X), sample_weight=sample_weight)
         return self
 

@@ -10,7 +10,7 @@
     judgments_weight = 0.0    # > 0: the judged training queries join, their grades scaled by this
     since = 1767225600.0      # optional: searches from this unix time on (`fusionrank retrain --since` sets it)
     logging_model = "runs/shop/model"   # dr: the model directory that served the searches (its scores join the regression)
-    dm_regressor = "ridge"    # dr's direct method: ridge | lightgbm
+    dm_regressor = "ridge"    # dr's direct method: ridge | lightgbm | lightgbm_linear | partially_linear
 
 Interleaved searches (:mod:`fusionrank.feedback.interleave`) are left out: their lists mix two rankers.
 
@@ -150,7 +150,7 @@ def logging_scores(model: str, cl: pd.DataFrame, slates, pipe, base: Path | None
 
 def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None = None):
     """``(slates with click labels, info)`` for training from ``cfg.store`` over ``pipe`` (a ranking pipeline)."""
-    from .labels import attach_click_labels, click_labels, fit_direct_method
+    from .labels import among_candidates, attach_click_labels, click_labels, fit_direct_method
     from .store import open_existing
 
     t0 = time.perf_counter()
@@ -182,9 +182,7 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
         log("  warning: the features the service logged differ from the ranking path's now; the catalogue, its index or "
             "the candidate settings changed since the searches were served")
     kw = {"weights": cfg.action_weights, **({"position": cfg.position} if cfg.labels != "naive" else {})}
-    cand = pd.DataFrame({"user_query": np.asarray(slates.queries, dtype=object)[np.nonzero(slates.rows >= 0)[0]],
-                         "product_id": np.asarray(ids, dtype=object)[slates.rows[slates.rows >= 0]].astype(str)})
-    known = cl[["user_query", "product_id"]].astype(str).merge(cand.drop_duplicates(), how="left", indicator=True)["_merge"].eq("both").to_numpy()
+    known = among_candidates(cl, slates, ids)
     if not known.all():  # shown then, not a candidate now (the catalogue or its index changed): no features to learn from
         log(f"  {int((~known).sum()):,} logged impressions are not among the ranking path's candidates now; left out")
         cl = cl[known]

@@ -141,7 +141,7 @@ class CatalogTables:
         Raises :class:`FusionrankError` naming the command to run when a product has no
         title embedding for the title field.
         """
-        from ..encode import EncodeSettings, field_values
+        from ..encode import EncodeSettings, indexed_titles
         from ..store import EmbeddingStore
 
         defaults = EncodeSettings()
@@ -169,7 +169,7 @@ class CatalogTables:
                 return [None] * n
             return p[c].astype(object).where(p[c].notna(), None).tolist()
 
-        titles = field_values(p, config.title_field).fillna(p[S.TITLE]).astype(str).tolist()
+        titles = indexed_titles(p, config.title_field)
         transcripts = p[S.PRODUCT_ID].astype(str).map(store.text_map(transcript_feature(transcriber))).tolist()
         transcripts = [t if isinstance(t, str) and t else None for t in transcripts]
         records = {c: col(c) for c in (S.PRODUCT_ID, S.TITLE, S.DESCRIPTION, S.BRAND, S.COLOR, S.CATEGORY, S.IMAGE, S.AUDIO)}

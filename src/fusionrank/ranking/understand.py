@@ -396,5 +396,9 @@ class Verbatim(Stage):
     def understand(self, text: str) -> Understood:
         return Understood(text.strip(), text.strip())
 
+    def bind(self, doc_freq=None, embed=None) -> "Verbatim":
+        """Nothing to attach: the rewrite reads no catalogue."""
+        return self
+
     def transform(self, queries: Queries) -> Queries:
         return queries

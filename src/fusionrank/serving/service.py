@@ -148,11 +148,10 @@ class SearchService:
     def install_model(self, m: ModelHandle) -> ModelHandle:
         """Check a loaded model against the index and make it the one new requests use (atomic)."""
         self.check_model(m)
-        if m.understanding is None or isinstance(m.understanding, Verbatim):  # (a handle installed before has one)
+        if m.understanding is None:
             m.understanding = Verbatim()
-        else:  # reads the live index's word counts, so products added later count
-            m.understanding.bind(doc_freq=self.index.lexical[modality("text").lexical].doc_freq,
-                                 embed=lambda t: self.queries.encode(t)[0])
+        # reads the live index's word counts, so products added later count
+        m.understanding.bind(doc_freq=self.index.lexical[modality("text").lexical].doc_freq, embed=lambda t: self.queries.encode(t)[0])
         self._model, old = m, self._model
         return old  # type: ignore[return-value]
 
