@@ -271,12 +271,45 @@ def test_which_direct_methods_carry_the_logging_score_below_the_shown():
     sl, ids, logger, top, shown, theta, log = _strong_logger()
     affine = click_labels(log, "affine", PositionBias(theta), weights={"click": 1.0})
     ratio = {}
-    for regressor in ("ridge", "partially_linear", "lightgbm_linear", "lightgbm"):
+    for regressor in ("ridge", "partially_linear", "trees_plus_slope", "lightgbm_linear", "lightgbm"):
         dm = fit_direct_method(sl, affine, ids, columns=[2], logging_scores=logger, regressor=regressor, seed=0)
         r = dm.predict(sl, logger)
         ratio[regressor] = r[~shown].mean() / np.take_along_axis(r, top[:, -1:], 1).mean()  # never shown / lowest shown
-    assert max(ratio["ridge"], ratio["partially_linear"]) < 0.5 < ratio["lightgbm_linear"] < ratio["lightgbm"], ratio
+    assert max(ratio["ridge"], ratio["partially_linear"], ratio["trees_plus_slope"]) < 0.5 < ratio["lightgbm_linear"] < ratio["lightgbm"], ratio
     assert ratio["lightgbm"] > 0.7, ratio
+
+
+def test_trees_plus_slope_is_trees_on_the_features_when_the_logging_score_is_a_feature():
+    """A weak logger ranks by feature 1 alone (as BM25 ranks by the title's BM25, itself a feature).
+
+    Its score adds nothing beyond the features, so the trees-plus-slope direct method is boosted trees
+    on the features (slope 0): its estimate for the candidates the logger never showed equals theirs, flat in
+    the logging score, and it finds the relevance (a step in feature 0) among them as among the shown.
+    """
+    from fusionrank.feedback.labels import TreesPlusSlope
+
+    rng = np.random.default_rng(0)
+    B, N, K = 300, 20, 10
+    x = rng.uniform(-1, 1, size=(B, N, 3)).astype(np.float32)
+    rel = (x[..., 0] > 0.3).astype(np.float32)
+    rows = np.arange(B * N).reshape(B, N)
+    ids = np.array([f"p{i}" for i in range(B * N)])
+    queries = [f"q{b}" for b in range(B)]
+    sl = Slates([f"j{b}" for b in range(B)], queries, rows, x, np.ones((B, N, 1), bool), np.zeros((B, 1), np.float32), rel)
+    logger = 3.0 * x[..., 1]
+    top = np.argsort(-logger, axis=1)[:, :K]
+    shown = np.zeros((B, N), bool)
+    np.put_along_axis(shown, top, True, 1)
+    labels = pd.DataFrame({"user_query": np.repeat(queries, K), "product_id": ids[np.take_along_axis(rows, top, 1).ravel()],
+                           "label": np.take_along_axis(rel, top, 1).ravel(), "impressions": 50, "signal_sum": 0.0})
+    dm = fit_direct_method(sl, labels, ids, logging_scores=logger, regressor="trees_plus_slope", seed=0)
+    assert isinstance(dm.model, TreesPlusSlope) and dm.model.beta < 0.02
+    r = dm.predict(sl, logger)
+    trees = fit_direct_method(sl, labels, ids, regressor="lightgbm", seed=0).predict(sl)
+    assert np.abs(r - trees)[~shown].mean() < 0.05
+    assert np.mean((r[~shown] > 0.5) == (rel[~shown] > 0.5)) > 0.9  # the step in feature 0 holds below the shown too
+    with pytest.raises(FusionrankError, match="logging_scores"):
+        fit_direct_method(sl, labels, ids, regressor="trees_plus_slope")
 
 
 def _true_ndcg_of_scores(scores, sl):
