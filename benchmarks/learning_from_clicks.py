@@ -99,9 +99,9 @@ class Bench:
         return NeuralRanker(fusion="gated", scorer="mlp", hidden=64, dropout=0.1, loss={"name": "ips_listwise", "args": {}},
                             epochs=self.epochs, batch_size=self.batch, patience=self.epochs, seed=seed, modality_dropout=0.1)
 
-    def fit(self, slates):
+    def fit(self, slates, seed: int = 0):
         t0 = time.perf_counter()
-        r = self.ranker().fit(slates, self.groups, self.tables["title"], log=None)
+        r = self.ranker(seed).fit(slates, self.groups, self.tables["title"], log=None)
         return r, time.perf_counter() - t0
 
     def ndcg(self, r) -> dict[str, float]:
@@ -209,13 +209,15 @@ def click_loglik(bench: Bench, r, train_log: pd.DataFrame, test_log: pd.DataFram
     return float(-nll(p, *frame(test_log)))
 
 
-def labels_for(bench: Bench, method: str, sub: pd.DataFrame, bias, logging_scores=None, regressor: str = "lightgbm_linear"):
+def labels_for(bench: Bench, method: str, sub: pd.DataFrame, bias, logging_scores=None, regressor: str = "trees_plus_slope",
+               seed: int = 0):
     """Training slates labelled by ``method``; ``dr`` regresses r_hat on the features and ``logging_scores`` (the logger's)."""
     from fusionrank.feedback.labels import attach_click_labels, click_labels, fit_direct_method
 
     if method == "dr":
         s = logging_scores
-        dm = fit_direct_method(bench.train, click_labels(sub, "affine", bias), bench.ids, logging_scores=s, regressor=regressor)
+        dm = fit_direct_method(bench.train, click_labels(sub, "affine", bias), bench.ids, logging_scores=s, regressor=regressor,
+                               seed=seed)
         lab = click_labels(sub, "dr", bias, r_hat=dm.frame(bench.train, bench.ids, s))
         return attach_click_labels(bench.train, lab, bench.ids, fill=dm.predict(bench.train, s))
     lab = click_labels(sub, method, bias)
@@ -237,7 +239,8 @@ def main() -> None:
     ap.add_argument("--arms", default="bm25/*,full/*",
                     help="logger/labels pairs to train, * for every labeling of the click model (e.g. full/*,bm25/dr)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per training (0: torch's default)")
-    ap.add_argument("--dm-regressor", default="lightgbm_linear", help="dr's direct method (fusionrank.feedback.labels.DM_REGRESSORS)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds: every arm trains once per seed (ranker and direct method)")
+    ap.add_argument("--dm-regressor", default="trees_plus_slope", help="dr's direct method (fusionrank.feedback.labels.DM_REGRESSORS)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the results file that this run does not repeat (marked with their run)")
     a = ap.parse_args()
@@ -246,6 +249,7 @@ def main() -> None:
     from fusionrank.feedback.propensity import ESTIMATORS
 
     Ns = [int(x) for x in a.sessions.split(",")]
+    seeds = [int(x) for x in a.seeds.split(",")]
     if a.threads:
         import torch
 
@@ -339,19 +343,20 @@ def main() -> None:
             logger_scores = load_ranker(loggers[lg_name] / "ranker").predict(bench.train, bench.tables["title"])
             for n in (Ns if lg_name == "bm25" else [max(Ns)]):
                 sub = first_sessions(logs[lg_name], n, 5)
-                for m in [m for m in methods if (lg_name, "*") in arms or (lg_name, m) in arms]:
+                for m, seed in [(m, sd) for m in methods if (lg_name, "*") in arms or (lg_name, m) in arms for sd in seeds]:
                     b = ips_bias if m == "ips" else (bias if m != "naive" else None)
                     t0 = time.perf_counter()
-                    sl = labels_for(bench, m, sub, b, logger_scores, a.dm_regressor)
-                    r, secs = bench.fit(sl)
+                    sl = labels_for(bench, m, sub, b, logger_scores, a.dm_regressor, seed)
+                    r, secs = bench.fit(sl, seed)
                     nd = bench.ndcg(r)
                     ll = click_loglik(bench, r, sub, logs[lg_name + "-heldout"], bias)
-                    row = {"run": run_id, "click_model": cm_name, "logger": lg_name, "sessions": n, "method": m,
+                    row = {"run": run_id, "seed": seed, "click_model": cm_name, "logger": lg_name, "sessions": n,
+                           "method": f"dr ({a.dm_regressor})" if m == "dr" else m,
                            "propensity": "-" if m == "naive" else ("harvest" if m == "ips" else bias_name),
                            "ndcg@10": nd, "click_loglik": ll, "train_seconds": round(secs, 1),
                            "queries_with_labels": int(((sl.y != 0) & (sl.rows >= 0)).any(1).sum())}
                     res["runs"].append(row)
-                    log(f"{cm_name} {lg_name} N={n:,} {m}: ndcg {nd} ll {ll:.5f} ({time.perf_counter() - t0:.0f} s)")
+                    log(f"{cm_name} {lg_name} N={n:,} {m} seed {seed}: ndcg {nd} ll {ll:.5f} ({time.perf_counter() - t0:.0f} s)")
                     (RESULTS / f"{a.results}.json").write_text(json.dumps(res if earlier is None else merged(earlier, res), indent=1))
     res["seconds_total"] = round(time.perf_counter() - t_all)
     res["load_before"], res["load_after"] = load_before, machine_load()
@@ -367,14 +372,15 @@ def merged(earlier: dict, res: dict) -> dict:
     Earlier rows without a ``run`` get the earlier file's ``run`` (or "first run"); the earlier
     runs' totals and machine load are kept under ``earlier_runs``.
     """
-    key = lambda r: (r["click_model"], r["logger"], r["sessions"], r["method"])  # noqa: E731
+    key = lambda r: (r["click_model"], r["logger"], r["sessions"], r["method"], r.get("seed", 0))  # noqa: E731
     new = {key(r) for r in res["runs"]}
     first = earlier.get("run", "first run")
     kept = [{"run": first, **r} for r in earlier["runs"] if key(r) not in new]
     out = dict(res)
     out["runs"] = sorted(kept + res["runs"], key=lambda r: (r["click_model"], r["logger"] != "bm25", r["sessions"],
                                                            ["naive", "ips", "affine", "dr"].index(r["method"])
-                                                           if r["method"] in ("naive", "ips", "affine", "dr") else 9))
+                                                           if r["method"] in ("naive", "ips", "affine", "dr") else 9,
+                                                           r.get("seed", 0)))
     out["earlier_runs"] = earlier.get("earlier_runs", []) + [
         {k: earlier.get(k) for k in ("run", "command", "seconds_total", "load_before", "load_after", "full_information")}
         | {"run": first}]
@@ -407,18 +413,34 @@ def write_md(res: dict, path: Path) -> None:
                      + (f"; full information {fi['title']:.4f} / {fi['title_sparse']:.4f}" if fi else ""))
         L.append("")
     run_col = len(runs) > 1
-    L += [("| run " if run_col else "") + "| click model | logger | sessions | labels | propensities | NDCG@10 title | % of full | "
+    L += [("| run " if run_col else "") + "| click model | logger | sessions | labels | seed | propensities | NDCG@10 title | % of full | "
           "NDCG@10 title_sparse | % of full | held-out click log-lik. | train s |",
-          ("|---" if run_col else "") + "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+          ("|---" if run_col else "") + "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     # each row against the full-information model of its own run (the reference is retrained in every run)
     ref = {e["run"]: e["full_information"]["ndcg@10"] for e in res.get("earlier_runs", []) if e.get("full_information")}
     for r in res["runs"]:
         n = r["ndcg@10"]
         f = ref.get(r.get("run"), full)
         L.append((f"| {r.get('run', '')} " if run_col else "") +
-                 f"| {r['click_model']} | {r['logger']} | {r['sessions']:,} | {r['method']} | {r['propensity']} | {n['title']:.4f} | "
+                 f"| {r['click_model']} | {r['logger']} | {r['sessions']:,} | {r['method']} | {r.get('seed', 0)} | {r['propensity']} | {n['title']:.4f} | "
                  f"{n['title'] / f['title']:.1%} | {n['title_sparse']:.4f} | {n['title_sparse'] / f['title_sparse']:.1%} | "
                  f"{r['click_loglik']:.5f} | {r['train_seconds']} |")
+    groups: dict = {}
+    for r in res["runs"]:
+        f = ref.get(r.get("run"), full)
+        groups.setdefault((r["click_model"], r["logger"], r["sessions"], r["method"]), []).append(
+            (r.get("seed", 0), [r["ndcg@10"][t] / f[t] for t in ("title", "title_sparse")],
+             [r["ndcg@10"][t] for t in ("title", "title_sparse")]))
+    multi = {k: v for k, v in groups.items() if len({sd for sd, _, _ in v}) > 1}
+    if multi:
+        L += ["", "Over seeds (each row's `% of full` against its own run's full-information model; mean, with the lowest "
+              "and highest seed):", "", "| click model | logger | sessions | labels | seeds | NDCG@10 title | % of full | "
+              "NDCG@10 title_sparse | % of full |", "|---|---|---:|---|---:|---:|---|---:|---|"]
+        for (cm, lg, n, m), v in multi.items():
+            pct, nd = np.array([p for _, p, _ in v]), np.array([x for _, _, x in v])
+            L.append(f"| {cm} | {lg} | {n:,} | {m} | {len(v)} | {nd[:, 0].mean():.4f} | {pct[:, 0].mean():.1%} "
+                     f"({pct[:, 0].min():.1%}-{pct[:, 0].max():.1%}) | {nd[:, 1].mean():.4f} | {pct[:, 1].mean():.1%} "
+                     f"({pct[:, 1].min():.1%}-{pct[:, 1].max():.1%}) |")
     L += ["", "## Propensities recovered (theta_k / theta_1, ranks 1-10, 10^5 sessions per logger; for trust bias also the "
           "absolute alpha_k and beta_k the affine correction uses)", "",
           "Under trust bias the position-only estimators recover click-rate ratios, not theta; the trust-bias EM estimates "
