@@ -520,10 +520,36 @@ def extend(bench: VersionBench, out: Path, versions: list[dict], sens: dict, cap
     sens["settings"]["il_cap_extended"] = cap
 
 
+def recredit(bench: VersionBench, run_dir: Path, versions: list[dict], sens: dict, weights: dict[str, float], seed: int) -> None:
+    """Each pair's interleaving read again from the run's store with other team credit (``weights`` per action), at the
+    same checkpoints; kept in ``pair["interleaving_clicks"]``. Nothing is simulated again: the same sessions, the same
+    clicks, only the credit differs."""
+    from fusionrank.feedback.interleave import interleaving_report
+    from fusionrank.feedback.store import open_store
+
+    version = {v["name"]: v["version"] for v in versions}
+    store = open_store(run_dir / "interleaving.sqlite", HASH_KEY, None)
+    try:
+        for i, r in enumerate(sens["pairs"]):
+            base, checks = 1e9 + i * 1e7, []
+            for c in r["interleaving"]["checks"]:
+                rep = interleaving_report(store, since=base, until=base + c["sessions"], weights=weights,
+                                          pairs=[(version[r["a"]], version[r["b"]])])[0]
+                checks.append({"sessions": c["sessions"], "used": rep.used, "preference": rep.preference, "ci": list(rep.ci),
+                               "sign": 1 if rep.ci[0] > 0 else -1 if rep.ci[1] < 0 else 0})
+            r["interleaving_clicks"] = {**decisions(checks, r["a"], r["b"]), "report": rep.as_dict(), "checks": checks,
+                                        "cap": r["interleaving"].get("cap", sens["settings"]["il_cap"]), "weights": weights}
+            log(f"pair {i + 1} {r['a']} vs {r['b']} credited {weights}: {r['interleaving_clicks']['stable']}")
+    finally:
+        store.close()
+
+
 def summarise(rows: list[dict], a) -> dict:
     """Agreement and sessions needed per test, rule (stable, first) and truth; an undecided test counts as its cap."""
     tests = {"interleaving": (lambda r: r["interleaving"], a.il_cap), "ab_ctr": (lambda r: r["ab"]["ctr"], a.ab_cap),
              "ab_clicks": (lambda r: r["ab"]["clicks"], a.ab_cap)}
+    if rows and all("interleaving_clicks" in r for r in rows):
+        tests["interleaving_clicks"] = (lambda r: r["interleaving_clicks"], a.il_cap)
     out: dict = {}
     for rule in ("stable", "first"):
         for truth in ("offline_winner", "zipf_winner"):
@@ -618,6 +644,13 @@ def main() -> None:
         sens["extend_command"] = res["command"]
         res["sensitivity"] = sens
         parts.add("sensitivity")  # written as this run's sensitivity part
+    if "recredit" in parts:  # the main sensitivity part's interleaving with clicks only credited (Chapelle et al.'s credit)
+        sens = json.loads(path.read_text())["sensitivity"]
+        recredit(bench, a.run_dir, versions, sens, {"click": 1.0}, a.seed)
+        sens["summary"] = summarise(sens["pairs"], SimpleNamespace(il_cap=sens["settings"]["il_cap"], ab_cap=sens["settings"]["ab_cap"]))
+        sens["recredit_command"] = res["command"]
+        res["sensitivity"] = sens
+        parts.add("sensitivity")
     if "loop" in parts:
         t0 = time.perf_counter()
         start = next(v for v in versions if v["name"] == a.loop_start)
@@ -698,6 +731,10 @@ def sensitivity_md(s: dict, main: bool) -> list[str]:
           "(Welch): absolute click metrics of the kind Radlinski et al. (2008) and Chapelle et al. (2012) compare "
           "interleaving with. Both arms together count as the A/B test's sessions, every interleaved session (with or "
           "without a click) as interleaving's.",
+          *([f"- **Clicks only credited**: the same interleaved sessions read again (`interleaving.py "
+             f"{s.get('recredit_command', '')}`) with only clicks credited to the teams, as in Radlinski et al. (2008) "
+             "and Chapelle et al. (2012); the pairs continued past the first cap are those the gate's credit left "
+             "undecided."] if s["pairs"] and "interleaving_clicks" in s["pairs"][0] else []),
           "- Every test runs to its cap. **Stable** (the main figures): the decision is the last check's, and the sessions "
           "needed are those from which every later check was confident the same way. **First**: stopping at the first "
           "confident check, as a gate that peeks would; with 8 to 10 (interleaving) or 15 (A/B) looks this decides "
@@ -707,10 +744,14 @@ def sensitivity_md(s: dict, main: bool) -> list[str]:
         L += [f"**{rule.capitalize()}** decisions:", "",
               "| test | agrees with offline winner (of all pairs) | among decided | decided | median sessions "
               "(undecided: its cap) | A/B sessions / interleaving sessions |", "|---|---:|---:|---:|---:|---:|"]
-        for k, name in (("interleaving", "**team-draft interleaving**"), ("ab_ctr", "A/B, CTR (baseline)"),
-                        ("ab_clicks", "A/B, clicks per session")):
+        for k, name in (("interleaving", "**team-draft interleaving**"), ("interleaving_clicks", "team-draft interleaving, "
+                        "clicks only credited"), ("ab_ctr", "A/B, CTR (baseline)"), ("ab_clicks", "A/B, clicks per session")):
+            if k not in o:
+                continue
             p = o[k]
-            ratio = "-" if k == "interleaving" else f"**{o['ratio_' + k[3:]]:.1f}x**" if k == "ab_ctr" else f"{o['ratio_' + k[3:]]:.1f}x"
+            ratio = ("-" if k == "interleaving" else f"**{o['ratio_' + k[3:]]:.1f}x**" if k == "ab_ctr" else
+                     f"A/B CTR {o['ab_ctr']['median_sessions'] / p['median_sessions']:.1f}x" if k == "interleaving_clicks"
+                     else f"{o['ratio_' + k[3:]]:.1f}x")
             L.append(f"| {name} | {p['agree']}/{p['pairs']} ({p['agreement']:.0%}) | "
                      f"{'-' if p['agreement_of_decided'] is None else format(p['agreement_of_decided'], '.0%')} | "
                      f"{p['decided']}/{p['pairs']} | {p['median_sessions']:,.0f} | {ratio} |")
