@@ -655,7 +655,7 @@ def main() -> None:
         t0 = time.perf_counter()
         start = next(v for v in versions if v["name"] == a.loop_start)
         res["loop"] = run_the_loop(bench, a.out, start, a)
-        res["loop"].update(run=res["run"], command=res["command"])
+        res["loop"].update(run=res["run"], command=res["command"], invocation=res["invocation"])
     res["seconds_total"] = round(time.perf_counter() - t_all)
     res["load_after"] = machine_load()
     save(res, parts, path)
@@ -799,6 +799,65 @@ def sensitivity_md(s: dict, main: bool) -> list[str]:
     return L
 
 
+def loop_md(lp: dict, full: dict, title: str) -> list[str]:
+    """The markdown of one loop part."""
+    L: list[str] = []
+    st = lp["settings"]
+    train_on = st.get("loop_train_on", "round")
+    L += [title, "", f"Run {lp['run']}: `{lp.get('invocation') or lp['command']}`.", "",
+          f"`fusionrank.models.loop.run_loop` (what `fusionrank loop` runs) from `{lp['start']}` (dev NDCG@10 "
+          f"{lp['start_dev']['title']:.4f} / {lp['start_dev']['title_sparse']:.4f}), a fresh registry, the service on HTTP "
+          f"following it and randomising {st.get('loop_randomise_share', 0):.0%} of the searches it does not interleave "
+          f"(top result swapped with one of ranks 2..10); per round {st['loop_sessions']:,} sessions of shoppers (training "
+          f"queries, Zipf(1), PBM theta_k = 1/k) through the HTTP API, `retrain` on "
+          + ("every non-interleaved search logged since the start" if train_on == "all" else "that round's searches only")
+          + f" (labels `{st['loop_labels']}`, propensities `{st['loop_propensity']}`"
+          + (" estimated by `retrain` from every randomised search in the store" if st["loop_propensity"] == "swaps" else "")
+          + f", `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "
+          f"{st['loop_batch']} sessions until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
+          f"least {lp['policy']['min_searches']} credited searches; undecided after {st['loop_max_interleave']:,} "
+          f"sessions: retired). {lp['seconds']} s.", "",
+          "Dev NDCG@10 here is measured as for every version above (the prepared dev slates, queries as typed); the gate's "
+          "own offline numbers (the service's ranking path, with the query understanding `retrain` builds) are beside "
+          "them.", "",
+          "| round | candidate | trained on (searches) | candidate dev NDCG@10 (gate's) | outcome | serving after | its dev "
+          "NDCG@10 title / title_sparse (gate's) | minus full (title) | preference [95% CI] | sessions logged + "
+          "interleaved | sessions so far |",
+          "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|"]
+    for r in lp["rounds"]:
+        pd_, cd = r["promoted_dev"], r["candidate_dev"]
+        def g(x):
+            return "" if x is None else f" ({x:.4f})"
+
+        tr_n = r.get("searches_trained")
+        L.append(f"| {r['round']} | {r['candidate']} | {'-' if tr_n is None else format(tr_n, ',')} | "
+                 f"{'-' if cd is None else format(cd['title'], '.4f')}{g(r['candidate_ndcg'])} | "
+                 f"{r['outcome']} | {r['promoted']} | {pd_['title']:.4f} / {pd_['title_sparse']:.4f}{g(r['promoted_ndcg'])} | "
+                 f"{pd_['title'] - full['title']:+.4f} | "
+                 + ("-" if r["preference"] is None else f"{r['preference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]")
+                 + f" | {r['sessions_logged']:,} + {r['sessions_interleaving']:,} | {r['sessions_total']:,} |")
+    if any(r.get("theta") for r in lp["rounds"]):
+        L += ["", "Position bias each retraining estimated (theta_k / theta_1, ranks 1-10; the shoppers' truth is 1/k):", "",
+              "| round | from searches (randomised) | " + " | ".join(f"k={k}" for k in range(1, 11)) + " |",
+              "|---:|---:|" + "---:|" * 10,
+              "| truth | - | " + " | ".join(f"{1 / k:.3f}" for k in range(1, 11)) + " |"]
+        for r in lp["rounds"]:
+            if r.get("theta"):
+                pl = r.get("propensity_log") or {}
+                L.append(f"| {r['round']} | {pl.get('searches', 0):,} ({pl.get('randomised', 0):,}) | "
+                         + " | ".join(f"{t:.3f}" for t in r["theta"][:10]) + " |")
+    prev, worse = lp["start_dev"]["title"], []
+    for r in lp["rounds"]:
+        if r["outcome"] == "promoted" and r["promoted_dev"]["title"] < prev:
+            worse.append(f"round {r['round']} ({r['promoted_dev']['title'] - prev:+.4f})")
+        prev = r["promoted_dev"]["title"]
+    L += ["", "Promotions that lowered dev NDCG@10 (title): " + (", ".join(worse) if worse else "none") + "."]
+    L += ["", "Decisions recorded in the registry:", ""]
+    L += [f"- {d['version']} {d['action']}: {d['reason']}" for d in lp["decisions"]]
+    L.append("")
+    return L
+
+
 def write_md(res: dict, path: Path) -> None:
     if res["full_information"] is None:
         return  # written once the full-information version is trained
@@ -819,61 +878,14 @@ def write_md(res: dict, path: Path) -> None:
     L.append("")
     for key in sorted((k for k in res if k.startswith("sensitivity")), key=lambda k: (k != "sensitivity", k)):
         L += sensitivity_md(res[key], main=key == "sensitivity")
-    lp = res.get("loop")
-    if lp:
-        st = lp["settings"]
-        train_on = st.get("loop_train_on", "round")
-        L += ["## The loop", "", f"Run {lp['run']}.", "",
-              f"`fusionrank.models.loop.run_loop` (what `fusionrank loop` runs) from `{lp['start']}` (dev NDCG@10 "
-              f"{lp['start_dev']['title']:.4f} / {lp['start_dev']['title_sparse']:.4f}), a fresh registry, the service on HTTP "
-              f"following it and randomising {st.get('loop_randomise_share', 0):.0%} of the searches it does not interleave "
-              f"(top result swapped with one of ranks 2..10); per round {st['loop_sessions']:,} sessions of shoppers (training "
-              f"queries, Zipf(1), PBM theta_k = 1/k) through the HTTP API, `retrain` on "
-              + ("every non-interleaved search logged since the start" if train_on == "all" else "that round's searches only")
-              + f" (labels `{st['loop_labels']}`, propensities `{st['loop_propensity']}`"
-              + (" estimated by `retrain` from every randomised search in the store" if st["loop_propensity"] == "swaps" else "")
-              + f", `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "
-              f"{st['loop_batch']} sessions until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
-              f"least {lp['policy']['min_searches']} credited searches; undecided after {st['loop_max_interleave']:,} "
-              f"sessions: retired). {lp['seconds']} s.", "",
-              "Dev NDCG@10 here is measured as for every version above (the prepared dev slates, queries as typed); the gate's "
-              "own offline numbers (the service's ranking path, with the query understanding `retrain` builds) are beside "
-              "them.", "",
-              "| round | candidate | trained on (searches) | candidate dev NDCG@10 (gate's) | outcome | serving after | its dev "
-              "NDCG@10 title / title_sparse (gate's) | minus full (title) | preference [95% CI] | sessions logged + "
-              "interleaved | sessions so far |",
-              "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|"]
-        for r in lp["rounds"]:
-            pd_, cd = r["promoted_dev"], r["candidate_dev"]
-            def g(x):
-                return "" if x is None else f" ({x:.4f})"
-
-            tr_n = r.get("searches_trained")
-            L.append(f"| {r['round']} | {r['candidate']} | {'-' if tr_n is None else format(tr_n, ',')} | "
-                     f"{'-' if cd is None else format(cd['title'], '.4f')}{g(r['candidate_ndcg'])} | "
-                     f"{r['outcome']} | {r['promoted']} | {pd_['title']:.4f} / {pd_['title_sparse']:.4f}{g(r['promoted_ndcg'])} | "
-                     f"{pd_['title'] - full['title']:+.4f} | "
-                     + ("-" if r["preference"] is None else f"{r['preference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]")
-                     + f" | {r['sessions_logged']:,} + {r['sessions_interleaving']:,} | {r['sessions_total']:,} |")
-        if any(r.get("theta") for r in lp["rounds"]):
-            L += ["", "Position bias each retraining estimated (theta_k / theta_1, ranks 1-10; the shoppers' truth is 1/k):", "",
-                  "| round | from searches (randomised) | " + " | ".join(f"k={k}" for k in range(1, 11)) + " |",
-                  "|---:|---:|" + "---:|" * 10,
-                  "| truth | - | " + " | ".join(f"{1 / k:.3f}" for k in range(1, 11)) + " |"]
-            for r in lp["rounds"]:
-                if r.get("theta"):
-                    pl = r.get("propensity_log") or {}
-                    L.append(f"| {r['round']} | {pl.get('searches', 0):,} ({pl.get('randomised', 0):,}) | "
-                             + " | ".join(f"{t:.3f}" for t in r["theta"][:10]) + " |")
-        prev, worse = lp["start_dev"]["title"], []
-        for r in lp["rounds"]:
-            if r["outcome"] == "promoted" and r["promoted_dev"]["title"] < prev:
-                worse.append(f"round {r['round']} ({r['promoted_dev']['title'] - prev:+.4f})")
-            prev = r["promoted_dev"]["title"]
-        L += ["", "Promotions that lowered dev NDCG@10 (title): " + (", ".join(worse) if worse else "none") + "."]
-        L += ["", "Decisions recorded in the registry:", ""]
-        L += [f"- {d['version']} {d['action']}: {d['reason']}" for d in lp["decisions"]]
-        L.append("")
+    if res.get("loop"):
+        L += loop_md(res["loop"], full, "## The loop")
+    # loop runs with other settings, each in its own results file (interleaving_loop_*.json)
+    for other in sorted(path.parent.glob(path.stem + "_loop_*.json")):
+        lp = json.loads(other.read_text()).get("loop")
+        if lp:
+            L += loop_md(lp, full, f"## The loop, {', '.join(f'{k[5:]} {v}' for k, v in lp['settings'].items() if k in ('loop_labels',))} "
+                                   f"(`{other.name}`)")
     L += ["## Versions", "", "| version | training queries | seed | epochs | NDCG@10 title | title_sparse | train s |",
           "|---|---:|---:|---:|---:|---:|---:|"]
     for v in res["versions"]:
