@@ -412,6 +412,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
     reports = run_loop(start_dir, reg_dir, rounds=a.loop_rounds, sessions=a.loop_sessions, interleave_batch=a.loop_batch,
                        max_interleave_sessions=a.loop_max_interleave, click_model="pbm", labels=a.loop_labels,
                        propensity=a.loop_propensity, randomise_share=a.loop_randomise_share, train_on=a.loop_train_on,
+                       dm_regressor=a.loop_dm_regressor,
                        loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed,
                        log=lambda m: log("loop " + m))
     secs = time.perf_counter() - t0
@@ -435,7 +436,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
             "seconds": round(secs), "decisions": decisions,
             "settings": {k: getattr(a, k) for k in ("loop_rounds", "loop_sessions", "loop_batch", "loop_max_interleave",
                                                     "loop_labels", "loop_propensity", "loop_share", "loop_randomise_share",
-                                                    "loop_train_on")}}
+                                                    "loop_train_on", "loop_dm_regressor")}}
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -597,6 +598,8 @@ def main() -> None:
     ap.add_argument("--loop-propensity", default="swaps", help="an estimator or a PositionBias .json")
     ap.add_argument("--loop-randomise-share", type=float, default=0.1, help="share of the logged searches randomised")
     ap.add_argument("--loop-train-on", default="all", help="all: every search logged so far; round: this round's")
+    ap.add_argument("--loop-dm-regressor", default="ridge", help="labels dr: the direct method (with the promoted "
+                    "version's scores)")
     ap.add_argument("--loop-start", default="q20-s0-e4")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
@@ -811,7 +814,11 @@ def loop_md(lp: dict, full: dict, title: str) -> list[str]:
           f"(top result swapped with one of ranks 2..10); per round {st['loop_sessions']:,} sessions of shoppers (training "
           f"queries, Zipf(1), PBM theta_k = 1/k) through the HTTP API, `retrain` on "
           + ("every non-interleaved search logged since the start" if train_on == "all" else "that round's searches only")
-          + f" (labels `{st['loop_labels']}`, propensities `{st['loop_propensity']}`"
+          + f" (labels `{st['loop_labels']}`"
+          + ((f" with the `{st['loop_dm_regressor']}` direct method on the features and the serving version's scores"
+              if st.get("loop_dm_regressor") else " with the `ridge` direct method on the features alone")
+             if st["loop_labels"] == "dr" else "")
+          + f", propensities `{st['loop_propensity']}`"
           + (" estimated by `retrain` from every randomised search in the store" if st["loop_propensity"] == "swaps" else "")
           + f", `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "
           f"{st['loop_batch']} sessions until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
@@ -884,7 +891,7 @@ def write_md(res: dict, path: Path) -> None:
     for other in sorted(path.parent.glob(path.stem + "_loop_*.json")):
         lp = json.loads(other.read_text()).get("loop")
         if lp:
-            L += loop_md(lp, full, f"## The loop, {', '.join(f'{k[5:]} {v}' for k, v in lp['settings'].items() if k in ('loop_labels',))} "
+            L += loop_md(lp, full, f"## The loop, {', '.join(f'{k[5:]} {v}' for k, v in lp['settings'].items() if k in ('loop_labels', 'loop_dm_regressor', 'loop_train_on'))} "
                                    f"(`{other.name}`)")
     L += ["## Versions", "", "| version | training queries | seed | epochs | NDCG@10 title | title_sparse | train s |",
           "|---|---:|---:|---:|---:|---:|---:|"]

@@ -133,3 +133,19 @@ def test_retrain_refuses_a_position_bias_the_log_does_not_identify(shop, tiny_mo
     v = retrain(reg, str(store), since=t_mid, propensity_searches="training", epochs=1, log=lambda m: None)
     ev = v.training_data["events"]
     assert ev["propensity_log"]["searches"] == 1500 and ev["theta"][0] == 1.0 and min(ev["theta"][1:]) < 0.9
+
+
+def test_retrain_with_doubly_robust_labels_reads_the_logging_models_scores(shop, tiny_model, tmp_path):
+    from fusionrank.modeldir import ModelDir
+    from fusionrank.models import ModelRegistry
+    from fusionrank.models.retrain import retrain
+
+    reg = ModelRegistry.create(tmp_path / "reg")
+    reg.register(tiny_model[0])
+    v = retrain(reg, str(shop[0]), since=shop[1], labels="dr", logging_model=str(tiny_model[0]), dm_regressor="ridge",
+                epochs=1, log=lambda m: None)
+    ev = v.training_data["events"]
+    assert ev["labels"] == "dr" and v.config["events"]["dm_regressor"] == "ridge"
+    assert ev["logging_model"] == {"version": ModelDir.open(tiny_model[0]).version(), "share_of_searches": 1.0}
+    with pytest.raises(FusionrankError, match="direct-method regressor 'forest'; valid names"):
+        retrain(reg, str(shop[0]), labels="dr", dm_regressor="forest", log=lambda m: None)

@@ -74,6 +74,7 @@ def _wait(pred, seconds: float, what: str) -> None:
 def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3, sessions: int = 2000,
              interleave_batch: int = 500, max_interleave_sessions: int = 20_000, click_model: str = "pbm", k: int = 10,
              labels: str = "ips", propensity: str = "swaps", randomise_share: float = 0.1, train_on: str = "all",
+             dm_regressor: str = "ridge",
              loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
              epochs: int | None = None, policy: PromotionPolicy | None = None, seed: int = 0, serve_forever: bool = False,
              port: int = 0, log=print) -> list[RoundReport]:
@@ -83,7 +84,9 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
     promoted first version when it does not exist; otherwise the loop continues from its promoted
     version. The event store is ``REGISTRY/service-data/events.sqlite``. With ``propensity="swaps"``
     (the default) ``randomise_share`` must be above 0: without randomised searches the bias is not
-    identified from one logging model, and retraining would stop with an error saying so.
+    identified from one logging model, and retraining would stop with an error saying so. With
+    ``labels="dr"`` the direct method (``dm_regressor``) also reads the scores of the promoted version that
+    served the round (its ``logging_model``).
     """
     import httpx
 
@@ -144,7 +147,9 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
                     ", ".join(f"{n:,} {a}" for a, n in rep.actions.items()) + f" in {rep.seconds:.0f} s")
                 log(f"[round {r}/{rounds}] retrain on " + ("every search logged so far" if train_on == "all"
                                                             else "the searches of this round"))
-                cand = retrain(reg, store_url, since=since if train_on == "round" else None, labels=labels, propensity=propensity, loss=loss,
+                cand = retrain(reg, store_url, since=since if train_on == "round" else None, labels=labels, propensity=propensity,
+                               logging_model=str(reg.model_path(before)) if labels == "dr" else None,
+                               dm_regressor=dm_regressor, loss=loss,
                                judgments_weight=judgments_weight, key_file=str(key_file) if key_file.exists() else None,
                                epochs=epochs, seed=seed + r, actor="loop", log=lambda m: log("  " + m))
                 cand_ndcg = (cand.offline or {}).get("metrics", {}).get(pol.metric)

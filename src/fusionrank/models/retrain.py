@@ -39,13 +39,15 @@ def redact_url(url: str) -> str:
 
 def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, until: float | None = None,
             labels: str = "ips", propensity: str = "swaps", propensity_searches: str = "all", loss: str | None = "ips_listwise",
-            judgments_weight: float = 0.0, key_file: str | None = None, epochs: int | None = None, seed: int | None = None, actor: str = "cli",
+            judgments_weight: float = 0.0, logging_model: str | None = None, dm_regressor: str = "ridge",
+            key_file: str | None = None, epochs: int | None = None, seed: int | None = None, actor: str = "cli",
             note: str | None = None, log=print) -> ModelVersion:
     """Train a candidate from ``store``'s searches in ``[since, until)`` on top of the promoted version; register it.
 
     ``loss``: the loss of the new version (``None`` keeps the parent's); the default ``ips_listwise``
     is linear in the labels, so bias-corrected labels stay unbiased. ``propensity_searches``: which
     searches the position-bias estimator reads (``all`` or ``training``; :class:`~fusionrank.feedback.source.EventsConfig`).
+    ``logging_model`` (a model directory) and ``dm_regressor``: the direct method of ``labels="dr"``.
     """
     from ..experiment import Block, train
     from ..feedback.source import EventsConfig
@@ -64,7 +66,7 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
     try:
         cfg.events = EventsConfig(store=store, key_file=key_file, labels=labels, propensity=propensity,
                                   propensity_searches=propensity_searches, since=since, until=until,
-                                  judgments_weight=judgments_weight)
+                                  judgments_weight=judgments_weight, logging_model=logging_model, dm_regressor=dm_regressor)
         if loss is not None:
             cfg.loss = Block(name=loss)
         if epochs is not None:
@@ -89,7 +91,7 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
     data: dict[str, Any] = {"events": {"store": redact_url(store), "since": since, "until": until,
                                        **{k: clicks.get(k) for k in ("searches", "impressions", "queries", "first_search",
                                                                       "last_search", "labels", "propensity",
-                                                                      "propensity_log", "theta")}}}
+                                                                      "propensity_log", "theta", "logging_model")}}}
     if judgments_weight > 0:
         data["judgments"] = {"source": cfg.data.source, "split": cfg.data.train_split, "weight": judgments_weight,
                              "queries": clicks.get("judged_queries")}
