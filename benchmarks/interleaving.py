@@ -412,7 +412,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
     reports = run_loop(start_dir, reg_dir, rounds=a.loop_rounds, sessions=a.loop_sessions, interleave_batch=a.loop_batch,
                        max_interleave_sessions=a.loop_max_interleave, click_model="pbm", labels=a.loop_labels,
                        propensity=a.loop_propensity, randomise_share=a.loop_randomise_share, train_on=a.loop_train_on,
-                       dm_regressor=a.loop_dm_regressor,
+                       dm_regressor=a.loop_dm_regressor, logging_scores=a.loop_logging_scores,
                        loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed,
                        log=lambda m: log("loop " + m))
     secs = time.perf_counter() - t0
@@ -436,7 +436,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
             "seconds": round(secs), "decisions": decisions,
             "settings": {k: getattr(a, k) for k in ("loop_rounds", "loop_sessions", "loop_batch", "loop_max_interleave",
                                                     "loop_labels", "loop_propensity", "loop_share", "loop_randomise_share",
-                                                    "loop_train_on", "loop_dm_regressor")}}
+                                                    "loop_train_on", "loop_dm_regressor", "loop_logging_scores")}}
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -598,8 +598,9 @@ def main() -> None:
     ap.add_argument("--loop-propensity", default="swaps", help="an estimator or a PositionBias .json")
     ap.add_argument("--loop-randomise-share", type=float, default=0.1, help="share of the logged searches randomised")
     ap.add_argument("--loop-train-on", default="all", help="all: every search logged so far; round: this round's")
-    ap.add_argument("--loop-dm-regressor", default="ridge", help="labels dr: the direct method (with the promoted "
-                    "version's scores)")
+    ap.add_argument("--loop-dm-regressor", default="ridge", help="labels dr: the direct method's regressor")
+    ap.add_argument("--loop-logging-scores", action="store_true", help="labels dr: the direct method also reads the "
+                    "serving version's scores")
     ap.add_argument("--loop-start", default="q20-s0-e4")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
@@ -815,8 +816,8 @@ def loop_md(lp: dict, full: dict, title: str) -> list[str]:
           f"queries, Zipf(1), PBM theta_k = 1/k) through the HTTP API, `retrain` on "
           + ("every non-interleaved search logged since the start" if train_on == "all" else "that round's searches only")
           + f" (labels `{st['loop_labels']}`"
-          + ((f" with the `{st['loop_dm_regressor']}` direct method on the features and the serving version's scores"
-              if st.get("loop_dm_regressor") else " with the `ridge` direct method on the features alone")
+          + (f" with the `{st.get('loop_dm_regressor', 'ridge')}` direct method on the features"
+             + (" and the serving version's scores" if st.get("loop_logging_scores") else " alone")
              if st["loop_labels"] == "dr" else "")
           + f", propensities `{st['loop_propensity']}`"
           + (" estimated by `retrain` from every randomised search in the store" if st["loop_propensity"] == "swaps" else "")

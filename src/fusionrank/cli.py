@@ -825,7 +825,9 @@ def loop(
     train_on: str = typer.Option("all", help="searches each retraining reads: all (every logged search so far) or "
                                  "round (the searches of this round)"),
     dm_regressor: str = typer.Option("ridge", help="--labels dr: the direct method's regressor (ridge, lightgbm, "
-                                     "lightgbm_linear, partially_linear); it also reads the promoted version's scores"),
+                                     "lightgbm_linear, partially_linear)"),
+    logging_scores: bool = typer.Option(False, help="--labels dr: the direct method also reads the scores of the "
+                                        "promoted version that served the round"),
     judgments_weight: float = typer.Option(0.0, help="> 0: judged training queries join retraining, grades scaled by this"),
     epochs: Optional[int] = typer.Option(None, help="training epochs of each candidate (default: the parent's)"),
     policy: Optional[Path] = typer.Option(None, help="TOML/YAML file with the promotion policy of a new registry"),
@@ -857,7 +859,7 @@ def loop(
         reps = run_loop(model, registry, rounds=rounds, sessions=sessions, interleave_batch=interleave_batch,
                         max_interleave_sessions=max_interleave_sessions, click_model=click_model, labels=labels,
                         propensity=propensity, randomise_share=randomise_share, train_on=train_on,
-                        dm_regressor=dm_regressor, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
+                        dm_regressor=dm_regressor, logging_scores=logging_scores, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
                         serve_forever=serve_after, port=port, log=lambda m: console.print(m, markup=False, highlight=False))
     except FusionrankError as e:
         _fail(e)

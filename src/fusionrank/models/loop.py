@@ -74,7 +74,7 @@ def _wait(pred, seconds: float, what: str) -> None:
 def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3, sessions: int = 2000,
              interleave_batch: int = 500, max_interleave_sessions: int = 20_000, click_model: str = "pbm", k: int = 10,
              labels: str = "ips", propensity: str = "swaps", randomise_share: float = 0.1, train_on: str = "all",
-             dm_regressor: str = "ridge",
+             dm_regressor: str = "ridge", logging_scores: bool = False,
              loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
              epochs: int | None = None, policy: PromotionPolicy | None = None, seed: int = 0, serve_forever: bool = False,
              port: int = 0, log=print) -> list[RoundReport]:
@@ -85,8 +85,8 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
     version. The event store is ``REGISTRY/service-data/events.sqlite``. With ``propensity="swaps"``
     (the default) ``randomise_share`` must be above 0: without randomised searches the bias is not
     identified from one logging model, and retraining would stop with an error saying so. With
-    ``labels="dr"`` the direct method (``dm_regressor``) also reads the scores of the promoted version that
-    served the round (its ``logging_model``).
+    ``labels="dr"`` the direct method is ``dm_regressor``; with ``logging_scores`` it also reads the scores
+    of the promoted version that served the round (its ``logging_model``).
     """
     import httpx
 
@@ -148,7 +148,7 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
                 log(f"[round {r}/{rounds}] retrain on " + ("every search logged so far" if train_on == "all"
                                                             else "the searches of this round"))
                 cand = retrain(reg, store_url, since=since if train_on == "round" else None, labels=labels, propensity=propensity,
-                               logging_model=str(reg.model_path(before)) if labels == "dr" else None,
+                               logging_model=str(reg.model_path(before)) if labels == "dr" and logging_scores else None,
                                dm_regressor=dm_regressor, loss=loss,
                                judgments_weight=judgments_weight, key_file=str(key_file) if key_file.exists() else None,
                                epochs=epochs, seed=seed + r, actor="loop", log=lambda m: log("  " + m))
