@@ -205,7 +205,8 @@ class Traffic:
     version ranks those candidates with the service's :class:`Scorer`. Sessions then draft, click and log.
     """
 
-    def __init__(self, bench: VersionBench, out: Path, versions: list[dict], click_model, seed: int = 0, fresh: bool = True):
+    def __init__(self, bench: VersionBench, out: Path, versions: list[dict], click_model, seed: int = 0, fresh: bool = True,
+                 zipf_s: float = 0.0):
         from fusionrank.experiment import split_frame
         from fusionrank.feedback.simulate import Shoppers
         from fusionrank.feedback.store import open_store
@@ -220,7 +221,7 @@ class Traffic:
         self.svc = SearchService(SearchIndex.load(bench.index_dir, log=lambda m: None), next(iter(self.handles.values())),
                                  QueryEncoder(text_encoder=bench.config.text_encoder_spec),
                                  events=open_store(store_path, HASH_KEY, None), feature_logging=False, seed=seed, log=None)
-        self.shoppers = Shoppers(split_frame(bench.cat, "dev"), bench.qrels, click_model, k=10, zipf_s=1.0, seed=seed)
+        self.shoppers = Shoppers(split_frame(bench.cat, "dev"), bench.qrels, click_model, k=10, zipf_s=zipf_s, seed=seed)
         self.click_model, self.k, self.seed = click_model, 10, seed
         self.slates = None  # every query's candidates and features (Slates, one row per query)
         self.ranked: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # (version, query) -> (order, scores)
@@ -398,26 +399,21 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
     from fusionrank.models.loop import run_loop
     from fusionrank.rankers import load_ranker
 
-    start_dir = out / "loop-start"
-    reg_dir = out / "loop-registry"
+    start_dir = a.run_dir / "loop-start"
+    reg_dir = a.run_dir / "loop-registry"
     for d in (start_dir, reg_dir):
         if d.exists():
             shutil.rmtree(d)
     shutil.copytree(start["dir"], start_dir)
     (start_dir / "index").symlink_to(bench.index_dir)  # the serving index; the loop's service only reads it
-    propensity = a.loop_propensity
-    if propensity == "part1":  # the PBM propensities learning_from_clicks.py harvested from 10^5 sessions per policy
-        from fusionrank.feedback.bias import PositionBias
-
-        est = json.loads((RESULTS / "learning_from_clicks.json").read_text())["propensities"]["pbm"]
-        propensity = str(out / "pbm-harvested.json")
-        PositionBias(np.array(est["harvest (2 loggers, no randomisation)"]), method="harvest (learning_from_clicks.py)").save(propensity)
     policy = PromotionPolicy(mode="manual", interleave_share=a.loop_share, min_searches=200,
                              max_searches=a.loop_max_interleave)
     t0 = time.perf_counter()
     reports = run_loop(start_dir, reg_dir, rounds=a.loop_rounds, sessions=a.loop_sessions, interleave_batch=a.loop_batch,
                        max_interleave_sessions=a.loop_max_interleave, click_model="pbm", labels=a.loop_labels,
-                       propensity=propensity, loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed,
+                       propensity=a.loop_propensity, randomise_share=a.loop_randomise_share, train_on=a.loop_train_on,
+                       dm_regressor=a.loop_dm_regressor, logging_scores=a.loop_logging_scores,
+                       loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed,
                        log=lambda m: log("loop " + m))
     secs = time.perf_counter() - t0
     reg = ModelRegistry.open(reg_dir)
@@ -431,13 +427,16 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
         d["promoted_dev"] = bench.ndcg(load_ranker(Path(reg.model_path(idx.find(r.promoted))) / "ranker"))
         d["candidate_dev"] = bench.ndcg(load_ranker(Path(reg.model_path(idx.find(r.candidate))) / "ranker")) \
             if r.candidate and (Path(reg.model_path(idx.find(r.candidate))) / "ranker").exists() else None
+        ev = (idx.find(r.candidate).training_data or {}).get("events") or {} if r.candidate else {}
+        d["theta"], d["propensity_log"] = ev.get("theta"), ev.get("propensity_log")
         rounds.append(d)
         log(f"loop round {r.round}: {r.outcome}; serving {r.promoted} dev {d['promoted_dev']}")
     decisions = [{"version": x.version, "action": x.action, "reason": x.reason} for x in idx.decisions]
     return {"start": start["name"], "start_dev": start_ndcg, "policy": policy.model_dump(), "rounds": rounds,
             "seconds": round(secs), "decisions": decisions,
             "settings": {k: getattr(a, k) for k in ("loop_rounds", "loop_sessions", "loop_batch", "loop_max_interleave",
-                                                    "loop_labels", "loop_propensity", "loop_share")}}
+                                                    "loop_labels", "loop_propensity", "loop_share", "loop_randomise_share",
+                                                    "loop_train_on", "loop_dm_regressor", "loop_logging_scores")}}
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -447,7 +446,8 @@ def sensitivity(bench: VersionBench, out: Path, versions: list[dict], a) -> dict
 
     pairs = pick_pairs(versions, a.pairs)
     used = {v["name"]: v for p in pairs for v in p}
-    tr = Traffic(bench, out, list(used.values()), PositionBased(PowerLawExamination(1.0)), seed=a.seed)
+    tr = Traffic(bench, a.run_dir, list(used.values()), PositionBased(PowerLawExamination(1.0)), seed=a.seed,
+                 zipf_s=a.query_zipf)
     secs = tr.prepare()
     log(f"{len(pairs)} pairs over {len(used)} versions; {len(tr.slates)} dev queries searched and ranked in {secs:.0f} s")
     # the online truth the shoppers see: NDCG@10 weighted by the queries' popularity, and expected clicks per session
@@ -498,7 +498,7 @@ def extend(bench: VersionBench, out: Path, versions: list[dict], sens: dict, cap
 
     names = {r[k] for r in sens["pairs"] for k in ("a", "b")}
     tr = Traffic(bench, out, [v for v in versions if v["name"] in names], PositionBased(PowerLawExamination(1.0)), seed=seed,
-                 fresh=False)
+                 fresh=False, zipf_s=query_population(sens))
     tr.prepare()
     t0 = time.perf_counter()
     for i, r in enumerate(sens["pairs"]):
@@ -521,10 +521,36 @@ def extend(bench: VersionBench, out: Path, versions: list[dict], sens: dict, cap
     sens["settings"]["il_cap_extended"] = cap
 
 
+def recredit(bench: VersionBench, run_dir: Path, versions: list[dict], sens: dict, weights: dict[str, float], seed: int) -> None:
+    """Each pair's interleaving read again from the run's store with other team credit (``weights`` per action), at the
+    same checkpoints; kept in ``pair["interleaving_clicks"]``. Nothing is simulated again: the same sessions, the same
+    clicks, only the credit differs."""
+    from fusionrank.feedback.interleave import interleaving_report
+    from fusionrank.feedback.store import open_store
+
+    version = {v["name"]: v["version"] for v in versions}
+    store = open_store(run_dir / "interleaving.sqlite", HASH_KEY, None)
+    try:
+        for i, r in enumerate(sens["pairs"]):
+            base, checks = 1e9 + i * 1e7, []
+            for c in r["interleaving"]["checks"]:
+                rep = interleaving_report(store, since=base, until=base + c["sessions"], weights=weights,
+                                          pairs=[(version[r["a"]], version[r["b"]])])[0]
+                checks.append({"sessions": c["sessions"], "used": rep.used, "preference": rep.preference, "ci": list(rep.ci),
+                               "sign": 1 if rep.ci[0] > 0 else -1 if rep.ci[1] < 0 else 0})
+            r["interleaving_clicks"] = {**decisions(checks, r["a"], r["b"]), "report": rep.as_dict(), "checks": checks,
+                                        "cap": r["interleaving"].get("cap", sens["settings"]["il_cap"]), "weights": weights}
+            log(f"pair {i + 1} {r['a']} vs {r['b']} credited {weights}: {r['interleaving_clicks']['stable']}")
+    finally:
+        store.close()
+
+
 def summarise(rows: list[dict], a) -> dict:
     """Agreement and sessions needed per test, rule (stable, first) and truth; an undecided test counts as its cap."""
     tests = {"interleaving": (lambda r: r["interleaving"], a.il_cap), "ab_ctr": (lambda r: r["ab"]["ctr"], a.ab_cap),
              "ab_clicks": (lambda r: r["ab"]["clicks"], a.ab_cap)}
+    if rows and all("interleaving_clicks" in r for r in rows):
+        tests["interleaving_clicks"] = (lambda r: r["interleaving_clicks"], a.il_cap)
     out: dict = {}
     for rule in ("stable", "first"):
         for truth in ("offline_winner", "zipf_winner"):
@@ -553,19 +579,28 @@ def main() -> None:
     home = get_settings().home
     ap.add_argument("--prepared", type=Path, default=home / "bench-clicks", help="clicks_prepare.py's output (read only)")
     ap.add_argument("--out", type=Path, default=home / "bench-interleave")
+    ap.add_argument("--run-dir", type=Path, default=None, help="where this run's event store and loop registry go "
+                    "(replaced on each run; default --out); the versions stay in --out")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--parts", default="versions,sensitivity,loop")
     ap.add_argument("--pairs", type=int, default=24)
     ap.add_argument("--il-cap", type=int, default=25_600, help="most interleaved sessions per pair")
     ap.add_argument("--ab-cap", type=int, default=3_276_800, help="most A/B sessions per pair (both arms)")
     ap.add_argument("--live-searches", type=int, default=50)
+    ap.add_argument("--query-zipf", type=float, default=0.0, help="sensitivity shoppers draw the dev queries with Zipf(s) "
+                    "popularity; 0 (default): uniformly, the distribution dev NDCG@10 averages over")
     ap.add_argument("--loop-rounds", type=int, default=3)
     ap.add_argument("--loop-sessions", type=int, default=3000)
     ap.add_argument("--loop-batch", type=int, default=500)
-    ap.add_argument("--loop-max-interleave", type=int, default=4000)
+    ap.add_argument("--loop-max-interleave", type=int, default=16_000)
     ap.add_argument("--loop-share", type=float, default=1.0)
     ap.add_argument("--loop-labels", default="dr")
-    ap.add_argument("--loop-propensity", default="part1",
-                    help="an estimator, a PositionBias .json, or part1: the PBM propensities learning_from_clicks.py harvested")
+    ap.add_argument("--loop-propensity", default="swaps", help="an estimator or a PositionBias .json")
+    ap.add_argument("--loop-randomise-share", type=float, default=0.1, help="share of the logged searches randomised")
+    ap.add_argument("--loop-train-on", default="all", help="all: every search logged so far; round: this round's")
+    ap.add_argument("--loop-dm-regressor", default="ridge", help="labels dr: the direct method's regressor")
+    ap.add_argument("--loop-logging-scores", action="store_true", help="labels dr: the direct method also reads the "
+                    "serving version's scores")
     ap.add_argument("--loop-start", default="q20-s0-e4")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
@@ -578,8 +613,19 @@ def main() -> None:
         return
     parts = set(a.parts.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"run": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv[1:]), "load_before": machine_load(),
-                 "out": str(a.out), "settings": {k: v for k, v in vars(a).items() if k not in ("prepared", "out")}}
+    a.run_dir = a.run_dir or a.out
+    a.run_dir.mkdir(parents=True, exist_ok=True)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONPATH") if k in os.environ)
+    nice = os.nice(0)
+    invocation = " ".join(x for x in (env, f"nice -n {nice}" if nice else "", sys.executable, "benchmarks/interleaving.py",
+                                      *sys.argv[1:]) if x)
+    res: dict = {"run": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv[1:]), "invocation": invocation,
+                 "load_before": machine_load(),
+                 "out": str(a.out), "settings": {k: v for k, v in vars(a).items() if k not in ("prepared", "out", "run_dir")}}
     path = RESULTS / f"{a.results}.json"
     t_all = time.perf_counter()
     bench = VersionBench(a.prepared, a.out, a.epochs, a.batch)
@@ -592,20 +638,28 @@ def main() -> None:
         t0 = time.perf_counter()
         res["sensitivity"] = sensitivity(bench, a.out, versions, a)
         res["sensitivity"].update(seconds=round(time.perf_counter() - t0), run=res["run"], command=res["command"],
-                                  settings={k: getattr(a, k) for k in ("pairs", "il_cap", "ab_cap", "live_searches", "seed")})
+                                  settings={k: getattr(a, k) for k in ("pairs", "il_cap", "ab_cap", "live_searches", "seed",
+                                                                       "query_zipf")})
         save(res, parts, path)
     if "extend" in parts:  # the pairs interleaving left undecided, continued to --il-cap
         sens = json.loads(path.read_text())["sensitivity"]
-        extend(bench, a.out, versions, sens, a.il_cap, a.seed)
+        extend(bench, a.run_dir, versions, sens, a.il_cap, a.seed)
         sens["summary"] = summarise(sens["pairs"], SimpleNamespace(il_cap=sens["settings"]["il_cap"], ab_cap=sens["settings"]["ab_cap"]))
         sens["extend_command"] = res["command"]
         res["sensitivity"] = sens
         parts.add("sensitivity")  # written as this run's sensitivity part
+    if "recredit" in parts:  # the main sensitivity part's interleaving with clicks only credited (Chapelle et al.'s credit)
+        sens = json.loads(path.read_text())["sensitivity"]
+        recredit(bench, a.run_dir, versions, sens, {"click": 1.0}, a.seed)
+        sens["summary"] = summarise(sens["pairs"], SimpleNamespace(il_cap=sens["settings"]["il_cap"], ab_cap=sens["settings"]["ab_cap"]))
+        sens["recredit_command"] = res["command"]
+        res["sensitivity"] = sens
+        parts.add("sensitivity")
     if "loop" in parts:
         t0 = time.perf_counter()
         start = next(v for v in versions if v["name"] == a.loop_start)
         res["loop"] = run_the_loop(bench, a.out, start, a)
-        res["loop"].update(run=res["run"], command=res["command"])
+        res["loop"].update(run=res["run"], command=res["command"], invocation=res["invocation"])
     res["seconds_total"] = round(time.perf_counter() - t_all)
     res["load_after"] = machine_load()
     save(res, parts, path)
@@ -619,20 +673,197 @@ def save(res: dict, parts: set[str], path: Path) -> None:
     out["full_information"] = {"version": full[0]["name"], "ndcg@10": full[0]["ndcg@10"]} if full else None
     if path.exists():
         old = json.loads(path.read_text())
-        for k in ("sensitivity", "loop"):
-            if k not in parts and k in old:
-                out[k] = old[k]
+        for k, v in old.items():  # the parts this run does not compute, each with the run that did
+            if (k.startswith("sensitivity") or k == "loop") and k not in out:
+                out[k] = v
+        prev = old.get("sensitivity")
+        if "sensitivity" in res and prev and query_population(prev) != query_population(res["sensitivity"]):
+            out.setdefault(f"sensitivity_zipf{query_population(prev):g}", prev)  # another query population: kept beside it
         out["runs"] = [r for r in old.get("runs", []) if r["run"] != res["run"] or r["parts"] != sorted(parts)]
     out.setdefault("runs", [])
-    out["runs"] = out["runs"] + [{"run": res["run"], "command": res["command"], "parts": sorted(parts),
+    out["runs"] = out["runs"] + [{"run": res["run"], "command": res["command"], "invocation": res.get("invocation"),
+                                  "parts": sorted(parts),
                                   "seconds": res.get("seconds_total"), "load_before": res["load_before"],
                                   "load_after": res.get("load_after")}]
     path.write_text(json.dumps(out, indent=1, default=float))
     write_md(out, path.with_suffix(".md"))
 
 
-PROPENSITY_TEXT = {"part1": "the PBM theta_k that `learning_from_clicks.py` harvested across two logging policies "
-                             "(10^5 sessions each, no randomisation; within 9.1% of the truth)"}
+def query_population(s: dict) -> float:
+    """The Zipf exponent of the sensitivity shoppers' query draws (0: uniform; runs before the option drew Zipf(1))."""
+    return float(s["settings"].get("query_zipf", 1.0))
+
+
+def sensitivity_md(s: dict, main: bool) -> list[str]:
+    """The markdown of one sensitivity part (``main``: the headline one)."""
+    L: list[str] = []
+    il_cap, ab_cap = s["settings"]["il_cap"], s["settings"]["ab_cap"]
+    sm = s["summary"]
+    zs = query_population(s)
+    uniform = zs == 0
+    pop = "uniformly" if uniform else f"with Zipf({zs:g}) popularity"
+    L += ["## Interleaving sensitivity" + ("" if main else f": an earlier run, dev queries drawn {pop}"), "",
+          f"Run {s['run']}.", ""]
+    if main and uniform:
+        L += ["The shoppers draw the dev queries **uniformly**, so the online traffic has the same query distribution as "
+              "the offline metric the tests are scored against (dev NDCG@10 is the uniform mean over the 500 dev queries). "
+              "An earlier run drew them with Zipf(1) popularity (below): there the population the online tests measure "
+              "(popular queries weigh most) and the one the offline winner is defined on (every query once) differ, and a "
+              "pair whose popularity-weighted Δ has the opposite sign of the uniform Δ has two right answers. That is a "
+              "property of the comparison, not of interleaving or A/B, so the headline figures compare like with like. "
+              "Nothing else changed: the same pairs, versions, click model, tests, caps and seeds.", ""]
+    L += [f"{len(s['pairs'])} pairs of versions whose dev NDCG@10 (title) differs by 0.005 to 0.05. Shoppers: the 500 "
+          f"dev queries (no version trained on them) drawn {pop}, PBM clicks (theta_k = 1/k, eps- 0.1, eps+ 1), "
+          "carts and purchases as in `Shoppers`. Which version of a pair is promoted (team a) is a coin per pair.", "",
+          f"- **Interleaving**: a `SearchService` serving team a and interleaving team b on every search (share 1.0); "
+          "every dev query's candidates and features once from the service's ranking path (`RankingPipeline.slates`), "
+          "both versions' rankings of them kept (the service's `Scorer`), a `team_draft` per session with its own coin, "
+          "every session logged as its own interleaved search with its events through the service's SQLite event store; "
+          f"preference and 95% bootstrap CI from `interleaving_report` over the first n sessions, n = 200, 400, 800, ... "
+          f"{il_cap:,}" + (f"; the pairs still undecided there continued to {s['settings']['il_cap_extended']:,} "
+                           f"(`interleaving.py {s.get('extend_command', '')}`, {s.get('extend_seconds')} s)"
+                           if s["settings"].get("il_cap_extended") else "") +
+          ". The decision rule is Chapelle et al. (2012)'s: per search the team with more credit wins (clicks 1, "
+          "carts 2, purchases 4: the credit the gate uses), the preference is (wins - losses) / searches with credit, "
+          "and a pair is decided when its 95% interval excludes 0"
+          + f". Live check: {s['live_check']['searches']} searches through `SearchService.search` itself; "
+          f"{s['live_check']['same_as_cached_draft']} of {s['live_check']['logged']} logged lists equal the draft of the "
+          "cached rankings in their logged team order.",
+          f"- **A/B**: the same shoppers and lists, each version serving half the sessions alone (drawn in memory, not "
+          f"logged); n = 200, 400, 800, ... {ab_cap:,} sessions (both arms); two-sided tests at 5%: CTR (share of "
+          "sessions with a click, i.e. 1 - abandonment, two-proportion z-test; the baseline) and clicks per session "
+          "(Welch): absolute click metrics of the kind Radlinski et al. (2008) and Chapelle et al. (2012) compare "
+          "interleaving with. Both arms together count as the A/B test's sessions, every interleaved session (with or "
+          "without a click) as interleaving's.",
+          *([f"- **Clicks only credited**: the same interleaved sessions read again (`interleaving.py "
+             f"{s.get('recredit_command', '')}`) with only clicks credited to the teams, as in Radlinski et al. (2008) "
+             "and Chapelle et al. (2012); the pairs continued past the first cap are those the gate's credit left "
+             "undecided."] if s["pairs"] and "interleaving_clicks" in s["pairs"][0] else []),
+          "- Every test runs to its cap. **Stable** (the main figures): the decision is the last check's, and the sessions "
+          "needed are those from which every later check was confident the same way. **First**: stopping at the first "
+          "confident check, as a gate that peeks would; with 8 to 10 (interleaving) or 15 (A/B) looks this decides "
+          "early by chance more often than 5%. An undecided pair counts as its cap (a lower bound) in the medians.", ""]
+    for rule in ("stable", "first"):
+        o = sm[rule]["offline_winner"]
+        L += [f"**{rule.capitalize()}** decisions:", "",
+              "| test | agrees with offline winner (of all pairs) | among decided | decided | median sessions "
+              "(undecided: its cap) | A/B sessions / interleaving sessions |", "|---|---:|---:|---:|---:|---:|"]
+        for k, name in (("interleaving", "**team-draft interleaving**"), ("interleaving_clicks", "team-draft interleaving, "
+                        "clicks only credited"), ("ab_ctr", "A/B, CTR (baseline)"), ("ab_clicks", "A/B, clicks per session")):
+            if k not in o:
+                continue
+            p = o[k]
+            ratio = ("-" if k == "interleaving" else f"**{o['ratio_' + k[3:]]:.1f}x**" if k == "ab_ctr" else
+                     f"A/B CTR {o['ab_ctr']['median_sessions'] / p['median_sessions']:.1f}x" if k == "interleaving_clicks"
+                     else f"{o['ratio_' + k[3:]]:.1f}x")
+            L.append(f"| {name} | {p['agree']}/{p['pairs']} ({p['agreement']:.0%}) | "
+                     f"{'-' if p['agreement_of_decided'] is None else format(p['agreement_of_decided'], '.0%')} | "
+                     f"{p['decided']}/{p['pairs']} | {p['median_sessions']:,.0f} | {ratio} |")
+        z = sm[rule]["zipf_winner"]
+        pr = sm[rule]["per_pair_ratio_ctr_median"]
+        L += [""] + ([] if uniform else [
+              f"Against the winner on what the shoppers see (dev NDCG@10 weighted by the queries' popularity): "
+              f"interleaving {z['interleaving']['agree']}/{z['interleaving']['pairs']}, A/B CTR "
+              f"{z['ab_ctr']['agree']}/{z['ab_ctr']['pairs']}, A/B clicks {z['ab_clicks']['agree']}/{z['ab_clicks']['pairs']}. "]) + [
+              "Median per-pair ratio of A/B CTR sessions to interleaving sessions, over the pairs both decided: "
+              f"{'-' if pr is None else format(pr, '.1f') + 'x'}.", ""]
+    L += ["Per pair (stable decisions; a/b: the winner, ✓/✗ against the offline winner; sessions from which the "
+          "decision held; > the cap if undecided):", "",
+          "| pair (a vs b) | NDCG@10 a | b | Δ | " + ("" if uniform else "popularity-weighted Δ | ") +
+          "E[clicks] a | b | interleaving | "
+          "sessions | preference [95% CI] at the cap | A/B CTR | sessions | A/B clicks | sessions |",
+          "|---|---:|---:|---:|" + ("" if uniform else "---:|") + "---:|---:|---|---:|---|---|---:|---|---:|"]
+
+    def w(r, d):
+        win = d["stable"]["winner"]
+        return "-" if win is None else ("b" if win == r["b"] else "a") + (" ✓" if win == r["offline_winner"] else " ✗")
+
+    def n(d):
+        return f"{d['stable']['sessions']:,}" if d["stable"]["decided"] else f"> {d.get('cap', ab_cap if 'p' in d else il_cap):,}"
+
+    for r in s["pairs"]:
+        il, ab, rep = r["interleaving"], r["ab"], r["interleaving"]["report"]
+        zd = r["zipf_ndcg_b"] - r["zipf_ndcg_a"]
+        L.append(f"| {r['a']} vs {r['b']} | {r['ndcg_a']:.4f} | {r['ndcg_b']:.4f} | {r['delta']:+.4f} | "
+                 + ("" if uniform else f"{zd:+.4f}{' †' if zd * r['delta'] < 0 else ''} | ") +
+                 f"{r['clicks_a']:.3f} | {r['clicks_b']:.3f} | {w(r, il)} | "
+                 f"{n(il)} | {rep['preference']:+.3f} [{rep['ci'][0]:+.3f}, {rep['ci'][1]:+.3f}] | {w(r, ab['ctr'])} | "
+                 f"{n(ab['ctr'])} | {w(r, ab['clicks'])} | {n(ab['clicks'])} |")
+    if not uniform:
+        missed = [r for r in s["pairs"] if r["interleaving"]["stable"]["winner"] != r["offline_winner"]]
+        flipped = [r for r in missed if (r["zipf_ndcg_b"] - r["zipf_ndcg_a"]) * r["delta"] < 0]
+        L += ["", f"†: the popularity-weighted Δ has the opposite sign of the uniform dev Δ ("
+              f"{sum((r['zipf_ndcg_b'] - r['zipf_ndcg_a']) * r['delta'] < 0 for r in s['pairs'])} of {len(s['pairs'])} pairs). "
+              f"Of the {len(missed)} pairs where interleaving did not pick the offline winner (picked the other or stayed "
+              f"undecided), {len(flipped)} are such pairs: the shoppers, drawing dev queries Zipf({zs:g}), see the other "
+              "version as the better one, while the offline winner is the uniform mean over the dev queries."]
+    L += ["", f"E[clicks]: expected clicks per session of the version's top 10 under the click model, weighted by "
+          f"the shoppers' query distribution. Sensitivity part: {s['seconds']} s (candidates of the dev queries and every version's rankings "
+          f"{s['prepare_seconds']} s).", ""]
+    return L
+
+
+def loop_md(lp: dict, full: dict, title: str) -> list[str]:
+    """The markdown of one loop part."""
+    L: list[str] = []
+    st = lp["settings"]
+    train_on = st.get("loop_train_on", "round")
+    L += [title, "", f"Run {lp['run']}: `{lp.get('invocation') or lp['command']}`.", "",
+          f"`fusionrank.models.loop.run_loop` (what `fusionrank loop` runs) from `{lp['start']}` (dev NDCG@10 "
+          f"{lp['start_dev']['title']:.4f} / {lp['start_dev']['title_sparse']:.4f}), a fresh registry, the service on HTTP "
+          f"following it and randomising {st.get('loop_randomise_share', 0):.0%} of the searches it does not interleave "
+          f"(top result swapped with one of ranks 2..10); per round {st['loop_sessions']:,} sessions of shoppers (training "
+          f"queries, Zipf(1), PBM theta_k = 1/k) through the HTTP API, `retrain` on "
+          + ("every non-interleaved search logged since the start" if train_on == "all" else "that round's searches only")
+          + f" (labels `{st['loop_labels']}`"
+          + (f" with the `{st.get('loop_dm_regressor', 'ridge')}` direct method on the features"
+             + (" and the serving version's scores" if st.get("loop_logging_scores") else " alone")
+             if st["loop_labels"] == "dr" else "")
+          + f", propensities `{st['loop_propensity']}`"
+          + (" estimated by `retrain` from every randomised search in the store" if st["loop_propensity"] == "swaps" else "")
+          + f", `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "
+          f"{st['loop_batch']} sessions until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
+          f"least {lp['policy']['min_searches']} credited searches; undecided after {st['loop_max_interleave']:,} "
+          f"sessions: retired). {lp['seconds']} s.", "",
+          "Dev NDCG@10 here is measured as for every version above (the prepared dev slates, queries as typed); the gate's "
+          "own offline numbers (the service's ranking path, with the query understanding `retrain` builds) are beside "
+          "them.", "",
+          "| round | candidate | trained on (searches) | candidate dev NDCG@10 (gate's) | outcome | serving after | its dev "
+          "NDCG@10 title / title_sparse (gate's) | minus full (title) | preference [95% CI] | sessions logged + "
+          "interleaved | sessions so far |",
+          "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|"]
+    for r in lp["rounds"]:
+        pd_, cd = r["promoted_dev"], r["candidate_dev"]
+        def g(x):
+            return "" if x is None else f" ({x:.4f})"
+
+        tr_n = r.get("searches_trained")
+        L.append(f"| {r['round']} | {r['candidate']} | {'-' if tr_n is None else format(tr_n, ',')} | "
+                 f"{'-' if cd is None else format(cd['title'], '.4f')}{g(r['candidate_ndcg'])} | "
+                 f"{r['outcome']} | {r['promoted']} | {pd_['title']:.4f} / {pd_['title_sparse']:.4f}{g(r['promoted_ndcg'])} | "
+                 f"{pd_['title'] - full['title']:+.4f} | "
+                 + ("-" if r["preference"] is None else f"{r['preference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]")
+                 + f" | {r['sessions_logged']:,} + {r['sessions_interleaving']:,} | {r['sessions_total']:,} |")
+    if any(r.get("theta") for r in lp["rounds"]):
+        L += ["", "Position bias each retraining estimated (theta_k / theta_1, ranks 1-10; the shoppers' truth is 1/k):", "",
+              "| round | from searches (randomised) | " + " | ".join(f"k={k}" for k in range(1, 11)) + " |",
+              "|---:|---:|" + "---:|" * 10,
+              "| truth | - | " + " | ".join(f"{1 / k:.3f}" for k in range(1, 11)) + " |"]
+        for r in lp["rounds"]:
+            if r.get("theta"):
+                pl = r.get("propensity_log") or {}
+                L.append(f"| {r['round']} | {pl.get('searches', 0):,} ({pl.get('randomised', 0):,}) | "
+                         + " | ".join(f"{t:.3f}" for t in r["theta"][:10]) + " |")
+    prev, worse = lp["start_dev"]["title"], []
+    for r in lp["rounds"]:
+        if r["outcome"] == "promoted" and r["promoted_dev"]["title"] < prev:
+            worse.append(f"round {r['round']} ({r['promoted_dev']['title'] - prev:+.4f})")
+        prev = r["promoted_dev"]["title"]
+    L += ["", "Promotions that lowered dev NDCG@10 (title): " + (", ".join(worse) if worse else "none") + "."]
+    L += ["", "Decisions recorded in the registry:", ""]
+    L += [f"- {d['version']} {d['action']}: {d['reason']}" for d in lp["decisions"]]
+    L.append("")
+    return L
 
 
 def write_md(res: dict, path: Path) -> None:
@@ -647,116 +878,22 @@ def write_md(res: dict, path: Path) -> None:
          f"- full information (all 3,000 training queries, `{res['full_information']['version']}`): "
          f"title {full['title']:.4f}, title_sparse {full['title_sparse']:.4f}", "", "Runs (each part says which run computed it):", ""]
     for r in res.get("runs", []):
-        L.append(f"- {r['run']}, parts {', '.join(r['parts'])}: `nice -n 10 .venv/bin/python benchmarks/interleaving.py "
-                 f"{r['command']}`, {r['seconds'] if r['seconds'] is not None else '?'} s wall. Machine before: "
+        cmd = r.get("invocation") or f"nice -n 10 .venv/bin/python benchmarks/interleaving.py {r['command']}"
+        L.append(f"- {r['run']}, parts {', '.join(r['parts'])}: `{cmd}`, {r['seconds'] if r['seconds'] is not None else '?'} s wall. Machine before: "
                  f"{r['load_before']}. After: {r['load_after']}.")
     for snap in res.get("ps_snapshots", []):
         L.append(f"- During the runs, `ps` at {snap['time']}: {snap['text']}")
     L.append("")
-    s = res.get("sensitivity")
-    if s:
-        il_cap, ab_cap = s["settings"]["il_cap"], s["settings"]["ab_cap"]
-        sm = s["summary"]
-        L += ["## Interleaving sensitivity", "", f"Run {s['run']}.", "",
-              f"{len(s['pairs'])} pairs of versions whose dev NDCG@10 (title) differs by 0.005 to 0.05. Shoppers: Zipf(1) "
-              "popularity over the 500 dev queries (no version trained on them), PBM clicks (theta_k = 1/k, eps- 0.1, eps+ 1), "
-              "carts and purchases as in `Shoppers`. Which version of a pair is promoted (team a) is a coin per pair.", "",
-              f"- **Interleaving**: a `SearchService` serving team a and interleaving team b on every search (share 1.0); "
-              "every dev query's candidates and features once from the service's ranking path (`RankingPipeline.slates`), "
-              "both versions' rankings of them kept (the service's `Scorer`), a `team_draft` per session with its own coin, "
-              "every session logged as its own interleaved search with its events through the service's SQLite event store; "
-              f"preference and 95% bootstrap CI from `interleaving_report` over the first n sessions, n = 200, 400, 800, ... "
-              f"{il_cap:,}" + (f"; the pairs still undecided there continued to {s['settings']['il_cap_extended']:,} "
-                               f"(`interleaving.py {s.get('extend_command', '')}`, {s.get('extend_seconds')} s)"
-                               if s["settings"].get("il_cap_extended") else "")
-              + f". Live check: {s['live_check']['searches']} searches through `SearchService.search` itself; "
-              f"{s['live_check']['same_as_cached_draft']} of {s['live_check']['logged']} logged lists equal the draft of the "
-              "cached rankings in their logged team order.",
-              f"- **A/B**: the same shoppers and lists, each version serving half the sessions alone (drawn in memory, not "
-              f"logged); n = 200, 400, 800, ... {ab_cap:,} sessions (both arms); two-sided tests at 5%: CTR (share of "
-              "sessions with a click, two-proportion z-test; the baseline) and clicks per session (Welch).",
-              "- Every test runs to its cap. **Stable** (the main figures): the decision is the last check's, and the sessions "
-              "needed are those from which every later check was confident the same way. **First**: stopping at the first "
-              "confident check, as a gate that peeks would; with 8 to 10 (interleaving) or 15 (A/B) looks this decides "
-              "early by chance more often than 5%. An undecided pair counts as its cap (a lower bound) in the medians.", ""]
-        for rule in ("stable", "first"):
-            o = sm[rule]["offline_winner"]
-            L += [f"**{rule.capitalize()}** decisions:", "",
-                  "| test | agrees with offline winner (of all pairs) | among decided | decided | median sessions "
-                  "(undecided: its cap) | A/B sessions / interleaving sessions |", "|---|---:|---:|---:|---:|---:|"]
-            for k, name in (("interleaving", "**team-draft interleaving**"), ("ab_ctr", "A/B, CTR (baseline)"),
-                            ("ab_clicks", "A/B, clicks per session")):
-                p = o[k]
-                ratio = "-" if k == "interleaving" else f"**{o['ratio_' + k[3:]]:.1f}x**" if k == "ab_ctr" else f"{o['ratio_' + k[3:]]:.1f}x"
-                L.append(f"| {name} | {p['agree']}/{p['pairs']} ({p['agreement']:.0%}) | "
-                         f"{'-' if p['agreement_of_decided'] is None else format(p['agreement_of_decided'], '.0%')} | "
-                         f"{p['decided']}/{p['pairs']} | {p['median_sessions']:,.0f} | {ratio} |")
-            z = sm[rule]["zipf_winner"]
-            pr = sm[rule]["per_pair_ratio_ctr_median"]
-            L += ["", f"Against the winner on what the shoppers see (dev NDCG@10 weighted by the queries' popularity): "
-                  f"interleaving {z['interleaving']['agree']}/{z['interleaving']['pairs']}, A/B CTR "
-                  f"{z['ab_ctr']['agree']}/{z['ab_ctr']['pairs']}, A/B clicks {z['ab_clicks']['agree']}/{z['ab_clicks']['pairs']}. "
-                  "Median per-pair ratio of A/B CTR sessions to interleaving sessions, over the pairs both decided: "
-                  f"{'-' if pr is None else format(pr, '.1f') + 'x'}.", ""]
-        L += ["Per pair (stable decisions; a/b: the winner, ✓/✗ against the offline winner; sessions from which the "
-              "decision held; > the cap if undecided):", "",
-              "| pair (a vs b) | NDCG@10 a | b | Δ | popularity-weighted Δ | E[clicks] a | b | interleaving | "
-              "sessions | preference [95% CI] at the cap | A/B CTR | sessions | A/B clicks | sessions |",
-              "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|---:|---|---:|"]
-
-        def w(r, d):
-            win = d["stable"]["winner"]
-            return "-" if win is None else ("b" if win == r["b"] else "a") + (" ✓" if win == r["offline_winner"] else " ✗")
-
-        def n(d):
-            return f"{d['stable']['sessions']:,}" if d["stable"]["decided"] else f"> {d.get('cap', ab_cap if 'p' in d else il_cap):,}"
-
-        for r in s["pairs"]:
-            il, ab, rep = r["interleaving"], r["ab"], r["interleaving"]["report"]
-            L.append(f"| {r['a']} vs {r['b']} | {r['ndcg_a']:.4f} | {r['ndcg_b']:.4f} | {r['delta']:+.4f} | "
-                     f"{r['zipf_ndcg_b'] - r['zipf_ndcg_a']:+.4f} | {r['clicks_a']:.3f} | {r['clicks_b']:.3f} | {w(r, il)} | "
-                     f"{n(il)} | {rep['preference']:+.3f} [{rep['ci'][0]:+.3f}, {rep['ci'][1]:+.3f}] | {w(r, ab['ctr'])} | "
-                     f"{n(ab['ctr'])} | {w(r, ab['clicks'])} | {n(ab['clicks'])} |")
-        L += ["", f"E[clicks]: expected clicks per session of the version's top 10 under the click model, weighted by "
-              f"popularity. Sensitivity part: {s['seconds']} s (candidates of the dev queries and every version's rankings "
-              f"{s['prepare_seconds']} s).", ""]
-    lp = res.get("loop")
-    if lp:
-        st = lp["settings"]
-        L += ["## The loop", "", f"Run {lp['run']}.", "",
-              f"`fusionrank.models.loop.run_loop` (what `fusionrank loop` runs) from `{lp['start']}` (dev NDCG@10 "
-              f"{lp['start_dev']['title']:.4f} / {lp['start_dev']['title_sparse']:.4f}), a fresh registry, the service on HTTP "
-              f"following it; per round {st['loop_sessions']:,} sessions of shoppers (training queries, Zipf(1), PBM) through "
-              f"the HTTP API, `retrain` on that round's searches only (labels `{st['loop_labels']}`, propensities "
-              f"{PROPENSITY_TEXT.get(st['loop_propensity'], '`' + st['loop_propensity'] + '`')}, `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "
-              f"{st['loop_batch']} sessions until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
-              f"least {lp['policy']['min_searches']} credited searches; undecided after {st['loop_max_interleave']:,} "
-              f"sessions: retired). {lp['seconds']} s.", "",
-              "Dev NDCG@10 here is measured as for every version above (the prepared dev slates, queries as typed); the gate's "
-              "own offline numbers (the service's ranking path, with the query understanding `retrain` builds) are beside "
-              "them.", "",
-              "| round | candidate | candidate dev NDCG@10 (gate's) | outcome | serving after | its dev NDCG@10 title / "
-              "title_sparse (gate's) | minus full (title) | preference [95% CI] | sessions logged + interleaved | sessions so far |",
-              "|---:|---|---:|---|---|---:|---:|---|---:|---:|"]
-        for r in lp["rounds"]:
-            pd_, cd = r["promoted_dev"], r["candidate_dev"]
-            def g(x):
-                return "" if x is None else f" ({x:.4f})"
-
-            L.append(f"| {r['round']} | {r['candidate']} | {'-' if cd is None else format(cd['title'], '.4f')}{g(r['candidate_ndcg'])} | "
-                     f"{r['outcome']} | {r['promoted']} | {pd_['title']:.4f} / {pd_['title_sparse']:.4f}{g(r['promoted_ndcg'])} | "
-                     f"{pd_['title'] - full['title']:+.4f} | "
-                     + ("-" if r["preference"] is None else f"{r['preference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]")
-                     + f" | {r['sessions_logged']:,} + {r['sessions_interleaving']:,} | {r['sessions_total']:,} |")
-        prev, worse = lp["start_dev"]["title"], []
-        for r in lp["rounds"]:
-            if r["outcome"] == "promoted" and r["promoted_dev"]["title"] < prev:
-                worse.append(f"round {r['round']} ({r['promoted_dev']['title'] - prev:+.4f})")
-            prev = r["promoted_dev"]["title"]
-        L += ["", "Promotions that lowered dev NDCG@10 (title): " + (", ".join(worse) if worse else "none") + "."]
-        L += ["", "Decisions recorded in the registry:", ""]
-        L += [f"- {d['version']} {d['action']}: {d['reason']}" for d in lp["decisions"]]
-        L.append("")
+    for key in sorted((k for k in res if k.startswith("sensitivity")), key=lambda k: (k != "sensitivity", k)):
+        L += sensitivity_md(res[key], main=key == "sensitivity")
+    if res.get("loop"):
+        L += loop_md(res["loop"], full, "## The loop")
+    # loop runs with other settings, each in its own results file (interleaving_loop_*.json)
+    for other in sorted(path.parent.glob(path.stem + "_loop_*.json")):
+        lp = json.loads(other.read_text()).get("loop")
+        if lp:
+            L += loop_md(lp, full, f"## The loop, {', '.join(f'{k[5:]} {v}' for k, v in lp['settings'].items() if k in ('loop_labels', 'loop_dm_regressor', 'loop_train_on'))} "
+                                   f"(`{other.name}`)")
     L += ["## Versions", "", "| version | training queries | seed | epochs | NDCG@10 title | title_sparse | train s |",
           "|---|---:|---:|---:|---:|---:|---:|"]
     for v in res["versions"]:

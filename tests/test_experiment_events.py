@@ -11,13 +11,14 @@ from fusionrank.errors import UnknownNameError
 
 @pytest.fixture(scope="module")
 def click_store(tiny_model, tiny_fashion, tmp_path_factory):
-    """A service over the tiny model, 4,000 simulated PBM sessions over the training queries, logged to SQLite."""
+    """A service over the tiny model randomising a fifth of its searches, 4,000 simulated PBM sessions over the training
+    queries, logged to SQLite."""
     from fusionrank.feedback.clickmodels import PositionBased, PowerLawExamination
     from fusionrank.feedback.simulate import Shoppers
     from fusionrank.serving.build import open_service
 
     data = tmp_path_factory.mktemp("shop") / "service-data"
-    svc = open_service(tiny_model[0], data_dir=data, log=lambda m: None)
+    svc = open_service(tiny_model[0], data_dir=data, randomise_share=0.2, log=lambda m: None)
     shoppers = Shoppers(tiny_fashion.queries["train"], tiny_fashion.qrels["train"], PositionBased(PowerLawExamination(1.0)),
                         k=8, seed=0)
     shoppers.run_cached(svc, 4000, log=None)
@@ -33,7 +34,7 @@ def test_train_from_clicks(click_store, tiny_fashion, tmp_path, labels, loss):
 
     cfg = ExperimentConfig.model_validate(tiny_config_dict(
         tiny_fashion.root, loss={"name": loss, "args": {}},
-        events={"store": str(click_store), "labels": labels, "propensity": "em"}))
+        events={"store": str(click_store), "labels": labels}))  # propensities: swaps, the default
     metrics = train(cfg, tmp_path / "m", log=lambda m: None, progress=False, build_index=False)
     c = metrics["clicks"]
     assert c["searches"] == 4000 and c["labels"] == labels and c["queries"] <= len(tiny_fashion.queries["train"])
@@ -84,7 +85,7 @@ def test_dr_with_the_logging_model(click_store, tiny_model, tiny_fashion, tmp_pa
     def config(model):
         return ExperimentConfig.model_validate(tiny_config_dict(
             tiny_fashion.root, loss={"name": "ips_listwise", "args": {}},
-            events={"store": str(click_store), "labels": "dr", "propensity": "em", "logging_model": str(model)}))
+            events={"store": str(click_store), "labels": "dr", "logging_model": str(model)}))
 
     metrics = train(config(tiny_model[0]), tmp_path / "m", log=lambda m: None, progress=False, build_index=False)
     assert metrics["clicks"]["logging_model"] == {"version": ModelDir.open(tiny_model[0]).version(), "share_of_searches": 1.0}

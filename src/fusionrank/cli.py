@@ -780,7 +780,10 @@ def retrain(
     since: Optional[str] = typer.Option(None, help="searches from this time on: unix seconds, ISO date-time, or 2h / 7d ago"),
     until: Optional[str] = typer.Option(None, help="searches before this time (default: now)"),
     labels: str = typer.Option("ips", help="click labels: naive, ips, affine or dr"),
-    propensity: str = typer.Option("em", help="position bias: swaps, harvest, em, trust_em or a saved bias .json"),
+    propensity: str = typer.Option("swaps", help="position bias: swaps (needs `serve --randomise-share`), harvest (needs two "
+                                   "or more logged model versions), em, trust_em or a saved bias .json"),
+    propensity_searches: str = typer.Option("all", help="searches the position bias is estimated from: all (every "
+                                            "non-interleaved search before --until) or training (those trained on)"),
     loss: str = typer.Option("ips_listwise", help="loss of the new version (ips_listwise / ips_pairwise are linear in the labels)"),
     judgments_weight: float = typer.Option(0.0, help="> 0: the judged training queries join, grades scaled by this"),
     epochs: Optional[int] = typer.Option(None, help="training epochs (default: the promoted version's)"),
@@ -794,8 +797,8 @@ def retrain(
     reg = _open_registry(registry)
     try:
         v = run_retrain(reg, store, since=parse_time(since) if since else None, until=parse_time(until) if until else None,
-                        labels=labels, propensity=propensity, loss=loss, judgments_weight=judgments_weight,
-                        key_file=str(key_file) if key_file else None, epochs=epochs, log=lambda m: console.print(m))
+                        labels=labels, propensity=propensity, propensity_searches=propensity_searches, loss=loss,
+                        judgments_weight=judgments_weight, key_file=str(key_file) if key_file else None, epochs=epochs, log=lambda m: console.print(m))
         if interleave:
             start_interleaving(reg, v.id, log=lambda m: console.print(m))
     except FusionrankError as e:
@@ -815,7 +818,16 @@ def loop(
     max_interleave_sessions: int = typer.Option(20_000, min=1, help="a candidate still undecided after this many is retired"),
     click_model: str = typer.Option("pbm", help="simulated shoppers' click model (pbm, trust_bias, cascade, dbn, grid_pbm)"),
     labels: str = typer.Option("ips", help="click labels of retraining: naive, ips, affine or dr"),
-    propensity: str = typer.Option("em", help="position bias estimator of retraining"),
+    propensity: str = typer.Option("swaps", help="position bias estimator of retraining (swaps: from the service's "
+                                   "randomised searches, see --randomise-share)"),
+    randomise_share: float = typer.Option(0.1, min=0.0, max=1.0, help="share of searches whose top result the service "
+                                          "swaps with a random one of the top k (what 'swaps' estimates from)"),
+    train_on: str = typer.Option("all", help="searches each retraining reads: all (every logged search so far) or "
+                                 "round (the searches of this round)"),
+    dm_regressor: str = typer.Option("ridge", help="--labels dr: the direct method's regressor (ridge, lightgbm, "
+                                     "lightgbm_linear, partially_linear)"),
+    logging_scores: bool = typer.Option(False, help="--labels dr: the direct method also reads the scores of the "
+                                        "promoted version that served the round"),
     judgments_weight: float = typer.Option(0.0, help="> 0: judged training queries join retraining, grades scaled by this"),
     epochs: Optional[int] = typer.Option(None, help="training epochs of each candidate (default: the parent's)"),
     policy: Optional[Path] = typer.Option(None, help="TOML/YAML file with the promotion policy of a new registry"),
@@ -846,7 +858,8 @@ def loop(
             pol = _policy_from(policy, over, base=base)
         reps = run_loop(model, registry, rounds=rounds, sessions=sessions, interleave_batch=interleave_batch,
                         max_interleave_sessions=max_interleave_sessions, click_model=click_model, labels=labels,
-                        propensity=propensity, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
+                        propensity=propensity, randomise_share=randomise_share, train_on=train_on,
+                        dm_regressor=dm_regressor, logging_scores=logging_scores, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
                         serve_forever=serve_after, port=port, log=lambda m: console.print(m, markup=False, highlight=False))
     except FusionrankError as e:
         _fail(e)

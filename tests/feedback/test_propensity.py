@@ -96,6 +96,20 @@ def test_em_recovers_pbm_per_pair(pbm, two_ranker_log):
     assert _rel_err(est, pbm.bias()).max() < 0.10, est.theta
 
 
+def test_em_per_pair_refuses_one_ranker_without_randomisation(pbm):
+    log = simulate_log(pbm, 5_000, rng=3, **SIM)                  # one deterministic ranker: one rank per pair
+    with pytest.raises(InsufficientInterventionsError, match=r"rank\(s\) \[2, 3, .*10\] share no user_query / product_id "
+                       "group with rank 1.*randomise a share of traffic") as e:
+        regression_em(log, ranks=10)
+    assert e.value.method == "em" and e.value.missing_ranks == list(range(2, 11))
+    assert e.value.found["groups_at_several_ranks"] == 0
+
+
+def test_em_per_pair_is_identified_by_swaps(pbm, swap_log):
+    est = regression_em(swap_log.assign(model_version="v1"), ranks=10)   # one ranker, half its searches randomised
+    assert _rel_err(est, pbm.bias()).max() < 0.10, est.theta
+
+
 def test_em_with_features_needs_only_one_ranker(pbm):
     log = simulate_log(pbm, SESSIONS, rng=33, **SIM)
     est = regression_em(log, ranks=10, features=["grade"])

@@ -17,7 +17,7 @@ def test_two_rounds_of_the_loop(tiny_model, tmp_path):
     r = CliRunner().invoke(app, ["loop", "--model", str(tiny_model[0]), "--registry", str(reg_dir), "--rounds", "2",
                                  "--sessions", "300", "--interleave-batch", "200", "--max-interleave-sessions", "600",
                                  "--interleave-share", "0.5", "--min-searches", "40", "--tolerance", "0.5", "--epochs", "2",
-                                 "--json"])
+                                 "--randomise-share", "0.5", "--json"])
     assert r.exit_code == 0, (r.stdout, r.stderr, r.exception)
     rounds = json.loads(r.stdout)
     progress = " ".join(r.stderr.split())
@@ -37,8 +37,26 @@ def test_two_rounds_of_the_loop(tiny_model, tmp_path):
         assert last.actor == "loop" and last.to_state == ("promoted" if x["outcome"] == "promoted" else "retired")
         assert "interleaving" in last.evidence and "offline" in last.evidence
     assert idx.promoted().id == rounds[-1]["promoted"]
+    # each retraining read every search logged so far (interleaved ones left out) and estimated the position bias
+    # from the service's randomised searches: theta falls below rank 1's, it is not the unidentified theta = 1
+    ev1, ev2 = idx.find("v2").training_data["events"], idx.find("v3").training_data["events"]
+    assert (ev1["propensity"], ev1["since"]) == ("swaps", None) and ev1["searches"] == rounds[0]["searches_trained"]
+    assert ev2["searches"] == rounds[1]["searches_trained"] >= ev1["searches"] + 300 * 0.5  # round 1's too
+    for ev in (ev1, ev2):
+        assert 0.3 < ev["propensity_log"]["randomised"] / ev["propensity_log"]["searches"] < 0.7
+        assert ev["theta"][0] == 1.0 and min(ev["theta"][1:]) < 0.9
     # the interleaved searches are in the store: one comparison per candidate
     with open_existing(reg_dir / "service-data" / "events.sqlite") as st:
         reps = interleaving_report(st)
         assert {x.candidate for x in reps} == {idx.find("v2").model_version, idx.find("v3").model_version}
         assert all(x.used >= 1 for x in reps)
+
+
+def test_the_loop_refuses_swaps_without_randomisation(tiny_model, tmp_path):
+    r = CliRunner().invoke(app, ["loop", "--model", str(tiny_model[0]), "--registry", str(tmp_path / "reg"),
+                                 "--randomise-share", "0", "--rounds", "1"])
+    assert r.exit_code == 2 and "set randomise_share above 0" in " ".join(r.stderr.split())
+    r = CliRunner().invoke(app, ["loop", "--model", str(tiny_model[0]), "--registry", str(tmp_path / "reg"),
+                                 "--train-on", "latest", "--rounds", "1"])
+    assert r.exit_code == 2 and "train_on must be one of all, round; got 'latest'" in " ".join(r.stderr.split())
+    assert not (tmp_path / "reg").exists()

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fusionrank.cli import app
+from fusionrank.errors import FusionrankError
 
 
 def ok(result):
@@ -17,7 +18,8 @@ def ok(result):
 
 @pytest.fixture(scope="module")
 def shop(tiny_model, tiny_fashion, tmp_path_factory):
-    """A service over the tiny model; 600 simulated PBM sessions, then (after ``t_mid``) 1,500 more. Returns (store path, t_mid)."""
+    """A service over the tiny model; 600 simulated PBM sessions, then (after ``t_mid``) 1,500 more of which the service
+    randomises a fifth (its top result swapped with one of ranks 2..8). Returns (store path, t_mid)."""
     from fusionrank.feedback.clickmodels import PositionBased, PowerLawExamination
     from fusionrank.feedback.simulate import Shoppers
     from fusionrank.serving.build import open_service
@@ -28,6 +30,7 @@ def shop(tiny_model, tiny_fashion, tmp_path_factory):
     Shoppers(tiny_fashion.queries["train"], tiny_fashion.qrels["train"], clicks, k=8, seed=0).run_cached(svc, 600, log=None)
     time.sleep(0.01)
     t_mid = time.time()
+    svc.randomise_share = 0.2
     Shoppers(tiny_fashion.queries["train"], tiny_fashion.qrels["train"], clicks, k=8, seed=1).run_cached(svc, 1500, log=None)
     svc.close()
     return data / "events.sqlite", t_mid
@@ -52,7 +55,10 @@ def test_retrain_registers_a_candidate_measured_beside_its_parent(shop, tiny_mod
     assert v1.training_data["judgments"]["queries"] == tiny_model[1]["train_queries"] and v1.note == "judged start"
     ev = v2.training_data["events"]
     assert ev["searches"] == 1500 and ev["since"] == pytest.approx(t_mid) and ev["first_search"] >= t_mid  # only the later ones
-    assert ev["labels"] == "ips" and ev["propensity"] == "em" and v2.training_data["judgments"]["weight"] == 0.5
+    assert ev["labels"] == "ips" and ev["propensity"] == "swaps" and v2.training_data["judgments"]["weight"] == 0.5
+    # the position bias came from the randomised searches of the whole store (before and after t_mid), not theta = 1
+    assert ev["propensity_log"]["searches"] == 2100 and 200 < ev["propensity_log"]["randomised"] < 400
+    assert ev["theta"][0] == 1.0 and len(ev["theta"]) == 8 and min(ev["theta"][1:]) < 0.9
     assert v2.config["events"]["since"] == pytest.approx(t_mid) and v2.config["loss"]["name"] == "ips_listwise"
     assert v2.config["scorer"] == v1.config["scorer"] and v2.config["fusion"] == v1.config["fusion"]  # on top of v1's config
     off = v2.offline
@@ -104,3 +110,42 @@ def test_retrain_names_what_is_valid(shop, tiny_model, tmp_path):
     with pytest.raises(FusionrankError, match="unknown loss 'listwize'; valid names: .*ips_listwise"):
         retrain(reg, str(shop[0]), loss="listwize", log=lambda m: None)
     assert list((tmp_path / "reg" / "versions").iterdir()) == []
+
+
+def test_retrain_refuses_a_position_bias_the_log_does_not_identify(shop, tiny_model, tmp_path):
+    """Before t_mid one model logged every search unrandomised: neither swaps nor per-pair EM can tell the ranks apart."""
+    from fusionrank.feedback.propensity import InsufficientInterventionsError
+    from fusionrank.models import ModelRegistry
+    from fusionrank.models.retrain import retrain
+
+    reg = ModelRegistry.create(tmp_path / "reg")
+    reg.register(tiny_model[0])
+    store, t_mid = shop
+    with pytest.raises(InsufficientInterventionsError, match="no randomised swaps of rank 1.*--randomise-share") as e:
+        retrain(reg, str(store), until=t_mid, log=lambda m: None)
+    assert e.value.missing_ranks == list(range(2, 9))
+    with pytest.raises(InsufficientInterventionsError, match=r"em: rank\(s\) \[2, .*8\] share no user_query / product_id"):
+        retrain(reg, str(store), until=t_mid, propensity="em", log=lambda m: None)
+    with pytest.raises(FusionrankError, match="(?s)propensity_searches.*'all' or 'training'"):
+        retrain(reg, str(store), propensity_searches="everything", log=lambda m: None)
+    assert list((tmp_path / "reg" / "versions").iterdir()) == []
+    # the randomised searches after t_mid identify it, also when only the searches trained on are read
+    v = retrain(reg, str(store), since=t_mid, propensity_searches="training", epochs=1, log=lambda m: None)
+    ev = v.training_data["events"]
+    assert ev["propensity_log"]["searches"] == 1500 and ev["theta"][0] == 1.0 and min(ev["theta"][1:]) < 0.9
+
+
+def test_retrain_with_doubly_robust_labels_reads_the_logging_models_scores(shop, tiny_model, tmp_path):
+    from fusionrank.modeldir import ModelDir
+    from fusionrank.models import ModelRegistry
+    from fusionrank.models.retrain import retrain
+
+    reg = ModelRegistry.create(tmp_path / "reg")
+    reg.register(tiny_model[0])
+    v = retrain(reg, str(shop[0]), since=shop[1], labels="dr", logging_model=str(tiny_model[0]), dm_regressor="ridge",
+                epochs=1, log=lambda m: None)
+    ev = v.training_data["events"]
+    assert ev["labels"] == "dr" and v.config["events"]["dm_regressor"] == "ridge"
+    assert ev["logging_model"] == {"version": ModelDir.open(tiny_model[0]).version(), "share_of_searches": 1.0}
+    with pytest.raises(FusionrankError, match="direct-method regressor 'forest'; valid names"):
+        retrain(reg, str(shop[0]), labels="dr", dm_regressor="forest", log=lambda m: None)

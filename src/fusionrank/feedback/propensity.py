@@ -96,7 +96,8 @@ def estimate_from_swaps(log, ranks: int = 10, grid: bool = False) -> PositionBia
     if unswapped or views[0, 0] == 0:
         raise InsufficientInterventionsError(
             "swaps", "no randomised swaps of rank 1 with rank(s) " f"{unswapped or [1]}; "
-            "randomise a share of traffic by swapping rank 1 with rank k, k uniform in 2..n",
+            "randomise a share of traffic by swapping rank 1 with rank k, k uniform in 2..n "
+            "(`fusionrank serve --randomise-share 0.1`), or use 'harvest' once two or more model versions are logged",
             unswapped, {"randomised_rows": int(np.asarray(log.get("randomised", [])).sum())})
     with np.errstate(invalid="ignore", divide="ignore"):
         ctr = clicks / views
@@ -234,7 +235,31 @@ def _group_rank_cells(log, keys: list[str], ranks: int, method: str):
     n_rank = np.bincount(k, n, minlength=ranks)
     if (n_rank == 0).any():
         raise InsufficientInterventionsError(method, "no rows at some ranks", np.flatnonzero(n_rank == 0) + 1)
+    lonely = _unreached_ranks(g, k, G, ranks)
+    if lonely:
+        multi = int((np.bincount(g, minlength=G) > 1).sum())
+        raise InsufficientInterventionsError(
+            method, f"rank(s) {lonely} share no {' / '.join(keys)} group with rank 1, directly or through other ranks "
+                    f"({multi:,} of {G:,} groups are shown at more than one rank), so their propensities are not "
+                    "identified; randomise a share of traffic (`fusionrank serve --randomise-share`, estimator 'swaps'), "
+                    "log two or more model versions (estimator 'harvest'), or pass features=", lonely,
+            {"groups": G, "groups_at_several_ranks": multi})
     return G, g, k, n, c, n_rank
+
+
+def _unreached_ranks(g: np.ndarray, k: np.ndarray, G: int, ranks: int) -> list[int]:
+    """1-based ranks that no chain of groups shown at several ranks links to rank 1.
+
+    The bipartite graph has a node per rank and per group and an edge per non-empty (group, rank) cell;
+    the likelihood ties theta_k to theta_1 only through groups seen at both (directly or via other ranks).
+    A rank outside rank 1's component can take any propensity, its groups' relevance compensating.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    adj = coo_matrix((np.ones(len(g)), (k, ranks + g)), shape=(ranks + G, ranks + G))
+    _, label = connected_components(adj, directed=False)
+    return [int(r) + 1 for r in range(ranks) if label[r] != label[0]]
 
 
 @ESTIMATORS.register("em")
@@ -259,6 +284,11 @@ def regression_em(log, ranks: int = 10, features: list[str] | None = None, max_i
     values share one ``gamma`` (e.g. a relevance grade or a bucketed ranker score), which identifies
     ``theta`` even from one deterministic ranker as long as each value appears at several ranks.
     Iterates until ``theta / theta_1`` moves less than ``tol`` or ``max_iter`` steps.
+
+    Raises :class:`InsufficientInterventionsError` (naming the ranks) when some rank shares no group
+    with rank 1, directly or through other ranks: one deterministic ranker without randomisation,
+    grouped per pair, shows every pair at one rank only, and any ``theta`` fits such a log equally well
+    (EM would stay at its starting point and report it as an estimate).
     """
     keys = ["user_query", "product_id"] if features is None else list(features)
     G, g, k, n, c, n_rank = _group_rank_cells(log, keys, ranks, "em")
@@ -334,12 +364,6 @@ def trust_bias_em(log, ranks: int = 10, features: list[str] | None = None, level
     if levels is not None and levels < 2:
         raise ValueError(f"trust_em: levels must be at least 2 (a relevant and a non-relevant level); got {levels}")
     G, g, k, n, c, n_rank = _group_rank_cells(log, keys, ranks, "trust_em")
-    ranks_per_group = np.bincount(g, minlength=G)
-    if (ranks_per_group > 1).sum() == 0:
-        raise InsufficientInterventionsError(
-            "trust_em", "no (query, product) is shown at more than one rank, so the ranks cannot be compared; log "
-                        "two or more model versions, randomise a share of traffic, or pass features=",
-            range(2, ranks + 1), {"groups": G})
     miss = n - c
 
     ctr = np.bincount(k, c, minlength=ranks) / n_rank

@@ -5,7 +5,8 @@
     [events]
     store = "runs/shop/service-data/events.sqlite"   # or postgresql://...
     labels = "ips"            # naive | ips | affine | dr   (fusionrank.feedback.labels.LABELERS)
-    propensity = "em"         # swaps | harvest | em | trust_em, or a saved PositionBias .json
+    propensity = "swaps"      # swaps | harvest | em | trust_em, or a saved PositionBias .json
+    propensity_searches = "all"   # all: every non-interleaved search up to `until`; training: the ones trained on
     action_weights = { click = 1.0, add_to_cart = 2.0, purchase = 4.0 }
     judgments_weight = 0.0    # > 0: the judged training queries join, their grades scaled by this
     since = 1767225600.0      # optional: searches from this unix time on (`fusionrank retrain --since` sets it)
@@ -17,7 +18,11 @@ Interleaved searches (:mod:`fusionrank.feedback.interleave`) are left out: their
 Steps (:func:`click_training_slates`):
 
 1. the click log (one row per product shown in a search, with its action counts);
-2. position bias from the log (``propensity``), or loaded;
+2. position bias (``propensity``): estimated from the store's searches (``propensity_searches``), or
+   loaded. The default ``swaps`` needs randomised searches (``fusionrank serve --randomise-share``);
+   ``harvest`` needs two or more logged model versions. An estimator that the log does not identify
+   raises :class:`~fusionrank.feedback.propensity.InsufficientInterventionsError` naming the ranks:
+   there is no silent fallback to "no position bias";
 3. each distinct logged query text becomes a training query; its candidates and features come from
    the ranking path (:meth:`~fusionrank.ranking.RankingPipeline.slates`), exactly as at serving time;
 4. a skew check: the logged features of the products shown are compared with the recomputed ones
@@ -30,10 +35,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import FusionrankError
@@ -48,7 +54,12 @@ class EventsConfig(BaseModel):
     store: str
     key_file: str | None = None
     labels: str = "ips"
-    propensity: str = "em"
+    propensity: str = "swaps"
+    # Which searches the estimator reads. "all": every non-interleaved search in the store before `until`,
+    # whatever its model version or time (position bias belongs to the page and the shoppers, not to a
+    # ranker: every randomised search and every logged version adds evidence). "training": only the
+    # searches trained on (`since`, `until`, `model_versions`).
+    propensity_searches: Literal["all", "training"] = "all"
     position: str = "rank"
     action_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
     since_days: float | None = Field(None, gt=0)
@@ -168,9 +179,18 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
                                   + " (interleaved searches are not used for training)")
         log(f"  click log: {cl['query_id'].nunique():,} searches, {len(cl):,} impressions, "
             f"{int(cl['click'].sum()):,} clicks, {int(cl['add_to_cart'].sum()):,} carts, {int(cl['purchase'].sum()):,} purchases")
-        bias = position_bias(cfg, cl, base)
+        estimated = cfg.labels != "naive" and not cfg.propensity.endswith(".json")
+        bias_log = store.click_log(until=cfg.until) if estimated and cfg.propensity_searches == "all" else cl
+        bias = position_bias(cfg, bias_log, base)
+        bias_info = None
         if bias is not None:
-            log(f"  position bias ({cfg.propensity}): theta = " + ", ".join(f"{t:.3f}" for t in bias.relative().theta[:10]))
+            bias_info = {"searches": int(bias_log["query_id"].nunique()),
+                         "randomised": int(bias_log.loc[bias_log["randomised"], "query_id"].nunique()),
+                         "model_versions": sorted(map(str, bias_log["model_version"].unique()))}
+            src = "loaded" if not estimated else (
+                f"from {bias_info['searches']:,} searches ({cfg.propensity_searches}), {bias_info['randomised']:,} "
+                f"randomised, {len(bias_info['model_versions'])} model version(s)")
+            log(f"  position bias ({cfg.propensity}, {src}): theta = " + ", ".join(f"{t:.3f}" for t in bias.relative().theta[:10]))
         texts = sorted(cl["user_query"].astype(str).unique())
         counts = cl.groupby(["user_query", "product_id"]).size()
         slates = pipe.slates([f"clicks-{i:06d}" for i in range(len(texts))], texts)
@@ -203,7 +223,7 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
             "impressions_left_out": int((~known).sum()), "since": since, "until": cfg.until,
             "first_search": float(cl["timestamp"].min()) if len(cl) else None,
             "last_search": float(cl["timestamp"].max()) if len(cl) else None,
-            "pairs": int(len(counts)), "labels": cfg.labels, "propensity": cfg.propensity, "logging_model": logging_info,
+            "pairs": int(len(counts)), "labels": cfg.labels, "propensity": cfg.propensity, "propensity_log": bias_info, "logging_model": logging_info,
             "theta": None if bias is None else bias.relative().theta.tolist(), "skew": skew,
             "seconds": round(time.perf_counter() - t0, 1)}
     return out, info

@@ -6,9 +6,13 @@
    version (:func:`~fusionrank.serving.build.open_service`), following the registry
    (:class:`~fusionrank.serving.follow.RegistryFollower`), on HTTP on loopback;
 2. **simulate**: simulated shoppers (:class:`~fusionrank.feedback.simulate.Shoppers`, a click model by
-   name) search and post events through the HTTP API with the events key, as the web page does;
-3. **retrain**: a candidate from the searches of this round (:func:`~fusionrank.models.retrain.retrain`),
-   measured offline beside the promoted version; one that regresses offline is retired unseen;
+   name) search and post events through the HTTP API with the events key, as the web page does; the
+   service randomises ``randomise_share`` of the searches it does not interleave (the top result swapped
+   with one drawn uniformly from ranks 2..k, Joachims et al. 2017), which identifies the position bias;
+3. **retrain**: a candidate from the logged searches (``train_on``: ``all`` of them so far, or this
+   ``round``'s), with position bias estimated from the randomised searches (``propensity="swaps"``)
+   (:func:`~fusionrank.models.retrain.retrain`), measured offline beside the promoted version; one that
+   regresses offline is retired unseen;
 4. **interleave**: the candidate goes to ``interleaving``; the service interleaves it on the policy's
    share of searches while the shoppers keep shopping, batch after batch, until the gate decides;
 5. **promote**: :func:`~fusionrank.models.gate.decide` promotes it (the service swaps it in at its
@@ -29,7 +33,11 @@ from .gate import PromotionPolicy, decide, start_interleaving
 from .registry import ModelRegistry
 from .retrain import retrain
 
-__all__ = ["run_loop", "RoundReport"]
+__all__ = ["run_loop", "RoundReport", "TRAIN_ON"]
+
+#: What each retraining reads: every search logged so far (all rounds, all promoted versions; IPS labels
+#: with rank propensities stay unbiased whatever mix of rankers logged them), or this round's only.
+TRAIN_ON = ("all", "round")
 
 
 @dataclass
@@ -42,7 +50,8 @@ class RoundReport:
     promoted: str                   # the promoted version after the round
     promoted_ndcg: float | None     # its NDCG@10 (policy metric) on the evaluation queries
     candidate_ndcg: float | None
-    sessions_logged: int            # sessions before retraining (the training data of the candidate)
+    sessions_logged: int            # sessions of this round before retraining
+    searches_trained: int | None    # logged searches the candidate was trained on (train_on="all": every round's)
     sessions_interleaving: int      # sessions while the candidate was interleaved
     preference: float | None
     ci: list[float] | None
@@ -64,14 +73,20 @@ def _wait(pred, seconds: float, what: str) -> None:
 
 def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3, sessions: int = 2000,
              interleave_batch: int = 500, max_interleave_sessions: int = 20_000, click_model: str = "pbm", k: int = 10,
-             labels: str = "ips", propensity: str = "em", loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
+             labels: str = "ips", propensity: str = "swaps", randomise_share: float = 0.1, train_on: str = "all",
+             dm_regressor: str = "ridge", logging_scores: bool = False,
+             loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
              epochs: int | None = None, policy: PromotionPolicy | None = None, seed: int = 0, serve_forever: bool = False,
              port: int = 0, log=print) -> list[RoundReport]:
     """Run ``rounds`` rounds of the loop (see the module docstring) over ``model_dir``'s catalogue and index.
 
     The registry is created (``policy``, default :class:`PromotionPolicy`) with ``model_dir`` as its
     promoted first version when it does not exist; otherwise the loop continues from its promoted
-    version. The event store is ``REGISTRY/service-data/events.sqlite``.
+    version. The event store is ``REGISTRY/service-data/events.sqlite``. With ``propensity="swaps"``
+    (the default) ``randomise_share`` must be above 0: without randomised searches the bias is not
+    identified from one logging model, and retraining would stop with an error saying so. With
+    ``labels="dr"`` the direct method is ``dm_regressor``; with ``logging_scores`` it also reads the scores
+    of the promoted version that served the round (its ``logging_model``).
     """
     import httpx
 
@@ -85,6 +100,13 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
     from ..serving.http.app import BackgroundServer
     from .retrain import judgments_reference
 
+    from ..errors import FusionrankError
+
+    if train_on not in TRAIN_ON:
+        raise FusionrankError(f"train_on must be one of {', '.join(TRAIN_ON)}; got {train_on!r}")
+    if propensity == "swaps" and randomise_share <= 0:
+        raise FusionrankError("propensity 'swaps' estimates the position bias from randomised searches; set randomise_share "
+                              "above 0 (e.g. 0.1), or choose another estimator (harvest needs two logged model versions)")
     registry_dir = Path(registry_dir)
     if (registry_dir / "registry.json").exists():
         reg = ModelRegistry.open(registry_dir)
@@ -102,7 +124,8 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
     train_q = split_frame(cat, md.config().data.train_split)
     shoppers = Shoppers(train_q, cat.qrels, CLICK_MODELS.get(click_model)(), k=k, seed=seed)
     data_dir = registry_dir / "service-data"
-    svc = open_service(model_dir, data_dir=data_dir, registry=registry_dir, log=lambda m: log("  " + m))
+    svc = open_service(model_dir, data_dir=data_dir, registry=registry_dir, randomise_share=randomise_share,
+                       log=lambda m: log("  " + m))
     store_url = getattr(svc.events, "url", str(data_dir / "events.sqlite"))
     key_file = data_dir / "events.key"
     follower = RegistryFollower(svc, reg, poll_seconds=0.1, log=lambda m: log("  " + m), auto=False).start()
@@ -111,7 +134,8 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
     try:
         with BackgroundServer(svc, port=port, events_key="loop-events") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
             shop = HttpShop(http, "loop-events")
-            log(f"serving {reg.read().promoted().id} on {srv.url}/ (events in {store_url})")
+            log(f"serving {reg.read().promoted().id} on {srv.url}/ (events in {store_url}; {randomise_share:.0%} of the "
+                "searches not interleaved are randomised)")
             for r in range(1, rounds + 1):
                 t0 = time.perf_counter()
                 idx = reg.read()
@@ -119,10 +143,13 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
                 log(f"[round {r}/{rounds}] simulate: {sessions:,} sessions on {before.id} ({click_model} clicks)")
                 since = time.time()
                 rep = shoppers.run_live(shop, sessions, seed=next(draws))
-                log(f"  {rep.searches:,} searches, " + ", ".join(f"{n:,} {a}" for a, n in rep.actions.items()) +
-                    f" in {rep.seconds:.0f} s")
-                log(f"[round {r}/{rounds}] retrain on the searches of this round")
-                cand = retrain(reg, store_url, since=since, labels=labels, propensity=propensity, loss=loss,
+                log(f"  {rep.searches:,} searches ({rep.randomised:,} randomised), " +
+                    ", ".join(f"{n:,} {a}" for a, n in rep.actions.items()) + f" in {rep.seconds:.0f} s")
+                log(f"[round {r}/{rounds}] retrain on " + ("every search logged so far" if train_on == "all"
+                                                            else "the searches of this round"))
+                cand = retrain(reg, store_url, since=since if train_on == "round" else None, labels=labels, propensity=propensity,
+                               logging_model=str(reg.model_path(before)) if labels == "dr" and logging_scores else None,
+                               dm_regressor=dm_regressor, loss=loss,
                                judgments_weight=judgments_weight, key_file=str(key_file) if key_file.exists() else None,
                                epochs=epochs, seed=seed + r, actor="loop", log=lambda m: log("  " + m))
                 cand_ndcg = (cand.offline or {}).get("metrics", {}).get(pol.metric)
@@ -149,7 +176,8 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
                 _wait(lambda: svc.model.version == after.model_version and not svc.interleaving[0], 30, f"serve {after.id}")
                 il = (res.evidence.get("interleaving") if res is not None else None) or {}
                 reports.append(RoundReport(r, cand.id, outcome, after.id, cand_ndcg if after.id == cand.id else base_ndcg,
-                                           cand_ndcg, sessions, used, il.get("preference"), il.get("ci"),
+                                           cand_ndcg, sessions, ((cand.training_data or {}).get("events") or {}).get("searches"),
+                                           used, il.get("preference"), il.get("ci"),
                                            round(time.perf_counter() - t0, 1)))
                 log(f"  now serving {after.id}" + (f", {pol.metric} {reports[-1].promoted_ndcg:.4f}"
                                                     if reports[-1].promoted_ndcg is not None else ""))

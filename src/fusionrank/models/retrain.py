@@ -5,8 +5,10 @@ Steps (:func:`retrain`):
 1. the promoted version's experiment config, with an ``[events]`` block
    (:class:`~fusionrank.feedback.source.EventsConfig`) reading the searches logged in
    ``[since, until)`` (interleaved searches left out), click labels with position-bias correction
-   (``ips`` with EM propensities by default) and, optionally, the judged training queries with
-   their grades scaled by ``judgments_weight``;
+   (``ips`` with propensities from the randomised swaps of every search logged before ``until`` by
+   default: the service must randomise a share of its traffic, ``fusionrank serve --randomise-share``;
+   ``harvest`` uses two or more logged model versions instead) and, optionally, the judged training
+   queries with their grades scaled by ``judgments_weight``;
 2. :func:`fusionrank.experiment.train` into ``REGISTRY/versions/vN`` (no serving index: the
    service keeps its own);
 3. :func:`~fusionrank.models.gate.offline_comparison`: the new version and the promoted one on the
@@ -36,13 +38,16 @@ def redact_url(url: str) -> str:
 
 
 def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, until: float | None = None,
-            labels: str = "ips", propensity: str = "em", loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
+            labels: str = "ips", propensity: str = "swaps", propensity_searches: str = "all", loss: str | None = "ips_listwise",
+            judgments_weight: float = 0.0, logging_model: str | None = None, dm_regressor: str = "ridge",
             key_file: str | None = None, epochs: int | None = None, seed: int | None = None, actor: str = "cli",
             note: str | None = None, log=print) -> ModelVersion:
     """Train a candidate from ``store``'s searches in ``[since, until)`` on top of the promoted version; register it.
 
     ``loss``: the loss of the new version (``None`` keeps the parent's); the default ``ips_listwise``
-    is linear in the labels, so bias-corrected labels stay unbiased.
+    is linear in the labels, so bias-corrected labels stay unbiased. ``propensity_searches``: which
+    searches the position-bias estimator reads (``all`` or ``training``; :class:`~fusionrank.feedback.source.EventsConfig`).
+    ``logging_model`` (a model directory) and ``dm_regressor``: the direct method of ``labels="dr"``.
     """
     from ..experiment import Block, train
     from ..feedback.source import EventsConfig
@@ -59,8 +64,9 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
     cfg.data.source = pmd.workspace().source  # absolute: the saved config may name it relative to its own file
     until = until if until is not None else time.time()
     try:
-        cfg.events = EventsConfig(store=store, key_file=key_file, labels=labels, propensity=propensity, since=since,
-                                  until=until, judgments_weight=judgments_weight)
+        cfg.events = EventsConfig(store=store, key_file=key_file, labels=labels, propensity=propensity,
+                                  propensity_searches=propensity_searches, since=since, until=until,
+                                  judgments_weight=judgments_weight, logging_model=logging_model, dm_regressor=dm_regressor)
         if loss is not None:
             cfg.loss = Block(name=loss)
         if epochs is not None:
@@ -84,7 +90,8 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
     clicks = metrics.get("clicks", {})
     data: dict[str, Any] = {"events": {"store": redact_url(store), "since": since, "until": until,
                                        **{k: clicks.get(k) for k in ("searches", "impressions", "queries", "first_search",
-                                                                      "last_search", "labels", "propensity")}}}
+                                                                      "last_search", "labels", "propensity",
+                                                                      "propensity_log", "theta", "logging_model")}}}
     if judgments_weight > 0:
         data["judgments"] = {"source": cfg.data.source, "split": cfg.data.train_split, "weight": judgments_weight,
                              "queries": clicks.get("judged_queries")}
