@@ -422,13 +422,18 @@ def understand(
 def build_index(
     model: Path = typer.Argument(..., help="model directory"),
     codec: Optional[str] = typer.Option(None, help="vector search: exact, flat or sq8 (default: the config's [vectors])"),
+    table_dtype: Optional[str] = typer.Option(None, "--table-dtype",
+                                              help="embedding tables the ranker reads: float32 or float16 (default: the config's [index])"),
 ):
     """Build the model's serving index (MODEL/index) from its catalogue and embedding store; nothing is encoded."""
     from .modeldir import ModelDir
+    from .ranking.tables import table_dtype as table_dtype_of
 
     try:
         t0 = time.perf_counter()
-        idx = ModelDir.open(model).build_index(codec, log=lambda s: console.print(s))
+        if table_dtype is not None:
+            table_dtype_of(table_dtype)  # an unknown name is an error listing the valid ones
+        idx = ModelDir.open(model).build_index(codec, log=lambda s: console.print(s), table_dtype=table_dtype)
     except FusionrankError as e:
         _fail(e)
     console.print(f"[bold green]index written[/] to {Path(model) / 'index'}: {len(idx):,} products in {time.perf_counter() - t0:.1f} s")

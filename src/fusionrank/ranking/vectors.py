@@ -14,8 +14,9 @@ coarse quantiser (``nlist`` centroids, k-means on a sample) is learned once at
 build time. Vectors are L2-normalised, so inner product = cosine.
 
 ``codec="sq8"`` (default) stores each vector as 8-bit scalars (4x smaller than
-``flat``); the ranker's cosine features are computed from the exact float32
-embeddings, so quantisation only affects which products become candidates.
+``flat``); the ranker's cosine features are computed from the catalogue's embedding
+tables (float32, or float16 with ``table_dtype``), so quantisation only affects which
+products become candidates.
 A filter (e.g. a category) is applied inside the search with an
 :class:`faiss.IDSelectorBitmap`; ``nprobe`` grows with the inverse of the allowed
 fraction so that filtered searches still reach enough candidates.
@@ -49,7 +50,7 @@ def ranked(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
 
 
 class ExactVectors:
-    """Exact inner-product search over ``tables.emb[table]`` (rows with a vector that are live)."""
+    """Exact inner-product search over ``tables.emb[table]`` (rows with a vector that are live; float16 read as float32)."""
 
     def __init__(self, tables, table: str):
         self.tables, self.table = tables, table
@@ -66,7 +67,7 @@ class ExactVectors:
         q = np.ascontiguousarray(np.atleast_2d(q), np.float32)
         if not ok.any() or k <= 0:
             return [np.zeros(0, np.int64) for _ in range(len(q))]
-        s = q @ t.emb[self.table][:n].T
+        s = t.emb[self.table].inner(q, n)
         top = topk_rows(s, min(k, int(ok.sum())), np.broadcast_to(ok, s.shape))
         return [r[r >= 0] for r in top]
 

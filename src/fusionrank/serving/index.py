@@ -32,12 +32,14 @@ from ..errors import FusionrankError
 from ..modalities import LEXICAL_FIELDS, TABLES
 from ..ranking.catalog import INDEXED_TITLE, RECORD_COLUMNS, TRANSCRIPT_TEXT, CatalogConfig, CatalogTables
 from ..ranking.lexical import LexicalField
+from ..ranking.tables import EmbeddingTable
 from ..ranking.vectors import AnnIndex, ExactVectors
 from .wal import RecordLog, encode_record, fsync_dir
 
 __all__ = ["SearchIndex", "CatalogConfig", "INDEXED_TITLE", "TRANSCRIPT_TEXT", "RECORD_COLUMNS"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: emb.<table>.npy holds only the rows whose mask is set, in table_dtype; 1: every row, float32
+READ_FORMATS = (1, 2)
 
 
 def _b64(v: np.ndarray) -> str:
@@ -47,6 +49,14 @@ def _b64(v: np.ndarray) -> str:
 def _unb64(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), np.float32)
 
+
+
+def _load_table(path: Path, mask: np.ndarray, dtype: str) -> EmbeddingTable:
+    """A saved table: memory-mapped (format 2), or compacted from a format-1 file that holds every row."""
+    stored = np.load(path, mmap_mode="r")
+    if stored.ndim == 2 and len(stored) == len(mask) and len(mask) != int(mask.sum()):
+        return EmbeddingTable.from_rows(stored, mask, dtype)  # format 1: a dense float32 table
+    return EmbeddingTable.from_stored(stored, mask, dtype, source=str(path))
 
 
 def _finish_interrupted_save(d: Path, log) -> None:
@@ -96,7 +106,7 @@ class SearchIndex(CatalogTables):
         for f in LEXICAL_FIELDS:
             self.lex_text[f] = resized(self.lex_text[f], "")
         for t in TABLES:
-            self.emb[t] = resized(self.emb[t], 0.0)
+            self.emb[t].reserve(cap)  # the slot map only: stored vectors are never copied
             self.emb_mask[t] = resized(self.emb_mask[t], False)
         self.live = resized(self.live, False)
         self.cap = cap
@@ -155,15 +165,15 @@ class SearchIndex(CatalogTables):
             for t in TABLES:
                 v = vectors.get(t)
                 self.emb_mask[t][row] = v is not None
-                self.emb[t][row] = 0 if v is None else np.asarray(v, np.float32)
+                self.emb[t].set(row, None if v is None else np.asarray(v, np.float32))
             self.live[row] = True
             self.n_rows = row + 1
             for f in LEXICAL_FIELDS:
                 self.lex_text[f][row] = lex_texts.get(f) or ""
                 self.lexical[f].add(row, self.lex_text[f][row])
             for t, a in self.vectors.items():
-                if self.emb_mask[t][row]:
-                    a.add(self.emb[t][row][None, :], np.array([row]))
+                if self.emb_mask[t][row]:  # codes from the vector as given, as at build time
+                    a.add(np.asarray(vectors[t], np.float32)[None, :], np.array([row]))
             self.row_of[pid] = row
             self.version += 1
             self._count_category(cat, +1)
@@ -208,7 +218,7 @@ class SearchIndex(CatalogTables):
             live = self.live[:n]
             records = {c: self.records[c][:n][live] for c in RECORD_COLUMNS}
             texts = {f: self.lex_text[f][:n][live] for f in LEXICAL_FIELDS}
-            emb = {t: self.emb[t][:n][live] for t in TABLES}
+            emb = {t: self.emb[t][np.flatnonzero(live)] for t in TABLES}
             mask = {t: self.emb_mask[t][:n][live] for t in TABLES}
         return SearchIndex.build(records, texts, emb, mask, self.config, log=log)
 
@@ -229,8 +239,8 @@ class SearchIndex(CatalogTables):
                 if c != "live":
                     meta[c] = meta[c].astype("string")
             meta.to_parquet(tmp / "records.parquet", index=False)
-            for t in TABLES:
-                np.save(tmp / f"emb.{t}.npy", self.emb[t][:n])
+            for t in TABLES:  # the vectors of the rows that have one, in row order, in the table's dtype
+                np.save(tmp / f"emb.{t}.npy", self.emb[t].stored(n)[1])
                 np.save(tmp / f"mask.{t}.npy", self.emb_mask[t][:n])
             for f, lx in self.lexical.items():
                 lx.save(tmp / f"lex.{f}")
@@ -269,8 +279,9 @@ class SearchIndex(CatalogTables):
             raise FusionrankError(f"{d}: not a search index (no index.json); build one with `fusionrank serve` or SearchIndex.save")
         t0 = time.perf_counter()
         meta = json.loads((d / "index.json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise FusionrankError(f"{d}: index format {meta.get('format')} is not supported (expected {FORMAT_VERSION}); rebuild it")
+        if meta.get("format") not in READ_FORMATS:
+            raise FusionrankError(f"{d}: index format {meta.get('format')} is not supported (expected one of "
+                                  f"{', '.join(map(str, READ_FORMATS))}); rebuild it with `fusionrank index MODEL_DIR`")
         config = CatalogConfig.model_validate(meta["config"])
         self = cls(config, meta["dims"])
         rec = pd.read_parquet(d / "records.parquet")
@@ -281,9 +292,9 @@ class SearchIndex(CatalogTables):
             self.lex_text[f] = rec[f"lex_{f}"].fillna("").astype(object).to_numpy(dtype=object)
         self.live = rec["live"].to_numpy(bool).copy()
         self.cat_code = self._codes(self.records[S.CATEGORY])
-        for t in TABLES:  # memory-mapped: _reserve below copies them once, straight into their final size
-            self.emb[t] = np.load(d / f"emb.{t}.npy", mmap_mode="r")
+        for t in TABLES:  # memory-mapped and never copied: every process that loads this snapshot shares the pages
             self.emb_mask[t] = np.load(d / f"mask.{t}.npy")
+            self.emb[t] = _load_table(d / f"emb.{t}.npy", self.emb_mask[t], config.table_dtype)
         # room for new products: growing a 1M-row table later would copy all of it during a write
         self.cap = n
         self._reserve(n + max(1024, n // 20))
