@@ -169,14 +169,16 @@ class ModelDir:
         index.save(Path(index_dir) if index_dir else self.index_dir)
         return index
 
-    def open_index(self, index_dir: str | Path | None = None, log=print):
-        """The saved serving index (``index/`` unless given); an error naming ``fusionrank index`` if there is none."""
+    def open_index(self, index_dir: str | Path | None = None, log=print, shared: bool = False):
+        """The saved serving index (``index/`` unless given); an error naming ``fusionrank index`` if there is none.
+
+        ``shared``: opened by one of several worker processes (see :class:`~fusionrank.serving.index.SearchIndex`)."""
         from .serving.index import SearchIndex
 
         d = Path(index_dir) if index_dir else self.index_dir
         if not (d / "index.json").exists():
             raise StaleArtefactError(f"{d}: no search index; build it with `fusionrank index {self.path}`")
-        index = SearchIndex.load(d, log=log)
+        index = SearchIndex.load(d, log=log, shared=shared)
         tf = self.config().data.title_field
         if index.config.title_field != tf:
             raise StaleArtefactError(f"{d}: the index serves the {index.config.title_field!r} title field but the model ranks "

@@ -13,10 +13,26 @@ vector indexes at once, so the next search sees it, and is appended to a change 
 before the write returns) that ``load`` replays, repairing a torn tail and reporting
 damaged lines; ``save`` writes a fresh snapshot and starts an empty log. Reads and writes take one lock; a search holds it only for
 retrieval and feature computation (a few ms), not for ranking.
+
+**Shared by worker processes** (``load(..., shared=True)``, ``fusionrank serve --workers N``): every
+worker maps the same snapshot read-only (embedding tables as numpy memory maps, IVF lists with
+faiss's ``IO_FLAG_MMAP``), so the pages are shared, and the change log is the one order of writes:
+
+- a write takes an exclusive ``flock`` on ``changes.jsonl``, first applies what other workers
+  appended (:meth:`catch_up`), then appends its own record (fsync-ed) and applies it, then
+  releases the lock and is acknowledged. Every worker applies the same changes in the same
+  order to the same snapshot, so rows and versions agree across workers;
+- before every search a worker compares the log's size with how far it has read (one
+  ``stat``) and applies the new complete records: an acknowledged write is visible to the next
+  search on every worker. New rows go to each worker's private part of the tables (a few
+  hundred bytes per written product), never into the mapped snapshot.
+
+A shared index does not write snapshots (``save`` refuses); restart with one process for that.
 """
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -34,7 +50,7 @@ from ..ranking.catalog import INDEXED_TITLE, RECORD_COLUMNS, TRANSCRIPT_TEXT, Ca
 from ..ranking.lexical import LexicalField
 from ..ranking.tables import EmbeddingTable
 from ..ranking.vectors import AnnIndex, ExactVectors
-from .wal import RecordLog, encode_record, fsync_dir
+from .wal import RecordLog, encode_record, fsync_dir, read_from
 
 __all__ = ["SearchIndex", "CatalogConfig", "INDEXED_TITLE", "TRANSCRIPT_TEXT", "RECORD_COLUMNS"]
 
@@ -87,6 +103,9 @@ class SearchIndex(CatalogTables):
         self.attributes: dict[str, dict[str, str]] = {}  # extra fields of products written through PUT
         self.log_repair: dict[str, Any] = {}
         self.replay_errors = 0
+        self.shared = False  # loaded by one of several worker processes (see the module docstring)
+        self._log_offset = 0  # bytes of the change log applied (shared: where catch_up continues)
+        self.caught_up = 0  # changes applied from other workers' appends
 
     # writes --------------------------------------------------------------------
     def _grow(self, n: int) -> None:
@@ -135,6 +154,8 @@ class SearchIndex(CatalogTables):
     def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
                _log: bool = True, attributes: dict[str, str] | None = None) -> int:
         """Add or replace one product; returns its new row. Visible to the next search."""
+        if _log:
+            self.catch_up()
         pid = str(record[S.PRODUCT_ID])
         for t in TABLES:
             v = vectors.get(t)
@@ -185,6 +206,8 @@ class SearchIndex(CatalogTables):
 
     def delete(self, product_id: str, _log: bool = True) -> bool:
         """Remove a product; False if it is not in the index."""
+        if _log:
+            self.catch_up()
         pid = str(product_id)
         with self.lock:
             if pid not in self.row_of:
@@ -198,8 +221,60 @@ class SearchIndex(CatalogTables):
         return True
 
     def _append_log(self, entry: dict) -> None:
-        if self._log is not None:
+        if self._log is None:
+            return
+        if not self.shared:
             self._log.append(entry)
+            return
+        fd = os.open(self._log_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time across the worker processes
+            self.catch_up()  # what the others appended comes first, in the same order everywhere
+            self._log.append(entry)
+            self._log_offset = os.fstat(fd).st_size  # ours is the last record: nobody appends while we hold the lock
+        finally:
+            os.close(fd)  # releases the lock
+
+    def catch_up(self) -> int:
+        """Apply the changes other worker processes appended to the log since this one last read it (shared only).
+
+        One ``stat`` when there is nothing new. Returns how many changes were applied.
+        """
+        if not self.shared or self._log_path is None:
+            return 0
+        try:
+            if os.stat(self._log_path).st_size <= self._log_offset:
+                return 0
+        except FileNotFoundError:
+            return 0
+        with self.lock:
+            records, end, bad = read_from(self._log_path, self._log_offset)
+            for off in bad:
+                self.replay_errors += 1
+                print(f"{self._log_path.name}: a damaged record at byte offset {off} was skipped")
+            n = self._replay(records, print)
+            self._log_offset = end
+            self.caught_up += n
+        return n
+
+    def _replay(self, records: list[dict], log) -> int:
+        """Apply logged changes in order (at load, and in shared mode as other workers append them)."""
+        replayed = 0
+        for i, e in enumerate(records):
+            try:  # one bad entry never stops the replay of the acknowledged changes after it
+                if e["op"] == "upsert":
+                    self.upsert(e["record"], e["lex"], {t: (None if v is None else _unb64(v)) for t, v in e["vectors"].items()},
+                                _log=False, attributes=e.get("attributes"))
+                elif e["op"] == "delete":
+                    self.delete(e["product_id"], _log=False)
+                else:
+                    raise KeyError(f"op {e.get('op')!r}")
+                replayed += 1
+            except Exception as ex:  # noqa: BLE001 - reported and counted
+                self.replay_errors += 1
+                log(f"{self._log_path.name if self._log_path else 'changes'}: change {i + 1} could not be replayed "
+                    f"({type(ex).__name__}: {ex}); skipped")
+        return replayed
 
     def product(self, product_id: str) -> dict[str, Any] | None:
         p = super().product(product_id)
@@ -225,6 +300,9 @@ class SearchIndex(CatalogTables):
     # persistence ---------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write a snapshot (atomically: a new folder renamed over the old one) and start an empty change log."""
+        if self.shared:
+            raise FusionrankError("an index shared by worker processes does not write snapshots; stop the service and "
+                                  "restart it with one process (or run `fusionrank compact-index`) to write one")
         d = Path(directory)
         with self.lock:
             tmp = d.with_name(d.name + ".tmp")
@@ -271,10 +349,16 @@ class SearchIndex(CatalogTables):
         return d
 
     @classmethod
-    def load(cls, directory: str | Path, log=print) -> "SearchIndex":
-        """Load a snapshot and replay its change log."""
+    def load(cls, directory: str | Path, log=print, shared: bool = False) -> "SearchIndex":
+        """Load a snapshot and replay its change log.
+
+        ``shared``: one of several worker processes over this folder (see the module docstring); the
+        IVF lists are memory-mapped too, and the log is read without repairs (the process that
+        started the workers repaired it with a plain ``load`` first).
+        """
         d = Path(directory)
-        _finish_interrupted_save(d, log)
+        if not shared:
+            _finish_interrupted_save(d, log)
         if not (d / "index.json").exists():
             raise FusionrankError(f"{d}: not a search index (no index.json); build one with `fusionrank serve` or SearchIndex.save")
         t0 = time.perf_counter()
@@ -303,30 +387,28 @@ class SearchIndex(CatalogTables):
         a = config.ann
         for t in self.dense_tables():
             self.vectors[t] = (ExactVectors(self, t) if a.codec == "exact"
-                               else AnnIndex.load(d / f"ann.{t}.faiss", a.nprobe, a.codec))
+                               else AnnIndex.load(d / f"ann.{t}.faiss", a.nprobe, a.codec, mmap=shared))
         self.n_rows = n
         self.row_of = {str(p): i for i, p in enumerate(self.records[S.PRODUCT_ID][:n]) if self.live[i]}
         self._refresh_category_names()
         if (d / "attributes.json").exists():
             self.attributes = {p: a for p, a in json.loads((d / "attributes.json").read_text()).items() if p in self.row_of}
-        replayed = 0
         log_path = d / "changes.jsonl"
-        wal = RecordLog(log_path, log=log)  # scans, cuts a torn tail off (copy kept), reports damaged lines
-        for i, e in enumerate(wal.records):
-            try:  # one bad entry never stops the replay of the acknowledged changes after it
-                if e["op"] == "upsert":
-                    self.upsert(e["record"], e["lex"], {t: (None if v is None else _unb64(v)) for t, v in e["vectors"].items()},
-                                _log=False, attributes=e.get("attributes"))
-                elif e["op"] == "delete":
-                    self.delete(e["product_id"], _log=False)
-                else:
-                    raise KeyError(f"op {e.get('op')!r}")
-                replayed += 1
-            except Exception as ex:  # noqa: BLE001 - reported and counted below
-                self.replay_errors += 1
-                log(f"{log_path.name}: change {i + 1} could not be replayed ({type(ex).__name__}: {ex}); skipped")
+        self._log_path = log_path
+        if shared:  # reading and applying under the writers' lock: no append is half-read
+            fd = os.open(log_path, os.O_RDONLY | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            # scans, cuts a torn tail off (copy kept), reports damaged lines
+            wal = RecordLog(log_path, log=log, repair=not shared)
+            replayed = self._replay(wal.records, log)
+        finally:
+            if shared:
+                os.close(fd)
         wal.release_records()
-        self._log, self._log_path = wal, log_path
+        self._log = wal
+        self._log_offset = wal.repair.end
+        self.shared = shared
         self.log_repair = {**wal.repair.as_dict(), "replay_errors": self.replay_errors}
         problems = wal.repair.message()
         log(f"serving index: {len(self):,} products loaded from {d} in {time.perf_counter() - t0:.1f} s"
