@@ -222,3 +222,30 @@ def test_a_format_1_index_with_dense_float32_tables_still_loads(built, tmp_path)
     (d / "index.json").write_text(json.dumps(meta))
     with pytest.raises(FusionrankError, match=r"emb\.title\.npy: vectors are float32, but table_dtype is 'float16'"):
         SearchIndex.load(d, log=lambda m: None)
+
+
+def test_shared_indexes_apply_each_others_logged_writes_in_one_order(built, tmp_path):
+    """Two worker processes' views of one snapshot: a write through either is applied by the other before its next read."""
+    sidx = built[1]
+    sidx.save(tmp_path / "idx")
+    a = SearchIndex.load(tmp_path / "idx", log=lambda m: None, shared=True)
+    b = SearchIndex.load(tmp_path / "idx", log=lambda m: None, shared=True)
+    assert a.shared and all(isinstance(e.base, np.memmap) for e in a.emb.values())
+    v = _vectors(a, 5)
+    v["title"] = ENCODER.encode_many(["zorblax sneakers"])[0]
+    a.upsert({**a.record(5), "product_id": "w-1", "indexed_title": "Zorblax Sneakers"}, {"title": "Zorblax Sneakers", "transcript": ""}, v)
+    b.upsert({**b.record(6), "product_id": "w-2", "indexed_title": "Quasar Boots"}, {"title": "Quasar Boots", "transcript": ""},
+             _vectors(b, 6))  # b applies a's write first, then appends its own
+    assert b.row_of["w-1"] < b.row_of["w-2"]
+    assert a.catch_up() == 1 and a.row_of == b.row_of and a.version == b.version
+    assert b.delete(sidx.ids[0]) and a.catch_up() == 1 and sidx.ids[0] not in a.row_of
+    for query in ["zorblax sneakers", "quasar boots", QUERIES[0]]:
+        ra, rb = _ranked(a, query), _ranked(b, query)
+        assert ra[0] == rb[0]
+        np.testing.assert_array_equal(ra[1], rb[1])
+    assert a.row_of["w-1"] in _ranked(a, "zorblax sneakers")[0]
+    # a fresh process replays the same log to the same rows; a shared index writes no snapshot
+    c = SearchIndex.load(tmp_path / "idx", log=lambda m: None)
+    assert c.row_of == a.row_of
+    with pytest.raises(FusionrankError, match="shared by worker processes does not write snapshots"):
+        a.save(tmp_path / "idx")

@@ -108,7 +108,7 @@ class AnnIndex:
         self.read_only = False  # the base is a read-only memory map: writes go to delta / dead
         self.delta = None
         self.dead = np.zeros(0, np.uint8)  # packed bits (little) of removed rows, with a read-only base
-        self.n_dead = 0
+        self.n_dead = 0  # removed rows of the read-only base (the delta removes its own)
 
     def build(self, vectors: np.ndarray, rows: np.ndarray, train_sample: int = 100_000, seed: int = 0) -> "AnnIndex":
         import faiss
@@ -164,13 +164,14 @@ class AnnIndex:
             need = int(rows.max()) // 8 + 1 if len(rows) else 0
             if need > len(self.dead):
                 self.dead = np.concatenate([self.dead, np.zeros(max(need - len(self.dead), len(self.dead) // 4 + 64), np.uint8)])
+            newly = 0
             for r in rows:
                 if not self.dead[r >> 3] & (1 << (r & 7)):
                     self.dead[r >> 3] |= np.uint8(1 << (r & 7))
-                    self.n_dead += 1
-            if self.delta is not None:
-                self.delta.remove_ids(faiss.IDSelectorBatch(rows))
-            return len(rows)
+                    newly += 1
+            gone = int(self.delta.remove_ids(faiss.IDSelectorBatch(rows))) if self.delta is not None else 0
+            self.n_dead += newly - gone  # rows of the base that searches must now skip
+            return newly
         return int(self.index.remove_ids(faiss.IDSelectorBatch(rows)))
 
     def _selector(self, allowed: RowFilter | None):
