@@ -86,6 +86,16 @@ def mapped_under(pid: int, folder: Path) -> dict[str, int]:
     return {"rss_kb": rss, "pss_kb": pss}
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def children(pid: int) -> list[int]:
     try:
         return [int(x) for x in open(f"/proc/{pid}/task/{pid}/children").read().split()]
@@ -111,6 +121,29 @@ def prepare(src_model: Path, work: Path, table_dtype: str) -> tuple[Path, dict]:
     idx.close()
     del idx
     return model, info
+
+
+PROBE = """
+import gc, json, os, sys
+def anon():
+    for line in open(f"/proc/{os.getpid()}/smaps_rollup"):
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1])
+import faiss, numpy, pandas, pyarrow, torch  # noqa: F401  the runtime every worker has anyway
+from fusionrank.serving.index import SearchIndex
+gc.collect()
+a = anon()
+idx = SearchIndex.load(sys.argv[1], log=lambda m: None, shared=sys.argv[2] == "1")
+gc.collect()
+print(json.dumps({"anonymous_kb": anon() - a}))
+"""
+
+
+def index_heap(index_dir: Path, shared: bool) -> int:
+    """kB of heap (anonymous memory, never shared between processes) that loading the index adds to a fresh process."""
+    out = subprocess.run([sys.executable, "-c", PROBE, str(index_dir), "1" if shared else "0"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["anonymous_kb"]
 
 
 def queries(n: int) -> list[str]:
@@ -139,15 +172,18 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
             if srv.poll() is not None:
                 raise RuntimeError(f"serve --workers {n_workers} exited with {srv.returncode}")
         start_s = time.perf_counter() - t0
+        pids = [srv.pid] + children(srv.pid) if n_workers > 1 else [srv.pid]
+        cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
         qf = tmp / "queries.txt"
         qf.write_text("\n".join(qs))
         out = tmp / "load.json"
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--url", f"http://127.0.0.1:{port}",
                         "--queries", str(qf), "--requests", str(requests), "--concurrency", str(clients), "--out", str(out)],
                        check=True)
+        cpu = cpu_seconds(pids) - cpu0
+        wall = time.perf_counter() - wall0  # the load generator's start-up and warm-up included
         r = json.loads(out.read_text())
         ok = [s == 200 for s in r["status"]]
-        pids = [srv.pid] + children(srv.pid) if n_workers > 1 else [srv.pid]
         procs = []
         for pid in pids:
             ru = rollup(pid)
@@ -155,11 +191,13 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                           "rss_kb": ru.get("Rss", 0), "pss_kb": ru.get("Pss", 0),
                           "uss_kb": ru.get("Private_Clean", 0) + ru.get("Private_Dirty", 0),
                           "shared_kb": ru.get("Shared_Clean", 0) + ru.get("Shared_Dirty", 0),
+                          "anonymous_kb": ru.get("Anonymous", 0),
                           "index_files": mapped_under(pid, model / "index")})
         return {"workers": n_workers, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
                 "start_seconds": start_s, "throughput_rps": requests / r["wall_seconds"], "latency_ms": pct(r["latency_ms"]),
                 "server_total_ms": pct([s["total_ms"] for s, g in zip(r["server_ms"], ok) if g and s]),
-                "processes": procs, "pss_total_kb": int(sum(p["pss_kb"] for p in procs))}
+                "processes": procs, "pss_total_kb": int(sum(p["pss_kb"] for p in procs)),
+                "server_cpu_seconds": cpu, "server_cores_used": cpu / wall, "server_cpu_ms_per_request": 1e3 * cpu / requests}
     finally:
         srv.send_signal(signal.SIGINT)
         try:
@@ -189,21 +227,30 @@ def write(res: dict) -> None:
          f"{res['clients']} clients with keep-alive connections, {res['requests']} distinct queries per run (the same list "
          "for every N), k=10, 200 candidates re-ranked with explanations. N = 1 is the plain one-process service. "
          "torch, OpenMP and MKL 1 thread per process. The machine has 2 cores and was shared (see the end).", "",
-         "| workers | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | PSS of the service | added per extra worker | share of index size | start s |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "| workers | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | server CPU cores used | server CPU ms / request | PSS of the service | added per extra worker | share of index size | start s |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         n = r["workers"]
         added = (r["pss_total_kb"] - one["pss_total_kb"]) / (n - 1) / 1e3 if n > 1 else None
         L.append(f"| {n} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / one['throughput_rps']:.2f} | "
-                 f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {r['failed']} | {r['pss_total_kb'] / 1e3:,.0f} MB | "
+                 f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {r['failed']} | {r['server_cores_used']:.2f} | "
+                 f"{r['server_cpu_ms_per_request']:.1f} | {r['pss_total_kb'] / 1e3:,.0f} MB | "
                  + (f"{added:,.0f} MB | {added / size_mb:.2f} |" if added is not None else "- | - |") + f" {r['start_seconds']:.0f} |")
-    L += ["", "Per process after the load (MB): RSS, PSS, private (USS), and the RSS / PSS of its mappings of the index "
-          "folder's files (memory-mapped tables; with more than one worker also the IVF lists).", "",
-          "| workers | process | RSS | PSS | private | index files RSS / PSS |", "|---|---|---|---|---|---|"]
+    h = res["index_heap_kb"]
+    L += ["", f"Heap (anonymous memory, which processes never share) that loading the index adds to a fresh process: "
+          f"**{h['shared'] / 1e3:.0f} MB** as a worker (tables and IVF lists memory-mapped), {h['one process'] / 1e3:.0f} MB as "
+          f"the one-process service (IVF lists in the heap): {h['shared'] / 1e3 / size_mb:.2f} of the index size. This is the "
+          "index's own cost per extra worker (product records and BM25 texts as Python strings, the id map, the BM25 "
+          "postings); the rest of what a worker adds is the process itself (Python, torch, the ONNX query encoder, the "
+          "model, the event store connection)."]
+    L += ["", "Per process after the load (MB): RSS, PSS, private (USS), anonymous (heap: never shared), and the RSS / PSS "
+          "of its mappings of the index folder's files (memory-mapped tables; with more than one worker also the IVF lists).", "",
+          "| workers | process | RSS | PSS | private | anonymous | index files RSS / PSS |", "|---|---|---|---|---|---|---|"]
     for r in runs:
         for p in r["processes"]:
             L.append(f"| {r['workers']} | {p['role']} {p['pid']} | {p['rss_kb'] / 1e3:,.0f} | {p['pss_kb'] / 1e3:,.0f} | "
-                     f"{p['uss_kb'] / 1e3:,.0f} | {p['index_files']['rss_kb'] / 1e3:,.0f} / {p['index_files']['pss_kb'] / 1e3:,.0f} |")
+                     f"{p['uss_kb'] / 1e3:,.0f} | {p['anonymous_kb'] / 1e3:,.0f} | "
+                     f"{p['index_files']['rss_kb'] / 1e3:,.0f} / {p['index_files']['pss_kb'] / 1e3:,.0f} |")
     L += ["", "## Machine during the run", "", "```", res["machine_before"]["uptime"], res["machine_before"]["top"], "", "after:",
           res["machine_after"]["uptime"], "```", ""]
     (RESULTS / "workers.md").write_text("\n".join(L))
@@ -216,7 +263,7 @@ def main() -> None:
     ap.add_argument("--table-dtype", default="float16")
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--workers", default="1,2,4", help="worker counts in run order (repeats allowed: 1,2,4,1,2)")
     a = ap.parse_args()
     res = {"command": "python " + " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
            "model": str(a.model), "table_dtype": a.table_dtype, "requests": a.requests, "clients": a.clients}
@@ -224,6 +271,9 @@ def main() -> None:
     log("preparing the model copy and its index")
     model, res["index"] = prepare(a.model, a.work, a.table_dtype)
     qs = queries(a.requests)
+    res["index_heap_kb"] = {"shared": index_heap(model / "index", True), "one process": index_heap(model / "index", False)}
+    log(f"  heap added by loading the index: {res['index_heap_kb']['shared'] / 1e3:.0f} MB shared (worker), "
+        f"{res['index_heap_kb']['one process'] / 1e3:.0f} MB one process")
     res["machine_before"] = machine()
     res["runs"] = []
     with tempfile.TemporaryDirectory() as tmp:

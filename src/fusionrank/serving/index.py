@@ -375,6 +375,10 @@ class SearchIndex(CatalogTables):
         for f in LEXICAL_FIELDS:
             self.lex_text[f] = rec[f"lex_{f}"].fillna("").astype(object).to_numpy(dtype=object)
         self.live = rec["live"].to_numpy(bool).copy()
+        del rec
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()  # the parquet read's buffers: else every worker keeps them (~40 MB at 44k)
         self.cat_code = self._codes(self.records[S.CATEGORY])
         for t in TABLES:  # memory-mapped and never copied: every process that loads this snapshot shares the pages
             self.emb_mask[t] = np.load(d / f"mask.{t}.npy")
