@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import quiet, workspace_tables
 from fusionrank.errors import FusionrankError
-from fusionrank.ranking import CatalogConfig, RankingPipeline
+from fusionrank.ranking import CatalogConfig, RankingPipeline, VectorConfig
 from fusionrank.ranking.tables import EmbeddingTable, table_dtype
 
 
@@ -67,24 +66,28 @@ def test_bad_tables_are_errors_that_say_what_is_wrong():
         CatalogConfig(table_dtype="int8")
 
 
-def test_float16_tables_feed_the_one_feature_step_with_the_rounded_vectors(tiny_workspace, encoder):
+def test_float16_tables_feed_the_one_feature_step_with_the_rounded_vectors(tables, encoder):
     """float16 tables give exactly the features and ranker inputs of float32 tables holding the rounded vectors."""
     from fusionrank.modalities import TABLES
     from fusionrank.ranking import CatalogTables
 
-    t32 = workspace_tables(tiny_workspace, "title", codec="flat")
-    t16 = CatalogTables.build({c: t32.records[c] for c in t32.records}, {f: t32.lex_text[f] for f in t32.lex_text},
-                              {t: t32.emb[t][:t32.n_rows] for t in TABLES}, t32.emb_mask,
-                              t32.config.model_copy(update={"table_dtype": "float16"}), log=quiet)
-    rounded = CatalogTables.build({c: t32.records[c] for c in t32.records}, {f: t32.lex_text[f] for f in t32.lex_text},
-                                  {t: t32.emb[t][:t32.n_rows].astype(np.float16).astype(np.float32) for t in TABLES},
-                                  t32.emb_mask, t32.config, log=quiet)
+    n = tables.n_rows
+    flat = tables.config.model_copy(update={"ann": VectorConfig(codec="flat")})
+
+    def build(emb, dtype):
+        return CatalogTables.build({c: tables.records[c] for c in tables.records}, {f: tables.lex_text[f] for f in tables.lex_text},
+                                   emb, tables.emb_mask, flat.model_copy(update={"table_dtype": dtype}), log=lambda m: None)
+
+    dense = {t: tables.emb[t][:n] for t in TABLES}
+    t32, t16 = build(dense, "float32"), build(dense, "float16")
+    rounded = build({t: e.astype(np.float16).astype(np.float32) for t, e in dense.items()}, "float32")
     assert t16.memory_bytes()["embeddings"] < 0.55 * t32.memory_bytes()["embeddings"]
     queries = ["red shirt", "blue dress women", "black watch", "nike men shoes", "green"]
-    a = RankingPipeline.over(t16, None, encoder).slates(["a", "b", "c", "d", "e"], queries)
-    b = RankingPipeline.over(rounded, None, encoder).slates(["a", "b", "c", "d", "e"], queries)
-    c = RankingPipeline.over(t32, None, encoder).slates(["a", "b", "c", "d", "e"], queries)
-    # the IVF codes come from the float32 vectors in both: the same candidates
+    ids = ["a", "b", "c", "d", "e"]
+    a = RankingPipeline.over(t16, None, encoder).slates(ids, queries)
+    b = RankingPipeline.over(rounded, None, encoder).slates(ids, queries)
+    c = RankingPipeline.over(t32, None, encoder).slates(ids, queries)
+    # the IVF codes come from the float32 vectors given to build: the same candidates
     np.testing.assert_array_equal(a.rows, c.rows)
     np.testing.assert_array_equal(a.rows, b.rows)
     np.testing.assert_array_equal(a.x, b.x)
