@@ -287,7 +287,7 @@ def main() -> None:
     write(res)
     one = res["runs"][0]
     size_mb = res["index"]["index_bytes"] / 1e6
-    for r in res["runs"][1:]:
+    for r in (r for r in res["runs"] if r["workers"] > 1):
         added = (r["pss_total_kb"] - one["pss_total_kb"]) / (r["workers"] - 1) / 1e3
         log(f"{r['workers']} workers: {r['throughput_rps'] / one['throughput_rps']:.2f}x the requests/s of 1; "
             f"{added:,.0f} MB added per extra worker = {added / size_mb:.2f} of the index ({size_mb:,.0f} MB)")
