@@ -244,6 +244,13 @@ def test_shared_indexes_apply_each_others_logged_writes_in_one_order(built, tmp_
         assert ra[0] == rb[0]
         np.testing.assert_array_equal(ra[1], rb[1])
     assert a.row_of["w-1"] in _ranked(a, "zorblax sneakers")[0]
+    # a worker that died in the middle of an append left a torn line: the next write starts a line of its own
+    with open(tmp_path / "idx" / "changes.jsonl", "ab") as f:
+        f.write(b'{"_crc":"0badc0de","op":"upsert","rec')
+    assert a.catch_up() == 0
+    b.upsert({**b.record(7), "product_id": "w-3"}, {"title": "Nebula Hat", "transcript": ""}, _vectors(b, 7))
+    assert a.catch_up() == 1 and a.row_of == b.row_of
+    assert list((tmp_path / "idx").glob("changes.jsonl.torn-*"))
     # a fresh process replays the same log to the same rows; a shared index writes no snapshot
     c = SearchIndex.load(tmp_path / "idx", log=lambda m: None)
     assert c.row_of == a.row_of

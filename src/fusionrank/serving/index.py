@@ -50,7 +50,7 @@ from ..ranking.catalog import INDEXED_TITLE, RECORD_COLUMNS, TRANSCRIPT_TEXT, Ca
 from ..ranking.lexical import LexicalField
 from ..ranking.tables import EmbeddingTable
 from ..ranking.vectors import AnnIndex, ExactVectors
-from .wal import RecordLog, encode_record, fsync_dir, read_from
+from .wal import RecordLog, encode_record, fsync_dir, read_from, scan
 
 __all__ = ["SearchIndex", "CatalogConfig", "INDEXED_TITLE", "TRANSCRIPT_TEXT", "RECORD_COLUMNS"]
 
@@ -230,6 +230,10 @@ class SearchIndex(CatalogTables):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time across the worker processes
             self.catch_up()  # what the others appended comes first, in the same order everywhere
+            if os.fstat(fd).st_size > self._log_offset:
+                # a worker died in the middle of an append (never acknowledged): cut that torn line off (a copy is
+                # kept) so that this record starts a line of its own instead of being glued to it
+                scan(self._log_path, repair=True, log=print)
             self._log.append(entry)
             self._log_offset = os.fstat(fd).st_size  # ours is the last record: nobody appends while we hold the lock
         finally:
