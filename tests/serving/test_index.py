@@ -254,5 +254,13 @@ def test_shared_indexes_apply_each_others_logged_writes_in_one_order(built, tmp_
     # a fresh process replays the same log to the same rows; a shared index writes no snapshot
     c = SearchIndex.load(tmp_path / "idx", log=lambda m: None)
     assert c.row_of == a.row_of
+    # the shared views hold the records in the memory-mapped Arrow file (no Python string per row), with the same values
+    from fusionrank.ranking.tables import TextColumn
+
+    assert all(isinstance(col, TextColumn) for col in [*a.records.values(), *a.lex_text.values()])
+    for col in a.records:
+        assert list(a.records[col][:a.n_rows]) == list(c.records[col][:c.n_rows])
+        assert a.records[col][np.arange(a.n_rows)].tolist() == list(c.records[col][:c.n_rows])
+    assert [a.record(r) for r in range(0, a.n_rows, 7)] == [c.record(r) for r in range(0, c.n_rows, 7)]
     with pytest.raises(FusionrankError, match="shared by worker processes does not write snapshots"):
         a.save(tmp_path / "idx")

@@ -171,3 +171,80 @@ def dense_rows(tables: dict, n_rows: int) -> dict[str, np.ndarray]:
     """Every table's first ``n_rows`` rows as dense float32 arrays (the lookup above, for all rows)."""
     rows = np.arange(n_rows)
     return {t: e[rows] for t, e in tables.items()}
+
+
+class TextColumn:
+    """One text column of the records by row, over a memory-mapped Arrow array shared by worker processes.
+
+    Rows of the snapshot are read from ``base`` (a ``pyarrow`` string array in a memory-mapped
+    IPC file: no Python object per row, pages shared by every process that maps it); rows
+    written since are kept in a private ``tail``. Reads as the object arrays it replaces: an
+    int gives the value, a slice a view, an int or bool array an object array.
+    """
+
+    def __init__(self, base, tail: np.ndarray | None = None, start: int = 0, stop: int | None = None):
+        self.base = base
+        self.nb = len(base)
+        self.tail = np.empty(0, object) if tail is None else tail
+        self.start, self.stop = start, stop
+
+    def _len_all(self) -> int:
+        return self.nb + len(self.tail)
+
+    def __len__(self) -> int:
+        stop = self._len_all() if self.stop is None else min(self.stop, self._len_all())
+        return max(0, stop - self.start)
+
+    def _one(self, i: int):
+        if i < self.nb:
+            return self.base[i].as_py()
+        return self.tail[i - self.nb]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            if key.step not in (None, 1):
+                return np.asarray(self)[key]
+            a, b, _ = key.indices(len(self))
+            return TextColumn(self.base, self.tail, self.start + a, self.start + b) if b > a else np.empty(0, object)
+        if isinstance(key, (int, np.integer)):
+            i = int(key)
+            if i < 0:
+                i += len(self)
+            if not 0 <= i < len(self):
+                raise IndexError(i)
+            return self._one(self.start + i)
+        k = np.asarray(key)
+        if k.dtype == bool:
+            k = np.flatnonzero(k)
+        rows = k.reshape(-1) + self.start
+        out = np.empty(len(rows), object)
+        inb = rows < self.nb
+        if inb.any():
+            out[inb] = self.base.take(rows[inb]).to_pylist()
+        for j in np.flatnonzero(~inb):
+            out[j] = self.tail[rows[j] - self.nb]
+        return out.reshape(k.shape)
+
+    def __setitem__(self, row: int, value) -> None:
+        i = self.start + int(row)
+        if i < self.nb:
+            raise ValueError(f"row {row} belongs to the memory-mapped snapshot and is never rewritten")
+        self.tail[i - self.nb] = value
+
+    def __iter__(self):
+        stop = self.start + len(self)
+        head = min(stop, self.nb)
+        if head > self.start:
+            yield from self.base.slice(self.start, head - self.start).to_pylist()
+        for i in range(max(self.start, self.nb), stop):
+            yield self.tail[i - self.nb]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(list(self), dtype=object)
+
+    def reserve(self, cap: int) -> None:
+        """Room for ``cap`` rows in all (new rows hold None until written)."""
+        if cap - self.nb > len(self.tail):
+            tail = np.full(cap - self.nb, None, dtype=object)
+            tail[:len(self.tail)] = self.tail
+            self.tail = tail

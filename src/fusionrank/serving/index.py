@@ -48,12 +48,13 @@ from ..errors import FusionrankError
 from ..modalities import LEXICAL_FIELDS, TABLES
 from ..ranking.catalog import INDEXED_TITLE, RECORD_COLUMNS, TRANSCRIPT_TEXT, CatalogConfig, CatalogTables
 from ..ranking.lexical import LexicalField
-from ..ranking.tables import EmbeddingTable
+from ..ranking.tables import EmbeddingTable, TextColumn
 from ..ranking.vectors import AnnIndex, ExactVectors
 from .wal import RecordLog, encode_record, fsync_dir, read_from, scan
 
 __all__ = ["SearchIndex", "CatalogConfig", "INDEXED_TITLE", "TRANSCRIPT_TEXT", "RECORD_COLUMNS"]
 
+RECORDS_ARROW = "records.arrow"  # the records' text columns, uncompressed, memory-mapped by worker processes
 FORMAT_VERSION = 2  # 2: emb.<table>.npy holds only the rows whose mask is set, in table_dtype; 1: every row, float32
 READ_FORMATS = (1, 2)
 
@@ -115,6 +116,9 @@ class SearchIndex(CatalogTables):
     def _reserve(self, cap: int) -> None:
         """Make every per-row array ``cap`` rows long (new rows empty); the copy reads any array, mmap included."""
         def resized(a: np.ndarray, fill) -> np.ndarray:
+            if isinstance(a, TextColumn):  # a shared text column grows its private tail only
+                a.reserve(cap)
+                return a
             out = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
             out[:len(a)] = a
             return out
@@ -321,6 +325,12 @@ class SearchIndex(CatalogTables):
                 if c != "live":
                     meta[c] = meta[c].astype("string")
             meta.to_parquet(tmp / "records.parquet", index=False)
+            # the same columns as an uncompressed Arrow file: worker processes map it instead of holding Python strings
+            import pyarrow as pa
+            import pyarrow.feather as feather
+
+            feather.write_feather(pa.Table.from_pandas(meta.drop(columns=["live"]), preserve_index=False),
+                                  tmp / RECORDS_ARROW, compression="uncompressed", chunksize=max(1, n))  # one batch: mapped without a copy
             for t in TABLES:  # the vectors of the rows that have one, in row order, in the table's dtype
                 np.save(tmp / f"emb.{t}.npy", self.emb[t].stored(n)[1])
                 np.save(tmp / f"mask.{t}.npy", self.emb_mask[t][:n])
@@ -372,12 +382,23 @@ class SearchIndex(CatalogTables):
                                   f"{', '.join(map(str, READ_FORMATS))}); rebuild it with `fusionrank index MODEL_DIR`")
         config = CatalogConfig.model_validate(meta["config"])
         self = cls(config, meta["dims"])
-        rec = pd.read_parquet(d / "records.parquet")
+        rec = pd.read_parquet(d / "records.parquet", columns=None if not (shared and (d / RECORDS_ARROW).exists()) else ["live"])
         n = len(rec)
-        for c in RECORD_COLUMNS:
-            self.records[c] = rec[c].astype(object).where(rec[c].notna(), None).to_numpy(dtype=object)
-        for f in LEXICAL_FIELDS:
-            self.lex_text[f] = rec[f"lex_{f}"].fillna("").astype(object).to_numpy(dtype=object)
+        if "product_id" in rec.columns:
+            for c in RECORD_COLUMNS:
+                self.records[c] = rec[c].astype(object).where(rec[c].notna(), None).to_numpy(dtype=object)
+            for f in LEXICAL_FIELDS:
+                self.lex_text[f] = rec[f"lex_{f}"].fillna("").astype(object).to_numpy(dtype=object)
+        else:  # shared: the text columns stay in the memory-mapped Arrow file
+            import pyarrow as pa
+
+            cols = pa.ipc.open_file(pa.memory_map(str(d / RECORDS_ARROW), "r")).read_all().combine_chunks()
+            for c in RECORD_COLUMNS:
+                self.records[c] = TextColumn(cols.column(c).chunk(0) if cols.column(c).num_chunks else pa.array([], pa.string()))
+            for f in LEXICAL_FIELDS:
+                arr = cols.column(f"lex_{f}")
+                arr = arr.chunk(0) if arr.num_chunks else pa.array([], pa.string())
+                self.lex_text[f] = TextColumn(arr.fill_null("") if arr.null_count else arr)
         self.live = rec["live"].to_numpy(bool).copy()
         del rec
         import pyarrow as pa
