@@ -240,9 +240,9 @@ def write(res: dict) -> None:
     L += ["", f"Heap (anonymous memory, which processes never share) that loading the index adds to a fresh process: "
           f"**{h['shared'] / 1e3:.0f} MB** as a worker (tables and IVF lists memory-mapped), {h['one process'] / 1e3:.0f} MB as "
           f"the one-process service (IVF lists in the heap): {h['shared'] / 1e3 / size_mb:.2f} of the index size. This is the "
-          "index's own cost per extra worker (product records and BM25 texts as Python strings, the id map, the BM25 "
-          "postings); the rest of what a worker adds is the process itself (Python, torch, the ONNX query encoder, the "
-          "model, the event store connection)."]
+          "index's own cost per extra worker (the product-id map, the BM25 postings and vocabulary, per-row arrays; the "
+          "records' text is memory-mapped from `records.arrow`); the rest of what a worker adds is the process itself "
+          "(Python, torch, the ONNX query encoder, the model, the event store connection)."]
     L += ["", "Per process after the load (MB): RSS, PSS, private (USS), anonymous (heap: never shared), and the RSS / PSS "
           "of its mappings of the index folder's files (memory-mapped tables; with more than one worker also the IVF lists).", "",
           "| workers | process | RSS | PSS | private | anonymous | index files RSS / PSS |", "|---|---|---|---|---|---|---|"]
