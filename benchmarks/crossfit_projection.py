@@ -48,6 +48,7 @@ from fusionrank.encode import indexed_titles  # noqa: E402
 from fusionrank.encoders import ImageTextProjection, fold_of  # noqa: E402
 from fusionrank.ingest import Catalog  # noqa: E402
 from fusionrank.ranking import CatalogConfig, CatalogTables, QueryEncoder, VectorConfig  # noqa: E402
+from fusionrank.ranking.tables import EmbeddingTable  # noqa: E402
 from fusionrank.settings import get_settings  # noqa: E402
 from fusionrank.store import EmbeddingStore  # noqa: E402
 
@@ -118,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             proj = ImageTextProjection(epochs=a.epochs, temperature=0.05, folds=k, seed=a.seed)
             proj.fit(X[train_mask], T[train_mask], progress=False, folds_of=folds[train_mask] if k > 1 else None)
             rows = np.flatnonzero(xm)
-            V = np.zeros_like(idx.emb["image_proj"])
+            V = np.zeros(idx.emb["image_proj"].shape, np.float32)
             V[rows] = proj.encode([(int(folds[i]), X[i]) for i in rows] if k > 1 else X[rows])
-            idx.emb["image_proj"] = V
+            idx.emb["image_proj"] = EmbeddingTable.from_rows(V, idx.emb_mask["image_proj"], idx.config.table_dtype)
             rng = np.random.default_rng(a.seed + 1)
             h = subset_eval(idx, held, q_emb, qids, qrels, rng)
             ss = [subset_eval(idx, np.sort(rng.choice(seen, size=len(held), replace=False)), q_emb, qids, qrels, rng)

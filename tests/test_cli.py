@@ -93,3 +93,16 @@ def test_help_lists_commands(runner):
     r = _ok(runner.invoke(app, ["--help"]))
     for cmd in ("ingest", "encode", "demo"):
         assert cmd in r.output
+
+
+def test_index_table_dtype_names_the_valid_ones(runner, tiny_model, tmp_path):
+    """`fusionrank index --table-dtype` takes float32 or float16; anything else is an error that lists them."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model[0], model, ignore=shutil.ignore_patterns("index", "service-data"))
+    r = runner.invoke(app, ["index", str(model), "--table-dtype", "float64"])
+    assert r.exit_code == 2 and squash("unknown table_dtype 'float64'; valid: float32, float16") in squash(r.output)
+    assert not (model / "index").exists()
+    _ok(runner.invoke(app, ["index", str(model), "--table-dtype", "float16"]))
+    assert json.loads((model / "index" / "index.json").read_text())["config"]["table_dtype"] == "float16"

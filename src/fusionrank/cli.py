@@ -231,12 +231,52 @@ def serve(
     registry: Optional[Path] = typer.Option(None, help="a model registry: rank with its promoted version, follow promotions "
                                             "and interleave its interleaving versions (MODEL still gives the index)"),
     poll: float = typer.Option(1.0, min=0.05, help="with --registry: seconds between checks of the registry index"),
+    workers: int = typer.Option(1, min=1, help="worker processes sharing one memory-mapped index snapshot and one port; "
+                                "writes go through the index's change log, model swaps reach every worker"),
 ):
     """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page.
 
     Searches and shoppers' events go to the event store ($FUSIONRANK_EVENTS_URL, default MODEL/service-data/events.sqlite)."""
+    if workers > 1:
+        _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share,
+                       feature_logging, registry, poll, workers)
+        return
     _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share, feature_logging,
            registry, poll)
+
+
+def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share,
+                   feature_logging, registry, poll, workers) -> None:
+    from .serving.workers import serve_workers
+    from .settings import get_settings
+
+    settings = get_settings()
+    if catalog is not None:
+        _fail(FusionrankError("--workers serves the model's saved index; build it for another catalogue with "
+                              "`fusionrank serve MODEL --catalog CATALOG` once (one process), then start the workers"))
+    given_admin = admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
+    events_key = events_key or (settings.events_key.get_secret_value() if settings.events_key else None)
+    try:
+        if rebuild:
+            from .modeldir import ModelDir
+
+            md = ModelDir.open(model)
+            md.build_index(index_dir=index, log=lambda s: console.print(s)).close()
+        if given_admin is None:
+            import secrets
+
+            given_admin = secrets.token_urlsafe(24)
+            console.print(f"admin API key (X-API-Key, generated for this run; set FUSIONRANK_ADMIN_KEY to fix it): {given_admin}")
+
+        def ready(url: str) -> None:
+            console.print(f"[bold green]search page and API:[/] {url}   ({workers} workers; OpenAPI {url}openapi.json; Ctrl-C stops)")
+            print(url, flush=True)
+
+        code = serve_workers(model, workers, host, port, index, given_admin, events_key, threads, randomise_share,
+                             feature_logging, registry, poll, on_ready=ready, log=lambda s: console.print(s))
+    except FusionrankError as e:
+        _fail(e)
+    raise typer.Exit(code)
 
 
 def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share=None,
@@ -422,13 +462,18 @@ def understand(
 def build_index(
     model: Path = typer.Argument(..., help="model directory"),
     codec: Optional[str] = typer.Option(None, help="vector search: exact, flat or sq8 (default: the config's [vectors])"),
+    table_dtype: Optional[str] = typer.Option(None, "--table-dtype",
+                                              help="embedding tables the ranker reads: float32 or float16 (default: the config's [index])"),
 ):
     """Build the model's serving index (MODEL/index) from its catalogue and embedding store; nothing is encoded."""
     from .modeldir import ModelDir
+    from .ranking.tables import table_dtype as table_dtype_of
 
     try:
         t0 = time.perf_counter()
-        idx = ModelDir.open(model).build_index(codec, log=lambda s: console.print(s))
+        if table_dtype is not None:
+            table_dtype_of(table_dtype)  # an unknown name is an error listing the valid ones
+        idx = ModelDir.open(model).build_index(codec, log=lambda s: console.print(s), table_dtype=table_dtype)
     except FusionrankError as e:
         _fail(e)
     console.print(f"[bold green]index written[/] to {Path(model) / 'index'}: {len(idx):,} products in {time.perf_counter() - t0:.1f} s")

@@ -26,6 +26,7 @@ from .metrics import ideal_dcg_by_query
 from .modalities import MODALITY_NAMES
 from .modeldir import ModelDir, WorkspaceRecord
 from .ranking import CandidateConfig, CatalogConfig, CatalogTables, RankingPipeline, Slates, VectorConfig, feature_groups
+from .ranking.tables import TABLE_DTYPES, dense_rows
 from .ranking.catalog import Bm25Config
 from .rankers import RANKERS, ranker_kind
 from .feedback.source import EventsConfig
@@ -94,6 +95,13 @@ class UnderstandingConfig(BaseModel):
     roots: list[str] | None = None      # WordNet synsets the targets' senses must lie under (None: the shop default)
 
 
+class IndexConfig(BaseModel):
+    """``[index]``: how the catalogue tables store what the ranker reads (training, evaluation and the serving index alike)."""
+
+    model_config = ConfigDict(extra="forbid")
+    table_dtype: Literal[tuple(TABLE_DTYPES)] = "float32"  # type: ignore[valid-type]  # float16: half the memory
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "experiment"
@@ -104,6 +112,7 @@ class ExperimentConfig(BaseModel):
     candidates: CandidateConfig = Field(default_factory=CandidateConfig)
     bm25: Bm25Config = Field(default_factory=Bm25Config)
     vectors: VectorConfig = Field(default_factory=VectorConfig)  # the serving index's nearest-neighbour search
+    index: IndexConfig = Field(default_factory=IndexConfig)
     fusion: Block = Field(default_factory=lambda: Block(name="weighted_sum"))
     scorer: Block = Field(default_factory=lambda: Block(name="mlp", args={"hidden": 64, "dropout": 0.1}))
     loss: Block = Field(default_factory=lambda: Block(name="lambdaloss"))
@@ -187,11 +196,13 @@ class ExperimentConfig(BaseModel):
         d["text_fields"] = tuple(dict.fromkeys([*fields, S.DESCRIPTION]))
         return EncodeSettings.from_dict(d)
 
-    def catalog_config(self, title_field: str | None = None, codec: str | None = None) -> CatalogConfig:
-        """How the catalogue is indexed for ``title_field``; ``codec`` overrides the vector search (e.g. ``exact``)."""
+    def catalog_config(self, title_field: str | None = None, codec: str | None = None,
+                       table_dtype: str | None = None) -> CatalogConfig:
+        """How the catalogue is indexed for ``title_field``; ``codec`` overrides the vector search (e.g. ``exact``),
+        ``table_dtype`` the ``[index]`` table storage."""
         vectors = self.vectors if codec is None else self.vectors.model_copy(update={"codec": codec})
         return CatalogConfig(title_field=title_field or self.data.title_field, candidates=self.candidates, bm25=self.bm25,
-                             ann=vectors)
+                             ann=vectors, table_dtype=table_dtype or self.index.table_dtype)
 
     def build_ranker(self):
         """An unfitted ranker of the kind ``[scorer]`` selects (:data:`~fusionrank.rankers.RANKERS`)."""
@@ -235,8 +246,8 @@ def training_data(products: pd.DataFrame, store_dir: Path, config: ExperimentCon
         pipe = RankingPipeline.over(cat, None, encoder)
         train_parts.append(pipe.slates(tq[S.QUERY_ID].tolist(), tq[S.QUERY].tolist(), qrels).offset_rows(off))
         valid_parts.append(pipe.slates(vq[S.QUERY_ID].tolist(), vq[S.QUERY].tolist(), qrels).offset_rows(off))
-        for k, e in cat.tables().items():
-            tables.setdefault(k, []).append(e[:cat.n_rows])
+        for k, e in dense_rows(cat.tables(), cat.n_rows).items():
+            tables.setdefault(k, []).append(e)
         off += cat.n_rows
         log(f"  slates for title field {tf!r} in {time.perf_counter() - t0:.1f} s")
     tables = {k: np.concatenate(v) for k, v in tables.items()}

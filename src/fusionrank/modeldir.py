@@ -133,11 +133,12 @@ class ModelDir:
         return cat_dir, store_dir
 
     def catalog_tables(self, title_field: str | None = None, catalog: str | Path | None = None, codec: str | None = "exact",
-                       log=print, updatable: bool = False):
+                       log=print, updatable: bool = False, table_dtype: str | None = None):
         """The catalogue tables the model ranks, from the ingested catalogue and its store (nothing encoded).
 
         Frozen :class:`~fusionrank.ranking.CatalogTables` by default; with ``updatable`` a
-        :class:`~fusionrank.serving.index.SearchIndex`. ``codec=None`` takes the config's ``[vectors]``.
+        :class:`~fusionrank.serving.index.SearchIndex`. ``codec=None`` takes the config's ``[vectors]``,
+        ``table_dtype=None`` its ``[index] table_dtype``.
         """
         from .ingest import Catalog
         from .ranking import CatalogTables
@@ -149,7 +150,8 @@ class ModelDir:
         tf = title_field or config.data.title_field
         self.check_prepared(products, store_dir, tf)
         return (SearchIndex if updatable else CatalogTables).from_store(
-            products, store_dir, config.catalog_config(tf, codec=codec), config.text_encoder_name, config.transcriber_name,
+            products, store_dir, config.catalog_config(tf, codec=codec, table_dtype=table_dtype), config.text_encoder_name,
+            config.transcriber_name,
             log=log)
 
     def check_prepared(self, products, store_dir: Path, title_field: str) -> None:
@@ -161,20 +163,22 @@ class ModelDir:
         check_encoded(products, store_dir, settings, config.encoded_modalities())
 
     def build_index(self, codec: str | None = None, catalog: str | Path | None = None, index_dir: str | Path | None = None,
-                    log=print):
+                    log=print, table_dtype: str | None = None):
         """Build the serving index of the model's catalogue (or ``catalog``) from its store; save it to ``index/``."""
-        index = self.catalog_tables(None, catalog, codec, log, updatable=True)
+        index = self.catalog_tables(None, catalog, codec, log, updatable=True, table_dtype=table_dtype)
         index.save(Path(index_dir) if index_dir else self.index_dir)
         return index
 
-    def open_index(self, index_dir: str | Path | None = None, log=print):
-        """The saved serving index (``index/`` unless given); an error naming ``fusionrank index`` if there is none."""
+    def open_index(self, index_dir: str | Path | None = None, log=print, shared: bool = False):
+        """The saved serving index (``index/`` unless given); an error naming ``fusionrank index`` if there is none.
+
+        ``shared``: opened by one of several worker processes (see :class:`~fusionrank.serving.index.SearchIndex`)."""
         from .serving.index import SearchIndex
 
         d = Path(index_dir) if index_dir else self.index_dir
         if not (d / "index.json").exists():
             raise StaleArtefactError(f"{d}: no search index; build it with `fusionrank index {self.path}`")
-        index = SearchIndex.load(d, log=log)
+        index = SearchIndex.load(d, log=log, shared=shared)
         tf = self.config().data.title_field
         if index.config.title_field != tf:
             raise StaleArtefactError(f"{d}: the index serves the {index.config.title_field!r} title field but the model ranks "

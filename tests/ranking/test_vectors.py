@@ -139,3 +139,27 @@ def test_ann_index_errors_and_empty_index():
     assert [len(r) for r in AnnIndex(4).search(q, 3)] == [0, 0]                       # not built
     empty = AnnIndex(4, codec="flat").build(np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
     assert [len(r) for r in empty.search(q, 3)] == [0, 0]
+
+
+@pytest.mark.parametrize("codec", ["flat", "sq8"])
+def test_memory_mapped_ivf_takes_writes_in_a_delta_and_answers_as_the_in_memory_index(tmp_path, codec):
+    """A read-only mapped base + private delta + removed-rows bitmap gives the in-memory index's results."""
+    rng = np.random.default_rng(3)
+    X = unit(rng, 3000, 16)
+    mem = AnnIndex(16, 20, nprobe=20, codec=codec).build(X[:2500], np.arange(2500))
+    mem.save(tmp_path / "a.faiss")
+    mapped = AnnIndex.load(tmp_path / "a.faiss", nprobe=20, codec=codec, mmap=True)
+    assert mapped.read_only
+    for a in (mem, mapped):
+        a.add(X[2500:], np.arange(2500, 3000))
+        a.remove(np.array([0, 7, 2600, 2999]))
+    assert mapped.ntotal == mem.ntotal == 2996
+    Q = unit(rng, 25, 16)
+    flt = np.arange(3000) % 3 == 0
+    allowed = RowFilter(flt, np.packbits(flt, bitorder="little"), float(flt.mean()))
+    for f in (None, allowed):
+        for got, want in zip(mapped.search(Q, 30, f), mem.search(Q, 30, f)):
+            assert got.tolist() == want.tolist()
+            assert not {0, 7, 2600, 2999} & set(got.tolist())
+    with pytest.raises(FusionrankError, match="memory-mapped index shared by worker processes is not saved"):
+        mapped.save(tmp_path / "b.faiss")

@@ -162,3 +162,105 @@ def test_compacted_index_drops_dead_rows_and_keeps_results(built, tmp_path):
         a, b = retrieve(sidx, query, q), retrieve(c, query, q)
         assert [sidx.records["product_id"][r] for r in a.rows] == [c.records["product_id"][r] for r in b.rows]
         np.testing.assert_allclose(features(sidx, a).x, features(c, b).x, rtol=1e-5, atol=1e-6)
+
+
+def _ranked(idx, query):
+    q = ENCODER.encode_many([query])[0]
+    got = retrieve(idx, query, q)
+    return got.rows.tolist(), features(idx, got).x
+
+
+def test_float16_tables_are_saved_memory_mapped_and_loaded_back(built, tmp_path):
+    """``table_dtype = "float16"``: recorded in index.json, loaded as a float16 memory map, same search after load."""
+    import json
+
+    from fusionrank.modeldir import ModelDir
+
+    sidx = ModelDir.open(built[0].model).catalog_tables(codec="flat", log=lambda m: None, updatable=True, table_dtype="float16")
+    assert all(e.base.dtype == np.float16 for e in sidx.emb.values())
+    sidx.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert meta["format"] == 2 and meta["config"]["table_dtype"] == "float16"
+    loaded = SearchIndex.load(tmp_path / "idx", log=lambda m: None)
+    for t, e in loaded.emb.items():
+        assert isinstance(e.base, np.memmap) and e.base.dtype == np.float16 and len(e.base) == int(sidx.emb_mask[t].sum())
+        np.testing.assert_array_equal(e[np.arange(sidx.n_rows)], sidx.emb[t][np.arange(sidx.n_rows)])
+    for query in QUERIES:
+        a, b = _ranked(sidx, query), _ranked(loaded, query)
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(a[1], b[1])
+    # a write after loading lands in the table's private tail; the change log replays it as float16 too
+    v = _vectors(loaded, 3)
+    loaded.upsert({**loaded.record(3), "product_id": "f16-new"}, {"title": "Zorblax", "transcript": ""}, v)
+    loaded.close()
+    again = SearchIndex.load(tmp_path / "idx", log=lambda m: None)
+    row = again.row_of["f16-new"]
+    assert again.emb["title"].n_tail == 1
+    np.testing.assert_array_equal(again.emb["title"][row], sidx.emb["title"][3])
+
+
+def test_a_format_1_index_with_dense_float32_tables_still_loads(built, tmp_path):
+    """Indexes written before float16 tables (every row stored, float32) load as they are, with the same search."""
+    import json
+
+    sidx = built[1]
+    sidx.save(tmp_path / "idx")
+    d = tmp_path / "idx"
+    meta = json.loads((d / "index.json").read_text())
+    meta["format"] = 1
+    meta["config"].pop("table_dtype")
+    (d / "index.json").write_text(json.dumps(meta))
+    n = sidx.n_rows
+    for t in sidx.emb:
+        np.save(d / f"emb.{t}.npy", sidx.emb[t][np.arange(n)])  # every row, zeros where a product has no vector
+    old = SearchIndex.load(d, log=lambda m: None)
+    for query in QUERIES:
+        a, b = _ranked(sidx, query), _ranked(old, query)
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(a[1], b[1])
+    meta["config"]["table_dtype"] = "float16"  # an index.json that disagrees with its files
+    (d / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(FusionrankError, match=r"emb\.title\.npy: vectors are float32, but table_dtype is 'float16'"):
+        SearchIndex.load(d, log=lambda m: None)
+
+
+def test_shared_indexes_apply_each_others_logged_writes_in_one_order(built, tmp_path):
+    """Two worker processes' views of one snapshot: a write through either is applied by the other before its next read."""
+    sidx = built[1]
+    sidx.save(tmp_path / "idx")
+    a = SearchIndex.load(tmp_path / "idx", log=lambda m: None, shared=True)
+    b = SearchIndex.load(tmp_path / "idx", log=lambda m: None, shared=True)
+    assert a.shared and all(isinstance(e.base, np.memmap) for e in a.emb.values())
+    v = _vectors(a, 5)
+    v["title"] = ENCODER.encode_many(["zorblax sneakers"])[0]
+    a.upsert({**a.record(5), "product_id": "w-1", "indexed_title": "Zorblax Sneakers"}, {"title": "Zorblax Sneakers", "transcript": ""}, v)
+    b.upsert({**b.record(6), "product_id": "w-2", "indexed_title": "Quasar Boots"}, {"title": "Quasar Boots", "transcript": ""},
+             _vectors(b, 6))  # b applies a's write first, then appends its own
+    assert b.row_of["w-1"] < b.row_of["w-2"]
+    assert a.catch_up() == 1 and a.row_of == b.row_of and a.version == b.version
+    assert b.delete(sidx.ids[0]) and a.catch_up() == 1 and sidx.ids[0] not in a.row_of
+    for query in ["zorblax sneakers", "quasar boots", QUERIES[0]]:
+        ra, rb = _ranked(a, query), _ranked(b, query)
+        assert ra[0] == rb[0]
+        np.testing.assert_array_equal(ra[1], rb[1])
+    assert a.row_of["w-1"] in _ranked(a, "zorblax sneakers")[0]
+    # a worker that died in the middle of an append left a torn line: the next write starts a line of its own
+    with open(tmp_path / "idx" / "changes.jsonl", "ab") as f:
+        f.write(b'{"_crc":"0badc0de","op":"upsert","rec')
+    assert a.catch_up() == 0
+    b.upsert({**b.record(7), "product_id": "w-3"}, {"title": "Nebula Hat", "transcript": ""}, _vectors(b, 7))
+    assert a.catch_up() == 1 and a.row_of == b.row_of
+    assert list((tmp_path / "idx").glob("changes.jsonl.torn-*"))
+    # a fresh process replays the same log to the same rows; a shared index writes no snapshot
+    c = SearchIndex.load(tmp_path / "idx", log=lambda m: None)
+    assert c.row_of == a.row_of
+    # the shared views hold the records in the memory-mapped Arrow file (no Python string per row), with the same values
+    from fusionrank.ranking.tables import TextColumn
+
+    assert all(isinstance(col, TextColumn) for col in [*a.records.values(), *a.lex_text.values()])
+    for col in a.records:
+        assert list(a.records[col][:a.n_rows]) == list(c.records[col][:c.n_rows])
+        assert a.records[col][np.arange(a.n_rows)].tolist() == list(c.records[col][:c.n_rows])
+    assert [a.record(r) for r in range(0, a.n_rows, 7)] == [c.record(r) for r in range(0, c.n_rows, 7)]
+    with pytest.raises(FusionrankError, match="shared by worker processes does not write snapshots"):
+        a.save(tmp_path / "idx")

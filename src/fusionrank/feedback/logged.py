@@ -63,10 +63,12 @@ class VectorArchive:
         with self._lock:
             self._stored |= store.vector_keys()
         with catalog.lock:
-            todo = [self.key(catalog, int(r)) for r in np.flatnonzero(catalog.live[:catalog.n_rows])]
+            live = np.flatnonzero(catalog.live[:catalog.n_rows])
         written = 0
-        for i in range(0, len(todo), batch):
-            new = self.new(todo[i:i + batch])
+        for i in range(0, len(live), batch):  # a batch of rows' vectors at a time: the peak stays a batch, not the catalogue
+            with catalog.lock:
+                todo = [self.key(catalog, int(r)) for r in live[i:i + batch]]
+            new = self.new(todo)
             try:
                 written += store.put_many_vectors(new.items())
             except BaseException:

@@ -277,6 +277,19 @@ class EventStore:
                                 "LIMIT ?", (int(limit),)).fetchall()
         return [(qid, mv, json.loads(p)) for qid, mv, p in reversed(rows)]
 
+    def searches(self, query_ids: Iterable[str]) -> dict[str, tuple[str, list[str]]]:
+        """``{query_id: (model_version, product_ids)}`` of the stored searches among ``query_ids`` (unknown ones absent)."""
+        ids = list(dict.fromkeys(map(str, query_ids)))
+        out: dict[str, tuple[str, list[str]]] = {}
+        with self._tx(write=False) as cur:
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                rows = self._x(cur, "SELECT q.query_id, q.model_version, s.product_ids FROM queries q JOIN slates s "
+                                    f"ON s.slate_key = q.slate_key WHERE q.query_id IN ({', '.join('?' * len(part))})",
+                               part).fetchall()
+                out.update({qid: (mv, json.loads(p)) for qid, mv, p in rows})
+        return out
+
     def slates(self, keys: Iterable[str]) -> dict[str, ServedSlate]:
         """The stored slates of ``keys`` (unknown keys are absent from the result)."""
         keys = list(dict.fromkeys(keys))

@@ -4,8 +4,9 @@
 feature builder and the explainer. Products are *rows*:
 
 - ``records[column][row]``: display and filter columns (:data:`RECORD_COLUMNS`);
-- ``emb[table][row]`` float32 and ``emb_mask[table][row]``: one table per modality
-  (:data:`fusionrank.modalities.TABLES`), the mask says whether the product has it;
+- ``emb[table][rows]`` and ``emb_mask[table][row]``: one :class:`~fusionrank.ranking.tables.EmbeddingTable`
+  per modality (:data:`fusionrank.modalities.TABLES`), read as float32 and stored as ``table_dtype``
+  (float32 or float16), the mask says whether the product has it;
 - ``lex_text[field][row]`` and ``lexical[field]``: the text each BM25 field indexed, and
   the :class:`~fusionrank.ranking.lexical.LexicalField` that scores it;
 - ``vectors[table]``: nearest-neighbour search over a table (exact or IVF);
@@ -31,6 +32,7 @@ from ..errors import FusionrankError, UnknownCategory
 from ..modalities import LEXICAL_FIELDS, MODALITIES, TABLES, TRANSCRIPT, modality, transcript_feature
 from .lexical import LexicalField
 from .retrieve import CandidateConfig
+from .tables import TABLE_DTYPES, EmbeddingTable
 from .vectors import AnnIndex, ExactVectors, RowFilter
 
 INDEXED_TITLE = "indexed_title"  # the title a product is indexed with (depends on the title field)
@@ -62,6 +64,8 @@ class CatalogConfig(BaseModel):
     candidates: CandidateConfig = Field(default_factory=CandidateConfig)
     bm25: Bm25Config = Field(default_factory=Bm25Config)
     ann: VectorConfig = Field(default_factory=VectorConfig)
+    # how the ranker's embedding tables are stored (read as float32 either way): float16 halves their memory
+    table_dtype: Literal[tuple(TABLE_DTYPES)] = "float32"  # type: ignore[valid-type]
 
 
 def lexical_texts(titles: Sequence[str], descriptions: Sequence[str | None], transcripts: Sequence[str | None]
@@ -83,7 +87,7 @@ class CatalogTables:
         self.cat_code = np.zeros(0, np.int32)  # per row: code of its lower-cased category (0 = none), for filters
         self._cat_codes: dict[str, int] = {}
         self.lex_text: dict[str, np.ndarray] = {f: np.empty(0, object) for f in LEXICAL_FIELDS}
-        self.emb: dict[str, np.ndarray] = {t: np.zeros((0, dims[t]), np.float32) for t in TABLES}
+        self.emb: dict[str, EmbeddingTable] = {t: EmbeddingTable(dims[t], config.table_dtype) for t in TABLES}
         self.emb_mask: dict[str, np.ndarray] = {t: np.zeros(0, bool) for t in TABLES}
         self.live = np.zeros(0, bool)
         self.row_of: dict[str, int] = {}
@@ -116,8 +120,8 @@ class CatalogTables:
             self.lex_text[f] = np.asarray([t or "" for t in lex_texts[f]], dtype=object)
             self.lexical[f] = LexicalField.build(self.lex_text[f], **config.bm25.model_dump())
         for t in TABLES:
-            self.emb[t] = np.ascontiguousarray(emb[t], np.float32)
             self.emb_mask[t] = np.asarray(emb_mask[t], bool).copy()
+            self.emb[t] = EmbeddingTable.from_rows(emb[t], self.emb_mask[t], config.table_dtype)
         self.live = np.ones(P, bool)
         self.n_rows = self.cap = P
         a = config.ann
@@ -127,10 +131,11 @@ class CatalogTables:
                 continue
             rows = np.flatnonzero(self.emb_mask[t])
             t1 = time.perf_counter()
-            self.vectors[t] = AnnIndex(self.dims[t], a.nlist, a.nprobe, a.codec).build(self.emb[t][rows], rows)
+            # codes from the vectors as given (float32), so the candidates do not depend on table_dtype
+            self.vectors[t] = AnnIndex(self.dims[t], a.nlist, a.nprobe, a.codec).build(np.asarray(emb[t])[rows], rows)
             log(f"  ANN {t}: {len(rows):,} vectors, {self.vectors[t].nlist} lists, {time.perf_counter() - t1:.1f} s")
         self._refresh_category_names()
-        log(f"catalogue tables: {P:,} products ({self.config.title_field}, {a.codec} vectors) in {time.perf_counter() - t0:.1f} s")
+        log(f"catalogue tables: {P:,} products ({self.config.title_field}, {a.codec} vectors, {config.table_dtype} tables) in {time.perf_counter() - t0:.1f} s")
         return self
 
     @classmethod
@@ -247,7 +252,7 @@ class CatalogTables:
             self._filters[key] = hit = (self.version, flt)
         return hit[1]
 
-    def tables(self) -> dict[str, np.ndarray]:
+    def tables(self) -> dict[str, EmbeddingTable]:
         """The embedding tables as they are now (references: rows are append-only, so a reader keeps a consistent view)."""
         with self.lock:
             return dict(self.emb)

@@ -14,8 +14,9 @@ coarse quantiser (``nlist`` centroids, k-means on a sample) is learned once at
 build time. Vectors are L2-normalised, so inner product = cosine.
 
 ``codec="sq8"`` (default) stores each vector as 8-bit scalars (4x smaller than
-``flat``); the ranker's cosine features are computed from the exact float32
-embeddings, so quantisation only affects which products become candidates.
+``flat``); the ranker's cosine features are computed from the catalogue's embedding
+tables (float32, or float16 with ``table_dtype``), so quantisation only affects which
+products become candidates.
 A filter (e.g. a category) is applied inside the search with an
 :class:`faiss.IDSelectorBitmap`; ``nprobe`` grows with the inverse of the allowed
 fraction so that filtered searches still reach enough candidates.
@@ -49,7 +50,7 @@ def ranked(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
 
 
 class ExactVectors:
-    """Exact inner-product search over ``tables.emb[table]`` (rows with a vector that are live)."""
+    """Exact inner-product search over ``tables.emb[table]`` (rows with a vector that are live; float16 read as float32)."""
 
     def __init__(self, tables, table: str):
         self.tables, self.table = tables, table
@@ -66,7 +67,7 @@ class ExactVectors:
         q = np.ascontiguousarray(np.atleast_2d(q), np.float32)
         if not ok.any() or k <= 0:
             return [np.zeros(0, np.int64) for _ in range(len(q))]
-        s = q @ t.emb[self.table][:n].T
+        s = t.emb[self.table].inner(q, n)
         top = topk_rows(s, min(k, int(ok.sum())), np.broadcast_to(ok, s.shape))
         return [r[r >= 0] for r in top]
 
@@ -89,11 +90,25 @@ def auto_nlist(n: int) -> int:
 
 
 class AnnIndex:
+    """A faiss IVF index over rows of one table.
+
+    Loaded with ``mmap=True`` (every worker process of ``fusionrank serve --workers``), the saved
+    inverted lists are memory-mapped read-only (faiss ``IO_FLAG_MMAP``), so the processes share
+    their pages. Such a base cannot take writes: vectors added later go to a private *delta*
+    index with the same trained coarse quantiser and scalar quantiser (so a vector gets the codes
+    it would get in the base), removed rows are marked in a bitmap that every search excludes,
+    and a search merges the base's and the delta's results.
+    """
+
     def __init__(self, dim: int, nlist: int | None = None, nprobe: int = 64, codec: str = "sq8"):
         if codec not in CODECS:
             raise FusionrankError(f"unknown ANN codec {codec!r}; valid: {', '.join(CODECS)}")
         self.dim, self.nlist, self.nprobe, self.codec = dim, nlist, nprobe, codec
         self.index = None
+        self.read_only = False  # the base is a read-only memory map: writes go to delta / dead
+        self.delta = None
+        self.dead = np.zeros(0, np.uint8)  # packed bits (little) of removed rows, with a read-only base
+        self.n_dead = 0  # removed rows of the read-only base (the delta removes its own)
 
     def build(self, vectors: np.ndarray, rows: np.ndarray, train_sample: int = 100_000, seed: int = 0) -> "AnnIndex":
         import faiss
@@ -112,17 +127,69 @@ class AnnIndex:
 
     @property
     def ntotal(self) -> int:
-        return 0 if self.index is None else int(self.index.ntotal)
+        if self.index is None:
+            return 0
+        return int(self.index.ntotal) + (0 if self.delta is None else int(self.delta.ntotal)) - self.n_dead
+
+    def _empty_like_base(self):
+        """An empty IVF index trained as the base is: the same centroids and scalar-quantiser ranges."""
+        import faiss
+
+        base = faiss.downcast_index(faiss.extract_index_ivf(self.index))
+        out = faiss.index_factory(self.dim, f"IVF{base.nlist},{CODECS[self.codec]}", faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(out))
+        ivf.quantizer.add(base.quantizer.reconstruct_n(0, base.nlist))
+        if hasattr(base, "sq"):
+            ivf.sq.trained = base.sq.trained
+        ivf.is_trained = True
+        return out
 
     def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(np.atleast_2d(vectors), np.float32)
+        rows = np.asarray(rows, np.int64)
+        if self.read_only:
+            if self.delta is None:
+                self.delta = self._empty_like_base()
+            self.delta.add_with_ids(vectors, rows)
+            return
         if not self.index.is_trained:  # built from an empty table: train on what arrives
-            self.index.train(np.ascontiguousarray(vectors, np.float32))
-        self.index.add_with_ids(np.ascontiguousarray(np.atleast_2d(vectors), np.float32), np.asarray(rows, np.int64))
+            self.index.train(vectors)
+        self.index.add_with_ids(vectors, rows)
 
     def remove(self, rows: np.ndarray) -> int:
         import faiss
 
-        return int(self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(rows, np.int64))))
+        rows = np.asarray(rows, np.int64)
+        if self.read_only:
+            need = int(rows.max()) // 8 + 1 if len(rows) else 0
+            if need > len(self.dead):
+                self.dead = np.concatenate([self.dead, np.zeros(max(need - len(self.dead), len(self.dead) // 4 + 64), np.uint8)])
+            newly = 0
+            for r in rows:
+                if not self.dead[r >> 3] & (1 << (r & 7)):
+                    self.dead[r >> 3] |= np.uint8(1 << (r & 7))
+                    newly += 1
+            gone = int(self.delta.remove_ids(faiss.IDSelectorBatch(rows))) if self.delta is not None else 0
+            self.n_dead += newly - gone  # rows of the base that searches must now skip
+            return newly
+        return int(self.index.remove_ids(faiss.IDSelectorBatch(rows)))
+
+    def _selector(self, allowed: RowFilter | None):
+        """The faiss selector of a search and the objects it points into (kept alive by the caller)."""
+        import faiss
+
+        keep = []
+        sel = None
+        if allowed is not None:
+            sel = faiss.IDSelectorBitmap(len(allowed.bits) * 8, faiss.swig_ptr(allowed.bits))
+            keep.append(allowed.bits)
+        if self.n_dead:
+            dead = self.dead
+            live = faiss.IDSelectorNot(faiss.IDSelectorBitmap(len(dead) * 8, faiss.swig_ptr(dead)))
+            keep += [dead, live]
+            sel = live if sel is None else faiss.IDSelectorAnd(sel, live)
+        keep.append(sel)
+        return sel, keep
 
     def search(self, q: np.ndarray, k: int, allowed: RowFilter | None = None) -> list[np.ndarray]:
         """Top ``k`` rows for each query ``q [B, D]``, ties to the lower row (as :class:`ExactVectors`)."""
@@ -134,10 +201,15 @@ class AnnIndex:
         frac = 1.0 if allowed is None else allowed.fraction
         nprobe = min(self.nlist, max(self.nprobe, int(math.ceil(self.nprobe / max(frac, 1e-6)))))
         params = faiss.SearchParametersIVF(nprobe=nprobe)
-        if allowed is not None:
-            params.sel = faiss.IDSelectorBitmap(len(allowed.bits) * 8, faiss.swig_ptr(allowed.bits))
+        sel, keep = self._selector(allowed)
+        if sel is not None:
+            params.sel = sel
         # a few extra, so that ties at the cut go to the lower row
         D, I = self.index.search(q, k + 16, params=params)
+        if self.delta is not None and self.delta.ntotal:
+            D2, I2 = self.delta.search(q, k + 16, params=params)
+            D, I = np.concatenate([D, D2], 1), np.concatenate([I, I2], 1)
+        del keep
         out = []
         for d, i in zip(D, I):
             ok = i >= 0
@@ -147,15 +219,20 @@ class AnnIndex:
     def save(self, path: Path) -> None:
         import faiss
 
+        if self.read_only:
+            raise FusionrankError(f"{path}: a memory-mapped index shared by worker processes is not saved; stop the "
+                                  "service and write a snapshot with one process (`fusionrank compact-index`)")
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: Path, nprobe: int = 64, codec: str = "sq8") -> "AnnIndex":
+    def load(cls, path: Path, nprobe: int = 64, codec: str = "sq8", mmap: bool = False) -> "AnnIndex":
+        """Read a saved index; ``mmap``: its inverted lists stay in the file, mapped read-only (shared by processes)."""
         import faiss
 
-        idx = faiss.read_index(str(path))
+        idx = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else faiss.read_index(str(path))
         self = cls(idx.d, faiss.extract_index_ivf(idx).nlist, nprobe, codec)
         self.index = idx
+        self.read_only = mmap
         return self
 
     def memory_bytes(self) -> int:
@@ -165,4 +242,5 @@ class AnnIndex:
         import faiss
 
         ivf = faiss.extract_index_ivf(self.index)
-        return int(ivf.ntotal * (ivf.code_size + 8) + ivf.nlist * self.dim * 4)
+        n = ivf.ntotal + (0 if self.delta is None else self.delta.ntotal)
+        return int(n * (ivf.code_size + 8) + ivf.nlist * self.dim * 4 + self.dead.nbytes)

@@ -30,13 +30,15 @@ def catalog_media_dirs(cat_dir: str | Path) -> list[str]:
 
 def open_service(model_dir: str | Path, index_dir: str | Path | None = None, rebuild: bool = False,
                  catalog: str | Path | None = None, data_dir: str | Path | None = None, randomise_share: float | None = None,
-                 feature_logging: bool = True, registry: str | Path | None = None, log=print) -> SearchService:
+                 feature_logging: bool = True, registry: str | Path | None = None, shared: bool = False,
+                 log=print) -> SearchService:
     """Open the saved index (or, with ``rebuild``, build and save it first), load the model, wire the service.
 
     Nothing is encoded: a missing index is an error that names ``fusionrank index MODEL``. With a model
     ``registry`` (:class:`~fusionrank.models.ModelRegistry`) the service ranks with its promoted version
     instead of ``model_dir``'s ranker (``model_dir`` still gives the index and catalogue); follow later
-    promotions with :class:`~fusionrank.serving.follow.RegistryFollower`.
+    promotions with :class:`~fusionrank.serving.follow.RegistryFollower`. ``shared``: one of several worker
+    processes over the same index (:mod:`fusionrank.serving.workers`).
     """
     md = ModelDir.open(model_dir)
     index_dir = Path(index_dir) if index_dir else md.index_dir
@@ -44,7 +46,7 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
         log(f"building the search index in {index_dir}")
         index: SearchIndex = md.build_index(catalog=catalog, index_dir=index_dir, log=log)
     else:
-        index = md.open_index(index_dir, log=log)
+        index = md.open_index(index_dir, log=log, shared=shared)
     config = md.config()
     cat_dir, store = md.catalog_location(catalog)
     products = ProductEncoder(index.config.title_field, config.encode_settings(), store, media_dirs=catalog_media_dirs(cat_dir))

@@ -21,9 +21,16 @@ searches shows a team-draft interleaving (:func:`~fusionrank.feedback.interleave
 the promoted ranking and one candidate's ranking of the same candidates; the search is logged with
 the candidate's version and each shown product's team, is never randomised, and is left out of
 click training. Its scores, explanations and logged features are the promoted model's.
+
+As one of several worker processes (:mod:`fusionrank.serving.workers`), the service calls
+:meth:`SearchService.sync` before every request: it applies the writes other workers logged to
+the shared index (:meth:`~fusionrank.serving.index.SearchIndex.catch_up`) and swaps in the model
+another worker was told to serve (:class:`~fusionrank.serving.workers.SharedModel`); an event
+may name a search another worker served (looked up in the one event store).
 """
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -90,6 +97,8 @@ class SearchService:
         self._model: ModelHandle | None = None
         self.install_model(model)
         self._interleaving: tuple[tuple[ModelHandle, ...], float] = ((), 0.0)  # (candidates, share), replaced whole
+        self.shared_model = None  # a SharedModel when this is one of several worker processes
+        self.worker: int | None = None  # this worker's number among them
         self.swap_observer = None  # callable(old_version, new_version) after a swap, set by the HTTP layer for metrics
         self.pipeline = RankingPipeline.over(index, model.ranker, self.queries)
         self.data_dir = Path(data_dir) if data_dir else None
@@ -156,13 +165,38 @@ class SearchService:
         return old  # type: ignore[return-value]
 
     def swap_model(self, model_dir: str | Path) -> tuple[ModelHandle, ModelHandle]:
-        """Load the model in ``model_dir`` fully, then swap it in. Returns ``(old, new)``."""
+        """Load the model in ``model_dir`` fully, then swap it in. Returns ``(old, new)``.
+
+        As one of several workers, the swap is then published to the others (they swap before their next request).
+        """
         with self._swap_lock:
             new = load_handle(model_dir)
             old = self.install_model(new)
             if self.swap_observer is not None:  # under the lock: the metrics see swaps in order
                 self.swap_observer(old.version, new.version)
+            if self.shared_model is not None:
+                self.shared_model.publish(new.path, new.version)
         return old, new
+
+    def sync(self) -> None:
+        """As one of several workers: apply the other workers' logged writes and serve the model last published.
+
+        One ``stat`` of the change log and one of the model file when nothing changed; a no-op for a single process.
+        """
+        self.index.catch_up()
+        sm = self.shared_model
+        if sm is None:
+            return
+        m = sm.latest()
+        if m is None or m["version"] == self.model.version:
+            return
+        with self._swap_lock:  # a request that arrives while another thread loads the model waits for it
+            if m["version"] == self.model.version:  # that thread swapped meanwhile
+                return
+            new = load_handle(m["path"])
+            old = self.install_model(new)
+            if self.swap_observer is not None:
+                self.swap_observer(old.version, new.version)
 
     def set_interleaving(self, candidates: list[ModelHandle] | tuple[ModelHandle, ...], share: float) -> None:
         """Interleave ``share`` of the searches with one of ``candidates`` (drawn per search); none or 0 stops it."""
@@ -187,6 +221,7 @@ class SearchService:
     def search(self, query: str, k: int = 10, category: str | None = None, explain: bool = True,
                record: bool = True, client_id: str | None = None, session_id: str | None = None) -> dict[str, Any]:
         """Rank, explain and log one search. ``client_id``/``session_id`` are stored only as keyed hashes."""
+        self.sync()
         m = self.model  # one read: the whole request uses this model
         rivals, share = self._interleaving  # and these candidates
         rival, coin = None, None
@@ -244,6 +279,11 @@ class SearchService:
                 "model_weights_kind": (m.alpha or {}).get("kind"), "timings_ms": t, "results": hits}
 
     # products --------------------------------------------------------------
+    def product(self, product_id: str) -> dict[str, Any] | None:
+        """One product as the index holds it now (None if unknown)."""
+        self.sync()
+        return self.index.product(product_id)
+
     def put_product(self, product: dict[str, Any]) -> dict[str, Any]:
         """Validate, encode and index one product (replacing any with the same id); logged and fsync-ed before it returns."""
         if self.product_encoder is None:
@@ -286,6 +326,12 @@ class SearchService:
         problems = []
         out: list[Event] = []
         now = time.time()
+        if self.shared_model is not None:  # searches other workers served are in the one event store
+            with self._log_lock:
+                unknown = {e["search_id"] for e in events if e["search_id"] not in self._recent}
+            for sid, (version, shown) in self.events.searches(unknown).items():
+                with self._log_lock:
+                    self._recent[sid] = (str(version), frozenset(map(str, shown)))
         with self._log_lock:
             for i, e in enumerate(events):
                 known = self._recent.get(e["search_id"])
@@ -326,12 +372,15 @@ class SearchService:
 
     def stats(self, admin: bool = False) -> dict[str, Any]:
         """Index, model and cache details; the model's path on the server only for the admin key."""
+        self.sync()
         m = self.model
         out = {"products": len(self.index), "model_version": m.version,
                "title_field": self.index.config.title_field, "categories": self.index.category_names,
                "query_cache": {"hits": self.queries.hits, "misses": self.queries.misses, "backend": self.queries.backend},
                "index_version": self.index.version, "logs": self.log_health(),
                "interleaving": {"candidates": [c.version for c in self._interleaving[0]], "share": self._interleaving[1]}}
+        if self.worker is not None:
+            out["worker"] = {"number": self.worker, "pid": os.getpid(), "changes_from_other_workers": self.index.caught_up}
         if admin:
             out["model_path"] = m.path
         else:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["RecordLog", "Repair", "scan", "encode_record", "read_all", "FILE_MODE"]
+__all__ = ["RecordLog", "Repair", "scan", "read_from", "encode_record", "read_all", "FILE_MODE"]
 
 FILE_MODE = 0o600
 _PREFIX = b'{"_crc":"'
@@ -85,6 +85,7 @@ class Repair:
     corrupt: list[int] = field(default_factory=list)  # byte offsets of damaged complete lines
     torn_bytes: int = 0
     torn_copy: str | None = None
+    end: int = 0  # byte offset just after the last complete line read: where the next reader continues
 
     @property
     def repaired(self) -> bool:
@@ -129,6 +130,7 @@ def scan(path: str | Path, repair: bool = True, log: Callable[[str], None] | Non
                 rep.legacy += not line.startswith(_PREFIX)
         pos = nl + 1
     rep.records = len(records)
+    rep.end = end
     tail = data[end:]
     if tail:
         rep.torn_bytes = len(tail)
@@ -149,6 +151,30 @@ def scan(path: str | Path, repair: bool = True, log: Callable[[str], None] | Non
     if rep.repaired and log is not None:
         log(rep.message())
     return records, rep
+
+
+def read_from(path: str | Path, offset: int) -> tuple[list[dict], int, list[int]]:
+    """The complete records written to ``path`` after byte ``offset``: ``(records, new offset, damaged line offsets)``.
+
+    What another process is still writing (a line without its newline yet) is left for the next
+    call; a damaged complete line is skipped and its offset returned (as :func:`scan` reports it).
+    """
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    records, bad, pos = [], [], 0
+    while pos < end:
+        nl = data.index(b"\n", pos)
+        line = data[pos:nl].rstrip(b"\r")
+        if line.strip():
+            rec = _decode_line(line)
+            if rec is None:
+                bad.append(offset + pos)
+            else:
+                records.append(rec)
+        pos = nl + 1
+    return records, offset + end, bad
 
 
 def fsync_dir(d: Path) -> None:
@@ -185,7 +211,10 @@ class RecordLog:
     :attr:`records` until :meth:`release_records` (callers replay them, then let them go).
     """
 
-    def __init__(self, path: str | Path, sync: bool = True, max_bytes: int | None = None, log: Callable[[str], None] | None = print):
+    def __init__(self, path: str | Path, sync: bool = True, max_bytes: int | None = None, log: Callable[[str], None] | None = print,
+                 repair: bool = True):
+        """``repair=False``: read what is there without cutting a torn tail (a process that shares the log with
+        others, which may be writing that tail right now; the process that opened it first repaired it)."""
         self.path = Path(path)
         self.sync = sync
         self.max_bytes = max_bytes
@@ -194,7 +223,7 @@ class RecordLog:
         self._written = self._synced = 0
         self.fsyncs = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.records, self.repair = scan(self.path, repair=True, log=log)
+        self.records, self.repair = scan(self.path, repair=repair, log=log)
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
         self.appended = 0

@@ -53,8 +53,27 @@ class LimitUrl:
         await self.app(scope, receive, send)
 
 
+class WorkerHeader:
+    """``X-Fusionrank-Worker: <n>`` on every response of worker ``n`` (``fusionrank serve --workers``)."""
+
+    def __init__(self, app: ASGIApp, worker: int):
+        self.app, self.value = app, str(worker).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def tagged(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-fusionrank-worker", self.value)]}
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
 def create_app(service: SearchService, admin_key: str | None = None, events_key: str | None = None,
-               max_concurrent_searches: int = 2, events_rate: float | None = None, events_burst: int | None = None) -> FastAPI:
+               max_concurrent_searches: int = 2, events_rate: float | None = None, events_burst: int | None = None,
+               worker: int | None = None) -> FastAPI:
     """The FastAPI app over ``service``; this module's docstring is its OpenAPI description.
 
     A missing key is generated at random (the page embeds the events key; the admin
@@ -76,6 +95,8 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
     app.state.events_limiter = RateLimiter(events_rate, events_burst)
     app.add_middleware(ObserveRequests, metrics=app.state.metrics)
     app.add_middleware(LimitUrl)
+    if worker is not None:
+        app.add_middleware(WorkerHeader, worker=worker)
     app.include_router(api_router)
     return app
 

@@ -39,6 +39,9 @@ def snapshot(service: ServiceDep) -> dict[str, Any]:
     d = service.index.directory
     if d is None:
         raise HTTPException(409, "this index has no folder (it was never saved or loaded); nothing to snapshot to")
+    if service.index.shared:
+        raise HTTPException(409, "the index is shared by worker processes and cannot write a snapshot; restart the "
+                                 "service with one worker to write one")
     t0 = time.perf_counter()
     service.index.save(d)
     return {"directory": str(d), "products": len(service.index), "seconds": round(time.perf_counter() - t0, 2)}

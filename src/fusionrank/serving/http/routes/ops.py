@@ -13,7 +13,11 @@ router = APIRouter()
 
 @router.get("/healthz", summary="Liveness and what is loaded")
 def healthz(service: ServiceDep) -> dict[str, Any]:
-    return {"status": "ok", "products": len(service.index), "model_version": service.model.version}
+    service.sync()
+    out = {"status": "ok", "products": len(service.index), "model_version": service.model.version}
+    if service.worker is not None:
+        out["worker"] = service.worker
+    return out
 
 
 @router.get("/stats", summary="Index, model, cache and log-repair details")

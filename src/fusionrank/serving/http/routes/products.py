@@ -49,7 +49,7 @@ def _non_finite(v: Any, where: str) -> str | None:
 
 
 def _product_or_404(service: SearchService, product_id: str) -> dict:
-    p = service.index.product(product_id)
+    p = service.product(product_id)
     if p is None:
         raise HTTPException(404, f"no product with id {product_id!r}")
     return p

@@ -1,0 +1,298 @@
+"""Throughput and memory of `fusionrank serve --workers N` for N = 1, 2, 4 at 44k products, one run.
+
+    python benchmarks/workers.py [--model M] [--requests 1500] [--workers 1,2,4] [--table-dtype float16]
+
+For each N the real CLI server is started (`python -m fusionrank.cli serve MODEL --workers N`; N = 1
+is the plain one-process service) over the same saved index, and ``benchmarks/loadgen.py`` drives it
+from its own process: 8 clients, each a thread with its own keep-alive connection (the kernel gives
+each new connection to one worker), ``--requests`` distinct fashion44k train+dev query texts (the same
+list for every N), k=10, 200 candidates re-ranked with explanations, as the page asks.
+
+Memory is read from ``/proc/PID/smaps_rollup`` of the supervisor and every worker after the load:
+PSS (proportional set size: a page shared by n processes counts 1/n in each), so the sum over
+the processes is what the service costs the machine. *Added per extra worker* is
+``(PSS sum with N workers - PSS of the one-process service) / (N - 1)``, compared with the index
+size (``SearchIndex.memory_bytes()``, the figure of ``benchmarks/table_memory.py``). Also reported:
+each worker's private memory (USS) and the PSS of its mappings of the index folder's files.
+
+Model: the click benchmark's text+photo fusion model (``~/.cache/fusionrank/bench-clicks/models/full``)
+copied (config and weights only) into ``~/.cache/fusionrank/scale-workers/model`` with its own index
+(built once with ``fusionrank index --table-dtype``). Writes benchmarks/results/workers.md (+ .json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+RESULTS = ROOT / "benchmarks" / "results"
+
+from fusionrank.settings import get_settings  # noqa: E402
+
+HOME = get_settings().home
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def pct(a, qs=(50, 95, 99)):
+    a = np.asarray([x for x in a if x is not None], float)
+    return {f"p{q}": float(np.percentile(a, q)) for q in qs} | {"mean": float(a.mean()), "n": int(len(a))}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rollup(pid: int) -> dict[str, int]:
+    """kB fields of /proc/PID/smaps_rollup."""
+    out = {}
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        m = re.match(r"(\w+):\s+(\d+) kB", line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def mapped_under(pid: int, folder: Path) -> dict[str, int]:
+    """kB of RSS and PSS of the mappings of files inside ``folder``."""
+    rss = pss = 0
+    inside = False
+    prefix = str(folder.resolve())
+    for line in open(f"/proc/{pid}/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            parts = line.split()
+            inside = len(parts) >= 6 and parts[5].startswith(prefix)
+        elif inside and line.startswith("Rss:"):
+            rss += int(line.split()[1])
+        elif inside and line.startswith("Pss:"):
+            pss += int(line.split()[1])
+    return {"rss_kb": rss, "pss_kb": pss}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def prepare(src_model: Path, work: Path, table_dtype: str) -> tuple[Path, dict]:
+    """A copy of the model (config, weights, workspace) with its own index of ``table_dtype`` tables."""
+    model = work / f"model-{table_dtype}"
+    if not (model / "index" / "index.json").exists():
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.copytree(src_model, model, ignore=shutil.ignore_patterns("index", "service-data"))
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "fusionrank.cli", "index", str(model), "--table-dtype", table_dtype],
+                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        log(f"  index built in {time.perf_counter() - t0:.0f} s")
+    from fusionrank.serving.index import SearchIndex
+
+    idx = SearchIndex.load(model / "index", log=lambda m: None)
+    info = {"products": len(idx), "memory_bytes": idx.memory_bytes(), "index_bytes": int(sum(idx.memory_bytes().values())),
+            "disk_bytes": int(sum(f.stat().st_size for f in (model / "index").rglob("*") if f.is_file()))}
+    idx.close()
+    del idx
+    return model, info
+
+
+PROBE = """
+import gc, json, os, sys
+def anon():
+    for line in open(f"/proc/{os.getpid()}/smaps_rollup"):
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1])
+import faiss, numpy, pandas, pyarrow, torch  # noqa: F401  the runtime every worker has anyway
+from fusionrank.serving.index import SearchIndex
+gc.collect()
+a = anon()
+idx = SearchIndex.load(sys.argv[1], log=lambda m: None, shared=sys.argv[2] == "1")
+gc.collect()
+print(json.dumps({"anonymous_kb": anon() - a}))
+"""
+
+
+def index_heap(index_dir: Path, shared: bool) -> int:
+    """kB of heap (anonymous memory, never shared between processes) that loading the index adds to a fresh process."""
+    out = subprocess.run([sys.executable, "-c", PROBE, str(index_dir), "1" if shared else "0"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["anonymous_kb"]
+
+
+def queries(n: int) -> list[str]:
+    from fusionrank.ingest import read_catalog_queries
+
+    d = get_settings().fashion44k_dir
+    qs = []
+    for f in ("queries_dev.tsv", "queries_train.tsv"):
+        qs += read_catalog_queries(d / f)["query"].astype(str).tolist()
+    qs = list(dict.fromkeys(q.strip() for q in qs if q.strip()))
+    return qs[:n]
+
+
+def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int, tmp: Path) -> dict:
+    port = free_port()
+    shutil.rmtree(model / "service-data", ignore_errors=True)  # each run starts with an empty event store
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FUSIONRANK_ADMIN_KEY": "bench"}
+    t0 = time.perf_counter()
+    srv = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port),
+                            "--workers", str(n_workers)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        while True:
+            line = srv.stdout.readline()
+            if line.startswith("http://"):
+                break
+            if srv.poll() is not None:
+                raise RuntimeError(f"serve --workers {n_workers} exited with {srv.returncode}")
+        start_s = time.perf_counter() - t0
+        pids = [srv.pid] + children(srv.pid) if n_workers > 1 else [srv.pid]
+        cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
+        qf = tmp / "queries.txt"
+        qf.write_text("\n".join(qs))
+        out = tmp / "load.json"
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--url", f"http://127.0.0.1:{port}",
+                        "--queries", str(qf), "--requests", str(requests), "--concurrency", str(clients), "--out", str(out)],
+                       check=True)
+        cpu = cpu_seconds(pids) - cpu0
+        wall = time.perf_counter() - wall0  # the load generator's start-up and warm-up included
+        r = json.loads(out.read_text())
+        ok = [s == 200 for s in r["status"]]
+        procs = []
+        for pid in pids:
+            ru = rollup(pid)
+            procs.append({"pid": pid, "role": "supervisor" if (n_workers > 1 and pid == srv.pid) else "worker",
+                          "rss_kb": ru.get("Rss", 0), "pss_kb": ru.get("Pss", 0),
+                          "uss_kb": ru.get("Private_Clean", 0) + ru.get("Private_Dirty", 0),
+                          "shared_kb": ru.get("Shared_Clean", 0) + ru.get("Shared_Dirty", 0),
+                          "anonymous_kb": ru.get("Anonymous", 0),
+                          "index_files": mapped_under(pid, model / "index")})
+        return {"workers": n_workers, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
+                "start_seconds": start_s, "throughput_rps": requests / r["wall_seconds"], "latency_ms": pct(r["latency_ms"]),
+                "server_total_ms": pct([s["total_ms"] for s, g in zip(r["server_ms"], ok) if g and s]),
+                "processes": procs, "pss_total_kb": int(sum(p["pss_kb"] for p in procs)),
+                "server_cpu_seconds": cpu, "server_cores_used": cpu / wall, "server_cpu_ms_per_request": 1e3 * cpu / requests}
+    finally:
+        srv.send_signal(signal.SIGINT)
+        try:
+            srv.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+
+
+def machine() -> dict:
+    def sh(cmd):
+        return subprocess.run(["sh", "-c", cmd], capture_output=True, text=True).stdout.strip()
+    return {"uptime": sh("uptime"), "top": sh("top -b -n 1 | head -14"), "cpus": os.cpu_count()}
+
+
+def write(res: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "workers.json").write_text(json.dumps(res, indent=2))
+    idx = res["index"]
+    size_mb = idx["index_bytes"] / 1e6
+    runs = res["runs"]
+    one = next(r for r in runs if r["workers"] == 1)
+    L = ["# `fusionrank serve --workers N`: throughput and memory at 44k products (one run)", "",
+         f"Command: `{res['command']}` ({res['started']} UTC). Model `{res['model']}`, index with "
+         f"`{res['table_dtype']}` tables: {idx['products']:,} products, {size_mb:,.0f} MB (`memory_bytes()`), "
+         f"{idx['disk_bytes'] / 1e6:,.0f} MB on disk. Load: `benchmarks/loadgen.py` in its own process, "
+         f"{res['clients']} clients with keep-alive connections, {res['requests']} distinct queries per run (the same list "
+         "for every N), k=10, 200 candidates re-ranked with explanations. N = 1 is the plain one-process service. "
+         "torch, OpenMP and MKL 1 thread per process. The machine has 2 cores and was shared (see the end).", "",
+         "| workers | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | server CPU cores used | server CPU ms / request | PSS of the service | added per extra worker | share of index size | start s |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        n = r["workers"]
+        added = (r["pss_total_kb"] - one["pss_total_kb"]) / (n - 1) / 1e3 if n > 1 else None
+        L.append(f"| {n} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / one['throughput_rps']:.2f} | "
+                 f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {r['failed']} | {r['server_cores_used']:.2f} | "
+                 f"{r['server_cpu_ms_per_request']:.1f} | {r['pss_total_kb'] / 1e3:,.0f} MB | "
+                 + (f"{added:,.0f} MB | {added / size_mb:.2f} |" if added is not None else "- | - |") + f" {r['start_seconds']:.0f} |")
+    h = res["index_heap_kb"]
+    L += ["", f"Heap (anonymous memory, which processes never share) that loading the index adds to a fresh process: "
+          f"**{h['shared'] / 1e3:.0f} MB** as a worker (tables and IVF lists memory-mapped), {h['one process'] / 1e3:.0f} MB as "
+          f"the one-process service (IVF lists in the heap): {h['shared'] / 1e3 / size_mb:.2f} of the index size. This is the "
+          "index's own cost per extra worker (the product-id map, the BM25 postings and vocabulary, per-row arrays; the "
+          "records' text is memory-mapped from `records.arrow`); the rest of what a worker adds is the process itself "
+          "(Python, torch, the ONNX query encoder, the model, the event store connection)."]
+    L += ["", "Per process after the load (MB): RSS, PSS, private (USS), anonymous (heap: never shared), and the RSS / PSS "
+          "of its mappings of the index folder's files (memory-mapped tables; with more than one worker also the IVF lists).", "",
+          "| workers | process | RSS | PSS | private | anonymous | index files RSS / PSS |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        for p in r["processes"]:
+            L.append(f"| {r['workers']} | {p['role']} {p['pid']} | {p['rss_kb'] / 1e3:,.0f} | {p['pss_kb'] / 1e3:,.0f} | "
+                     f"{p['uss_kb'] / 1e3:,.0f} | {p['anonymous_kb'] / 1e3:,.0f} | "
+                     f"{p['index_files']['rss_kb'] / 1e3:,.0f} / {p['index_files']['pss_kb'] / 1e3:,.0f} |")
+    L += ["", "## Machine during the run", "", "```", res["machine_before"]["uptime"], res["machine_before"]["top"], "", "after:",
+          res["machine_after"]["uptime"], "```", ""]
+    (RESULTS / "workers.md").write_text("\n".join(L))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=HOME / "bench-clicks" / "models" / "full")
+    ap.add_argument("--work", type=Path, default=HOME / "scale-workers")
+    ap.add_argument("--table-dtype", default="float16")
+    ap.add_argument("--requests", type=int, default=1500)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--workers", default="1,2,4", help="worker counts in run order (repeats allowed: 1,2,4,1,2)")
+    a = ap.parse_args()
+    res = {"command": "python " + " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+           "model": str(a.model), "table_dtype": a.table_dtype, "requests": a.requests, "clients": a.clients}
+    a.work.mkdir(parents=True, exist_ok=True)
+    log("preparing the model copy and its index")
+    model, res["index"] = prepare(a.model, a.work, a.table_dtype)
+    qs = queries(a.requests)
+    res["index_heap_kb"] = {"shared": index_heap(model / "index", True), "one process": index_heap(model / "index", False)}
+    log(f"  heap added by loading the index: {res['index_heap_kb']['shared'] / 1e3:.0f} MB shared (worker), "
+        f"{res['index_heap_kb']['one process'] / 1e3:.0f} MB one process")
+    res["machine_before"] = machine()
+    res["runs"] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in [int(x) for x in a.workers.split(",")]:
+            log(f"{n} worker(s): {a.clients} clients, {a.requests} requests")
+            r = run(model, n, qs, a.requests, a.clients, Path(tmp))
+            res["runs"].append(r)
+            log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
+                f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
+    res["machine_after"] = machine()
+    write(res)
+    one = res["runs"][0]
+    size_mb = res["index"]["index_bytes"] / 1e6
+    for r in (r for r in res["runs"] if r["workers"] > 1):
+        added = (r["pss_total_kb"] - one["pss_total_kb"]) / (r["workers"] - 1) / 1e3
+        log(f"{r['workers']} workers: {r['throughput_rps'] / one['throughput_rps']:.2f}x the requests/s of 1; "
+            f"{added:,.0f} MB added per extra worker = {added / size_mb:.2f} of the index ({size_mb:,.0f} MB)")
+    log(f"wrote {RESULTS / 'workers.md'}")
+
+
+if __name__ == "__main__":
+    main()

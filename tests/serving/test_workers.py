@@ -1,0 +1,162 @@
+"""`fusionrank serve --workers 2`: real processes on one port, real HTTP.
+
+Which worker answers is the kernel's choice; every response names it (``X-Fusionrank-Worker``),
+and the tests keep asking on new connections until every worker has answered.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from test_cli_serve import _free_port, _wait_url
+
+ADMIN, EVENTS = "workers-admin", "workers-events"
+WORKERS = 2
+
+
+@pytest.fixture
+def served(tiny_model, tmp_path, fusionrank_home):
+    """``fusionrank serve MODEL --workers 2`` over a private copy of the tiny model and its index."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model[0], model, ignore=shutil.ignore_patterns("service-data"))
+    port = _free_port()
+    env = {**os.environ, "FUSIONRANK_ADMIN_KEY": ADMIN, "FUSIONRANK_EVENTS_KEY": EVENTS,
+           "FUSIONRANK_HOME": str(fusionrank_home), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port),
+                             "--workers", str(WORKERS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = _wait_url(proc, timeout=300)
+        yield url, model
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def each_worker(url: str, ask, times: int = 2, limit: int = 400) -> dict[str, list]:
+    """Call ``ask(client)`` on new connections until every worker answered ``times`` times; answers by worker."""
+    seen: dict[str, list] = {}
+    for _ in range(limit):
+        with httpx.Client(base_url=url, timeout=60) as c:  # a new connection: any worker may take it
+            r = ask(c)
+        seen.setdefault(r.headers["x-fusionrank-worker"], []).append(r)
+        if len(seen) == WORKERS and all(len(v) >= times for v in seen.values()):
+            return seen
+    raise AssertionError(f"only workers {sorted(seen)} answered {limit} requests")
+
+
+def test_an_acknowledged_write_is_seen_by_every_worker(served):
+    url, _ = served
+    admin = {"X-API-Key": ADMIN}
+    base = httpx.get(url + "search", params={"q": "red shirt", "k": 1}).json()["results"][0]
+    body = {"title": "Zorblax Quasar Sneakers", "category": base["category"], "brand": "Zorblax"}
+    r = httpx.put(url + "products/zx-1", json=body, headers=admin, timeout=120)
+    assert r.status_code == 200, r.text
+    writer = r.headers["x-fusionrank-worker"]
+    # the next search of every worker finds it, and every worker has it under its id
+    searches = each_worker(url, lambda c: c.get("/search", params={"q": "zorblax quasar", "k": 5}))
+    for w, rs in searches.items():
+        for s in rs:
+            assert s.status_code == 200 and s.json()["results"][0]["product_id"] == "zx-1", (w, s.text[:300])
+    products = each_worker(url, lambda c: c.get("/products/zx-1"), times=1)
+    assert all(rs[0].json()["title"] == "Zorblax Quasar Sneakers" for rs in products.values())
+    # a replacement through another worker, then a delete: each seen everywhere before the next search
+    other = next(w for w in searches if w != writer)
+    for _ in range(200):
+        r = httpx.put(url + "products/zx-1", json={**body, "title": "Zorblax Nebula Sneakers"}, headers=admin, timeout=120)
+        if r.headers["x-fusionrank-worker"] == other:
+            break
+    assert r.status_code == 200 and r.headers["x-fusionrank-worker"] == other
+    for rs in each_worker(url, lambda c: c.get("/search", params={"q": "zorblax", "k": 5})).values():
+        hits = [h for s in rs for h in s.json()["results"] if h["product_id"] == "zx-1"]
+        assert hits and all(h["title"] == "Zorblax Nebula Sneakers" for h in hits)
+    assert httpx.delete(url + "products/zx-1", headers=admin).status_code == 204
+    for rs in each_worker(url, lambda c: c.get("/search", params={"q": "zorblax quasar nebula", "k": 10})).values():
+        assert all(h["product_id"] != "zx-1" for s in rs for h in s.json()["results"])
+    for rs in each_worker(url, lambda c: c.get("/products/zx-1"), times=1).values():
+        assert rs[0].status_code == 404
+    # the stats of every worker count the same products
+    stats = each_worker(url, lambda c: c.get("/stats"), times=1)
+    assert len({rs[0].json()["products"] for rs in stats.values()}) == 1
+
+
+def test_an_event_may_name_a_search_another_worker_served(served):
+    url, _ = served
+    for _ in range(200):
+        with httpx.Client(base_url=url, timeout=60) as c:
+            s = c.get("/search", params={"q": "blue dress", "k": 4})
+        with httpx.Client(base_url=url, timeout=60) as c:
+            hit = s.json()["results"][1]
+            e = c.post("/events", headers={"X-API-Key": EVENTS}, json={"events": [
+                {"type": "click", "search_id": s.json()["search_id"], "model_version": s.json()["model_version"],
+                 "product_id": hit["product_id"], "position": 2}]})
+        assert e.status_code == 200, e.text
+        if e.headers["x-fusionrank-worker"] != s.headers["x-fusionrank-worker"]:
+            break
+    else:
+        raise AssertionError("every event landed on the worker that served its search")
+    # one event store: the other worker's /stats counts the same searches and events
+    counts = each_worker(url, lambda c: c.get("/stats"), times=1)
+    assert len({str(rs[0].json()["logs"]["events"]) for rs in counts.values()}) == 1
+
+
+def test_model_swap_reaches_every_worker_with_no_failed_requests(served, tiny_lgbm_model, tiny_model):
+    url, model = served
+    failures, done = [], []
+    stop = threading.Event()
+    queries = ["red shirt", "blue dress", "black watch", "nike shoes", "green jacket women", "men"]
+
+    def client(i):
+        n = 0
+        while not stop.is_set():
+            with httpx.Client(base_url=url, timeout=60) as c:  # a few requests per connection, then another worker
+                for _ in range(3):
+                    r = c.get("/search", params={"q": queries[(i + n) % len(queries)], "k": 5})
+                    n += 1
+                    if r.status_code != 200 or len(r.json()["results"]) != 5:
+                        failures.append((r.status_code, r.text[:200]))
+                    else:
+                        done.append((r.headers["x-fusionrank-worker"], r.json()["model_version"]))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+
+    def served_more(n: int) -> None:  # progress, not time
+        target, deadline = len(done) + len(failures) + n, time.monotonic() + 180
+        while len(done) + len(failures) < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    versions = [httpx.get(url + "healthz").json()["model_version"]]  # the model directory served at start
+    try:
+        with httpx.Client(base_url=url, timeout=120, headers={"X-API-Key": ADMIN}) as admin:
+            for path in [tiny_lgbm_model[0], tiny_model[0]] * 2:
+                served_more(20)
+                r = admin.post("/admin/model", json={"path": str(path)})
+                assert r.status_code == 200, r.text
+                versions.append(r.json()["current"])
+                # acknowledged: the next search of every worker ranks with it
+                for rs in each_worker(url, lambda c: c.get("/search", params={"q": "red", "k": 3}), times=1).values():
+                    assert rs[0].json()["model_version"] == versions[-1]
+            served_more(20)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert {w for w, _ in done} == {str(i) for i in range(WORKERS)}
+    assert {v for _, v in done} == set(versions)  # every model served requests
+    # a snapshot needs one process: a clear refusal, not a half-written folder
+    r = httpx.post(url + "admin/snapshot", headers={"X-API-Key": ADMIN})
+    assert r.status_code == 409 and "worker processes" in r.json()["detail"]
