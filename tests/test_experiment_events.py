@@ -61,6 +61,9 @@ def test_events_block_is_checked(tiny_fashion, click_store):
     with pytest.raises(Exception, match="direct-method regressor .*valid names: .*lightgbm_linear"):
         ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(click_store), "labels": "dr",
                                                                                     "dm_regressor": "forest"}))
+    with pytest.raises(Exception, match="'trees_plus_slope' needs \\[events\\] logging_model"):
+        ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(click_store), "labels": "dr",
+                                                                                    "dm_regressor": "trees_plus_slope"}))
 
 
 def test_missing_store_is_a_clear_error(tiny_fashion, tmp_path):
