@@ -108,6 +108,27 @@ class Repair:
         return "; ".join(out)
 
 
+def _complete_lines(data: bytes, offset: int = 0) -> tuple[list[dict], int, list[int], int]:
+    """The records of ``data``'s complete lines: ``(records, end of the last complete line, damaged line offsets
+    (plus ``offset``), lines without a checksum)``; bytes after the last newline are not read."""
+    end = data.rfind(b"\n") + 1
+    records: list[dict] = []
+    bad: list[int] = []
+    legacy, pos = 0, 0
+    while pos < end:
+        nl = data.index(b"\n", pos)
+        line = data[pos:nl].rstrip(b"\r")
+        if line.strip():
+            rec = _decode_line(line)
+            if rec is None:
+                bad.append(offset + pos)
+            else:
+                records.append(rec)
+                legacy += not line.startswith(_PREFIX)
+        pos = nl + 1
+    return records, end, bad, legacy
+
+
 def scan(path: str | Path, repair: bool = True, log: Callable[[str], None] | None = print) -> tuple[list[dict], Repair]:
     """All valid records of ``path`` in order, and what was wrong; with ``repair``, a torn tail is cut off (copy kept)."""
     p = Path(path)
@@ -115,20 +136,7 @@ def scan(path: str | Path, repair: bool = True, log: Callable[[str], None] | Non
     if not p.exists():
         return [], rep
     data = p.read_bytes()
-    end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
-    records: list[dict] = []
-    pos = 0
-    while pos < end:
-        nl = data.index(b"\n", pos)
-        line = data[pos:nl].rstrip(b"\r")
-        if line.strip():
-            rec = _decode_line(line)
-            if rec is None:
-                rep.corrupt.append(pos)
-            else:
-                records.append(rec)
-                rep.legacy += not line.startswith(_PREFIX)
-        pos = nl + 1
+    records, end, rep.corrupt, rep.legacy = _complete_lines(data)  # everything after the last newline is a torn write
     rep.records = len(records)
     rep.end = end
     tail = data[end:]
@@ -162,18 +170,7 @@ def read_from(path: str | Path, offset: int) -> tuple[list[dict], int, list[int]
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read()
-    end = data.rfind(b"\n") + 1
-    records, bad, pos = [], [], 0
-    while pos < end:
-        nl = data.index(b"\n", pos)
-        line = data[pos:nl].rstrip(b"\r")
-        if line.strip():
-            rec = _decode_line(line)
-            if rec is None:
-                bad.append(offset + pos)
-            else:
-                records.append(rec)
-        pos = nl + 1
+    records, end, bad, _ = _complete_lines(data, offset)
     return records, offset + end, bad
 
 
