@@ -18,7 +18,7 @@ ADMIN = "fuzz-admin"
 
 @pytest.fixture(scope="module")
 def api_schema(tiny_model, tiny_pipe, tmp_path_factory):
-    from conftest import make_service
+    from serving_fixtures import make_service
 
     svc = make_service(tiny_model[0], tmp_path_factory.mktemp("fuzz"))
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(svc, ADMIN, "fuzz-events"))

@@ -13,7 +13,7 @@ ADMIN, EVENTS = "admin-secret", "events-secret"
 
 @pytest.fixture(scope="module")
 def svc_app(tiny_model, tiny_pipe, tmp_path_factory):
-    from conftest import make_service
+    from serving_fixtures import make_service
 
     svc = make_service(tiny_model[0], tmp_path_factory.mktemp("app"), ann={"codec": "sq8"})
     return svc, create_app(svc, ADMIN, EVENTS)

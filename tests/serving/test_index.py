@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import serving_index
+from serving_fixtures import serving_index
 from fusionrank.errors import FusionrankError
 from fusionrank.ranking import Featuriser, HybridRetriever, Queries, QueryEncoder
 from fusionrank.serving import SearchIndex

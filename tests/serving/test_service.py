@@ -14,7 +14,7 @@ QUERIES = ["red shirt", "blue dress women", "black watch", "nike men shoes"]
 
 @pytest.fixture(scope="module")
 def svc(tiny_model, tiny_pipe, tmp_path_factory):
-    from conftest import make_service
+    from serving_fixtures import make_service
 
     return make_service(tiny_model[0], tmp_path_factory.mktemp("svc"))
 

@@ -107,7 +107,7 @@ def _vec(idx, row):
 
 def test_index_change_log_cut_at_every_byte_of_its_last_record(tiny_model, tmp_path):
     """SearchIndex.load after a crash in the last append: all earlier changes replayed, the torn one reported."""
-    from conftest import serving_index
+    from serving_fixtures import serving_index
     from fusionrank.serving import SearchIndex
 
     idx = serving_index(tiny_model[0])
@@ -144,7 +144,7 @@ def test_index_change_log_cut_at_every_byte_of_its_last_record(tiny_model, tmp_p
 
 
 def test_index_replays_past_a_damaged_change(tiny_model, tmp_path):
-    from conftest import serving_index
+    from serving_fixtures import serving_index
     from fusionrank.serving import SearchIndex
 
     idx = serving_index(tiny_model[0])
@@ -189,7 +189,7 @@ def test_a_crash_between_the_snapshot_renames_is_recovered(tiny_model, tmp_path,
     """save() renames index -> index.old, then index.tmp -> index; a crash in between left no index."""
     import shutil
 
-    from conftest import serving_index
+    from serving_fixtures import serving_index
     from fusionrank.serving import SearchIndex
 
     idx = serving_index(tiny_model[0])

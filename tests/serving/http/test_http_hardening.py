@@ -21,7 +21,7 @@ E = {"X-API-Key": EVENTS}
 
 @pytest.fixture(scope="module")
 def svc_client(tiny_model, tmp_path_factory):
-    from conftest import make_service
+    from serving_fixtures import make_service
 
     svc = make_service(tiny_model[0], tmp_path_factory.mktemp("hard"))
     with TestClient(create_app(svc, ADMIN, EVENTS, events_rate=1000, events_burst=1000), raise_server_exceptions=False) as c:
@@ -195,7 +195,7 @@ def test_events_key_only_for_searches_this_service_issued(svc_client, tiny_model
 
 
 def test_events_key_is_rate_limited_per_client(tiny_model, tmp_path):
-    from conftest import make_service
+    from serving_fixtures import make_service
 
     svc = make_service(tiny_model[0], tmp_path)
     with TestClient(create_app(svc, ADMIN, EVENTS, events_rate=0.5, events_burst=3), raise_server_exceptions=False) as c:
