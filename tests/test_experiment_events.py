@@ -91,10 +91,51 @@ def test_dr_with_the_logging_model(click_store, tiny_model, tiny_fashion, tmp_pa
             events={"store": str(click_store), "labels": "dr", "logging_model": str(model)}))
 
     metrics = train(config(tiny_model[0]), tmp_path / "m", log=lambda m: None, progress=False, build_index=False)
-    assert metrics["clicks"]["logging_model"] == {"version": ModelDir.open(tiny_model[0]).version(), "share_of_searches": 1.0}
+    assert metrics["clicks"]["logging_model"] == {"version": ModelDir.open(tiny_model[0]).version(), "share_of_searches": 1.0,
+                                                 "rewritten": True}
     assert metrics["dev/title"]["ndcg@10"] > 0.2
     other = tmp_path / "other"
     shutil.copytree(tiny_model[0], other)
     (other / "ranker" / "note.txt").write_text("another version")
     with pytest.raises(FusionrankError, match="served none of the logged searches"):
         train(config(other), tmp_path / "m2", log=lambda m: None, progress=False, build_index=False)
+
+
+def test_logging_model_with_query_understanding_is_checked_and_scored_as_it_served(tiny_model, tiny_fashion, tmp_path):
+    """Searches whose words the served model's understanding rewrote ("crimson shirt" -> "red tshirt").
+
+    Training recomputes the verbatim query's candidates (what the new model will serve: its
+    understanding is built from these texts); the skew check and the direct method's logging scores
+    use the rewritten query's slates, as the logging model ranked them, so the check finds no skew.
+    """
+    from fixtures_fashion import tiny_config_dict
+    from fusionrank.experiment import ExperimentConfig, train
+    from fusionrank.serving.build import open_service
+
+    svc = open_service(tiny_model[0], data_dir=tmp_path / "service-data", randomise_share=0.0, log=lambda m: None)
+    rewritten = 0
+    for i in range(60):
+        for q in ("crimson shirt", "ebony tee", "sneakers for men", "azure shoes", "navy trainers", "black tshirt"):
+            r = svc.search(q, k=8)
+            rewritten += r["understood"]["rewritten"] != q
+            hit = r["results"][i % 3]
+            svc.record_events([{"type": "click", "search_id": r["search_id"], "model_version": svc.model.version,
+                                "product_id": hit["product_id"], "position": i % 3 + 1}])
+    svc.close()
+    assert rewritten == 300
+
+    from fusionrank.feedback.bias import PositionBias
+
+    PositionBias(1.0 / np.arange(1, 9)).save(tmp_path / "theta.json")  # a known bias: this log has no swaps to estimate one
+
+    def clicks(logging_model):
+        events = {"store": str(tmp_path / "service-data" / "events.sqlite"), "labels": "dr",
+                  "propensity": str(tmp_path / "theta.json"), **({"logging_model": str(tiny_model[0])} if logging_model else {})}
+        cfg = ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, loss={"name": "ips_listwise", "args": {}},
+                                                               events=events))
+        return train(cfg, tmp_path / f"m{int(logging_model)}", log=lambda m: None, progress=False, build_index=False)["clicks"]
+
+    with_model, verbatim = clicks(True), clicks(False)
+    assert with_model["logging_model"]["rewritten"] is True
+    assert with_model["skew"]["products_checked"] > 0 and with_model["skew"]["max_abs_difference"] == 0.0
+    assert verbatim["skew"]["max_abs_difference"] > 0.0  # the verbatim queries' features are not what was served

@@ -146,6 +146,6 @@ def test_retrain_with_doubly_robust_labels_reads_the_logging_models_scores(shop,
                 epochs=1, log=lambda m: None)
     ev = v.training_data["events"]
     assert ev["labels"] == "dr" and v.config["events"]["dm_regressor"] == "ridge"
-    assert ev["logging_model"] == {"version": ModelDir.open(tiny_model[0]).version(), "share_of_searches": 1.0}
+    assert ev["logging_model"] == {"version": ModelDir.open(tiny_model[0]).version(), "share_of_searches": 1.0, "rewritten": True}
     with pytest.raises(FusionrankError, match="direct-method regressor 'forest'; valid names"):
         retrain(reg, str(shop[0]), labels="dr", dm_regressor="forest", log=lambda m: None)

@@ -28,6 +28,7 @@ Steps (:func:`click_training_slates`):
 3. each distinct logged query text becomes a training query; its candidates and features come from
    the ranking path (:meth:`~fusionrank.ranking.RankingPipeline.slates`), exactly as at serving time;
 4. a skew check: the logged features of the products shown are compared with the recomputed ones
+   (recomputed as ``logging_model`` served them, through its query understanding, when it is given)
    (a mismatch means the catalogue or the candidate config changed since the searches were served);
 5. labels by the configured labeler, put on the slates (:func:`~fusionrank.feedback.labels.attach_click_labels`);
    for ``dr`` the direct method is fitted first, on the features and, given ``logging_model``, that
@@ -152,25 +153,70 @@ def skew_check(log: pd.DataFrame, store, slates, ids, sample: int = 200, seed: i
     return {"products_checked": checked, "not_in_candidates": missing, "max_abs_difference": worst}
 
 
-def logging_scores(model: str, cl: pd.DataFrame, slates, pipe, base: Path | None = None) -> tuple[np.ndarray, dict]:
+def _model_path(model: str, base: Path | None) -> Path:
+    path = Path(model)
+    return base / path if base is not None and not path.is_absolute() else path
+
+
+def served_slates(model: str, slates, pipe, base: Path | None = None):
+    """``slates``' queries as model directory ``model`` served them: its query understanding first, then the ranking path.
+
+    A model with query understanding ranked the rewritten query (e.g. a word it had never seen mapped
+    to the catalogue's term), so its candidates and features differ from the verbatim query's. The
+    result keeps ``slates``' query texts (as typed, as logged), one slate per query in the same order;
+    ``None`` when the model has no query understanding (it served the verbatim slates).
+    """
+    import dataclasses
+
+    from ..modeldir import ModelDir
+    from ..ranking import RankingPipeline
+
+    u = ModelDir.open(_model_path(model, base)).understanding()
+    if u is None:
+        return None
+    served = RankingPipeline.over(pipe.catalog, None, pipe.encoder, understanding=u).slates(list(slates.query_ids), list(slates.queries))
+    return dataclasses.replace(served, queries=list(slates.queries))
+
+
+def on_candidates(scores: np.ndarray, source, slates) -> np.ndarray:
+    """``[B, N]`` scores of ``source``'s candidates carried onto ``slates``' candidates of the same query, by product.
+
+    A candidate of ``slates`` that ``source`` did not have (the logger never retrieved it) gets the lowest
+    score of its query's candidates in ``source``: it was never in contention.
+    """
+    out = np.zeros(slates.rows.shape, np.float64)
+    for b in range(len(slates)):
+        real = source.rows[b] >= 0
+        by_row = dict(zip(source.rows[b][real].tolist(), np.asarray(scores[b])[real].tolist()))
+        floor = min(by_row.values()) if by_row else 0.0
+        for n, r in enumerate(slates.rows[b]):
+            if r >= 0:
+                out[b, n] = by_row.get(int(r), floor)
+    return out
+
+
+def logging_scores(model: str, cl: pd.DataFrame, slates, pipe, base: Path | None = None, served=None) -> tuple[np.ndarray, dict]:
     """``(scores [B, N], info)``: the ranker of model directory ``model`` scoring every candidate of ``slates``.
 
-    ``info`` names the model's version and the share of the logged searches (``cl``) it served;
-    a direct method conditioned on the scores of a model that served none of them learns nothing
-    about the selection, so that is an error.
+    ``served`` (:func:`served_slates`): the slates as that model served them, when its query
+    understanding rewrote queries; it is scored there, as it ranked, and the scores are carried onto
+    ``slates``' candidates (:func:`on_candidates`). ``info`` names the model's version and the share of the
+    logged searches (``cl``) it served; a direct method conditioned on the scores of a model that served
+    none of them learns nothing about the selection, so that is an error.
     """
     from ..modeldir import ModelDir
 
-    path = Path(model)
-    if base is not None and not path.is_absolute():
-        path = base / path
-    md = ModelDir.open(path)
+    md = ModelDir.open(_model_path(model, base))
     version = md.version()
     share = float((cl.drop_duplicates("query_id")["model_version"] == version).mean())
     if share == 0:
-        served = ", ".join(sorted(cl["model_version"].astype(str).unique())[:5])
-        raise FusionrankError(f"logging_model {model}: version {version} served none of the logged searches (served by: {served})")
-    return md.load_ranker().predict(slates, pipe.catalog.tables()), {"version": version, "share_of_searches": share}
+        served_by = ", ".join(sorted(cl["model_version"].astype(str).unique())[:5])
+        raise FusionrankError(f"logging_model {model}: version {version} served none of the logged searches (served by: {served_by})")
+    ranker = md.load_ranker()
+    if served is None:
+        return ranker.predict(slates, pipe.catalog.tables()), {"version": version, "share_of_searches": share, "rewritten": False}
+    scores = on_candidates(ranker.predict(served, pipe.catalog.tables()), served, slates)
+    return scores, {"version": version, "share_of_searches": share, "rewritten": True}
 
 
 def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None = None):
@@ -209,11 +255,14 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
         counts = cl.groupby(["user_query", "product_id"]).size()
         slates = pipe.slates([f"clicks-{i:06d}" for i in range(len(texts))], texts)
         ids = pipe.catalog.ids
-        skew = skew_check(cl, store, slates, ids)
+        # what the logging model ranked: with query understanding, the rewritten queries' candidates and features
+        served = served_slates(cfg.logging_model, slates, pipe, base) if cfg.logging_model is not None else None
+        skew = skew_check(cl, store, slates if served is None else served, ids)
     log(f"  skew check (logged vs recomputed features of {skew['products_checked']:,} shown products): "
         f"max |difference| {skew['max_abs_difference']:.2e}")
     if skew["max_abs_difference"] > 1e-4:
-        log("  warning: the features the service logged differ from the ranking path's now; the catalogue, its index or "
+        log("  warning: the features the service logged differ from the ranking path's now; the searches were served "
+            "through a query understanding that logging_model does not name, or the catalogue, its index or "
             "the candidate settings changed since the searches were served")
     kw = {"weights": cfg.action_weights, **({"position": cfg.position} if cfg.labels != "naive" else {})}
     known = among_candidates(cl, slates, ids)
@@ -222,7 +271,8 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
         cl = cl[known]
     logging_info = None
     if cfg.labels == "dr":
-        scores, logging_info = (None, None) if cfg.logging_model is None else logging_scores(cfg.logging_model, cl, slates, pipe, base)
+        scores, logging_info = (None, None) if cfg.logging_model is None else \
+            logging_scores(cfg.logging_model, cl, slates, pipe, base, served)
         if logging_info is not None:
             log(f"  logging model {logging_info['version']}: served {logging_info['share_of_searches']:.1%} of the searches")
         dm = fit_direct_method(slates, click_labels(cl, "affine", bias, **kw), ids, logging_scores=scores, regressor=cfg.dm_regressor)
