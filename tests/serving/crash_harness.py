@@ -64,7 +64,7 @@ class Server:
         t0 = time.time()
         err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen([self.python, "-m", "fusionrank.cli", "serve", str(self.model), "--port", str(self.port), *self.args],
-                                     stdout=subprocess.PIPE, stderr=err, env=self.env, text=True)
+                                     stdout=subprocess.PIPE, stderr=err, env=self.env, text=True, start_new_session=True)
         err.close()
         while time.time() - t0 < timeout:
             line = self.proc.stdout.readline()
@@ -81,9 +81,14 @@ class Server:
         raise RuntimeError("the service did not answer /healthz")
 
     def kill9(self) -> None:
+        """SIGKILL to the server and every process it started (``--workers``), as a machine or the OOM killer would."""
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: its worker processes
+            except ProcessLookupError:
+                pass
             self.proc.wait(timeout=30)
 
     def stop(self) -> None:

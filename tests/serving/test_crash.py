@@ -12,10 +12,10 @@ import pytest
 from crash_harness import Ledger, Server, check, load_then_kill, prepare_model, serve_env
 
 
-def _run(tiny_model, tmp_path, fusionrank_home, kills: int, seed: int):
+def _run(tiny_model, tmp_path, fusionrank_home, kills: int, seed: int, args: tuple = ()):
     env = serve_env(FUSIONRANK_HOME=str(fusionrank_home))
     model = prepare_model(tiny_model[0], tmp_path / "model", env)
-    server = Server(model, env)
+    server = Server(model, env, args=args)
     ledger = Ledger()
     rng = random.Random(seed)
     server.start()
@@ -38,6 +38,12 @@ def _run(tiny_model, tmp_path, fusionrank_home, kills: int, seed: int):
 
 def test_kill9_under_load_loses_nothing_acknowledged(tiny_model, tmp_path, fusionrank_home):
     _run(tiny_model, tmp_path, fusionrank_home, kills=2, seed=1)
+
+
+def test_kill9_of_every_worker_under_load_loses_nothing_acknowledged(tiny_model, tmp_path, fusionrank_home):
+    """``serve --workers 2``: writes go to the shared change log under its lock, events to the one store; SIGKILL to
+    the supervisor and both workers at once, restart, and every acknowledged write, search and event is there."""
+    _run(tiny_model, tmp_path, fusionrank_home, kills=2, seed=3, args=("--workers", "2"))
 
 
 @pytest.mark.slow
