@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from test_cli_serve import _free_port, _wait_url
+from crash_harness import Server
 
 ADMIN, EVENTS = "workers-admin", "workers-events"
 WORKERS = 2
@@ -27,21 +24,14 @@ def served(tiny_model, tmp_path, fusionrank_home):
     """``fusionrank serve MODEL --workers 2`` over a private copy of the tiny model and its index."""
     model = tmp_path / "model"
     shutil.copytree(tiny_model[0], model, ignore=shutil.ignore_patterns("service-data"))
-    port = _free_port()
     env = {**os.environ, "FUSIONRANK_ADMIN_KEY": ADMIN, "FUSIONRANK_EVENTS_KEY": EVENTS,
            "FUSIONRANK_HOME": str(fusionrank_home), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port),
-                             "--workers", str(WORKERS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    server = Server(model, env, args=("--workers", WORKERS))
+    server.start(timeout=300)
     try:
-        url = _wait_url(proc, timeout=300)
-        yield url, model
+        yield server.url + "/", model  # as `fusionrank serve` prints it
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def each_worker(url: str, ask, times: int = 2, limit: int = 400) -> dict[str, list]:

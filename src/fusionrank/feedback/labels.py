@@ -497,8 +497,9 @@ def fit_direct_method(slates, labels: pd.DataFrame, ids, *, columns: list[int] |
     columns of ``slates.x`` (default all). ``regressor`` names one of :data:`DM_REGRESSORS`:
     ``ridge`` (features standardised first; ``ridge_alpha``), ``lightgbm`` (boosted trees; flat
     beyond the shown candidates' logging scores), ``lightgbm_linear`` (trees with linear leaves,
-    ``linear_lambda = ridge_alpha``: each continues its own slope) or ``partially_linear`` (a ridge on
-    everything plus trees on its residual, the logging score left out of the trees).
+    ``linear_lambda = ridge_alpha``: each continues its own slope), ``partially_linear`` (a ridge on
+    everything plus trees on its residual, the logging score left out of the trees) or
+    ``trees_plus_slope`` (trees on the features plus one slope in the logging score; needs it).
 
     ``logging_scores [B, N]``: the logging policy's score of every candidate (e.g. the served
     model's ``predict`` on ``slates``), added as one more feature relative to the query's best

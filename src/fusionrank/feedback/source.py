@@ -27,9 +27,9 @@ Steps (:func:`click_training_slates`):
    there is no silent fallback to "no position bias";
 3. each distinct logged query text becomes a training query; its candidates and features come from
    the ranking path (:meth:`~fusionrank.ranking.RankingPipeline.slates`), exactly as at serving time;
-4. a skew check: the logged features of the products shown are compared with the recomputed ones
-   (recomputed as ``logging_model`` served them, through its query understanding, when it is given)
-   (a mismatch means the catalogue or the candidate config changed since the searches were served);
+4. a skew check: the logged features of the products shown are compared with the recomputed ones,
+   recomputed as ``logging_model`` served them (through its query understanding) when it is given;
+   a mismatch means the catalogue or the candidate config changed since the searches were served;
 5. labels by the configured labeler, put on the slates (:func:`~fusionrank.feedback.labels.attach_click_labels`);
    for ``dr`` the direct method is fitted first, on the features and, given ``logging_model``, that
    model's scores of every candidate (:func:`~fusionrank.feedback.labels.fit_direct_method`).
@@ -42,7 +42,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import FusionrankError
@@ -124,9 +123,7 @@ def position_bias(cfg: EventsConfig, log: pd.DataFrame, base: Path | None = None
     if cfg.labels == "naive":
         return None
     if cfg.propensity.endswith(".json"):
-        p = Path(cfg.propensity)
-        p = p if p.is_absolute() or base is None else base / p
-        return PositionBias.load(p)
+        return PositionBias.load(_resolved(cfg.propensity, base))
     from .propensity import ESTIMATORS
 
     return ESTIMATORS.get(cfg.propensity)(log, ranks=int(log["rank"].max()))  # every rank the pages showed
@@ -153,9 +150,10 @@ def skew_check(log: pd.DataFrame, store, slates, ids, sample: int = 200, seed: i
     return {"products_checked": checked, "not_in_candidates": missing, "max_abs_difference": worst}
 
 
-def _model_path(model: str, base: Path | None) -> Path:
-    path = Path(model)
-    return base / path if base is not None and not path.is_absolute() else path
+def _resolved(path: str, base: Path | None) -> Path:
+    """A path from the config, relative to the config's folder ``base`` unless absolute."""
+    p = Path(path)
+    return base / p if base is not None and not p.is_absolute() else p
 
 
 def served_slates(model: str, slates, pipe, base: Path | None = None):
@@ -171,7 +169,7 @@ def served_slates(model: str, slates, pipe, base: Path | None = None):
     from ..modeldir import ModelDir
     from ..ranking import RankingPipeline
 
-    u = ModelDir.open(_model_path(model, base)).understanding()
+    u = ModelDir.open(_resolved(model, base)).understanding()
     if u is None:
         return None
     served = RankingPipeline.over(pipe.catalog, None, pipe.encoder, understanding=u).slates(list(slates.query_ids), list(slates.queries))
@@ -206,7 +204,7 @@ def logging_scores(model: str, cl: pd.DataFrame, slates, pipe, base: Path | None
     """
     from ..modeldir import ModelDir
 
-    md = ModelDir.open(_model_path(model, base))
+    md = ModelDir.open(_resolved(model, base))
     version = md.version()
     share = float((cl.drop_duplicates("query_id")["model_version"] == version).mean())
     if share == 0:
@@ -225,9 +223,7 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
     from .store import open_existing
 
     t0 = time.perf_counter()
-    store_url = cfg.store
-    if base is not None and "://" not in store_url and not Path(store_url).is_absolute():
-        store_url = str(base / store_url)
+    store_url = cfg.store if "://" in cfg.store else str(_resolved(cfg.store, base))
     with open_existing(store_url, cfg.key_file) as store:
         bounds = [b for b in (cfg.since, time.time() - cfg.since_days * 86400 if cfg.since_days else None) if b is not None]
         since = max(bounds) if bounds else None
