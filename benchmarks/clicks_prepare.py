@@ -71,6 +71,8 @@ def prepare(out: Path, candidates: int = 200, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     config = bench_config(candidates)
     src, ws, cat, _, tq, vq = prepare_training(config, None, log, progress=False)
+    # the dev slates of title_sparse need that field encoded too (the model trains on title alone); cached when done
+    ws.encode(cat.products, config.encode_settings(FIELDS), log, False, modalities=config.encoded_modalities(), engine=config.engine)
     train_q = split_frame(cat, "train")
     dev_q = split_frame(cat, "dev")
     enc = QueryEncoder(text_encoder=config.text_encoder_spec, cache_size=len(train_q) + len(dev_q) + 16)

@@ -7,11 +7,13 @@ Defaults use the learning-from-clicks benchmark's model and 44k serving index
 Measured in one run:
 
 1. **Search p99 with feature logging on vs off**, in process (:class:`SearchService`, the full
-   catalogue, one client): every query of ``--queries`` (1,500) distinct fashion44k train/dev queries is searched
-   twice, once with each setting, in alternating order (the second search of a query hits the
-   query-vector cache either way). Logging on stores the served slate (features, masks, query
+   catalogue, one client, the model's serving index): every query of ``--queries`` (1,500) distinct fashion44k
+   train/dev queries is searched once per arm, in a rotating order (the later searches of a query hit the
+   query-vector cache whichever arm they are): logging on, off, and on with the search's commit waiting for the disk
+   (``EventStore.durable_searches``). Logging on stores the served slate (features, masks, query
    vector, product vector keys) in the same SQLite transaction as the search; the product vectors
-   are archived once when the service starts (timed: ``start_s`` on a new store).
+   are archived once when the service starts (timed: ``start_s`` on a new store). A 95% bootstrap
+   interval of the p99 difference is reported beside it.
 2. **Events/s through ``POST /events``** (the real ``fusionrank serve``, uvicorn, events key),
    4 client threads in this process posting batches of 1, 10 and 100 click events for
    searches the server issued, for ``--seconds`` each: SQLite (the default store), PostgreSQL (a
@@ -68,41 +70,60 @@ def pct(xs, p):
 
 
 # 1 -------------------------------------------------------------------------------------------
+ARMS = ("on", "off", "on, fsync per search")
+
+
+def bootstrap_diff(a, b, q: float = 99, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of ``percentile(a, q) - percentile(b, q)`` (each side resampled on its own)."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a), np.asarray(b)
+    d = [np.percentile(a[rng.integers(0, len(a), len(a))], q) - np.percentile(b[rng.integers(0, len(b), len(b))], q)
+         for _ in range(n)]
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
 def p99_on_off(model: Path, index: Path, n: int) -> dict:
+    """Every query searched once per arm, the arms in a rotating order (the second and third searches of a query hit the
+    query-vector cache whichever arm they are): feature logging on, off, and on with the search's commit waiting for
+    the disk (``synchronous=FULL``, as every search was committed before searches stopped waiting for it)."""
     from fusionrank.ranking import QueryEncoder
     from fusionrank.serving.index import SearchIndex
     from fusionrank.serving.service import SearchService, load_handle
+    from fusionrank.modeldir import ModelDir
 
     work = Path(tempfile.mkdtemp(prefix="fr-p99-"))
     idx = SearchIndex.load(index, log=lambda m: None)
     h = load_handle(model)
-    from fusionrank.modeldir import ModelDir
-
     t0 = time.perf_counter()
     svc = SearchService(idx, h, QueryEncoder(text_encoder=ModelDir.open(model).config().text_encoder_spec),
                         data_dir=work / "data", log=None)
     start_s = time.perf_counter() - t0
-    qs = queries(n + 50)
+    store = svc.events
+    qs = queries(n + 200)
     for q in qs[n:]:
         svc.search(q, k=10)  # warm-up (not timed)
-    times = {True: [], False: []}
-    log_ms = {True: [], False: []}
+    times = {a: [] for a in ARMS}
+    log_ms = {a: [] for a in ARMS}
     for i, q in enumerate(qs[:n]):
-        order = (True, False) if i % 2 == 0 else (False, True)
-        for on in order:
-            svc.feature_logging = on
+        for arm in ARMS[i % 3:] + ARMS[:i % 3]:
+            svc.feature_logging = arm != "off"
+            store.durable_searches = arm == "on, fsync per search"
             t0 = time.perf_counter()
             r = svc.search(q, k=10)
-            times[on].append((time.perf_counter() - t0) * 1e3)
-            log_ms[on].append(r["timings_ms"]["log_ms"])
+            times[arm].append((time.perf_counter() - t0) * 1e3)
+            log_ms[arm].append(r["timings_ms"]["log_ms"])
+    store.durable_searches = False
     counts = svc.events.counts()
     svc.close()
     size = sum(p.stat().st_size for p in (work / "data").glob("events.sqlite*"))
-    out = {}
-    for on in (True, False):
-        out["on" if on else "off"] = {"p50_ms": pct(times[on], 50), "p99_ms": pct(times[on], 99), "mean_ms": statistics.mean(times[on]),
-                                      "log_p50_ms": pct(log_ms[on], 50), "log_p99_ms": pct(log_ms[on], 99), "searches": len(times[on])}
+    out = {"arms": {}}
+    for arm in ARMS:
+        out["arms"][arm] = {"p50_ms": pct(times[arm], 50), "p99_ms": pct(times[arm], 99), "mean_ms": statistics.mean(times[arm]),
+                            "log_p50_ms": pct(log_ms[arm], 50), "log_p99_ms": pct(log_ms[arm], 99), "searches": len(times[arm])}
+    out["p99_on_minus_off_ci95"] = bootstrap_diff(times["on"], times["off"])
+    out["log_p99_on_minus_off_ci95"] = bootstrap_diff(log_ms["on"], log_ms["off"])
     out["store_bytes"], out["store_counts"], out["start_s"] = size, counts, start_s
+    out["index"] = str(index)
     return out
 
 
@@ -236,7 +257,8 @@ def main() -> None:
     bench = get_settings().home / "bench-clicks"
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=bench / "models" / "full")
-    ap.add_argument("--index", type=Path, default=bench / "index")
+    ap.add_argument("--index", type=Path, default=None, help="serving index (default: the model's own, built with the "
+                    "config's codec if missing, as `fusionrank index` does)")
     ap.add_argument("--before", default="ea16c35")
     ap.add_argument("--queries", type=int, default=1500)
     ap.add_argument("--seconds", type=float, default=6.0)
@@ -244,6 +266,13 @@ def main() -> None:
     ap.add_argument("--parts", default="p99,throughput,kill9", help="parts to run; the others are kept from the last results")
     a = ap.parse_args()
     parts = set(a.parts.split(","))
+    if a.index is None:
+        from fusionrank.modeldir import ModelDir
+
+        md = ModelDir.open(a.model)
+        if not (md.index_dir / "index.json").exists():
+            md.build_index(log=lambda m: None)
+        a.index = md.index_dir
     prev = RESULTS / "event_logging.json"
     res = json.loads(prev.read_text()) if prev.exists() and parts != {"p99", "throughput", "kill9"} else {}
     res["load_before"] = machine_load()
@@ -256,21 +285,29 @@ def main() -> None:
         res["kill9"] = kills(a.model, a.index, a.kills)
     res["load_after"] = machine_load()
     (RESULTS / "event_logging.json").write_text(json.dumps(res, indent=1, default=str))
-    on, off = res["p99"]["on"], res["p99"]["off"]
+    p = res["p99"]
+    arms = p["arms"]
+    on, off = arms["on"], arms["off"]
     t = {k: {int(b): v for b, v in d.items()} for k, d in res["throughput"].items()}  # JSON keys are strings
     base = t.get("before (JSONL)", {})
+    lo, hi = p["p99_on_minus_off_ci95"]
+    llo, lhi = p["log_p99_on_minus_off_ci95"]
     L = ["# Event store under the service", "", "`.venv/bin/python benchmarks/event_logging.py` (one run; the 44k catalogue and "
          "the learning-from-clicks benchmark's full-information model).", "",
          f"## Search latency with feature logging on and off (in process, one client, {on['searches']} queries each, interleaved)", "",
-         "| | p50 ms | p99 ms | mean ms | logging p50 ms | logging p99 ms |", "|---|---:|---:|---:|---:|---:|",
-         f"| feature logging on | {on['p50_ms']:.2f} | {on['p99_ms']:.2f} | {on['mean_ms']:.2f} | {on['log_p50_ms']:.2f} | {on['log_p99_ms']:.2f} |",
-         f"| feature logging off | {off['p50_ms']:.2f} | {off['p99_ms']:.2f} | {off['mean_ms']:.2f} | {off['log_p50_ms']:.2f} | {off['log_p99_ms']:.2f} |",
-         f"| on - off | {on['p50_ms'] - off['p50_ms']:+.2f} | {on['p99_ms'] - off['p99_ms']:+.2f} | {on['mean_ms'] - off['mean_ms']:+.2f} | "
-         f"{on['log_p50_ms'] - off['log_p50_ms']:+.2f} | {on['log_p99_ms'] - off['log_p99_ms']:+.2f} |", "",
-         "The logging columns time the store write alone (the part feature logging changes); the whole search's p99 "
-         "comes from the other stages' tail and moves by a few ms between runs either way.", "",
-         f"Store after the run: {res['p99']['store_counts']}, {res['p99']['store_bytes'] / 1e6:.1f} MB; opening the service on a "
-         f"new store (archiving every product's vectors once) took {res['p99'].get('start_s', float('nan')):.1f} s.", "",
+         f"Index: `{p.get('index', '?')}`. Each query is searched once per row, the rows in a rotating order. *on, fsync per "
+         "search*: feature logging on, and the search's commit waits for the disk, as every search did before searches "
+         "were committed without waiting for it (events still are).", "",
+         "| | p50 ms | p99 ms | mean ms | logging p50 ms | logging p99 ms |", "|---|---:|---:|---:|---:|---:|"]
+    for name, v in arms.items():
+        L.append(f"| feature logging {name} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['mean_ms']:.2f} | {v['log_p50_ms']:.2f} | "
+                 f"{v['log_p99_ms']:.2f} |")
+    L += [f"| on - off | {on['p50_ms'] - off['p50_ms']:+.2f} | **{on['p99_ms'] - off['p99_ms']:+.2f}** | {on['mean_ms'] - off['mean_ms']:+.2f} | "
+          f"{on['log_p50_ms'] - off['log_p50_ms']:+.2f} | {on['log_p99_ms'] - off['log_p99_ms']:+.2f} |", "",
+          f"95% bootstrap interval of the p99 difference (on - off): whole search [{lo:+.2f}, {hi:+.2f}] ms; the store write alone "
+          f"[{llo:+.2f}, {lhi:+.2f}] ms. The logging columns time the store write alone (the part feature logging changes).", "",
+          f"Store after the run: {p['store_counts']}, {p['store_bytes'] / 1e6:.1f} MB; opening the service on a "
+          f"new store (archiving every product's vectors once) took {p.get('start_s', float('nan')):.1f} s.", "",
          "## Events/s through POST /events (real `fusionrank serve` process; 4 client threads in the benchmark process on the same 2 cores; events key)", "",
          "| store | batch 1 | batch 10 | batch 100 |", "|---|---:|---:|---:|"]
     for name, v in t.items():

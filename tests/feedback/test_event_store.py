@@ -240,15 +240,20 @@ def test_hash_key_file_is_made_once(tmp_path, monkeypatch):
 
 _WRITER = textwrap.dedent("""
     import sys, time
-    from fusionrank.feedback.schema import Event
+    import numpy as np
+    from fusionrank.feedback.schema import Event, SearchLog, ServedSlate
     from fusionrank.feedback.store import open_store
     st = open_store(sys.argv[1], bytes.fromhex(sys.argv[2]))
     i = 0
     while True:
-        batch = [Event("click", f"q{i + j}", f"p{i + j}", 1) for j in range(int(sys.argv[3]))]
+        n = int(sys.argv[3])
+        slate = ServedSlate([f"p{i + j}" for j in range(n)], np.ones(n, np.float32), np.ones((n, 4), np.float32),
+                            np.ones((n, 2), bool), np.full(8, i, np.float32), [f"v{i + j}" for j in range(n)], list(range(1, n + 1)))
+        st.log_search(SearchLog(f"s{i}", "query", time.time(), "m1", slate))  # committed without waiting for the disk
+        batch = [Event("click", f"s{i}", f"p{i + j}", j + 1) for j in range(n)]
         st.record_events(batch)
         i += len(batch)
-        print(i - 1, flush=True)  # acknowledged: every event up to this sequence number is committed
+        print(i - 1, flush=True)  # acknowledged: every search and event up to this sequence number is committed
 """)
 
 
@@ -277,8 +282,10 @@ def test_acknowledged_events_survive_sigkill(store_url, batch):
     assert acked >= 300, p.stderr.read()[-2000:]
     with open_store(store_url, HASH_KEY) as st:
         stored = {int(e["object_id"][1:]) for e in st.iter_events()}
+        searches = st.searches([f"s{i}" for i in range(0, acked + 1, batch)])
     assert set(range(acked + 1)) <= stored
     assert len(stored) % batch == 0  # whole batches only: a batch is one transaction
+    assert len(searches) == (acked + 1) // batch  # every search an acknowledged event names
 
 
 def test_a_search_with_no_results(store):
@@ -303,10 +310,44 @@ def test_click_log_dtypes_do_not_depend_on_the_rows(store):
 
 
 def test_sqlite_commits_are_synchronous_in_wal_mode(tmp_path):
-    with open_store(tmp_path / "e.sqlite", HASH_KEY) as st:
+    """Events (and every write but searches) fsync at commit; searches do not wait for the disk."""
+    rng = np.random.default_rng(8)
+
+    def synchronous(st):
         with st._tx(write=False) as cur:
             assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsync at every commit
+            return cur.execute("PRAGMA synchronous").fetchone()[0]
+
+    with open_store(tmp_path / "e.sqlite", HASH_KEY) as st:
+        assert synchronous(st) == 2  # FULL: fsync at every commit
+        st.log_search(make_search("q1", make_slate(rng), 1.0))
+        assert synchronous(st) == 1  # NORMAL: the search's commit did not fsync
+        st.record_events([Event("click", "q1", "p1", 1)])
+        assert synchronous(st) == 2  # the event's commit fsyncs the WAL, the search before it included
+        st.put_vectors("k", [np.ones(2, np.float32)])
+        assert synchronous(st) == 2
+
+
+def test_sqlite_checkpoints_run_off_the_committing_thread(tmp_path):
+    """Commits never checkpoint (``wal_autocheckpoint=0``); the store's own thread copies the WAL into the database."""
+    path = tmp_path / "e.sqlite"
+    rng = np.random.default_rng(9)
+    st = open_store(path, HASH_KEY)
+    try:
+        with st._tx(write=False) as cur:
+            assert cur.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        size0 = path.stat().st_size
+        st.log_searches([make_search(f"q{i}", make_slate(rng, n=10, dim=384), float(i)) for i in range(300)])
+        deadline = time.monotonic() + 10
+        while path.stat().st_size <= size0 and time.monotonic() < deadline:  # only a checkpoint writes the main file
+            time.sleep(0.05)
+        assert path.stat().st_size > size0
+        assert st._checkpointer.is_alive()
+    finally:
+        st.close()
+    assert not st._checkpointer.is_alive()  # close stops it
+    with open_store(path, HASH_KEY) as again:
+        assert again.counts()["queries"] == 300
 
 
 def test_a_damaged_store_file_is_named_and_left_alone(tmp_path):

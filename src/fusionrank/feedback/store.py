@@ -6,10 +6,20 @@ what differs between the two engines (placeholder, auto-increment key, binary ty
 - **SQLite** (the embedded default: a file path or ``sqlite:///PATH``), in WAL mode with
   ``synchronous=FULL``, so a commit is on disk when the call returns. One connection per
   thread; writes are serialised by a lock (SQLite has one writer anyway) and start with
-  ``BEGIN IMMEDIATE``. The file (and its ``-wal``/``-shm`` companions, which SQLite
+  ``BEGIN IMMEDIATE``. WAL checkpoints run in a background thread of the store, not in
+  the committing request. The file (and its ``-wal``/``-shm`` companions, which SQLite
   creates with the database file's mode) is 0600, a folder created for it 0700.
 - **PostgreSQL** (``postgresql://...``, psycopg 3): a small pool of connections; the
   server's default ``synchronous_commit=on`` makes a commit durable on return.
+
+**Searches are committed without waiting for the disk** (:meth:`EventStore.log_searches`: SQLite
+``synchronous=NORMAL`` for that transaction, PostgreSQL ``SET LOCAL synchronous_commit = off``), so
+the search path pays no fsync. A logged search survives its process being killed at any point
+(the operating system, or the PostgreSQL server, holds the committed bytes). After a power cut or
+an operating-system crash, only the last searches that no acknowledged event names can be
+missing: both engines' write-ahead logs are sequential, so the durable commit of an event flushes
+every search committed before it, including the one the event names. Events and everything else
+are durable on return.
 
 Tables (see :mod:`fusionrank.feedback.schema` for what each record means): ``meta``
 (schema version, a check value of the hash key), ``queries``, ``slates`` (content-keyed,
@@ -161,10 +171,12 @@ class EventStore:
     """Searches, slates, events and vectors in one SQL database (use :func:`open_store`).
 
     Thread-safe: every public method may be called from any thread. Each write method is
-    one transaction and returns once it is committed (durable).
+    one transaction and returns once it is committed (durable; searches: see :meth:`log_searches`).
     """
 
     dialect: Dialect
+    #: commit searches waiting for the disk as well (off: see the module's docstring for what that risks)
+    durable_searches: bool = False
 
     def __init__(self, hash_key: bytes, retention_days: float | None = None):
         if not isinstance(hash_key, (bytes, bytearray)) or len(hash_key) < 16:
@@ -175,7 +187,9 @@ class EventStore:
 
     # engine-specific -------------------------------------------------------
     @contextmanager
-    def _tx(self, write: bool = True) -> Iterator[Any]:  # yields a DB-API cursor inside one transaction
+    def _tx(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
+        """A DB-API cursor inside one transaction. ``durable=False`` (searches only): the commit does not wait for the
+        disk (see the module's docstring for what that risks and what it does not)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -249,19 +263,21 @@ class EventStore:
         return qrows, srows
 
     def log_search(self, s: SearchLog) -> None:
-        """Store one search (its ``queries`` row and, if new, its slate) in one transaction; durable on return."""
+        """Store one search (its ``queries`` row and, if new, its slate) in one transaction (see :meth:`log_searches`)."""
         self.log_searches([s])
 
     def log_searches(self, logs: Sequence[SearchLog]) -> None:
         """Store many searches in one transaction (``executemany``); a query id already stored is left as it was.
 
         The product vectors a search carries (``SearchLog.vectors``: first served with it) go in the same transaction.
+        Committed without waiting for the disk: it survives a killed process; after a power cut, it survives if an
+        event committed after it did (see the module's docstring).
         """
         qrows, srows = self._search_rows(logs)
         if not qrows:
             return
         vrows = [self._vector_row(k, rows) for s in logs for k, rows in (s.vectors or {}).items()]
-        with self._tx() as cur:
+        with self._tx(durable=self.durable_searches) as cur:
             if vrows:
                 self._xm(cur, _INSERT_VECTOR, vrows)
             self._xm(cur, _INSERT_SLATE, srows)
@@ -583,7 +599,11 @@ class SQLiteEventStore(EventStore):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._init_schema()
+        self._stop_checkpoints = threading.Event()
+        self._checkpointed = time.monotonic()  # when the checkpointer last ran
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name=f"checkpoint {self.path.name}", daemon=True)
+        self._init_schema()  # before the thread starts: a file that is not a database fails here, with no thread left
+        self._checkpointer.start()
         for suffix in ("-wal", "-shm"):
             p = Path(str(self.path) + suffix)
             if p.exists():
@@ -601,16 +621,42 @@ class SQLiteEventStore(EventStore):
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("PRAGMA synchronous=FULL")
             c.execute("PRAGMA busy_timeout=30000")
+            c.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the committing request
+            c.execute("PRAGMA journal_size_limit=67108864")  # the WAL file shrinks back to 64 MB after a checkpoint
             self._local.conn = c
+            self._local.durable = True
             with self._conns_lock:
                 self._conns.append(c)
         return c
 
+    #: the checkpointer's period (s), and how long it may fall behind before a committing writer checkpoints itself
+    CHECKPOINT_EVERY_S, CHECKPOINT_LATE_S = 0.5, 30.0
+
+    def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database file every :attr:`CHECKPOINT_EVERY_S` (PASSIVE: never waits for a reader or a
+        writer), so commits on the request path do not pay for it."""
+        try:
+            c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        except sqlite3.Error:
+            return
+        try:
+            while not self._stop_checkpoints.wait(self.CHECKPOINT_EVERY_S):
+                try:
+                    c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self._checkpointed = time.monotonic()
+                except sqlite3.Error:  # busy or closing: the next round tries again
+                    pass
+        finally:
+            c.close()
+
     @contextmanager
-    def _tx(self, write: bool = True) -> Iterator[Any]:
+    def _tx(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
         c = self._conn()
         if write:
             with self._write_lock:
+                if self._local.durable != durable:  # per connection, outside a transaction
+                    c.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                    self._local.durable = durable
                 cur = c.cursor()
                 cur.execute("BEGIN IMMEDIATE")
                 try:
@@ -619,6 +665,8 @@ class SQLiteEventStore(EventStore):
                     c.rollback()
                     raise
                 c.commit()
+                if time.monotonic() - self._checkpointed > self.CHECKPOINT_LATE_S or not self._checkpointer.is_alive():
+                    c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # the checkpointer is not running, or stalled
         else:
             cur = c.cursor()
             cur.execute("BEGIN")  # one snapshot for every statement of a read
@@ -628,6 +676,9 @@ class SQLiteEventStore(EventStore):
                 c.rollback()
 
     def close(self) -> None:
+        self._stop_checkpoints.set()
+        if self._checkpointer.is_alive() and self._checkpointer is not threading.current_thread():
+            self._checkpointer.join(timeout=5)
         with self._conns_lock:
             self._closed = True
             for c in self._conns:
@@ -680,11 +731,13 @@ class PostgresEventStore(EventStore):
         self._slots.release()
 
     @contextmanager
-    def _tx(self, write: bool = True) -> Iterator[Any]:
+    def _tx(self, write: bool = True, durable: bool = True) -> Iterator[Any]:
         c = self._acquire()
         try:
             with c.cursor() as cur:
                 try:
+                    if write and not durable:
+                        cur.execute("SET LOCAL synchronous_commit = off")
                     yield cur
                 except BaseException:
                     c.rollback()
