@@ -48,6 +48,12 @@ def batches(order: np.ndarray, batch_size: int, steps: int) -> Iterator[np.ndarr
             yield np.take(order, np.arange(start, start + batch_size), mode="wrap")
 
 
+def epoch_line(rec: dict) -> str:
+    """One epoch of ``history_`` as the training log prints it."""
+    valid = f" valid ndcg@10 {rec['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in rec else ""
+    return f"  epoch {rec['epoch']:2d} loss {rec['loss']:.4f}{valid} ({rec['seconds']} s)"
+
+
 class EarlyStopping:
     """The best validation score so far, the weights that gave it, and the epochs since it improved (by more than 1e-5)."""
 
@@ -244,7 +250,7 @@ class NeuralRanker:
             rec["loss"], stop = replica.agree(rec["loss"], stop)
             self.history_.append(rec)
             if log:
-                log("  epoch {epoch:2d} loss {loss:.4f}".format(**rec) + (f" valid ndcg@10 {rec['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in rec else "") + f" ({rec['seconds']} s)")
+                log(epoch_line(rec))
             replica.epoch_done(self, rec)
             if stop:
                 break
