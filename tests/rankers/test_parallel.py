@@ -62,7 +62,7 @@ def test_local_engine_is_one_process():
 def test_ray_engine_errors_come_before_ray_starts(problem, tmp_path):
     ray = pytest.importorskip("ray")
     engine = TrainingEngine("ray", workers=2)
-    with pytest.raises(FusionrankError, match="trains neural rankers only; a 'lightgbm' ranker trains with --engine local"):
+    with pytest.raises(FusionrankError, match="trains neural rankers only; a .lightgbm. ranker trains with --engine local"):
         engine.fit(GBDTRanker(), problem.train, problem.groups, problem.tables, storage=tmp_path)
     n = len(trainable_slates(problem.train))
     with pytest.raises(FusionrankError, match=f"{n + 1} workers but only {n} training queries"):

@@ -61,6 +61,12 @@ class TrainingEngine:
         if self.name == "local" and (self.workers != 1 or self.address):
             raise FusionrankError("the local engine trains in this one process; --workers and --ray-address need --engine ray")
 
+    def check(self, ranker) -> None:
+        """Raise if this engine cannot train ``ranker``."""
+        if self.name == "ray" and not isinstance(ranker, NeuralRanker):
+            raise FusionrankError(f"the ray training engine trains neural rankers only; a {ranker.kind!r} ranker trains "
+                                  f"with --engine local, where each query group stays whole in one process")
+
     def fit(self, ranker, train, groups: Sequence[FeatureGroup], tables=None, valid=None, valid_ideal_dcg=None,
             storage: str | Path | None = None, log=print):
         """Fit ``ranker`` in place (and return it); ``storage`` is the model directory checkpoints go to."""
@@ -186,9 +192,7 @@ def fit_ray(ranker, train, groups, tables=None, valid=None, valid_ideal_dcg=None
             storage: str | Path | None = None, log=print):
     """Fit ``ranker`` (a :class:`NeuralRanker`) data-parallel on Ray Train; checkpoints under ``storage / ray_train``."""
     engine = engine or TrainingEngine("ray", 2)
-    if not isinstance(ranker, NeuralRanker):
-        raise FusionrankError(f"the ray training engine trains neural rankers only; a {ranker.kind!r} ranker trains with "
-                              f"--engine local, where each query group stays whole in one process")
+    engine.check(ranker)
     if storage is None:
         raise FusionrankError("the ray training engine needs a directory for its checkpoints (the model directory)")
     keep = ranker.prepare(train, groups, tables)  # the labels are checked here, before any worker starts
