@@ -10,7 +10,7 @@ relevance ``(2^g - 1)/15`` of the 200 candidates of each of the 3,000 fashion44k
 dev NDCG@10 on the 500 dev queries over the full catalogue (title field ``title``, ideal DCG from
 all judged products). Slates from ``$FUSIONRANK_HOME/bench-clicks`` (``clicks_prepare.py``).
 
-For every seed, in alternating order: ``NeuralRanker.fit`` in this process (torch 1 thread), and
+For every seed, in alternating order: ``NeuralRanker.fit`` in this process (``--local-threads``, 1), and
 ``fusionrank``'s ``ray`` training engine with ``--workers`` Ray Train workers (1 thread each) on a
 local Ray runtime started once (its start is timed apart). Two per-epoch times are given: the
 training steps alone (``history_`` seconds: batches, forward, backward, gradient all-reduce) and,
@@ -108,9 +108,13 @@ def checkpoint_walls(run_dir: Path) -> list[float]:
 
 
 def fit_local(data: Data, seed: int, a) -> dict:
+    import torch
+
+    torch.set_num_threads(a.local_threads)
     t0 = time.perf_counter()
     r = ranker(seed, a.epochs, a.batch).fit(data.train, data.groups, data.tables, log=None)
     wall = time.perf_counter() - t0
+    torch.set_num_threads(1)
     return {"fit_s": round(wall, 1), "epoch_s": [h["seconds"] for h in r.history_], "ndcg@10": dev_ndcg(r, data),
             "loss": [round(h["loss"], 5) for h in r.history_]}
 
@@ -142,7 +146,7 @@ def write(res: dict, stem: str) -> None:
              f"Command: `{res['command']}` ({res['started']} UTC, {res['seconds_total']} s). {res['data']}. "
              f"The full-information ranker of `learning_from_clicks.py` (gated fusion, MLP head 64, `ips_listwise` on "
              f"`(2^g-1)/15`), {res['epochs']} epochs, global batch {res['batch']} slates ({w} workers x "
-             f"{-(-res['batch'] // w)}), no validation. One process: torch 1 thread. Ray: `--engine ray --workers {w}` on a local "
+             f"{-(-res['batch'] // w)}), no validation. One process: torch {res['local_threads']} thread(s). Ray: `--engine ray --workers {w}` on a local "
              f"Ray runtime ({res['ray_init_s']} s to start, once), DDP over gloo, 1 thread per worker, a checkpoint per epoch. "
              f"Dev NDCG@10: title field `title`, full catalogue, ideal DCG from all judged products. "
              f"Seeds run in alternating order ({', '.join(res['order'])}).", "",
@@ -172,6 +176,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--local-threads", type=int, default=1, help="torch threads of the one-process fit")
     ap.add_argument("--out", type=Path, default=None, help="the clicks_prepare.py folder (default $FUSIONRANK_HOME/bench-clicks)")
     ap.add_argument("--synthetic", type=int, default=0, help="train on N synthetic queries instead (a dry run)")
     ap.add_argument("--results", default="ray_train", help="results file stem under benchmarks/results")
@@ -194,7 +199,7 @@ def main() -> None:
     ray_init_s = round(time.perf_counter() - t0, 1)
     seeds = [int(s) for s in a.seeds.split(",")]
     res: dict = {"command": "benchmarks/ray_train.py " + " ".join(sys.argv[1:]), "started": started, "data": data.what,
-                 "workers": a.workers, "epochs": a.epochs, "batch": a.batch, "ray_init_s": ray_init_s, "seeds": {}, "order": []}
+                 "workers": a.workers, "local_threads": a.local_threads, "epochs": a.epochs, "batch": a.batch, "ray_init_s": ray_init_s, "seeds": {}, "order": []}
     try:
         with tempfile.TemporaryDirectory(prefix="ray-train-bench-") as tmp:
             for i, seed in enumerate(seeds):
