@@ -60,12 +60,14 @@ def fashion_data(out: Path) -> Data:
     """The learning-from-clicks full-information training slates, the dev slates on titles, the title tables."""
     from clicks_prepare import bench_config, load_slates
 
-    from fusionrank.experiment import prepare_training
     from fusionrank.feedback.clickmodels import GradeRelevance
     from fusionrank.ranking import CatalogTables, feature_groups
+    from fusionrank.workspace import Workspace, resolve_source
 
     config = bench_config()
-    _, ws, cat, _, _, _ = prepare_training(config, None, lambda m: None, progress=False)
+    ws = Workspace(resolve_source(config.data.source, None), config.data.adapter, config.data.limit,
+                   adapter_args=config.data.adapter_args)
+    cat = ws.catalog(lambda m: None)  # ingested and encoded by clicks_prepare.py: only opened here
     tables = CatalogTables.from_store(cat.products, ws.store_dir, config.catalog_config("title", codec="exact"),
                                       config.text_encoder_name, config.transcriber_name, log=lambda m: None).tables()
     train, _ = load_slates(out / "slates_train.npz")
