@@ -74,9 +74,7 @@ class EarlyStopping:
 class Replica:
     """How a process takes part in :meth:`NeuralRanker.fit_loop`. This base class is the single process: it trains the
     network itself on every training slate, with ``batch_size`` slates per step, and decides alone when to stop.
-    A data-parallel worker (:class:`fusionrank.rankers.ray_train.RayReplica`) overrides these."""
-
-    rank = 0
+    A data-parallel worker (:class:`fusionrank.rankers.parallel.RayReplica`) overrides these."""
 
     def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
         """The module that runs forward and backward (e.g. a DistributedDataParallel wrapper of ``net``)."""
@@ -180,7 +178,7 @@ class NeuralRanker:
         ``train.y`` on real candidates (``rows >= 0``) must be finite; it may be negative only
         for a loss that takes signed labels. Slates whose labels are all 0 are skipped.
         ``valid=None`` trains for exactly ``epochs`` epochs (or ``max_train_seconds``).
-        Data-parallel training of the same loop: :func:`fusionrank.rankers.ray_train.fit_ray`.
+        Data-parallel training of the same loop: :func:`fusionrank.rankers.parallel.fit_ray`.
         """
         keep = self.prepare(train, groups, tables)
         net = self.init_net(tables, query_dim(train), self.standardisation(train))
