@@ -175,6 +175,8 @@ def write(res: dict, stem: str) -> None:
               f"{sm['local_ndcg']:.4f} ± {sm['local_ndcg_sd']:.4f} | {sm['ray_ndcg']:.4f} ± {sm['ray_ndcg_sd']:.4f} | "
               f"{sm['ray_ndcg'] - sm['local_ndcg']:+.4f} |", "",
               "## Machine", "", f"- before: {res['load_before']}", f"- after: {res['load_after']}", ""]
+    if res.get("notes"):  # the reading, written after the run into the .json
+        lines += ["## Reading", "", *(f"- {n}" for n in res["notes"]), ""]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
 
 
