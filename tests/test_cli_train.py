@@ -241,3 +241,29 @@ def test_train_bad_config(runner, tmp_path):
     r = runner.invoke(app, ["train", "--config", str(bad), "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "epoch" in r.stderr and "invalidexperimentconfig" in squash(r.stderr)
     assert not (tmp_path / "m").exists()
+
+
+def test_train_engine_errors(runner, tmp_path):
+    """Engine mistakes are reported before anything is prepared: an unknown name lists the valid ones."""
+    cfg = tmp_path / "gbdt.toml"
+    cfg.write_text('[data]\nsource = "nowhere"\n[scorer]\nname = "lightgbm"\n')
+    for extra, message in [(["--engine", "spark"], "unknowntrainingengine'spark';validnames:local,ray"),
+                           (["--workers", "2"], "--workersand--ray-addressneed--engineray"),
+                           (["--engine", "ray"], "'lightgbm'rankertrainswith--enginelocal")]:
+        r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "m"), *extra])
+        assert r.exit_code == 2 and message in squash(r.stderr), (extra, r.stderr)
+        assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_train_on_ray_then_evaluate(runner, cli_data, tmp_path):
+    """``--engine ray --workers 2`` writes the same model directory (plus its checkpoints), which evaluate opens unchanged."""
+    data, toml = cli_data
+    out = tmp_path / "ray_model"
+    ok(runner.invoke(app, ["train", "--config", str(toml), "--out", str(out), "--engine", "ray", "--workers", "2"]))
+    assert (out / "ray_train" / "final" / "ranker" / "weights.pt").is_file() and (out / "ranker" / "ranker.json").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training_engine"] == {"name": "ray", "workers": 2}
+    out_eval = json.loads(ok(runner.invoke(app, evaluate_args(out, data, None, "--json"))).stdout)
+    assert out_eval["ndcg@10"] == pytest.approx(metrics["dev/title_sparse"]["ndcg@10"], abs=1e-6)

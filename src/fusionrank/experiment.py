@@ -29,6 +29,7 @@ from .ranking import CandidateConfig, CatalogConfig, CatalogTables, RankingPipel
 from .ranking.tables import TABLE_DTYPES, dense_rows
 from .ranking.catalog import Bm25Config
 from .rankers import RANKERS, ranker_kind
+from .rankers.parallel import TrainingEngine
 from .feedback.source import EventsConfig
 from .workspace import Workspace, resolve_source
 
@@ -307,9 +308,15 @@ def prepare_training(config: ExperimentConfig, config_path: Path | None = None, 
 
 
 def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | None = None, log=print,
-          progress: bool = True, build_index: bool = True) -> dict[str, Any]:
-    """Prepare (ingest, encode; cached), build slates, fit the ranker, evaluate, save the model directory and its index."""
+          progress: bool = True, build_index: bool = True, engine: TrainingEngine | None = None) -> dict[str, Any]:
+    """Prepare (ingest, encode; cached), build slates, fit the ranker, evaluate, save the model directory and its index.
+
+    ``engine`` says where the ranker trains (:class:`~fusionrank.rankers.parallel.TrainingEngine`; default: this process).
+    """
     t_all = time.perf_counter()
+    engine = engine or TrainingEngine()
+    ranker = config.build_ranker()
+    engine.check(ranker)  # before the (long) preparation
     md = ModelDir(out_dir)
     src, ws, cat, enc_summary, tq, vq = prepare_training(config, config_path, log, progress)
     groups = feature_groups(config.modalities)
@@ -319,12 +326,12 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
         train_sl, valid_sl, tables, catalogs, clicks = click_training_data(cat, ws.store_dir, config, tq, vq, log, config_path)
     else:
         train_sl, valid_sl, tables, catalogs = training_data(cat.products, ws.store_dir, config, tq, vq, cat.qrels, log)
-    ranker = config.build_ranker()
     t0 = time.perf_counter()
-    ranker.fit(train_sl, groups, tables, valid=valid_sl,
-               valid_ideal_dcg=ideal_for(valid_sl, cat.qrels) if valid_sl is not None else None, log=log)
+    engine.fit(ranker, train_sl, groups, tables, valid=valid_sl,
+               valid_ideal_dcg=ideal_for(valid_sl, cat.qrels) if valid_sl is not None else None, storage=md.path, log=log)
     train_seconds = time.perf_counter() - t0
-    metrics: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "train_queries": len(tq) if clicks is None else len(train_sl),
+    metrics: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "training_engine": {"name": engine.name, "workers": engine.workers},
+                               "train_queries": len(tq) if clicks is None else len(train_sl),
                                "valid_queries": len(vq) if valid_sl is not None else 0,
                                "best_valid_ndcg@10": getattr(ranker, "best_valid_ndcg_", None)}
     if clicks is not None:

@@ -8,6 +8,7 @@
     MODEL_DIR/alpha.json      learned modality weights alpha_k or mean gate weights
     MODEL_DIR/metrics.json    validation and evaluation metrics
     MODEL_DIR/index/          the saved serving index (``fusionrank index``; ``fusionrank train`` writes it)
+    MODEL_DIR/ray_train/      Ray Train checkpoints per epoch (``fusionrank train --engine ray`` only)
 
 Preparing (ingest, encode, index) and opening are separate: :meth:`ModelDir.catalog_tables`
 and :meth:`ModelDir.open_index` read what exists and never encode or hash media; a

@@ -13,7 +13,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,76 @@ from .neural import FusionRankerNet
 
 def _to_t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
+
+def trainable_slates(slates) -> np.ndarray:
+    """Indices of the slates with a non-zero label on a real candidate: all-zero slates carry no ranking signal."""
+    return np.flatnonzero(((slates.y != 0) & (slates.rows >= 0)).any(1))
+
+
+def query_dim(slates) -> int:
+    return slates.q.shape[1] if slates.q is not None else 1
+
+
+def batches(order: np.ndarray, batch_size: int, steps: int) -> Iterator[np.ndarray]:
+    """``steps`` consecutive batches of ``order``; past its end (a shard shorter than another worker's) they wrap around."""
+    for s in range(steps):
+        start = s * batch_size
+        if start < len(order):
+            yield order[start:start + batch_size]
+        else:
+            yield np.take(order, np.arange(start, start + batch_size), mode="wrap")
+
+
+def epoch_line(rec: dict) -> str:
+    """One epoch of ``history_`` as the training log prints it."""
+    valid = f" valid ndcg@10 {rec['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in rec else ""
+    return f"  epoch {rec['epoch']:2d} loss {rec['loss']:.4f}{valid} ({rec['seconds']} s)"
+
+
+class EarlyStopping:
+    """The best validation score so far, the weights that gave it, and the epochs since it improved (by more than 1e-5)."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_state, self.bad = patience, -1.0, None, 0
+
+    def update(self, score: float, net: torch.nn.Module) -> None:
+        if score > self.best + 1e-5:
+            self.best, self.best_state, self.bad = score, copy.deepcopy(net.state_dict()), 0
+        else:
+            self.bad += 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.bad >= self.patience
+
+
+class Replica:
+    """How a process takes part in :meth:`NeuralRanker.fit_loop`. This base class is the single process: it trains the
+    network itself on every training slate, with ``batch_size`` slates per step, and decides alone when to stop.
+    A data-parallel worker (:class:`fusionrank.rankers.parallel.RayReplica`) overrides these."""
+
+    def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The module that runs forward and backward (e.g. a DistributedDataParallel wrapper of ``net``)."""
+        return net
+
+    def batch_size(self, batch_size: int) -> int:
+        """Slates per step in this process."""
+        return batch_size
+
+    def steps(self, n_slates: int, batch_size: int) -> int:
+        """Optimiser steps per epoch."""
+        return -(-n_slates // batch_size)
+
+    def agree(self, loss: float, stop: bool) -> tuple[float, bool]:
+        """The epoch's loss and stop decision every process uses."""
+        return loss, stop
+
+    def epoch_done(self, ranker: "NeuralRanker", rec: dict) -> None:
+        """Called after each epoch, in every process (e.g. to report and checkpoint)."""
+
+    def finished(self, ranker: "NeuralRanker") -> None:
+        """Called once the best weights are restored."""
 
 
 class NeuralRanker:
@@ -108,77 +178,109 @@ class NeuralRanker:
         ``train.y`` on real candidates (``rows >= 0``) must be finite; it may be negative only
         for a loss that takes signed labels. Slates whose labels are all 0 are skipped.
         ``valid=None`` trains for exactly ``epochs`` epochs (or ``max_train_seconds``).
+        Data-parallel training of the same loop: :func:`fusionrank.rankers.parallel.fit_ray`.
         """
+        keep = self.prepare(train, groups, tables)
+        net = self.init_net(tables, query_dim(train), self.standardisation(train))
+        return self.fit_loop(net, train, keep, tables, valid, valid_ideal_dcg, log)
+
+    def prepare(self, train, groups: Sequence[FeatureGroup], tables: dict[str, np.ndarray] | None) -> np.ndarray:
+        """Check the labels and tables and set ``groups_``, ``n_features_``; the indices of the slates to train on."""
         if train.y is None:
             raise FusionrankError("training slates have no labels (qrels)")
-        pad = label_padding(self.loss["name"])
         real = train.rows >= 0
         labels = train.y[real]
         if not np.isfinite(labels).all():
             raise FusionrankError(f"training labels must be finite; found {int((~np.isfinite(labels)).sum())} that are not")
-        if pad == PADDED_Y_VALUE and (labels < 0).any():
+        if label_padding(self.loss["name"]) == PADDED_Y_VALUE and (labels < 0).any():
             signed = [n for n in LOSSES.names() if getattr(LOSSES.get(n), "signed_labels", False)]
             raise FusionrankError(f"loss {self.loss['name']!r} takes graded labels >= 0 but {int((labels < 0).sum())} are "
                                   f"negative; losses that take signed labels: {', '.join(signed)}")
-        torch.manual_seed(self.seed)
-        np.random.seed(self.seed)
-        rng = np.random.default_rng(self.seed)
         self.groups_ = list(groups)
         self._check_tables(tables)
         self.n_features_ = train.x.shape[-1]
-        qdim = train.q.shape[1] if train.q is not None else 1
-        net = self._build(self.groups_, tables, qdim)
-        valid_items = train.rows >= 0
+        return trainable_slates(train)
+
+    def standardisation(self, train) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of the ranker's scalar feature columns over the real candidates of ``train``."""
         cols = [c for g in self.groups_ for c in g.columns]
-        xv = train.x[valid_items][:, cols]
-        net.set_standardisation(_to_t(xv.mean(0)), _to_t(xv.std(0)))
+        xv = train.x[train.rows >= 0][:, cols]
+        return xv.mean(0), xv.std(0)
+
+    def init_net(self, tables: dict[str, np.ndarray] | None, qdim: int, stats: tuple[np.ndarray, np.ndarray]) -> FusionRankerNet:
+        """The untrained network: seeded (the same initial weights in every process), standardised with ``stats``."""
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        net = self._build(self.groups_, tables, qdim)
+        net.set_standardisation(_to_t(stats[0]), _to_t(stats[1]))
+        return net
+
+    def fit_loop(self, net: FusionRankerNet, train, keep: np.ndarray, tables: dict[str, np.ndarray] | None, valid=None,
+                 valid_ideal_dcg: np.ndarray | None = None, log=print, replica: "Replica | None" = None) -> "NeuralRanker":
+        """The epochs: shuffled batches of ``train[keep]``, loss, clipping, early stopping on validation NDCG@10.
+
+        ``replica`` says how this process takes part (:class:`Replica`: alone, the default; or one
+        worker of a data-parallel fit, which sees only its own shard of the queries in ``train``).
+        Every process runs the same number of steps per epoch, ``replica.steps`` batches.
+        """
+        replica = replica or Replica()
+        model = replica.wrap(net)
+        pad = label_padding(self.loss["name"])
         loss_fn = get_loss(self.loss["name"], **self.loss.get("args", {}))
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        best, best_state, bad = -1.0, None, 0
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        rng = np.random.default_rng(self.seed)
+        batch_size = replica.batch_size(self.batch_size)
+        steps = replica.steps(len(keep), batch_size)
+        stopping = EarlyStopping(self.patience)
         self.history_ = []
         t_start = time.perf_counter()
-        keep = np.flatnonzero(((train.y != 0) & real).any(1))  # all-zero slates carry no ranking signal
         for ep in range(self.epochs):
-            net.train()
             t0 = time.perf_counter()
-            order = rng.permutation(keep)
-            tot, nb = 0.0, 0
-            for i in range(0, len(order), self.batch_size):
-                idx = order[i:i + self.batch_size]
-                xs, ms, embs, qt = self._inputs(train.x, train.mask, train.rows, train.q, tables, idx)
-                y = _to_t(np.where(train.rows[idx] >= 0, train.y[idx], pad))
-                s = net(xs, ms, embs, qt)
-                loss = loss_fn(s, y, padded_value_indicator=pad)
-                opt.zero_grad()
-                loss.backward()
-                if self.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), self.clip_norm)
-                opt.step()
-                tot += loss.item()
-                nb += 1
-            rec: dict[str, Any] = {"epoch": ep, "loss": tot / max(nb, 1), "seconds": round(time.perf_counter() - t0, 2)}
+            net.train()
+            loss = self._train_epoch(model, opt, loss_fn, pad, train, tables, batches(rng.permutation(keep), batch_size, steps))
+            rec: dict[str, Any] = {"epoch": ep, "loss": loss, "seconds": round(time.perf_counter() - t0, 2)}
             self.net_ = net
             if valid is not None and valid.y is not None:
-                sc = self.predict(valid, tables)
-                nd = ndcg_at_k_padded(sc, np.where(valid.rows >= 0, valid.y, 0), 10, mask=valid.rows >= 0, ideal_dcg=valid_ideal_dcg)
-                rec["valid_ndcg@10"] = float(np.mean(nd))
-                if rec["valid_ndcg@10"] > best + 1e-5:
-                    best, best_state, bad = rec["valid_ndcg@10"], copy.deepcopy(net.state_dict()), 0
-                else:
-                    bad += 1
+                rec["valid_ndcg@10"] = self.valid_ndcg(valid, tables, valid_ideal_dcg)
+                stopping.update(rec["valid_ndcg@10"], net)
+            stop = (valid is not None and stopping.exhausted) or \
+                bool(self.max_train_seconds and time.perf_counter() - t_start > self.max_train_seconds)
+            rec["loss"], stop = replica.agree(rec["loss"], stop)
             self.history_.append(rec)
             if log:
-                log("  epoch {epoch:2d} loss {loss:.4f}".format(**rec) + (f" valid ndcg@10 {rec['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in rec else "") + f" ({rec['seconds']} s)")
-            if valid is not None and bad >= self.patience:
+                log(epoch_line(rec))
+            replica.epoch_done(self, rec)
+            if stop:
                 break
-            if self.max_train_seconds and time.perf_counter() - t_start > self.max_train_seconds:
-                break
-        if best_state is not None:
-            net.load_state_dict(best_state)
+        if stopping.best_state is not None:
+            net.load_state_dict(stopping.best_state)
         net.eval()
         self.net_ = net
-        self.best_valid_ndcg_ = best if best_state is not None else None
+        self.best_valid_ndcg_ = stopping.best if stopping.best_state is not None else None
+        replica.finished(self)
         return self
+
+    def _train_epoch(self, model: torch.nn.Module, opt, loss_fn, pad: float, train, tables, batch_indices) -> float:
+        """One pass of optimiser steps over ``batch_indices``; the mean batch loss."""
+        tot, nb = 0.0, 0
+        for idx in batch_indices:
+            xs, ms, embs, qt = self._inputs(train.x, train.mask, train.rows, train.q, tables, idx)
+            y = _to_t(np.where(train.rows[idx] >= 0, train.y[idx], pad))
+            loss = loss_fn(model(xs, ms, embs, qt), y, padded_value_indicator=pad)
+            opt.zero_grad()
+            loss.backward()
+            if self.clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip_norm)
+            opt.step()
+            tot += loss.item()
+            nb += 1
+        return tot / max(nb, 1)
+
+    def valid_ndcg(self, valid, tables, valid_ideal_dcg: np.ndarray | None = None) -> float:
+        """Mean NDCG@10 of the current network over ``valid`` (the early-stopping criterion)."""
+        sc = self.predict(valid, tables)
+        nd = ndcg_at_k_padded(sc, np.where(valid.rows >= 0, valid.y, 0), 10, mask=valid.rows >= 0, ideal_dcg=valid_ideal_dcg)
+        return float(np.mean(nd))
 
     def _check(self) -> None:
         if self.net_ is None:
