@@ -119,6 +119,24 @@ def test_ann_index_finds_the_exact_neighbours_and_follows_deletes(codec):
 
 
 @pytest.mark.parametrize("codec", ["flat", "sq8"])
+def test_ann_ties_beyond_the_extra_fetched_go_to_the_lower_rows(codec):
+    """60 identical vectors (products with the same title) tie: the top 10 are the 10 lowest of their rows,
+    in a catalogue and in any part of it that holds them (faiss alone keeps an arbitrary few of a tie)."""
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(400, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    dup = np.sort(rng.choice(400, 60, replace=False))
+    v[dup] = v[dup[0]]
+    whole = AnnIndex(16, nlist=4, nprobe=4, codec=codec).build(v, np.arange(400))
+    rows, scores = whole.search_scored(v[dup[0]][None], 10)[0]
+    assert rows.tolist() == dup[:10].tolist() and (scores == scores[0]).all()
+    part = whole.like()  # the same trained quantisers, the rows from the 5th tied one on
+    rest = np.setdiff1d(np.arange(400), dup[:4])
+    part.add(v[rest], rest)
+    assert part.search(v[dup[0]][None], 6)[0].tolist() == dup[4:10].tolist()
+
+
+@pytest.mark.parametrize("codec", ["flat", "sq8"])
 def test_ann_index_save_load_round_trip(tmp_path, codec):
     rng = np.random.default_rng(5)
     X, Q = unit(rng, 400, 8), unit(rng, 6, 8)

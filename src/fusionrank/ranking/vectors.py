@@ -94,6 +94,21 @@ class ExactVectors:
         return 0
 
 
+def _with_ties(index, q: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
+    """faiss's top ``k`` and every vector that scores as the ``k``-th does (so that ties at the cut can go to the lower
+    row: faiss keeps an arbitrary few of them). A few extra first; more while the last one fetched still ties.
+
+    Identical vectors (products with the same title) tie; without this a catalogue and its shards kept different ones.
+    """
+    kk = k + 16
+    while True:
+        D, I = index.search(q, kk, params=params)
+        filled = I[:, -1] >= 0
+        if kk >= index.ntotal or not (filled & (D[:, -1] >= D[:, min(k, kk) - 1])).any():
+            return D, I
+        kk = min(2 * kk, int(index.ntotal))
+
+
 def auto_nlist(n: int) -> int:
     """About ``4 sqrt(n)`` lists, at least 39 training points per list, at least 1."""
     return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
@@ -229,10 +244,9 @@ class AnnIndex:
         sel, keep = self._selector(allowed)
         if sel is not None:
             params.sel = sel
-        # a few extra, so that ties at the cut go to the lower row
-        D, I = self.index.search(q, k + 16, params=params)
+        D, I = _with_ties(self.index, q, k, params)
         if self.delta is not None and self.delta.ntotal:
-            D2, I2 = self.delta.search(q, k + 16, params=params)
+            D2, I2 = _with_ties(self.delta, q, k, params)
             D, I = np.concatenate([D, D2], 1), np.concatenate([I, I2], 1)
         del keep
         out = []
