@@ -75,20 +75,48 @@ def test_filtered_search_uses_the_whole_catalogues_share(tiny_workspace, queries
         router.transform(Queries(queries.query_ids, queries.texts, queries.q, "Hats"))
 
 
-def test_writes_to_a_shard_reach_the_global_statistics(tiny_workspace, queries):
-    """A product removed from its shard leaves every BM25 statistic (after refresh), as in the unsplit index."""
+def writes(base):
+    """Writes as the service makes them: two new products, one replaced (new text), three removed."""
+    from fusionrank.modalities import TABLES
+
+    def product(r, pid, extra):
+        rec = {c: v for c, v in base.record(r).items() if c != "modalities"}
+        rec["product_id"], rec["title"] = pid, f"{rec['title']} {extra}"
+        lex = {f: f"{base.lex_text[f][r] or ''} {extra}".strip() for f in base.lexical}
+        vec = {t: (base.emb[t][r] if base.emb_mask[t][r] else None) for t in TABLES}
+        return rec, lex, vec
+
+    ids = [str(p) for p in base.ids]
+    return [("upsert", product(5, "new-1", "zebra stripes")), ("upsert", product(7, "new-2", "zebra")),
+            ("upsert", product(9, ids[9], "quokka")), ("delete", ids[0]), ("delete", ids[11]), ("delete", "new-2")]
+
+
+def apply(target, ops) -> None:
+    for op, arg in ops:
+        if op == "upsert":
+            target.upsert(*arg)
+        else:
+            assert target.delete(arg)
+
+
+def test_writes_through_the_router_equal_the_same_writes_to_one_index(tiny_workspace, queries):
+    """New, replaced and removed products: each in its shard, rows from one counter, statistics kept by deltas."""
     from fusionrank.serving.index import SearchIndex
 
-    base = build_tables(tiny_workspace, ANN["exact"])
+    base = build_tables(tiny_workspace, ANN["ivf-sq8"])
     unsplit = split(base, 1, log=lambda m: None)[0].tables  # an updatable copy (a SearchIndex)
     assert isinstance(unsplit, SearchIndex)
-    router = ShardRouter(split(base, 2, log=lambda m: None))
-    gone = [str(p) for p in base.ids[:30:3]]
-    for pid in gone:
-        assert unsplit.delete(pid)
-        assert sum(s.tables.delete(pid) for s in router.shards) == 1
-    router.refresh()
-    assert_same(router.transform(queries), HybridRetriever(unsplit).transform(queries))
+    router = ShardRouter(split(base, 3, log=lambda m: None))
+    ops = writes(base)
+    apply(unsplit, ops)
+    apply(router, ops)
+    assert sum(len(s.tables) for s in router.shards) == len(unsplit)
+    more = Queries(queries.query_ids + ["z1", "z2"], queries.texts + ["zebra", "quokka shoes"], None)
+    more = QueryEncoder().transform(more)
+    assert_same(router.transform(more), HybridRetriever(unsplit).transform(more))
+    kept = router.stats
+    router.refresh()  # the statistics kept by deltas are the shards' own
+    assert router.stats == kept
 
 
 def test_a_saved_shard_loads_back_equal(tiny_workspace, queries, tmp_path):
@@ -118,5 +146,10 @@ def test_ray_shards_equal_the_unsplit_catalogue(ray_runtime, tiny_workspace, que
     assert_same(router.transform(queries), HybridRetriever(unsplit).transform(queries))
     qs = Queries(queries.query_ids, queries.texts, queries.q, "Footwear")
     assert_same(router.transform(qs), HybridRetriever(unsplit).transform(qs))
+    updatable = split(unsplit, 1, log=lambda m: None)[0].tables
+    ops = writes(unsplit)
+    apply(updatable, ops)
+    apply(router, ops)
+    assert_same(router.transform(queries), HybridRetriever(updatable).transform(queries))
     for s in shards:
         s.stop()

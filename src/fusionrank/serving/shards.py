@@ -27,7 +27,10 @@ The merged candidates equal the unsplit catalogue's (rows, order and scores), be
 
 Shards are plain objects (in-process, :func:`split`), or Ray actors that load a saved shard
 (:class:`RayShard`, one per shard, called in parallel). Writes go to the shard that holds the
-product; the router's statistics are then refreshed (:meth:`ShardRouter.refresh`).
+product (a new one to shard ``row % K``, as the split placed them) through :meth:`ShardRouter.upsert` and
+:meth:`ShardRouter.delete`, which take the catalogue row of a new product from one counter (so that rows keep
+the catalogue's order) and add the shard's change of statistics to the router's. A shard's change log makes its
+writes durable; the router's counter and statistics are rebuilt from the shards at start.
 
 Not yet here: the feature builder and the ranker still read one catalogue's tables, so a
 sharded search ends at the candidates (a second, per-shard phase would return the candidates'
@@ -42,6 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import schema as S
 from ..encoders.text import tokenize
 from ..errors import FusionrankError, UnknownCategory
 from ..modalities import LEXICAL_FIELDS, TABLES
@@ -123,6 +127,25 @@ class CorpusStats:
                 cats[k] = (cats.get(k, (name, 0))[0], cats.get(k, (name, 0))[1] + n)
         return cls(fields, cats, sum(p["n_live"] for p in parts))
 
+    def apply(self, delta: dict[str, Any]) -> None:
+        """Add a shard's change of statistics after a write (:meth:`Shard.upsert`, :meth:`Shard.delete`)."""
+        for f, d in delta["fields"].items():
+            old = self.fields[f]
+            df = old.df
+            for w, n in d["df"].items():
+                if df.get(w, 0) + n > 0:
+                    df[w] = df.get(w, 0) + n
+                else:
+                    df.pop(w, None)
+            self.fields[f] = FieldStats(old.n_live + d["n_live"], old.sum_dl + d["sum_dl"], df)
+        for k, (name, n) in delta["categories"].items():
+            have = self.categories.get(k, (name, 0))
+            if have[1] + n > 0:
+                self.categories[k] = (have[0], have[1] + n)
+            else:
+                self.categories.pop(k, None)
+        self.n_live += delta["n_live"]
+
     def query(self, queries: Queries) -> QueryStats:
         """The statistics of a batch's terms and filter; an unknown category is an error listing the valid ones."""
         fraction = None
@@ -145,13 +168,53 @@ class Shard:
     """One part of a split catalogue: its own tables (rows ``0..n-1``) and the catalogue row of each (``rows``,
     increasing, so that a tie inside the shard goes where it goes in the whole catalogue)."""
 
-    def __init__(self, tables: CatalogTables, rows: np.ndarray, config: CandidateConfig | None = None):
+    def __init__(self, tables: CatalogTables, rows: np.ndarray, config: CandidateConfig | None = None,
+                 end: int | None = None):
+        """``end``: the catalogue's row count when it was split (the next new product's row; default after ``rows``)."""
         rows = np.asarray(rows, np.int64)
         if len(rows) != tables.n_rows or (len(rows) > 1 and not (np.diff(rows) > 0).all()):
             raise FusionrankError(f"a shard's catalogue rows must be increasing, one per row: {tables.n_rows} rows, "
                                   f"{len(rows)} catalogue rows given")
         self.tables, self.rows = tables, rows
+        self.end = int(end if end is not None else (rows[-1] + 1 if len(rows) else 0))
         self.retriever = HybridRetriever(tables, config)
+
+    def holds(self, product_id: str) -> bool:
+        return str(product_id) in self.tables.row_of
+
+    def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
+               row: int, attributes: dict[str, str] | None = None) -> dict[str, Any]:
+        """Add or replace a product as catalogue row ``row`` (after every row this shard holds); returns the change
+        of this shard's statistics (:meth:`CorpusStats.apply`)."""
+        if len(self.rows) and row <= self.rows[-1]:
+            raise FusionrankError(f"catalogue row {row} for a new product, but this shard already holds row {self.rows[-1]}")
+        old = self.tables.row_of.get(str(record[S.PRODUCT_ID]))
+        texts = [lex_texts.get(f) or "" for f in LEXICAL_FIELDS]
+        if old is not None:
+            texts += [self.tables.lex_text[f][old] or "" for f in LEXICAL_FIELDS]
+        before = self._stats_of(texts)
+        self.tables.upsert(record, lex_texts, vectors, attributes=attributes)
+        self.rows = np.append(self.rows, np.int64(row))
+        self.end = max(self.end, row + 1)
+        return _difference(self._stats_of(texts), before)
+
+    def delete(self, product_id: str) -> dict[str, Any] | None:
+        """Remove a product; the change of this shard's statistics, None if it does not hold the product."""
+        r = self.tables.row_of.get(str(product_id))
+        if r is None:
+            return None
+        texts = [self.tables.lex_text[f][r] or "" for f in LEXICAL_FIELDS]
+        before = self._stats_of(texts)
+        self.tables.delete(product_id)
+        return _difference(self._stats_of(texts), before)
+
+    def _stats_of(self, texts: list[str]) -> dict[str, Any]:
+        """This shard's statistics restricted to the terms of ``texts`` (what a write of them can change)."""
+        t = self.tables
+        words = {w for x in texts for w in tokenize(x)}
+        return {"fields": {f: {"n_live": t.lexical[f].n_live, "sum_dl": t.lexical[f].sum_dl,
+                               "df": {w: t.lexical[f].doc_freq(w) for w in words}} for f in LEXICAL_FIELDS},
+                "categories": {k: (name, n) for k, (name, n) in t.category_counts().items()}, "n_live": len(t)}
 
     def stats(self) -> dict[str, Any]:
         """This shard's part of :class:`CorpusStats` (plain data: it crosses process boundaries)."""
@@ -174,7 +237,8 @@ class Shard:
         d = Path(directory)
         self.tables.save(d / "index")
         np.save(d / "rows.npy", self.rows)
-        (d / "candidates.json").write_text(json.dumps(self.retriever.config.model_dump(mode="json")))
+        (d / "shard.json").write_text(json.dumps({"end": self.end,
+                                                  "candidates": self.retriever.config.model_dump(mode="json")}))
         return d
 
     @classmethod
@@ -182,8 +246,9 @@ class Shard:
         from .index import SearchIndex
 
         d = Path(directory)
-        config = CandidateConfig.model_validate(json.loads((d / "candidates.json").read_text()))
-        return cls(SearchIndex.load(d / "index", log=log), np.load(d / "rows.npy"), config)
+        meta = json.loads((d / "shard.json").read_text())
+        return cls(SearchIndex.load(d / "index", log=log), np.load(d / "rows.npy"),
+                   CandidateConfig.model_validate(meta["candidates"]), meta["end"])
 
 
 def split(tables: CatalogTables, k: int, assign: np.ndarray | None = None, log=print) -> list[Shard]:
@@ -208,8 +273,23 @@ def split(tables: CatalogTables, k: int, assign: np.ndarray | None = None, log=p
                                  {f: tables.lex_text[f][rows] for f in LEXICAL_FIELDS},
                                  {t: tables.emb[t][rows] for t in TABLES},
                                  {t: tables.emb_mask[t][:n][rows] for t in TABLES}, tables.config, log=log, like=tables)
-        shards.append(Shard(part, rows, tables.config.candidates))
+        shards.append(Shard(part, rows, tables.config.candidates, end=n))
     return shards
+
+
+def _difference(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    fields = {f: {"n_live": a["n_live"] - before["fields"][f]["n_live"], "sum_dl": a["sum_dl"] - before["fields"][f]["sum_dl"],
+                  "df": {w: n - before["fields"][f]["df"].get(w, 0) for w, n in a["df"].items()
+                         if n != before["fields"][f]["df"].get(w, 0)}}
+              for f, a in after["fields"].items()}
+    cats = {}
+    for k in set(after["categories"]) | set(before["categories"]):
+        name, n1 = after["categories"].get(k, before["categories"].get(k))
+        n0 = before["categories"].get(k, (name, 0))[1]
+        n1 = after["categories"].get(k, (name, 0))[1]
+        if n1 != n0:
+            cats[k] = (name, n1 - n0)
+    return {"fields": fields, "categories": cats, "n_live": after["n_live"] - before["n_live"]}
 
 
 class ShardRouter(Stage):
@@ -233,9 +313,28 @@ class ShardRouter(Stage):
         self.refresh()
 
     def refresh(self) -> None:
-        """Sum the shards' statistics again (after writes)."""
-        parts = [s.stats() for s in self.shards]
-        self.stats = CorpusStats.total(_gather(parts))
+        """Sum the shards' statistics again (writes through the router keep them up to date without this)."""
+        self.stats = CorpusStats.total(_gather([s.stats() for s in self.shards]))
+        self.next_row = max(_gather([s.next_row() if isinstance(s, RayShard) else s.end for s in self.shards]))
+
+    def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
+               attributes: dict[str, str] | None = None) -> int:
+        """Add or replace a product (as :meth:`SearchIndex.upsert <fusionrank.serving.index.SearchIndex.upsert>`):
+        in the shard that holds it, else in shard ``row % K``; returns its catalogue row."""
+        pid = str(record[S.PRODUCT_ID])
+        held = [i for i, h in enumerate(_gather([s.holds(pid) for s in self.shards])) if h]
+        i = held[0] if held else self.next_row % len(self.shards)
+        row = self.next_row
+        self.stats.apply(_gather([self.shards[i].upsert(record, lex_texts, vectors, row, attributes)])[0])
+        self.next_row += 1
+        return row
+
+    def delete(self, product_id: str) -> bool:
+        """Remove a product from the shard that holds it; False if none does."""
+        deltas = [d for d in _gather([s.delete(product_id) for s in self.shards]) if d is not None]
+        for d in deltas:
+            self.stats.apply(d)
+        return bool(deltas)
 
     def scatter(self, queries: Queries) -> tuple[list[SourceLists], QueryStats]:
         """Every shard's lists for ``queries`` (in shard order) and the statistics they were scored with."""
@@ -276,6 +375,18 @@ class _ShardActor:
     def ping(self) -> int:
         return len(self.shard.tables)
 
+    def next_row(self) -> int:
+        return self.shard.end
+
+    def holds(self, product_id: str) -> bool:
+        return self.shard.holds(product_id)
+
+    def upsert(self, *args, **kwargs) -> dict[str, Any]:
+        return self.shard.upsert(*args, **kwargs)
+
+    def delete(self, product_id: str) -> dict[str, Any] | None:
+        return self.shard.delete(product_id)
+
 
 class RayShard:
     """A shard served by a Ray actor that loads it from ``directory`` (saved by :meth:`Shard.save`).
@@ -298,6 +409,18 @@ class RayShard:
 
     def search(self, queries: Queries, stats: QueryStats):
         return self.actor.search.remote(queries, stats)
+
+    def next_row(self):
+        return self.actor.next_row.remote()
+
+    def holds(self, product_id: str):
+        return self.actor.holds.remote(product_id)
+
+    def upsert(self, record, lex_texts, vectors, row: int, attributes=None):
+        return self.actor.upsert.remote(record, lex_texts, vectors, row, attributes)
+
+    def delete(self, product_id: str):
+        return self.actor.delete.remote(product_id)
 
     def ready(self) -> int:
         """Wait until the actor has loaded its shard; its number of products."""
