@@ -119,11 +119,21 @@ def test_writes_through_the_router_equal_the_same_writes_to_one_index(tiny_works
     assert router.stats == kept
 
 
-def test_a_saved_shard_loads_back_equal(tiny_workspace, queries, tmp_path):
+def test_a_saved_shard_loads_back_equal_with_the_writes_since(tiny_workspace, queries, tmp_path):
     unsplit = build_tables(tiny_workspace, ANN["ivf-sq8"])
     shards = split(unsplit, 2, log=lambda m: None)
-    loaded = [Shard.load(s.save(tmp_path / f"shard{i}"), log=lambda m: None) for i, s in enumerate(shards)]
+    dirs = [s.save(tmp_path / f"shard{i}") for i, s in enumerate(shards)]
+    loaded = [Shard.load(d, log=lambda m: None) for d in dirs]
     assert_same(ShardRouter(loaded).transform(queries), HybridRetriever(unsplit).transform(queries))
+    ops = writes(unsplit)
+    apply(ShardRouter(loaded), ops)
+    for s in loaded:
+        s.tables.close()
+    again = ShardRouter([Shard.load(d, log=lambda m: None) for d in dirs])  # as after a restart: logs replayed
+    updatable = split(unsplit, 1, log=lambda m: None)[0].tables
+    apply(updatable, ops)
+    assert again.next_row == updatable.n_rows
+    assert_same(again.transform(queries), HybridRetriever(updatable).transform(queries))
 
 
 @pytest.fixture

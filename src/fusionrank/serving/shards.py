@@ -29,8 +29,10 @@ Shards are plain objects (in-process, :func:`split`), or Ray actors that load a 
 (:class:`RayShard`, one per shard, called in parallel). Writes go to the shard that holds the
 product (a new one to shard ``row % K``, as the split placed them) through :meth:`ShardRouter.upsert` and
 :meth:`ShardRouter.delete`, which take the catalogue row of a new product from one counter (so that rows keep
-the catalogue's order) and add the shard's change of statistics to the router's. A shard's change log makes its
-writes durable; the router's counter and statistics are rebuilt from the shards at start.
+the catalogue's order) and add the shard's change of statistics to the router's. A saved shard keeps its writes
+across restarts: the index's change log, and ``rows.log`` beside it with each written product's catalogue row
+(a crash between the two appends is reported at load, not repaired); the router's counter and statistics are
+rebuilt from the shards when it starts.
 
 Not yet here: the feature builder and the ranker still read one catalogue's tables, so a
 sharded search ends at the candidates (a second, per-shard phase would return the candidates'
@@ -39,6 +41,7 @@ features and vectors).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -178,6 +181,7 @@ class Shard:
         self.tables, self.rows = tables, rows
         self.end = int(end if end is not None else (rows[-1] + 1 if len(rows) else 0))
         self.retriever = HybridRetriever(tables, config)
+        self._rows_log: Path | None = None  # saved shards: the catalogue rows of products written since (one a line)
 
     def holds(self, product_id: str) -> bool:
         return str(product_id) in self.tables.row_of
@@ -196,6 +200,11 @@ class Shard:
         self.tables.upsert(record, lex_texts, vectors, attributes=attributes)
         self.rows = np.append(self.rows, np.int64(row))
         self.end = max(self.end, row + 1)
+        if self._rows_log is not None:  # beside the index's change log: a restart knows the new row's catalogue row
+            with open(self._rows_log, "a") as f:
+                f.write(f"{row}\n")
+                f.flush()
+                os.fsync(f.fileno())
         return _difference(self._stats_of(texts), before)
 
     def delete(self, product_id: str) -> dict[str, Any] | None:
@@ -239,6 +248,8 @@ class Shard:
         np.save(d / "rows.npy", self.rows)
         (d / "shard.json").write_text(json.dumps({"end": self.end,
                                                   "candidates": self.retriever.config.model_dump(mode="json")}))
+        self._rows_log = d / "rows.log"
+        self._rows_log.write_text("")
         return d
 
     @classmethod
@@ -247,8 +258,17 @@ class Shard:
 
         d = Path(directory)
         meta = json.loads((d / "shard.json").read_text())
-        return cls(SearchIndex.load(d / "index", log=log), np.load(d / "rows.npy"),
-                   CandidateConfig.model_validate(meta["candidates"]), meta["end"])
+        tables = SearchIndex.load(d / "index", log=log)
+        rows = np.load(d / "rows.npy")
+        if len(rows) != tables.n_rows and (d / "rows.log").exists():  # products written since the snapshot
+            rows = np.concatenate([rows, np.asarray((d / "rows.log").read_text().split(), np.int64)])
+        if len(rows) != tables.n_rows:
+            raise FusionrankError(f"{d}: the index holds {tables.n_rows} rows but {len(rows)} catalogue rows are recorded "
+                                  "(a crash between a write's two logs); rebuild the shard from the catalogue")
+        self = cls(tables, rows, CandidateConfig.model_validate(meta["candidates"]),
+                   max(meta["end"], int(rows[-1]) + 1 if len(rows) else 0))
+        self._rows_log = d / "rows.log"
+        return self
 
 
 def split(tables: CatalogTables, k: int, assign: np.ndarray | None = None, log=print) -> list[Shard]:
