@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -185,6 +186,10 @@ class Shard:
 
     def holds(self, product_id: str) -> bool:
         return str(product_id) in self.tables.row_of
+
+    def next_row(self) -> int:
+        """The catalogue row a new product would take, as far as this shard knows."""
+        return self.end
 
     def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
                row: int, attributes: dict[str, str] | None = None) -> dict[str, Any]:
@@ -330,30 +335,33 @@ class ShardRouter(Stage):
         if self.config is None:
             raise FusionrankError("give the router the candidate config of its shards")
         self.stats: CorpusStats | None = None
+        self._writes = threading.Lock()  # one write at a time: new products take rows in order
         self.refresh()
 
     def refresh(self) -> None:
         """Sum the shards' statistics again (writes through the router keep them up to date without this)."""
         self.stats = CorpusStats.total(_gather([s.stats() for s in self.shards]))
-        self.next_row = max(_gather([s.next_row() if isinstance(s, RayShard) else s.end for s in self.shards]))
+        self.next_row = max(_gather([s.next_row() for s in self.shards]))
 
     def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
                attributes: dict[str, str] | None = None) -> int:
         """Add or replace a product (as :meth:`SearchIndex.upsert <fusionrank.serving.index.SearchIndex.upsert>`):
         in the shard that holds it, else in shard ``row % K``; returns its catalogue row."""
         pid = str(record[S.PRODUCT_ID])
-        held = [i for i, h in enumerate(_gather([s.holds(pid) for s in self.shards])) if h]
-        i = held[0] if held else self.next_row % len(self.shards)
-        row = self.next_row
-        self.stats.apply(_gather([self.shards[i].upsert(record, lex_texts, vectors, row, attributes)])[0])
-        self.next_row += 1
+        with self._writes:
+            held = [i for i, h in enumerate(_gather([s.holds(pid) for s in self.shards])) if h]
+            i = held[0] if held else self.next_row % len(self.shards)
+            row = self.next_row
+            self.stats.apply(_gather([self.shards[i].upsert(record, lex_texts, vectors, row, attributes)])[0])
+            self.next_row += 1
         return row
 
     def delete(self, product_id: str) -> bool:
         """Remove a product from the shard that holds it; False if none does."""
-        deltas = [d for d in _gather([s.delete(product_id) for s in self.shards]) if d is not None]
-        for d in deltas:
-            self.stats.apply(d)
+        with self._writes:
+            deltas = [d for d in _gather([s.delete(product_id) for s in self.shards]) if d is not None]
+            for d in deltas:
+                self.stats.apply(d)
         return bool(deltas)
 
     def scatter(self, queries: Queries) -> tuple[list[SourceLists], QueryStats]:
