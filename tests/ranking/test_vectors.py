@@ -118,22 +118,23 @@ def test_ann_index_finds_the_exact_neighbours_and_follows_deletes(codec):
     assert ann.ntotal == int(mask.sum()) - 1 and 1 not in ann.search(Q[:1], 10)[0]
 
 
-@pytest.mark.parametrize("codec", ["flat", "sq8"])
-def test_ann_ties_beyond_the_extra_fetched_go_to_the_lower_rows(codec):
-    """60 identical vectors (products with the same title) tie: the top 10 are the 10 lowest of their rows,
-    in a catalogue and in any part of it that holds them (faiss alone keeps an arbitrary few of a tie)."""
+def test_ann_ties_beyond_the_extra_fetched_go_to_the_lower_rows():
+    """60 rows in several inverted lists score exactly as the k-th: the top 10 takes the lowest of them, in a
+    catalogue and in any part of it (faiss alone keeps the first it meets, list by list)."""
     rng = np.random.default_rng(3)
     v = rng.normal(size=(400, 16)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    dup = np.sort(rng.choice(400, 60, replace=False))
-    v[dup] = v[dup[0]]
-    whole = AnnIndex(16, nlist=4, nprobe=4, codec=codec).build(v, np.arange(400))
-    rows, scores = whole.search_scored(v[dup[0]][None], 10)[0]
-    assert rows.tolist() == dup[:10].tolist() and (scores == scores[0]).all()
-    part = whole.like()  # the same trained quantisers, the rows from the 5th tied one on
-    rest = np.setdiff1d(np.arange(400), dup[:4])
+    v[:, 0] = rng.uniform(-1, 0.4, 400).astype(np.float32)
+    tied = np.sort(rng.choice(np.arange(3, 400), 60, replace=False))
+    v[tied, 0] = 0.5  # the query is e0: these score exactly 0.5, wherever the other coordinates put them
+    v[:3, 0] = 0.9
+    q = np.eye(16, dtype=np.float32)[:1]
+    whole = AnnIndex(16, nlist=8, nprobe=8, codec="flat").build(v, np.arange(400))
+    rows, scores = whole.search_scored(q, 10)[0]
+    assert rows.tolist() == [0, 1, 2] + tied[:7].tolist() and (scores[3:] == 0.5).all()
+    part = whole.like()  # the same trained quantiser, without the first 4 tied rows
+    rest = np.setdiff1d(np.arange(400), tied[:4])
     part.add(v[rest], rest)
-    assert part.search(v[dup[0]][None], 6)[0].tolist() == dup[4:10].tolist()
+    assert part.search(q, 10)[0].tolist() == [0, 1, 2] + tied[4:11].tolist()
 
 
 @pytest.mark.parametrize("codec", ["flat", "sq8"])
