@@ -233,16 +233,70 @@ def serve(
     poll: float = typer.Option(1.0, min=0.05, help="with --registry: seconds between checks of the registry index"),
     workers: int = typer.Option(1, min=1, help="worker processes sharing one memory-mapped index snapshot and one port; "
                                 "writes go through the index's change log, model swaps reach every worker"),
+    engine: str = typer.Option("local", help="local: uvicorn in this process (or --workers processes); ray: a Ray Serve "
+                               "application of --replicas replicas"),
+    replicas: int = typer.Option(1, min=1, help="with --engine ray: replicas, each a whole service over the shared index "
+                                 "folder (writes and model swaps reach every replica, as with --workers)"),
+    ray_address: Optional[str] = typer.Option(None, help="with --engine ray: the Ray cluster to join (default: start a "
+                                              "local Ray runtime); its nodes must see the index folder"),
 ):
     """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page.
 
     Searches and shoppers' events go to the event store ($FUSIONRANK_EVENTS_URL, default MODEL/service-data/events.sqlite)."""
+    if engine not in SERVE_ENGINES:
+        _fail(FusionrankError(f"unknown serve engine {engine!r}; valid: {', '.join(SERVE_ENGINES)}"))
+    if engine == "ray":
+        if workers > 1 or catalog is not None:
+            _fail(FusionrankError("--engine ray takes --replicas (not --workers) and serves the model's saved index "
+                                  "(build it for another catalogue with `fusionrank serve MODEL --catalog CATALOG` first)"))
+        _serve_ray(model, host, port, index, rebuild, admin_key, events_key, threads, randomise_share, feature_logging,
+                   registry, poll, replicas, ray_address)
+        return
+    if replicas > 1 or ray_address:
+        _fail(FusionrankError("--replicas and --ray-address go with --engine ray; for processes on this machine use --workers"))
     if workers > 1:
         _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share,
                        feature_logging, registry, poll, workers)
         return
     _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share, feature_logging,
            registry, poll)
+
+
+SERVE_ENGINES = ("local", "ray")
+
+
+def _serve_ray(model, host, port, index, rebuild, admin_key, events_key, threads, randomise_share, feature_logging,
+               registry, poll, replicas, ray_address) -> None:
+    from .settings import get_settings
+
+    settings = get_settings()
+    admin_key = admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
+    events_key = events_key or (settings.events_key.get_secret_value() if settings.events_key else None)
+    try:
+        from .serving.rayserve import serve_ray
+    except ImportError as e:
+        _fail(FusionrankError(f"--engine ray needs Ray Serve ({e}); install it with: pip install 'fusionrank[ray]'"))
+    try:
+        if rebuild:
+            from .modeldir import ModelDir
+
+            ModelDir.open(model).build_index(index_dir=index, log=lambda s: console.print(s)).close()
+        if admin_key is None:
+            import secrets
+
+            admin_key = secrets.token_urlsafe(24)
+            console.print(f"admin API key (X-API-Key, generated for this run; set FUSIONRANK_ADMIN_KEY to fix it): {admin_key}")
+
+        def ready(url: str) -> None:
+            console.print(f"[bold green]search page and API:[/] {url}   (Ray Serve, {replicas} replica(s); "
+                          f"OpenAPI {url}openapi.json; Ctrl-C stops)")
+            print(url, flush=True)
+
+        code = serve_ray(model, replicas, ray_address, host, port, index, admin_key, events_key, threads, randomise_share,
+                         feature_logging, registry, poll, on_ready=ready, log=lambda s: console.print(s))
+    except FusionrankError as e:
+        _fail(e)
+    raise typer.Exit(code)
 
 
 def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share,

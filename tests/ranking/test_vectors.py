@@ -118,6 +118,25 @@ def test_ann_index_finds_the_exact_neighbours_and_follows_deletes(codec):
     assert ann.ntotal == int(mask.sum()) - 1 and 1 not in ann.search(Q[:1], 10)[0]
 
 
+def test_ann_ties_beyond_the_extra_fetched_go_to_the_lower_rows():
+    """60 rows in several inverted lists score exactly as the k-th: the top 10 takes the lowest of them, in a
+    catalogue and in any part of it (faiss alone keeps the first it meets, list by list)."""
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(400, 16)).astype(np.float32)
+    v[:, 0] = rng.uniform(-1, 0.4, 400).astype(np.float32)
+    tied = np.sort(rng.choice(np.arange(3, 400), 60, replace=False))
+    v[tied, 0] = 0.5  # the query is e0: these score exactly 0.5, wherever the other coordinates put them
+    v[:3, 0] = 0.9
+    q = np.eye(16, dtype=np.float32)[:1]
+    whole = AnnIndex(16, nlist=8, nprobe=8, codec="flat").build(v, np.arange(400))
+    rows, scores = whole.search_scored(q, 10)[0]
+    assert rows.tolist() == [0, 1, 2] + tied[:7].tolist() and (scores[3:] == 0.5).all()
+    part = whole.like()  # the same trained quantiser, without the first 4 tied rows
+    rest = np.setdiff1d(np.arange(400), tied[:4])
+    part.add(v[rest], rest)
+    assert part.search(q, 10)[0].tolist() == [0, 1, 2] + tied[4:11].tolist()
+
+
 @pytest.mark.parametrize("codec", ["flat", "sq8"])
 def test_ann_index_save_load_round_trip(tmp_path, codec):
     rng = np.random.default_rng(5)

@@ -115,3 +115,18 @@ def test_serve_reports_a_busy_port(tiny_model):
         r = CliRunner().invoke(app, ["serve", str(tiny_model[0]), "--port", str(port)])
     assert r.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in " ".join(r.output.split())
+
+
+def test_serve_engine_options_are_checked(tiny_model):
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+
+    def out(*args):
+        r = CliRunner().invoke(app, ["serve", str(tiny_model[0]), *args])
+        assert r.exit_code == 2
+        return " ".join(r.output.split())
+
+    assert "unknown serve engine 'rays'; valid: local, ray" in out("--engine", "rays")
+    assert "--replicas and --ray-address go with --engine ray" in out("--replicas", "2")
+    assert "--engine ray takes --replicas (not --workers)" in out("--engine", "ray", "--workers", "2")

@@ -10,10 +10,10 @@ from .features import Featuriser, Slates, attach_grades, feature_groups, finish_
 from .lexical import LexicalField
 from .pipeline import STAGES, RankingPipeline, SearchResult
 from .query import QueryEncoder
-from .retrieve import RETRIEVERS, CandidateConfig, Candidates, HybridRetriever, build_retriever, rrf_merge, topk_rows
+from .retrieve import RETRIEVERS, CandidateConfig, Candidates, HybridRetriever, SourceLists, build_retriever, rrf_merge, topk_rows
 from .stage import Queries, Stage, Then
 
 __all__ = ["CatalogConfig", "CatalogTables", "VectorConfig", "Explainer", "Scored", "Scorer", "occlusion_contributions",
            "Featuriser", "Slates", "attach_grades", "feature_groups", "finish_features", "LexicalField", "STAGES",
            "RankingPipeline", "SearchResult", "QueryEncoder", "RETRIEVERS", "CandidateConfig", "Candidates",
-           "HybridRetriever", "build_retriever", "rrf_merge", "topk_rows", "Queries", "Stage", "Then"]
+           "HybridRetriever", "SourceLists", "build_retriever", "rrf_merge", "topk_rows", "Queries", "Stage", "Then"]

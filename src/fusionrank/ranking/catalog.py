@@ -101,8 +101,12 @@ class CatalogTables:
     # construction --------------------------------------------------------------
     @classmethod
     def build(cls, records: dict[str, Sequence], lex_texts: dict[str, Sequence[str]], emb: dict[str, np.ndarray],
-              emb_mask: dict[str, np.ndarray], config: CatalogConfig | None = None, log=print):
-        """Tables over ``P`` products given as columns (``records``), BM25 texts and embedding tables."""
+              emb_mask: dict[str, np.ndarray], config: CatalogConfig | None = None, log=print, like=None):
+        """Tables over ``P`` products given as columns (``records``), BM25 texts and embedding tables.
+
+        ``like``: tables whose trained parts to share instead of learning them here: the BM25 vocabularies (term
+        ids) and the IVF coarse and scalar quantisers. A shard of a split catalogue is built like the whole.
+        """
         config = config or CatalogConfig()
         t0 = time.perf_counter()
         P = len(records[S.PRODUCT_ID])
@@ -118,7 +122,8 @@ class CatalogTables:
         self.cat_code = self._codes(self.records[S.CATEGORY])
         for f in LEXICAL_FIELDS:
             self.lex_text[f] = np.asarray([t or "" for t in lex_texts[f]], dtype=object)
-            self.lexical[f] = LexicalField.build(self.lex_text[f], **config.bm25.model_dump())
+            self.lexical[f] = LexicalField.build(self.lex_text[f], **config.bm25.model_dump(),
+                                                 vocab=None if like is None else like.lexical[f].vocab)
         for t in TABLES:
             self.emb_mask[t] = np.asarray(emb_mask[t], bool).copy()
             self.emb[t] = EmbeddingTable.from_rows(emb[t], self.emb_mask[t], config.table_dtype)
@@ -132,7 +137,12 @@ class CatalogTables:
             rows = np.flatnonzero(self.emb_mask[t])
             t1 = time.perf_counter()
             # codes from the vectors as given (float32), so the candidates do not depend on table_dtype
-            self.vectors[t] = AnnIndex(self.dims[t], a.nlist, a.nprobe, a.codec).build(np.asarray(emb[t])[rows], rows)
+            if like is not None and isinstance(like.vectors.get(t), AnnIndex):
+                self.vectors[t] = like.vectors[t].like()
+                if len(rows):
+                    self.vectors[t].add(np.asarray(emb[t])[rows], rows)
+            else:
+                self.vectors[t] = AnnIndex(self.dims[t], a.nlist, a.nprobe, a.codec).build(np.asarray(emb[t])[rows], rows)
             log(f"  ANN {t}: {len(rows):,} vectors, {self.vectors[t].nlist} lists, {time.perf_counter() - t1:.1f} s")
         self._refresh_category_names()
         log(f"catalogue tables: {P:,} products ({self.config.title_field}, {a.codec} vectors, {config.table_dtype} tables) in {time.perf_counter() - t0:.1f} s")
@@ -247,10 +257,18 @@ class CatalogTables:
             raise UnknownCategory(f"unknown category {category!r}; valid: {', '.join(self.category_names)}")
         hit = self._filters.get(key)
         if hit is None or hit[0] != self.version:
-            mask = (self.cat_code[:self.n_rows] == self._cat_codes.get(key, -1)) & self.live[:self.n_rows]
+            mask = self.category_mask(category)
             flt = RowFilter(mask, np.packbits(mask, bitorder="little"), float(mask.sum()) / max(1, len(self)))
             self._filters[key] = hit = (self.version, flt)
         return hit[1]
+
+    def category_mask(self, category: str) -> np.ndarray:
+        """bool ``[n_rows]``: the live rows of one category (case-insensitive; none for a category this catalogue lacks)."""
+        return (self.cat_code[:self.n_rows] == self._cat_codes.get(category.lower(), -1)) & self.live[:self.n_rows]
+
+    def category_counts(self) -> dict[str, tuple[str, int]]:
+        """Live products per category: lower-cased name -> (name as first seen, count)."""
+        return {k: (self._category_names.get(k, k), n) for k, n in self._cat_count.items()}
 
     def tables(self) -> dict[str, EmbeddingTable]:
         """The embedding tables as they are now (references: rows are append-only, so a reader keeps a consistent view)."""

@@ -20,6 +20,7 @@ merge but are dropped from every result by the ``live`` mask.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +28,26 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..encoders.text import term_counts, tokenize
+
+
+@dataclass(frozen=True)
+class Bm25Stats:
+    """The corpus statistics a BM25 score is computed with: live documents, their mean length, and the document
+    frequency ``df[i]`` of the query's ``i``-th term.
+
+    A field scores with its own (:meth:`LexicalField.stats`); a shard of a split catalogue scores with the whole
+    catalogue's (:class:`fusionrank.serving.shards.CorpusStats`), so that its scores equal the unsplit index's.
+    """
+
+    n_live: int
+    avgdl: float
+    df: np.ndarray
+
+
+def bm25_idf(n_live: int, df: np.ndarray) -> np.ndarray:
+    """Lucene's ``idf = log(1 + (N - df + 0.5) / (df + 0.5))`` (float32)."""
+    df = np.asarray(df, np.float64)
+    return np.log1p((n_live - df + 0.5) / (df + 0.5)).astype(np.float32)
 
 
 class LexicalField:
@@ -50,8 +71,13 @@ class LexicalField:
 
     # construction ----------------------------------------------------------
     @classmethod
-    def build(cls, docs: Sequence[str], k1: float = 1.2, b: float = 0.75) -> "LexicalField":
+    def build(cls, docs: Sequence[str], k1: float = 1.2, b: float = 0.75, vocab: dict[str, int] | None = None
+              ) -> "LexicalField":
+        """Index ``docs`` as rows ``0..len(docs)-1``; ``vocab`` (copied): term ids to start from (a shard takes the
+        whole catalogue's, so that its terms have the same ids and are summed in the same order)."""
         self = cls(k1, b)
+        if vocab is not None:
+            self.vocab = dict(vocab)
         tf, lens = term_counts(docs, self.vocab, grow=True)
         n = len(docs)
         self.main = tf.T.tocsr()
@@ -59,7 +85,7 @@ class LexicalField:
         self.dl = np.asarray(lens, np.float32)
         self.live = np.ones(n, bool)
         self.n_rows = self.n_live = n
-        self.sum_dl = float(self.dl.sum())
+        self.sum_dl = float(self.dl.sum(dtype=np.float64))  # float64: a float32 sum of 1M lengths rounds
         return self
 
     def _grow(self, n: int) -> None:
@@ -123,8 +149,16 @@ class LexicalField:
 
     def idf(self, terms: np.ndarray) -> np.ndarray:
         """Lucene's idf of term ids over the live documents (float32)."""
-        n = self.n_live
-        return np.log1p((n - self.df[terms] + 0.5) / (self.df[terms] + 0.5)).astype(np.float32)
+        return bm25_idf(self.n_live, self.df[terms])
+
+    def stats(self, terms: np.ndarray) -> Bm25Stats:
+        """This field's own statistics for the query ``terms``."""
+        return Bm25Stats(self.n_live, self.avgdl, self.df[np.asarray(terms, np.int64)])
+
+    def doc_freqs(self) -> dict[str, int]:
+        """Document frequency of every term some live row contains (what a shard reports for the global statistics)."""
+        df = self.df
+        return {w: int(df[j]) for w, j in self.vocab.items() if j < len(df) and df[j] > 0}
 
     def weights(self, texts: Sequence[str]) -> sp.csr_matrix:
         """BM25 weight of every known term in each text ``[len(texts), vocab]`` under the live statistics.
@@ -175,12 +209,13 @@ class LexicalField:
         ids = {self.vocab[w] for w in tokenize(query) if w in self.vocab}
         return np.asarray(sorted(j for j in ids if self.df[j] > 0), np.int64)
 
-    def score(self, terms: np.ndarray, allowed: np.ndarray | None = None) -> "LexScores":
-        """BM25 of every live (and ``allowed``) row for the query ``terms``."""
+    def score(self, terms: np.ndarray, allowed: np.ndarray | None = None, stats: Bm25Stats | None = None) -> "LexScores":
+        """BM25 of every live (and ``allowed``) row for the query ``terms``, under ``stats`` (default: this field's)."""
         if not len(terms) or not self.n_live:
             return LexScores(self, terms, np.zeros(0, np.int64), np.zeros(0, np.float64), None)
-        avgdl = self.avgdl
-        idf = self.idf(terms)
+        stats = stats or self.stats(terms)
+        avgdl = stats.avgdl
+        idf = bm25_idf(stats.n_live, stats.df)
         parts_r, parts_w = [], []
         m = self.main
         w_main = self._main_weights(avgdl)
@@ -240,7 +275,7 @@ class LexicalField:
         self.df, self.dl, self.live = z["df"], z["dl"].astype(np.float32), z["live"].astype(bool)
         self.n_rows = len(self.dl)
         self.n_live = int(self.live.sum())
-        self.sum_dl = float(self.dl[self.live].sum())
+        self.sum_dl = float(self.dl[self.live].sum(dtype=np.float64))
         return self
 
     def memory_bytes(self) -> int:
@@ -268,6 +303,10 @@ class LexScores:
 
     def top(self, depth: int) -> np.ndarray:
         """The ``depth`` best rows, by score then lower row (the training-time tie rule)."""
+        return self.top_scored(depth)[0]
+
+    def top_scored(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, bm25)`` of the ``depth`` best rows, by score then lower row."""
         if self.dense is not None:
             a = self.dense
             cand = None
@@ -289,7 +328,8 @@ class LexScores:
             gt, eq = np.flatnonzero(s > kth), np.flatnonzero(s == kth)
             sel = np.concatenate([gt, eq[:depth - len(gt)]])
             rows, s = rows[sel], s[sel]
-        return rows[np.lexsort((rows, -s))]
+        o = np.lexsort((rows, -s))
+        return rows[o], s[o]
 
     def at(self, rows: np.ndarray) -> np.ndarray:
         """BM25 of the given rows (0 where they do not match)."""

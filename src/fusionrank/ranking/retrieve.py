@@ -84,6 +84,12 @@ def rrf_merge(lists: list[np.ndarray], n: int, rrf_k: float = 60.0, weights: lis
 
     Ties in the fused score go to the lower row.
     """
+    return rrf_scored(lists, n, rrf_k, weights)[0]
+
+
+def rrf_scored(lists: list[np.ndarray], n: int, rrf_k: float = 60.0, weights: list[float] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rrf_merge` with the fused scores: ``(rows, sum_s w_s / (rrf_k + rank_s))``, best first."""
     rows, vals = [], []
     for li, r in enumerate(lists):
         r = np.asarray(r, np.int64)
@@ -92,12 +98,49 @@ def rrf_merge(lists: list[np.ndarray], n: int, rrf_k: float = 60.0, weights: lis
         rows.append(r[ok])
         vals.append(w / (rrf_k + np.flatnonzero(ok) + 1.0))
     if not rows or not sum(len(r) for r in rows):
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
     allr, allv = np.concatenate(rows), np.concatenate(vals)
     urows, inv = np.unique(allr, return_inverse=True)
     score = np.bincount(inv, weights=allv, minlength=len(urows))
     order = np.lexsort((urows, -score))[:n]
-    return urows[order]
+    return urows[order], score[order]
+
+
+@dataclass
+class SourceLists:
+    """What the sources found, before fusion: ``rows[src][b]`` (int64, best first) and ``scores[src][b]`` (BM25 or
+    inner product) of each source's top ``depth`` for query ``b``.
+
+    A shard of a split catalogue returns these for its rows (as catalogue-wide rows);
+    :meth:`merge` puts the shards' lists together into the lists the unsplit catalogue gives.
+    """
+
+    rows: dict[str, list[np.ndarray]]
+    scores: dict[str, list[np.ndarray]]
+
+    @classmethod
+    def merge(cls, parts: list["SourceLists"], depth: int) -> "SourceLists":
+        """Each source's top ``depth`` over all ``parts``, by score then lower row (the tie rule of every source)."""
+        from .vectors import ranked_scored
+
+        rows: dict[str, list[np.ndarray]] = {}
+        scores: dict[str, list[np.ndarray]] = {}
+        for src in parts[0].rows:
+            rows[src], scores[src] = [], []
+            for b in range(len(parts[0].rows[src])):
+                r, s = ranked_scored(np.concatenate([p.rows[src][b] for p in parts]),
+                                     np.concatenate([p.scores[src][b] for p in parts]), depth)
+                rows[src].append(r)
+                scores[src].append(s)
+        return cls(rows, scores)
+
+    def fuse(self, config: "CandidateConfig") -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``(rows, fused scores)`` per query: the sources' lists merged by weighted RRF, the top ``config.n``."""
+        srcs = list(self.rows)
+        weights = [float(config.weights.get(src, 1.0)) for src in srcs]
+        B = len(self.rows[srcs[0]]) if srcs else 0
+        out = [rrf_scored([self.rows[src][b] for src in srcs], config.n, config.rrf_k, weights) for b in range(B)]
+        return [r for r, _ in out], [s for _, s in out]
 
 
 @dataclass
@@ -114,6 +157,8 @@ class Candidates:
     lex: list[dict[str, Any]]
     qlen: list[dict[str, int]]
     sources: list[dict[str, int]] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)  # the fused (RRF) score of each row
+    lists: SourceLists | None = None  # what each source found, before fusion
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -128,30 +173,55 @@ class HybridRetriever(Stage):
         self.config = config or catalog.config.candidates
 
     def transform(self, queries: Queries) -> Candidates:
+        lists, lex, qlen = self.search(queries)
+        return fused(queries, lists, self.config, lex, qlen)
+
+    def search(self, queries: Queries, stats=None) -> tuple[SourceLists, list[dict[str, Any]], list[dict[str, int]]]:
+        """Each source's top ``depth`` per query, with the BM25 scores and query lengths the features reuse.
+
+        ``stats`` (a :class:`~fusionrank.serving.shards.QueryStats`, given to a shard of a split catalogue): the
+        whole catalogue's BM25 statistics of the queries' terms and share of the category filter, used instead of
+        this catalogue's own, so that the lists are this catalogue's part of the unsplit catalogue's lists.
+        """
         from ..modalities import LEXICAL_FIELDS
 
         cfg, cat = self.config, self.catalog
         B = len(queries)
         with cat.lock:
-            flt = cat.row_filter(queries.category)
+            flt = cat.row_filter(queries.category) if stats is None else stats.row_filter(cat, queries.category)
             allowed = None if flt is None else flt.mask
             lex, qlen = [], []
-            for text in queries.texts:
-                terms = {f: cat.lexical[f].query_terms(text) for f in LEXICAL_FIELDS}
-                qlen.append({f: max(1, len(t)) for f, t in terms.items()})
-                lex.append({f: cat.lexical[f].score(t, allowed) for f, t in terms.items()})
-            per_source, weights = [], []
+            for b, text in enumerate(queries.texts):
+                if stats is None:
+                    terms = {f: cat.lexical[f].query_terms(text) for f in LEXICAL_FIELDS}
+                    qlen.append({f: max(1, len(t)) for f, t in terms.items()})
+                    lex.append({f: cat.lexical[f].score(t, allowed) for f, t in terms.items()})
+                else:
+                    qlen.append(dict(stats.qlen[b]))
+                    lex.append({})
+                    for f in LEXICAL_FIELDS:
+                        t, st = stats.terms(b, f, cat.lexical[f])
+                        lex[b][f] = cat.lexical[f].score(t, allowed, st)
+            rows, scores = {}, {}
             for src in cfg.sources:
                 kind, name = src.split(":", 1)
                 if kind == "bm25":
-                    per_source.append([lex[b][name].top(cfg.depth) for b in range(B)])
+                    found = [lex[b][name].top_scored(cfg.depth) for b in range(B)]
                 else:  # a table the catalogue built no index for (a swapped-in retriever): exact search
                     vs = cat.vectors[name] if name in cat.vectors else ExactVectors(cat, name)
-                    per_source.append(vs.search(queries.q, cfg.depth, flt))
-                weights.append(float(cfg.weights.get(src, 1.0)))
-        rows = [rrf_merge([ps[b] for ps in per_source], cfg.n, cfg.rrf_k, weights) for b in range(B)]
-        sources = [{src: len(ps[b]) for src, ps in zip(cfg.sources, per_source)} for b in range(B)]
-        return Candidates(queries, rows, lex, qlen, sources)
+                    found = vs.search_scored(queries.q, cfg.depth, flt)
+                rows[src] = [r for r, _ in found]
+                scores[src] = [np.asarray(s, np.float64) for _, s in found]
+        return SourceLists(rows, scores), lex, qlen
+
+
+def fused(queries: Queries, lists: SourceLists, config: CandidateConfig, lex: list[dict[str, Any]],
+          qlen: list[dict[str, int]]) -> Candidates:
+    """The candidates: the sources' lists fused by RRF (see :meth:`SourceLists.fuse`)."""
+    rows, scores = lists.fuse(config)
+    B = len(queries)
+    sources = [{src: len(lists.rows[src][b]) for src in config.sources} for b in range(B)]
+    return Candidates(queries, rows, lex, qlen, sources, scores, lists)
 
 
 def build_retriever(catalog, config: CandidateConfig | None = None) -> Stage:

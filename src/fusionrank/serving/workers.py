@@ -233,7 +233,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     app = create_app(svc, st.admin_key.get_secret_value() if st.admin_key else None,
                      st.events_key.get_secret_value() if st.events_key else None, worker=a.worker)
     sock = socket.socket(fileno=a.fd)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
     with os.fdopen(a.ready_fd, "w") as f:
         f.write(f"ready {a.worker} {os.getpid()}\n")
     log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")

@@ -33,6 +33,8 @@ from .routes import api_router
 
 MAX_URL_BYTES = 8192
 H11_MAX_INCOMPLETE_EVENT = 256 * 1024  # request line + headers uvicorn buffers, so a long URL reaches LimitUrl
+# every server here names http="h11": with uvicorn[standard] installed (ray[serve] brings it) uvicorn would pick
+# httptools, which ignores this limit. Under Ray Serve the HTTP parsing is Ray's proxy's.
 
 
 class LimitUrl:
@@ -108,7 +110,7 @@ def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, adm
 
     app = create_app(service, admin_key, events_key)
     log(f"fusionrank search on http://{host}:{port}/  ({len(service.index):,} products, model {service.model.version})")
-    uvicorn.run(app, host=host, port=port, log_level="warning", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)
+    uvicorn.run(app, host=host, port=port, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)
 
 
 class BackgroundServer:
@@ -126,7 +128,7 @@ class BackgroundServer:
                 port = s.getsockname()[1]
         self.app = create_app(service, admin_key, events_key)
         self.url = f"http://{host}:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning", http="h11",
                                                     h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 

@@ -1,0 +1,462 @@
+"""Index shards: the catalogue split into K parts, and a router that scatters the candidate stage and merges.
+
+A catalogue too large for one machine's memory is split by rows into :class:`Shard` objects,
+each holding its products' tables (records, embedding tables, BM25 postings, IVF lists). The
+:class:`ShardRouter` is the candidate stage over all of them (``Queries -> Candidates``, as
+:class:`~fusionrank.ranking.retrieve.HybridRetriever` over the unsplit catalogue): it scatters a
+batch of queries to every shard, each shard returns every source's top ``depth`` among its rows
+(:class:`~fusionrank.ranking.retrieve.SourceLists`), the router merges each source's lists by
+score and fuses them once (RRF), as Vespa's global phase does.
+
+The merged candidates equal the unsplit catalogue's (rows, order and scores), because:
+
+- **one BM25, global statistics.** A shard scores with the same
+  :class:`~fusionrank.ranking.lexical.LexicalField` code, but with the whole catalogue's live
+  documents, mean length and per-term document frequencies (:class:`CorpusStats`, summed over
+  the shards' own by the router; :class:`QueryStats` carries the query terms' figures to the
+  shards). Shards are built with the whole catalogue's term ids, so a row's per-term weights are
+  summed in the same order;
+- **one trained IVF.** Every shard's index is an empty copy of the whole catalogue's trained one
+  (same coarse centroids, same scalar quantiser, same ``nprobe``) holding only its rows' list
+  entries: a query probes the same lists everywhere, and a vector gets the same code and score,
+  so each shard's top ``depth`` holds every one of its rows that is in the global top ``depth``;
+- **the whole catalogue's filter share.** A category filter raises ``nprobe`` by the inverse of
+  the category's share; shards are given the global share, not their own;
+- **one tie rule.** A shard's rows are kept in catalogue order, so "ties to the lower row" inside
+  a shard is the same rule as across the catalogue; the merge sorts by score, then catalogue row.
+
+Shards are plain objects (in-process, :func:`split`), or Ray actors that load a saved shard
+(:class:`RayShard`, one per shard, called in parallel). Writes go to the shard that holds the
+product (a new one to shard ``row % K``, as the split placed them) through :meth:`ShardRouter.upsert` and
+:meth:`ShardRouter.delete`, which take the catalogue row of a new product from one counter (so that rows keep
+the catalogue's order) and add the shard's change of statistics to the router's. A saved shard keeps its writes
+across restarts: the index's change log, and ``rows.log`` beside it with each written product's catalogue row
+(a crash between the two appends is reported at load, not repaired); the router's counter and statistics are
+rebuilt from the shards when it starts.
+
+Not yet here: the feature builder and the ranker still read one catalogue's tables, so a
+sharded search ends at the candidates (a second, per-shard phase would return the candidates'
+features and vectors).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import schema as S
+from ..encoders.text import tokenize
+from ..errors import FusionrankError, UnknownCategory
+from ..modalities import LEXICAL_FIELDS, TABLES
+from ..ranking.catalog import RECORD_COLUMNS, CatalogTables
+from ..ranking.lexical import Bm25Stats, LexicalField
+from ..ranking.retrieve import CandidateConfig, Candidates, HybridRetriever, SourceLists, fused
+from ..ranking.stage import Queries, Stage
+from ..ranking.vectors import RowFilter
+
+__all__ = ["CorpusStats", "QueryStats", "Shard", "ShardRouter", "RayShard", "split"]
+
+
+@dataclass(frozen=True)
+class FieldStats:
+    """One BM25 field over the whole catalogue: live documents, their total length, document frequency per term."""
+
+    n_live: int
+    sum_dl: float
+    df: dict[str, int]
+
+    @property
+    def avgdl(self) -> float:
+        """As :attr:`LexicalField.avgdl`."""
+        return max(self.sum_dl / self.n_live, 1e-9) if self.n_live else 1.0
+
+
+@dataclass
+class QueryStats:
+    """What a shard needs to score a batch of queries as the unsplit catalogue does.
+
+    ``fields[f]``: ``(live documents, mean length)`` of field ``f``; ``df[b][f]``: the whole catalogue's document
+    frequency of each distinct term of query ``b`` that some live document of ``f`` contains; ``qlen[b][f]``: how many
+    such terms (at least 1); ``fraction``: the category filter's share of the live products (None: no filter).
+    """
+
+    fields: dict[str, tuple[int, float]]
+    df: list[dict[str, dict[str, int]]]
+    qlen: list[dict[str, int]]
+    fraction: float | None
+
+    def terms(self, b: int, f: str, lexical: LexicalField) -> tuple[np.ndarray, Bm25Stats]:
+        """Query ``b``'s terms as ``lexical``'s term ids (in id order, as :meth:`LexicalField.query_terms`) and their
+        global statistics; terms this shard has never seen are left out (they have no postings here)."""
+        pairs = sorted((lexical.vocab[w], n) for w, n in self.df[b][f].items() if w in lexical.vocab)
+        n, avgdl = self.fields[f]
+        return (np.asarray([j for j, _ in pairs], np.int64),
+                Bm25Stats(n, avgdl, np.asarray([d for _, d in pairs], np.float64)))
+
+    def row_filter(self, tables: CatalogTables, category: str | None) -> RowFilter | None:
+        """This shard's rows of ``category`` (none when it holds none) with the whole catalogue's share."""
+        if not category:
+            return None
+        mask = tables.category_mask(category)
+        return RowFilter(mask, np.packbits(mask, bitorder="little"), float(self.fraction or 0.0))
+
+
+@dataclass
+class CorpusStats:
+    """The whole catalogue's BM25 statistics and category counts, summed over its shards."""
+
+    fields: dict[str, FieldStats]
+    categories: dict[str, tuple[str, int]]  # lower-cased -> (name, live products)
+    n_live: int
+
+    @classmethod
+    def total(cls, parts: Sequence[dict[str, Any]]) -> "CorpusStats":
+        """The sum of shards' :meth:`Shard.stats`."""
+        fields = {}
+        for f in LEXICAL_FIELDS:
+            df: dict[str, int] = {}
+            for p in parts:
+                for w, n in p["fields"][f]["df"].items():
+                    df[w] = df.get(w, 0) + n
+            fields[f] = FieldStats(sum(p["fields"][f]["n_live"] for p in parts),
+                                   float(sum(p["fields"][f]["sum_dl"] for p in parts)), df)
+        cats: dict[str, tuple[str, int]] = {}
+        for p in parts:
+            for k, (name, n) in p["categories"].items():
+                cats[k] = (cats.get(k, (name, 0))[0], cats.get(k, (name, 0))[1] + n)
+        return cls(fields, cats, sum(p["n_live"] for p in parts))
+
+    def apply(self, delta: dict[str, Any]) -> None:
+        """Add a shard's change of statistics after a write (:meth:`Shard.upsert`, :meth:`Shard.delete`)."""
+        for f, d in delta["fields"].items():
+            old = self.fields[f]
+            df = old.df
+            for w, n in d["df"].items():
+                if df.get(w, 0) + n > 0:
+                    df[w] = df.get(w, 0) + n
+                else:
+                    df.pop(w, None)
+            self.fields[f] = FieldStats(old.n_live + d["n_live"], old.sum_dl + d["sum_dl"], df)
+        for k, (name, n) in delta["categories"].items():
+            have = self.categories.get(k, (name, 0))
+            if have[1] + n > 0:
+                self.categories[k] = (have[0], have[1] + n)
+            else:
+                self.categories.pop(k, None)
+        self.n_live += delta["n_live"]
+
+    def query(self, queries: Queries) -> QueryStats:
+        """The statistics of a batch's terms and filter; an unknown category is an error listing the valid ones."""
+        fraction = None
+        if queries.category:
+            hit = self.categories.get(queries.category.lower())
+            if hit is None:
+                names = sorted((name for name, _ in self.categories.values()), key=str.lower)
+                raise UnknownCategory(f"unknown category {queries.category!r}; valid: {', '.join(names)}")
+            fraction = hit[1] / max(1, self.n_live)
+        df, qlen = [], []
+        for text in queries.texts:
+            toks = set(tokenize(text))
+            d = {f: {w: self.fields[f].df[w] for w in toks if self.fields[f].df.get(w, 0) > 0} for f in LEXICAL_FIELDS}
+            df.append(d)
+            qlen.append({f: max(1, len(d[f])) for f in LEXICAL_FIELDS})
+        return QueryStats({f: (s.n_live, s.avgdl) for f, s in self.fields.items()}, df, qlen, fraction)
+
+
+class Shard:
+    """One part of a split catalogue: its own tables (rows ``0..n-1``) and the catalogue row of each (``rows``,
+    increasing, so that a tie inside the shard goes where it goes in the whole catalogue)."""
+
+    def __init__(self, tables: CatalogTables, rows: np.ndarray, config: CandidateConfig | None = None,
+                 end: int | None = None):
+        """``end``: the catalogue's row count when it was split (the next new product's row; default after ``rows``)."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) != tables.n_rows or (len(rows) > 1 and not (np.diff(rows) > 0).all()):
+            raise FusionrankError(f"a shard's catalogue rows must be increasing, one per row: {tables.n_rows} rows, "
+                                  f"{len(rows)} catalogue rows given")
+        self.tables, self.rows = tables, rows
+        self.end = int(end if end is not None else (rows[-1] + 1 if len(rows) else 0))
+        self.retriever = HybridRetriever(tables, config)
+        self._rows_log: Path | None = None  # saved shards: the catalogue rows of products written since (one a line)
+
+    def holds(self, product_id: str) -> bool:
+        return str(product_id) in self.tables.row_of
+
+    def next_row(self) -> int:
+        """The catalogue row a new product would take, as far as this shard knows."""
+        return self.end
+
+    def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
+               row: int, attributes: dict[str, str] | None = None) -> dict[str, Any]:
+        """Add or replace a product as catalogue row ``row`` (after every row this shard holds); returns the change
+        of this shard's statistics (:meth:`CorpusStats.apply`)."""
+        if len(self.rows) and row <= self.rows[-1]:
+            raise FusionrankError(f"catalogue row {row} for a new product, but this shard already holds row {self.rows[-1]}")
+        old = self.tables.row_of.get(str(record[S.PRODUCT_ID]))
+        texts = [lex_texts.get(f) or "" for f in LEXICAL_FIELDS]
+        if old is not None:
+            texts += [self.tables.lex_text[f][old] or "" for f in LEXICAL_FIELDS]
+        before = self._stats_of(texts)
+        self.tables.upsert(record, lex_texts, vectors, attributes=attributes)
+        self.rows = np.append(self.rows, np.int64(row))
+        self.end = max(self.end, row + 1)
+        if self._rows_log is not None:  # beside the index's change log: a restart knows the new row's catalogue row
+            with open(self._rows_log, "a") as f:
+                f.write(f"{row}\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return _difference(self._stats_of(texts), before)
+
+    def delete(self, product_id: str) -> dict[str, Any] | None:
+        """Remove a product; the change of this shard's statistics, None if it does not hold the product."""
+        r = self.tables.row_of.get(str(product_id))
+        if r is None:
+            return None
+        texts = [self.tables.lex_text[f][r] or "" for f in LEXICAL_FIELDS]
+        before = self._stats_of(texts)
+        self.tables.delete(product_id)
+        return _difference(self._stats_of(texts), before)
+
+    def _stats_of(self, texts: list[str]) -> dict[str, Any]:
+        """This shard's statistics restricted to the terms of ``texts`` (what a write of them can change)."""
+        t = self.tables
+        words = {w for x in texts for w in tokenize(x)}
+        return {"fields": {f: {"n_live": t.lexical[f].n_live, "sum_dl": t.lexical[f].sum_dl,
+                               "df": {w: t.lexical[f].doc_freq(w) for w in words}} for f in LEXICAL_FIELDS},
+                "categories": {k: (name, n) for k, (name, n) in t.category_counts().items()}, "n_live": len(t)}
+
+    def stats(self) -> dict[str, Any]:
+        """This shard's part of :class:`CorpusStats` (plain data: it crosses process boundaries)."""
+        t = self.tables
+        with t.lock:
+            return {"fields": {f: {"n_live": t.lexical[f].n_live, "sum_dl": t.lexical[f].sum_dl,
+                                   "df": t.lexical[f].doc_freqs()} for f in LEXICAL_FIELDS},
+                    "categories": t.category_counts(), "n_live": len(t)}
+
+    def search(self, queries: Queries, stats: QueryStats) -> SourceLists:
+        """Every source's top ``depth`` among this shard's rows, scored with the whole catalogue's ``stats``, as
+        catalogue rows."""
+        lists, _, _ = self.retriever.search(queries, stats)
+        g = self.rows
+        return SourceLists({s: [g[r] for r in rs] for s, rs in lists.rows.items()}, lists.scores)
+
+    # persistence ---------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """The shard's tables as a search-index snapshot plus its catalogue rows (what a :class:`RayShard` loads)."""
+        d = Path(directory)
+        self.tables.save(d / "index")
+        np.save(d / "rows.npy", self.rows)
+        (d / "shard.json").write_text(json.dumps({"end": self.end,
+                                                  "candidates": self.retriever.config.model_dump(mode="json")}))
+        self._rows_log = d / "rows.log"
+        self._rows_log.write_text("")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, log=print) -> "Shard":
+        from .index import SearchIndex
+
+        d = Path(directory)
+        meta = json.loads((d / "shard.json").read_text())
+        tables = SearchIndex.load(d / "index", log=log)
+        rows = np.load(d / "rows.npy")
+        if len(rows) != tables.n_rows and (d / "rows.log").exists():  # products written since the snapshot
+            rows = np.concatenate([rows, np.asarray((d / "rows.log").read_text().split(), np.int64)])
+        if len(rows) != tables.n_rows:
+            raise FusionrankError(f"{d}: the index holds {tables.n_rows} rows but {len(rows)} catalogue rows are recorded "
+                                  "(a crash between a write's two logs); rebuild the shard from the catalogue")
+        self = cls(tables, rows, CandidateConfig.model_validate(meta["candidates"]),
+                   max(meta["end"], int(rows[-1]) + 1 if len(rows) else 0))
+        self._rows_log = d / "rows.log"
+        return self
+
+
+def split(tables: CatalogTables, k: int, assign: np.ndarray | None = None, log=print) -> list[Shard]:
+    """The live products of ``tables`` in ``k`` shards, built like ``tables`` (its term ids, its trained IVF).
+
+    ``assign[row]``: the shard of each row (default ``row % k``). Each shard is a
+    :class:`~fusionrank.serving.index.SearchIndex` (it takes writes and saves snapshots).
+    """
+    from .index import SearchIndex
+
+    if k < 1:
+        raise FusionrankError(f"the number of shards must be at least 1 (got {k})")
+    n = tables.n_rows
+    assign = np.arange(n) % k if assign is None else np.asarray(assign)
+    if len(assign) < n:
+        raise FusionrankError(f"assign gives a shard for {len(assign)} rows; the catalogue has {n}")
+    live = tables.live[:n]
+    shards = []
+    for i in range(k):
+        rows = np.flatnonzero(live & (assign[:n] == i))
+        part = SearchIndex.build({c: tables.records[c][rows] for c in RECORD_COLUMNS},
+                                 {f: tables.lex_text[f][rows] for f in LEXICAL_FIELDS},
+                                 {t: tables.emb[t][rows] for t in TABLES},
+                                 {t: tables.emb_mask[t][:n][rows] for t in TABLES}, tables.config, log=log, like=tables)
+        shards.append(Shard(part, rows, tables.config.candidates, end=n))
+    return shards
+
+
+def _difference(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    fields = {f: {"n_live": a["n_live"] - before["fields"][f]["n_live"], "sum_dl": a["sum_dl"] - before["fields"][f]["sum_dl"],
+                  "df": {w: n - before["fields"][f]["df"].get(w, 0) for w, n in a["df"].items()
+                         if n != before["fields"][f]["df"].get(w, 0)}}
+              for f, a in after["fields"].items()}
+    cats = {}
+    for k in set(after["categories"]) | set(before["categories"]):
+        name, n1 = after["categories"].get(k, before["categories"].get(k))
+        n0 = before["categories"].get(k, (name, 0))[1]
+        n1 = after["categories"].get(k, (name, 0))[1]
+        if n1 != n0:
+            cats[k] = (name, n1 - n0)
+    return {"fields": fields, "categories": cats, "n_live": after["n_live"] - before["n_live"]}
+
+
+class ShardRouter(Stage):
+    """``Queries -> Candidates`` over the shards of a split catalogue: scatter, merge each source, fuse once.
+
+    ``shards``: :class:`Shard` objects (called one after another) or :class:`RayShard` handles (called at once,
+    gathered together). The candidates carry the fused scores and the merged source lists; they have no
+    :class:`~fusionrank.ranking.lexical.LexScores` (those stay in the shards).
+    """
+
+    def __init__(self, shards: Sequence, config: CandidateConfig | None = None):
+        if not shards:
+            raise FusionrankError("a router needs at least one shard")
+        self.shards = list(shards)
+        if config is None and isinstance(shards[0], Shard):
+            config = shards[0].retriever.config
+        self.config = config
+        if self.config is None:
+            raise FusionrankError("give the router the candidate config of its shards")
+        self.stats: CorpusStats | None = None
+        self._writes = threading.Lock()  # one write at a time: new products take rows in order
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Sum the shards' statistics again (writes through the router keep them up to date without this)."""
+        self.stats = CorpusStats.total(_gather([s.stats() for s in self.shards]))
+        self.next_row = max(_gather([s.next_row() for s in self.shards]))
+
+    def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
+               attributes: dict[str, str] | None = None) -> int:
+        """Add or replace a product (as :meth:`SearchIndex.upsert <fusionrank.serving.index.SearchIndex.upsert>`):
+        in the shard that holds it, else in shard ``row % K``; returns its catalogue row."""
+        pid = str(record[S.PRODUCT_ID])
+        with self._writes:
+            held = [i for i, h in enumerate(_gather([s.holds(pid) for s in self.shards])) if h]
+            i = held[0] if held else self.next_row % len(self.shards)
+            row = self.next_row
+            self.stats.apply(_gather([self.shards[i].upsert(record, lex_texts, vectors, row, attributes)])[0])
+            self.next_row += 1
+        return row
+
+    def delete(self, product_id: str) -> bool:
+        """Remove a product from the shard that holds it; False if none does."""
+        with self._writes:
+            deltas = [d for d in _gather([s.delete(product_id) for s in self.shards]) if d is not None]
+            for d in deltas:
+                self.stats.apply(d)
+        return bool(deltas)
+
+    def scatter(self, queries: Queries) -> tuple[list[SourceLists], QueryStats]:
+        """Every shard's lists for ``queries`` (in shard order) and the statistics they were scored with."""
+        qs = self.stats.query(queries)
+        return _gather([s.search(queries, qs) for s in self.shards]), qs
+
+    def transform(self, queries: Queries) -> Candidates:
+        parts, qs = self.scatter(queries)
+        lists = SourceLists.merge(parts, self.config.depth)
+        return fused(queries, lists, self.config, [{} for _ in range(len(queries))], qs.qlen)
+
+
+def _gather(results: list) -> list:
+    """Results as they are, with Ray object references among them fetched in one ``ray.get``."""
+    pending = [i for i, r in enumerate(results) if type(r).__name__ == "ObjectRef"]
+    if pending:
+        import ray
+
+        got = ray.get([results[i] for i in pending])
+        results = list(results)
+        for i, r in zip(pending, got):
+            results[i] = r
+    return results
+
+
+class _ShardActor:
+    """A saved shard inside a Ray actor."""
+
+    def __init__(self, directory: str):
+        self.shard = Shard.load(directory, log=lambda _m: None)
+
+    def stats(self) -> dict[str, Any]:
+        return self.shard.stats()
+
+    def search(self, queries: Queries, stats: QueryStats) -> SourceLists:
+        return self.shard.search(queries, stats)
+
+    def ping(self) -> int:
+        return len(self.shard.tables)
+
+    def next_row(self) -> int:
+        return self.shard.end
+
+    def holds(self, product_id: str) -> bool:
+        return self.shard.holds(product_id)
+
+    def upsert(self, *args, **kwargs) -> dict[str, Any]:
+        return self.shard.upsert(*args, **kwargs)
+
+    def delete(self, product_id: str) -> dict[str, Any] | None:
+        return self.shard.delete(product_id)
+
+
+class RayShard:
+    """A shard served by a Ray actor that loads it from ``directory`` (saved by :meth:`Shard.save`).
+
+    Its methods return Ray object references; :class:`ShardRouter` fetches all shards' at once, so the shards
+    search in parallel. ``actor_options``: Ray's (``num_cpus``, ``resources``, ... to place it on a node).
+    """
+
+    def __init__(self, directory: str | Path, **actor_options):
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ImportError("Ray shards need Ray: pip install 'fusionrank[ray]'") from e
+        opts = {"num_cpus": 0, **actor_options}  # the search is short; do not reserve a core per shard
+        self.directory = str(directory)
+        self.actor = ray.remote(_ShardActor).options(**opts).remote(self.directory)
+
+    def stats(self):
+        return self.actor.stats.remote()
+
+    def search(self, queries: Queries, stats: QueryStats):
+        return self.actor.search.remote(queries, stats)
+
+    def next_row(self):
+        return self.actor.next_row.remote()
+
+    def holds(self, product_id: str):
+        return self.actor.holds.remote(product_id)
+
+    def upsert(self, record, lex_texts, vectors, row: int, attributes=None):
+        return self.actor.upsert.remote(record, lex_texts, vectors, row, attributes)
+
+    def delete(self, product_id: str):
+        return self.actor.delete.remote(product_id)
+
+    def ready(self) -> int:
+        """Wait until the actor has loaded its shard; its number of products."""
+        import ray
+
+        return ray.get(self.actor.ping.remote())
+
+    def stop(self) -> None:
+        import ray
+
+        ray.kill(self.actor)

@@ -1,0 +1,165 @@
+"""Index shards: the router's merged candidates equal the unsplit catalogue's (rows, order, scores).
+
+Over the tiny catalogue (120 products, many repeated titles, so BM25 ties at the cut are common),
+for K = 2 and 3 shards, with exact vector search and with IVF (few lists, a small ``nprobe``, so
+that which lists are probed matters), with and without a category filter.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusionrank.errors import UnknownCategory
+from fusionrank.ranking import CandidateConfig, CatalogConfig, CatalogTables, HybridRetriever, Queries, QueryEncoder
+from fusionrank.ranking.catalog import VectorConfig
+from fusionrank.serving.shards import RayShard, Shard, ShardRouter, split
+
+ANN = {"exact": {"codec": "exact"}, "ivf-flat": {"codec": "flat", "nlist": 4, "nprobe": 2},
+       "ivf-sq8": {"codec": "sq8", "nlist": 4, "nprobe": 1}}
+
+
+def build_tables(tiny_workspace, ann: dict) -> CatalogTables:
+    ws, cat = tiny_workspace
+    cfg = CatalogConfig(candidates=CandidateConfig(n=20, depth=20), ann=VectorConfig(**ann))
+    return CatalogTables.from_store(cat.products, ws.store_dir, cfg, "minilm", "whisper_tiny_en", log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def queries(tiny_fashion, fusionrank_home) -> Queries:
+    texts = list(tiny_fashion.queries["train"]["query"]) + list(tiny_fashion.queries["dev"]["query"])
+    texts += ["nike", "shoes shoes shoes", "zebra"]  # one term (ties), a repeated term, a term no product has
+    return QueryEncoder().transform(Queries.of(texts))
+
+
+@pytest.fixture(scope="module", params=list(ANN))
+def unsplit(request, tiny_workspace):
+    return build_tables(tiny_workspace, ANN[request.param])
+
+
+def assert_same(got, want) -> None:
+    assert len(got) == len(want)
+    for b in range(len(want)):
+        np.testing.assert_array_equal(got.rows[b], want.rows[b], err_msg=f"query {b}: candidates")
+        np.testing.assert_array_equal(got.scores[b], want.scores[b], err_msg=f"query {b}: fused scores")
+        assert got.qlen[b] == want.qlen[b]
+        assert got.sources[b] == want.sources[b]
+        for src in want.lists.rows:
+            np.testing.assert_array_equal(got.lists.rows[src][b], want.lists.rows[src][b], err_msg=f"query {b}: {src} rows")
+            np.testing.assert_array_equal(got.lists.scores[src][b], want.lists.scores[src][b], err_msg=f"query {b}: {src} scores")
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_merged_candidates_equal_the_unsplit_catalogues(unsplit, queries, k):
+    want = HybridRetriever(unsplit).transform(queries)
+    router = ShardRouter(split(unsplit, k, log=lambda m: None))
+    assert sum(len(s.tables) for s in router.shards) == len(unsplit)
+    assert_same(router.transform(queries), want)
+    # the comparison is not vacuous: BM25 lists hold ties (the merge must break them as the unsplit index does)
+    bm25 = want.lists.scores["bm25:title"]
+    assert any(len(s) > 1 and (np.diff(s) == 0).any() for s in bm25)
+    assert all(len(r) == 20 for r in want.rows[:-1])
+
+
+def test_filtered_search_uses_the_whole_catalogues_share(tiny_workspace, queries, tiny_fashion):
+    """A category filter raises nprobe by the inverse of the category's share: the global share, on every shard,
+    also on a shard that holds none of the category."""
+    unsplit = build_tables(tiny_workspace, ANN["ivf-sq8"])
+    cats = unsplit.records["category"][:unsplit.n_rows]
+    assign = np.where(cats == "Footwear", 0, 1 + np.arange(unsplit.n_rows) % 2)  # all shoes on shard 0
+    router = ShardRouter(split(unsplit, 3, assign, log=lambda m: None))
+    assert not router.shards[1].tables.has_category("Footwear")
+    for category in ("Footwear", "apparel"):
+        qs = Queries(queries.query_ids, queries.texts, queries.q, category)
+        assert_same(router.transform(qs), HybridRetriever(unsplit).transform(qs))
+    with pytest.raises(UnknownCategory, match="unknown category 'Hats'; valid: Accessories, Apparel, Footwear"):
+        router.transform(Queries(queries.query_ids, queries.texts, queries.q, "Hats"))
+
+
+def writes(base):
+    """Writes as the service makes them: two new products, one replaced (new text), three removed."""
+    from fusionrank.modalities import TABLES
+
+    def product(r, pid, extra):
+        rec = {c: v for c, v in base.record(r).items() if c != "modalities"}
+        rec["product_id"], rec["title"] = pid, f"{rec['title']} {extra}"
+        lex = {f: f"{base.lex_text[f][r] or ''} {extra}".strip() for f in base.lexical}
+        vec = {t: (base.emb[t][r] if base.emb_mask[t][r] else None) for t in TABLES}
+        return rec, lex, vec
+
+    ids = [str(p) for p in base.ids]
+    return [("upsert", product(5, "new-1", "zebra stripes")), ("upsert", product(7, "new-2", "zebra")),
+            ("upsert", product(9, ids[9], "quokka")), ("delete", ids[0]), ("delete", ids[11]), ("delete", "new-2")]
+
+
+def apply(target, ops) -> None:
+    for op, arg in ops:
+        if op == "upsert":
+            target.upsert(*arg)
+        else:
+            assert target.delete(arg)
+
+
+def test_writes_through_the_router_equal_the_same_writes_to_one_index(tiny_workspace, queries):
+    """New, replaced and removed products: each in its shard, rows from one counter, statistics kept by deltas."""
+    from fusionrank.serving.index import SearchIndex
+
+    base = build_tables(tiny_workspace, ANN["ivf-sq8"])
+    unsplit = split(base, 1, log=lambda m: None)[0].tables  # an updatable copy (a SearchIndex)
+    assert isinstance(unsplit, SearchIndex)
+    router = ShardRouter(split(base, 3, log=lambda m: None))
+    ops = writes(base)
+    apply(unsplit, ops)
+    apply(router, ops)
+    assert sum(len(s.tables) for s in router.shards) == len(unsplit)
+    more = Queries(queries.query_ids + ["z1", "z2"], queries.texts + ["zebra", "quokka shoes"], None)
+    more = QueryEncoder().transform(more)
+    assert_same(router.transform(more), HybridRetriever(unsplit).transform(more))
+    kept = router.stats
+    router.refresh()  # the statistics kept by deltas are the shards' own
+    assert router.stats == kept
+
+
+def test_a_saved_shard_loads_back_equal_with_the_writes_since(tiny_workspace, queries, tmp_path):
+    unsplit = build_tables(tiny_workspace, ANN["ivf-sq8"])
+    shards = split(unsplit, 2, log=lambda m: None)
+    dirs = [s.save(tmp_path / f"shard{i}") for i, s in enumerate(shards)]
+    loaded = [Shard.load(d, log=lambda m: None) for d in dirs]
+    assert_same(ShardRouter(loaded).transform(queries), HybridRetriever(unsplit).transform(queries))
+    ops = writes(unsplit)
+    apply(ShardRouter(loaded), ops)
+    for s in loaded:
+        s.tables.close()
+    again = ShardRouter([Shard.load(d, log=lambda m: None) for d in dirs])  # as after a restart: logs replayed
+    updatable = split(unsplit, 1, log=lambda m: None)[0].tables
+    apply(updatable, ops)
+    assert again.next_row == updatable.n_rows
+    assert_same(again.transform(queries), HybridRetriever(updatable).transform(queries))
+
+
+@pytest.fixture
+def ray_runtime():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():  # pragma: no cover - someone else's runtime
+        pytest.skip("a Ray runtime is already running in this process")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_shards_equal_the_unsplit_catalogue(ray_runtime, tiny_workspace, queries, tmp_path):
+    unsplit = build_tables(tiny_workspace, ANN["ivf-sq8"])
+    dirs = [s.save(tmp_path / f"shard{i}") for i, s in enumerate(split(unsplit, 2, log=lambda m: None))]
+    shards = [RayShard(d) for d in dirs]
+    assert sum(s.ready() for s in shards) == len(unsplit)
+    router = ShardRouter(shards, unsplit.config.candidates)
+    assert_same(router.transform(queries), HybridRetriever(unsplit).transform(queries))
+    qs = Queries(queries.query_ids, queries.texts, queries.q, "Footwear")
+    assert_same(router.transform(qs), HybridRetriever(unsplit).transform(qs))
+    updatable = split(unsplit, 1, log=lambda m: None)[0].tables
+    ops = writes(unsplit)
+    apply(updatable, ops)
+    apply(router, ops)
+    assert_same(router.transform(queries), HybridRetriever(updatable).transform(queries))
+    for s in shards:
+        s.stop()
