@@ -163,3 +163,78 @@ def test_ray_shards_equal_the_unsplit_catalogue(ray_runtime, tiny_workspace, que
     assert_same(router.transform(queries), HybridRetriever(updatable).transform(queries))
     for s in shards:
         s.stop()
+
+
+# the whole search over shards: candidates, then the re-rank over the gathered inputs --------------------------
+
+@pytest.fixture(scope="module")
+def served(tiny_model):
+    """The tiny model's serving index (an updatable copy) and ranker."""
+    from serving_fixtures import serving_index
+
+    from fusionrank.serving import load_handle
+
+    return serving_index(tiny_model[0], "sq8"), load_handle(tiny_model[0]).ranker
+
+
+RANKED_QUERIES = ["red running shoes", "nike", "blue denim jacket for men", "zebra", "leather handbag",
+                  "shoes shoes shoes", "watch"]
+
+
+def assert_same_search(got, want) -> None:
+    """Same products in the same order with the same scores, features, weights and explanations."""
+    view = got.candidates.catalog
+    assert view is not None and view.n_rows <= max(1, sum(len(r) for r in got.candidates.rows))
+    gs, ws = got.scored.slates, want.scored.slates
+    valid = ws.rows >= 0
+    np.testing.assert_array_equal(gs.rows >= 0, valid)
+    np.testing.assert_array_equal(view.catalogue_rows[gs.rows[valid]], ws.rows[valid])  # the same candidates, in order
+    np.testing.assert_array_equal(gs.x, ws.x)
+    np.testing.assert_array_equal(gs.mask, ws.mask)
+    np.testing.assert_array_equal(got.scored.scores, want.scored.scores)
+    np.testing.assert_array_equal(got.order, want.order)
+    assert got.hits == want.hits  # ids, scores, contributions, fusion weights, matched terms, features
+    assert want.hits and want.hits[0]["contributions"] and want.hits[0]["weights"]  # not vacuous
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_a_sharded_search_ranks_as_the_one_index(served, k):
+    """Router -> gather each shard's candidates' inputs -> the same Featuriser and ranker: the same ranking as
+    one index's RankingPipeline.search, with and without a category filter, and after writes through the router."""
+    from fusionrank.ranking import RankingPipeline
+
+    index, ranker = served
+    enc = QueryEncoder()
+    one = RankingPipeline.over(split(index, 1, log=lambda m: None)[0].tables, ranker, enc)
+    router = ShardRouter(split(index, k, log=lambda m: None))
+    sharded = RankingPipeline.over_shards(router, ranker, enc)
+    for category in (None, "Footwear"):
+        for q in RANKED_QUERIES:
+            want = one.search(q, 10, category)
+            assert_same_search(sharded.search(q, 10, category), want)
+            assert not category or {h["category"] for h in want.hits} == {category}
+    ops = writes(index)
+    apply(one.catalog, ops)
+    apply(router, ops)
+    for q in RANKED_QUERIES + ["zebra stripes", "quokka"]:
+        got, want = sharded.search(q, 10), one.search(q, 10)
+        assert_same_search(got, want)
+    assert "new-1" in [h["product_id"] for h in sharded.search("zebra stripes", 10).hits]
+
+
+def test_a_batch_of_sharded_queries_gets_the_one_index_features(served, queries):
+    """Many queries at once (candidates shared between queries appear once in the view): the same slates and scores."""
+    from fusionrank.ranking import Featuriser, Scorer
+    from fusionrank.serving.shards import ShardSearch
+
+    index, ranker = served
+    want_c = HybridRetriever(index).transform(queries)
+    want = Featuriser(index).transform(want_c)
+    cands = ShardSearch(ShardRouter(split(index, 3, log=lambda m: None))).transform(queries)
+    view = cands.catalog
+    assert view.n_rows == len(np.unique(np.concatenate(want_c.rows)))  # the view holds the candidates only
+    got = Featuriser().transform(cands)
+    np.testing.assert_array_equal(np.where(got.rows >= 0, view.catalogue_rows[got.rows], -1), want.rows)
+    np.testing.assert_array_equal(got.x, want.x)
+    np.testing.assert_array_equal(got.mask, want.mask)
+    np.testing.assert_array_equal(Scorer(ranker, view).transform(got).scores, Scorer(ranker, index).transform(want).scores)

@@ -149,6 +149,36 @@ class CatalogTables:
         return self
 
     @classmethod
+    def view(cls, records: dict[str, Sequence], lex_texts: dict[str, Sequence[str]], emb: dict[str, np.ndarray],
+             emb_mask: dict[str, np.ndarray], config: CatalogConfig | None = None) -> "CatalogTables":
+        """A candidate-only view: the records, BM25 texts and embedding rows of a few products (rows ``0..M-1``),
+        without BM25 or vector indexes.
+
+        What a sharded search ranks over (:class:`fusionrank.serving.shards.ShardSearch`): the feature builder,
+        the ranker and the explainer read it as they read the whole catalogue (``emb``, ``emb_mask``,
+        :meth:`modality_mask`, :meth:`record`, ``lex_text``); the candidate stage cannot run on it. ``emb`` is
+        float32, as the catalogue's tables answer a lookup, and kept float32 (no second rounding).
+        """
+        config = config or CatalogConfig()
+        P = len(records[S.PRODUCT_ID])
+        self = cls(config.model_copy(update={"table_dtype": "float32"}), {t: emb[t].shape[1] for t in TABLES})
+        for c in RECORD_COLUMNS:
+            v = records.get(c)
+            self.records[c] = np.asarray(list(v) if v is not None else [None] * P, dtype=object)
+        self.records[S.PRODUCT_ID] = np.asarray([str(p) for p in self.records[S.PRODUCT_ID]], dtype=object)
+        self.row_of = {p: i for i, p in enumerate(self.records[S.PRODUCT_ID])}
+        self.cat_code = self._codes(self.records[S.CATEGORY])
+        for f in LEXICAL_FIELDS:
+            self.lex_text[f] = np.asarray([t or "" for t in lex_texts[f]], dtype=object)
+        for t in TABLES:
+            self.emb_mask[t] = np.asarray(emb_mask[t], bool).copy()
+            self.emb[t] = EmbeddingTable.from_rows(np.asarray(emb[t], np.float32), self.emb_mask[t], "float32")
+        self.live = np.ones(P, bool)
+        self.n_rows = self.cap = P
+        self._refresh_category_names()
+        return self
+
+    @classmethod
     def from_store(cls, products: pd.DataFrame, store, config: CatalogConfig | None = None, text_encoder: str | None = None,
                    transcriber: str | None = None, log=print):
         """Tables of an ingested catalogue from its embedding store (nothing is encoded here).

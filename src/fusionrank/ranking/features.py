@@ -106,13 +106,19 @@ def finish_features(x: np.ndarray, valid: np.ndarray, mask: np.ndarray) -> None:
 
 
 class Featuriser(Stage):
-    """``Candidates -> Slates``: the scalar features of every candidate, from the catalogue's tables."""
+    """``Candidates -> Slates``: the scalar features of every candidate, from the catalogue's tables.
 
-    def __init__(self, catalog):
+    The tables are the candidates' own when they carry them (``cands.catalog``: a sharded search's
+    candidate-only view, see :class:`fusionrank.serving.shards.ShardSearch`), else ``catalog``.
+    """
+
+    def __init__(self, catalog=None):
         self.catalog = catalog
 
     def transform(self, cands) -> Slates:
-        cat = self.catalog
+        cat = self.catalog if getattr(cands, "catalog", None) is None else cands.catalog
+        if cat is None:
+            raise FusionrankError("the feature builder has no catalogue: give it one, or candidates that carry theirs")
         B = len(cands.rows)
         N = max(1, max((len(r) for r in cands.rows), default=1))
         rows = np.full((B, N), -1, np.int64)

@@ -349,3 +349,34 @@ class LexScores:
                 pos = np.clip(np.searchsorted(p, rows), 0, len(p) - 1)
                 out += p[pos] == rows
         return out
+
+
+class RowScores:
+    """BM25 scores and matched-term counts of one query at given rows, as :class:`LexScores` answers them there.
+
+    What a sharded search gathers from its shards for the candidates (each shard computes them with
+    :class:`LexScores` under the whole catalogue's statistics), indexed by the candidates' rows in the
+    candidate-only view; the feature builder reads it as it reads :class:`LexScores`.
+    ``rows`` int64 (increasing), ``bm25`` and ``n_matched`` float32, one per row.
+    """
+
+    def __init__(self, rows: np.ndarray, bm25: np.ndarray, n_matched: np.ndarray):
+        o = np.argsort(rows, kind="stable")
+        self.rows = np.asarray(rows, np.int64)[o]
+        self.bm25 = np.asarray(bm25, np.float32)[o]
+        self.n_matched = np.asarray(n_matched, np.float32)[o]
+
+    def _take(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        if not len(self.rows):
+            return np.zeros(len(rows), np.float32)
+        pos = np.clip(np.searchsorted(self.rows, rows), 0, len(self.rows) - 1)
+        return np.where(self.rows[pos] == rows, values[pos], 0.0).astype(np.float32)
+
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """BM25 of the given rows (0 for rows not gathered)."""
+        return self._take(self.bm25, rows)
+
+    def matched(self, rows: np.ndarray) -> np.ndarray:
+        """How many of the query's terms each given row contains."""
+        return self._take(self.n_matched, rows)

@@ -74,6 +74,18 @@ class RankingPipeline:
         return cls(encoder, build_retriever(catalog), Featuriser(catalog), Scorer(ranker, catalog), Explainer(catalog),
                    understanding)
 
+    @classmethod
+    def over_shards(cls, router, ranker, encoder: QueryEncoder | None = None, text_encoder: dict | None = None,
+                    explain_contributions: bool = True) -> "RankingPipeline":
+        """The same stages over a split catalogue: the router's candidate stage, then the ranker's inputs of the
+        merged candidates gathered from their shards (:class:`~fusionrank.serving.shards.ShardSearch`); the
+        feature builder, ranker and explainer read that candidate-only view (the candidates carry it)."""
+        from ..serving.shards import ShardSearch
+
+        encoder = encoder or QueryEncoder(text_encoder=text_encoder)
+        return cls(encoder, ShardSearch(router), Featuriser(), Scorer(ranker, None),
+                   Explainer(None, explain_contributions))
+
     def replace(self, **stages) -> "RankingPipeline":
         """A copy with some stages swapped (``retriever=``, ``scorer=``, ...)."""
         return replace(self, **stages)
@@ -136,12 +148,15 @@ class RankingPipeline:
         qs = Queries(["q"], [understood.rewritten], q[None, :], category)
         t.append(time.perf_counter())
         cands = self.retriever.transform(qs)
+        explainer = self.explainer
+        if cands.catalog is not None and cands.catalog is not self.catalog:  # a sharded search's candidate-only view
+            scorer, explainer = Scorer(scorer.ranker, cands.catalog), Explainer(cands.catalog, explainer.contributions)
         t.append(time.perf_counter())
         sl = self.featuriser.transform(cands)
         t.append(time.perf_counter())
         scored: Scored = scorer.transform(sl)
         t.append(time.perf_counter())
-        hits = self.explainer.hits(scored, scorer.ranker, k, 0, explain)
+        hits = explainer.hits(scored, scorer.ranker, k, 0, explain)
         order = scored.order(0, k)
         t.append(time.perf_counter())
         timings = {}

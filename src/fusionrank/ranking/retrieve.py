@@ -159,6 +159,9 @@ class Candidates:
     sources: list[dict[str, int]] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)  # the fused (RRF) score of each row
     lists: SourceLists | None = None  # what each source found, before fusion
+    # the tables ``rows`` index when they are not the pipeline's catalogue: a sharded search's candidate-only
+    # view (:class:`fusionrank.serving.shards.ShardSearch`), which the feature builder, ranker and explainer read
+    catalog: Any = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -183,25 +186,11 @@ class HybridRetriever(Stage):
         whole catalogue's BM25 statistics of the queries' terms and share of the category filter, used instead of
         this catalogue's own, so that the lists are this catalogue's part of the unsplit catalogue's lists.
         """
-        from ..modalities import LEXICAL_FIELDS
-
         cfg, cat = self.config, self.catalog
         B = len(queries)
         with cat.lock:
-            flt = cat.row_filter(queries.category) if stats is None else stats.row_filter(cat, queries.category)
-            allowed = None if flt is None else flt.mask
-            lex, qlen = [], []
-            for b, text in enumerate(queries.texts):
-                if stats is None:
-                    terms = {f: cat.lexical[f].query_terms(text) for f in LEXICAL_FIELDS}
-                    qlen.append({f: max(1, len(t)) for f, t in terms.items()})
-                    lex.append({f: cat.lexical[f].score(t, allowed) for f, t in terms.items()})
-                else:
-                    qlen.append(dict(stats.qlen[b]))
-                    lex.append({})
-                    for f in LEXICAL_FIELDS:
-                        t, st = stats.terms(b, f, cat.lexical[f])
-                        lex[b][f] = cat.lexical[f].score(t, allowed, st)
+            flt = self.row_filter(queries, stats)
+            lex, qlen = self.lexical(queries, stats, None if flt is None else flt.mask)
             rows, scores = {}, {}
             for src in cfg.sources:
                 kind, name = src.split(":", 1)
@@ -213,6 +202,34 @@ class HybridRetriever(Stage):
                 rows[src] = [r for r, _ in found]
                 scores[src] = [np.asarray(s, np.float64) for _, s in found]
         return SourceLists(rows, scores), lex, qlen
+
+    def row_filter(self, queries: Queries, stats=None):
+        """The batch's category filter: over this catalogue, or with the whole catalogue's share (``stats``)."""
+        cat = self.catalog
+        return cat.row_filter(queries.category) if stats is None else stats.row_filter(cat, queries.category)
+
+    def lexical(self, queries: Queries, stats=None, allowed: np.ndarray | None = None
+                ) -> tuple[list[dict[str, Any]], list[dict[str, int]]]:
+        """Every BM25 field's scores of each query (``lex[b][field]``, a
+        :class:`~fusionrank.ranking.lexical.LexScores`) over the ``allowed`` rows, and the query lengths
+        (``qlen[b][field]``); with ``stats``, under the whole catalogue's statistics (see :meth:`search`)."""
+        from ..modalities import LEXICAL_FIELDS
+
+        cat = self.catalog
+        lex, qlen = [], []
+        with cat.lock:
+            for b, text in enumerate(queries.texts):
+                if stats is None:
+                    terms = {f: cat.lexical[f].query_terms(text) for f in LEXICAL_FIELDS}
+                    qlen.append({f: max(1, len(t)) for f, t in terms.items()})
+                    lex.append({f: cat.lexical[f].score(t, allowed) for f, t in terms.items()})
+                else:
+                    qlen.append(dict(stats.qlen[b]))
+                    lex.append({})
+                    for f in LEXICAL_FIELDS:
+                        t, st = stats.terms(b, f, cat.lexical[f])
+                        lex[b][f] = cat.lexical[f].score(t, allowed, st)
+        return lex, qlen
 
 
 def fused(queries: Queries, lists: SourceLists, config: CandidateConfig, lex: list[dict[str, Any]],

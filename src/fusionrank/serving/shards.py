@@ -59,7 +59,7 @@ from ..ranking.retrieve import CandidateConfig, Candidates, HybridRetriever, Sou
 from ..ranking.stage import Queries, Stage
 from ..ranking.vectors import RowFilter
 
-__all__ = ["CorpusStats", "QueryStats", "Shard", "ShardRouter", "RayShard", "split"]
+__all__ = ["CorpusStats", "QueryStats", "Shard", "ShardRouter", "ShardSearch", "RayShard", "split"]
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ class Shard:
         with t.lock:
             return {"fields": {f: {"n_live": t.lexical[f].n_live, "sum_dl": t.lexical[f].sum_dl,
                                    "df": t.lexical[f].doc_freqs()} for f in LEXICAL_FIELDS},
-                    "categories": t.category_counts(), "n_live": len(t)}
+                    "categories": t.category_counts(), "n_live": len(t), "dims": dict(t.dims)}
 
     def search(self, queries: Queries, stats: QueryStats) -> SourceLists:
         """Every source's top ``depth`` among this shard's rows, scored with the whole catalogue's ``stats``, as
@@ -244,6 +244,36 @@ class Shard:
         lists, _, _ = self.retriever.search(queries, stats)
         g = self.rows
         return SourceLists({s: [g[r] for r in rs] for s, rs in lists.rows.items()}, lists.scores)
+
+    def inputs(self, queries: Queries, stats: QueryStats, rows: list[np.ndarray]) -> dict[str, Any]:
+        """The ranker's inputs of catalogue rows this shard holds: ``rows[b]``, query ``b``'s candidates here.
+
+        Returns plain data (it crosses process boundaries): ``rows``, the distinct catalogue rows (increasing);
+        per row its ``records``, BM25 texts (``lex_text``), embeddings (``emb``, float32 as a lookup of the
+        tables answers) and ``emb_mask``; ``lex[b][field]``: ``(bm25, matched terms)`` of ``rows[b]``,
+        float32, scored by the same :class:`~fusionrank.ranking.lexical.LexScores` code as the candidate
+        stage under the whole catalogue's ``stats``.
+        """
+        t = self.tables
+        want = [np.asarray(r, np.int64) for r in rows]
+        every = np.unique(np.concatenate(want)) if want else np.zeros(0, np.int64)
+        local = np.searchsorted(self.rows, every)
+        ok = local < len(self.rows)
+        ok[ok] = self.rows[local[ok]] == every[ok]
+        if not ok.all():
+            raise FusionrankError(f"this shard does not hold catalogue rows {every[~ok][:5].tolist()}")
+        with t.lock:
+            flt = self.retriever.row_filter(queries, stats)
+            lex, _ = self.retriever.lexical(queries, stats, None if flt is None else flt.mask)
+            out_lex = []
+            for b, r in enumerate(want):
+                lr = np.searchsorted(self.rows, r)
+                out_lex.append({f: (lex[b][f].at(lr), lex[b][f].matched(lr)) for f in LEXICAL_FIELDS})
+            return {"rows": every, "lex": out_lex,
+                    "records": {c: t.records[c][local] for c in RECORD_COLUMNS},
+                    "lex_text": {f: t.lex_text[f][local] for f in LEXICAL_FIELDS},
+                    "emb": {m: t.emb[m][local] for m in TABLES},
+                    "emb_mask": {m: t.emb_mask[m][local] for m in TABLES}}
 
     # persistence ---------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -340,7 +370,9 @@ class ShardRouter(Stage):
 
     def refresh(self) -> None:
         """Sum the shards' statistics again (writes through the router keep them up to date without this)."""
-        self.stats = CorpusStats.total(_gather([s.stats() for s in self.shards]))
+        parts = _gather([s.stats() for s in self.shards])
+        self.stats = CorpusStats.total(parts)
+        self.dims = dict(parts[0]["dims"])
         self.next_row = max(_gather([s.next_row() for s in self.shards]))
 
     def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
@@ -369,10 +401,85 @@ class ShardRouter(Stage):
         qs = self.stats.query(queries)
         return _gather([s.search(queries, qs) for s in self.shards]), qs
 
-    def transform(self, queries: Queries) -> Candidates:
+    def candidates(self, queries: Queries) -> tuple[Candidates, list[list[np.ndarray]], QueryStats]:
+        """The merged candidates, which of each query's candidates each shard holds (``held[shard][b]``, catalogue
+        rows), and the statistics the shards scored with."""
         parts, qs = self.scatter(queries)
         lists = SourceLists.merge(parts, self.config.depth)
-        return fused(queries, lists, self.config, [{} for _ in range(len(queries))], qs.qlen)
+        cands = fused(queries, lists, self.config, [{} for _ in range(len(queries))], qs.qlen)
+        held = []
+        for p in parts:  # a shard found only its own rows: what it returned says which rows it holds
+            held.append([])
+            for b, r in enumerate(cands.rows):
+                mine = np.unique(np.concatenate([p.rows[src][b] for src in p.rows] + [np.zeros(0, np.int64)]))
+                held[-1].append(r[np.isin(r, mine)])
+        return cands, held, qs
+
+    def transform(self, queries: Queries) -> Candidates:
+        return self.candidates(queries)[0]
+
+    def gather(self, cands: Candidates, held: list[list[np.ndarray]], qs: QueryStats) -> Candidates:
+        """The candidates over a candidate-only view of the catalogue (rows ``0..M-1``, in catalogue order; the
+        view's ``catalogue_rows[i]`` is view row ``i``'s catalogue row), assembled from the ranker's inputs of
+        each shard's candidates (:meth:`Shard.inputs`), with their BM25 scores and matched terms."""
+        from ..ranking.catalog import CatalogConfig, CatalogTables
+        from ..ranking.lexical import RowScores
+
+        ask = [i for i, h in enumerate(held) if sum(len(r) for r in h)]  # a shard with no candidates is not called
+        got = _gather([self.shards[i].inputs(cands.queries, qs, held[i]) for i in ask])
+        every = np.concatenate([g["rows"] for g in got] + [np.zeros(0, np.int64)])
+        order = np.argsort(every, kind="stable")
+        grows = every[order]
+
+        def column(get, empty):
+            vals = [get(g) for g in got]
+            return np.concatenate(vals)[order] if vals else empty
+
+        dims = self.dims
+        pad = not len(grows)  # no candidates: one empty row, so that padding (read as row 0) has a row to read
+        records = {c: column(lambda g: g["records"][c], np.empty(0, object)) for c in RECORD_COLUMNS}
+        lex_text = {f: column(lambda g: g["lex_text"][f], np.empty(0, object)) for f in LEXICAL_FIELDS}
+        emb = {t: column(lambda g: g["emb"][t], np.zeros((0, dims[t]), np.float32)) for t in TABLES}
+        mask = {t: column(lambda g: g["emb_mask"][t], np.zeros(0, bool)) for t in TABLES}
+        if pad:
+            records = {c: np.asarray([""] if c == S.PRODUCT_ID else [None], object) for c in RECORD_COLUMNS}
+            lex_text = {f: np.asarray([""], object) for f in LEXICAL_FIELDS}
+            emb = {t: np.zeros((1, dims[t]), np.float32) for t in TABLES}
+            mask = {t: np.zeros(1, bool) for t in TABLES}
+        view = CatalogTables.view(records, lex_text, emb, mask, CatalogConfig(candidates=self.config))
+        if pad:
+            view.live[:] = False
+        view.catalogue_rows = grows
+        rows = [np.searchsorted(grows, r).astype(np.int64) for r in cands.rows]
+        lex = []
+        for b in range(len(cands.rows)):
+            lex.append({})
+            for f in LEXICAL_FIELDS:
+                r = np.concatenate([np.searchsorted(grows, held[i][b]) for i in ask] + [np.zeros(0, np.int64)])
+                s = np.concatenate([g["lex"][b][f][0] for g in got] + [np.zeros(0, np.float32)])
+                m = np.concatenate([g["lex"][b][f][1] for g in got] + [np.zeros(0, np.float32)])
+                lex[b][f] = RowScores(r, s, m)
+        return Candidates(cands.queries, rows, lex, cands.qlen, cands.sources, cands.scores, cands.lists, view)
+
+
+class ShardSearch(Stage):
+    """``Queries -> Candidates`` over a split catalogue, ready for the re-rank: the router's candidate stage
+    (scatter, merge, fuse), then each shard's part of the ranker's inputs of the merged candidates (their
+    embedding rows and masks, records, BM25 scores and matched terms under the whole catalogue's statistics),
+    assembled into a candidate-only view that the candidates carry (``cands.catalog``). The feature builder,
+    ranker and explainer then run over the view as over one catalogue; the router never holds more than the
+    candidates' rows. ``RankingPipeline.over_shards(router, ranker)`` is the whole search over shards.
+
+    The candidates' rows index the view (``cands.catalog.catalogue_rows`` maps them back); ``lists`` keep
+    catalogue rows.
+    """
+
+    def __init__(self, router: ShardRouter):
+        self.router = router
+
+    def transform(self, queries: Queries) -> Candidates:
+        cands, held, qs = self.router.candidates(queries)
+        return self.router.gather(cands, held, qs)
 
 
 def _gather(results: list) -> list:
@@ -399,6 +506,9 @@ class _ShardActor:
 
     def search(self, queries: Queries, stats: QueryStats) -> SourceLists:
         return self.shard.search(queries, stats)
+
+    def inputs(self, queries: Queries, stats: QueryStats, rows: list[np.ndarray]) -> dict[str, Any]:
+        return self.shard.inputs(queries, stats, rows)
 
     def ping(self) -> int:
         return len(self.shard.tables)
@@ -437,6 +547,9 @@ class RayShard:
 
     def search(self, queries: Queries, stats: QueryStats):
         return self.actor.search.remote(queries, stats)
+
+    def inputs(self, queries: Queries, stats: QueryStats, rows: list[np.ndarray]):
+        return self.actor.inputs.remote(queries, stats, rows)
 
     def next_row(self):
         return self.actor.next_row.remote()
