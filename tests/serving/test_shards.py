@@ -238,3 +238,28 @@ def test_a_batch_of_sharded_queries_gets_the_one_index_features(served, queries)
     np.testing.assert_array_equal(got.x, want.x)
     np.testing.assert_array_equal(got.mask, want.mask)
     np.testing.assert_array_equal(Scorer(ranker, view).transform(got).scores, Scorer(ranker, index).transform(want).scores)
+
+
+@pytest.mark.ray
+def test_a_sharded_search_over_ray_shards_ranks_as_the_one_index(ray_runtime, served, tmp_path):
+    """The same, with the shards in Ray actors (each returns its candidates' inputs from its own process)."""
+    from fusionrank.ranking import RankingPipeline
+
+    index, ranker = served
+    enc = QueryEncoder()
+    one = RankingPipeline.over(split(index, 1, log=lambda m: None)[0].tables, ranker, enc)
+    dirs = [s.save(tmp_path / f"shard{i}") for i, s in enumerate(split(index, 2, log=lambda m: None))]
+    shards = [RayShard(d) for d in dirs]
+    assert sum(s.ready() for s in shards) == len(index)
+    router = ShardRouter(shards, index.config.candidates)
+    sharded = RankingPipeline.over_shards(router, ranker, enc)
+    for category in (None, "Footwear"):
+        for q in RANKED_QUERIES:
+            assert_same_search(sharded.search(q, 10, category), one.search(q, 10, category))
+    ops = writes(index)
+    apply(one.catalog, ops)
+    apply(router, ops)
+    for q in RANKED_QUERIES + ["zebra stripes", "quokka"]:
+        assert_same_search(sharded.search(q, 10), one.search(q, 10))
+    for s in shards:
+        s.stop()
