@@ -22,6 +22,14 @@ time, real fashion44k queries encoded by the service's query encoder) runs
 
 Candidate recall against the one index (share of its candidates the router returns) and the share of
 queries whose candidates are identical (rows, order, fused scores) are checked on every query.
+
+With ``--model`` (default: the model folder of ``benchmarks/ray_serve.py``, a neural ranker over the title
+and photo tables), the end-to-end arm: each query through ``RankingPipeline.search`` (top 10, no
+explanations) over the one index and over the shards (``RankingPipeline.over_shards``: candidates, then
+each shard's candidates' inputs gathered into a candidate-only view, then the same feature builder and
+ranker). Timed: retrieve + features + rank (the stage timings; query encoding, cached, left out). Checked:
+the share of queries whose top 10 and every candidate's ranker score are identical to the one index's;
+reported: the view's size (candidates' rows and embedding bytes the router held per query).
 Writes benchmarks/results/shards.md (+ .json), with the machine's load before and after.
 """
 from __future__ import annotations
@@ -154,6 +162,29 @@ def compare(got: list, want: list) -> dict:
     return {"recall_mean": float(np.mean(rec)), "recall_min": float(np.min(rec)), "identical_share": same / len(want)}
 
 
+RANKED_STAGES = ("retrieve", "features", "rank")
+
+
+def ranked_one_at_a_time(pipe, texts: list[str]) -> tuple[list, list[float]]:
+    """Each query alone through ``pipe.search`` (top 10, no explanations); one warm-up query first."""
+    pipe.search(texts[0], 10, explain=False)
+    out, ms = [], []
+    for t in texts:
+        r = pipe.search(t, 10, explain=False)
+        ms.append(sum(r.timings_ms[f"{s}_ms"] for s in RANKED_STAGES))
+        out.append(r)
+    return out, ms
+
+
+def compare_ranked(got: list, want: list) -> dict:
+    """Share of queries with the same top 10 and the same ranker score for every candidate; the view's size."""
+    same = sum(bool([h["product_id"] for h in g.hits] == [h["product_id"] for h in w.hits]
+                    and np.array_equal(g.scored.scores, w.scored.scores)) for g, w in zip(got, want))
+    views = [g.candidates.catalog for g in got]
+    return {"identical_ranking_share": same / len(want), "view_rows_mean": float(np.mean([v.n_rows for v in views])),
+            "view_embedding_kb_mean": float(np.mean([v.memory_bytes()["embeddings"] for v in views])) / 1024}
+
+
 def summary(ms: list[float]) -> dict:
     return {"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "mean_ms": float(np.mean(ms))}
 
@@ -168,8 +199,10 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--work", type=Path, default=HOME / "bench-shards")
     ap.add_argument("--out", default="shards")
+    ap.add_argument("--model", type=Path, default=HOME / "bench-rayserve" / "model",
+                    help="a model folder for the end-to-end arm ('' to skip it)")
     a = ap.parse_args()
-    from fusionrank.ranking import CatalogConfig, HybridRetriever
+    from fusionrank.ranking import CatalogConfig, HybridRetriever, QueryEncoder, RankingPipeline
     from fusionrank.serving.index import SearchIndex
     from fusionrank.serving.shards import RayShard, ShardRouter, split
 
@@ -195,6 +228,17 @@ def main() -> None:
     want, ms = one_at_a_time(HybridRetriever(index), queries)
     res["one index"] = summary(ms)
     log(f"  one index: p50 {res['one index']['p50_ms']:.1f} ms, p99 {res['one index']['p99_ms']:.1f} ms")
+    ranker = enc = want_ranked = None
+    texts = list(queries.texts)
+    if str(a.model) not in ("", "."):
+        from fusionrank.serving import load_handle
+
+        ranker, enc = load_handle(a.model).ranker, QueryEncoder(threads=1)
+        res["model"] = str(a.model)
+        enc.encode_many(texts)  # every query in the encoder's cache: the timed stages exclude encoding anyway
+        want_ranked, ms = ranked_one_at_a_time(RankingPipeline.over(index, ranker, enc), texts)
+        res["one index, ranked"] = summary(ms)
+        log(f"  one index, ranked: {res['one index, ranked']}")
     runs = []
     for k in [int(x) for x in a.shards.split(",")]:
         t0 = time.perf_counter()
@@ -204,6 +248,11 @@ def main() -> None:
         got, ms = one_at_a_time(ShardRouter(shards), queries)
         r["in-process (shards one after another)"] = {**summary(ms), **compare(got, want)}
         log(f"  in-process: {r['in-process (shards one after another)']}")
+        if ranker is not None:
+            got_r, ms = ranked_one_at_a_time(RankingPipeline.over_shards(ShardRouter(shards), ranker, enc), texts)
+            r["ranked, in-process"] = {**summary(ms), **compare_ranked(got_r, want_ranked)}
+            log(f"  ranked, in-process: {r['ranked, in-process']}")
+            del got_r
         if not a.no_ray:
             import ray
 
@@ -228,6 +277,12 @@ def main() -> None:
             got, ms = one_at_a_time(ShardRouter(actors, index.config.candidates), queries)
             r["Ray actors (in parallel)"] = {**summary(ms), **compare(got, want)}
             log(f"  Ray actors: {r['Ray actors (in parallel)']}")
+            if ranker is not None:
+                router = ShardRouter(actors, index.config.candidates)
+                got_r, ms = ranked_one_at_a_time(RankingPipeline.over_shards(router, ranker, enc), texts)
+                r["ranked, Ray actors"] = {**summary(ms), **compare_ranked(got_r, want_ranked)}
+                log(f"  ranked, Ray actors: {r['ranked, Ray actors']}")
+                del got_r
             for s in actors:
                 s.stop()
             shutil.rmtree(a.work / f"k{k}", ignore_errors=True)
@@ -263,6 +318,22 @@ def write(res: dict, name: str) -> None:
                 x = r[kind]
                 lines.append(f"| K={r['shards']}, {kind} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['mean_ms']:.1f} | "
                              f"{x['recall_mean']:.4f} / {x['recall_min']:.4f} | {100 * x['identical_share']:.1f}% of queries |")
+    if "one index, ranked" in res:
+        one = res["one index, ranked"]
+        lines += ["", f"End to end (`RankingPipeline.search`, top 10, no explanations; model `{res['model']}`): "
+                      "retrieve + features + rank per query, one at a time; over shards the features and the ranker "
+                      "read a candidate-only view gathered from the shards.",
+                  "",
+                  "| setup | p50 ms | p99 ms | mean ms | identical top 10 and candidate scores | view: rows / embeddings per query |",
+                  "|---|---|---|---|---|---|",
+                  f"| one index | {one['p50_ms']:.1f} | {one['p99_ms']:.1f} | {one['mean_ms']:.1f} | (reference) | |"]
+        for r in res["runs"]:
+            for kind in ("ranked, in-process", "ranked, Ray actors"):
+                if kind in r:
+                    x = r[kind]
+                    lines.append(f"| K={r['shards']}, {kind.split(', ')[1]} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | "
+                                 f"{x['mean_ms']:.1f} | {100 * x['identical_ranking_share']:.1f}% of queries | "
+                                 f"{x['view_rows_mean']:.0f} rows / {x['view_embedding_kb_mean']:.0f} kB |")
     lines += ["", "Split: " + "; ".join(f"K={r['shards']} in {r['split_seconds']:.0f} s ({', '.join(f'{n:,}' for n in r['products_per_shard'])} products)"
                                         for r in res["runs"]),
               "", "Machine load:", "", f"- before: {res['load_before']}", f"- after: {res['load_after']}", ""]

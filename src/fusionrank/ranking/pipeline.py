@@ -12,6 +12,10 @@ stage is swapped in one line::
 
 and the stages compose with ``>>`` (``pipe.encoder >> pipe.retriever >> pipe.featuriser``
 is the stage that turns :class:`Queries` into :class:`Slates`).
+
+Over a split catalogue, ``RankingPipeline.over_shards(router, ranker)`` keeps the feature builder,
+ranker and explainer and swaps the retriever for the router's candidate stage plus a gather of the
+candidates' inputs from their shards (:class:`~fusionrank.serving.shards.ShardSearch`).
 """
 from __future__ import annotations
 
@@ -79,7 +83,10 @@ class RankingPipeline:
                     explain_contributions: bool = True) -> "RankingPipeline":
         """The same stages over a split catalogue: the router's candidate stage, then the ranker's inputs of the
         merged candidates gathered from their shards (:class:`~fusionrank.serving.shards.ShardSearch`); the
-        feature builder, ranker and explainer read that candidate-only view (the candidates carry it)."""
+        feature builder, ranker and explainer read that candidate-only view (the candidates carry it).
+
+        It answers :meth:`search`; :meth:`slates` and :meth:`run` (training, evaluation) need one catalogue.
+        """
         from ..serving.shards import ShardSearch
 
         encoder = encoder or QueryEncoder(text_encoder=text_encoder)
@@ -110,6 +117,8 @@ class RankingPipeline:
     def slates(self, query_ids: Sequence[Any], queries: Sequence[str], qrels: pd.DataFrame | None = None,
                category: str | None = None) -> Slates:
         """Candidates and features of many queries (in batches), with grades when ``qrels`` are given."""
+        if self.catalog is None:
+            raise FusionrankError("slates and runs need one catalogue's tables; a pipeline over shards answers search()")
         qs = Queries.of(queries, query_ids, category)
         if not len(qs):
             raise FusionrankError("no queries")

@@ -34,9 +34,16 @@ across restarts: the index's change log, and ``rows.log`` beside it with each wr
 (a crash between the two appends is reported at load, not repaired); the router's counter and statistics are
 rebuilt from the shards when it starts.
 
-Not yet here: the feature builder and the ranker still read one catalogue's tables, so a
-sharded search ends at the candidates (a second, per-shard phase would return the candidates'
-features and vectors).
+The re-rank runs over the shards too (:class:`ShardSearch`, ``RankingPipeline.over_shards``): after the
+merge the router asks each shard for the ranker's inputs of its merged candidates only (:meth:`Shard.inputs`:
+their embedding rows and masks, records, BM25 texts, and each query's BM25 scores and matched-term counts at
+those rows, scored by the candidate stage's own code under the whole catalogue's statistics) and assembles
+them into a candidate-only view (:meth:`CatalogTables.view <fusionrank.ranking.catalog.CatalogTables.view>`,
+rows ``0..M-1`` in catalogue order). The same :class:`~fusionrank.ranking.features.Featuriser`, ranker and
+:class:`~fusionrank.ranking.explain.Explainer` read the view as they read one catalogue, so a sharded search
+returns what the unsplit index returns (products, order, scores, explanations), and the router holds the
+candidates' rows, never the catalogue's tables. The gather is a second round trip to every shard that holds
+a candidate; a shard scores the queries' BM25 again for it (the lists of the first round are not kept).
 """
 from __future__ import annotations
 
