@@ -263,3 +263,22 @@ def test_a_sharded_search_over_ray_shards_ranks_as_the_one_index(ray_runtime, se
         assert_same_search(sharded.search(q, 10), one.search(q, 10))
     for s in shards:
         s.stop()
+
+
+def test_a_query_without_candidates_gathers_an_empty_view(served):
+    """No candidates anywhere (no shard is asked): the slate is padding only and every score -inf, as over one index."""
+    from dataclasses import replace
+
+    from fusionrank.ranking import Featuriser, Scorer
+
+    index, ranker = served
+    router = ShardRouter(split(index, 2, log=lambda m: None))
+    cands, held, stats = router.candidates(QueryEncoder().transform(Queries.of(["zebra"])))
+    none = replace(cands, rows=[np.zeros(0, np.int64)], scores=[np.zeros(0)])
+    got = router.gather(none, [[np.zeros(0, np.int64)] for _ in held], stats)
+    assert got.catalog.n_rows == 1 and not got.catalog.live.any()
+    slates = Featuriser().transform(got)
+    want = Featuriser(index).transform(replace(HybridRetriever(index).transform(none.queries), rows=none.rows))
+    np.testing.assert_array_equal(slates.rows, want.rows)
+    np.testing.assert_array_equal(slates.x, want.x)
+    assert np.isneginf(Scorer(ranker, got.catalog).transform(slates).scores).all()

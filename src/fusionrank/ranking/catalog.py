@@ -150,9 +150,10 @@ class CatalogTables:
 
     @classmethod
     def view(cls, records: dict[str, Sequence], lex_texts: dict[str, Sequence[str]], emb: dict[str, np.ndarray],
-             emb_mask: dict[str, np.ndarray], config: CatalogConfig | None = None) -> "CatalogTables":
+             emb_mask: dict[str, np.ndarray], config: CatalogConfig | None = None,
+             catalogue_rows: np.ndarray | None = None) -> "CatalogTables":
         """A candidate-only view: the records, BM25 texts and embedding rows of a few products (rows ``0..M-1``),
-        without BM25 or vector indexes.
+        without BM25 or vector indexes; ``catalogue_rows[i]``: view row ``i``'s row in the whole catalogue.
 
         What a sharded search ranks over (:class:`fusionrank.serving.shards.ShardSearch`): the feature builder,
         the ranker and the explainer read it as they read the whole catalogue (``emb``, ``emb_mask``,
@@ -175,6 +176,7 @@ class CatalogTables:
             self.emb[t] = EmbeddingTable.from_rows(np.asarray(emb[t], np.float32), self.emb_mask[t], "float32")
         self.live = np.ones(P, bool)
         self.n_rows = self.cap = P
+        self.catalogue_rows = np.arange(P) if catalogue_rows is None else np.asarray(catalogue_rows, np.int64)
         self._refresh_category_names()
         return self
 

@@ -453,10 +453,10 @@ class ShardRouter(Stage):
             lex_text = {f: np.asarray([""], object) for f in LEXICAL_FIELDS}
             emb = {t: np.zeros((1, dims[t]), np.float32) for t in TABLES}
             mask = {t: np.zeros(1, bool) for t in TABLES}
-        view = CatalogTables.view(records, lex_text, emb, mask, CatalogConfig(candidates=self.config))
+        view = CatalogTables.view(records, lex_text, emb, mask, CatalogConfig(candidates=self.config),
+                                  np.asarray([-1]) if pad else grows)
         if pad:
             view.live[:] = False
-        view.catalogue_rows = grows
         rows = [np.searchsorted(grows, r).astype(np.int64) for r in cands.rows]
         lex = []
         for b in range(len(cands.rows)):
