@@ -301,7 +301,8 @@ def write(res: dict, name: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2))
     one = res["one index"]
-    lines = [f"# Index shards against one index: candidate stage at {res['products']:,} products",
+    what = "candidate stage and end-to-end search" if "one index, ranked" in res else "candidate stage"
+    lines = [f"# Index shards against one index: {what} at {res['products']:,} products",
              "",
              f"Command: `{res['command']}` ({res['started']}, {res['seconds'] / 60:.0f} min in all). "
              f"{res['queries']} fashion44k queries, one at a time, candidate stage only (BM25 on two fields + IVF-SQ8 on "
@@ -334,6 +335,8 @@ def write(res: dict, name: str) -> None:
                     lines.append(f"| K={r['shards']}, {kind.split(', ')[1]} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | "
                                  f"{x['mean_ms']:.1f} | {100 * x['identical_ranking_share']:.1f}% of queries | "
                                  f"{x['view_rows_mean']:.0f} rows / {x['view_embedding_kb_mean']:.0f} kB |")
+    if res.get("reading"):
+        lines += ["", "Reading: " + res["reading"]]
     lines += ["", "Split: " + "; ".join(f"K={r['shards']} in {r['split_seconds']:.0f} s ({', '.join(f'{n:,}' for n in r['products_per_shard'])} products)"
                                         for r in res["runs"]),
               "", "Machine load:", "", f"- before: {res['load_before']}", f"- after: {res['load_after']}", ""]
