@@ -285,9 +285,9 @@ def test_a_query_without_candidates_gathers_an_empty_view(served):
 
     index, ranker = served
     router = ShardRouter(split(index, 2, log=lambda m: None))
-    cands, held, stats = router.candidates(QueryEncoder().transform(Queries.of(["zebra"])))
+    cands, parts, stats = router.candidates(QueryEncoder().transform(Queries.of(["zebra"])))
     none = replace(cands, rows=[np.zeros(0, np.int64)], scores=[np.zeros(0)])
-    got = router.gather(none, [[np.zeros(0, np.int64)] for _ in held], stats)
+    got = router.gather(none, parts, stats)
     assert got.catalog.n_rows == 1 and not got.catalog.live.any()
     slates = Featuriser().transform(got)
     want = Featuriser(index).transform(replace(HybridRetriever(index).transform(none.queries), rows=none.rows))

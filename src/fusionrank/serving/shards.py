@@ -408,30 +408,32 @@ class ShardRouter(Stage):
         qs = self.stats.query(queries)
         return _gather([s.search(queries, qs) for s in self.shards]), qs
 
-    def candidates(self, queries: Queries) -> tuple[Candidates, list[list[np.ndarray]], QueryStats]:
-        """The merged candidates, which of each query's candidates each shard holds (``held[shard][b]``, catalogue
-        rows), and the statistics the shards scored with."""
+    def candidates(self, queries: Queries) -> tuple[Candidates, list[SourceLists], QueryStats]:
+        """The merged candidates, every shard's lists (in shard order) and the statistics the shards scored with."""
         parts, qs = self.scatter(queries)
         lists = SourceLists.merge(parts, self.config.depth)
-        cands = fused(queries, lists, self.config, [{} for _ in range(len(queries))], qs.qlen)
-        held = []
-        for p in parts:  # a shard found only its own rows: what it returned says which rows it holds
-            held.append([])
-            for b, r in enumerate(cands.rows):
-                mine = np.unique(np.concatenate([p.rows[src][b] for src in p.rows] + [np.zeros(0, np.int64)]))
-                held[-1].append(r[np.isin(r, mine)])
-        return cands, held, qs
+        return fused(queries, lists, self.config, [{} for _ in range(len(queries))], qs.qlen), parts, qs
 
     def transform(self, queries: Queries) -> Candidates:
         return self.candidates(queries)[0]
 
-    def gather(self, cands: Candidates, held: list[list[np.ndarray]], qs: QueryStats) -> Candidates:
+    def gather(self, cands: Candidates, parts: list[SourceLists], qs: QueryStats) -> Candidates:
         """The candidates over a candidate-only view of the catalogue (rows ``0..M-1``, in catalogue order; the
         view's ``catalogue_rows[i]`` is view row ``i``'s catalogue row), assembled from the ranker's inputs of
-        each shard's candidates (:meth:`Shard.inputs`), with their BM25 scores and matched terms."""
+        each shard's candidates (:meth:`Shard.inputs`), with their BM25 scores and matched terms.
+
+        ``parts``: the shards' lists the candidates were merged from (:meth:`candidates`); a shard found only
+        its own rows, so they say which shard holds each candidate.
+        """
         from ..ranking.catalog import CatalogConfig, CatalogTables
         from ..ranking.lexical import RowScores
 
+        held = []  # held[shard][b]: the catalogue rows of query b's candidates that the shard holds
+        for p in parts:
+            held.append([])
+            for b, r in enumerate(cands.rows):
+                mine = np.concatenate([p.rows[src][b] for src in p.rows] + [np.zeros(0, np.int64)])
+                held[-1].append(r[np.isin(r, mine)])
         ask = [i for i, h in enumerate(held) if sum(len(r) for r in h)]  # a shard with no candidates is not called
         got = _gather([self.shards[i].inputs(cands.queries, qs, held[i]) for i in ask])
         every = np.concatenate([g["rows"] for g in got] + [np.zeros(0, np.int64)])
@@ -485,8 +487,7 @@ class ShardSearch(Stage):
         self.router = router
 
     def transform(self, queries: Queries) -> Candidates:
-        cands, held, qs = self.router.candidates(queries)
-        return self.router.gather(cands, held, qs)
+        return self.router.gather(*self.router.candidates(queries))
 
 
 def _gather(results: list) -> list:
