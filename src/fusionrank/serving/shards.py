@@ -359,7 +359,8 @@ class ShardRouter(Stage):
 
     ``shards``: :class:`Shard` objects (called one after another) or :class:`RayShard` handles (called at once,
     gathered together). The candidates carry the fused scores and the merged source lists; they have no
-    :class:`~fusionrank.ranking.lexical.LexScores` (those stay in the shards).
+    :class:`~fusionrank.ranking.lexical.LexScores` (those stay in the shards). :meth:`gather` (what
+    :class:`ShardSearch` adds) fetches the ranker's inputs of the candidates for the re-rank.
     """
 
     def __init__(self, shards: Sequence, config: CandidateConfig | None = None):
