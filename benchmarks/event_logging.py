@@ -200,7 +200,13 @@ def throughput(model: Path, index: Path, before: str, seconds: float) -> dict:
             cfg = json.loads((m / "config.json").read_text())
             cfg.pop("events", None)
             (m / "config.json").write_text(json.dumps(cfg))
-        server = start_server(m, index, serve_env(**extra), src)
+        side_index = index
+        if src is not None:  # that code reads its own index format: its own `fusionrank index` builds one (same codec)
+            side_index = m / "index"
+            codec = json.loads((Path(index) / "index.json").read_text()).get("config", {}).get("ann", {}).get("codec")
+            subprocess.run([sys.executable, "-m", "fusionrank.cli", "index", str(m), *(["--codec", codec] if codec else [])],
+                           check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(src)})
+        server = start_server(m, side_index, serve_env(**extra), src)
         try:
             out[name] = {b: events_per_s(server.url, b, seconds) for b in (1, 10, 100)}
         finally:

@@ -33,22 +33,28 @@ class VectorArchive:
         self._stored: set[str] = set(known)
         self._lock = threading.Lock()
 
-    def key(self, catalog, row: int) -> tuple[str, list[np.ndarray]]:
-        rows = [np.asarray(catalog.emb[t][row], np.float32) for t in TABLES]
+    @staticmethod
+    def rows(catalog, row: int) -> list[np.ndarray]:
+        """The embedding rows of catalogue row ``row``, one per table (copies, float32)."""
+        return [np.array(catalog.emb[t][row], np.float32) for t in TABLES]
+
+    def key(self, catalog, row: int) -> str:
+        """The vector key of catalogue row ``row`` (its vectors are read only the first time: the key is cached)."""
         k = self._row_keys.get((id(catalog), row))
         if k is None:
-            k = vector_key(rows)
+            k = vector_key(self.rows(catalog, row))
             self._row_keys[(id(catalog), row)] = k
-        return k, rows
+        return k
 
-    def new(self, keys_rows: Sequence[tuple[str, list[np.ndarray]]]) -> dict[str, list[np.ndarray]]:
-        """The vectors among ``keys_rows`` the store does not hold yet (marked as held: the caller writes them now)."""
+    def new(self, catalog, keyed: Sequence[tuple[str, int]]) -> dict[str, list[np.ndarray]]:
+        """The vectors of the ``(key, row)`` pairs the store does not hold yet (marked as held: the caller writes them
+        now). Call it under ``catalog.lock``, as :meth:`key`."""
         out = {}
         with self._lock:
-            for k, rows in keys_rows:
+            for k, row in keyed:
                 if k not in self._stored:
                     self._stored.add(k)
-                    out[k] = [r.copy() for r in rows]
+                    out[k] = self.rows(catalog, row)
         return out
 
     def archive_catalog(self, catalog, store, batch: int = 2000, log=print) -> int:
@@ -67,8 +73,7 @@ class VectorArchive:
         written = 0
         for i in range(0, len(live), batch):  # a batch of rows' vectors at a time: the peak stays a batch, not the catalogue
             with catalog.lock:
-                todo = [self.key(catalog, int(r)) for r in live[i:i + batch]]
-            new = self.new(todo)
+                new = self.new(catalog, [(self.key(catalog, int(r)), int(r)) for r in live[i:i + batch]])
             try:
                 written += store.put_many_vectors(new.items())
             except BaseException:
@@ -103,10 +108,11 @@ def served_slate(result, catalog, archive: VectorArchive, swap: int | None = Non
                             [""] * n, list(range(1, n + 1)))
         return swapped(slate, swap), {}
     with catalog.lock:
-        kr = [archive.key(catalog, int(r)) for r in rows]
+        keys = [archive.key(catalog, int(r)) for r in rows]
+        vectors = archive.new(catalog, list(zip(keys, map(int, rows))))
     slate = ServedSlate(ids, scores, np.array(sl.x[0, order], np.float32), np.array(sl.mask[0, order], bool),
-                        np.array(sl.q[0], np.float32), [k for k, _ in kr], list(range(1, n + 1)))
-    return swapped(slate, swap), archive.new(kr)
+                        np.array(sl.q[0], np.float32), keys, list(range(1, n + 1)))
+    return swapped(slate, swap), vectors
 
 
 def swapped(slate: ServedSlate, swap: int | None) -> ServedSlate:
