@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,21 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "serving"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 CLIENTS = ("urllib", "httpx")
 QUERIES = ["black tshirt", "nike men tshirt", "red shoes", "puma women watch", "blue jeans", "women shoes",
            "adidas men jeans", "green watch"]
 
 
+from event_logging import machine_load  # noqa: E402
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S', time.gmtime())}] {msg}", flush=True)
-
-
-def machine_load() -> str:
-    la = os.getloadavg()
-    ps = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout.splitlines()[1:5]
-    return f"load average {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} on {os.cpu_count()} cores; busiest: " + \
-        ", ".join(" ".join(p.split()[::-1]) + "%" for p in ps)
 
 
 def tiny_model(work: Path) -> Path:

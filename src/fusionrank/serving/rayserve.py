@@ -46,9 +46,8 @@ class SearchReplica:
 
         from ray import serve
 
-        from .build import open_service
         from .http.app import create_app
-        from .workers import MODEL_FILE, SharedModel
+        from .workers import open_shared_service
 
         torch.set_num_threads(int(cfg["threads"]))
         ctx = serve.get_replica_context()
@@ -59,15 +58,7 @@ class SearchReplica:
         def log(msg: str) -> None:
             print(f"[{name}] {msg}", flush=True)
 
-        svc = open_service(cfg["model"], cfg["index"], randomise_share=cfg["randomise_share"],
-                           feature_logging=cfg["feature_logging"], registry=cfg["registry"], shared=True, log=log)
-        svc.worker = self.rank
-        svc.shared_model = SharedModel(Path(cfg["index"]).parent / "service-data" / "workers" / MODEL_FILE)
-        if cfg["registry"]:
-            from ..models import ModelRegistry
-            from .follow import RegistryFollower
-
-            RegistryFollower(svc, ModelRegistry.open(cfg["registry"]), cfg["poll"], log=log, auto=self.rank == 0).start()
+        svc = open_shared_service(cfg, self.rank, log)
         self.service = svc
         self.http_app = create_app(svc, cfg["admin_key"], cfg["events_key"], worker=self.rank)  # (Ray Serve owns `app`)
         log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")

@@ -198,6 +198,24 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             signal.signal(s, h)
 
 
+def open_shared_service(cfg: dict, number: int, log):
+    """The service of process ``number`` of several serving one index (a worker, or a Ray Serve replica): the index
+    opened shared, the model followed through the published model file, and, with a registry, its promotions (process
+    0 decides automatic ones)."""
+    from .build import open_service
+
+    svc = open_service(cfg["model"], cfg["index"], randomise_share=cfg["randomise_share"],
+                       feature_logging=cfg["feature_logging"], registry=cfg["registry"], shared=True, log=log)
+    svc.worker = number
+    svc.shared_model = SharedModel(Path(cfg["index"]).parent / "service-data" / "workers" / MODEL_FILE)
+    if cfg["registry"]:
+        from ..models import ModelRegistry
+        from .follow import RegistryFollower
+
+        RegistryFollower(svc, ModelRegistry.open(cfg["registry"]), cfg["poll"], log=log, auto=number == 0).start()
+    return svc
+
+
 def worker_main(argv: list[str] | None = None) -> None:
     """One worker process (started by :func:`serve_workers`; not meant to be run by hand)."""
     ap = argparse.ArgumentParser(prog="python -m fusionrank.serving.workers")
@@ -220,15 +238,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(f"[{name}] {msg}", flush=True)
 
-    svc = open_service(cfg["model"], cfg["index"], randomise_share=cfg["randomise_share"],
-                       feature_logging=cfg["feature_logging"], registry=cfg["registry"], shared=True, log=log)
-    svc.worker = a.worker
-    svc.shared_model = SharedModel(Path(cfg["index"]).parent / "service-data" / "workers" / MODEL_FILE)
-    if cfg["registry"]:
-        from ..models import ModelRegistry
-        from .follow import RegistryFollower
-
-        RegistryFollower(svc, ModelRegistry.open(cfg["registry"]), cfg["poll"], log=log, auto=a.worker == 0).start()
+    svc = open_shared_service(cfg, a.worker, log)
     st = get_settings()
     app = create_app(svc, st.admin_key.get_secret_value() if st.admin_key else None,
                      st.events_key.get_secret_value() if st.events_key else None, worker=a.worker)
