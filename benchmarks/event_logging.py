@@ -196,10 +196,13 @@ def throughput(model: Path, index: Path, before: str, seconds: float) -> dict:
     for name, extra, src in sides:
         m = work / f"model-{len(out)}"
         shutil.copytree(model, m, ignore=shutil.ignore_patterns("index", "service-data"))
-        if src is not None:  # the code before the event store does not know the config's [events] block
+        if src is not None:  # the code before the event store does not know the config's later blocks ([events], ...)
+            known = json.loads(subprocess.run(
+                [sys.executable, "-c", "import json; from fusionrank.experiment import ExperimentConfig as C; "
+                 "print(json.dumps(list(C.model_fields)))"], check=True, capture_output=True, text=True,
+                env={**os.environ, "PYTHONPATH": str(src)}).stdout)
             cfg = json.loads((m / "config.json").read_text())
-            cfg.pop("events", None)
-            (m / "config.json").write_text(json.dumps(cfg))
+            (m / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k in known}))
         side_index = index
         if src is not None:  # that code reads its own index format: its own `fusionrank index` builds one (same codec)
             side_index = m / "index"
@@ -282,13 +285,17 @@ def main() -> None:
     prev = RESULTS / "event_logging.json"
     res = json.loads(prev.read_text()) if prev.exists() and parts != {"p99", "throughput", "kill9"} else {}
     res["load_before"] = machine_load()
+    partial = RESULTS / "event_logging.partial.json"  # each part as it ends, so a later part's failure keeps it
     if "p99" in parts:
         res["p99"] = p99_on_off(a.model, a.index, a.queries)
         print("p99", res["p99"], flush=True)
+        partial.write_text(json.dumps(res, indent=1, default=str))
     if "throughput" in parts:
         res["throughput"] = throughput(a.model, a.index, a.before, a.seconds)
+        partial.write_text(json.dumps(res, indent=1, default=str))
     if "kill9" in parts:
         res["kill9"] = kills(a.model, a.index, a.kills)
+    partial.unlink(missing_ok=True)
     res["load_after"] = machine_load()
     (RESULTS / "event_logging.json").write_text(json.dumps(res, indent=1, default=str))
     p = res["p99"]
