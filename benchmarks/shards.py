@@ -39,7 +39,6 @@ import gc
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,8 +50,10 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 
+from event_logging import machine_load  # noqa: E402
 from fusionrank.settings import get_settings  # noqa: E402
 
 HOME = get_settings().home
@@ -60,13 +61,6 @@ HOME = get_settings().home
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S', time.gmtime())}] {msg}", flush=True)
-
-
-def machine_load() -> str:
-    la = os.getloadavg()
-    ps = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout.splitlines()[1:5]
-    return f"load average {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} on {os.cpu_count()} cores; busiest: " + \
-        ", ".join(" ".join(p.split()[::-1]) + "%" for p in ps)
 
 
 def pct(xs, p) -> float:
