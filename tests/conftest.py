@@ -271,3 +271,14 @@ def tiny_lgbm_model(tiny_workspace, tiny_fashion, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "lightgbm"
     metrics, runs = _train_recording_runs(cfg, out)
     return out, metrics, runs
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    """A local Ray runtime (2 CPUs) for a test module; ended after it."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():  # pragma: no cover - someone else's runtime
+        pytest.skip("a Ray runtime is already running in this process")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()

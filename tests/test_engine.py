@@ -41,16 +41,6 @@ def test_local_engine_batches_and_isolates_failures(tmp_path, make_audio, trunca
 
 # --- Ray --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_runtime():
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():  # pragma: no cover - someone else's runtime
-        pytest.skip("a Ray runtime is already running in this process")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.fixture
 def catalog_with_bad_media(tiny_catalog, tmp_path, truncate, make_audio):
     d, rows = tiny_catalog(n=5, audio=(0, 3))

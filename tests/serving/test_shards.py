@@ -136,16 +136,6 @@ def test_a_saved_shard_loads_back_equal_with_the_writes_since(tiny_workspace, qu
     assert_same(again.transform(queries), HybridRetriever(updatable).transform(queries))
 
 
-@pytest.fixture
-def ray_runtime():
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():  # pragma: no cover - someone else's runtime
-        pytest.skip("a Ray runtime is already running in this process")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_ray_shards_equal_the_unsplit_catalogue(ray_runtime, tiny_workspace, queries, tmp_path):
     unsplit = build_tables(tiny_workspace, ANN["ivf-sq8"])
