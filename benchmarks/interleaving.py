@@ -181,20 +181,27 @@ def pick_pairs(versions: list[dict], n: int, lo: float = 0.005, hi: float = 0.05
 # -- shoppers through the service ---------------------------------------------------------------
 def drafted(a: list, b: list, teams: list[str]) -> list | None:
     """The list a team draft of rankings ``a`` and ``b`` shows when the teams pick in the order ``teams``;
-    None if that order is not a team draft's (the team with fewer picks must pick; either on a tie)."""
-    from fusionrank.feedback.schema import TEAMS
+    None if that order is not a team draft's (the team with fewer picks must pick; either on a tie; a shared
+    place holds both rankings' next item, at a round's start)."""
+    from fusionrank.feedback.schema import SHARED_TEAM, TEAMS
 
     out, seen, picks = [], set(), {TEAMS[0]: 0, TEAMS[1]: 0}
+    nxt = lambda r: next((x for x in r if x not in seen), None)  # noqa: E731
     for t in teams:
-        other = TEAMS[1] if t == TEAMS[0] else TEAMS[0]
-        if picks[t] > picks[other]:
-            return None
-        x = next((x for x in (a if t == TEAMS[0] else b) if x not in seen), None)
-        if x is None:
-            return None
+        if t == SHARED_TEAM:
+            x = nxt(a)
+            if picks[TEAMS[0]] != picks[TEAMS[1]] or x is None or x != nxt(b):
+                return None
+        else:
+            other = TEAMS[1] if t == TEAMS[0] else TEAMS[0]
+            if picks[t] > picks[other]:
+                return None
+            x = nxt(a if t == TEAMS[0] else b)
+            if x is None:
+                return None
+            picks[t] += 1
         out.append(x)
         seen.add(x)
-        picks[t] += 1
     return out
 
 

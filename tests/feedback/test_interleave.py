@@ -24,14 +24,14 @@ def test_team_draft_alternates_in_pairs_and_skips_items_already_picked():
     a = ["d1", "d2", "d3", "d4"]
     b = ["d2", "d3", "d1", "d4"]
     # round 1: a wins the coin, picks d1; b picks d2.  round 2: b wins, picks d3; a's next unpicked is d4.
-    items, teams = team_draft(a, b, 4, Coins(True, False))
+    items, teams = team_draft(a, b, 4, Coins(True, False), shared=False)
     assert items == ["d1", "d2", "d3", "d4"]
     assert teams == ["a", "b", "b", "a"]
 
 
-def test_team_draft_when_both_rankings_agree_each_team_gets_half():
+def test_classic_team_draft_when_both_rankings_agree_each_team_gets_half():
     a = b = list(range(10))
-    items, teams = team_draft(a, b, 10, random.Random(3))
+    items, teams = team_draft(a, b, 10, random.Random(3), shared=False)
     assert items == a  # identical rankings: the interleaved list is that ranking
     assert teams.count("a") == teams.count("b") == 5
     for i in range(0, 10, 2):  # every pair of places holds one pick of each team
@@ -39,8 +39,10 @@ def test_team_draft_when_both_rankings_agree_each_team_gets_half():
 
 
 def test_team_draft_fills_from_the_other_ranking_and_stops_at_k():
-    items, teams = team_draft(["x"], ["x", "y", "z"], 5, Coins(True))
+    items, teams = team_draft(["x"], ["x", "y", "z"], 5, Coins(True), shared=False)
     assert items == ["x", "y", "z"] and teams == ["a", "b", "b"]
+    items, teams = team_draft(["x"], ["x", "y", "z"], 5, Coins())  # x is both teams' pick: shared, then b fills
+    assert items == ["x", "y", "z"] and teams == ["ab", "b", "b"]
     items, teams = team_draft(list("abcdef"), list("fedcba"), 3, Coins(False, True))
     assert items == ["f", "a", "b"] and teams == ["b", "a", "a"]
     assert team_draft([], [], 3, Coins()) == ([], [])
@@ -51,6 +53,37 @@ def test_team_draft_is_fair_to_both_teams_over_coins():
     rng = random.Random(0)
     firsts = [team_draft([1, 2, 3], [3, 2, 1], 3, rng)[1][0] for _ in range(4000)]
     assert abs(firsts.count("a") / 4000 - 0.5) < 0.03
+
+
+def test_team_draft_shows_a_round_both_teams_would_pick_the_same_item_as_shared():
+    # round 1: both rankings start with d1 -> shared, no coin drawn.  round 2: a's next d2, b's next d3 differ:
+    # the coin says b first (d3), then a takes d2.  round 3: both have d4 next -> shared.
+    a = ["d1", "d2", "d3", "d4", "d5"]
+    b = ["d1", "d3", "d2", "d4", "d6"]
+    items, teams = team_draft(a, b, 5, Coins(False, True))
+    assert items == ["d1", "d3", "d2", "d4", "d5"]
+    assert teams == ["ab", "b", "a", "ab", "a"]
+    # the same item is shared only at a round's start: mid-round the second team takes its own next item
+    items, teams = team_draft([1, 2, 3], [2, 1, 3], 3, Coins(True))
+    assert items == [1, 2, 3] and teams == ["a", "b", "ab"]
+    # identical rankings: every place is shared, so no click can favour either team
+    items, teams = team_draft(list(range(10)), list(range(10)), 10, Coins())
+    assert items == list(range(10)) and set(teams) == {"ab"}
+    assert outcome(team_credit(items, teams, [(0, "click"), (3, "purchase")])) is None
+
+
+def test_shared_team_draft_is_fair_under_clicks_that_ignore_the_teams():
+    """Clicks that depend only on the position (not on which ranking placed an item) favour neither team."""
+    rng, clicks = random.Random(1), np.random.default_rng(1)
+    a, b = list(range(20)), [0, 2, 1, 3, 5, 4, 6, 8, 7, 9] + list(range(10, 20))
+    outs = []
+    for _ in range(6000):
+        items, teams = team_draft(a, b, 10, rng)
+        hit = [(x, "click") for r, x in enumerate(items) if clicks.random() < 1 / (r + 1)]
+        o = outcome(team_credit(items, teams, hit))
+        if o is not None:
+            outs.append(o)
+    assert abs(np.mean(outs)) < 0.03 and len(outs) > 3000
 
 
 def test_team_credit_counts_each_action_once_with_its_weight():

@@ -2,9 +2,17 @@
 
 For a share of searches the service shows one list built from the promoted ranking ``A`` and a
 candidate ranking ``B`` by :func:`team_draft`, and logs which team (:data:`~fusionrank.feedback.schema.TEAMS`:
-``a`` or ``b``) contributed each product shown. A shopper's clicks, carts and purchases are then
+``a`` or ``b``) contributed each product shown, or :data:`~fusionrank.feedback.schema.SHARED_TEAM` for a
+product both rankings would have placed there. A shopper's clicks, carts and purchases are then
 credited to the teams of the products they hit (:func:`team_credit`); the team with more credit
-wins the search (:func:`outcome`). Over many searches, the candidate's *preference* is
+wins the search (:func:`outcome`).
+
+Shared products are the draft's *non-competitive pairs* (Airbnb's interleaving, 2022): when both
+teams' next pick in a round is the same product, it is shown once and credited to neither, since a
+click on it says nothing about which ranking is better. Classic team draft gives such a product to
+the team that won the round's coin, so every click on the common top of two similar rankings adds
+a random win or loss; leaving them out keeps the comparison fair (it is still symmetric in ``a``
+and ``b``) and makes it far more sensitive when the rankings share their top results. Over many searches, the candidate's *preference* is
 
     Δ = (wins - losses) / (wins + losses + ties)      in [-1, 1]
 
@@ -24,14 +32,15 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .schema import DEFAULT_ACTION_WEIGHTS, TEAMS
+from .schema import DEFAULT_ACTION_WEIGHTS, SHARED_TEAM, TEAMS
 
 __all__ = ["team_draft", "team_credit", "outcome", "ComparisonReport", "compare_outcomes", "interleaving_report"]
 
 A, B = TEAMS
 
 
-def team_draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int, rng) -> tuple[list, list[str]]:
+def team_draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int, rng, *,
+               shared: bool = True) -> tuple[list, list[str]]:
     """Interleave rankings ``a`` and ``b`` into at most ``k`` items; returns ``(items, teams)``.
 
     Team draft: in each round the team that has picked fewer items picks next (a coin,
@@ -39,6 +48,10 @@ def team_draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int, rng) -> tup
     takes its ranking's highest item not yet in the list. When one ranking has nothing left to
     contribute the other fills the remaining places. ``rng`` is anything with ``random()``
     (a :class:`random.Random`). Both rankings usually order the same candidates.
+
+    With ``shared`` (the default), a round whose two picks would be the same item shows it once as
+    :data:`~fusionrank.feedback.schema.SHARED_TEAM` (no coin is drawn and neither team's count
+    grows); ``shared=False`` is Radlinski et al.'s draft, where the coin's winner takes it.
     """
     items: list = []
     teams: list[str] = []
@@ -52,13 +65,17 @@ def team_draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int, rng) -> tup
         a_left, b_left = ia < len(a), ib < len(b)
         if not (a_left or b_left):
             break
-        pick_a = a_left and (not b_left or na < nb or (na == nb and rng.random() < 0.5))
-        if pick_a:
-            x, na = a[ia], na + 1
-            teams.append(A)
+        if shared and na == nb and a_left and b_left and a[ia] == b[ib]:
+            x = a[ia]
+            teams.append(SHARED_TEAM)
         else:
-            x, nb = b[ib], nb + 1
-            teams.append(B)
+            pick_a = a_left and (not b_left or na < nb or (na == nb and rng.random() < 0.5))
+            if pick_a:
+                x, na = a[ia], na + 1
+                teams.append(A)
+            else:
+                x, nb = b[ib], nb + 1
+                teams.append(B)
         items.append(x)
         seen.add(x)
     return items, teams
@@ -69,7 +86,7 @@ def team_credit(shown: Sequence[Hashable], teams: Sequence[str], actions: Iterab
     """Credit per team: each distinct ``(product, action)`` on a shown product adds its action weight to the product's team.
 
     ``actions`` are ``(product_id, action_name)`` pairs (repeats of the same action on the same product count
-    once; impressions and actions of products not shown count nothing). ``weights`` default to
+    once; impressions, actions of products not shown and actions on shared products count nothing). ``weights`` default to
     :data:`~fusionrank.feedback.schema.DEFAULT_ACTION_WEIGHTS` (click 1, add_to_cart 2, purchase 4).
     """
     w = DEFAULT_ACTION_WEIGHTS if weights is None else weights
@@ -77,7 +94,7 @@ def team_credit(shown: Sequence[Hashable], teams: Sequence[str], actions: Iterab
     credit = {A: 0.0, B: 0.0}
     for pid, action in set(actions):
         t = team_of.get(pid)
-        if t is not None and action in w:
+        if t in credit and action in w:
             credit[t] += float(w[action])
     return credit
 
@@ -149,7 +166,7 @@ def interleaving_report(store, *, since: float | None = None, until: float | Non
             team_of = dict(zip(s["product_ids"], s["teams"]))
             for pid, action in set(s["actions"]):
                 t = team_of.get(pid)
-                if t is not None:
+                if t in credit:
                     credit[t][action] = credit[t].get(action, 0) + 1
         pref, ci, p = compare_outcomes(outs, confidence=confidence, n_resamples=n_resamples, seed=seed)
         o = np.asarray(outs, np.int64)

@@ -14,7 +14,7 @@ Behavior Insights, OpenSearch) where UBI has a field for the thing:
              before any randomisation swap (``logged_ranks``).
              An *interleaved* search (:mod:`fusionrank.feedback.interleave`) also keeps
              ``interleaved_with`` (the candidate model's version; ``model_version`` is the
-             promoted one's) and ``teams``, one of :data:`TEAMS` per shown product.
+             promoted one's) and ``teams``, one of :data:`TEAMS` or :data:`SHARED_TEAM` per shown product.
 ``events``   one row per shopper action (UBI ``ubi_events``): ``action_name`` (one of
              :data:`ACTIONS`), ``query_id``, ``session_id``, ``client_id``, ``timestamp``,
              ``object_id`` (the product), ``position`` (1-based rank), ``grid_row`` and
@@ -41,6 +41,8 @@ DEFAULT_GRID_COLUMNS = 4
 
 #: Teams of an interleaved list: ``a`` = the promoted model's ranking (``model_version``), ``b`` = the candidate's.
 TEAMS: tuple[str, str] = ("a", "b")
+#: Team of a product both rankings would have drafted in the same round: shown once, credited to neither.
+SHARED_TEAM = "ab"
 
 
 def grid_cell(rank: int | np.ndarray, columns: int) -> tuple:
@@ -80,7 +82,7 @@ class SearchLog:
     randomised: bool = False
     total_ms: float | None = None
     interleaved_with: str | None = None  # the candidate model version this list interleaves with model_version's
-    teams: list[str] | None = None       # per shown product: TEAMS[0] (model_version's) or TEAMS[1] (the candidate's)
+    teams: list[str] | None = None       # per shown product: TEAMS[0] (model_version's), TEAMS[1] (the candidate's) or SHARED_TEAM
     vectors: dict = field(default_factory=dict)  # vector key -> embedding rows first served here (archived with the search)
 
 
