@@ -257,8 +257,11 @@ class Traffic:
         rows = self.slates.rows[qi, np.asarray(positions, np.int64)]
         return [str(self.svc.index.ids[r]) for r in rows]
 
-    def interleave(self, a: str, b: str, start: int, stop: int, base: float, rng: np.random.Generator) -> None:
-        """Sessions ``start..stop-1`` of pair (a, b): a team draft each, logged at ``base + i`` with their events."""
+    def interleave(self, a: str, b: str, start: int, stop: int, base: float, rng: np.random.Generator,
+                   shared: bool = True) -> None:
+        """Sessions ``start..stop-1`` of pair (a, b): a team draft each (``shared``: as the service drafts, a round both
+        rankings would pick the same product shows it as shared; False: the classic draft), logged at ``base + i``
+        with their events."""
         from fusionrank.feedback.interleave import team_draft
         from fusionrank.feedback.logged import served_slate
         from fusionrank.feedback.schema import ACTIONS, SearchLog
@@ -269,7 +272,8 @@ class Traffic:
         for i, qi in zip(range(start, stop), sh.draw(stop - start, rng)):
             qi = int(qi)
             (oa, sa), (ob, _) = self.ranked[a, qi], self.ranked[b, qi]
-            shown, teams = team_draft(oa.tolist(), ob.tolist(), self.k, random.Random(int(rng.integers(2**63))))
+            shown, teams = team_draft(oa.tolist(), ob.tolist(), self.k, random.Random(int(rng.integers(2**63))),
+                                      shared=shared)
             # the service logs an interleaved list with the promoted model's scores (team a's)
             one = SimpleNamespace(rows=self.slates.rows[qi:qi + 1])
             slate, _ = served_slate(SimpleNamespace(scored=SimpleNamespace(slates=one, scores=sa[None]), order=shown),
@@ -327,12 +331,16 @@ def welch_p(s1: float, q1: float, n1: int, s2: float, q2: float, n2: int) -> flo
     return math.erfc(abs(m2 - m1) / se / math.sqrt(2))
 
 
-def checkpoints(cap: int, first: int = 200) -> list[int]:
-    """``first``, 2 ``first``, 4 ``first``, ... up to ``cap`` (200: the promotion policy's default minimum of searches)."""
-    out = [first]
-    while out[-1] * 2 <= cap:
-        out.append(out[-1] * 2)
-    return out
+def checkpoints(cap: int, first: int = 200, factor: float = 2.0) -> list[int]:
+    """``first``, ``factor`` ``first``, ``factor``^2 ``first``, ... (rounded to even counts) up to ``cap`` (200: the
+    promotion policy's default minimum of searches)."""
+    out, x = [first], float(first)
+    while True:
+        x *= factor
+        n = 2 * round(x / 2)
+        if n > cap:
+            return out
+        out.append(n)
 
 
 def decisions(checks: list[dict], a: str, b: str) -> dict:
@@ -355,15 +363,16 @@ def decisions(checks: list[dict], a: str, b: str) -> dict:
             "stable": {"decided": bool(last), "sessions": n, "winner": win.get(last)}}
 
 
-def run_interleaving(tr: Traffic, a: str, b: str, base: float, cap: int, seed: int, alpha: float = 0.05) -> dict:
+def run_interleaving(tr: Traffic, a: str, b: str, base: float, cap: int, seed: int, alpha: float = 0.05,
+                     shared: bool = True, factor: float = 2.0) -> dict:
     """Interleave up to ``cap`` sessions, the report (preference, bootstrap CI) read at every checkpoint."""
     from fusionrank.feedback.interleave import interleaving_report
 
     rng = np.random.default_rng(seed)
     va, vb = tr.handles[a].version, tr.handles[b].version
     done, rep, checks = 0, None, []
-    for n in checkpoints(cap):
-        tr.interleave(a, b, done, n, base, rng)
+    for n in checkpoints(cap, factor=factor):
+        tr.interleave(a, b, done, n, base, rng, shared=shared)
         done = n
         rep = interleaving_report(tr.svc.events, since=base, until=base + n, confidence=1 - alpha, pairs=[(va, vb)])[0]
         checks.append({"sessions": n, "used": rep.used, "preference": rep.preference, "ci": list(rep.ci),
@@ -371,7 +380,7 @@ def run_interleaving(tr: Traffic, a: str, b: str, base: float, cap: int, seed: i
     return {**decisions(checks, a, b), "report": rep.as_dict(), "checks": checks}
 
 
-def run_ab(tr: Traffic, a: str, b: str, cap: int, seed: int, alpha: float = 0.05) -> dict:
+def run_ab(tr: Traffic, a: str, b: str, cap: int, seed: int, alpha: float = 0.05, factor: float = 2.0) -> dict:
     """A/B up to ``cap`` sessions: half see a's list, half b's; both tests read at every checkpoint.
 
     ``ctr``: share of sessions with a click (two-proportion z-test); ``clicks``: clicks per session (Welch)."""
@@ -380,7 +389,7 @@ def run_ab(tr: Traffic, a: str, b: str, cap: int, seed: int, alpha: float = 0.05
     stats = {v: np.zeros(4) for v in (a, b)}  # sessions, sessions with a click, clicks, clicks^2
     checks: dict[str, list] = {"ctr": [], "clicks": []}
     done = 0
-    for n in checkpoints(cap):
+    for n in checkpoints(cap, factor=factor):
         for v in (a, b):
             m = n // 2 - done // 2
             qi = sh.draw(m, rng)
@@ -475,22 +484,32 @@ def sensitivity(bench: VersionBench, out: Path, versions: list[dict], a) -> dict
         off = {"a": ctl["ndcg@10"]["title"], "b": cand["ndcg@10"]["title"]}
         zipf = {k: sum(pop[q] * v for q, v in per_q[n].items()) for k, n in (("a", A), ("b", B))}
         t0 = time.perf_counter()
-        il = run_interleaving(tr, A, B, base=1e9 + i * 1e7, cap=a.il_cap, seed=a.seed * 1000 + i)
+        il = run_interleaving(tr, A, B, base=1e9 + i * 1e7, cap=a.il_cap, seed=a.seed * 1000 + i,
+                              shared=a.draft == "shared", factor=a.grid_factor)
         t1 = time.perf_counter()
-        ab = run_ab(tr, A, B, cap=a.ab_cap, seed=a.seed * 1000 + 500 + i)
+        ab = run_ab(tr, A, B, cap=a.ab_cap, seed=a.seed * 1000 + 500 + i, factor=a.grid_factor)
         t2 = time.perf_counter()
+        other = None
+        if a.compare_classic and a.draft == "shared":  # the same pair, other sessions, the classic draft
+            other = run_interleaving(tr, A, B, base=2e9 + i * 1e7, cap=a.il_cap, seed=a.seed * 1000 + 300 + i,
+                                     shared=False, factor=a.grid_factor)
+        t3 = time.perf_counter()
         offline_winner = B if off["b"] > off["a"] else A
         row = {"a": A, "b": B, "ndcg_a": off["a"], "ndcg_b": off["b"], "delta": off["b"] - off["a"],
                "zipf_ndcg_a": zipf["a"], "zipf_ndcg_b": zipf["b"], "clicks_a": probs[A], "clicks_b": probs[B],
                "offline_winner": offline_winner, "zipf_winner": B if zipf["b"] > zipf["a"] else A,
                "interleaving": il, "ab": ab, "seconds": {"interleaving": round(t1 - t0, 1), "ab": round(t2 - t1, 1)}}
+        if other is not None:
+            row["interleaving_classic"] = other
+            row["seconds"]["interleaving_classic"] = round(t3 - t2, 1)
         rows.append(row)
         def said(d):
             return f"{d['winner']} from {d['sessions']:,}" if d["decided"] else "undecided"
 
         log(f"pair {i + 1}/{len(pairs)} {A} vs {B} (Δ {row['delta']:+.4f}): interleaving {said(il['stable'])} "
             f"(first {said(il['first'])}; pref {il['report']['preference']:+.3f}); A/B ctr {said(ab['ctr']['stable'])} "
-            f"(first {said(ab['ctr']['first'])}), clicks {said(ab['clicks']['stable'])} ({t1 - t0:.0f} s + {t2 - t1:.0f} s)")
+            f"(first {said(ab['ctr']['first'])}), clicks {said(ab['clicks']['stable'])} ({t1 - t0:.0f} s + {t2 - t1:.0f} s)"
+            + (f"; classic draft {said(other['stable'])} ({t3 - t2:.0f} s)" if other is not None else ""))
     live = tr.live_check(pairs[0][0]["name"], pairs[0][1]["name"], a.live_searches)
     log(f"live check: {live}")
     tr.close()
@@ -506,17 +525,18 @@ def extend(bench: VersionBench, out: Path, versions: list[dict], sens: dict, cap
     names = {r[k] for r in sens["pairs"] for k in ("a", "b")}
     tr = Traffic(bench, out, [v for v in versions if v["name"] in names], PositionBased(PowerLawExamination(1.0)), seed=seed,
                  fresh=False, zipf_s=query_population(sens))
+    shared, factor = draft_of(sens) == "shared", float(sens["settings"].get("grid_factor", 2.0))
     tr.prepare()
     t0 = time.perf_counter()
     for i, r in enumerate(sens["pairs"]):
         il = r["interleaving"]
-        if il["stable"]["decided"] or il["checks"][-1]["sessions"] * 2 > cap:
+        if il["stable"]["decided"] or checkpoints(cap, factor=factor)[-1] <= il["checks"][-1]["sessions"]:
             continue
         rng = np.random.default_rng(seed * 1000 + 700 + i)
         base, done = 1e9 + i * 1e7, il["checks"][-1]["sessions"]
         va, vb = tr.handles[r["a"]].version, tr.handles[r["b"]].version
-        for n in [n for n in checkpoints(cap) if n > done]:
-            tr.interleave(r["a"], r["b"], done, n, base, rng)
+        for n in [n for n in checkpoints(cap, factor=factor) if n > done]:
+            tr.interleave(r["a"], r["b"], done, n, base, rng, shared=shared)
             done = n
             rep = interleaving_report(tr.svc.events, since=base, until=base + n, pairs=[(va, vb)])[0]
             il["checks"].append({"sessions": n, "used": rep.used, "preference": rep.preference, "ci": list(rep.ci),
@@ -558,6 +578,8 @@ def summarise(rows: list[dict], a) -> dict:
              "ab_clicks": (lambda r: r["ab"]["clicks"], a.ab_cap)}
     if rows and all("interleaving_clicks" in r for r in rows):
         tests["interleaving_clicks"] = (lambda r: r["interleaving_clicks"], a.il_cap)
+    if rows and all("interleaving_classic" in r for r in rows):
+        tests["interleaving_classic"] = (lambda r: r["interleaving_classic"], a.il_cap)
     out: dict = {}
     for rule in ("stable", "first"):
         for truth in ("offline_winner", "zipf_winner"):
@@ -594,6 +616,13 @@ def main() -> None:
     ap.add_argument("--il-cap", type=int, default=25_600, help="most interleaved sessions per pair")
     ap.add_argument("--ab-cap", type=int, default=3_276_800, help="most A/B sessions per pair (both arms)")
     ap.add_argument("--live-searches", type=int, default=50)
+    ap.add_argument("--draft", choices=("shared", "classic"), default="shared", help="the team draft the sensitivity "
+                    "part interleaves with: shared (the service's: a round both rankings would pick the same product "
+                    "shows it credited to neither) or classic (the coin's winner takes it)")
+    ap.add_argument("--compare-classic", action="store_true", help="with --draft shared, also interleave every pair "
+                    "with the classic draft (other sessions, same cap) in the same run")
+    ap.add_argument("--grid-factor", type=float, default=2.0, help="the tests are read after 200, 200 f, 200 f^2, ... "
+                    "sessions")
     ap.add_argument("--query-zipf", type=float, default=0.0, help="sensitivity shoppers draw the dev queries with Zipf(s) "
                     "popularity; 0 (default): uniformly, the distribution dev NDCG@10 averages over")
     ap.add_argument("--loop-rounds", type=int, default=3)
@@ -646,7 +675,8 @@ def main() -> None:
         res["sensitivity"] = sensitivity(bench, a.out, versions, a)
         res["sensitivity"].update(seconds=round(time.perf_counter() - t0), run=res["run"], command=res["command"],
                                   settings={k: getattr(a, k) for k in ("pairs", "il_cap", "ab_cap", "live_searches", "seed",
-                                                                       "query_zipf")})
+                                                                       "query_zipf", "draft", "grid_factor",
+                                                                       "compare_classic")})
         save(res, parts, path)
     if "extend" in parts:  # the pairs interleaving left undecided, continued to --il-cap
         sens = json.loads(path.read_text())["sensitivity"]
@@ -686,6 +716,8 @@ def save(res: dict, parts: set[str], path: Path) -> None:
         prev = old.get("sensitivity")
         if "sensitivity" in res and prev and query_population(prev) != query_population(res["sensitivity"]):
             out.setdefault(f"sensitivity_zipf{query_population(prev):g}", prev)  # another query population: kept beside it
+        elif "sensitivity" in res and prev and draft_of(prev) != draft_of(res["sensitivity"]):
+            out[f"sensitivity_{draft_of(prev)}"] = prev  # another draft: kept beside it
         out["runs"] = [r for r in old.get("runs", []) if r["run"] != res["run"] or r["parts"] != sorted(parts)]
     out.setdefault("runs", [])
     out["runs"] = out["runs"] + [{"run": res["run"], "command": res["command"], "invocation": res.get("invocation"),
@@ -694,6 +726,11 @@ def save(res: dict, parts: set[str], path: Path) -> None:
                                   "load_after": res.get("load_after")}]
     path.write_text(json.dumps(out, indent=1, default=float))
     write_md(out, path.with_suffix(".md"))
+
+
+def draft_of(s: dict) -> str:
+    """The team draft a sensitivity part interleaved with (runs before the option: the classic draft)."""
+    return s["settings"].get("draft", "classic")
 
 
 def query_population(s: dict) -> float:
@@ -709,8 +746,24 @@ def sensitivity_md(s: dict, main: bool) -> list[str]:
     zs = query_population(s)
     uniform = zs == 0
     pop = "uniformly" if uniform else f"with Zipf({zs:g}) popularity"
-    L += ["## Interleaving sensitivity" + ("" if main else f": an earlier run, dev queries drawn {pop}"), "",
+    shared = draft_of(s) == "shared"
+    grid = checkpoints(10**9, factor=float(s["settings"].get("grid_factor", 2.0)))[:4]
+    grid_txt = ", ".join(f"{n:,}" for n in grid) + ", ..."
+    factor = float(s["settings"].get("grid_factor", 2.0))
+    n_il = f"{len(checkpoints(il_cap, factor=factor))}" + (f" to {len(checkpoints(s['settings']['il_cap_extended'], factor=factor))}"
+                                                           if s["settings"].get("il_cap_extended") else "")
+    n_ab = len(checkpoints(ab_cap, factor=factor))
+    L += ["## Interleaving sensitivity" + ("" if main else f": an earlier run, dev queries drawn {pop}"
+                                            + ("" if shared else ", classic team draft")), "",
           f"Run {s['run']}.", ""]
+    if main and shared:
+        L += ["The service's team draft shows a round in which both rankings would pick the same product as **shared** "
+              "and credits it to neither team (non-competitive pairs, as in Airbnb's interleaving, 2022); the classic "
+              "draft (Radlinski et al. 2008) gives it to the team that won the round's coin, so every click on the "
+              "common top of two similar rankings adds a random win or loss. "
+              + ("Every pair was also interleaved with the classic draft in this run (other sessions, the same cap): "
+                 "its row below. " if s["settings"].get("compare_classic") else "")
+              + "The runs below this one used the classic draft.", ""]
     if main and uniform:
         L += ["The shoppers draw the dev queries **uniformly**, so the online traffic has the same query distribution as "
               "the offline metric the tests are scored against (dev NDCG@10 is the uniform mean over the 500 dev queries). "
@@ -726,7 +779,7 @@ def sensitivity_md(s: dict, main: bool) -> list[str]:
           "every dev query's candidates and features once from the service's ranking path (`RankingPipeline.slates`), "
           "both versions' rankings of them kept (the service's `Scorer`), a `team_draft` per session with its own coin, "
           "every session logged as its own interleaved search with its events through the service's SQLite event store; "
-          f"preference and 95% bootstrap CI from `interleaving_report` over the first n sessions, n = 200, 400, 800, ... "
+          f"preference and 95% bootstrap CI from `interleaving_report` over the first n sessions, n = {grid_txt} "
           f"{il_cap:,}" + (f"; the pairs still undecided there continued to {s['settings']['il_cap_extended']:,} "
                            f"(`interleaving.py {s.get('extend_command', '')}`, {s.get('extend_seconds')} s)"
                            if s["settings"].get("il_cap_extended") else "") +
@@ -737,7 +790,7 @@ def sensitivity_md(s: dict, main: bool) -> list[str]:
           f"{s['live_check']['same_as_cached_draft']} of {s['live_check']['logged']} logged lists equal the draft of the "
           "cached rankings in their logged team order.",
           f"- **A/B**: the same shoppers and lists, each version serving half the sessions alone (drawn in memory, not "
-          f"logged); n = 200, 400, 800, ... {ab_cap:,} sessions (both arms); two-sided tests at 5%: CTR (share of "
+          f"logged); n = {grid_txt} {ab_cap:,} sessions (both arms); two-sided tests at 5%: CTR (share of "
           "sessions with a click, i.e. 1 - abandonment, two-proportion z-test; the baseline) and clicks per session "
           "(Welch): absolute click metrics of the kind Radlinski et al. (2008) and Chapelle et al. (2012) compare "
           "interleaving with. Both arms together count as the A/B test's sessions, every interleaved session (with or "
@@ -748,20 +801,23 @@ def sensitivity_md(s: dict, main: bool) -> list[str]:
              "undecided."] if s["pairs"] and "interleaving_clicks" in s["pairs"][0] else []),
           "- Every test runs to its cap. **Stable** (the main figures): the decision is the last check's, and the sessions "
           "needed are those from which every later check was confident the same way. **First**: stopping at the first "
-          "confident check, as a gate that peeks would; with 8 to 10 (interleaving) or 15 (A/B) looks this decides "
+          f"confident check, as a gate that peeks would; with {n_il} (interleaving) or {n_ab} (A/B) looks this decides "
           "early by chance more often than 5%. An undecided pair counts as its cap (a lower bound) in the medians.", ""]
     for rule in ("stable", "first"):
         o = sm[rule]["offline_winner"]
         L += [f"**{rule.capitalize()}** decisions:", "",
               "| test | agrees with offline winner (of all pairs) | among decided | decided | median sessions "
               "(undecided: its cap) | A/B sessions / interleaving sessions |", "|---|---:|---:|---:|---:|---:|"]
-        for k, name in (("interleaving", "**team-draft interleaving**"), ("interleaving_clicks", "team-draft interleaving, "
-                        "clicks only credited"), ("ab_ctr", "A/B, CTR (baseline)"), ("ab_clicks", "A/B, clicks per session")):
+        for k, name in (("interleaving", "**team-draft interleaving**" + (", shared picks credited to neither" if shared
+                                                                            else "")),
+                        ("interleaving_classic", "team-draft interleaving, classic draft"),
+                        ("interleaving_clicks", "team-draft interleaving, clicks only credited"),
+                        ("ab_ctr", "A/B, CTR (baseline)"), ("ab_clicks", "A/B, clicks per session")):
             if k not in o:
                 continue
             p = o[k]
             ratio = ("-" if k == "interleaving" else f"**{o['ratio_' + k[3:]]:.1f}x**" if k == "ab_ctr" else
-                     f"A/B CTR {o['ab_ctr']['median_sessions'] / p['median_sessions']:.1f}x" if k == "interleaving_clicks"
+                     f"A/B CTR {o['ab_ctr']['median_sessions'] / p['median_sessions']:.1f}x" if k.startswith("interleaving_")
                      else f"{o['ratio_' + k[3:]]:.1f}x")
             L.append(f"| {name} | {p['agree']}/{p['pairs']} ({p['agreement']:.0%}) | "
                      f"{'-' if p['agreement_of_decided'] is None else format(p['agreement_of_decided'], '.0%')} | "
