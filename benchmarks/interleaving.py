@@ -491,7 +491,7 @@ def sensitivity(bench: VersionBench, out: Path, versions: list[dict], a) -> dict
         t2 = time.perf_counter()
         other = None
         if a.compare_classic and a.draft == "shared":  # the same pair, other sessions, the classic draft
-            other = run_interleaving(tr, A, B, base=2e9 + i * 1e7, cap=a.il_cap, seed=a.seed * 1000 + 300 + i,
+            other = run_interleaving(tr, A, B, base=1.3e9 + i * 1e7, cap=a.il_cap, seed=a.seed * 1000 + 300 + i,
                                      shared=False, factor=a.grid_factor)
         t3 = time.perf_counter()
         offline_winner = B if off["b"] > off["a"] else A
