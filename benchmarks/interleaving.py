@@ -429,7 +429,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
                        max_interleave_sessions=a.loop_max_interleave, click_model="pbm", labels=a.loop_labels,
                        propensity=a.loop_propensity, randomise_share=a.loop_randomise_share, train_on=a.loop_train_on,
                        dm_regressor=a.loop_dm_regressor, logging_scores=a.loop_logging_scores,
-                       loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed,
+                       loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed, simulate=a.loop_simulate,
                        log=lambda m: log("loop " + m))
     secs = time.perf_counter() - t0
     reg = ModelRegistry.open(reg_dir)
@@ -452,7 +452,8 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
             "seconds": round(secs), "decisions": decisions,
             "settings": {k: getattr(a, k) for k in ("loop_rounds", "loop_sessions", "loop_batch", "loop_max_interleave",
                                                     "loop_labels", "loop_propensity", "loop_share", "loop_randomise_share",
-                                                    "loop_train_on", "loop_dm_regressor", "loop_logging_scores")}}
+                                                    "loop_train_on", "loop_dm_regressor", "loop_logging_scores",
+                                                    "loop_simulate")}}
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -638,6 +639,7 @@ def main() -> None:
     ap.add_argument("--loop-logging-scores", action="store_true", help="labels dr: the direct method also reads the "
                     "serving version's scores")
     ap.add_argument("--loop-start", default="q20-s0-e4")
+    ap.add_argument("--loop-simulate", default="http", help="sessions before each retraining: http or cached (in bulk)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -876,7 +878,11 @@ def loop_md(lp: dict, full: dict, title: str) -> list[str]:
           f"{lp['start_dev']['title']:.4f} / {lp['start_dev']['title_sparse']:.4f}), a fresh registry, the service on HTTP "
           f"following it and randomising {st.get('loop_randomise_share', 0):.0%} of the searches it does not interleave "
           f"(top result swapped with one of ranks 2..10); per round {st['loop_sessions']:,} sessions of shoppers (training "
-          f"queries, Zipf(1), PBM theta_k = 1/k) through the HTTP API, `retrain` on "
+          f"queries, Zipf(1), PBM theta_k = 1/k) "
+          + ("in bulk (`Shoppers.run_cached`: one search of the service per distinct query, with the promoted version "
+             "and its query understanding, every session its own search record and events through the service's "
+             "store)" if st.get("loop_simulate") == "cached" else "through the HTTP API")
+          + ", `retrain` on "
           + ("every non-interleaved search logged since the start" if train_on == "all" else "that round's searches only")
           + f" (labels `{st['loop_labels']}`"
           + (f" with the `{st.get('loop_dm_regressor', 'ridge')}` direct method on the features"

@@ -150,8 +150,10 @@ class Shoppers:
         return SimulationReport(n_sessions, n_sessions, counts, time.perf_counter() - t0, randomised=randomised)
 
     # -- cached result lists, bulk writes --------------------------------------------------------
-    def run_cached(self, service, n_sessions: int, chunk: int = 50_000, log=print) -> SimulationReport:
+    def run_cached(self, service, n_sessions: int, chunk: int = 50_000, log=print, seed: int | None = None) -> SimulationReport:
         """``n_sessions`` sessions against ``service``'s current model, each distinct query searched once.
+
+        ``seed`` draws these sessions (default: the population's seed), as in :meth:`run_live`.
 
         Every session gets its own search record (its own id, ids, time and randomisation, drawn
         as the service draws it) referencing the cached list; events go through
@@ -160,21 +162,24 @@ class Shoppers:
         """
         if service.events is None:
             raise FusionrankError("the service has no event store to log the simulated sessions in")
-        rng = np.random.default_rng(self.seed)
-        swap_rng = random.Random(self.seed)
+        seed = self.seed if seed is None else seed
+        rng = np.random.default_rng(seed)
+        swap_rng = random.Random(seed)
         t0 = time.perf_counter()
         draws = self.draw(n_sessions, rng)
         cache: dict[int, tuple[SearchLog, np.ndarray]] = {}
         share = service.randomise_share
         counts = {a: 0 for a in ACTIONS[1:]}
         randomised = 0
-        version = service.model.version
+        model = service.model  # one read: every session of this run is this model's
+        version = model.version
         for start in range(0, n_sessions, chunk):
             part = draws[start:start + chunk]
             for qi in np.unique(part):
                 if qi not in cache:  # one real search through the service; its log is the template
                     qi = int(qi)
-                    res = service.pipeline.search(self.queries.at[qi, S.QUERY], self.k, None, False, ranker=service.model.ranker)
+                    res = service.pipeline.search(self.queries.at[qi, S.QUERY], self.k, None, False, ranker=model.ranker,
+                                                  understanding=model.understanding)  # as the service searches
                     cache[qi] = self._template(service, qi, res)
             logs: list[SearchLog] = []
             events: list[dict] = []
@@ -193,7 +198,7 @@ class Shoppers:
                 for m, j in enumerate(members):
                     sid = ids[j]
                     client = f"shopper-{(start + j) % self.clients}"
-                    session = f"{self.seed}-{start + j}"
+                    session = f"{seed}-{start + j}"
                     logs.append(SearchLog(sid, tmpl.user_query, now, version, slate, client_id=client, session_id=session,
                                           k=self.k, index_version=tmpl.index_version, grid_columns=tmpl.grid_columns,
                                           randomised=bool(sw)))

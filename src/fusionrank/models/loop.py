@@ -8,7 +8,12 @@
 2. **simulate**: simulated shoppers (:class:`~fusionrank.feedback.simulate.Shoppers`, a click model by
    name) search and post events through the HTTP API with the events key, as the web page does; the
    service randomises ``randomise_share`` of the searches it does not interleave (the top result swapped
-   with one drawn uniformly from ranks 2..k, Joachims et al. 2017), which identifies the position bias;
+   with one drawn uniformly from ranks 2..k, Joachims et al. 2017), which identifies the position bias.
+   With ``simulate="cached"`` the sessions before retraining are drawn in bulk instead
+   (:meth:`~fusionrank.feedback.simulate.Shoppers.run_cached`: one real search of the service per distinct
+   query, with the promoted version and its query understanding, every session its own search record,
+   randomisation drawn as the service draws it, events through the service's own checks into its store),
+   which takes 10^5 sessions in about a minute; interleaving always goes through HTTP;
 3. **retrain**: a candidate from the logged searches (``train_on``: ``all`` of them so far, or this
    ``round``'s), with position bias estimated from the randomised searches (``propensity="swaps"``)
    (:func:`~fusionrank.models.retrain.retrain`), measured offline beside the promoted version; one that
@@ -38,6 +43,8 @@ __all__ = ["run_loop", "RoundReport", "TRAIN_ON"]
 #: What each retraining reads: every search logged so far (all rounds, all promoted versions; IPS labels
 #: with rank propensities stay unbiased whatever mix of rankers logged them), or this round's only.
 TRAIN_ON = ("all", "round")
+#: How the sessions before each retraining reach the service: every one through the HTTP API, or in bulk.
+SIMULATE = ("http", "cached")
 
 
 @dataclass
@@ -76,7 +83,8 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
              labels: str = "ips", propensity: str = "swaps", randomise_share: float = 0.1, train_on: str = "all",
              dm_regressor: str = "ridge", logging_scores: bool = False,
              loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
-             epochs: int | None = None, policy: PromotionPolicy | None = None, seed: int = 0, serve_forever: bool = False,
+             epochs: int | None = None, policy: PromotionPolicy | None = None, seed: int = 0, simulate: str = "http",
+             serve_forever: bool = False,
              port: int = 0, log=print) -> list[RoundReport]:
     """Run ``rounds`` rounds of the loop (see the module docstring) over ``model_dir``'s catalogue and index.
 
@@ -104,6 +112,8 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
 
     if train_on not in TRAIN_ON:
         raise FusionrankError(f"train_on must be one of {', '.join(TRAIN_ON)}; got {train_on!r}")
+    if simulate not in SIMULATE:
+        raise FusionrankError(f"simulate must be one of {', '.join(SIMULATE)}; got {simulate!r}")
     if propensity == "swaps" and randomise_share <= 0:
         raise FusionrankError("propensity 'swaps' estimates the position bias from randomised searches; set randomise_share "
                               "above 0 (e.g. 0.1), or choose another estimator (harvest needs two logged model versions)")
@@ -140,9 +150,14 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
                 t0 = time.perf_counter()
                 idx = reg.read()
                 before = idx.promoted()
-                log(f"[round {r}/{rounds}] simulate: {sessions:,} sessions on {before.id} ({click_model} clicks)")
+                log(f"[round {r}/{rounds}] simulate: {sessions:,} sessions on {before.id} ({click_model} clicks"
+                    + (", in bulk)" if simulate == "cached" else ")"))
+                _wait(lambda: svc.model.version == before.model_version, 30, f"serve {before.id}")
                 since = time.time()
-                rep = shoppers.run_live(shop, sessions, seed=next(draws))
+                if simulate == "cached":
+                    rep = shoppers.run_cached(svc, sessions, log=None, seed=next(draws))
+                else:
+                    rep = shoppers.run_live(shop, sessions, seed=next(draws))
                 log(f"  {rep.searches:,} searches ({rep.randomised:,} randomised), " +
                     ", ".join(f"{n:,} {a}" for a, n in rep.actions.items()) + f" in {rep.seconds:.0f} s")
                 log(f"[round {r}/{rounds}] retrain on " + ("every search logged so far" if train_on == "all"
