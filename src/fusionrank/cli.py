@@ -233,6 +233,9 @@ def serve(
     poll: float = typer.Option(1.0, min=0.05, help="with --registry: seconds between checks of the registry index"),
     workers: int = typer.Option(1, min=1, help="worker processes sharing one memory-mapped index snapshot and one port; "
                                 "writes go through the index's change log, model swaps reach every worker"),
+    start_method: Optional[str] = typer.Option(None, help="with --workers: fork (load once, then fork the workers: "
+                                               "they share the loaded pages; default on Linux) or spawn (each worker "
+                                               "a new process that loads everything itself)"),
     engine: str = typer.Option("local", help="local: uvicorn in this process (or --workers processes); ray: a Ray Serve "
                                "application of --replicas replicas"),
     replicas: int = typer.Option(1, min=1, help="with --engine ray: replicas, each a whole service over the shared index "
@@ -254,9 +257,11 @@ def serve(
         return
     if replicas > 1 or ray_address:
         _fail(FusionrankError("--replicas and --ray-address go with --engine ray; for processes on this machine use --workers"))
+    if start_method is not None and workers == 1:
+        _fail(FusionrankError("--start-method goes with --workers 2 or more (one process loads and serves by itself)"))
     if workers > 1:
         _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share,
-                       feature_logging, registry, poll, workers)
+                       feature_logging, registry, poll, workers, start_method)
         return
     _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share, feature_logging,
            registry, poll)
@@ -300,7 +305,7 @@ def _serve_ray(model, host, port, index, rebuild, admin_key, events_key, threads
 
 
 def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share,
-                   feature_logging, registry, poll, workers) -> None:
+                   feature_logging, registry, poll, workers, start_method=None) -> None:
     from .serving.workers import serve_workers
     from .settings import get_settings
 
@@ -327,7 +332,8 @@ def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events
             print(url, flush=True)
 
         code = serve_workers(model, workers, host, port, index, given_admin, events_key, threads, randomise_share,
-                             feature_logging, registry, poll, on_ready=ready, log=lambda s: console.print(s))
+                             feature_logging, registry, poll, on_ready=ready, log=lambda s: console.print(s),
+                             start_method=start_method)
     except FusionrankError as e:
         _fail(e)
     raise typer.Exit(code)
