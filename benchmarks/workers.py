@@ -48,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 RESULTS = ROOT / "benchmarks" / "results"
+SRC = str(ROOT / "src")  # the servers run this checkout's code, not whichever fusionrank is installed
 
 from fusionrank.settings import get_settings  # noqa: E402
 
@@ -120,7 +121,7 @@ def prepare(src_model: Path, work: Path, table_dtype: str) -> tuple[Path, dict]:
         shutil.copytree(src_model, model, ignore=shutil.ignore_patterns("index", "service-data"))
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "fusionrank.cli", "index", str(model), "--table-dtype", table_dtype],
-                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC})
         log(f"  index built in {time.perf_counter() - t0:.0f} s")
     from fusionrank.serving.index import SearchIndex
 
@@ -151,7 +152,7 @@ print(json.dumps({"anonymous_kb": anon() - a}))
 def index_heap(index_dir: Path, shared: bool) -> int:
     """kB of heap (anonymous memory, never shared between processes) that loading the index adds to a fresh process."""
     out = subprocess.run([sys.executable, "-c", PROBE, str(index_dir), "1" if shared else "0"], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
+                         check=True, env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])["anonymous_kb"]
 
 
@@ -170,7 +171,7 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
         start_method: str | None = None) -> dict:
     port = free_port()
     shutil.rmtree(model / "service-data", ignore_errors=True)  # each run starts with an empty event store
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FUSIONRANK_ADMIN_KEY": "bench"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FUSIONRANK_ADMIN_KEY": "bench", "PYTHONPATH": SRC}
     t0 = time.perf_counter()
     method = ["--start-method", start_method] if n_workers > 1 and start_method else []
     srv = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port),
