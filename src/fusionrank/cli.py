@@ -329,7 +329,8 @@ def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events
 
         def ready(url: str) -> None:
             console.print(f"[bold green]search page and API:[/] {url}   ({workers} workers; OpenAPI {url}openapi.json; Ctrl-C stops)")
-            print(url, flush=True)
+            sys.stdout.write(url + "\n")  # one write: the workers share this stdout (unbuffered, print writes twice)
+            sys.stdout.flush()
 
         code = serve_workers(model, workers, host, port, index, given_admin, events_key, threads, randomise_share,
                              feature_logging, registry, poll, on_ready=ready, log=lambda s: console.print(s),

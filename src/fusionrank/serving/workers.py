@@ -273,12 +273,12 @@ def _serve(svc, number: int, sock: socket.socket, ready_fd: int, admin_key: str 
     faulthandler.enable(all_threads=True)  # a worker that crashes in native code says where (the supervisor restarts it)
     app = create_app(svc, admin_key, events_key, worker=number)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
-    try:
+    log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")  # before the
+    try:  # supervisor, once every worker is ready, prints the address on the same stdout
         with os.fdopen(ready_fd, "w") as f:
             f.write(f"ready {number} {os.getpid()}\n")
     except BrokenPipeError:  # the supervisor stopped waiting: serve anyway
         pass
-    log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")
     try:
         server.run(sockets=[sock])
     finally:
@@ -287,7 +287,10 @@ def _serve(svc, number: int, sock: socket.socket, ready_fd: int, admin_key: str 
 
 def _worker_log(number: int) -> Callable[[str], None]:
     def log(msg: str) -> None:
-        print(f"[worker {number}] {msg}", flush=True)
+        # one write per line: unbuffered (PYTHONUNBUFFERED), print() writes the text and its newline apart, and a line
+        # of another process sharing the stdout (the supervisor's address) could land between them
+        sys.stdout.write(f"[worker {number}] {msg}\n")
+        sys.stdout.flush()
     return log
 
 
