@@ -304,6 +304,12 @@ def _serve_ray(model, host, port, index, rebuild, admin_key, events_key, threads
     raise typer.Exit(code)
 
 
+def _build_index_job(model: str, index) -> None:
+    from .modeldir import ModelDir
+
+    ModelDir.open(model).build_index(index_dir=index, log=lambda s: console.print(s)).close()
+
+
 def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share,
                    feature_logging, registry, poll, workers, start_method=None) -> None:
     from .serving.workers import serve_workers
@@ -316,11 +322,14 @@ def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events
     given_admin = admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
     events_key = events_key or (settings.events_key.get_secret_value() if settings.events_key else None)
     try:
-        if rebuild:
-            from .modeldir import ModelDir
+        if rebuild:  # in a process of its own: the threads a build leaves (OpenMP, Arrow) must not be in a supervisor that forks
+            import multiprocessing
 
-            md = ModelDir.open(model)
-            md.build_index(index_dir=index, log=lambda s: console.print(s)).close()
+            job = multiprocessing.get_context("spawn").Process(target=_build_index_job, args=(str(model), index))
+            job.start()
+            job.join()
+            if job.exitcode != 0:
+                _fail(FusionrankError(f"building the search index failed (exit code {job.exitcode}; its messages are above)"))
         if given_admin is None:
             import secrets
 

@@ -18,9 +18,10 @@ socket. A worker that dies is forked again from the same loaded supervisor. ``os
 only the calling thread, so a lock another thread held would stay held forever in the child: the
 supervisor checks before every fork that it runs no other thread (Python's, or native ones from
 ``/proc/self/task``) and refuses to fork otherwise (:class:`ThreadsAtFork`). The only exceptions
-are the idle threads pyarrow and onnxruntime start for themselves, recorded before anything is
-loaded (:func:`library_threads`); a thread the loading started (a torch or ONNX Runtime intra-op
-pool, the event store's checkpointer) is refused. That is why the query encoder runs ONNX Runtime
+are the idle threads native libraries start for themselves at import (pyarrow's jemalloc and
+pools, onnxruntime's timer, OpenBLAS's thread servers), recorded before anything is loaded
+(:func:`library_threads`); a thread the loading started (a torch or ONNX Runtime intra-op pool,
+the event store's checkpointer) is refused. ``--rebuild`` builds the index in a process of its own. That is why the query encoder runs ONNX Runtime
 with one thread and the supervisor loads with one torch thread; a worker sets its torch threads
 (``--threads``) after the fork.
 
@@ -89,7 +90,7 @@ def default_start_method() -> str:
 
 
 class ThreadsAtFork(FusionrankError):
-    """The supervisor runs threads besides its main one, so forking workers from it is unsafe.
+    """The supervisor runs threads besides its main one and the libraries' own idle ones, so forking workers from it is unsafe.
 
     Attributes: ``python_threads`` (names from :func:`threading.enumerate`) and ``native_threads``
     (``(thread id, name)`` from ``/proc/self/task``, the main thread left out).
@@ -98,9 +99,10 @@ class ThreadsAtFork(FusionrankError):
     def __init__(self, python_threads: list[str], native_threads: list[tuple[int, str]]):
         self.python_threads, self.native_threads = list(python_threads), list(native_threads)
         names = ", ".join(f"{n} ({t})" for t, n in self.native_threads) or "none"
-        super().__init__(f"cannot fork the workers: the supervisor runs {len(self.native_threads)} thread(s) besides "
-                         f"its main one ({names}; Python threads: {', '.join(self.python_threads) or 'none'}); a lock one "
-                         "of them holds would stay held in every worker. Start them with --start-method spawn")
+        super().__init__(f"cannot fork the workers: besides its main thread and the libraries' own idle ones, the "
+                         f"supervisor runs {len(self.native_threads)} thread(s) ({names}; Python threads: "
+                         f"{', '.join(self.python_threads) or 'none'}); a lock one of them holds would stay held in every "
+                         "worker. Start them with --start-method spawn")
 
 
 def native_threads() -> dict[int, str]:
@@ -121,20 +123,24 @@ def native_threads() -> dict[int, str]:
 
 
 def library_threads() -> dict[int, str]:
-    """Start the threads the native libraries keep for themselves, before anything is loaded; returns them.
+    """Import the native libraries a worker uses and start the threads they keep for themselves; returns every thread
+    of this process then, besides the main one: the ones :func:`check_single_threaded` accepts later.
 
-    Importing pyarrow starts jemalloc's background thread and importing onnxruntime a timer thread of its own;
-    pyarrow's CPU and I/O pools start a thread each at their first read (capacity set to 1 here). These are idle
-    library threads that never hold a lock of fusionrank's; jemalloc and Arrow ready their state for the
-    child at a fork (``pthread_atfork``). Every other thread (a torch or ONNX Runtime intra-op pool, the event
-    store's checkpointer, a registry follower) must not exist when the supervisor forks: :func:`check_single_threaded`.
+    Importing pyarrow starts jemalloc's background thread, onnxruntime a timer thread of its own, numpy's and
+    scipy's OpenBLAS a thread server each unless ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` is 1, and Arrow's CPU
+    and I/O pools a thread each at their first read (capacity set to 1 here). They are idle and never hold a lock
+    of fusionrank's; jemalloc, OpenBLAS and Arrow ready their state for the child at a fork (``pthread_atfork``).
+    Call it before loading anything: a thread the loading starts (a torch or ONNX Runtime intra-op pool, the event
+    store's checkpointer, a registry follower) must not exist when the supervisor forks.
     """
     import tempfile
 
+    import numpy  # noqa: F401
     import onnxruntime  # noqa: F401
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import scipy.linalg  # noqa: F401
 
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
@@ -379,6 +385,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
         raise FusionrankError(f"unknown start method {start_method!r}; valid: {', '.join(START_METHODS)}")
     if start_method == "fork" and not hasattr(os, "fork"):
         raise FusionrankError("--start-method fork needs os.fork (Linux); use --start-method spawn")
+    allowed = library_threads() if start_method == "fork" else {}  # first: before anything here reads a file with Arrow
     md = ModelDir.open(model)
     index_dir = Path(index) if index else md.index_dir
     if not (index_dir / "index.json").exists():
@@ -396,14 +403,13 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
     sock = _listen(host, port)
     procs: dict[int, Any] = {}  # worker number -> subprocess.Popen (spawn) or _Forked
     stopping = False
-    svc, allowed = None, {}
+    svc = None
     t0 = time.perf_counter()
     try:
         if start_method == "fork":
             import torch
 
             torch.set_num_threads(1)  # no intra-op pool in the supervisor; each worker sets its own after the fork
-            allowed = library_threads()
             svc = load_shared_service(args, lambda m: log(f"[supervisor] {m}"))
             svc.close_events()  # a connection and a checkpointer thread are per process: each worker opens its own
             gc.collect()
