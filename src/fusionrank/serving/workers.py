@@ -410,7 +410,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             import torch
 
             torch.set_num_threads(1)  # no intra-op pool in the supervisor; each worker sets its own after the fork
-            svc = load_shared_service(args, lambda m: log(f"[supervisor] {m}"))
+            svc = load_shared_service(args, lambda m: log(f"supervisor: {m}"))
             svc.close_events()  # a connection and a checkpointer thread are per process: each worker opens its own
             gc.collect()
             gc.freeze()  # what is loaded now stays out of every later collection, in the supervisor and in the workers
