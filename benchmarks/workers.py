@@ -1,9 +1,12 @@
 """Throughput and memory of `fusionrank serve --workers N` for N = 1, 2, 4 at 44k products, one run.
 
-    python benchmarks/workers.py [--model M] [--requests 1500] [--workers 1,2,4] [--table-dtype float16]
+    python benchmarks/workers.py [--model M] [--requests 1500] [--workers 1,2,4] [--start-method fork[,spawn]]
+                                 [--table-dtype float16] [--results DIR]
 
-For each N the real CLI server is started (`python -m fusionrank.cli serve MODEL --workers N`; N = 1
-is the plain one-process service) over the same saved index, and ``benchmarks/loadgen.py`` drives it
+For each N the real CLI server is started (`python -m fusionrank.cli serve MODEL --workers N
+--start-method S`; N = 1 is the plain one-process service; each N > 1 once per start method: ``fork``,
+workers forked from a supervisor that loaded everything, or ``spawn``, workers that load everything
+themselves) over the same saved index, and ``benchmarks/loadgen.py`` drives it
 from its own process: 8 clients, each a thread with its own keep-alive connection (the kernel gives
 each new connection to one worker), ``--requests`` distinct fashion44k train+dev query texts (the same
 list for every N), k=10, 200 candidates re-ranked with explanations, as the page asks.
@@ -12,8 +15,14 @@ Memory is read from ``/proc/PID/smaps_rollup`` of the supervisor and every worke
 PSS (proportional set size: a page shared by n processes counts 1/n in each), so the sum over
 the processes is what the service costs the machine. *Added per extra worker* is
 ``(PSS sum with N workers - PSS of the one-process service) / (N - 1)``, compared with the index
-size (``SearchIndex.memory_bytes()``, the figure of ``benchmarks/table_memory.py``). Also reported:
-each worker's private memory (USS) and the PSS of its mappings of the index folder's files.
+size (``SearchIndex.memory_bytes()``, the figure of ``benchmarks/table_memory.py``); with forked workers
+that includes the supervisor, which holds the loaded state, so *marginal* is also given:
+``(PSS sum with N - PSS sum with the previous N > 1 of the same start method) / (N - previous N)``, what
+one more worker costs once there is a supervisor. Also reported: each process's private memory (USS) and
+the PSS of its mappings of the index folder's files.
+
+A results file of an earlier run whose workers were all spawned (before workers were forked) is kept
+below the new tables, as "spawned workers, earlier run".
 
 Model: the click benchmark's text+photo fusion model (``~/.cache/fusionrank/bench-clicks/models/full``)
 copied (config and weights only) into ``~/.cache/fusionrank/scale-workers/model`` with its own index
@@ -39,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 RESULTS = ROOT / "benchmarks" / "results"
+SRC = str(ROOT / "src")  # the servers run this checkout's code, not whichever fusionrank is installed
 
 from fusionrank.settings import get_settings  # noqa: E402
 
@@ -111,7 +121,7 @@ def prepare(src_model: Path, work: Path, table_dtype: str) -> tuple[Path, dict]:
         shutil.copytree(src_model, model, ignore=shutil.ignore_patterns("index", "service-data"))
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "fusionrank.cli", "index", str(model), "--table-dtype", table_dtype],
-                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC})
         log(f"  index built in {time.perf_counter() - t0:.0f} s")
     from fusionrank.serving.index import SearchIndex
 
@@ -142,7 +152,7 @@ print(json.dumps({"anonymous_kb": anon() - a}))
 def index_heap(index_dir: Path, shared: bool) -> int:
     """kB of heap (anonymous memory, never shared between processes) that loading the index adds to a fresh process."""
     out = subprocess.run([sys.executable, "-c", PROBE, str(index_dir), "1" if shared else "0"], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
+                         check=True, env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])["anonymous_kb"]
 
 
@@ -157,13 +167,16 @@ def queries(n: int) -> list[str]:
     return qs[:n]
 
 
-def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int, tmp: Path) -> dict:
+def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int, tmp: Path,
+        start_method: str | None = None) -> dict:
     port = free_port()
     shutil.rmtree(model / "service-data", ignore_errors=True)  # each run starts with an empty event store
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FUSIONRANK_ADMIN_KEY": "bench"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FUSIONRANK_ADMIN_KEY": "bench", "PYTHONPATH": SRC}
     t0 = time.perf_counter()
+    method = ["--start-method", start_method] if n_workers > 1 and start_method else []
     srv = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port),
-                            "--workers", str(n_workers)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                            "--workers", str(n_workers), *method], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True, env=env)
     try:
         while True:
             line = srv.stdout.readline()
@@ -193,7 +206,7 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                           "shared_kb": ru.get("Shared_Clean", 0) + ru.get("Shared_Dirty", 0),
                           "anonymous_kb": ru.get("Anonymous", 0),
                           "index_files": mapped_under(pid, model / "index")})
-        return {"workers": n_workers, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
+        return {"workers": n_workers, "start_method": start_method if n_workers > 1 else None, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
                 "start_seconds": start_s, "throughput_rps": requests / r["wall_seconds"], "latency_ms": pct(r["latency_ms"]),
                 "server_total_ms": pct([s["total_ms"] for s, g in zip(r["server_ms"], ok) if g and s]),
                 "processes": procs, "pss_total_kb": int(sum(p["pss_kb"] for p in procs)),
@@ -213,9 +226,30 @@ def machine() -> dict:
     return {"uptime": sh("uptime"), "top": sh("top -b -n 1 | head -14"), "cpus": os.cpu_count()}
 
 
-def write(res: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "workers.json").write_text(json.dumps(res, indent=2))
+EARLIER = "## Spawned workers, earlier run"
+
+
+def earlier_spawned(results: Path) -> tuple[dict | None, str | None]:
+    """The earlier run to keep beside a new one: the results there if every worker in them was spawned (they
+    predate ``--start-method``), else the earlier run those results kept; ``(json, markdown)``."""
+    j, m = results / "workers.json", results / "workers.md"
+    if not j.exists() or not m.exists():
+        return None, None
+    old, text = json.loads(j.read_text()), m.read_text()
+    if any("start_method" in r for r in old.get("runs", [])):
+        return old.get("earlier_spawned"), text[text.index(EARLIER):] if EARLIER in text else None
+    body = text.split("\n", 1)[1] if text.startswith("# ") else text
+    title = text.split("\n", 1)[0].lstrip("# ") if text.startswith("# ") else ""
+    body = body.replace("\n## ", "\n### ")
+    return old, f"{EARLIER}\n\n*{title}*, every worker a new process that loaded everything itself:\n{body}"
+
+
+def write(res: dict, results: Path = RESULTS) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    old_json, old_md = earlier_spawned(results)
+    if old_json is not None:
+        res["earlier_spawned"] = old_json
+    (results / "workers.json").write_text(json.dumps(res, indent=2))
     idx = res["index"]
     size_mb = idx["index_bytes"] / 1e6
     runs = res["runs"]
@@ -226,16 +260,25 @@ def write(res: dict) -> None:
          f"{idx['disk_bytes'] / 1e6:,.0f} MB on disk. Load: `benchmarks/loadgen.py` in its own process, "
          f"{res['clients']} clients with keep-alive connections, {res['requests']} distinct queries per run (the same list "
          "for every N), k=10, 200 candidates re-ranked with explanations. N = 1 is the plain one-process service. "
-         "torch, OpenMP and MKL 1 thread per process. The machine has 2 cores and was shared (see the end).", "",
-         "| workers | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | server CPU cores used | server CPU ms / request | PSS of the service | added per extra worker | share of index size | start s |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "torch, OpenMP and MKL 1 thread per process. The machine has 2 cores and was shared (see the end). "
+         "*Added per extra worker*: (PSS with N - PSS of the one-process service) / (N - 1); *marginal*: (PSS with N - "
+         "PSS with the previous N of the same start method) / (difference of N), one more worker once there is a supervisor.", "",
+         "| workers | start | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | server CPU cores used | server CPU ms / request | PSS of the service | added per extra worker | share of index size | marginal per worker | share of index size | start s |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    prev: dict[str | None, dict] = {}
     for r in runs:
-        n = r["workers"]
+        n, how = r["workers"], r.get("start_method")
         added = (r["pss_total_kb"] - one["pss_total_kb"]) / (n - 1) / 1e3 if n > 1 else None
-        L.append(f"| {n} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / one['throughput_rps']:.2f} | "
+        p = prev.get(how)
+        marginal = (r["pss_total_kb"] - p["pss_total_kb"]) / (n - p["workers"]) / 1e3 if n > 1 and p and n > p["workers"] else None
+        if n > 1:
+            prev[how] = r
+        L.append(f"| {n} | {how or '-'} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / one['throughput_rps']:.2f} | "
                  f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {r['failed']} | {r['server_cores_used']:.2f} | "
                  f"{r['server_cpu_ms_per_request']:.1f} | {r['pss_total_kb'] / 1e3:,.0f} MB | "
-                 + (f"{added:,.0f} MB | {added / size_mb:.2f} |" if added is not None else "- | - |") + f" {r['start_seconds']:.0f} |")
+                 + (f"{added:,.0f} MB | {added / size_mb:.2f} |" if added is not None else "- | - |")
+                 + (f" {marginal:,.0f} MB | {marginal / size_mb:.2f} |" if marginal is not None else " - | - |")
+                 + f" {r['start_seconds']:.0f} |")
     h = res["index_heap_kb"]
     L += ["", f"Heap (anonymous memory, which processes never share) that loading the index adds to a fresh process: "
           f"**{h['shared'] / 1e3:.0f} MB** as a worker (tables and IVF lists memory-mapped), {h['one process'] / 1e3:.0f} MB as "
@@ -245,15 +288,17 @@ def write(res: dict) -> None:
           "(Python, torch, the ONNX query encoder, the model, the event store connection)."]
     L += ["", "Per process after the load (MB): RSS, PSS, private (USS), anonymous (heap: never shared), and the RSS / PSS "
           "of its mappings of the index folder's files (memory-mapped tables; with more than one worker also the IVF lists).", "",
-          "| workers | process | RSS | PSS | private | anonymous | index files RSS / PSS |", "|---|---|---|---|---|---|---|"]
+          "| workers | start | process | RSS | PSS | private | anonymous | index files RSS / PSS |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         for p in r["processes"]:
-            L.append(f"| {r['workers']} | {p['role']} {p['pid']} | {p['rss_kb'] / 1e3:,.0f} | {p['pss_kb'] / 1e3:,.0f} | "
+            L.append(f"| {r['workers']} | {r.get('start_method') or '-'} | {p['role']} {p['pid']} | {p['rss_kb'] / 1e3:,.0f} | {p['pss_kb'] / 1e3:,.0f} | "
                      f"{p['uss_kb'] / 1e3:,.0f} | {p['anonymous_kb'] / 1e3:,.0f} | "
                      f"{p['index_files']['rss_kb'] / 1e3:,.0f} / {p['index_files']['pss_kb'] / 1e3:,.0f} |")
     L += ["", "## Machine during the run", "", "```", res["machine_before"]["uptime"], res["machine_before"]["top"], "", "after:",
           res["machine_after"]["uptime"], "```", ""]
-    (RESULTS / "workers.md").write_text("\n".join(L))
+    if old_md:
+        L += [old_md.rstrip(), ""]
+    (results / "workers.md").write_text("\n".join(L))
 
 
 def main() -> None:
@@ -264,7 +309,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--workers", default="1,2,4", help="worker counts in run order (repeats allowed: 1,2,4,1,2)")
+    ap.add_argument("--start-method", default="fork", help="how workers start, each N > 1 once per method: fork, spawn "
+                    "or fork,spawn")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where workers.md and workers.json are written")
     a = ap.parse_args()
+    methods = [m.strip() for m in a.start_method.split(",") if m.strip()]
     res = {"command": "python " + " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
            "model": str(a.model), "table_dtype": a.table_dtype, "requests": a.requests, "clients": a.clients}
     a.work.mkdir(parents=True, exist_ok=True)
@@ -278,20 +327,21 @@ def main() -> None:
     res["runs"] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in [int(x) for x in a.workers.split(",")]:
-            log(f"{n} worker(s): {a.clients} clients, {a.requests} requests")
-            r = run(model, n, qs, a.requests, a.clients, Path(tmp))
-            res["runs"].append(r)
-            log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
-                f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
+            for how in (methods if n > 1 else [None]):
+                log(f"{n} worker(s){f' ({how})' if how else ''}: {a.clients} clients, {a.requests} requests")
+                r = run(model, n, qs, a.requests, a.clients, Path(tmp), how)
+                res["runs"].append(r)
+                log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
+                    f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
     res["machine_after"] = machine()
-    write(res)
+    write(res, a.results)
     one = res["runs"][0]
     size_mb = res["index"]["index_bytes"] / 1e6
     for r in (r for r in res["runs"] if r["workers"] > 1):
         added = (r["pss_total_kb"] - one["pss_total_kb"]) / (r["workers"] - 1) / 1e3
-        log(f"{r['workers']} workers: {r['throughput_rps'] / one['throughput_rps']:.2f}x the requests/s of 1; "
+        log(f"{r['workers']} workers ({r['start_method']}): {r['throughput_rps'] / one['throughput_rps']:.2f}x the requests/s of 1; "
             f"{added:,.0f} MB added per extra worker = {added / size_mb:.2f} of the index ({size_mb:,.0f} MB)")
-    log(f"wrote {RESULTS / 'workers.md'}")
+    log(f"wrote {a.results / 'workers.md'}")
 
 
 if __name__ == "__main__":

@@ -233,6 +233,9 @@ def serve(
     poll: float = typer.Option(1.0, min=0.05, help="with --registry: seconds between checks of the registry index"),
     workers: int = typer.Option(1, min=1, help="worker processes sharing one memory-mapped index snapshot and one port; "
                                 "writes go through the index's change log, model swaps reach every worker"),
+    start_method: Optional[str] = typer.Option(None, help="with --workers: fork (load once, then fork the workers: "
+                                               "they share the loaded pages; default on Linux) or spawn (each worker "
+                                               "a new process that loads everything itself)"),
     engine: str = typer.Option("local", help="local: uvicorn in this process (or --workers processes); ray: a Ray Serve "
                                "application of --replicas replicas"),
     replicas: int = typer.Option(1, min=1, help="with --engine ray: replicas, each a whole service over the shared index "
@@ -254,9 +257,11 @@ def serve(
         return
     if replicas > 1 or ray_address:
         _fail(FusionrankError("--replicas and --ray-address go with --engine ray; for processes on this machine use --workers"))
+    if start_method is not None and workers == 1:
+        _fail(FusionrankError("--start-method goes with --workers 2 or more (one process loads and serves by itself)"))
     if workers > 1:
         _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share,
-                       feature_logging, registry, poll, workers)
+                       feature_logging, registry, poll, workers, start_method)
         return
     _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share, feature_logging,
            registry, poll)
@@ -299,8 +304,14 @@ def _serve_ray(model, host, port, index, rebuild, admin_key, events_key, threads
     raise typer.Exit(code)
 
 
+def _build_index_job(model: str, index) -> None:
+    from .modeldir import ModelDir
+
+    ModelDir.open(model).build_index(index_dir=index, log=lambda s: console.print(s)).close()
+
+
 def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share,
-                   feature_logging, registry, poll, workers) -> None:
+                   feature_logging, registry, poll, workers, start_method=None) -> None:
     from .serving.workers import serve_workers
     from .settings import get_settings
 
@@ -311,11 +322,14 @@ def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events
     given_admin = admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
     events_key = events_key or (settings.events_key.get_secret_value() if settings.events_key else None)
     try:
-        if rebuild:
-            from .modeldir import ModelDir
+        if rebuild:  # in a process of its own: the threads a build leaves (OpenMP, Arrow) must not be in a supervisor that forks
+            import multiprocessing
 
-            md = ModelDir.open(model)
-            md.build_index(index_dir=index, log=lambda s: console.print(s)).close()
+            job = multiprocessing.get_context("spawn").Process(target=_build_index_job, args=(str(model), index))
+            job.start()
+            job.join()
+            if job.exitcode != 0:
+                _fail(FusionrankError(f"building the search index failed (exit code {job.exitcode}; its messages are above)"))
         if given_admin is None:
             import secrets
 
@@ -324,10 +338,12 @@ def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events
 
         def ready(url: str) -> None:
             console.print(f"[bold green]search page and API:[/] {url}   ({workers} workers; OpenAPI {url}openapi.json; Ctrl-C stops)")
-            print(url, flush=True)
+            sys.stdout.write(url + "\n")  # one write: the workers share this stdout (unbuffered, print writes twice)
+            sys.stdout.flush()
 
         code = serve_workers(model, workers, host, port, index, given_admin, events_key, threads, randomise_share,
-                             feature_logging, registry, poll, on_ready=ready, log=lambda s: console.print(s))
+                             feature_logging, registry, poll, on_ready=ready, log=lambda s: console.print(s),
+                             start_method=start_method)
     except FusionrankError as e:
         _fail(e)
     raise typer.Exit(code)

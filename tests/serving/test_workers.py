@@ -13,23 +13,31 @@ import time
 import httpx
 import pytest
 
+from fusionrank.serving.workers import ThreadsAtFork, check_single_threaded
+
 from crash_harness import Server
 
 ADMIN, EVENTS = "workers-admin", "workers-events"
 WORKERS = 2
 
 
+def start_workers(model_src, tmp_path, home, *args) -> Server:
+    """``fusionrank serve MODEL --workers 2 ARGS`` over a private copy of ``model_src`` and its index, started."""
+    model = tmp_path / "model"
+    shutil.copytree(model_src, model, ignore=shutil.ignore_patterns("service-data"))
+    env = {**os.environ, "FUSIONRANK_ADMIN_KEY": ADMIN, "FUSIONRANK_EVENTS_KEY": EVENTS,
+           "FUSIONRANK_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    server = Server(model, env, args=("--workers", WORKERS, *args))
+    server.start(timeout=300)
+    return server
+
+
 @pytest.fixture
 def served(tiny_model, tmp_path, fusionrank_home):
-    """``fusionrank serve MODEL --workers 2`` over a private copy of the tiny model and its index."""
-    model = tmp_path / "model"
-    shutil.copytree(tiny_model[0], model, ignore=shutil.ignore_patterns("service-data"))
-    env = {**os.environ, "FUSIONRANK_ADMIN_KEY": ADMIN, "FUSIONRANK_EVENTS_KEY": EVENTS,
-           "FUSIONRANK_HOME": str(fusionrank_home), "OMP_NUM_THREADS": "1"}
-    server = Server(model, env, args=("--workers", WORKERS))
-    server.start(timeout=300)
+    """``fusionrank serve MODEL --workers 2`` (forked from a loaded supervisor, the default) over the tiny model."""
+    server = start_workers(tiny_model[0], tmp_path, fusionrank_home)
     try:
-        yield server.url + "/", model  # as `fusionrank serve` prints it
+        yield server.url + "/", server.model  # as `fusionrank serve` prints it
     finally:
         server.stop()
 
@@ -150,3 +158,63 @@ def test_model_swap_reaches_every_worker_with_no_failed_requests(served, tiny_lg
     # a snapshot needs one process: a clear refusal, not a half-written folder
     r = httpx.post(url + "admin/snapshot", headers={"X-API-Key": ADMIN})
     assert r.status_code == 409 and "worker processes" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_worker_killed_with_sigkill_is_started_again_and_serves_what_the_others_serve(start_method, tiny_model, tmp_path,
+                                                                                      fusionrank_home):
+    server = start_workers(tiny_model[0], tmp_path, fusionrank_home, "--start-method", start_method)
+    url, admin = server.url + "/", {"X-API-Key": ADMIN}
+    supervisor = server.proc.pid
+    try:
+        stats = {w: rs[0].json()["worker"] for w, rs in each_worker(url, lambda c: c.get("/stats"), times=1).items()}
+        for w, st in stats.items():
+            assert st["started_by"] == start_method
+            if start_method == "fork":  # loaded once, by the supervisor, before the fork: no worker loaded the model again
+                assert st["model_loaded_by"] == supervisor != st["pid"]
+            else:
+                assert st["model_loaded_by"] == st["pid"] != supervisor
+        # a write before the kill: the new worker starts from the supervisor's index and must catch up on the log
+        base = httpx.get(url + "search", params={"q": "red shirt", "k": 1}).json()["results"][0]
+        r = httpx.put(url + "products/zx-9", json={"title": "Zorblax Quasar Sneakers", "category": base["category"],
+                                                   "brand": "Zorblax"}, headers=admin, timeout=120)
+        assert r.status_code == 200, r.text
+        victim = "1"
+        os.kill(stats[victim]["pid"], 9)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # the supervisor notices and starts worker 1 again, under a new pid
+            try:
+                now = each_worker(url, lambda c: c.get("/stats"), times=1)
+            except httpx.TransportError:  # a connection the killed worker had accepted
+                continue
+            if now[victim][0].json()["worker"]["pid"] != stats[victim]["pid"]:
+                break
+            time.sleep(0.2)
+        again = now[victim][0].json()["worker"]
+        assert again["pid"] != stats[victim]["pid"] and again["started_by"] == start_method
+        assert again["model_loaded_by"] == (supervisor if start_method == "fork" else again["pid"])
+        assert now[victim][0].json()["products"] == now["0"][0].json()["products"]
+        # the same ranking from both workers, with the product written before the kill first
+        answers = each_worker(url, lambda c: c.get("/search", params={"q": "zorblax quasar", "k": 5}), times=1)
+        ranked = {w: [(h["product_id"], round(h["score"], 5)) for h in rs[0].json()["results"]] for w, rs in answers.items()}
+        assert ranked[victim] == ranked["0"] and ranked["0"][0][0] == "zx-9"
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0
+
+
+def test_forking_is_refused_while_another_thread_runs():
+    import threading
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, name="holds-a-lock", daemon=True)
+    t.start()
+    try:
+        with pytest.raises(ThreadsAtFork) as e:
+            check_single_threaded()
+        assert "holds-a-lock" in e.value.python_threads
+        assert t.native_id in [tid for tid, _ in e.value.native_threads]
+        assert "--start-method spawn" in str(e.value)
+    finally:
+        stop.set()
+        t.join()

@@ -270,6 +270,11 @@ class AnnIndex:
         import faiss
 
         idx = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else faiss.read_index(str(path))
+        if mmap:
+            # the mapped lists are faiss's on-disk lists, which by default start up to 32 threads per search to read
+            # the probed lists ahead and join them at the next search: threads a forked worker would join without
+            # owning them (a crash), and pointless for a file in the page cache. Read where the search reads instead.
+            faiss.downcast_InvertedLists(faiss.extract_index_ivf(idx).invlists).prefetch_nthread = 0
         self = cls(idx.d, faiss.extract_index_ivf(idx).nlist, nprobe, codec)
         self.index = idx
         self.read_only = mmap

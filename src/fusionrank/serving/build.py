@@ -31,14 +31,15 @@ def catalog_media_dirs(cat_dir: str | Path) -> list[str]:
 def open_service(model_dir: str | Path, index_dir: str | Path | None = None, rebuild: bool = False,
                  catalog: str | Path | None = None, data_dir: str | Path | None = None, randomise_share: float | None = None,
                  feature_logging: bool = True, registry: str | Path | None = None, shared: bool = False,
-                 log=print) -> SearchService:
+                 query_threads: int = 2, log=print) -> SearchService:
     """Open the saved index (or, with ``rebuild``, build and save it first), load the model, wire the service.
 
     Nothing is encoded: a missing index is an error that names ``fusionrank index MODEL``. With a model
     ``registry`` (:class:`~fusionrank.models.ModelRegistry`) the service ranks with its promoted version
     instead of ``model_dir``'s ranker (``model_dir`` still gives the index and catalogue); follow later
     promotions with :class:`~fusionrank.serving.follow.RegistryFollower`. ``shared``: one of several worker
-    processes over the same index (:mod:`fusionrank.serving.workers`).
+    processes over the same index (:mod:`fusionrank.serving.workers`). ``query_threads``: ONNX Runtime threads of
+    the query encoder (1 in worker processes: a supervisor that forks them must have no other thread).
     """
     md = ModelDir.open(model_dir)
     index_dir = Path(index_dir) if index_dir else md.index_dir
@@ -60,7 +61,7 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
             raise RegistryError(f"{reg.root} has no promoted version; add one with `fusionrank models add {reg.root} {md.path}`")
         ranker_dir = reg.model_path(promoted)
         log(f"registry {reg.root}: serving the promoted version {promoted.id}")
-    svc = SearchService(index, load_handle(ranker_dir), QueryEncoder(text_encoder=config.text_encoder_spec),
+    svc = SearchService(index, load_handle(ranker_dir), QueryEncoder(threads=query_threads, text_encoder=config.text_encoder_spec),
                         data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products,
                         randomise_share=randomise_share, feature_logging=feature_logging, log=log)
     log(f"warm-up search: {svc.warm_up():.0f} ms")

@@ -73,6 +73,7 @@ class ModelHandle:
     alpha: dict | None = None
     loaded_at: float = field(default_factory=time.time)
     understanding: Any = None  # the model's query understanding (None: queries as typed)
+    loaded_pid: int = field(default_factory=os.getpid)  # the process that loaded it (a forked worker's supervisor)
 
 
 def load_handle(model_dir: str | Path) -> ModelHandle:
@@ -99,6 +100,7 @@ class SearchService:
         self._interleaving: tuple[tuple[ModelHandle, ...], float] = ((), 0.0)  # (candidates, share), replaced whole
         self.shared_model = None  # a SharedModel when this is one of several worker processes
         self.worker: int | None = None  # this worker's number among them
+        self.started_by: str | None = None  # how that worker started: "fork" (from a loaded supervisor) or "spawn"
         self.swap_observer = None  # callable(old_version, new_version) after a swap, set by the HTTP layer for metrics
         self.pipeline = RankingPipeline.over(index, model.ranker, self.queries)
         self.data_dir = Path(data_dir) if data_dir else None
@@ -117,25 +119,52 @@ class SearchService:
             raise FusionrankError(f"randomise_share must be in [0, 1]; got {self.randomise_share}")
         self.grid_columns = int(grid_columns)
         self._rng = random.Random(seed)
-        self.events = events
-        if self.events is None and self.data_dir:
+        self.archive = VectorArchive()
+        self.events = None
+        if events is not None:
+            self.open_events(events, log=log)
+        elif self.data_dir:
+            self.open_events(log=log)
+
+    # event store -----------------------------------------------------------
+    def open_events(self, events=None, archive: bool = True, log=print) -> None:
+        """Open the event store (``events``, or the configured one in :attr:`data_dir`), apply its retention and
+        remember its recent searches; with ``archive`` (and feature logging) store the vectors of every product it lacks.
+
+        A store is a connection (and, for SQLite, a checkpointer thread) of this process: a worker forked from a
+        loaded supervisor (:mod:`fusionrank.serving.workers`) opens its own with ``archive=False``, keeping the
+        archive the supervisor filled before the fork.
+        """
+        if events is None:
             from ..feedback.store import open_service_store
 
+            if self.data_dir is None:
+                raise FusionrankError("this service has no data folder to open an event store in; pass one or an open store")
             self.data_dir.mkdir(parents=True, exist_ok=True)
             try:
                 self.data_dir.chmod(0o700)
             except OSError:
                 pass
-            self.events = open_service_store(self.data_dir)
-        self.archive = VectorArchive()
+            events = open_service_store(self.data_dir)
+        self.events = events
+        purged = self.events.purge()
+        if any(purged.values()) and log:
+            log(f"event store: retention removed {purged}")
+        for sid, version, shown in self.events.recent_searches(self._recent_max):  # known to /events across restarts
+            self._recent[sid] = (str(version), frozenset(map(str, shown)))
+        if archive and self.feature_logging:  # product vectors once, here, not on the search path
+            self.archive.archive_catalog(self.index, self.events, log=log)
+
+    def close_events(self) -> None:
+        """Close the event store (its connections and threads); :meth:`open_events` opens it again."""
         if self.events is not None:
-            purged = self.events.purge()
-            if any(purged.values()) and log:
-                log(f"event store: retention removed {purged}")
-            for sid, version, shown in self.events.recent_searches(self._recent_max):  # known to /events across restarts
-                self._recent[sid] = (str(version), frozenset(map(str, shown)))
-            if self.feature_logging:  # product vectors once, here, not on the search path
-                self.archive.archive_catalog(index, self.events, log=log)
+            self.events.close()
+            self.events = None
+
+    def reseed(self, seed: int | None = None) -> None:
+        """A new random source for the randomised and interleaved searches (a forked worker must not repeat its siblings' draws)."""
+        with self._log_lock:
+            self._rng = random.Random(seed)
 
     # model -----------------------------------------------------------------
     @property
@@ -357,8 +386,7 @@ class SearchService:
         return {"accepted": len(out)}
 
     def close(self) -> None:
-        if self.events is not None:
-            self.events.close()
+        self.close_events()
         self.index.close()
 
     def log_health(self) -> dict[str, Any]:
@@ -380,7 +408,8 @@ class SearchService:
                "index_version": self.index.version, "logs": self.log_health(),
                "interleaving": {"candidates": [c.version for c in self._interleaving[0]], "share": self._interleaving[1]}}
         if self.worker is not None:
-            out["worker"] = {"number": self.worker, "pid": os.getpid(), "changes_from_other_workers": self.index.caught_up}
+            out["worker"] = {"number": self.worker, "pid": os.getpid(), "changes_from_other_workers": self.index.caught_up,
+                             "started_by": self.started_by, "model_loaded_by": m.loaded_pid}
         if admin:
             out["model_path"] = m.path
         else:

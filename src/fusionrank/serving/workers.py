@@ -2,18 +2,47 @@
 
 The Python stages of a search hold the GIL, so one process uses about one core. Here the
 starting process (the supervisor) prepares, then starts N worker processes, each a whole
-:class:`~fusionrank.serving.service.SearchService` under uvicorn:
+:class:`~fusionrank.serving.service.SearchService` under uvicorn.
+
+**Preload, then fork** (``--start-method fork``, the default on Linux, as ``gunicorn --preload``):
+the supervisor loads everything a worker only reads, once (:func:`load_shared_service`: torch,
+uvicorn and the HTTP app's modules, the index opened shared, the model, its query understanding,
+the ONNX query encoder, a warm-up search), creates the event store and archives the product
+vectors in it, closes the store, calls :func:`gc.freeze` (the collector then never touches the
+loaded objects, so their pages are not copied in a child just because it ran a collection) and
+``os.fork()``-s the workers. A worker inherits those pages copy-on-write and opens only what is
+per process and stateful (:func:`start_worker_service`): its event store connection and the
+store's checkpointer thread, a new random source (a fork would repeat its siblings' randomised
+searches), the published-model file, the registry follower's thread, uvicorn on the inherited
+socket. A worker that dies is forked again from the same loaded supervisor. ``os.fork`` copies
+only the calling thread, so a lock another thread held would stay held forever in the child: the
+supervisor checks before every fork that it runs no other thread (Python's, or native ones from
+``/proc/self/task``) and refuses to fork otherwise (:class:`ThreadsAtFork`). The only exceptions
+are the idle threads native libraries start for themselves at import (pyarrow's jemalloc and
+pools, onnxruntime's timer, OpenBLAS's thread servers), recorded before anything is loaded
+(:func:`library_threads`); a thread the loading started (a torch or ONNX Runtime intra-op pool,
+the event store's checkpointer) is refused. ``--rebuild`` builds the index in a process of its own. That is why the query encoder runs ONNX Runtime
+with one thread and the supervisor loads with one torch thread; a worker sets its torch threads
+(``--threads``) after the fork.
+
+``--start-method spawn`` starts each worker as a fresh interpreter
+(``python -m fusionrank.serving.workers``) that runs the same :func:`load_shared_service` itself:
+every worker then holds its own copy of the heap (about 0.5 GB at 44k products), which is what
+the fork avoids. Ray Serve replicas (:mod:`fusionrank.serving.rayserve`) load that way too.
+
+Either way the workers share:
 
 - **one listening socket**: the supervisor binds the port and every worker accepts on that
   same socket (inherited), so the kernel hands each new connection to an idle worker;
-- **one snapshot in memory**: each worker loads the index with ``shared=True``: the embedding
+- **one snapshot in memory**: the index is loaded with ``shared=True``: the embedding
   tables are numpy memory maps of the snapshot's ``.npy`` files and the IVF lists are mapped
   with faiss's ``IO_FLAG_MMAP``, so the workers share those pages instead of holding a copy each;
 - **one order of writes**: ``PUT``/``DELETE`` in any worker append to the snapshot's change log
   under an exclusive ``flock`` after applying what the others appended, and every worker applies
   the log's new records before its next request
   (:meth:`~fusionrank.serving.index.SearchIndex.catch_up`): an acknowledged write is seen by
-  every worker's next search;
+  every worker's next search (a forked worker starts from the supervisor's index and catches up
+  on the whole log since the load);
 - **one model**: ``POST /admin/model`` loads and checks the model in the worker that received
   it, swaps it in there and publishes it in ``service-data/workers/model.json`` (:class:`SharedModel`,
   written atomically); every worker checks that file (one ``stat``) before each request and
@@ -24,29 +53,110 @@ starting process (the supervisor) prepares, then starts N worker processes, each
   WAL mode takes writers from several processes, each waiting up to its busy timeout; or
   PostgreSQL); an event may name a search another worker served (it is looked up there).
 
-Worker 0 starts first (it repairs nothing, but it creates the event store, its key and archives
-the product vectors); the others start once it is ready. The supervisor restarts a worker that
-dies and stops all of them on SIGINT/SIGTERM. A shared index writes no snapshots
-(``POST /admin/snapshot`` answers 409): run one process for that.
+Worker 0 starts first, the others once it is ready (spawned, worker 0 creates the event store,
+its key and archives the product vectors; forked, the supervisor did that). The supervisor
+restarts a worker that dies and stops all of them on SIGINT/SIGTERM. ``GET /stats`` names, per
+worker, how it started and which process loaded the model it serves. A shared index writes no
+snapshots (``POST /admin/snapshot`` answers 409): run one process for that.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import FusionrankError
 
-__all__ = ["SharedModel", "serve_workers", "worker_main"]
+__all__ = ["SharedModel", "ThreadsAtFork", "START_METHODS", "default_start_method", "check_single_threaded", "library_threads",
+           "load_shared_service", "start_worker_service", "open_shared_service", "serve_workers", "worker_main"]
 
 MODEL_FILE = "model.json"
+START_METHODS = ("fork", "spawn")
+
+
+def default_start_method() -> str:
+    """``fork`` on Linux (where the supervisor can check its threads in ``/proc``), else ``spawn``."""
+    return "fork" if sys.platform.startswith("linux") and hasattr(os, "fork") else "spawn"
+
+
+class ThreadsAtFork(FusionrankError):
+    """The supervisor runs threads besides its main one and the libraries' own idle ones, so forking workers from it is unsafe.
+
+    Attributes: ``python_threads`` (names from :func:`threading.enumerate`) and ``native_threads``
+    (``(thread id, name)`` from ``/proc/self/task``, the main thread left out).
+    """
+
+    def __init__(self, python_threads: list[str], native_threads: list[tuple[int, str]]):
+        self.python_threads, self.native_threads = list(python_threads), list(native_threads)
+        names = ", ".join(f"{n} ({t})" for t, n in self.native_threads) or "none"
+        super().__init__(f"cannot fork the workers: besides its main thread and the libraries' own idle ones, the "
+                         f"supervisor runs {len(self.native_threads)} thread(s) ({names}; Python threads: "
+                         f"{', '.join(self.python_threads) or 'none'}); a lock one of them holds would stay held in every "
+                         "worker. Start them with --start-method spawn")
+
+
+def native_threads() -> dict[int, str]:
+    """``{thread id: name}`` of this process's threads besides the main one, from ``/proc/self/task`` (empty without it)."""
+    out = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for t in tasks:
+        if int(t) == os.getpid():
+            continue
+        try:
+            out[int(t)] = Path(f"/proc/self/task/{t}/comm").read_text().strip()
+        except OSError:  # ended meanwhile
+            continue
+    return out
+
+
+def library_threads() -> dict[int, str]:
+    """Import the native libraries a worker uses and start the threads they keep for themselves; returns every thread
+    of this process then, besides the main one: the ones :func:`check_single_threaded` accepts later.
+
+    Importing pyarrow starts jemalloc's background thread, onnxruntime a timer thread of its own, numpy's and
+    scipy's OpenBLAS a thread server each unless ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` is 1, and Arrow's CPU
+    and I/O pools a thread each at their first read (capacity set to 1 here). They are idle and never hold a lock
+    of fusionrank's; jemalloc, OpenBLAS and Arrow ready their state for the child at a fork (``pthread_atfork``).
+    Call it before loading anything: a thread the loading starts (a torch or ONNX Runtime intra-op pool, the event
+    store's checkpointer, a registry follower) must not exist when the supervisor forks.
+    """
+    import tempfile
+
+    import numpy  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import scipy.linalg  # noqa: F401
+
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    with tempfile.TemporaryDirectory() as d:
+        pq.write_table(pa.table({"x": [1, 2]}), f"{d}/t.parquet")
+        pd.read_parquet(f"{d}/t.parquet")  # both pools start their thread now, not while loading
+    return native_threads()
+
+
+def check_single_threaded(allowed: dict[int, str] | None = None) -> None:
+    """Raise :class:`ThreadsAtFork` unless the calling process runs only its main thread, besides ``allowed``
+    (:func:`library_threads`); any Python thread but the main one is refused."""
+    python = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    native = [(t, n) for t, n in native_threads().items() if t not in (allowed or {})]
+    if python or native:
+        raise ThreadsAtFork(python, native)
 
 
 class SharedModel:
@@ -113,11 +223,156 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+
+def load_shared_service(cfg: dict, log: Callable[[str], None]):
+    """The service as every worker serves it, with everything it only reads loaded: the index opened shared, the
+    model (the registry's promoted version with ``cfg["registry"]``), its query understanding, the ONNX query encoder
+    (one thread), the product encoder, and a warm-up search; the event store opened (created, with the product vectors
+    archived). The one loading function of both start methods: the supervisor runs it before forking, a spawned worker
+    (or a Ray Serve replica) runs it itself."""
+    import torch  # noqa: F401  loaded here so that a forked worker inherits it
+    import uvicorn  # noqa: F401
+
+    from .build import open_service
+    from .http.app import create_app  # noqa: F401  the HTTP app's modules (FastAPI, its pydantic models)
+
+    svc = open_service(cfg["model"], cfg["index"], randomise_share=cfg["randomise_share"],
+                       feature_logging=cfg["feature_logging"], registry=cfg["registry"], shared=True, query_threads=1,
+                       log=log)
+    return svc
+
+
+def start_worker_service(svc, cfg: dict, number: int, started_by: str, log: Callable[[str], None]):
+    """Make the loaded ``svc`` the service of worker ``number``: what is per process and stateful is opened here (the
+    event store, if closed, without archiving again; a new random source; the published-model file; with a registry,
+    the follower's thread, process 0 deciding automatic promotions)."""
+    svc.worker = number
+    svc.started_by = started_by
+    svc.reseed()
+    if svc.events is None and svc.data_dir is not None:
+        svc.open_events(archive=False, log=log)
+    svc.shared_model = SharedModel(Path(cfg["index"]).parent / "service-data" / "workers" / MODEL_FILE)
+    if cfg["registry"]:
+        from ..models import ModelRegistry
+        from .follow import RegistryFollower
+
+        RegistryFollower(svc, ModelRegistry.open(cfg["registry"]), cfg["poll"], log=log, auto=number == 0).start()
+    return svc
+
+
+def open_shared_service(cfg: dict, number: int, log):
+    """The service of process ``number`` of several serving one index, loaded in this process (a spawned worker, or
+    a Ray Serve replica): the index opened shared, the model followed through the published model file, and, with a
+    registry, its promotions (process 0 decides automatic ones)."""
+    return start_worker_service(load_shared_service(cfg, log), cfg, number, "spawn", log)
+
+
+def _serve(svc, number: int, sock: socket.socket, ready_fd: int, admin_key: str | None, events_key: str | None,
+           log: Callable[[str], None]) -> None:
+    """Serve ``svc`` on ``sock`` until SIGINT/SIGTERM (uvicorn's handlers), after telling the supervisor on ``ready_fd``."""
+    import faulthandler
+
+    import uvicorn
+
+    from .http.app import H11_MAX_INCOMPLETE_EVENT, create_app
+
+    faulthandler.enable(all_threads=True)  # a worker that crashes in native code says where (the supervisor restarts it)
+    app = create_app(svc, admin_key, events_key, worker=number)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
+    log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")  # before the
+    try:  # supervisor, once every worker is ready, prints the address on the same stdout
+        with os.fdopen(ready_fd, "w") as f:
+            f.write(f"ready {number} {os.getpid()}\n")
+    except BrokenPipeError:  # the supervisor stopped waiting: serve anyway
+        pass
+    try:
+        server.run(sockets=[sock])
+    finally:
+        svc.close()
+
+
+def _worker_log(number: int) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        # one write per line: unbuffered (PYTHONUNBUFFERED), print() writes the text and its newline apart, and a line
+        # of another process sharing the stdout (the supervisor's address) could land between them
+        sys.stdout.write(f"[worker {number}] {msg}\n")
+        sys.stdout.flush()
+    return log
+
+
+class _Forked:
+    """A forked worker, behind the part of :class:`subprocess.Popen`'s interface the supervisor uses."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)  # -N: ended by signal N, as Popen says it
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _fork_worker(svc, cfg: dict, number: int, sock: socket.socket, admin_key: str, events_key: str,
+                 allowed: dict[int, str]) -> tuple[_Forked, int]:
+    """Fork worker ``number`` from this loaded process, which runs no thread but ``allowed`` (:func:`library_threads`);
+    returns it and the read end of its readiness pipe."""
+    check_single_threaded(allowed)
+    sys.stdout.flush()  # or the child would write what is buffered here a second time
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        return _Forked(pid), r
+    code = 1  # the child: never returns into the supervisor's code
+    try:
+        os.close(r)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # not the supervisor's handlers (uvicorn sets its own)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        import torch
+
+        torch.set_num_threads(int(cfg["threads"]))  # its pool, if more than one thread, is created in this process
+        log = _worker_log(number)
+        start_worker_service(svc, cfg, number, "fork", log)
+        _serve(svc, number, sock, w, admin_key, events_key, log)
+        code = 0
+    except KeyboardInterrupt:
+        code = 0
+    except BaseException:  # noqa: BLE001 - reported, then the process ends
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # neither the supervisor's finally blocks nor its atexit handlers run here
+
+
 def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int = 8000, index: Path | None = None,
                   admin_key: str | None = None, events_key: str | None = None, threads: int = 1,
                   randomise_share: float | None = None, feature_logging: bool = True, registry: Path | None = None,
-                  poll: float = 1.0, on_ready: Callable[[str], None] | None = None, log: Callable[[str], None] = print) -> int:
-    """Start ``workers`` worker processes on one socket and supervise them until SIGINT/SIGTERM; returns the exit code."""
+                  poll: float = 1.0, on_ready: Callable[[str], None] | None = None, log: Callable[[str], None] = print,
+                  start_method: str | None = None) -> int:
+    """Start ``workers`` worker processes on one socket and supervise them until SIGINT/SIGTERM; returns the exit code.
+
+    ``start_method``: ``fork`` (load once here, then fork the workers) or ``spawn`` (each worker a new interpreter that
+    loads everything itself); default :func:`default_start_method`.
+    """
     import secrets
 
     from ..errors import StaleArtefactError
@@ -125,6 +380,12 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
 
     if workers < 1:
         raise FusionrankError(f"--workers must be at least 1 (got {workers})")
+    start_method = start_method or default_start_method()
+    if start_method not in START_METHODS:
+        raise FusionrankError(f"unknown start method {start_method!r}; valid: {', '.join(START_METHODS)}")
+    if start_method == "fork" and not hasattr(os, "fork"):
+        raise FusionrankError("--start-method fork needs os.fork (Linux); use --start-method spawn")
+    allowed = library_threads() if start_method == "fork" else {}  # first: before anything here reads a file with Arrow
     md = ModelDir.open(model)
     index_dir = Path(index) if index else md.index_dir
     if not (index_dir / "index.json").exists():
@@ -134,20 +395,43 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
     _prepare_index(index_dir, log)
     data_dir = index_dir.parent / "service-data"
     SharedModel(data_dir / "workers" / MODEL_FILE).clear()  # a model swapped in an earlier run is not this run's
-    sock = _listen(host, port)
     admin_key = admin_key or secrets.token_urlsafe(24)
     events_key = events_key or secrets.token_urlsafe(16)
-    env = {**os.environ, "FUSIONRANK_ADMIN_KEY": admin_key, "FUSIONRANK_EVENTS_KEY": events_key,
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
-           "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", str(threads))}
     args = {"model": str(md.path), "index": str(index_dir), "threads": threads, "randomise_share": randomise_share,
             "feature_logging": feature_logging, "registry": str(registry) if registry else None, "poll": poll,
             "host": host, "port": port, "workers": workers}
-    procs: dict[int, subprocess.Popen] = {}
+    sock = _listen(host, port)
+    procs: dict[int, Any] = {}  # worker number -> subprocess.Popen (spawn) or _Forked
     stopping = False
+    svc = None
+    t0 = time.perf_counter()
+    try:
+        if start_method == "fork":
+            import torch
+
+            torch.set_num_threads(1)  # no intra-op pool in the supervisor; each worker sets its own after the fork
+            svc = load_shared_service(args, lambda m: log(f"supervisor: {m}"))
+            svc.close_events()  # a connection and a checkpointer thread are per process: each worker opens its own
+            gc.collect()
+            gc.freeze()  # what is loaded now stays out of every later collection, in the supervisor and in the workers
+            check_single_threaded(allowed)
+            log(f"loaded in {time.perf_counter() - t0:.1f} s (pid {os.getpid()}; besides the main thread only the "
+                f"libraries' own {len(allowed)}: {', '.join(sorted(allowed.values()))}); forking {workers} workers")
+        else:
+            env = {**os.environ, "FUSIONRANK_ADMIN_KEY": admin_key, "FUSIONRANK_EVENTS_KEY": events_key,
+                   "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+                   "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", str(threads))}
+    except BaseException:
+        sock.close()
+        if svc is not None:
+            svc.close()
+        raise
 
     def start(i: int) -> int:
         """Start worker ``i``; returns the read end of its readiness pipe."""
+        if start_method == "fork":
+            procs[i], r = _fork_worker(svc, args, i, sock, admin_key, events_key, allowed)
+            return r
         r, w = os.pipe()
         procs[i] = subprocess.Popen([sys.executable, "-m", "fusionrank.serving.workers", "--worker", str(i),
                                      "--fd", str(sock.fileno()), "--ready-fd", str(w), "--args", json.dumps(args)],
@@ -167,12 +451,11 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        t0 = time.perf_counter()
-        wait_ready(0, start(0))  # first alone: it creates the event store and its key, archives the product vectors
+        wait_ready(0, start(0))  # first alone: spawned, it creates the event store and its key, archives the product vectors
         for i, r in [(i, start(i)) for i in range(1, workers)]:
             wait_ready(i, r)
-        log(f"{workers} workers ready in {time.perf_counter() - t0:.1f} s "
-            f"(pids {', '.join(str(p.pid) for p in procs.values())})")
+        log(f"{workers} workers ready in {time.perf_counter() - t0:.1f} s ({start_method}; "
+            f"pids {', '.join(str(p.pid) for p in procs.values())})")
         if on_ready is not None:
             on_ready(f"http://{host}:{port}/")
         while not stopping:
@@ -180,7 +463,14 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             for i, p in list(procs.items()):
                 if p.poll() is not None and not stopping:
                     log(f"worker {i} (pid {p.pid}) exited with code {p.returncode}; starting it again")
-                    os.close(start(i))
+                    try:
+                        wait_ready(i, start(i))
+                        log(f"worker {i} serves again (pid {procs[i].pid})")
+                    except ThreadsAtFork:
+                        raise
+                    except FusionrankError as e:
+                        log(f"{e}; trying again in 1 s")
+                        time.sleep(1)
         return 0
     finally:
         for p in procs.values():
@@ -194,30 +484,14 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
                 p.kill()
                 p.wait()
         sock.close()
+        if svc is not None:
+            svc.close()
         for s, h in old.items():
             signal.signal(s, h)
 
 
-def open_shared_service(cfg: dict, number: int, log):
-    """The service of process ``number`` of several serving one index (a worker, or a Ray Serve replica): the index
-    opened shared, the model followed through the published model file, and, with a registry, its promotions (process
-    0 decides automatic ones)."""
-    from .build import open_service
-
-    svc = open_service(cfg["model"], cfg["index"], randomise_share=cfg["randomise_share"],
-                       feature_logging=cfg["feature_logging"], registry=cfg["registry"], shared=True, log=log)
-    svc.worker = number
-    svc.shared_model = SharedModel(Path(cfg["index"]).parent / "service-data" / "workers" / MODEL_FILE)
-    if cfg["registry"]:
-        from ..models import ModelRegistry
-        from .follow import RegistryFollower
-
-        RegistryFollower(svc, ModelRegistry.open(cfg["registry"]), cfg["poll"], log=log, auto=number == 0).start()
-    return svc
-
-
 def worker_main(argv: list[str] | None = None) -> None:
-    """One worker process (started by :func:`serve_workers`; not meant to be run by hand)."""
+    """One spawned worker process (started by :func:`serve_workers`; not meant to be run by hand)."""
     ap = argparse.ArgumentParser(prog="python -m fusionrank.serving.workers")
     ap.add_argument("--worker", type=int, required=True)
     ap.add_argument("--fd", type=int, required=True)
@@ -226,29 +500,15 @@ def worker_main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     cfg = json.loads(a.args)
     import torch
-    import uvicorn
 
     from ..settings import get_settings
-    from .build import open_service
-    from .http.app import H11_MAX_INCOMPLETE_EVENT, create_app
 
     torch.set_num_threads(int(cfg["threads"]))
-    name = f"worker {a.worker}"
-
-    def log(msg: str) -> None:
-        print(f"[{name}] {msg}", flush=True)
-
+    log = _worker_log(a.worker)
     svc = open_shared_service(cfg, a.worker, log)
     st = get_settings()
-    app = create_app(svc, st.admin_key.get_secret_value() if st.admin_key else None,
-                     st.events_key.get_secret_value() if st.events_key else None, worker=a.worker)
-    sock = socket.socket(fileno=a.fd)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
-    with os.fdopen(a.ready_fd, "w") as f:
-        f.write(f"ready {a.worker} {os.getpid()}\n")
-    log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")
-    server.run(sockets=[sock])
-    svc.close()
+    _serve(svc, a.worker, socket.socket(fileno=a.fd), a.ready_fd, st.admin_key.get_secret_value() if st.admin_key else None,
+           st.events_key.get_secret_value() if st.events_key else None, log)
 
 
 if __name__ == "__main__":
