@@ -395,19 +395,20 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="experiment config (TOML or YAML)"),
     out: Path = typer.Option(..., "--out", "-o", help="model directory to write"),
-    engine: str = typer.Option("local", "--engine", help="where the ranker trains: local (this process) or ray "
-                               "(Ray Train, data-parallel over queries; checkpoints in OUT/ray_train)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="training processes (default: 1 with local, 2 with ray)"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="where the ranker trains: local (this process) or ray "
+                                         "(Ray Train, data-parallel over queries; checkpoints in OUT/ray_train); "
+                                         "default: the config's [training] engine, else local"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="training processes (default: the config's, "
+                                          "else 1 with local, 2 with ray)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="an existing Ray cluster for --engine ray "
                                               "(default: a local Ray runtime for the run)"),
 ):
     """Train a ranker from an experiment config; writes weights, config, alpha_k and metrics to OUT."""
     from .experiment import ExperimentConfig, train as run_train
-    from .rankers.parallel import TrainingEngine
 
     try:
-        where = TrainingEngine(engine, workers or (2 if engine == "ray" else 1), ray_address)
         cfg = ExperimentConfig.load(config)
+        where = cfg.training.training_engine(engine, workers, ray_address)
         m = run_train(cfg, out, config_path=config.resolve(), log=lambda s: console.print(s), engine=where)
     except FusionrankError as e:
         _fail(e)

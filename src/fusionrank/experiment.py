@@ -85,6 +85,18 @@ class TrainingConfig(BaseModel):
     clip_norm: float = 1.0
     modality_dropout: float = 0.1
     max_train_seconds: float | None = None
+    # where the ranker trains (fusionrank.rankers.parallel.TRAINING_ENGINES): local (this process) or ray (Ray Train,
+    # data-parallel over queries); workers: processes (default 1 local, 2 ray); ray_address: an existing cluster.
+    # `fusionrank train --engine/--workers/--ray-address` override these.
+    engine: str = "local"
+    workers: int | None = Field(None, ge=1)
+    ray_address: str | None = None
+
+    def training_engine(self, engine: str | None = None, workers: int | None = None, ray_address: str | None = None):
+        """The :class:`~fusionrank.rankers.parallel.TrainingEngine` of this block, with any argument given overriding it."""
+        name = engine or self.engine
+        n = workers or (self.workers if name == self.engine else None) or (2 if name == "ray" else 1)
+        return TrainingEngine(name, n, ray_address or (self.ray_address if name == "ray" else None))
 
 
 class UnderstandingConfig(BaseModel):
@@ -311,10 +323,11 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
           progress: bool = True, build_index: bool = True, engine: TrainingEngine | None = None) -> dict[str, Any]:
     """Prepare (ingest, encode; cached), build slates, fit the ranker, evaluate, save the model directory and its index.
 
-    ``engine`` says where the ranker trains (:class:`~fusionrank.rankers.parallel.TrainingEngine`; default: this process).
+    ``engine`` says where the ranker trains (:class:`~fusionrank.rankers.parallel.TrainingEngine`; default: the
+    config's ``[training]`` engine, this process unless it says otherwise).
     """
     t_all = time.perf_counter()
-    engine = engine or TrainingEngine()
+    engine = engine or config.training.training_engine()
     ranker = config.build_ranker()
     engine.check(ranker)  # before the (long) preparation
     md = ModelDir(out_dir)

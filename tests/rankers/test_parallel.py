@@ -52,6 +52,22 @@ def test_unknown_engine_lists_the_valid_names():
         TrainingEngine("spark")
 
 
+def test_the_configs_training_block_names_the_engine_and_the_command_line_overrides_it():
+    from fusionrank.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.model_validate({"training": {"engine": "ray", "workers": 3, "ray_address": "ray://head:10001"}})
+    assert cfg.training.training_engine() == TrainingEngine("ray", 3, "ray://head:10001")
+    assert cfg.training.training_engine(workers=2) == TrainingEngine("ray", 2, "ray://head:10001")
+    # --engine local: this process, whatever the config says about Ray workers
+    assert cfg.training.training_engine("local") == TrainingEngine("local", 1, None)
+    assert ExperimentConfig().training.training_engine() == TrainingEngine("local", 1, None)
+    assert ExperimentConfig().training.training_engine("ray") == TrainingEngine("ray", 2, None)
+    with pytest.raises(UnknownNameError, match="local"):  # an unknown name lists the valid ones
+        ExperimentConfig.model_validate({"training": {"engine": "spark"}}).training.training_engine()
+    with pytest.raises(FusionrankError, match="need --engine ray"):
+        ExperimentConfig().training.training_engine(workers=2)
+
+
 def test_local_engine_is_one_process():
     with pytest.raises(FusionrankError, match="--workers and --ray-address need --engine ray"):
         TrainingEngine("local", workers=2)
