@@ -113,8 +113,22 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def prepare(src_model: Path, work: Path, table_dtype: str) -> tuple[Path, dict]:
-    """A copy of the model (config, weights, workspace) with its own index of ``table_dtype`` tables."""
+def prepare(src_model: Path, work: Path, table_dtype: str, copies: int = 1) -> tuple[Path, dict]:
+    """A copy of the model (config, weights, workspace) with its own index of ``table_dtype`` tables; with ``copies``
+    > 1, an index of the catalogue replicated that many times (vectors perturbed, as ``search_latency.py`` does)."""
+    if copies > 1:
+        base, _ = prepare(src_model, work, table_dtype)
+        model = work / f"model-{table_dtype}-{copies}x"
+        if not (model / "index" / "index.json").exists():
+            shutil.rmtree(model, ignore_errors=True)
+            shutil.copytree(base, model, ignore=shutil.ignore_patterns("index", "service-data"))
+            sys.path.insert(0, str(ROOT / "benchmarks"))
+            from search_latency import build_1m
+
+            t0 = time.perf_counter()
+            build_1m(base / "index", model / "index", copies, 0.02, lambda m: log("  " + m))
+            log(f"  replicated index built in {time.perf_counter() - t0:.0f} s")
+        return model, _index_info(model)
     model = work / f"model-{table_dtype}"
     if not (model / "index" / "index.json").exists():
         shutil.rmtree(model, ignore_errors=True)
@@ -123,6 +137,10 @@ def prepare(src_model: Path, work: Path, table_dtype: str) -> tuple[Path, dict]:
         subprocess.run([sys.executable, "-m", "fusionrank.cli", "index", str(model), "--table-dtype", table_dtype],
                        check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC})
         log(f"  index built in {time.perf_counter() - t0:.0f} s")
+    return model, _index_info(model)
+
+
+def _index_info(model: Path) -> dict:
     from fusionrank.serving.index import SearchIndex
 
     idx = SearchIndex.load(model / "index", log=lambda m: None)
@@ -130,7 +148,7 @@ def prepare(src_model: Path, work: Path, table_dtype: str) -> tuple[Path, dict]:
             "disk_bytes": int(sum(f.stat().st_size for f in (model / "index").rglob("*") if f.is_file()))}
     idx.close()
     del idx
-    return model, info
+    return info
 
 
 PROBE = """
@@ -229,10 +247,10 @@ def machine() -> dict:
 EARLIER = "## Spawned workers, earlier run"
 
 
-def earlier_spawned(results: Path) -> tuple[dict | None, str | None]:
+def earlier_spawned(results: Path, stem: str = "workers") -> tuple[dict | None, str | None]:
     """The earlier run to keep beside a new one: the results there if every worker in them was spawned (they
     predate ``--start-method``), else the earlier run those results kept; ``(json, markdown)``."""
-    j, m = results / "workers.json", results / "workers.md"
+    j, m = results / f"{stem}.json", results / f"{stem}.md"
     if not j.exists() or not m.exists():
         return None, None
     old, text = json.loads(j.read_text()), m.read_text()
@@ -244,17 +262,19 @@ def earlier_spawned(results: Path) -> tuple[dict | None, str | None]:
     return old, f"{EARLIER}\n\n*{title}*, every worker a new process that loaded everything itself:\n{body}"
 
 
-def write(res: dict, results: Path = RESULTS) -> None:
+def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
     results.mkdir(parents=True, exist_ok=True)
-    old_json, old_md = earlier_spawned(results)
+    old_json, old_md = earlier_spawned(results, stem)
     if old_json is not None:
         res["earlier_spawned"] = old_json
-    (results / "workers.json").write_text(json.dumps(res, indent=2))
+    (results / f"{stem}.json").write_text(json.dumps(res, indent=2))
     idx = res["index"]
     size_mb = idx["index_bytes"] / 1e6
     runs = res["runs"]
     one = next(r for r in runs if r["workers"] == 1)
-    L = ["# `fusionrank serve --workers N`: throughput and memory at 44k products (one run)", "",
+    scale = f"{idx['products']:,} products" + (f" (fashion44k replicated {res['copies']}x, perturbed vectors)"
+                                                if res.get("copies", 1) > 1 else "")
+    L = [f"# `fusionrank serve --workers N`: throughput and memory at {scale} (one run)", "",
          f"Command: `{res['command']}` ({res['started']} UTC). Model `{res['model']}`, index with "
          f"`{res['table_dtype']}` tables: {idx['products']:,} products, {size_mb:,.0f} MB (`memory_bytes()`), "
          f"{idx['disk_bytes'] / 1e6:,.0f} MB on disk. Load: `benchmarks/loadgen.py` in its own process, "
@@ -298,7 +318,7 @@ def write(res: dict, results: Path = RESULTS) -> None:
           res["machine_after"]["uptime"], "```", ""]
     if old_md:
         L += [old_md.rstrip(), ""]
-    (results / "workers.md").write_text("\n".join(L))
+    (results / f"{stem}.md").write_text("\n".join(L))
 
 
 def main() -> None:
@@ -312,13 +332,17 @@ def main() -> None:
     ap.add_argument("--start-method", default="fork", help="how workers start, each N > 1 once per method: fork, spawn "
                     "or fork,spawn")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where workers.md and workers.json are written")
+    ap.add_argument("--stem", default="workers", help="file name of the results (STEM.md, STEM.json)")
+    ap.add_argument("--copies", type=int, default=1, help="> 1: serve the catalogue replicated this many times with "
+                    "perturbed vectors (23: about 1M products; built once with search_latency.py's build_1m)")
     a = ap.parse_args()
     methods = [m.strip() for m in a.start_method.split(",") if m.strip()]
     res = {"command": "python " + " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
            "model": str(a.model), "table_dtype": a.table_dtype, "requests": a.requests, "clients": a.clients}
     a.work.mkdir(parents=True, exist_ok=True)
     log("preparing the model copy and its index")
-    model, res["index"] = prepare(a.model, a.work, a.table_dtype)
+    res["copies"] = a.copies
+    model, res["index"] = prepare(a.model, a.work, a.table_dtype, a.copies)
     qs = queries(a.requests)
     res["index_heap_kb"] = {"shared": index_heap(model / "index", True), "one process": index_heap(model / "index", False)}
     log(f"  heap added by loading the index: {res['index_heap_kb']['shared'] / 1e3:.0f} MB shared (worker), "
@@ -334,14 +358,14 @@ def main() -> None:
                 log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
                     f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
     res["machine_after"] = machine()
-    write(res, a.results)
+    write(res, a.results, a.stem)
     one = res["runs"][0]
     size_mb = res["index"]["index_bytes"] / 1e6
     for r in (r for r in res["runs"] if r["workers"] > 1):
         added = (r["pss_total_kb"] - one["pss_total_kb"]) / (r["workers"] - 1) / 1e3
         log(f"{r['workers']} workers ({r['start_method']}): {r['throughput_rps'] / one['throughput_rps']:.2f}x the requests/s of 1; "
             f"{added:,.0f} MB added per extra worker = {added / size_mb:.2f} of the index ({size_mb:,.0f} MB)")
-    log(f"wrote {a.results / 'workers.md'}")
+    log(f"wrote {a.results / (a.stem + '.md')}")
 
 
 if __name__ == "__main__":
