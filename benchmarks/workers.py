@@ -113,6 +113,16 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Ray's GCS, raylet and replica workers under the serving command)."""
+    out, todo = [], children(pid)
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo += children(c)
+    return out
+
+
 def prepare(src_model: Path, work: Path, table_dtype: str, copies: int = 1) -> tuple[Path, dict]:
     """A copy of the model (config, weights, workspace) with its own index of ``table_dtype`` tables; with ``copies``
     > 1, an index of the catalogue replicated that many times (vectors perturbed, as ``search_latency.py`` does)."""
@@ -187,14 +197,16 @@ def queries(n: int) -> list[str]:
 
 def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int, tmp: Path,
         start_method: str | None = None) -> dict:
+    """One server (``start_method`` "ray": ``serve --engine ray --replicas n_workers``) under the load generator."""
     port = free_port()
     shutil.rmtree(model / "service-data", ignore_errors=True)  # each run starts with an empty event store
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FUSIONRANK_ADMIN_KEY": "bench", "PYTHONPATH": SRC}
     t0 = time.perf_counter()
-    method = ["--start-method", start_method] if n_workers > 1 and start_method else []
-    srv = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port),
-                            "--workers", str(n_workers), *method], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           text=True, env=env)
+    ray = start_method == "ray"
+    method = ["--start-method", start_method] if n_workers > 1 and start_method and not ray else []
+    how = ["--engine", "ray", "--replicas", str(n_workers)] if ray else ["--workers", str(n_workers), *method]
+    srv = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port), *how],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         while True:
             line = srv.stdout.readline()
@@ -203,7 +215,7 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
             if srv.poll() is not None:
                 raise RuntimeError(f"serve --workers {n_workers} exited with {srv.returncode}")
         start_s = time.perf_counter() - t0
-        pids = [srv.pid] + children(srv.pid) if n_workers > 1 else [srv.pid]
+        pids = [srv.pid] + (descendants(srv.pid) if ray else children(srv.pid) if n_workers > 1 else [])
         cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
         qf = tmp / "queries.txt"
         qf.write_text("\n".join(qs))
@@ -218,13 +230,14 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
         procs = []
         for pid in pids:
             ru = rollup(pid)
-            procs.append({"pid": pid, "role": "supervisor" if (n_workers > 1 and pid == srv.pid) else "worker",
+            procs.append({"pid": pid, "role": ("ray driver" if ray else "supervisor") if (pid == srv.pid and (ray or n_workers > 1))
+                          else "ray process" if ray else "worker",
                           "rss_kb": ru.get("Rss", 0), "pss_kb": ru.get("Pss", 0),
                           "uss_kb": ru.get("Private_Clean", 0) + ru.get("Private_Dirty", 0),
                           "shared_kb": ru.get("Shared_Clean", 0) + ru.get("Shared_Dirty", 0),
                           "anonymous_kb": ru.get("Anonymous", 0),
                           "index_files": mapped_under(pid, model / "index")})
-        return {"workers": n_workers, "start_method": start_method if n_workers > 1 else None, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
+        return {"workers": n_workers, "start_method": start_method if (n_workers > 1 or ray) else None, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
                 "start_seconds": start_s, "throughput_rps": requests / r["wall_seconds"], "latency_ms": pct(r["latency_ms"]),
                 "server_total_ms": pct([s["total_ms"] for s, g in zip(r["server_ms"], ok) if g and s]),
                 "processes": procs, "pss_total_kb": int(sum(p["pss_kb"] for p in procs)),
@@ -332,6 +345,8 @@ def main() -> None:
     ap.add_argument("--start-method", default="fork", help="how workers start, each N > 1 once per method: fork, spawn "
                     "or fork,spawn")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where workers.md and workers.json are written")
+    ap.add_argument("--ray-replicas", default="", help="also Ray Serve (serve --engine ray) with these replica counts, "
+                    "e.g. 1,2")
     ap.add_argument("--stem", default="workers", help="file name of the results (STEM.md, STEM.json)")
     ap.add_argument("--copies", type=int, default=1, help="> 1: serve the catalogue replicated this many times with "
                     "perturbed vectors (23: about 1M products; built once with search_latency.py's build_1m)")
@@ -357,6 +372,12 @@ def main() -> None:
                 res["runs"].append(r)
                 log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
                     f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
+        for n in [int(x) for x in a.ray_replicas.split(",") if x.strip()]:
+            log(f"Ray Serve, {n} replica(s): {a.clients} clients, {a.requests} requests")
+            r = run(model, n, qs, a.requests, a.clients, Path(tmp), "ray")
+            res["runs"].append(r)
+            log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
+                f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
     res["machine_after"] = machine()
     write(res, a.results, a.stem)
     one = res["runs"][0]
