@@ -90,13 +90,21 @@ def team_credit(shown: Sequence[Hashable], teams: Sequence[str], actions: Iterab
     :data:`~fusionrank.feedback.schema.DEFAULT_ACTION_WEIGHTS` (click 1, add_to_cart 2, purchase 4).
     """
     w = DEFAULT_ACTION_WEIGHTS if weights is None else weights
-    team_of = dict(zip(shown, teams))
     credit = {A: 0.0, B: 0.0}
-    for pid, action in set(actions):
-        t = team_of.get(pid)
-        if t in credit and action in w:
+    for t, action in _team_actions(shown, teams, actions):
+        if action in w:
             credit[t] += float(w[action])
     return credit
+
+
+def _team_actions(shown: Sequence[Hashable], teams: Sequence[str], actions: Iterable[tuple[Hashable, str]]):
+    """``(team, action)`` of each distinct ``(product, action)`` on a product of team ``a`` or ``b`` (not on a shared
+    product, nor on one not shown)."""
+    team_of = dict(zip(shown, teams))
+    for pid, action in set(actions):
+        t = team_of.get(pid)
+        if t in TEAMS:
+            yield t, action
 
 
 def outcome(credit: Mapping[str, float]) -> int | None:
@@ -163,11 +171,8 @@ def interleaving_report(store, *, since: float | None = None, until: float | Non
                 continue
             outs.append(o)
             sessions.add(s["session_id"] or s["query_id"])
-            team_of = dict(zip(s["product_ids"], s["teams"]))
-            for pid, action in set(s["actions"]):
-                t = team_of.get(pid)
-                if t in credit:
-                    credit[t][action] = credit[t].get(action, 0) + 1
+            for t, action in _team_actions(s["product_ids"], s["teams"], s["actions"]):
+                credit[t][action] = credit[t].get(action, 0) + 1
         pref, ci, p = compare_outcomes(outs, confidence=confidence, n_resamples=n_resamples, seed=seed)
         o = np.asarray(outs, np.int64)
         out.append(ComparisonReport(control, cand, len(searches), len(outs), len(sessions), int((o > 0).sum()),
