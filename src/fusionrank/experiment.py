@@ -84,6 +84,9 @@ class TrainingConfig(BaseModel):
     patience: int = 4
     clip_norm: float = 1.0
     modality_dropout: float = 0.1
+    # per training slate and lexical field, the chance its BM25 and overlap features are zeroed (0 = off):
+    # regularisation against learning the training queries' words (fusionrank.rankers.NeuralRanker)
+    lexical_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     max_train_seconds: float | None = None
     # where the ranker trains (fusionrank.rankers.parallel.TRAINING_ENGINES): local (this process) or ray (Ray Train,
     # data-parallel over queries); workers: processes (default 1 local, 2 ray); ray_address: an existing cluster.

@@ -38,6 +38,17 @@ class Modality:
     required: bool = False          # every product must have it (the title)
 
     @property
+    def lexical_features(self) -> tuple[str, ...]:
+        """The features computed from the lexical field (BM25, its min-max, term overlap): what a query word
+        the field does not contain leaves at zero."""
+        if not self.lexical:
+            return ()
+        names = {f"bm25_{self.lexical}", f"overlap_{self.lexical}"}
+        if self.minmax and self.minmax[0] in names:
+            names.add(self.minmax[1])
+        return tuple(f for f in self.features if f in names)
+
+    @property
     def index(self) -> int:
         """The mask column of this modality."""
         return MODALITY_NAMES.index(self.name)

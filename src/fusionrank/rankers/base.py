@@ -16,6 +16,7 @@ class FeatureGroup:
     columns: list[int]
     mask_column: int
     table: str | None = None  # key into the embedding tables dict, or None
+    lexical: list[int] | None = None  # the columns (a subset of ``columns``) that count query words matched in text
 
 
 @runtime_checkable

@@ -108,7 +108,10 @@ class NeuralRanker:
                  dropout: float = 0.1, modality_dropout: float = 0.1, normalize: str = "l2", lr: float = 2e-3,
                  weight_decay: float = 1e-5, epochs: int = 30, batch_size: int = 16, clip_norm: float = 1.0,
                  patience: int = 4, seed: int = 0, use_embeddings: bool = True, fusion_args: dict | None = None,
-                 max_train_seconds: float | None = None):
+                 max_train_seconds: float | None = None, lexical_dropout: float = 0.0):
+        if not 0.0 <= lexical_dropout < 1.0:
+            raise FusionrankError(f"lexical_dropout must be in [0, 1), got {lexical_dropout}")
+        self.lexical_dropout = lexical_dropout
         self.fusion, self.scorer, self.loss = fusion, scorer, loss or {"name": "lambdaloss", "args": {}}
         self.hidden, self.dropout, self.modality_dropout, self.normalize = hidden, dropout, modality_dropout, normalize
         self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size
@@ -131,11 +134,12 @@ class NeuralRanker:
                    normalize=sargs.pop("normalize", "l2"), seed=config.seed, lr=config.optimizer.args.get("lr", 2e-3),
                    weight_decay=config.optimizer.args.get("weight_decay", 1e-5), epochs=t.epochs, batch_size=t.batch_size,
                    patience=t.patience, clip_norm=t.clip_norm, modality_dropout=t.modality_dropout,
-                   max_train_seconds=t.max_train_seconds, **sargs)
+                   lexical_dropout=t.lexical_dropout, max_train_seconds=t.max_train_seconds, **sargs)
 
     def get_params(self) -> dict[str, Any]:
         keys = ("fusion", "scorer", "loss", "hidden", "dropout", "modality_dropout", "normalize", "lr", "weight_decay",
-                "epochs", "batch_size", "clip_norm", "patience", "seed", "use_embeddings", "fusion_args", "max_train_seconds")
+                "epochs", "batch_size", "clip_norm", "patience", "seed", "use_embeddings", "fusion_args", "max_train_seconds",
+                "lexical_dropout")
         return {k: getattr(self, k) for k in keys}
 
     # batching ---------------------------------------------------------------
@@ -152,6 +156,21 @@ class NeuralRanker:
                 embs.append(None)
         qt = _to_t(q[idx]) if q is not None else None
         return xs, ms, embs, qt
+
+    def _drop_lexical(self, xs: torch.Tensor) -> torch.Tensor:
+        """Training only: for each candidate and each lexical field, with probability ``lexical_dropout``, the field's
+        features (BM25, its min-max, overlap) set to 0, as for a product whose text says in other words what the
+        query asks for. The ranker then learns not to demand the query's own words (regularisation against
+        learning the training queries' vocabulary)."""
+        if not self.lexical_dropout:
+            return xs
+        keep, offset = torch.ones_like(xs), 0
+        for g in self.groups_:
+            if g.lexical:
+                cols = torch.tensor([offset + g.columns.index(c) for c in g.lexical])
+                keep[..., cols] = (torch.rand(*xs.shape[:-1], 1) >= self.lexical_dropout).to(xs.dtype)
+            offset += len(g.columns)
+        return xs * keep
 
     def _check_tables(self, tables: dict[str, np.ndarray] | None) -> None:
         if not self.use_embeddings:
@@ -265,6 +284,7 @@ class NeuralRanker:
         tot, nb = 0.0, 0
         for idx in batch_indices:
             xs, ms, embs, qt = self._inputs(train.x, train.mask, train.rows, train.q, tables, idx)
+            xs = self._drop_lexical(xs)
             y = _to_t(np.where(train.rows[idx] >= 0, train.y[idx], pad))
             loss = loss_fn(model(xs, ms, embs, qt), y, padded_value_indicator=pad)
             opt.zero_grad()

@@ -163,5 +163,6 @@ def feature_groups(modalities: Sequence[str] = MODALITY_NAMES):
     bad = [m for m in modalities if m not in MODALITY_NAMES]
     if bad:
         raise FusionrankError(f"unknown modality {bad[0]!r}; valid: {', '.join(MODALITY_NAMES)}")
-    return [FeatureGroup(m.name, [FEATURE_COLUMN[f] for f in m.features], m.index, m.table)
+    return [FeatureGroup(m.name, [FEATURE_COLUMN[f] for f in m.features], m.index, m.table,
+                         [FEATURE_COLUMN[f] for f in m.lexical_features] or None)
             for m in MODALITIES if m.name in modalities]
