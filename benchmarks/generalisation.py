@@ -1,6 +1,7 @@
 """The generalisation check: fashion44k dev queries in words and phrasings no training query used.
 
     .venv/bin/python benchmarks/generalisation.py [--model ~/.cache/fusionrank/models/fashion44k-full]
+    .venv/bin/python benchmarks/generalisation.py --model shipped=DIR_A --model new=DIR_B --no-ablations
 
 Three parts, all derived from the 500 dev queries (never trained on), with the dev grades
 (the meaning of each query is unchanged):
@@ -16,8 +17,11 @@ Three parts, all derived from the 500 dev queries (never trained on), with the d
 Systems, on both title fields, full catalogue, NDCG@10 (gain 2^g - 1):
 
 - the BM25+MiniLM hybrid (min-max blend, weight tuned on held-out training queries);
-- the model as shipped before query understanding (``understanding`` off);
+- each model given (``--model [LABEL=]DIR``, repeatable) with its queries as typed (``understanding`` off);
 - the same model with its query understanding, and with each of its parts switched off.
+
+The hybrid runs over the first model's catalogue tables; its weight is tuned on the first model's
+held-out training queries. The first model's workspace gives the queries and grades.
 
 Writes ``benchmarks/results/generalisation.md`` (+ ``.json``).
 """
@@ -172,14 +176,21 @@ def machine_load() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=get_settings().models_dir / "fashion44k-full")
+    ap.add_argument("--model", action="append", default=None,
+                    help="[LABEL=]DIR, repeatable (default: the shipped model's usual directory)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--limit", type=int, default=0, help="first N dev queries only (a quick look)")
     args = ap.parse_args()
     t_all = time.perf_counter()
     load_before = machine_load()
-    md = ModelDir.open(args.model)
+    specs = args.model or [str(get_settings().models_dir / "fashion44k-full")]
+    models = {}
+    for spec in specs:
+        label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        m = ModelDir.open(Path(path).expanduser())
+        models[label or m.path.name] = m
+    md = next(iter(models.values()))
     cfg = md.config()
     ws = md.workspace()
     cat = Catalog.load(Path(ws.catalog))
@@ -198,24 +209,28 @@ def main() -> None:
     new_words = sorted({t for q in parts["new phrasing"][S.QUERY] for t in tokenize(q)} - seen)
     log(f"connecting words of the new phrasings that no train/dev query uses: {new_words}")
 
-    understanding = md.understanding()
-    if understanding is None:
-        raise SystemExit(f"{md.path} has no query understanding; build it with `fusionrank understand {md.path}`")
+    for m in models.values():
+        if m.understanding() is None:
+            raise SystemExit(f"{m.path} has no query understanding; build it with `fusionrank understand {m.path} --rebuild`")
     # the hybrid's weight is tuned on the model's held-out training queries (at least 10% of them)
     vf = max(cfg.data.valid_fraction, 0.1)
     sp = split_queries(train_q, {"train": 1 - vf, "valid": vf}, seed=cfg.seed)
     vq = train_q[sp == "valid"]
     qenc = QueryEncoder(text_encoder=cfg.text_encoder_spec, cache_size=20000)
-    ranker = md.load_ranker()
-    systems = {"model, queries as typed": None, "model + query understanding": understanding.components}
-    if args.ablations:
-        for c in understanding.components:
-            systems[f"  without {c}"] = tuple(x for x in understanding.components if x != c)
+    prefix = (lambda label: f"{label}: ") if len(models) > 1 else (lambda label: "")
     rows, examples = [], {}
     for tf in FIELDS:
         t0 = time.perf_counter()
-        tabs = md.catalog_tables(tf, log=lambda m: None)
-        log(f"{tf}: catalogue tables in {time.perf_counter() - t0:.0f} s")
+        model_tabs, built = {}, {}
+        for label, m in models.items():  # models over the same store, encoder and candidate settings share tables
+            mc = m.config()
+            key = json.dumps([str(m.workspace().store), mc.text_encoder_spec, mc.catalog_config(tf).model_dump()],
+                             sort_keys=True, default=str)
+            if key not in built:
+                built[key] = m.catalog_tables(tf, log=lambda x: None)
+            model_tabs[label] = built[key]
+        tabs = model_tabs[next(iter(models))]
+        log(f"{tf}: catalogue tables ({len(built)}) in {time.perf_counter() - t0:.0f} s")
         # the hybrid: weight tuned on held-out training queries
         vqs = vq[S.QUERY].tolist()
         vbm, vde = minmax(bm25_scores(tabs, "title", vqs)), minmax(qenc.encode_many(vqs) @ tabs.emb["title"][:tabs.n_rows].T)
@@ -229,24 +244,35 @@ def main() -> None:
             h = w * minmax(bm25_scores(tabs, "title", qs)) + (1 - w) * minmax(qenc.encode_many(qs) @ tabs.emb["title"][:tabs.n_rows].T)
             r = evaluate(pqr, full_run(tabs.ids, qids, h), ["ndcg@10"])
             rows.append({"field": tf, "part": part, "system": f"hybrid BM25+MiniLM (w={w})", "ndcg@10": r.mean["ndcg@10"]})
-            for sysname, comps in systems.items():
-                t1 = time.perf_counter()
-                pipe = md.pipeline(tabs, ranker, qenc, understanding=comps is not None)
-                if comps is not None:
-                    pipe.understanding.components = comps
-                res = evaluate_pipeline(pipe, pq[[S.QUERY_ID, S.QUERY]], pqr, ("ndcg@10",))
-                changed = sum(pipe.understanding.understand(q).changed for q in qs)
-                rows.append({"field": tf, "part": part, "system": sysname, "ndcg@10": res["mean"]["ndcg@10"],
-                             "queries rewritten": changed})
-                log(f"{tf} / {part} / {sysname}: {res['mean']['ndcg@10']:.4f} ({changed} rewritten, "
-                    f"{time.perf_counter() - t1:.0f} s)")
-                if comps == understanding.components and tf == "title":
-                    examples[part] = [pipe.understanding.understand(q) for q in qs]
+            for label, m in models.items():
+                mcfg, und = m.config(), m.understanding()
+                menc = qenc if mcfg.text_encoder_spec == cfg.text_encoder_spec else QueryEncoder(
+                    text_encoder=mcfg.text_encoder_spec, cache_size=20000)
+                mtabs = model_tabs[label]
+                ranker = m.load_ranker()
+                systems = {"model, queries as typed": None, "model + query understanding": und.components}
+                if args.ablations:
+                    for c in und.components:
+                        systems[f"  without {c}"] = tuple(x for x in und.components if x != c)
+                for sysname, comps in systems.items():
+                    t1 = time.perf_counter()
+                    pipe = m.pipeline(mtabs, ranker, menc, understanding=comps is not None)
+                    if comps is not None:
+                        pipe.understanding.components = comps
+                    res = evaluate_pipeline(pipe, pq[[S.QUERY_ID, S.QUERY]], pqr, ("ndcg@10",))
+                    changed = sum(pipe.understanding.understand(q).changed for q in qs)
+                    name = prefix(label) + sysname
+                    rows.append({"field": tf, "part": part, "system": name, "ndcg@10": res["mean"]["ndcg@10"],
+                                 "queries rewritten": changed})
+                    log(f"{tf} / {part} / {name}: {res['mean']['ndcg@10']:.4f} ({changed} rewritten, "
+                        f"{time.perf_counter() - t1:.0f} s)")
+                    if comps == und.components and tf == "title" and m is md:
+                        examples[part] = [pipe.understanding.understand(q) for q in qs]
     table = pd.DataFrame(rows)
-    write(args, table, parts, examples, new_words, load_before, time.perf_counter() - t_all, md)
+    write(args, table, parts, examples, new_words, load_before, time.perf_counter() - t_all, models)
 
 
-def write(args, table: pd.DataFrame, parts, examples, new_words, load_before, seconds, md) -> None:
+def write(args, table: pd.DataFrame, parts, examples, new_words, load_before, seconds, models) -> None:
     hyb = table[table.system.str.startswith("hybrid")].set_index(["field", "part"])["ndcg@10"]
     table["gain over hybrid"] = [r["ndcg@10"] - hyb[(r["field"], r["part"])] for _, r in table.iterrows()]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -257,8 +283,11 @@ def write(args, table: pd.DataFrame, parts, examples, new_words, load_before, se
 
     piv, gain = wide("ndcg@10"), wide("gain over hybrid")
     lines = ["# Generalisation check: dev queries in words and phrasings no training query used", "",
-             f"Model `{md.path.name}` (config `{md.config().name}`); command: "
-             f"`.venv/bin/python benchmarks/generalisation.py --model {args.model}`. "
+             "Models: " + "; ".join(f"`{label}` = `{m.path}` (config `{m.config().name}`)" for label, m in models.items())
+             + "; command: `.venv/bin/python benchmarks/generalisation.py "
+             + " ".join(f"--model {spec}" for spec in (args.model or [])) + ("" if args.ablations else " --no-ablations")
+             + (f" --limit {args.limit}" if args.limit else "")
+             + "`. "
              f"NDCG@10 over the full catalogue, dev grades; {seconds:.0f} s. Machine before: {load_before}; after: {machine_load()} "
              "(other jobs of the session were running: see the commit message).", "",
              "| part | queries | what changed |", "|---|---:|---|",
