@@ -1,0 +1,217 @@
+"""Visual attribute heads: the colour a photo shows, learned from the titles that state one.
+
+A product whose title names no colour cannot match a colour query by its words. The
+:class:`ColourHead` reads the colour from the photo instead: a multinomial logistic
+regression (scikit-learn, standardised features) from EfficientNet-Lite0 photo features
+to the colour phrase a title states, trained only on products whose title states exactly
+one colour, and applied to those whose title states none. Its output is text (a colour
+phrase, or "" when it abstains) that the ranking path appends to the product's indexed
+title (document expansion, :func:`fusionrank.ranking.catalog.lexical_texts`).
+
+:data:`COLOURS` is the one colour vocabulary; :func:`stated_colours` finds its phrases in
+a text (longest whole-word match, case-insensitive), :func:`canonical_colour` folds
+spelling variants ("gray" -> "grey", "navy" -> "navy blue") into one class.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import FusionrankError, NotFittedError
+from .base import ENCODERS, Encoder, ItemError
+from .text import tokenize
+
+# Common fashion colour names; multi-word phrases are matched as a whole before their words.
+COLOURS: tuple[str, ...] = (
+    "black", "white", "off white", "cream", "beige", "khaki", "brown", "coffee brown", "tan", "camel", "taupe",
+    "grey", "gray", "charcoal", "grey melange", "silver", "gold", "golden", "bronze", "copper", "metallic", "steel",
+    "red", "maroon", "burgundy", "wine", "rust", "coral", "peach", "orange", "mustard", "yellow", "lemon",
+    "green", "olive", "olive green", "lime green", "sea green", "fluorescent green", "mint", "teal",
+    "turquoise", "turquoise blue", "blue", "navy", "navy blue", "royal blue", "sky blue", "light blue", "dark blue",
+    "indigo", "purple", "violet", "lavender", "mauve", "magenta", "pink", "rose", "rose gold", "fuchsia", "nude",
+    "mushroom brown", "multi", "multicolour", "multicolor", "multi coloured", "multicoloured", "multi colour",
+    "transparent",
+)
+
+# Spelling variants -> the class they are learned and emitted as.
+ALIASES: dict[str, str] = {
+    "gray": "grey", "golden": "gold", "navy": "navy blue", "multicolour": "multi", "multicolor": "multi",
+    "multi coloured": "multi", "multicoloured": "multi", "multi colour": "multi",
+}
+
+
+@lru_cache(maxsize=None)
+def _phrases() -> dict[tuple[str, ...], str]:
+    """Token sequence -> colour phrase, for every phrase of :data:`COLOURS` (tokenised as the lexical fields are)."""
+    out: dict[tuple[str, ...], str] = {}
+    for c in COLOURS:
+        toks = tuple(tokenize(c))
+        if not toks:
+            raise FusionrankError(f"colour vocabulary: {c!r} has no word")
+        out[toks] = c
+    return out
+
+
+def stated_colours(text: str | None) -> list[str]:
+    """The colour phrases ``text`` states, in order: longest whole-word matches, case-insensitive, never overlapping.
+
+    >>> stated_colours("Puma Men Navy Blue T-shirt")
+    ['navy blue']
+    >>> stated_colours("Reddish bag")
+    []
+    """
+    toks = tokenize(text or "")
+    table = _phrases()
+    longest = max(len(k) for k in table)
+    found, i = [], 0
+    while i < len(toks):
+        for n in range(min(longest, len(toks) - i), 0, -1):
+            hit = table.get(tuple(toks[i:i + n]))
+            if hit is not None:
+                found.append(hit)
+                i += n
+                break
+        else:
+            i += 1
+    return found
+
+
+def canonical_colour(phrase: str) -> str:
+    """The class a colour phrase is learned as: its alias target, else itself (lower-case)."""
+    p = " ".join(tokenize(phrase))
+    return ALIASES.get(p, p)
+
+
+def title_colour(text: str | None) -> str | None:
+    """The one colour class a text states ("" when it states none, None when it states several different ones)."""
+    found = {canonical_colour(c) for c in stated_colours(text)}
+    if not found:
+        return ""
+    return found.pop() if len(found) == 1 else None
+
+
+@ENCODERS.register("colour_head")
+class ColourHead(Encoder):
+    """Photo features ``(n, in_dim)`` -> the colour phrase the photo shows, or "" below ``threshold``.
+
+    ``fit(features, labels)`` drops classes with fewer than ``min_examples`` examples, holds out
+    ``valid_fraction`` of the rest (stratified) to report accuracy and coverage, then refits on
+    everything kept. ``encode`` returns the most probable class when its probability is at least
+    ``threshold``, else "" (abstain).
+    """
+
+    name = "colour_head"
+    modality = "image"
+    output = "text"
+    trainable = True
+
+    def __init__(self, in_dim: int = 1280, threshold: float = 0.5, min_examples: int = 30, C: float = 0.05,
+                 max_iter: int = 300, valid_fraction: float = 0.1, seed: int = 0):
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise FusionrankError(f"colour_head: threshold must be in [0, 1]; got {threshold}")
+        if int(min_examples) < 2:
+            raise FusionrankError(f"colour_head: min_examples must be at least 2; got {min_examples}")
+        self.in_dim, self.threshold, self.min_examples = int(in_dim), float(threshold), int(min_examples)
+        self.C, self.max_iter, self.valid_fraction, self.seed = float(C), int(max_iter), float(valid_fraction), int(seed)
+        self.model_ = None          # sklearn Pipeline(StandardScaler, LogisticRegression)
+        self.history_: dict[str, Any] = {}
+        self.trained_on_: str | None = None  # digest of the training set (set by the caller that fits)
+
+    def config(self) -> dict[str, Any]:
+        keys = ("in_dim", "threshold", "min_examples", "C", "max_iter", "valid_fraction", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+    @property
+    def classes_(self) -> list[str]:
+        if self.model_ is None:
+            raise NotFittedError(self)
+        return [str(c) for c in self.model_.classes_]
+
+    def _pipeline(self):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed))
+
+    def fit(self, features: np.ndarray, labels: Sequence[str]) -> "ColourHead":
+        """Train on photo features and the colour class of each product's title (one class per row)."""
+        X = np.asarray(features, np.float32)
+        y = np.asarray([str(v) for v in labels], dtype=object)
+        if X.ndim != 2 or X.shape[1] != self.in_dim or len(y) != len(X):
+            raise FusionrankError(f"colour_head: expected features (n, {self.in_dim}) and n labels; got {X.shape} and {len(y)}")
+        classes, counts = np.unique(y, return_counts=True)
+        kept = set(classes[counts >= self.min_examples].tolist())
+        dropped = {str(c): int(n) for c, n in zip(classes, counts) if c not in kept}
+        if len(kept) < 2:
+            raise FusionrankError(f"colour_head: fewer than 2 colours have {self.min_examples} or more examples "
+                                  f"(counts: {dict(zip(classes.tolist(), counts.tolist()))})")
+        sel = np.isin(y, list(kept))
+        X, y = X[sel], y[sel]
+        hist: dict[str, Any] = {"examples": int(len(y)), "classes": len(kept), "dropped_classes": dropped}
+        if self.valid_fraction > 0 and int(len(y) * self.valid_fraction) >= len(kept):
+            from sklearn.model_selection import train_test_split
+
+            tr, va = train_test_split(np.arange(len(y)), test_size=self.valid_fraction, random_state=self.seed, stratify=y)
+            m = self._pipeline().fit(X[tr], y[tr])
+            hist.update(self._quality(m, X[va], y[va]))
+        self.model_ = self._pipeline().fit(X, y)
+        self.history_ = hist
+        return self
+
+    def _quality(self, model, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """Held-out accuracy (argmax), and coverage and precision of the thresholded predictions."""
+        proba = model.predict_proba(X)
+        pred = model.classes_[proba.argmax(1)]
+        conf = proba.max(1) >= self.threshold
+        return {"held_out": int(len(y)), "held_out_accuracy": float((pred == y).mean()),
+                "held_out_coverage": float(conf.mean()),
+                "held_out_precision": float((pred[conf] == y[conf]).mean()) if conf.any() else float("nan")}
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        if self.model_ is None:
+            raise NotFittedError(self)
+        X = np.asarray(features, np.float32)
+        if X.ndim != 2 or X.shape[1] != self.in_dim:
+            raise ItemError(f"colour_head: expected features (n, {self.in_dim}); got {X.shape}")
+        return self.model_.predict_proba(X)
+
+    def encode(self, items: np.ndarray | Sequence[np.ndarray]) -> list[str]:
+        if self.model_ is None:
+            raise NotFittedError(self)
+        if not len(items):
+            return []
+        proba = self.predict_proba(np.asarray(items, np.float32).reshape(len(items), -1))
+        best = proba.argmax(1)
+        classes = self.model_.classes_
+        return [str(classes[j]) if proba[i, j] >= self.threshold else "" for i, j in enumerate(best)]
+
+    def _state_signature(self) -> dict[str, Any]:
+        if self.model_ is None:
+            return {}
+        lr = self.model_[-1]
+        h = hashlib.sha1(np.ascontiguousarray(lr.coef_, np.float64).tobytes())
+        h.update(json.dumps(self.classes_).encode())
+        return {"weights": h.hexdigest()[:12]}
+
+    def _save_state(self, d: Path) -> None:
+        if self.model_ is None:
+            raise NotFittedError(self)
+        with open(d / "head.pkl", "wb") as f:
+            pickle.dump(self.model_, f)
+        (d / "history.json").write_text(json.dumps({**self.history_, "trained_on": self.trained_on_}, indent=1))
+
+    def _load_state(self, d: Path) -> None:
+        if (d / "head.pkl").exists():
+            with open(d / "head.pkl", "rb") as f:
+                self.model_ = pickle.load(f)
+            if (d / "history.json").exists():
+                h = json.loads((d / "history.json").read_text())
+                self.trained_on_ = h.pop("trained_on", None)
+                self.history_ = h
