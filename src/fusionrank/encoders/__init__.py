@@ -1,6 +1,7 @@
 """Per-modality encoders, registered by name in :data:`ENCODERS`."""
 from .base import ENCODERS, EncodeOutcome, Encoder, ItemError, build_encoder, encode_safely
-from . import audio, image, reduce, text  # noqa: F401  (registration)
+from . import attributes, audio, image, reduce, text  # noqa: F401  (registration)
+from .attributes import ColourHead
 from .audio import LogMelStats, WhisperTranscriber
 from .image import EfficientNetLite0Encoder, ImageTextProjection, fold_of
 from .reduce import PCAReducer
@@ -8,4 +9,4 @@ from .text import BM25Encoder, MiniLMEncoder, TfidfEncoder
 
 __all__ = ["ENCODERS", "Encoder", "EncodeOutcome", "ItemError", "build_encoder", "encode_safely",
            "MiniLMEncoder", "BM25Encoder", "TfidfEncoder", "EfficientNetLite0Encoder", "ImageTextProjection", "fold_of",
-           "WhisperTranscriber", "LogMelStats", "PCAReducer"]
+           "WhisperTranscriber", "LogMelStats", "PCAReducer", "ColourHead"]

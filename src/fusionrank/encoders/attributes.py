@@ -39,6 +39,19 @@ COLOURS: tuple[str, ...] = (
     "transparent",
 )
 
+PHOTO_COLOUR = "photo_colour"  # store feature prefix of the colour read from a product's photo
+
+
+def photo_colour_feature(title_field: str) -> str:
+    """The store feature holding, per product whose title in ``title_field`` states no colour, its photo's colour."""
+    return f"{PHOTO_COLOUR}.{title_field}"
+
+
+def colour_head_dir(store_root: str | Path, title_field: str) -> Path:
+    """Where the colour head of ``title_field`` is saved: ``<store>/models/colour_head.<title field>``."""
+    return Path(store_root) / "models" / f"{ColourHead.name}.{title_field}"
+
+
 # Spelling variants -> the class they are learned and emitted as.
 ALIASES: dict[str, str] = {
     "gray": "grey", "golden": "gold", "navy": "navy blue", "multicolour": "multi", "multicolor": "multi",
