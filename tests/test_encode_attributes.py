@@ -55,7 +55,8 @@ def test_each_head_trains_on_its_own_title_field_only(encoded):
     products, store, _, _, _ = encoded
     ids = products[S.PRODUCT_ID].tolist()
     _, has_photo = store.matrix("image.efficientnet_lite0", ids)
-    img = store.hashes("image.efficientnet_lite0")
+    eff, hist = store.hashes("image.efficientnet_lite0"), store.hashes("image.colour_histogram")
+    img = {p: f"{eff[p]}|{hist[p]}" for p in eff}  # the head reads both photo features (its default inputs)
     for tf, n in (("title", 110), ("title_sparse", 50)):
         head = Encoder.load(colour_head_dir(store.root, tf))
         colour = [title_colour(t) for t in indexed_titles(products, tf)]
@@ -180,5 +181,5 @@ def test_experiment_config_turns_it_on(tiny_fashion):
     assert cfg.encode_settings().attributes == HEAD and cfg.catalog_config("title_sparse").photo_attributes
     assert "image" in cfg.encoded_modalities()  # the head reads photos even when the ranker does not
     d["encoders"]["attributes"] = {"name": "colour_head", "args": {"treshold": 0.5}}
-    with pytest.raises(Exception, match="treshold.*valid: in_dim, threshold"):
+    with pytest.raises(Exception, match="treshold.*valid: inputs, threshold"):
         ExperimentConfig.model_validate(d)

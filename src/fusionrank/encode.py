@@ -330,6 +330,24 @@ class Encoding:
         return self.run_job(f"image_proj.{title_field}", S.IMAGE_MODALITY, proj, pids, items, hashes,
                             self.settings.batch_size["projection"], inputs=inputs_digest(pids, keys))
 
+    def head_inputs(self, products: pd.DataFrame, inputs: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[str, str]] | None:
+        """The photo features an attribute head reads: the store features ``image.<name>`` of its ``inputs`` side by
+        side (encoding those that are not the configured image encoder's here), as ``(features, mask, key)`` with
+        ``key[product]`` the joined hashes of its input rows; None when the image features are not in the store."""
+        ids = products[S.PRODUCT_ID].tolist()
+        mats, mask, hashes = [], np.ones(len(ids), bool), []
+        for name in inputs:
+            if name != self.encoder(self.settings.image).name:
+                self.encode_media(products, S.IMAGE, {"name": name, "args": {}}, S.IMAGE_MODALITY)
+            if not self.store.exists(f"image.{name}"):
+                return None
+            M, m = self.store.matrix(f"image.{name}", ids)
+            mats.append(M)
+            mask &= m
+            hashes.append(self.store.hashes(f"image.{name}"))
+        key = {p: "|".join(h[p] for h in hashes) for p, m in zip(ids, mask) if m}
+        return np.hstack(mats), mask, key
+
     def photo_attributes(self, products: pd.DataFrame, title_field: str) -> JobStats | None:
         """The colour head of ``title_field`` (:class:`~fusionrank.encoders.attributes.ColourHead`), trained on the photos of
         the products whose title *in that field* states exactly one colour, and its colour for the photo of every product
@@ -341,16 +359,17 @@ class Encoding:
         from .encoders.attributes import ColourHead, colour_head_dir, photo_colour_feature, title_colour
 
         spec = self.settings.attributes
-        img_feat = f"image.{self.encoder(self.settings.image).name}"
-        if spec is None or not self.store.exists(img_feat):
+        if spec is None:
             return None
         feature = photo_colour_feature(title_field)
         wanted = build_encoder(spec["name"], **spec.get("args", {}))
         if not isinstance(wanted, ColourHead):
             raise FusionrankError(f"encode setting attributes: {spec['name']!r} is not an attribute head; valid: {ColourHead.name}")
         ids = products[S.PRODUCT_ID].tolist()
-        X, xm = self.store.matrix(img_feat, ids)
-        img_hashes = self.store.hashes(img_feat)
+        inputs = self.head_inputs(products, wanted.inputs)
+        if inputs is None:
+            return None
+        X, xm, img_hashes = inputs
         colour = [title_colour(t) for t in indexed_titles(products, title_field)]  # this field only, never another
         train = [i for i, c in enumerate(colour) if xm[i] and c]  # exactly one colour ("" none, None several)
         digest = inputs_digest([img_hashes[ids[i]] for i in train], [colour[i] for i in train])

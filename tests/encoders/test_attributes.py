@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusionrank.encoders import ENCODERS, Encoder, build_encoder
+from fusionrank.encoders import ENCODERS, Encoder, ItemError, build_encoder
 from fusionrank.encoders.attributes import (COLOURS, ColourHead, canonical_colour, colour_head_dir, photo_colour_feature,
                                             stated_colours, title_colour)
 from fusionrank.errors import FusionrankError, NotFittedError, UnknownNameError
@@ -63,7 +63,7 @@ def centres():
 def fitted(centres):
     X = blobs(60, centres)
     y = np.repeat(NAMES, 60)
-    return ColourHead(in_dim=8, threshold=0.9, min_examples=10, C=1.0).fit(X, y)
+    return ColourHead(threshold=0.9, min_examples=10, C=1.0).fit(X, y)
 
 
 def test_head_learns_a_separable_problem(fitted, centres):
@@ -79,7 +79,7 @@ def test_head_abstains_below_its_threshold(fitted, centres):
     proba = fitted.predict_proba(between)
     assert proba.max() < 0.9
     assert fitted.encode(between) == [""]
-    lax = ColourHead(in_dim=8, threshold=0.0, min_examples=10, C=1.0)
+    lax = ColourHead(threshold=0.0, min_examples=10, C=1.0)
     lax.model_ = fitted.model_
     assert lax.encode(between) == [fitted.classes_[int(proba.argmax())]]
 
@@ -87,10 +87,10 @@ def test_head_abstains_below_its_threshold(fitted, centres):
 def test_rare_classes_are_dropped(centres):
     X = np.concatenate([blobs(40, centres[:2]), blobs(5, centres[2:], seed=3)])
     y = np.array(["red"] * 40 + ["blue"] * 40 + ["black"] * 5, dtype=object)
-    head = ColourHead(in_dim=8, min_examples=10, C=1.0).fit(X, y)
+    head = ColourHead(min_examples=10, C=1.0).fit(X, y)
     assert head.classes_ == ["blue", "red"] and head.history_["dropped_classes"] == {"black": 5}
     with pytest.raises(FusionrankError, match="fewer than 2 colours"):
-        ColourHead(in_dim=8, min_examples=50).fit(X, y)
+        ColourHead(min_examples=50).fit(X, y)
 
 
 def test_save_load_round_trip(fitted, centres, tmp_path):
@@ -98,7 +98,7 @@ def test_save_load_round_trip(fitted, centres, tmp_path):
     d = fitted.save(tmp_path / "head")
     back = Encoder.load(d)
     assert isinstance(back, ColourHead) and back.config() == fitted.config() and back.trained_on_ == "digest"
-    assert back.signature() == fitted.signature() != ColourHead(in_dim=8, threshold=0.9, min_examples=10, C=1.0).signature()
+    assert back.signature() == fitted.signature() != ColourHead(threshold=0.9, min_examples=10, C=1.0).signature()
     X = np.concatenate([blobs(5, centres, seed=2), centres.mean(0, keepdims=True)])
     assert back.encode(X) == fitted.encode(X) and back.encode(X)[-1] == ""
     np.testing.assert_array_equal(back.predict_proba(X), fitted.predict_proba(X))
@@ -107,8 +107,8 @@ def test_save_load_round_trip(fitted, centres, tmp_path):
 
 def test_signature_follows_the_learned_state(centres):
     y = np.repeat(NAMES, 40)
-    a = ColourHead(in_dim=8, min_examples=10).fit(blobs(40, centres, seed=0), y)
-    b = ColourHead(in_dim=8, min_examples=10).fit(blobs(40, centres, seed=5), y)
+    a = ColourHead(min_examples=10).fit(blobs(40, centres, seed=0), y)
+    b = ColourHead(min_examples=10).fit(blobs(40, centres, seed=5), y)
     assert a.signature() != b.signature()
 
 
@@ -117,9 +117,34 @@ def test_registered_and_checked():
     assert isinstance(build_encoder("colour_head", threshold=0.7), ColourHead)
     with pytest.raises(UnknownNameError, match="colour_head"):
         build_encoder("color_head")
+    with pytest.raises(ItemError, match=r"\(n, 8\)"):
+        ColourHead(min_examples=10, C=1.0).fit(blobs(20, np.eye(3, 8) * 4), np.repeat(NAMES, 20)).predict_proba(np.zeros((1, 5)))
     with pytest.raises(NotFittedError):
         ColourHead().encode([np.zeros(1280)])
     with pytest.raises(FusionrankError, match="threshold"):
         ColourHead(threshold=1.5)
-    with pytest.raises(FusionrankError, match=r"\(n, 8\)"):
-        ColourHead(in_dim=8).fit(np.zeros((4, 5)), ["red"] * 4)
+    with pytest.raises(FusionrankError, match="n labels"):
+        ColourHead().fit(np.zeros((4, 5)), ["red"] * 3)
+    with pytest.raises(FusionrankError, match="inputs"):
+        ColourHead(inputs="efficientnet_lite0")
+
+
+def test_colour_histogram_sees_the_product_not_the_background(tmp_path):
+    from PIL import Image
+
+    from fusionrank.encoders.attributes import ColourHistogram
+
+    enc = ColourHistogram(resolution=40)
+    paths = []
+    for name, rgb in (("red", (220, 20, 30)), ("blue", (20, 40, 210))):
+        im = Image.new("RGB", (40, 40), (255, 255, 255))
+        im.paste(Image.new("RGB", (20, 20), rgb), (10, 10))
+        paths.append(str(tmp_path / f"{name}.png"))
+        im.save(paths[-1])
+    H = enc.encode(paths)
+    assert H.shape == (2, enc.dim) == (2, 12 * 4 * 4 + 1)
+    np.testing.assert_allclose(H[:, :-1].sum(1), 1.0, atol=1e-6)       # a distribution over the product's pixels
+    np.testing.assert_allclose(H[:, -1], 0.75, atol=1e-6)              # the white share
+    hue = H[:, :-1].reshape(2, 12, 16).sum(2).argmax(1)
+    assert hue[0] == 0 and hue[1] in (7, 8)                            # red, blue
+    assert ENCODERS.get("colour_histogram") is ColourHistogram and ColourHead().inputs == ["efficientnet_lite0", "colour_histogram"]

@@ -109,11 +109,56 @@ def title_colour(text: str | None) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+@ENCODERS.register("colour_histogram")
+class ColourHistogram(Encoder):
+    """A photo's colours as a normalised HSV histogram: ``hue_bins x sat_bins x val_bins`` bins over the pixels that are
+    not background (near-white, as product photos sit on white), plus the background share. Photo features made for
+    colour: ImageNet features are trained to ignore it (colour augmentation).
+    """
+
+    name = "colour_histogram"
+    modality = "image"
+
+    def __init__(self, resolution: int = 64, hue_bins: int = 12, sat_bins: int = 4, val_bins: int = 4,
+                 background: int = 235):
+        self.resolution, self.hue_bins, self.sat_bins, self.val_bins = int(resolution), int(hue_bins), int(sat_bins), int(val_bins)
+        self.background = int(background)
+        self.dim = self.hue_bins * self.sat_bins * self.val_bins + 1
+
+    def config(self) -> dict[str, Any]:
+        return {"resolution": self.resolution, "hue_bins": self.hue_bins, "sat_bins": self.sat_bins,
+                "val_bins": self.val_bins, "background": self.background}
+
+    def histogram(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 RGB ``(h, w, 3)`` -> float32 ``(dim,)``."""
+        from PIL import Image
+
+        rgb = pixels.reshape(-1, 3)
+        fg = rgb.min(1) <= self.background
+        hsv = np.asarray(Image.fromarray(pixels, "RGB").convert("HSV"), np.int32).reshape(-1, 3)[fg]
+        h = (hsv[:, 0] + 128 // self.hue_bins) % 256 * self.hue_bins // 256  # bins centred on red, blue, ...: red is one bin
+        s = hsv[:, 1] * self.sat_bins // 256
+        v = hsv[:, 2] * self.val_bins // 256
+        idx = (h * self.sat_bins + s) * self.val_bins + v
+        out = np.zeros(self.dim, np.float32)
+        out[:-1] = np.bincount(idx, minlength=self.dim - 1)[:self.dim - 1] / max(1, int(fg.sum()))
+        out[-1] = 1.0 - fg.mean()
+        return out
+
+    def encode(self, items: Sequence[str]) -> np.ndarray:
+        from .image import load_image
+
+        if not len(items):
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self.histogram(load_image(p, self.resolution)) for p in items])
+
+
 @ENCODERS.register("colour_head")
 class ColourHead(Encoder):
-    """Photo features ``(n, in_dim)`` -> the colour phrase the photo shows, or "" below ``threshold``.
+    """Photo features ``(n, d)`` -> the colour phrase the photo shows, or "" below ``threshold``.
 
-    ``fit(features, labels)`` drops classes with fewer than ``min_examples`` examples, holds out
+    ``inputs`` names the image encoders whose store features (``image.<name>``), side by side, are the head's
+    features: by default EfficientNet-Lite0 and the :class:`ColourHistogram`. ``fit(features, labels)`` drops classes with fewer than ``min_examples`` examples, holds out
     ``valid_fraction`` of the rest (stratified) to report accuracy and coverage, then refits on
     everything kept. ``encode`` returns the most probable class when its probability is at least
     ``threshold``, else "" (abstain).
@@ -124,20 +169,23 @@ class ColourHead(Encoder):
     output = "text"
     trainable = True
 
-    def __init__(self, in_dim: int = 1280, threshold: float = 0.5, min_examples: int = 30, C: float = 0.05,
-                 max_iter: int = 300, valid_fraction: float = 0.1, seed: int = 0):
+    def __init__(self, inputs: Sequence[str] = ("efficientnet_lite0", "colour_histogram"), threshold: float = 0.5,
+                 min_examples: int = 30, C: float = 0.05, max_iter: int = 300, valid_fraction: float = 0.1, seed: int = 0):
+        if isinstance(inputs, str) or not inputs:
+            raise FusionrankError(f"colour_head: inputs must be a list of image encoder names; got {inputs!r}")
         if not 0.0 <= float(threshold) <= 1.0:
             raise FusionrankError(f"colour_head: threshold must be in [0, 1]; got {threshold}")
         if int(min_examples) < 2:
             raise FusionrankError(f"colour_head: min_examples must be at least 2; got {min_examples}")
-        self.in_dim, self.threshold, self.min_examples = int(in_dim), float(threshold), int(min_examples)
+        self.inputs = [str(i) for i in inputs]
+        self.threshold, self.min_examples = float(threshold), int(min_examples)
         self.C, self.max_iter, self.valid_fraction, self.seed = float(C), int(max_iter), float(valid_fraction), int(seed)
         self.model_ = None          # sklearn Pipeline(StandardScaler, LogisticRegression)
         self.history_: dict[str, Any] = {}
         self.trained_on_: str | None = None  # digest of the training set (set by the caller that fits)
 
     def config(self) -> dict[str, Any]:
-        keys = ("in_dim", "threshold", "min_examples", "C", "max_iter", "valid_fraction", "seed")
+        keys = ("inputs", "threshold", "min_examples", "C", "max_iter", "valid_fraction", "seed")
         return {k: getattr(self, k) for k in keys}
 
     @property
@@ -157,8 +205,8 @@ class ColourHead(Encoder):
         """Train on photo features and the colour class of each product's title (one class per row)."""
         X = np.asarray(features, np.float32)
         y = np.asarray([str(v) for v in labels], dtype=object)
-        if X.ndim != 2 or X.shape[1] != self.in_dim or len(y) != len(X):
-            raise FusionrankError(f"colour_head: expected features (n, {self.in_dim}) and n labels; got {X.shape} and {len(y)}")
+        if X.ndim != 2 or len(y) != len(X):
+            raise FusionrankError(f"colour_head: expected features (n, d) and n labels; got {X.shape} and {len(y)}")
         classes, counts = np.unique(y, return_counts=True)
         kept = set(classes[counts >= self.min_examples].tolist())
         dropped = {str(c): int(n) for c, n in zip(classes, counts) if c not in kept}
@@ -191,8 +239,9 @@ class ColourHead(Encoder):
         if self.model_ is None:
             raise NotFittedError(self)
         X = np.asarray(features, np.float32)
-        if X.ndim != 2 or X.shape[1] != self.in_dim:
-            raise ItemError(f"colour_head: expected features (n, {self.in_dim}); got {X.shape}")
+        d = self.model_.n_features_in_
+        if X.ndim != 2 or X.shape[1] != d:
+            raise ItemError(f"colour_head: expected features (n, {d}) ({' + '.join(self.inputs)}); got {X.shape}")
         return self.model_.predict_proba(X)
 
     def encode(self, items: np.ndarray | Sequence[np.ndarray]) -> list[str]:

@@ -97,15 +97,17 @@ class ProductEncoder:
         if p[S.IMAGE]:
             path = p[S.IMAGE] = self._local_file(p[S.IMAGE], S.IMAGE)
             proj = self._encoder("projection")
-            features: list[np.ndarray] = []  # the photo's features, computed once for the projection and the colour head
+            features: dict[str, np.ndarray] = {}  # per image encoder, the photo's features: computed once
 
-            def photo_features() -> np.ndarray:
-                if not features:
+            def photo_features(name: str | None = None) -> np.ndarray:
+                """``(1, d)`` features of the photo by the image encoder ``name`` (None: the configured one)."""
+                enc = self._encoder("image") if name in (None, self.settings.image["name"]) else self._named(name)
+                if enc.name not in features:
                     try:
-                        features.append(self._encoder("image").encode([path]))
+                        features[enc.name] = enc.encode([path])
                     except Exception as e:
                         raise ProductInputError(f"{S.IMAGE}: cannot decode the photo ({type(e).__name__})") from None
-                return features[0]
+                return features[enc.name]
 
             if proj is None:
                 report["image"] = "not encoded: no image->text projection was trained for this catalogue"
@@ -135,7 +137,15 @@ class ProductEncoder:
         lex = {f: v[0] for f, v in lexical_texts([indexed], [desc], [transcript], [photo_colour]).items()}
         return record, lex, vectors, report
 
-    def _photo_colour(self, photo_features: Callable[[], np.ndarray], indexed: str, report: dict[str, Any]) -> str | None:
+    def _named(self, name: str) -> Encoder:
+        """An encoder by registry name with its default arguments (an attribute head's photo features), built once."""
+        with self._lock:
+            key = f"named:{name}"
+            if key not in self._enc:
+                self._enc[key] = build_encoder(name)
+            return self._enc[key]
+
+    def _photo_colour(self, photo_features: Callable[[str], np.ndarray], indexed: str, report: dict[str, Any]) -> str | None:
         """The colour the photo shows, by the catalogue's colour head, for a title that states none (as
         ``fusionrank encode`` gives catalogue products); None without a head, for a title that states a colour,
         or when the head abstains."""
@@ -147,6 +157,6 @@ class ProductEncoder:
             return None
         if title_colour(indexed) != "":
             return None
-        colour = head.encode(photo_features())[0] or None
+        colour = head.encode(np.hstack([photo_features(name) for name in head.inputs]))[0] or None
         report["photo_colour"] = colour
         return colour
