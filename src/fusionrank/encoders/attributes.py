@@ -170,7 +170,7 @@ class ColourHead(Encoder):
     trainable = True
 
     def __init__(self, inputs: Sequence[str] = ("efficientnet_lite0", "colour_histogram"), threshold: float = 0.5,
-                 min_examples: int = 30, C: float = 0.05, max_iter: int = 300, valid_fraction: float = 0.1, seed: int = 0):
+                 min_examples: int = 30, C: float = 0.01, max_iter: int = 500, valid_fraction: float = 0.1, seed: int = 0):
         if isinstance(inputs, str) or not inputs:
             raise FusionrankError(f"colour_head: inputs must be a list of image encoder names; got {inputs!r}")
         if not 0.0 <= float(threshold) <= 1.0:
