@@ -183,3 +183,24 @@ def test_experiment_config_turns_it_on(tiny_fashion):
     d["encoders"]["attributes"] = {"name": "colour_head", "args": {"treshold": 0.5}}
     with pytest.raises(Exception, match="treshold.*valid: inputs, threshold"):
         ExperimentConfig.model_validate(d)
+
+
+def test_a_put_product_is_indexed_with_its_photo_colour(encoded, tiny_fashion):
+    """PUT -> the serving index: the new product's BM25 title text carries the colour, and a colour query finds it."""
+    from fusionrank.ranking import CatalogConfig, VectorConfig
+    from fusionrank.serving import SearchIndex
+    from fusionrank.serving.products import ProductEncoder
+
+    products, store, _, attrs, _ = encoded
+    colours = store.text_map(photo_colour_feature("title_sparse"))
+    idx = SearchIndex.from_store(products, store, CatalogConfig(title_field="title_sparse", ann=VectorConfig(codec="exact"),
+                                                                photo_attributes=True), log=lambda m: None)
+    pid = next(p for p, c in colours.items() if c == "red" and attrs.loc[p, "colour"] == "Red")
+    row = products.set_index(S.PRODUCT_ID).loc[pid]
+    sparse = row[S.ATTRIBUTES]["title_sparse"]
+    pe = ProductEncoder("title_sparse", settings(), store.root, media_dirs=[str(tiny_fashion.root)])
+    record, lex, vectors, _ = pe.encode({S.PRODUCT_ID: "put-red", S.TITLE: row[S.TITLE], "title_sparse": sparse, S.IMAGE: row[S.IMAGE]})
+    new = idx.upsert(record, lex, vectors)
+    assert idx.lex_text["title"][new] == f"{sparse} red" == idx.lex_text["title"][idx.row_of[pid]]
+    rows, _ = idx.lexical["title"].score(idx.lexical["title"].query_terms("red")).arrays()
+    assert new in set(rows.tolist())
