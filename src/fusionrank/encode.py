@@ -337,7 +337,8 @@ class Encoding:
         ids = products[S.PRODUCT_ID].tolist()
         mats, mask, hashes = [], np.ones(len(ids), bool), []
         for name in inputs:
-            if name != self.encoder(self.settings.image).name:
+            done = any(st.feature == f"image.{name}" for st in self.stats)  # this run (for another title field)
+            if name != self.encoder(self.settings.image).name and not done:
                 self.encode_media(products, S.IMAGE, {"name": name, "args": {}}, S.IMAGE_MODALITY)
             if not self.store.exists(f"image.{name}"):
                 return None
