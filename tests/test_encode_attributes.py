@@ -204,3 +204,15 @@ def test_a_put_product_is_indexed_with_its_photo_colour(encoded, tiny_fashion):
     assert idx.lex_text["title"][new] == f"{sparse} red" == idx.lex_text["title"][idx.row_of[pid]]
     rows, _ = idx.lexical["title"].score(idx.lexical["title"].query_terms("red")).arrays()
     assert new in set(rows.tolist())
+
+
+def test_settings_signature_is_unchanged_while_the_head_is_off():
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from fusionrank.encode import settings_signature
+
+    before = {k: v for k, v in asdict(EncodeSettings()).items() if k != "attributes"}  # the settings as they were
+    assert settings_signature(EncodeSettings()) == hashlib.sha1(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert settings_signature(EncodeSettings(attributes=HEAD)) != settings_signature(EncodeSettings())

@@ -432,8 +432,9 @@ class Encoding:
 
 
 def settings_signature(settings: EncodeSettings) -> str:
-    """A short hash of every encode setting."""
-    return hashlib.sha1(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short hash of every encode setting (an attribute head left off does not count: signatures stay as before it)."""
+    d = {k: v for k, v in asdict(settings).items() if not (k == "attributes" and v is None)}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def catalog_digest(products: pd.DataFrame, text_fields: Sequence[str] = ()) -> str:
