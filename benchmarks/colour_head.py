@@ -158,7 +158,9 @@ def main() -> None:
     sp = [r for r in rows if r["title field"] == "title_sparse"]
     md = ["# Photo colour head on fashion44k (`benchmarks/colour_head.py`)\n",
           f"Head: `{json.dumps(head)}` (defaults otherwise: inputs EfficientNet-Lite0 + colour histogram). "
-          f"Encode job (histograms, two heads, photo colours): {encode_s:.0f} s on a shared 2-core machine.\n",
+          f"Encode job this run: {encode_s:.0f} s on a shared 2-core machine, "
+          f"{sum(j['encoded'] for j in summary['jobs']):,} items encoded"
+          f"{' (everything cached: heads and photo colours of an earlier run)' if not any(j['encoded'] for j in summary['jobs']) else ''}.\n",
           "Rows per threshold are what the head would give at that threshold; the job itself uses the head's own threshold.\n",
           md_table(rows)]
     if rank:

@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--train-queries", type=int, default=1500)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--max-seconds", type=float, default=150)
+    ap.add_argument("--seed", type=int, default=None, help="the rankers' seed (default: the config's); the query split stays the config's")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "colour_head_rankers"))
     args = ap.parse_args()
     t_all = time.perf_counter()
@@ -59,6 +60,8 @@ def main() -> None:
     for expanded in (False, True):
         cfg = base.model_copy(deep=True)
         cfg.modalities = ["text", "image"]
+        if args.seed is not None:
+            cfg.seed = args.seed  # the ranker's initialisation and shuffling (the query sample was drawn above)
         if expanded:
             cfg.encoders["attributes"] = Block(name="colour_head", args=json.loads(args.head_args))
         t0 = time.perf_counter()
@@ -86,7 +89,7 @@ def main() -> None:
     cols = list(rows[0])
     md = [f"# Photo colour expansion and the title -> title_sparse drop (`benchmarks/colour_head_rankers.py`)\n",
           f"{len(tq)} training queries per variant x 2 variants, {len(vq)} validation queries per variant, epochs <= {args.epochs}, "
-          f"{args.max_seconds:.0f} s cap per model; config {Path(args.config).name} with modalities text (+ image); head "
+          f"{args.max_seconds:.0f} s cap per model; ranker seed {args.seed if args.seed is not None else base.seed}; config {Path(args.config).name} with modalities text (+ image); head "
           f"`{args.head_args}`; {time.perf_counter() - t_all:.0f} s in all on a shared 2-core machine.\n",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     Path(args.out + ".md").write_text("\n".join(md) + "\n")
