@@ -25,7 +25,6 @@ import numpy as np
 from .. import schema as S
 from ..encode import EncodeSettings
 from ..encoders import Encoder, build_encoder, fold_of
-from ..encoders.attributes import colour_head_dir, title_colour
 from ..errors import FusionrankError, RowError
 from ..ingest.validate import validate_product
 from ..modalities import MODALITIES, modality
@@ -55,6 +54,8 @@ class ProductEncoder:
                     d = self.store_dir / "models" / f"image_projection.{self.title_field}" if self.store_dir else None
                     self._enc[key] = Encoder.load(d) if d is not None and (d / "config.json").exists() else None
                 elif key == "attributes":  # the colour head the catalogue's photo colours came from
+                    from ..encoders.attributes import colour_head_dir
+
                     d = colour_head_dir(self.store_dir, self.title_field) if self.store_dir and s.attributes else None
                     self._enc[key] = Encoder.load(d) if d is not None and (d / "config.json").exists() else None
                 else:
@@ -149,6 +150,8 @@ class ProductEncoder:
         """The colour the photo shows, by the catalogue's colour head, for a title that states none (as
         ``fusionrank encode`` gives catalogue products); None without a head, for a title that states a colour,
         or when the head abstains."""
+        from ..encoders.attributes import title_colour
+
         if not self.settings.attributes:
             return None
         head = self._encoder("attributes")
