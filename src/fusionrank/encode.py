@@ -7,6 +7,7 @@ Jobs, in order (each only encodes products whose content hash changed):
 3. spoken descriptions -> Whisper transcripts -> MiniLM, and log-mel/MFCC statistics;
 4. the image->text projection, trained once per title field on the catalogue's own
    (title, photo) pairs and saved under ``<store>/models/``, applied to every photo;
+   with ``attributes`` set, the photo colour head per title field (``photo_colour.<title field>``);
 5. optional PCA of chosen features.
 
 Feature names in the store are ``<source>.<encoder>``, e.g. ``title.minilm``,
@@ -63,6 +64,8 @@ class EncodeSettings:
     pca: dict | None = None  # e.g. {"features": ["image.efficientnet_lite0"], "n_components": 128}
     batch_size: dict = field(default_factory=lambda: {"text": 256, "image": 64, "audio": 24, "projection": 4096})
     refit_projection: bool = False
+    # visual attribute head (e.g. {"name": "colour_head", "args": {}}), one per title field of projection_fields: off by default
+    attributes: dict | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncodeSettings":
@@ -327,6 +330,75 @@ class Encoding:
         return self.run_job(f"image_proj.{title_field}", S.IMAGE_MODALITY, proj, pids, items, hashes,
                             self.settings.batch_size["projection"], inputs=inputs_digest(pids, keys))
 
+    def head_inputs(self, products: pd.DataFrame, inputs: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[str, str]] | None:
+        """The photo features an attribute head reads: the store features ``image.<name>`` of its ``inputs`` side by
+        side (encoding those that are not the configured image encoder's here), as ``(features, mask, key)`` with
+        ``key[product]`` the joined hashes of its input rows; None when the image features are not in the store."""
+        ids = products[S.PRODUCT_ID].tolist()
+        mats, mask, hashes = [], np.ones(len(ids), bool), []
+        for name in inputs:
+            done = any(st.feature == f"image.{name}" for st in self.stats)  # this run (for another title field)
+            if name != self.encoder(self.settings.image).name and not done:
+                self.encode_media(products, S.IMAGE, {"name": name, "args": {}}, S.IMAGE_MODALITY)
+            if not self.store.exists(f"image.{name}"):
+                return None
+            M, m = self.store.matrix(f"image.{name}", ids)
+            mats.append(M)
+            mask &= m
+            hashes.append(self.store.hashes(f"image.{name}"))
+        key = {p: "|".join(h[p] for h in hashes) for p, m in zip(ids, mask) if m}
+        return np.hstack(mats), mask, key
+
+    def photo_attributes(self, products: pd.DataFrame, title_field: str) -> JobStats | None:
+        """The colour head of ``title_field`` (:class:`~fusionrank.encoders.attributes.ColourHead`), trained on the photos of
+        the products whose title *in that field* states exactly one colour, and its colour for the photo of every product
+        whose title in that field states none: store feature ``photo_colour.<title field>`` ("" where it abstains).
+
+        The head is saved under ``<store>/models/colour_head.<title field>`` and refitted when its settings or its
+        training set (photo hashes and colours) change.
+        """
+        from .encoders.attributes import ColourHead, colour_head_dir, photo_colour_feature, title_colour
+
+        spec = self.settings.attributes
+        if spec is None:
+            return None
+        feature = photo_colour_feature(title_field)
+        wanted = build_encoder(spec["name"], **spec.get("args", {}))
+        if not isinstance(wanted, ColourHead):
+            raise FusionrankError(f"encode setting attributes: {spec['name']!r} is not an attribute head; valid: {ColourHead.name}")
+        ids = products[S.PRODUCT_ID].tolist()
+        inputs = self.head_inputs(products, wanted.inputs)
+        if inputs is None:
+            return None
+        X, xm, img_hashes = inputs
+        colour = [title_colour(t) for t in indexed_titles(products, title_field)]  # this field only, never another
+        train = [i for i, c in enumerate(colour) if xm[i] and c]  # exactly one colour ("" none, None several)
+        digest = inputs_digest([img_hashes[ids[i]] for i in train], [colour[i] for i in train])
+        model_dir = colour_head_dir(self.store.root, title_field)
+        saved = Encoder.load(model_dir) if (model_dir / "config.json").exists() else None
+        if saved is not None and saved.config() == wanted.config() and getattr(saved, "trained_on_", None) == digest:
+            head = saved
+        else:
+            t0 = time.perf_counter()
+            try:
+                head = wanted.fit(X[train], [colour[i] for i in train])
+            except FusionrankError as e:
+                self.log(f"colour head ({title_field}): {e}; skipped")
+                self.skipped[feature] = str(e)
+                return None
+            head.trained_on_ = digest
+            head.save(model_dir)
+            h = head.history_
+            self.log(f"trained colour head ({title_field}) on {h['examples']} photos, {h['classes']} colours, in "
+                     f"{time.perf_counter() - t0:.1f} s; held-out accuracy {h.get('held_out_accuracy', float('nan')):.3f}, "
+                     f"coverage {h.get('held_out_coverage', float('nan')):.3f} at precision {h.get('held_out_precision', float('nan')):.3f}")
+        sig = head.signature()
+        sel = [i for i, c in enumerate(colour) if xm[i] and c == ""]
+        pids = [ids[i] for i in sel]
+        keys = [img_hashes[p] for p in pids]
+        return self.run_job(feature, S.IMAGE_MODALITY, head, pids, list(X[sel]), [text_hash(k, sig) for k in keys],
+                            self.settings.batch_size["projection"], inputs=inputs_digest(pids, keys))
+
     def transcripts(self, products: pd.DataFrame) -> JobStats | None:
         if self.settings.transcriber is None:
             return None
@@ -360,8 +432,9 @@ class Encoding:
 
 
 def settings_signature(settings: EncodeSettings) -> str:
-    """A short hash of every encode setting."""
-    return hashlib.sha1(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short hash of every encode setting (an attribute head left off does not count: signatures stay as before it)."""
+    d = {k: v for k, v in asdict(settings).items() if not (k == "attributes" and v is None)}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def catalog_digest(products: pd.DataFrame, text_fields: Sequence[str] = ()) -> str:
@@ -459,6 +532,9 @@ def encode_catalog(products: pd.DataFrame, store_dir: str | Path, settings: Enco
             run.encode_media(products, S.IMAGE, settings.image, S.IMAGE_MODALITY)
             for tf in settings.projection_fields:
                 run.projection(products, tf)
+            if settings.attributes is not None:
+                for tf in settings.projection_fields:
+                    run.photo_attributes(products, tf)
         if S.AUDIO_MODALITY in modalities:
             run.transcripts(products)
             if settings.audio_features:

@@ -200,13 +200,21 @@ class ExperimentConfig(BaseModel):
         nothing new is transcribed) the default one's, whose earlier transcripts are still read."""
         return (self._encoder("transcriber") or EncodeSettings().transcriber)["name"]
 
+    @property
+    def photo_attributes(self) -> bool:
+        """Whether the photo's colour expands titles that state none (an ``[encoders.attributes]`` block, off by default)."""
+        return "attributes" in self.encoders and self._encoder("attributes") is not None
+
     def encoded_modalities(self) -> list[str]:
-        """Modalities the store must hold: text always (candidates use it), image and audio if the model ranks them."""
-        return ["text"] + [m for m in ("image", "audio") if m in self.modalities]
+        """Modalities the store must hold: text always (candidates use it), image and audio if the model ranks them
+        (image also for the photo colour head)."""
+        return ["text"] + [m for m in ("image", "audio") if m in self.modalities or (m == "image" and self.photo_attributes)]
 
     def encode_settings(self, extra_title_fields=()) -> EncodeSettings:
         d: dict[str, Any] = {k: self._encoder(k) for k in ("text", "image", "transcriber", "audio_features", "projection")
                              if k in self.encoders}
+        if self.photo_attributes:  # `[encoders.attributes]`: the photo colour head, per title field
+            d["attributes"] = self._encoder("attributes")
         fields = sorted({S.TITLE, *self.data.train_title_fields, self.data.title_field, *extra_title_fields})
         d["projection_fields"] = tuple(fields)
         d["text_fields"] = tuple(dict.fromkeys([*fields, S.DESCRIPTION]))
@@ -218,7 +226,8 @@ class ExperimentConfig(BaseModel):
         ``table_dtype`` the ``[index]`` table storage."""
         vectors = self.vectors if codec is None else self.vectors.model_copy(update={"codec": codec})
         return CatalogConfig(title_field=title_field or self.data.title_field, candidates=self.candidates, bm25=self.bm25,
-                             ann=vectors, table_dtype=table_dtype or self.index.table_dtype)
+                             ann=vectors, table_dtype=table_dtype or self.index.table_dtype,
+                             photo_attributes=self.photo_attributes)
 
     def build_ranker(self):
         """An unfitted ranker of the kind ``[scorer]`` selects (:data:`~fusionrank.rankers.RANKERS`)."""

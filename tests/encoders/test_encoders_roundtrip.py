@@ -199,3 +199,35 @@ def test_not_fitted(enc, call, tmp_path):
     assert isinstance(ei.value, ValueError)  # sklearn-style: callers catching ValueError still work
     with pytest.raises(NotFittedError):
         enc.save(tmp_path / "unfitted")
+
+
+# --- visual attribute heads and the photo features they read -----------------------------------------------------
+EXPECTED |= {"colour_head", "colour_histogram"}
+
+
+def test_colour_histogram_roundtrip(tmp_path, make_jpeg):
+    from fusionrank.encoders import ColourHistogram
+
+    paths = [str(make_jpeg(tmp_path / f"c{k}.jpg", c, size=(30, 40), pattern=k + 1))
+             for k, c in enumerate([(200, 30, 30), (20, 40, 200)])]
+    enc = ColourHistogram(resolution=32)
+    v = _roundtrip(enc, tmp_path, paths, _allclose)
+    assert v.shape == (2, enc.dim) and not np.allclose(v[0], v[1])
+    assert ColourHistogram(hue_bins=6).signature() != enc.signature()
+
+
+def test_colour_head_roundtrip(tmp_path):
+    from fusionrank.encoders import ColourHead
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 6, dtype=np.float32) * 3
+    X = np.concatenate([c + 0.3 * rng.standard_normal((30, 6)).astype(np.float32) for c in centres])
+    enc = ColourHead(min_examples=5, C=1.0).fit(X, ["red"] * 30 + ["blue"] * 30 + ["black"] * 30)
+
+    def same(a, b):
+        assert a == b and all(isinstance(t, str) for t in a)
+
+    out = _roundtrip(enc, tmp_path, list(X[::15]), same)
+    assert set(out) <= {"red", "blue", "black", ""} and "red" in out
+    with pytest.raises(NotFittedError):
+        ColourHead().save(tmp_path / "unfitted")

@@ -21,7 +21,7 @@ TIMINGS = {"understand_ms", "encode_ms", "retrieve_ms", "features_ms", "rank_ms"
 GROUPS = list(MODALITY_NAMES)
 # what a hit holds: the records the HTTP service returns
 HIT_KEYS = {"rank", "product_id", "score", "title", "category", "brand", "color", "image_url", "audio_url", "transcript",
-            "modalities", "contributions", "weights", "matched_terms", "features"}
+            "modalities", "contributions", "weights", "matched_terms", "matched_from_photo", "features"}
 # queries as people type them: case, punctuation, outer spaces
 MESSY = ["RED Shirt!!", "  nike, men's SHOES ", "t-shirt (black)"]
 UNKNOWN_JEWELLERY = "unknown category 'Jewellery'; valid: Accessories, Apparel, Footwear"

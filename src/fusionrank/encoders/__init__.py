@@ -9,3 +9,9 @@ from .text import BM25Encoder, MiniLMEncoder, TfidfEncoder
 __all__ = ["ENCODERS", "Encoder", "EncodeOutcome", "ItemError", "build_encoder", "encode_safely",
            "MiniLMEncoder", "BM25Encoder", "TfidfEncoder", "EfficientNetLite0Encoder", "ImageTextProjection", "fold_of",
            "WhisperTranscriber", "LogMelStats", "PCAReducer"]
+
+# visual attribute heads and the photo features they read (registration)
+from . import attributes  # noqa: E402,F401
+from .attributes import ColourHead, ColourHistogram  # noqa: E402
+
+__all__ += ["ColourHead", "ColourHistogram"]

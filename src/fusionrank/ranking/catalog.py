@@ -66,14 +66,45 @@ class CatalogConfig(BaseModel):
     ann: VectorConfig = Field(default_factory=VectorConfig)
     # how the ranker's embedding tables are stored (read as float32 either way): float16 halves their memory
     table_dtype: Literal[tuple(TABLE_DTYPES)] = "float32"  # type: ignore[valid-type]
+    # append the colour read from the photo to the indexed title of a product whose title states none
+    # (store feature photo_colour.<title field>, `[encoders.attributes]`); off: titles as they are
+    photo_attributes: bool = False
 
 
-def lexical_texts(titles: Sequence[str], descriptions: Sequence[str | None], transcripts: Sequence[str | None]
-                  ) -> dict[str, list[str]]:
-    """What each BM25 field indexes: the text modality's field holds the title plus the description (when there
-    is one), the audio modality's field the transcript."""
-    return {modality("text").lexical: [t if not d else f"{t} {d}" for t, d in zip(titles, descriptions)],
+def lexical_texts(titles: Sequence[str], descriptions: Sequence[str | None], transcripts: Sequence[str | None],
+                  photo_colours: Sequence[str | None] | None = None) -> dict[str, list[str]]:
+    """What each BM25 field indexes: the text modality's field holds the title, the colour read from the photo
+    (``photo_colours``, the colour head's expansion of a title that states none; when there is one) and the
+    description (when there is one), the audio modality's field the transcript."""
+    photo = [None] * len(titles) if photo_colours is None else photo_colours
+    if len(photo) != len(titles):
+        raise FusionrankError(f"lexical_texts: {len(photo)} photo colours for {len(titles)} titles")
+    titled = [f"{t} {c}" if c else t for t, c in zip(titles, photo)]
+    return {modality("text").lexical: [t if not d else f"{t} {d}" for t, d in zip(titled, descriptions)],
             modality("audio").lexical: [t or "" for t in transcripts]}
+
+
+def photo_colours(store, ids: Sequence[str], title_field: str, log=print) -> list[str | None]:
+    """Per product, the colour its photo shows as the store's ``photo_colour.<title field>`` holds it (None where the
+    title states a colour, the product has no photo or the head abstained).
+
+    A store without the feature is an error naming the command that builds it, unless its last encode recorded why
+    it could not (then no product is expanded).
+    """
+    from ..encode import read_manifest
+    from ..encoders.attributes import photo_colour_feature
+
+    feat = photo_colour_feature(title_field)
+    if not store.exists(feat):
+        why = read_manifest(store.root).get("skipped", {}).get(feat)
+        if why:
+            log(f"no photo colours for {title_field}: {why.get('reason', why)}")
+            return [None] * len(ids)
+        raise FusionrankError(f"the embedding store at {store.root} has no {feat!r} feature (photo attributes are on); "
+                              f"prepare it with `fusionrank encode CATALOG --store {store.root} --config CONFIG` "
+                              f"with [encoders.attributes] in CONFIG")
+    m = store.text_map(feat)
+    return [m.get(i) or None for i in ids]
 
 
 class CatalogTables:
@@ -224,7 +255,8 @@ class CatalogTables:
         records[INDEXED_TITLE] = titles
         records[TRANSCRIPT_TEXT] = transcripts
         desc = [d if isinstance(d, str) else "" for d in col(S.DESCRIPTION)]
-        return cls.build(records, lexical_texts(titles, desc, transcripts), emb, mask, config, log)
+        photo = photo_colours(store, ids, config.title_field, log) if config.photo_attributes else None
+        return cls.build(records, lexical_texts(titles, desc, transcripts, photo), emb, mask, config, log)
 
     def dense_tables(self) -> list[str]:
         return [s.split(":", 1)[1] for s in self.config.candidates.sources if s.startswith("dense:")]

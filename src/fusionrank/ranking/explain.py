@@ -7,7 +7,8 @@
   ranker re-scoring the candidate as if the product lacked that modality (fusion
   renormalises over the rest, exactly as for a product that really lacks it);
 - the fusion weights the ranker applied (gated and weighted-sum fusion);
-- the query terms each BM25 field matched, and the features themselves.
+- the query terms each BM25 field matched (and which of the title field's came from the photo,
+  ``matched_from_photo``), and the features themselves.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .. import schema as S
 from ..encoders.text import tokenize
-from ..modalities import LEXICAL_FIELDS, SCALAR_FEATURES
+from ..modalities import LEXICAL_FIELDS, SCALAR_FEATURES, modality
 from .catalog import INDEXED_TITLE, TRANSCRIPT_TEXT
 from .features import Slates
 from .stage import Stage
@@ -84,6 +85,15 @@ def occlusion_contributions(ranker, slates: Slates, tables) -> np.ndarray:
     return out
 
 
+def photo_terms(record: dict[str, Any], matched: dict[str, list[str]]) -> list[str]:
+    """The matched terms of the title's BM25 field that came from the photo (the colour head's expansion,
+    :func:`~fusionrank.ranking.catalog.lexical_texts`): in that field's text but in neither the indexed title nor
+    the description."""
+    field = modality("text").lexical
+    own = set(tokenize(str(record.get(INDEXED_TITLE) or record.get(S.TITLE) or ""))) | set(tokenize(str(record.get(S.DESCRIPTION) or "")))
+    return [t for t in matched.get(field, []) if t not in own]
+
+
 class Explainer:
     """Result records of the top ``k`` of one query (``b``) of a :class:`Scored` batch."""
 
@@ -117,7 +127,9 @@ class Explainer:
                 "contributions": {g: float(contrib[rank, j]) for j, g in enumerate(groups)} if contrib is not None else {},
                 "weights": ({g: float(scored.weights[b, i, j]) for j, g in enumerate(groups)}
                             if scored.weights is not None else {}),
-                "matched_terms": {f: sorted(q_terms & set(tokenize(str(cat.lex_text[f][row] or "")))) for f in LEXICAL_FIELDS},
+                "matched_terms": (matched := {f: sorted(q_terms & set(tokenize(str(cat.lex_text[f][row] or ""))))
+                                              for f in LEXICAL_FIELDS}),
+                "matched_from_photo": photo_terms(rec, matched),
                 "features": {f: float(sl.x[b, i, j]) for j, f in enumerate(SCALAR_FEATURES)},
             })
         return out

@@ -5,7 +5,10 @@
 by the ingest validator (the id must come out of it unchanged: ids are stored exactly as
 given or refused; unknown fields are kept as ``attributes``), then its title is embedded with MiniLM, its photo with
 EfficientNet-Lite0 and the catalogue's trained image->text projection, and its
-spoken description transcribed by Whisper and embedded. Encoders load on first use.
+spoken description transcribed by Whisper and embedded. With photo attributes configured
+(``[encoders.attributes]``), a title that states no colour gets the colour the catalogue's
+colour head reads from the photo appended to its BM25 title text, as ``fusionrank encode``
+gives catalogue products. Encoders load on first use.
 
 Media paths must lie under the allowed roots (:class:`~fusionrank.serving.media.MediaRoots`)
 and decode fully, whether or not an encoder uses them; see :mod:`fusionrank.serving.media`.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -49,6 +52,11 @@ class ProductEncoder:
                 s = self.settings
                 if key == "projection":
                     d = self.store_dir / "models" / f"image_projection.{self.title_field}" if self.store_dir else None
+                    self._enc[key] = Encoder.load(d) if d is not None and (d / "config.json").exists() else None
+                elif key == "attributes":  # the colour head the catalogue's photo colours came from
+                    from ..encoders.attributes import colour_head_dir
+
+                    d = colour_head_dir(self.store_dir, self.title_field) if self.store_dir and s.attributes else None
                     self._enc[key] = Encoder.load(d) if d is not None and (d / "config.json").exists() else None
                 else:
                     spec = {"text": s.text, "image": s.image, "transcriber": s.transcriber}[key]
@@ -86,19 +94,29 @@ class ProductEncoder:
         t0 = time.perf_counter()
         text, image, audio = (modality(m).table for m in ("text", "image", "audio"))
         vectors: dict[str, np.ndarray | None] = {text: self._encoder("text").encode([indexed])[0], image: None, audio: None}
-        transcript = None
+        transcript = photo_colour = None
         if p[S.IMAGE]:
             path = p[S.IMAGE] = self._local_file(p[S.IMAGE], S.IMAGE)
             proj = self._encoder("projection")
+            features: dict[str, np.ndarray] = {}  # per image encoder, the photo's features: computed once
+
+            def photo_features(name: str | None = None) -> np.ndarray:
+                """``(1, d)`` features of the photo by the image encoder ``name`` (None: the configured one)."""
+                enc = self._encoder("image") if name in (None, self.settings.image["name"]) else self._named(name)
+                if enc.name not in features:
+                    try:
+                        features[enc.name] = enc.encode([path])
+                    except Exception as e:
+                        raise ProductInputError(f"{S.IMAGE}: cannot decode the photo ({type(e).__name__})") from None
+                return features[enc.name]
+
             if proj is None:
                 report["image"] = "not encoded: no image->text projection was trained for this catalogue"
             else:
-                try:
-                    x = self._encoder("image").encode([path])
-                except Exception as e:
-                    raise ProductInputError(f"{S.IMAGE}: cannot decode the photo ({type(e).__name__})") from None
+                x = photo_features()
                 # a cross-fitted projection: the model of the title's fold, as for the catalogue's products
                 vectors[image] = proj.encode([(fold_of(indexed, proj.folds), x[0])] if proj.cross_fitted else x)[0]
+            photo_colour = self._photo_colour(photo_features, indexed, report)
         if p[S.AUDIO]:
             path = p[S.AUDIO] = self._local_file(p[S.AUDIO], S.AUDIO)
             tr = self._encoder("transcriber")
@@ -117,5 +135,31 @@ class ProductEncoder:
         record = {S.PRODUCT_ID: p[S.PRODUCT_ID], S.TITLE: title, INDEXED_TITLE: indexed, S.DESCRIPTION: p.get(S.DESCRIPTION),
                   S.BRAND: p.get(S.BRAND), S.COLOR: p.get(S.COLOR), S.CATEGORY: p.get(S.CATEGORY), S.IMAGE: p[S.IMAGE],
                   S.AUDIO: p[S.AUDIO], TRANSCRIPT_TEXT: transcript}
-        lex = {f: v[0] for f, v in lexical_texts([indexed], [desc], [transcript]).items()}
+        lex = {f: v[0] for f, v in lexical_texts([indexed], [desc], [transcript], [photo_colour]).items()}
         return record, lex, vectors, report
+
+    def _named(self, name: str) -> Encoder:
+        """An encoder by registry name with its default arguments (an attribute head's photo features), built once."""
+        with self._lock:
+            key = f"named:{name}"
+            if key not in self._enc:
+                self._enc[key] = build_encoder(name)
+            return self._enc[key]
+
+    def _photo_colour(self, photo_features: Callable[[str], np.ndarray], indexed: str, report: dict[str, Any]) -> str | None:
+        """The colour the photo shows, by the catalogue's colour head, for a title that states none (as
+        ``fusionrank encode`` gives catalogue products); None without a head, for a title that states a colour,
+        or when the head abstains."""
+        from ..encoders.attributes import title_colour
+
+        if not self.settings.attributes:
+            return None
+        head = self._encoder("attributes")
+        if head is None:
+            report["photo_colour"] = "not read: no colour head was trained for this catalogue"
+            return None
+        if title_colour(indexed) != "":
+            return None
+        colour = head.encode(np.hstack([photo_features(name) for name in head.inputs]))[0] or None
+        report["photo_colour"] = colour
+        return colour
