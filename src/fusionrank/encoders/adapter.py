@@ -213,6 +213,8 @@ class MiniLMAdapter(Encoder):
 
         if valid is not None:
             self.history_.append({"epoch": -1, "valid_recall@10": valid.recall(self.adapt)})
+            if log:
+                log(f"minilm_adapter untrained (MiniLM): valid_recall@10 {self.history_[-1]['valid_recall@10']:.4f}")
         for ep in range(self.epochs):
             batches = [(k, order[i:i + self.batch_size]) for k, (p, *_) in enumerate(tensors)
                        for order in [rng.permutation(len(p))] for i in range(0, len(p), self.batch_size)]
