@@ -123,3 +123,29 @@ def test_judged_positives_read_only_the_given_queries():
                           "grade": [3, 2, 3, 3, 3]})
     qi, rows = judged_positives(queries, qrels, {"p1": 0, "p2": 1, "p3": 2}, max_positives=8, seed=0)
     assert sorted(zip(qi, rows)) == [(0, 0), (1, 2)]  # grade 3 only, dev1 never read, p4 not in the catalogue
+
+
+def test_a_product_put_to_the_service_gets_the_catalogues_adapted_vectors(adapter_model, tiny_fashion):
+    """PUT /products: title and projected photo mapped by the model's adapter, as the store's rows were."""
+    from fusionrank import schema as S
+    from fusionrank.ingest import Catalog
+    from fusionrank.modeldir import ModelDir
+    from fusionrank.serving.products import ProductEncoder
+    from fusionrank.store import EmbeddingStore
+
+    out, _, _ = adapter_model
+    md = ModelDir.open(out)
+    config = md.config()
+    cat_dir, store_dir = md.catalog_location()
+    products = Catalog.load(cat_dir).products
+    store = EmbeddingStore(store_dir)
+    ids = products[S.PRODUCT_ID].astype(str).tolist()
+    T, _ = store.matrix("title.minilm_adapter", ids)
+    P, pm = store.matrix("image_proj.title.minilm_adapter", ids)
+    i = int(np.flatnonzero(pm)[0])
+    row = products.iloc[i]
+    pe = ProductEncoder(S.TITLE, config.encode_settings(), store_dir, media_dirs=[str(tiny_fashion.root)],
+                        text_encoder=config.text_encoder_spec)
+    _, _, vectors, _ = pe.encode({S.PRODUCT_ID: "new-1", S.TITLE: row[S.TITLE], S.IMAGE: row[S.IMAGE]})
+    np.testing.assert_allclose(vectors["title"], T[i], atol=1e-5)
+    np.testing.assert_allclose(vectors["image_proj"], P[i], atol=1e-4)  # the photo is decoded and encoded again
