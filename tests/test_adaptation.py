@@ -35,11 +35,13 @@ def adapter_model(tiny_workspace, tiny_fashion, tmp_path_factory):
 
 
 def test_config_encodes_the_base_and_rejects_unknown_names(tiny_fashion):
+    from fusionrank.encode import EncodeSettings
     from fusionrank.experiment import ExperimentConfig
 
     cfg = ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, encoders={"text": ADAPTER}))
     assert cfg.text_encoder_name == "minilm_adapter"
     assert cfg.encode_settings().text == {"name": "minilm", "args": {}}  # encode caches MiniLM's vectors
+    assert EncodeSettings(text={"name": "minilm_adapter", "args": {"epochs": 1}}).text == {"name": "minilm", "args": {}}
     assert "state" not in cfg.text_encoder_spec
     assert cfg.with_text_encoder_state("/x").text_encoder_spec["state"] == "/x"
     assert "state" not in cfg.with_text_encoder_state("/x").model_dump(mode="json")["encoders"]["text"]

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema as S
-from .encoders import Encoder, ImageTextProjection, build_encoder, fold_of
+from .encoders import Encoder, ImageTextProjection, base_encoder, build_encoder, fold_of
 from .engine import Engine, get_engine
 from .errors import FusionrankError
 from .settings import get_settings
@@ -63,6 +63,13 @@ class EncodeSettings:
     pca: dict | None = None  # e.g. {"features": ["image.efficientnet_lite0"], "n_components": 128}
     batch_size: dict = field(default_factory=lambda: {"text": 256, "image": 64, "audio": 24, "projection": 4096})
     refit_projection: bool = False
+
+    def __post_init__(self) -> None:
+        # a text encoder derived from another (minilm_adapter maps MiniLM's vectors) is trained with a model, and its
+        # store features are derived from its base's (fusionrank.adaptation): encode stores the base's vectors
+        base = base_encoder(self.text["name"]) if self.text else None
+        if base is not None:
+            self.text = {"name": base, "args": {}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncodeSettings":

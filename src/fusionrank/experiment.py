@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from . import schema as S
 from .encode import EncodeSettings
-from .encoders import base_encoder
 from .errors import FusionrankError
 from .adaptation import fit_text_encoder
 from .ingest import Catalog, split_queries
@@ -216,8 +215,6 @@ class ExperimentConfig(BaseModel):
     def encode_settings(self, extra_title_fields=()) -> EncodeSettings:
         d: dict[str, Any] = {k: self._encoder(k) for k in ("text", "image", "transcriber", "audio_features", "projection")
                              if k in self.encoders}
-        if d.get("text") and base_encoder(d["text"]["name"]):  # a derived encoder: the store holds its base's vectors
-            d["text"] = {"name": base_encoder(d["text"]["name"]), "args": {}}
         fields = sorted({S.TITLE, *self.data.train_title_fields, self.data.title_field, *extra_title_fields})
         d["projection_fields"] = tuple(fields)
         d["text_fields"] = tuple(dict.fromkeys([*fields, S.DESCRIPTION]))

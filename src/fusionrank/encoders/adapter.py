@@ -216,9 +216,12 @@ class MiniLMAdapter(Encoder):
             fwd = logits
             tgt_fwd = target
             if p.negatives is not None and p.negatives.shape[1]:
-                neg = amap(pool[torch.from_numpy(p.negatives[idx])])          # (B, h, d)
-                fwd = torch.cat([logits, torch.einsum("bd,bhd->bh", a, neg) / self.temperature], 1)
-                tgt_fwd = torch.cat([target, torch.zeros(len(idx), neg.shape[1])], 1)
+                raw = pool[torch.from_numpy(p.negatives[idx])]                 # (B, h, d)
+                neg_logits = torch.einsum("bd,bhd->bh", a, amap(raw)) / self.temperature
+                # a "negative" with the positive's very vector (a duplicate title nobody judged) is no negative
+                neg_logits = neg_logits.masked_fill(torch.einsum("bd,bhd->bh", R[idx], raw) > 0.999, -1e4)
+                fwd = torch.cat([logits, neg_logits], 1)
+                tgt_fwd = torch.cat([target, torch.zeros_like(neg_logits)], 1)
             return 0.5 * (F.cross_entropy(fwd, tgt_fwd) + F.cross_entropy(logits.T, target))  # `same` is symmetric
 
         if valid is not None:
