@@ -151,3 +151,20 @@ def test_a_product_put_to_the_service_gets_the_catalogues_adapted_vectors(adapte
     _, _, vectors, _ = pe.encode({S.PRODUCT_ID: "new-1", S.TITLE: row[S.TITLE], S.IMAGE: row[S.IMAGE]})
     np.testing.assert_allclose(vectors["title"], T[i], atol=1e-5)
     np.testing.assert_allclose(vectors["image_proj"], P[i], atol=1e-4)  # the photo is decoded and encoded again
+
+
+def test_hard_negatives_come_from_the_top_of_both_retrievers_and_skip_judged_products():
+    from fusionrank.adaptation import hard_negatives
+    from fusionrank.encoders.adapter import l2_normalise
+
+    rng = np.random.default_rng(0)
+    titles = ["red shirt", "red dress", "blue jeans", "black watch", "green scarf", "red shirt cotton", "white socks", "brown belt"]
+    vecs = l2_normalise(rng.normal(size=(len(titles), 384)))
+    q = l2_normalise(vecs[3:4] + 0.01 * rng.normal(size=(1, 384)))  # densely next to "black watch"
+    out = hard_negatives(q, ["red shirt"], titles, vecs, relevant=[{0}], depth=2, n=20, seed=0)
+    assert out.shape == (1, 20)
+    # depth 2: MiniLM's top two (3, black watch, and one more) and BM25's ("red shirt" judged, "red shirt cotton")
+    got = set(out[0].tolist())
+    assert {3, 5} <= got and 0 not in got and len(got) <= 3
+    none = hard_negatives(q, ["red shirt"], titles, vecs, relevant=[set(range(len(titles)))], depth=3, n=2, seed=0)
+    assert (none == -1).all()  # every candidate judged relevant: no negative
