@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema as S
-from .encoders import Encoder, ImageTextProjection, build_encoder, fold_of
+from .encoders import Encoder, ImageTextProjection, base_encoder, build_encoder, fold_of
 from .engine import Engine, get_engine
 from .errors import FusionrankError
 from .settings import get_settings
@@ -66,6 +66,13 @@ class EncodeSettings:
     refit_projection: bool = False
     # visual attribute head (e.g. {"name": "colour_head", "args": {}}), one per title field of projection_fields: off by default
     attributes: dict | None = None
+
+    def __post_init__(self) -> None:
+        # a text encoder derived from another (minilm_adapter maps MiniLM's vectors) is trained with a model, and its
+        # store features are derived from its base's (fusionrank.adaptation): encode stores the base's vectors
+        base = base_encoder(self.text["name"]) if self.text else None
+        if base is not None:
+            self.text = {"name": base, "args": {}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncodeSettings":

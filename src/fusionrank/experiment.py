@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from . import schema as S
 from .encode import EncodeSettings
 from .errors import FusionrankError
+from .adaptation import fit_text_encoder
 from .ingest import Catalog, split_queries
 from .metrics import evaluate as eval_metrics
 from .metrics import ideal_dcg_by_query
@@ -186,9 +187,19 @@ class ExperimentConfig(BaseModel):
         b = self.encoders[key]
         return None if b is None or b.name.lower() in ("none", "off") else b.model_dump()
 
+    # where the trained text encoder (minilm_adapter) is saved: set by training and by ModelDir.config, never in a file
+    _text_encoder_state: str | None = PrivateAttr(default=None)
+
+    def with_text_encoder_state(self, directory: str | Path) -> "ExperimentConfig":
+        """This config, reading its trained text encoder from ``directory`` (``Encoder.save``)."""
+        c = self.model_copy()
+        c._text_encoder_state = str(directory)
+        return c
+
     @property
     def text_encoder_spec(self) -> dict:
-        return self._encoder("text") or {"name": "minilm", "args": {}}
+        spec = self._encoder("text") or {"name": "minilm", "args": {}}
+        return spec | ({"state": self._text_encoder_state} if self._text_encoder_state else {})
 
     @property
     def text_encoder_name(self) -> str:
@@ -344,6 +355,7 @@ def train(config: ExperimentConfig, out_dir: str | Path, config_path: Path | Non
     engine.check(ranker)  # before the (long) preparation
     md = ModelDir(out_dir)
     src, ws, cat, enc_summary, tq, vq = prepare_training(config, config_path, log, progress)
+    config = fit_text_encoder(config, cat.products, ws.store_dir, tq, vq, cat.qrels, md.text_encoder_dir, log)
     groups = feature_groups(config.modalities)
     log(f"training queries {len(tq):,}, validation queries {len(vq):,}; modalities {config.modalities}")
     clicks = None

@@ -10,7 +10,9 @@ modality      table       store feature           lexical field   scalar feature
 text          title       ``<title field>.<text   title           bm25_title, bm25_title_mm, overlap_title,
                           encoder>``                              cos_title
 image         image_proj  ``image_proj.<title     (none)          cos_image, cos_image_mm
-                          field>``
+                          field>`` (``.<text
+                          encoder>`` for one
+                          derived from another)
 audio         transcript  ``transcript.<text      transcript      bm25_transcript, bm25_transcript_mm,
                           encoder>``                              overlap_transcript, cos_transcript
 ============  ==========  =====================  ==============  ==========================================
@@ -57,8 +59,12 @@ class Modality:
         """The embedding store feature that fills this modality's table."""
         if self.table == "title":
             return f"{title_field}.{text_encoder}"
-        if self.table == "image_proj":
-            return f"image_proj.{title_field}"
+        if self.table == "image_proj":  # photos projected into the text encoder's space
+            from .encoders import base_encoder
+
+            base = f"image_proj.{title_field}"
+            # an encoder that maps its base's space (minilm_adapter) maps the base's projected photos too
+            return base if base_encoder(text_encoder) is None else f"{base}.{text_encoder}"
         return f"{TRANSCRIPT}.{text_encoder}"
 
 

@@ -8,6 +8,7 @@
     MODEL_DIR/alpha.json      learned modality weights alpha_k or mean gate weights
     MODEL_DIR/metrics.json    validation and evaluation metrics
     MODEL_DIR/index/          the saved serving index (``fusionrank index``; ``fusionrank train`` writes it)
+    MODEL_DIR/text_encoder/   the trained text encoder (``minilm_adapter`` only): queries are encoded with it
     MODEL_DIR/ray_train/      Ray Train checkpoints per epoch (``fusionrank train --engine ray`` only)
 
 Preparing (ingest, encode, index) and opening are separate: :meth:`ModelDir.catalog_tables`
@@ -60,12 +61,21 @@ class ModelDir:
     def index_dir(self) -> Path:
         return self.path / INDEX
 
+    @property
+    def text_encoder_dir(self) -> Path:
+        from .adaptation import TEXT_ENCODER_DIR
+
+        return self.path / TEXT_ENCODER_DIR
+
     def config(self):
         """The experiment config the model was trained with (read once per ``ModelDir``)."""
         from .experiment import ExperimentConfig
 
         if self._config is None:
-            self._config = ExperimentConfig.model_validate(json.loads((self.path / CONFIG).read_text()))
+            config = ExperimentConfig.model_validate(json.loads((self.path / CONFIG).read_text()))
+            if (self.text_encoder_dir / "config.json").exists():  # a trained text encoder: queries go through it
+                config = config.with_text_encoder_state(self.text_encoder_dir)
+            self._config = config
         return self._config
 
     def workspace(self) -> WorkspaceRecord:
@@ -150,6 +160,7 @@ class ModelDir:
         products = Catalog.load(cat_dir).products
         tf = title_field or config.data.title_field
         self.check_prepared(products, store_dir, tf)
+        self.derive_text_features(store_dir, tf, log)
         return (SearchIndex if updatable else CatalogTables).from_store(
             products, store_dir, config.catalog_config(tf, codec=codec, table_dtype=table_dtype), config.text_encoder_name,
             config.transcriber_name,
@@ -162,6 +173,20 @@ class ModelDir:
         config = self.config()
         settings = config.encode_settings(extra_title_fields=[title_field])
         check_encoded(products, store_dir, settings, config.encoded_modalities())
+
+    def derive_text_features(self, store_dir: Path, title_field: str, log=print) -> None:
+        """A derived text encoder's store features (``title.minilm_adapter``, ...) as this model's encoder gives them:
+        derived again from the cached base vectors when the store holds another fit's (no text is encoded)."""
+        from .adaptation import derive_features
+        from .encoders import base_encoder, encoder_from_spec
+
+        spec = self.config().text_encoder_spec
+        if base_encoder(spec["name"]) is None:
+            return
+        if "state" not in spec:
+            raise StaleArtefactError(f"{self.path}: ranks with the trained text encoder {spec['name']!r} but holds none "
+                                     f"({self.text_encoder_dir} is missing); re-train it with `fusionrank train`")
+        derive_features(store_dir, encoder_from_spec(spec), [title_field], log=log)
 
     def build_index(self, codec: str | None = None, catalog: str | Path | None = None, index_dir: str | Path | None = None,
                     log=print, table_dtype: str | None = None):

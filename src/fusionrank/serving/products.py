@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import schema as S
 from ..encode import EncodeSettings
-from ..encoders import Encoder, build_encoder, fold_of
+from ..encoders import Encoder, base_encoder, build_encoder, encoder_from_spec, fold_of
 from ..errors import FusionrankError, RowError
 from ..ingest.validate import validate_product
 from ..modalities import MODALITIES, modality
@@ -37,9 +37,14 @@ class ProductInputError(FusionrankError, ValueError):
 
 
 class ProductEncoder:
+    """``text_encoder``: the model's text encoder block (``ExperimentConfig.text_encoder_spec``); one derived from MiniLM
+    (the trained ``minilm_adapter``) maps the title, transcript and projected photo vectors as the catalogue's were."""
+
     def __init__(self, title_field: str, settings: EncodeSettings | None = None, store_dir: str | Path | None = None,
-                 media_dirs: list[str | Path] | None = None):
+                 media_dirs: list[str | Path] | None = None, text_encoder: dict | None = None):
         self.title_field = title_field
+        derived = encoder_from_spec(text_encoder) if text_encoder and base_encoder(text_encoder["name"]) else None
+        self._adapt = derived.adapt if derived is not None else None
         self.media_dirs = media_dirs  # the catalogue's media folders; None: the service fills them in from its index
         self.settings = settings or EncodeSettings()
         self.store_dir = Path(store_dir) if store_dir else None
@@ -129,6 +134,8 @@ class ProductEncoder:
                     raise ProductInputError(f"{S.AUDIO}: cannot decode the clip ({type(e).__name__})") from None
                 if transcript:
                     vectors[audio] = self._encoder("text").encode([transcript])[0]
+        if self._adapt is not None:  # every vector here lives in MiniLM's space
+            vectors = {k: None if v is None else self._adapt(np.asarray(v, np.float32)[None])[0] for k, v in vectors.items()}
         report["seconds"] = round(time.perf_counter() - t0, 3)
         report["modalities"] = {m.name: vectors[m.table] is not None for m in MODALITIES}
         desc = p.get(S.DESCRIPTION) or ""
