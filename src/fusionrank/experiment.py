@@ -425,7 +425,7 @@ def build_understanding(md: ModelDir, config: ExperimentConfig, training_queries
     u = config.understanding
     enc = QueryEncoder(text_encoder=config.text_encoder_spec)
     qu = QueryUnderstanding.build(training_queries, tables.lexical[modality("text").lexical].doc_freq,
-                                  lambda t: enc.encode(t)[0], roots=u.roots or DOMAIN_ROOTS, min_similarity=u.min_similarity,
+                                  lambda t: enc.encode_base(t)[0], roots=u.roots or DOMAIN_ROOTS, min_similarity=u.min_similarity,
                                   neighbour_similarity=u.neighbour_similarity)
     qu.save(md.path)
     info = {"known_terms": len(qu.known), "targets": len(qu.targets), "lexicon_entries": len(qu.lexicon),

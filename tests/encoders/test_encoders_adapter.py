@@ -140,5 +140,8 @@ def test_query_path_equals_batch_path(tmp_path):
     assert np.abs(ref - MiniLMEncoder().encode(TEXTS)).max() > 1e-2
     for text, r in zip(TEXTS, ref):
         np.testing.assert_allclose(qe.encode(text)[0], r, atol=1e-5)
+    # query understanding compares words before the adapter: MiniLM's own vectors
+    np.testing.assert_allclose(np.stack([qe.encode_base(t)[0] for t in TEXTS]), MiniLMEncoder().encode(TEXTS), atol=1e-5)
+    assert qe.encode_base(TEXTS[0])[1] and qe.encode(TEXTS[0])[1]  # one cache serves both
     with pytest.raises(NotFittedError):  # a spec without the trained state
         QueryEncoder(cache_dir=tmp_path, text_encoder={"name": "minilm_adapter", "args": {}})

@@ -74,7 +74,7 @@ class RankingPipeline:
         if understanding is None:
             understanding = Verbatim()
         elif hasattr(understanding, "bind"):
-            understanding.bind(doc_freq=catalog.lexical[modality("text").lexical].doc_freq, embed=lambda t: encoder.encode(t)[0])
+            understanding.bind(doc_freq=catalog.lexical[modality("text").lexical].doc_freq, embed=lambda t: encoder.encode_base(t)[0])
         return cls(encoder, build_retriever(catalog), Featuriser(catalog), Scorer(ranker, catalog), Explainer(catalog),
                    understanding)
 

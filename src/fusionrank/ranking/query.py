@@ -138,6 +138,13 @@ class QueryEncoder(Stage):
 
     def encode(self, query: str) -> tuple[np.ndarray, bool]:
         """The query's embedding ``[D]`` and whether it came from the cache."""
+        v, hit = self.encode_base(query)
+        return (v if self._adapt is None else self._adapt(v[None])[0]), hit
+
+    def encode_base(self, query: str) -> tuple[np.ndarray, bool]:
+        """The vector of the network that reads the text (MiniLM's for an encoder derived from it, before its
+        adapter) and whether it came from the cache. Query understanding compares words in this space: its
+        thresholds hold for MiniLM, and a catalogue word's neighbours there are its meaning, not a ranking fit."""
         key = query.strip().lower()
         with self._lock:
             v = self._cache.get(key)
@@ -149,8 +156,6 @@ class QueryEncoder(Stage):
             v = self._run(self._session, key).astype(np.float32)
         else:
             v = self._net.encode([key])[0]
-        if self._adapt is not None:
-            v = self._adapt(v[None])[0]
         with self._lock:
             self.misses += 1
             self._cache[key] = v

@@ -189,7 +189,7 @@ class SearchService:
         if m.understanding is None:
             m.understanding = Verbatim()
         # reads the live index's word counts, so products added later count
-        m.understanding.bind(doc_freq=self.index.lexical[modality("text").lexical].doc_freq, embed=lambda t: self.queries.encode(t)[0])
+        m.understanding.bind(doc_freq=self.index.lexical[modality("text").lexical].doc_freq, embed=lambda t: self.queries.encode_base(t)[0])
         self._model, old = m, self._model
         return old  # type: ignore[return-value]
 
