@@ -357,3 +357,14 @@ def test_cross_fitted_projection_in_the_store_and_for_a_new_product(tiny_fashion
     pe = ProductEncoder(S.TITLE, settings, store.root, media_dirs=[str(tiny_fashion.root)])
     _, _, vectors, _ = pe.encode({S.PRODUCT_ID: "new-1", S.TITLE: row[S.TITLE], S.IMAGE: row[S.IMAGE]})
     np.testing.assert_allclose(vectors["image_proj"], V[i], atol=1e-5)
+    # the store check knows the fold is part of what a projected photo is derived from (it used to call every
+    # row stale, so `fusionrank train` failed after fitting a model on a cross-fitted store)
+    from fusionrank.errors import StaleArtefactError
+    from fusionrank.workspace import check_encoded
+
+    check_encoded(products, store.root, settings, TEXT_IMAGE)
+    moved = products.copy()
+    j = next(j for j in np.flatnonzero(xm) if fold_of(products[S.TITLE][j] + " x", 2) != folds[j])
+    moved.loc[j, S.TITLE] = products[S.TITLE][j] + " x"  # a new title in another fold: its photo needs the other model
+    with pytest.raises(StaleArtefactError, match="image_proj.title: 1 product not derived"):
+        check_encoded(moved, store.root, settings, TEXT_IMAGE)

@@ -328,11 +328,8 @@ class Encoding:
         sig = proj.signature()
         sel = [i for i, m in enumerate(xm) if m]
         pids = [ids[i] for i in sel]
-        if proj.cross_fitted:
-            items = [(int(folds[i]), X[i]) for i in sel]
-            keys = [f"{img_hashes[ids[i]]}|fold{folds[i]}" for i in sel]
-        else:
-            items, keys = list(X[sel]), [img_hashes[p] for p in pids]
+        items = [(int(folds[i]), X[i]) for i in sel] if proj.cross_fitted else list(X[sel])
+        keys = projection_keys([img_hashes[p] for p in pids], None if folds is None else folds[sel])
         hashes = [text_hash(k, sig) for k in keys]
         return self.run_job(f"image_proj.{title_field}", S.IMAGE_MODALITY, proj, pids, items, hashes,
                             self.settings.batch_size["projection"], inputs=inputs_digest(pids, keys))
@@ -571,6 +568,22 @@ def encode_catalog(products: pd.DataFrame, store_dir: str | Path, settings: Enco
 
 
 # --- what a store must hold for a catalogue (used by workspace.check_encoded) -------------------
+def projection_keys(photo_hashes: Sequence[str], folds: Sequence[int] | None) -> list[str]:
+    """What a projected photo is derived from: its photo row's hash and, for a cross-fitted projection, the fold
+    of its title (``folds``, per photo; None for one projection)."""
+    if folds is None:
+        return list(photo_hashes)
+    return [f"{h}|fold{int(k)}" for h, k in zip(photo_hashes, folds)]
+
+
+def projection_folds(products: pd.DataFrame, title_field: str, spec: dict | None) -> pd.Series | None:
+    """The fold of each product's title (indexed like ``products``) under a cross-fitted projection ``spec``, else None."""
+    k = int(((spec or {}).get("args") or {}).get("folds", 1) or 1)
+    if k <= 1:
+        return None
+    return pd.Series([fold_of(t, k) for t in indexed_titles(products, title_field)], index=products.index)
+
+
 @dataclass
 class PlannedFeature:
     """A feature ``encode_catalog`` builds for a catalogue, and how to check it without encoding.
@@ -588,6 +601,7 @@ class PlannedFeature:
     values: pd.Series | None = None
     column: str | None = None
     base: str | None = None
+    folds: pd.Series | None = None  # a cross-fitted projection: each product's fold (see projection_keys)
 
 
 def plan_features(products: pd.DataFrame, settings: EncodeSettings, modalities: Sequence[str],
@@ -617,7 +631,8 @@ def plan_features(products: pd.DataFrame, settings: EncodeSettings, modalities: 
             planned = {f.name for f in out}
             for tf in settings.projection_fields:  # encode trains a projection only where the title feature exists
                 if f"{tf}.{text.name}" in planned or store.exists(f"{tf}.{text.name}"):
-                    out.append(PlannedFeature(f"image_proj.{tf}", "derived", S.IMAGE_MODALITY, base=img))
+                    out.append(PlannedFeature(f"image_proj.{tf}", "derived", S.IMAGE_MODALITY, base=img,
+                                              folds=projection_folds(products, tf, settings.projection)))
     if S.AUDIO_MODALITY in modalities:
         if settings.transcriber is not None:
             tr = media(S.AUDIO, settings.transcriber, S.AUDIO_MODALITY)

@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from . import schema as S
-from .encode import (CONTENT_DIR, FAILURES_FILE, EncodeSettings, encode_catalog, inputs_digest, plan_features, read_json,
+from .encode import (CONTENT_DIR, FAILURES_FILE, EncodeSettings, encode_catalog, inputs_digest, plan_features, projection_keys, read_json,
                      read_manifest, table_stamp, write_json)
 from .errors import FusionrankError, StaleArtefactError
 from .ingest import Catalog
@@ -355,7 +355,8 @@ def check_encoded(products: pd.DataFrame, store_dir: Path, settings: EncodeSetti
                     continue  # reported with the base
                 base, _ = table(pf.base)
                 pids = [i for i in ids if i in base]
-                base_hashes = [base[i] for i in pids]
+                fold = None if pf.folds is None else dict(zip(ids, pf.folds.to_numpy()))
+                base_hashes = projection_keys([base[i] for i in pids], None if fold is None else [fold[i] for i in pids])
                 if as_left and ent["inputs"] == inputs_digest(pids, base_hashes):
                     continue
             # row by row
