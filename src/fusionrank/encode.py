@@ -303,8 +303,7 @@ class Encoding:
         wanted = build_encoder(spec["name"], **spec.get("args", {}))
         assert isinstance(wanted, ImageTextProjection)
         # a cross-fitted projection projects each photo with the model of its title's fold
-        folds = np.array([fold_of(t, wanted.folds) for t in indexed_titles(products, title_field)], np.int64) \
-            if wanted.cross_fitted else None
+        folds = title_folds(products, title_field, wanted.folds)
         saved = Encoder.load(model_dir) if (model_dir / "config.json").exists() else None
         if saved is not None and not self.settings.refit_projection and saved.config() == wanted.config():
             proj = saved
@@ -576,12 +575,12 @@ def projection_keys(photo_hashes: Sequence[str], folds: Sequence[int] | None) ->
     return [f"{h}|fold{int(k)}" for h, k in zip(photo_hashes, folds)]
 
 
-def projection_folds(products: pd.DataFrame, title_field: str, spec: dict | None) -> pd.Series | None:
-    """The fold of each product's title (indexed like ``products``) under a cross-fitted projection ``spec``, else None."""
-    k = int(((spec or {}).get("args") or {}).get("folds", 1) or 1)
-    if k <= 1:
+def title_folds(products: pd.DataFrame, title_field: str, folds: int) -> np.ndarray | None:
+    """The fold of each product's title (in ``products`` order) for a projection cross-fitted over ``folds`` folds;
+    None for one projection."""
+    if folds <= 1:
         return None
-    return pd.Series([fold_of(t, k) for t in indexed_titles(products, title_field)], index=products.index)
+    return np.array([fold_of(t, folds) for t in indexed_titles(products, title_field)], np.int64)
 
 
 @dataclass
@@ -601,7 +600,7 @@ class PlannedFeature:
     values: pd.Series | None = None
     column: str | None = None
     base: str | None = None
-    folds: pd.Series | None = None  # a cross-fitted projection: each product's fold (see projection_keys)
+    folds: np.ndarray | None = None  # a cross-fitted projection: each product's fold (see projection_keys)
 
 
 def plan_features(products: pd.DataFrame, settings: EncodeSettings, modalities: Sequence[str],
@@ -631,8 +630,9 @@ def plan_features(products: pd.DataFrame, settings: EncodeSettings, modalities: 
             planned = {f.name for f in out}
             for tf in settings.projection_fields:  # encode trains a projection only where the title feature exists
                 if f"{tf}.{text.name}" in planned or store.exists(f"{tf}.{text.name}"):
+                    k = int((settings.projection.get("args") or {}).get("folds", 1))
                     out.append(PlannedFeature(f"image_proj.{tf}", "derived", S.IMAGE_MODALITY, base=img,
-                                              folds=projection_folds(products, tf, settings.projection)))
+                                              folds=title_folds(products, tf, k)))
     if S.AUDIO_MODALITY in modalities:
         if settings.transcriber is not None:
             tr = media(S.AUDIO, settings.transcriber, S.AUDIO_MODALITY)

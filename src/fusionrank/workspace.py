@@ -355,7 +355,7 @@ def check_encoded(products: pd.DataFrame, store_dir: Path, settings: EncodeSetti
                     continue  # reported with the base
                 base, _ = table(pf.base)
                 pids = [i for i in ids if i in base]
-                fold = None if pf.folds is None else dict(zip(ids, pf.folds.to_numpy()))
+                fold = None if pf.folds is None else dict(zip(ids, pf.folds))
                 base_hashes = projection_keys([base[i] for i in pids], None if fold is None else [fold[i] for i in pids])
                 if as_left and ent["inputs"] == inputs_digest(pids, base_hashes):
                     continue
