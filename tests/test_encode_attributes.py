@@ -11,7 +11,8 @@ import pytest
 from fusionrank import schema as S
 from fusionrank.encode import EncodeSettings, encode_catalog, indexed_titles, inputs_digest, read_manifest
 from fusionrank.encoders import Encoder
-from fusionrank.encoders.attributes import colour_head_dir, photo_colour_feature, title_colour
+from fusionrank.encoders.attributes import (colour_classes, colour_evidence, colour_head_dir, photo_colour_feature,
+                                            photo_colour_proba_feature, title_colour)
 from fusionrank.errors import FusionrankError
 from fusionrank.store import EmbeddingStore
 
@@ -127,6 +128,35 @@ def test_catalogue_lexical_text_includes_the_photo_colour(encoded):
     assert off.row_of[pid] not in set(rows.tolist())
 
 
+def test_the_colour_table_holds_the_title_colour_or_the_photo_probabilities(encoded):
+    """photo_colour_proba.<field> holds the head's probabilities for exactly the products photo_colour covers; the
+    catalogue's colour table reads them where the title states no colour, and the title's colours elsewhere."""
+    from fusionrank.ranking import CatalogConfig, CatalogTables, VectorConfig
+
+    products, store, _, attrs, _ = encoded
+    feat = photo_colour_proba_feature("title_sparse")
+    probas = store.load(feat)
+    assert set(probas.ids) == set(store.text_map(photo_colour_feature("title_sparse")))
+    assert probas.vectors.shape == (len(probas.ids), len(colour_classes()))
+    np.testing.assert_allclose(probas.vectors.sum(1), 1.0, atol=1e-4)
+    cfg = dict(title_field="title_sparse", ann=VectorConfig(codec="exact"))
+    on = CatalogTables.from_store(products, store, CatalogConfig(**cfg, photo_attributes=True), log=lambda m: None)
+    off = CatalogTables.from_store(products, store, CatalogConfig(**cfg), log=lambda m: None)
+    P = dict(zip(probas.ids, probas.vectors))
+    red = colour_classes().index("red")
+    right = 0
+    for pid, row in on.row_of.items():
+        title = on.records["indexed_title"][row]
+        if pid in P:
+            np.testing.assert_allclose(on.emb["colour"][row], P[pid], rtol=1e-6)
+            assert not off.emb_mask["colour"][row] and not off.emb["colour"][row].any()  # off: unknown
+            right += attrs.loc[pid, "colour"] == "Red" and P[pid].argmax() == red
+        else:
+            np.testing.assert_array_equal(on.emb["colour"][row], colour_evidence(title))
+            np.testing.assert_array_equal(off.emb["colour"][row], colour_evidence(title))
+    assert right >= 1  # every photo is drawn in its colour: the head reads red photos as red
+
+
 def test_a_store_without_the_feature_is_an_error_naming_the_command(encoded, tmp_path):
     from fusionrank.ranking import CatalogConfig, CatalogTables, VectorConfig
 
@@ -202,6 +232,9 @@ def test_a_put_product_is_indexed_with_its_photo_colour(encoded, tiny_fashion):
     record, lex, vectors, _ = pe.encode({S.PRODUCT_ID: "put-red", S.TITLE: row[S.TITLE], "title_sparse": sparse, S.IMAGE: row[S.IMAGE]})
     new = idx.upsert(record, lex, vectors)
     assert idx.lex_text["title"][new] == f"{sparse} red" == idx.lex_text["title"][idx.row_of[pid]]
+    # the same colour evidence as the catalogue product with that photo and title
+    np.testing.assert_allclose(idx.emb["colour"][new], idx.emb["colour"][idx.row_of[pid]], rtol=1e-5, atol=1e-6)
+    assert idx.emb_mask["colour"][new] and idx.emb["colour"][new].argmax() == colour_classes().index("red")
     rows, _ = idx.lexical["title"].score(idx.lexical["title"].query_terms("red")).arrays()
     assert new in set(rows.tolist())
 

@@ -355,12 +355,14 @@ class Encoding:
     def photo_attributes(self, products: pd.DataFrame, title_field: str) -> JobStats | None:
         """The colour head of ``title_field`` (:class:`~fusionrank.encoders.attributes.ColourHead`), trained on the photos of
         the products whose title *in that field* states exactly one colour, and its colour for the photo of every product
-        whose title in that field states none: store feature ``photo_colour.<title field>`` ("" where it abstains).
+        whose title in that field states none: store feature ``photo_colour.<title field>`` ("" where it abstains), and
+        its probability of every colour class for the same photos: ``photo_colour_proba.<title field>``.
 
         The head is saved under ``<store>/models/colour_head.<title field>`` and refitted when its settings or its
         training set (photo hashes and colours) change.
         """
-        from .encoders.attributes import ColourHead, colour_head_dir, photo_colour_feature, title_colour
+        from .encoders.attributes import (ColourHead, ColourProbabilities, colour_head_dir, photo_colour_feature,
+                                          photo_colour_proba_feature, title_colour)
 
         spec = self.settings.attributes
         if spec is None:
@@ -395,12 +397,15 @@ class Encoding:
             self.log(f"trained colour head ({title_field}) on {h['examples']} photos, {h['classes']} colours, in "
                      f"{time.perf_counter() - t0:.1f} s; held-out accuracy {h.get('held_out_accuracy', float('nan')):.3f}, "
                      f"coverage {h.get('held_out_coverage', float('nan')):.3f} at precision {h.get('held_out_precision', float('nan')):.3f}")
-        sig = head.signature()
         sel = [i for i, c in enumerate(colour) if xm[i] and c == ""]
         pids = [ids[i] for i in sel]
         keys = [img_hashes[p] for p in pids]
-        return self.run_job(feature, S.IMAGE_MODALITY, head, pids, list(X[sel]), [text_hash(k, sig) for k in keys],
-                            self.settings.batch_size["projection"], inputs=inputs_digest(pids, keys))
+        items, batch = list(X[sel]), self.settings.batch_size["projection"]
+        for enc, feat in ((head, feature), (ColourProbabilities(head), photo_colour_proba_feature(title_field))):
+            sig = enc.signature()
+            st = self.run_job(feat, S.IMAGE_MODALITY, enc, pids, items, [text_hash(k, sig) for k in keys], batch,
+                              inputs=inputs_digest(pids, keys))
+        return st
 
     def transcripts(self, products: pd.DataFrame) -> JobStats | None:
         if self.settings.transcriber is None:

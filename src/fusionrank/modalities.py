@@ -8,7 +8,7 @@ instead of naming tables, fields or mask columns itself.
 modality      table       store feature           lexical field   scalar features (in this order)
 ============  ==========  =====================  ==============  ==========================================
 text          title       ``<title field>.<text   title           bm25_title, bm25_title_mm, overlap_title,
-                          encoder>``                              cos_title
+                          encoder>``                              cos_title, colour_match
 image         image_proj  ``image_proj.<title     (none)          cos_image, cos_image_mm
                           field>`` (``.<text
                           encoder>`` for one
@@ -69,9 +69,12 @@ class Modality:
 
 
 TRANSCRIPT = "transcript"
+# the product has the colour the query asks for: 1 where its title states it, the photo colour head's probability
+# where its title states no colour, 0 otherwise or for a query without a colour (:mod:`fusionrank.encoders.attributes`)
+COLOUR_MATCH = "colour_match"
 
 MODALITIES: tuple[Modality, ...] = (
-    Modality("text", "title", ("bm25_title", "bm25_title_mm", "overlap_title", "cos_title"), "cos_title",
+    Modality("text", "title", ("bm25_title", "bm25_title_mm", "overlap_title", "cos_title", COLOUR_MATCH), "cos_title",
              lexical="title", minmax=("bm25_title", "bm25_title_mm"), required=True),
     Modality("image", "image_proj", ("cos_image", "cos_image_mm"), "cos_image", minmax=("cos_image", "cos_image_mm")),
     Modality("audio", "transcript", ("bm25_transcript", "bm25_transcript_mm", "overlap_transcript", "cos_transcript"),
@@ -79,6 +82,11 @@ MODALITIES: tuple[Modality, ...] = (
 )
 MODALITY_NAMES: tuple[str, ...] = tuple(m.name for m in MODALITIES)
 TABLES: tuple[str, ...] = tuple(m.table for m in MODALITIES)
+# per-product tables that are no modality's: the colour evidence per colour class (title or photo), read by the
+# feature builder for COLOUR_MATCH; the catalogue stores, logs and snapshots them beside the modality tables
+COLOUR_TABLE = "colour"
+ATTRIBUTE_TABLES: tuple[str, ...] = (COLOUR_TABLE,)
+CATALOG_TABLES: tuple[str, ...] = TABLES + ATTRIBUTE_TABLES
 LEXICAL_FIELDS: tuple[str, ...] = tuple(m.lexical for m in MODALITIES if m.lexical)
 SCALAR_FEATURES: tuple[str, ...] = tuple(f for m in MODALITIES for f in m.features)
 FEATURE_COLUMN: dict[str, int] = {f: j for j, f in enumerate(SCALAR_FEATURES)}

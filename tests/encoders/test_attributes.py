@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from fusionrank.encoders import ENCODERS, Encoder, ItemError, build_encoder
-from fusionrank.encoders.attributes import (COLOURS, ColourHead, canonical_colour, colour_head_dir, photo_colour_feature,
-                                            stated_colours, title_colour)
+from fusionrank.encoders.attributes import (COLOURS, ColourHead, ColourProbabilities, canonical_colour, colour_classes,
+                                            colour_columns, colour_evidence, colour_head_dir, colour_match,
+                                            photo_colour_feature, photo_colour_proba_feature, stated_colours,
+                                            title_colour)
 from fusionrank.errors import FusionrankError, NotFittedError, UnknownNameError
 
 
@@ -40,6 +42,7 @@ def test_title_colour_is_one_class_or_none():
 
 def test_feature_and_model_names():
     assert photo_colour_feature("title_sparse") == "photo_colour.title_sparse"
+    assert photo_colour_proba_feature("title") == "photo_colour_proba.title"
     assert colour_head_dir("/s", "title").as_posix() == "/s/models/colour_head.title"
 
 
@@ -148,3 +151,50 @@ def test_colour_histogram_sees_the_product_not_the_background(tmp_path):
     hue = H[:, :-1].reshape(2, 12, 16).sum(2).argmax(1)
     assert hue[0] == 0 and hue[1] in (7, 8)                            # red, blue
     assert ENCODERS.get("colour_histogram") is ColourHistogram and ColourHead().inputs == ["efficientnet_lite0", "colour_histogram"]
+
+
+# --- colour evidence and the colour_match feature ------------------------------------------------------------------
+
+def test_colour_classes_are_the_canonical_vocabulary():
+    cls = colour_classes()
+    assert list(cls) == sorted(set(cls)) and "grey" in cls and "gray" not in cls and "navy" not in cls
+    assert {canonical_colour(c) for c in COLOURS} == set(cls)
+    col = {c: j for j, c in enumerate(cls)}
+    assert colour_columns("navy tshirt") == (col["navy blue"],) == colour_columns("Navy Blue T-Shirt")
+    assert colour_columns("blue tshirt") == (col["blue"],)  # blue is not navy blue: the grades tell them apart
+    assert colour_columns("gray and grey black socks") == (col["grey"], col["black"])
+    assert colour_columns("running shoes") == () == colour_columns(None)
+
+
+def test_colour_evidence_prefers_the_title_and_falls_back_to_the_photo():
+    C, col = len(colour_classes()), {c: j for j, c in enumerate(colour_classes())}
+    photo = np.full(C, 1.0 / C, np.float32)
+    v = colour_evidence("Black & White Shoes", photo)  # the title's colours, the photo ignored
+    assert v[col["black"]] == v[col["white"]] == 1.0 and v.sum() == 2.0
+    np.testing.assert_array_equal(colour_evidence("Leather Wallet", photo), photo)
+    assert colour_evidence("Leather Wallet") is None
+    with pytest.raises(FusionrankError, match="expected"):
+        colour_evidence("Leather Wallet", np.ones(3))
+
+
+def test_colour_match_reads_the_queried_colour_by_hand():
+    C, col = len(colour_classes()), {c: j for j, c in enumerate(colour_classes())}
+    E = np.zeros((3, 2, C), np.float32)
+    E[0, 0, col["red"]], E[0, 1, col["blue"]] = 0.7, 0.9
+    E[1, 0, col["navy blue"]], E[1, 1, col["blue"]] = 1.0, 0.2
+    E[2, :, col["red"]] = 1.0
+    got = colour_match(["red dress", "blue or navy shirt", "dress"], E)
+    np.testing.assert_allclose(got, [[0.7, 0.0], [1.0, 0.2], [0.0, 0.0]])
+
+
+def test_colour_probabilities_are_the_heads_in_the_class_columns(fitted, centres):
+    enc = ColourProbabilities(fitted)
+    X = blobs(5, centres, seed=3)
+    P = enc.encode(X)
+    assert P.shape == (15, len(colour_classes())) == (15, enc.dim) and P.dtype == np.float32
+    col = {c: j for j, c in enumerate(colour_classes())}
+    np.testing.assert_allclose(P[:, [col[c] for c in fitted.classes_]], fitted.predict_proba(X), rtol=1e-6)
+    assert np.allclose(P.sum(1), 1.0, atol=1e-5) and (P[:, [j for c, j in col.items() if c not in NAMES]] == 0).all()
+    assert enc.signature() != ColourProbabilities(ColourHead(C=0.5, min_examples=10).fit(blobs(20, centres), np.repeat(NAMES, 20))).signature()
+    with pytest.raises(NotFittedError):
+        ColourProbabilities(ColourHead())

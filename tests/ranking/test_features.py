@@ -10,7 +10,7 @@ import pytest
 from fusionrank.encoders import BM25Encoder
 from fusionrank.encoders.text import tokenize
 from fusionrank.errors import FusionrankError
-from fusionrank.modalities import (FEATURE_COLUMN, LEXICAL_FIELDS, MODALITIES, MODALITY_NAMES, SCALAR_FEATURES, TABLES,
+from fusionrank.modalities import (ATTRIBUTE_TABLES, CATALOG_TABLES, FEATURE_COLUMN, LEXICAL_FIELDS, MODALITIES, MODALITY_NAMES, SCALAR_FEATURES, TABLES,
                                    modality)
 from fusionrank.ranking import Slates, attach_grades, feature_groups
 
@@ -143,6 +143,20 @@ def test_sparse_titles_lose_colour_words(feat_pipe, sparse_pipe, tables, attrs, 
     assert (sp_.x[0, dropped, COL["bm25_title"]] == 0).all() and (sp_.x[0, ~dropped, COL["bm25_title"]] > 0).all()
 
 
+def test_colour_match_is_the_title_colour_without_photo_evidence(feat_pipe, sparse_pipe, tables, attrs, slates_of):
+    """Without the photo head, colour_match is 1 where the indexed title states the query's colour, else 0 (a title
+    that lost its colour is unknown); a query naming no colour gives 0 everywhere."""
+    tees = rows_where(tables, attrs, article="Tshirt")
+    sl = slates_of(feat_pipe, ["q", "r"], ["black tshirt", "tshirt"], [np.array(tees)] * 2)
+    sp_ = slates_of(sparse_pipe, ["q"], ["black tshirt"], [np.array(tees)])
+    for b, r in enumerate(tees):
+        full, sparse = (attrs.loc[tables.ids[r], f] for f in ("title", "title_sparse"))
+        assert sl.x[0, b, COL["colour_match"]] == float("black" in full.lower().split())
+        assert sp_.x[0, b, COL["colour_match"]] == float("black" in sparse.lower().split())
+    assert (sl.x[1, :, COL["colour_match"]] == 0).all()
+    assert sl.x[0, :, COL["colour_match"]].any() and not sl.x[0, :, COL["colour_match"]].all()
+
+
 def test_labels_unjudged_zero_padding_minus_one(feat_pipe, tables, slates_of):
     ids = tables.ids
     qrels = pd.DataFrame({"query_id": ["a", "a", "b", "zzz"], "product_id": [ids[3], ids[5], ids[7], ids[1]],
@@ -176,7 +190,9 @@ def test_modality_spec_agrees_with_itself():
     assert LEXICAL_FIELDS == ("title", "transcript") == tuple(m.lexical for m in MODALITIES if m.lexical)
     # the scalar features: every modality's, in modality order, each exactly once; FEATURE_COLUMN is the inverse
     assert SCALAR_FEATURES == tuple(f for m in MODALITIES for f in m.features)
-    assert len(set(SCALAR_FEATURES)) == len(SCALAR_FEATURES) == 10
+    assert len(set(SCALAR_FEATURES)) == len(SCALAR_FEATURES) == 11
+    # the catalogue's tables: every modality's, then the per-product attribute tables (no modality, no mask column)
+    assert CATALOG_TABLES == TABLES + ATTRIBUTE_TABLES == TABLES + ("colour",)
     assert FEATURE_COLUMN == {f: j for j, f in enumerate(SCALAR_FEATURES)}
     for m in MODALITIES:
         assert m.cosine in m.features
@@ -230,7 +246,8 @@ def test_modality_spec_agrees_with_the_store_and_the_features(tiny_workspace, fe
 def test_feature_groups():
     g = feature_groups(["text", "audio"])
     assert [x.name for x in g] == ["text", "audio"] and [x.mask_column for x in g] == [0, 2]
-    assert [SCALAR_FEATURES[c] for c in g[0].columns] == ["bm25_title", "bm25_title_mm", "overlap_title", "cos_title"]
+    assert [SCALAR_FEATURES[c] for c in g[0].columns] == ["bm25_title", "bm25_title_mm", "overlap_title", "cos_title",
+                                                          "colour_match"]
     assert g[1].table == "transcript"
     with pytest.raises(FusionrankError, match="unknown modality 'smell'"):
         feature_groups(["text", "smell"])

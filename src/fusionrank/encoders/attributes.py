@@ -51,11 +51,17 @@ COLOURS: tuple[str, ...] = (
 )
 
 PHOTO_COLOUR = "photo_colour"  # store feature prefix of the colour read from a product's photo
+PHOTO_COLOUR_PROBA = "photo_colour_proba"  # ... and of the head's probability of every colour class
 
 
 def photo_colour_feature(title_field: str) -> str:
     """The store feature holding, per product whose title in ``title_field`` states no colour, its photo's colour."""
     return f"{PHOTO_COLOUR}.{title_field}"
+
+
+def photo_colour_proba_feature(title_field: str) -> str:
+    """The store feature holding, for the same products, the head's probability of each of :func:`colour_classes`."""
+    return f"{PHOTO_COLOUR_PROBA}.{title_field}"
 
 
 def colour_head_dir(store_root: str | Path, title_field: str) -> Path:
@@ -110,6 +116,47 @@ def canonical_colour(phrase: str) -> str:
     """The class a colour phrase is learned as: its alias target, else itself (lower-case)."""
     p = " ".join(tokenize(phrase))
     return ALIASES.get(p, p)
+
+
+@lru_cache(maxsize=None)
+def colour_classes() -> tuple[str, ...]:
+    """Every colour class of :data:`COLOURS` after :func:`canonical_colour`, sorted: the columns of a colour vector."""
+    return tuple(sorted({canonical_colour(c) for c in COLOURS}))
+
+
+@lru_cache(maxsize=65536)
+def colour_columns(text: str | None) -> tuple[int, ...]:
+    """The :func:`colour_classes` columns of the colours ``text`` states (a query's, a title's), in order, no repeats."""
+    col = {c: j for j, c in enumerate(colour_classes())}
+    return tuple(dict.fromkeys(col[canonical_colour(c)] for c in stated_colours(text)))
+
+
+def colour_evidence(title: str | None, photo_proba: np.ndarray | None = None) -> np.ndarray | None:
+    """How sure we are, per colour class, that a product has that colour: 1 for each colour its title states; for a
+    title that states none, the photo head's probabilities (``photo_proba``, in :func:`colour_classes` order); None
+    when there is neither (unknown)."""
+    cols = colour_columns(title)
+    if cols:
+        v = np.zeros(len(colour_classes()), np.float32)
+        v[list(cols)] = 1.0
+        return v
+    if photo_proba is None:
+        return None
+    v = np.asarray(photo_proba, np.float32).reshape(-1)
+    if v.shape != (len(colour_classes()),):
+        raise FusionrankError(f"photo colour probabilities: expected {len(colour_classes())} classes; got {v.shape}")
+    return v
+
+
+def colour_match(query_texts: Sequence[str], evidence: np.ndarray) -> np.ndarray:
+    """``[B, N]``: per query and candidate, the evidence (``[B, N, C]``, :func:`colour_evidence` rows, zeros where
+    unknown) for the colour the query asks for (the largest over its colours); 0 for a query without a colour."""
+    out = np.zeros(evidence.shape[:2], np.float32)
+    for b, text in enumerate(query_texts):
+        cols = colour_columns(text)
+        if cols:
+            out[b] = evidence[b][:, list(cols)].max(1)
+    return out
 
 
 def title_colour(text: str | None) -> str | None:
@@ -255,6 +302,15 @@ class ColourHead(Encoder):
             raise ItemError(f"colour_head: expected features (n, {d}) ({' + '.join(self.inputs)}); got {X.shape}")
         return self.model_.predict_proba(X)
 
+    def class_proba(self, features: np.ndarray) -> np.ndarray:
+        """``(n, len(colour_classes()))`` float32: the probability of every colour class (0 for a class the head
+        dropped for too few examples)."""
+        proba = self.predict_proba(features)
+        col = {c: j for j, c in enumerate(colour_classes())}
+        out = np.zeros((len(proba), len(col)), np.float32)
+        out[:, [col[c] for c in self.classes_]] = proba
+        return out
+
     def encode(self, items: np.ndarray | Sequence[np.ndarray]) -> list[str]:
         if self.model_ is None:
             raise NotFittedError(self)
@@ -288,3 +344,29 @@ class ColourHead(Encoder):
                 h = json.loads((d / "history.json").read_text())
                 self.trained_on_ = h.pop("trained_on", None)
                 self.history_ = h
+
+
+class ColourProbabilities(Encoder):
+    """A fitted :class:`ColourHead` read as vectors: photo features ``(n, d)`` -> :meth:`ColourHead.class_proba`.
+
+    What the encode job stores as ``photo_colour_proba.<title field>`` beside the head's thresholded colour; built
+    from the head, never on its own (not registered).
+    """
+
+    name = "colour_head_proba"
+    modality = "image"
+    trainable = True
+
+    def __init__(self, head: ColourHead):
+        if head.model_ is None:
+            raise NotFittedError(head)
+        self.head = head
+        self.dim = len(colour_classes())
+
+    def config(self) -> dict[str, Any]:
+        return {"head": self.head.signature(), "classes": list(colour_classes())}
+
+    def encode(self, items: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        if not len(items):
+            return np.zeros((0, self.dim), np.float32)
+        return self.head.class_proba(np.asarray(items, np.float32).reshape(len(items), -1))

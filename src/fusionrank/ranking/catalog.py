@@ -5,7 +5,8 @@ feature builder and the explainer. Products are *rows*:
 
 - ``records[column][row]``: display and filter columns (:data:`RECORD_COLUMNS`);
 - ``emb[table][rows]`` and ``emb_mask[table][row]``: one :class:`~fusionrank.ranking.tables.EmbeddingTable`
-  per modality (:data:`fusionrank.modalities.TABLES`), read as float32 and stored as ``table_dtype``
+  per modality (:data:`fusionrank.modalities.TABLES`) and per product attribute (the colour evidence,
+  :data:`~fusionrank.modalities.ATTRIBUTE_TABLES`), read as float32 and stored as ``table_dtype``
   (float32 or float16), the mask says whether the product has it;
 - ``lex_text[field][row]`` and ``lexical[field]``: the text each BM25 field indexed, and
   the :class:`~fusionrank.ranking.lexical.LexicalField` that scores it;
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import schema as S
 from ..errors import FusionrankError, UnknownCategory
-from ..modalities import LEXICAL_FIELDS, MODALITIES, TABLES, TRANSCRIPT, modality, transcript_feature
+from ..modalities import CATALOG_TABLES, COLOUR_TABLE, LEXICAL_FIELDS, MODALITIES, TRANSCRIPT, modality, transcript_feature
 from .lexical import LexicalField
 from .retrieve import CandidateConfig
 from .tables import TABLE_DTYPES, EmbeddingTable
@@ -84,27 +85,77 @@ def lexical_texts(titles: Sequence[str], descriptions: Sequence[str | None], tra
             modality("audio").lexical: [t or "" for t in transcripts]}
 
 
-def photo_colours(store, ids: Sequence[str], title_field: str, log=print) -> list[str | None]:
-    """Per product, the colour its photo shows as the store's ``photo_colour.<title field>`` holds it (None where the
-    title states a colour, the product has no photo or the head abstained).
+def _photo_attribute(store, ids: Sequence[str], title_field: str, feat: str, vectors: bool, log=print
+                     ) -> dict[str, Any] | None:
+    """``product id -> value`` of the photo attribute store feature ``feat`` (a colour, or its probabilities); None when
+    the store's last encode recorded why the head could not be trained (then no product has one).
 
-    A store without the feature is an error naming the command that builds it, unless its last encode recorded why
-    it could not (then no product is expanded).
+    A store without the feature is an error naming the command that builds it.
     """
     from ..encode import read_manifest
     from ..encoders.attributes import photo_colour_feature
 
-    feat = photo_colour_feature(title_field)
     if not store.exists(feat):
-        why = read_manifest(store.root).get("skipped", {}).get(feat)
+        skipped = read_manifest(store.root).get("skipped", {})
+        why = skipped.get(feat) or skipped.get(photo_colour_feature(title_field))
         if why:
             log(f"no photo colours for {title_field}: {why.get('reason', why)}")
-            return [None] * len(ids)
+            return None
         raise FusionrankError(f"the embedding store at {store.root} has no {feat!r} feature (photo attributes are on); "
                               f"prepare it with `fusionrank encode CATALOG --store {store.root} --config CONFIG` "
                               f"with [encoders.attributes] in CONFIG")
-    m = store.text_map(feat)
-    return [m.get(i) or None for i in ids]
+    if not vectors:
+        return store.text_map(feat)
+    M, present = store.matrix(feat, list(ids))
+    return {p: M[i] for i, p in enumerate(ids) if present[i]}
+
+
+def photo_colours(store, ids: Sequence[str], title_field: str, log=print) -> list[str | None]:
+    """Per product, the colour its photo shows as the store's ``photo_colour.<title field>`` holds it (None where the
+    title states a colour, the product has no photo or the head abstained)."""
+    from ..encoders.attributes import photo_colour_feature
+
+    m = _photo_attribute(store, ids, title_field, photo_colour_feature(title_field), False, log)
+    return [None] * len(ids) if m is None else [m.get(i) or None for i in ids]
+
+
+def photo_colour_probas(store, ids: Sequence[str], title_field: str, log=print) -> list[np.ndarray | None]:
+    """Per product, the photo colour head's probability of every colour class (``photo_colour_proba.<title field>``;
+    None where the title states a colour or the product has no photo)."""
+    from ..encoders.attributes import photo_colour_proba_feature
+
+    m = _photo_attribute(store, ids, title_field, photo_colour_proba_feature(title_field), True, log)
+    return [None] * len(ids) if m is None else [m.get(i) for i in ids]
+
+
+def colour_table(titles: Sequence[str | None], photo_probas: Sequence[np.ndarray | None] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The colour table of products (:data:`~fusionrank.modalities.COLOUR_TABLE`): per product its
+    :func:`~fusionrank.encoders.attributes.colour_evidence` from its indexed title and, where the title states no
+    colour, its photo's colour probabilities; ``(float32 [P, C], present [P])`` (unknown rows are zeros)."""
+    from ..encoders.attributes import colour_classes, colour_evidence
+
+    photo = [None] * len(titles) if photo_probas is None else photo_probas
+    if len(photo) != len(titles):
+        raise FusionrankError(f"colour_table: {len(photo)} photo colour rows for {len(titles)} titles")
+    E = np.zeros((len(titles), len(colour_classes())), np.float32)
+    present = np.zeros(len(titles), bool)
+    for i, (t, p) in enumerate(zip(titles, photo)):
+        v = colour_evidence(t, p)
+        if v is not None:
+            E[i], present[i] = v, True
+    return E, present
+
+
+def _with_attribute_tables(records: dict[str, Sequence], emb: dict[str, np.ndarray], emb_mask: dict[str, np.ndarray]):
+    """``emb`` and ``emb_mask`` with the attribute tables the caller did not give, from the records' indexed titles
+    (photo evidence comes only from the caller: :meth:`CatalogTables.from_store`, a product's ``PUT``)."""
+    if COLOUR_TABLE in emb:
+        return emb, emb_mask
+    titles = records.get(INDEXED_TITLE)
+    titles = records.get(S.TITLE) if titles is None else titles
+    E, present = colour_table(list(titles) if titles is not None else [None] * len(records[S.PRODUCT_ID]))
+    return {**emb, COLOUR_TABLE: E}, {**emb_mask, COLOUR_TABLE: present}
 
 
 class CatalogTables:
@@ -118,8 +169,8 @@ class CatalogTables:
         self.cat_code = np.zeros(0, np.int32)  # per row: code of its lower-cased category (0 = none), for filters
         self._cat_codes: dict[str, int] = {}
         self.lex_text: dict[str, np.ndarray] = {f: np.empty(0, object) for f in LEXICAL_FIELDS}
-        self.emb: dict[str, EmbeddingTable] = {t: EmbeddingTable(dims[t], config.table_dtype) for t in TABLES}
-        self.emb_mask: dict[str, np.ndarray] = {t: np.zeros(0, bool) for t in TABLES}
+        self.emb: dict[str, EmbeddingTable] = {t: EmbeddingTable(dims[t], config.table_dtype) for t in CATALOG_TABLES}
+        self.emb_mask: dict[str, np.ndarray] = {t: np.zeros(0, bool) for t in CATALOG_TABLES}
         self.live = np.zeros(0, bool)
         self.row_of: dict[str, int] = {}
         self.lexical: dict[str, LexicalField] = {}
@@ -141,7 +192,8 @@ class CatalogTables:
         config = config or CatalogConfig()
         t0 = time.perf_counter()
         P = len(records[S.PRODUCT_ID])
-        self = cls(config, {t: emb[t].shape[1] for t in TABLES})
+        emb, emb_mask = _with_attribute_tables(records, emb, emb_mask)
+        self = cls(config, {t: emb[t].shape[1] for t in CATALOG_TABLES})
         for c in RECORD_COLUMNS:
             v = records.get(c)
             self.records[c] = np.asarray(list(v) if v is not None else [None] * P, dtype=object)
@@ -155,7 +207,7 @@ class CatalogTables:
             self.lex_text[f] = np.asarray([t or "" for t in lex_texts[f]], dtype=object)
             self.lexical[f] = LexicalField.build(self.lex_text[f], **config.bm25.model_dump(),
                                                  vocab=None if like is None else like.lexical[f].vocab)
-        for t in TABLES:
+        for t in CATALOG_TABLES:
             self.emb_mask[t] = np.asarray(emb_mask[t], bool).copy()
             self.emb[t] = EmbeddingTable.from_rows(emb[t], self.emb_mask[t], config.table_dtype)
         self.live = np.ones(P, bool)
@@ -193,7 +245,8 @@ class CatalogTables:
         """
         config = config or CatalogConfig()
         P = len(records[S.PRODUCT_ID])
-        self = cls(config.model_copy(update={"table_dtype": "float32"}), {t: emb[t].shape[1] for t in TABLES})
+        emb, emb_mask = _with_attribute_tables(records, emb, emb_mask)
+        self = cls(config.model_copy(update={"table_dtype": "float32"}), {t: emb[t].shape[1] for t in CATALOG_TABLES})
         for c in RECORD_COLUMNS:
             v = records.get(c)
             self.records[c] = np.asarray(list(v) if v is not None else [None] * P, dtype=object)
@@ -202,7 +255,7 @@ class CatalogTables:
         self.cat_code = self._codes(self.records[S.CATEGORY])
         for f in LEXICAL_FIELDS:
             self.lex_text[f] = np.asarray([t or "" for t in lex_texts[f]], dtype=object)
-        for t in TABLES:
+        for t in CATALOG_TABLES:
             self.emb_mask[t] = np.asarray(emb_mask[t], bool).copy()
             self.emb[t] = EmbeddingTable.from_rows(np.asarray(emb[t], np.float32), self.emb_mask[t], "float32")
         self.live = np.ones(P, bool)
@@ -256,6 +309,8 @@ class CatalogTables:
         records[TRANSCRIPT_TEXT] = transcripts
         desc = [d if isinstance(d, str) else "" for d in col(S.DESCRIPTION)]
         photo = photo_colours(store, ids, config.title_field, log) if config.photo_attributes else None
+        probas = photo_colour_probas(store, ids, config.title_field, log) if config.photo_attributes else None
+        emb[COLOUR_TABLE], mask[COLOUR_TABLE] = colour_table(titles, probas)
         return cls.build(records, lexical_texts(titles, desc, transcripts, photo), emb, mask, config, log)
 
     def dense_tables(self) -> list[str]:
@@ -349,7 +404,7 @@ class CatalogTables:
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held per part (arrays and indexes; Python string objects of the records not counted)."""
         n = self.cap
-        return {"embeddings": int(sum(self.emb[t].nbytes + self.emb_mask[t].nbytes for t in TABLES)),
+        return {"embeddings": int(sum(self.emb[t].nbytes + self.emb_mask[t].nbytes for t in CATALOG_TABLES)),
                 "ann": int(sum(a.memory_bytes() for a in self.vectors.values())),
                 "bm25": int(sum(lx.memory_bytes() for lx in self.lexical.values())),
                 "rows": int(self.live.nbytes + 8 * n * (len(RECORD_COLUMNS) + 1 + len(LEXICAL_FIELDS)))}

@@ -7,7 +7,9 @@
 - lexical fields: BM25 of the query, its per-slate min-max, and term overlap (share of
   the query's distinct known terms the product's field contains);
 - every table: ``cos(query, row)``;
-- the image's cosine also gets a per-slate min-max.
+- the image's cosine also gets a per-slate min-max;
+- ``colour_match``: how sure we are that the product has the colour the query names (its title states it: 1;
+  its title states none: the photo colour head's probability; see :mod:`fusionrank.encoders.attributes`).
 
 The learned interaction of a modality (query ⊙ modality embedding) is computed inside
 the ranker from the tables. A product that lacks a modality has mask 0 for it and zeros
@@ -24,7 +26,8 @@ import pandas as pd
 
 from .. import schema as S
 from ..errors import FusionrankError
-from ..modalities import FEATURE_COLUMN, LEXICAL_FIELDS, MODALITIES, MODALITY_NAMES, SCALAR_FEATURES
+from ..encoders.attributes import colour_match
+from ..modalities import COLOUR_MATCH, COLOUR_TABLE, FEATURE_COLUMN, LEXICAL_FIELDS, MODALITIES, MODALITY_NAMES, SCALAR_FEATURES
 from .stage import Stage
 
 
@@ -137,6 +140,7 @@ class Featuriser(Stage):
             for m in MODALITIES:
                 E = cat.emb[m.table][safe]  # [B, N, D]
                 x[:, :, FEATURE_COLUMN[m.cosine]] = np.einsum("bnd,bd->bn", E, q) * cat.emb_mask[m.table][safe]
+            x[:, :, FEATURE_COLUMN[COLOUR_MATCH]] = colour_match(cands.queries.texts, cat.emb[COLOUR_TABLE][safe])
         mask = cat.modality_mask(rows)
         finish_features(x, valid, mask)
         return Slates(list(cands.queries.query_ids), list(cands.queries.texts), rows, x, mask, q)

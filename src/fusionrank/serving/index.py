@@ -45,7 +45,8 @@ import pandas as pd
 
 from .. import schema as S
 from ..errors import FusionrankError
-from ..modalities import LEXICAL_FIELDS, TABLES
+from ..encoders.attributes import colour_evidence
+from ..modalities import CATALOG_TABLES, COLOUR_TABLE, LEXICAL_FIELDS
 from ..ranking.catalog import INDEXED_TITLE, RECORD_COLUMNS, TRANSCRIPT_TEXT, CatalogConfig, CatalogTables
 from ..ranking.lexical import LexicalField
 from ..ranking.tables import EmbeddingTable, TextColumn
@@ -128,7 +129,7 @@ class SearchIndex(CatalogTables):
         self.cat_code = resized(self.cat_code, 0)
         for f in LEXICAL_FIELDS:
             self.lex_text[f] = resized(self.lex_text[f], "")
-        for t in TABLES:
+        for t in CATALOG_TABLES:
             self.emb[t].reserve(cap)  # the slot map only: stored vectors are never copied
             self.emb_mask[t] = resized(self.emb_mask[t], False)
         self.live = resized(self.live, False)
@@ -161,7 +162,9 @@ class SearchIndex(CatalogTables):
         if _log:
             self.catch_up()
         pid = str(record[S.PRODUCT_ID])
-        for t in TABLES:
+        if COLOUR_TABLE not in vectors:  # a caller without photo evidence: the colours its indexed title states
+            vectors = {**vectors, COLOUR_TABLE: colour_evidence(record.get(INDEXED_TITLE) or record.get(S.TITLE))}
+        for t in CATALOG_TABLES:
             v = vectors.get(t)
             if v is not None and np.asarray(v).shape != (self.dims[t],):
                 raise FusionrankError(f"vector {t!r} of product {pid!r} has shape {np.asarray(v).shape}, expected ({self.dims[t]},)")
@@ -170,7 +173,7 @@ class SearchIndex(CatalogTables):
         entry = None
         if _log:  # encoded first: a record that cannot be logged (NaN, ...) is refused before it changes anything
             entry = {"op": "upsert", "record": {c: record.get(c) for c in RECORD_COLUMNS}, "lex": lex_texts,
-                     "vectors": {t: (None if vectors.get(t) is None else _b64(vectors[t])) for t in TABLES}}
+                     "vectors": {t: (None if vectors.get(t) is None else _b64(vectors[t])) for t in CATALOG_TABLES}}
             if attributes:
                 entry["attributes"] = attributes
             encode_record(entry)
@@ -187,7 +190,7 @@ class SearchIndex(CatalogTables):
             self.records[S.PRODUCT_ID][row] = pid
             cat = record.get(S.CATEGORY)
             self.cat_code[row] = self._codes([cat])[0]
-            for t in TABLES:
+            for t in CATALOG_TABLES:
                 v = vectors.get(t)
                 self.emb_mask[t][row] = v is not None
                 self.emb[t].set(row, None if v is None else np.asarray(v, np.float32))
@@ -301,8 +304,8 @@ class SearchIndex(CatalogTables):
             live = self.live[:n]
             records = {c: self.records[c][:n][live] for c in RECORD_COLUMNS}
             texts = {f: self.lex_text[f][:n][live] for f in LEXICAL_FIELDS}
-            emb = {t: self.emb[t][np.flatnonzero(live)] for t in TABLES}
-            mask = {t: self.emb_mask[t][:n][live] for t in TABLES}
+            emb = {t: self.emb[t][np.flatnonzero(live)] for t in CATALOG_TABLES}
+            mask = {t: self.emb_mask[t][:n][live] for t in CATALOG_TABLES}
         return SearchIndex.build(records, texts, emb, mask, self.config, log=log)
 
     # persistence ---------------------------------------------------------------
@@ -331,7 +334,7 @@ class SearchIndex(CatalogTables):
 
             feather.write_feather(pa.Table.from_pandas(meta.drop(columns=["live"]), preserve_index=False),
                                   tmp / RECORDS_ARROW, compression="uncompressed", chunksize=max(1, n))  # one batch: mapped without a copy
-            for t in TABLES:  # the vectors of the rows that have one, in row order, in the table's dtype
+            for t in CATALOG_TABLES:  # the vectors of the rows that have one, in row order, in the table's dtype
                 np.save(tmp / f"emb.{t}.npy", self.emb[t].stored(n)[1])
                 np.save(tmp / f"mask.{t}.npy", self.emb_mask[t][:n])
             for f, lx in self.lexical.items():
@@ -405,7 +408,7 @@ class SearchIndex(CatalogTables):
 
         pa.default_memory_pool().release_unused()  # the parquet read's buffers: else every worker keeps them (~40 MB at 44k)
         self.cat_code = self._codes(self.records[S.CATEGORY])
-        for t in TABLES:  # memory-mapped and never copied: every process that loads this snapshot shares the pages
+        for t in CATALOG_TABLES:  # memory-mapped and never copied: every process that loads this snapshot shares the pages
             self.emb_mask[t] = np.load(d / f"mask.{t}.npy")
             self.emb[t] = _load_table(d / f"emb.{t}.npy", self.emb_mask[t], config.table_dtype)
         # room for new products: growing a 1M-row table later would copy all of it during a write

@@ -27,7 +27,8 @@ from ..encode import EncodeSettings
 from ..encoders import Encoder, base_encoder, build_encoder, encoder_from_spec, fold_of
 from ..errors import FusionrankError, RowError
 from ..ingest.validate import validate_product
-from ..modalities import MODALITIES, modality
+from ..encoders.attributes import colour_evidence
+from ..modalities import COLOUR_TABLE, MODALITIES, modality
 from ..ranking.catalog import INDEXED_TITLE, TRANSCRIPT_TEXT, lexical_texts
 from .media import MediaError, MediaRoots, audio_bytes, image_bytes
 
@@ -99,7 +100,7 @@ class ProductEncoder:
         t0 = time.perf_counter()
         text, image, audio = (modality(m).table for m in ("text", "image", "audio"))
         vectors: dict[str, np.ndarray | None] = {text: self._encoder("text").encode([indexed])[0], image: None, audio: None}
-        transcript = photo_colour = None
+        transcript = photo_colour = photo_proba = None
         if p[S.IMAGE]:
             path = p[S.IMAGE] = self._local_file(p[S.IMAGE], S.IMAGE)
             proj = self._encoder("projection")
@@ -121,7 +122,7 @@ class ProductEncoder:
                 x = photo_features()
                 # a cross-fitted projection: the model of the title's fold, as for the catalogue's products
                 vectors[image] = proj.encode([(fold_of(indexed, proj.folds), x[0])] if proj.cross_fitted else x)[0]
-            photo_colour = self._photo_colour(photo_features, indexed, report)
+            photo_colour, photo_proba = self._photo_colour(photo_features, indexed, report)
         if p[S.AUDIO]:
             path = p[S.AUDIO] = self._local_file(p[S.AUDIO], S.AUDIO)
             tr = self._encoder("transcriber")
@@ -134,8 +135,9 @@ class ProductEncoder:
                     raise ProductInputError(f"{S.AUDIO}: cannot decode the clip ({type(e).__name__})") from None
                 if transcript:
                     vectors[audio] = self._encoder("text").encode([transcript])[0]
-        if self._adapt is not None:  # every vector here lives in MiniLM's space
+        if self._adapt is not None:  # every modality's vector here lives in MiniLM's space
             vectors = {k: None if v is None else self._adapt(np.asarray(v, np.float32)[None])[0] for k, v in vectors.items()}
+        vectors[COLOUR_TABLE] = colour_evidence(indexed, photo_proba)  # as the catalogue's products (colour_table)
         report["seconds"] = round(time.perf_counter() - t0, 3)
         report["modalities"] = {m.name: vectors[m.table] is not None for m in MODALITIES}
         desc = p.get(S.DESCRIPTION) or ""
@@ -153,20 +155,22 @@ class ProductEncoder:
                 self._enc[key] = build_encoder(name)
             return self._enc[key]
 
-    def _photo_colour(self, photo_features: Callable[[str], np.ndarray], indexed: str, report: dict[str, Any]) -> str | None:
-        """The colour the photo shows, by the catalogue's colour head, for a title that states none (as
-        ``fusionrank encode`` gives catalogue products); None without a head, for a title that states a colour,
-        or when the head abstains."""
+    def _photo_colour(self, photo_features: Callable[[str], np.ndarray], indexed: str, report: dict[str, Any]
+                      ) -> tuple[str | None, np.ndarray | None]:
+        """The colour the photo shows, by the catalogue's colour head, for a title that states none, and the head's
+        probability of every colour class (as ``fusionrank encode`` gives catalogue products); ``(None, None)``
+        without a head or for a title that states a colour, and no colour when the head abstains."""
         from ..encoders.attributes import title_colour
 
         if not self.settings.attributes:
-            return None
+            return None, None
         head = self._encoder("attributes")
         if head is None:
             report["photo_colour"] = "not read: no colour head was trained for this catalogue"
-            return None
+            return None, None
         if title_colour(indexed) != "":
-            return None
-        colour = head.encode(np.hstack([photo_features(name) for name in head.inputs]))[0] or None
+            return None, None
+        x = np.hstack([photo_features(name) for name in head.inputs])
+        colour = head.encode(x)[0] or None
         report["photo_colour"] = colour
-        return colour
+        return colour, head.class_proba(x)[0]

@@ -59,7 +59,7 @@ import numpy as np
 from .. import schema as S
 from ..encoders.text import tokenize
 from ..errors import FusionrankError, UnknownCategory
-from ..modalities import LEXICAL_FIELDS, TABLES
+from ..modalities import CATALOG_TABLES, LEXICAL_FIELDS
 from ..ranking.catalog import RECORD_COLUMNS, CatalogTables
 from ..ranking.lexical import Bm25Stats, LexicalField
 from ..ranking.retrieve import CandidateConfig, Candidates, HybridRetriever, SourceLists, fused
@@ -279,8 +279,8 @@ class Shard:
             return {"rows": every, "lex": out_lex,
                     "records": {c: t.records[c][local] for c in RECORD_COLUMNS},
                     "lex_text": {f: t.lex_text[f][local] for f in LEXICAL_FIELDS},
-                    "emb": {m: t.emb[m][local] for m in TABLES},
-                    "emb_mask": {m: t.emb_mask[m][local] for m in TABLES}}
+                    "emb": {m: t.emb[m][local] for m in CATALOG_TABLES},
+                    "emb_mask": {m: t.emb_mask[m][local] for m in CATALOG_TABLES}}
 
     # persistence ---------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -333,8 +333,8 @@ def split(tables: CatalogTables, k: int, assign: np.ndarray | None = None, log=p
         rows = np.flatnonzero(live & (assign[:n] == i))
         part = SearchIndex.build({c: tables.records[c][rows] for c in RECORD_COLUMNS},
                                  {f: tables.lex_text[f][rows] for f in LEXICAL_FIELDS},
-                                 {t: tables.emb[t][rows] for t in TABLES},
-                                 {t: tables.emb_mask[t][:n][rows] for t in TABLES}, tables.config, log=log, like=tables)
+                                 {t: tables.emb[t][rows] for t in CATALOG_TABLES},
+                                 {t: tables.emb_mask[t][:n][rows] for t in CATALOG_TABLES}, tables.config, log=log, like=tables)
         shards.append(Shard(part, rows, tables.config.candidates, end=n))
     return shards
 
@@ -449,13 +449,13 @@ class ShardRouter(Stage):
         pad = not len(grows)  # no candidates: one empty row, so that padding (read as row 0) has a row to read
         records = {c: column(lambda g: g["records"][c], np.empty(0, object)) for c in RECORD_COLUMNS}
         lex_text = {f: column(lambda g: g["lex_text"][f], np.empty(0, object)) for f in LEXICAL_FIELDS}
-        emb = {t: column(lambda g: g["emb"][t], np.zeros((0, dims[t]), np.float32)) for t in TABLES}
-        mask = {t: column(lambda g: g["emb_mask"][t], np.zeros(0, bool)) for t in TABLES}
+        emb = {t: column(lambda g: g["emb"][t], np.zeros((0, dims[t]), np.float32)) for t in CATALOG_TABLES}
+        mask = {t: column(lambda g: g["emb_mask"][t], np.zeros(0, bool)) for t in CATALOG_TABLES}
         if pad:
             records = {c: np.asarray([""] if c == S.PRODUCT_ID else [None], object) for c in RECORD_COLUMNS}
             lex_text = {f: np.asarray([""], object) for f in LEXICAL_FIELDS}
-            emb = {t: np.zeros((1, dims[t]), np.float32) for t in TABLES}
-            mask = {t: np.zeros(1, bool) for t in TABLES}
+            emb = {t: np.zeros((1, dims[t]), np.float32) for t in CATALOG_TABLES}
+            mask = {t: np.zeros(1, bool) for t in CATALOG_TABLES}
         view = CatalogTables.view(records, lex_text, emb, mask, CatalogConfig(candidates=self.config),
                                   np.asarray([-1]) if pad else grows)
         if pad:
