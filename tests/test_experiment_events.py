@@ -30,6 +30,7 @@ def click_store(tiny_model, tiny_fashion, tmp_path_factory):
 def test_train_from_clicks(click_store, tiny_fashion, tmp_path, labels, loss):
     from fixtures_fashion import tiny_config_dict
     from fusionrank.experiment import ExperimentConfig, train
+    from fusionrank.modalities import SCALAR_FEATURES
     from fusionrank.modeldir import ModelDir
 
     cfg = ExperimentConfig.model_validate(tiny_config_dict(
@@ -44,7 +45,7 @@ def test_train_from_clicks(click_store, tiny_fashion, tmp_path, labels, loss):
         assert len(c["theta"]) >= 8 and c["theta"][0] == pytest.approx(1.0) and c["theta"][7] < c["theta"][0]
     assert metrics["dev/title"]["ndcg@10"] > 0.2
     md = ModelDir.open(tmp_path / "m")
-    assert md.load_ranker().n_features_ == 10 and json.loads((md.path / "config.json").read_text())["events"]["labels"] == labels
+    assert md.load_ranker().n_features_ == len(SCALAR_FEATURES) and json.loads((md.path / "config.json").read_text())["events"]["labels"] == labels
 
 
 def test_events_block_is_checked(tiny_fashion, click_store):

@@ -39,5 +39,5 @@ def test_registered_and_checked():
     r = FeatureRanker().fit(_slates(), feature_groups())
     bad = _slates()
     bad.x = bad.x[..., :3]
-    with pytest.raises(FusionrankError, match="Expected 10 features"):
+    with pytest.raises(FusionrankError, match=f"Expected {len(SCALAR_FEATURES)} features"):
         r.predict(bad)

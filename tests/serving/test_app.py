@@ -95,8 +95,8 @@ def test_admin_endpoints_need_the_admin_key(client, method, path, body):
 def test_put_search_update_delete_cycle(client, svc_app, tiny_fashion):
     svc = svc_app[0]
     H = {"X-API-Key": ADMIN}
-    photo = str(tiny_fashion.root / "images" / "1000.jpg")
-    body = {"title": "Zorblax Men Purple Sneakers", "category": "Footwear", "brand": "Zorblax", "image": photo,
+    photo = str(tiny_fashion.root / "images" / "1004.jpg")  # a photo of black shoes, as its title says
+    body = {"title": "Zorblax Men Black Sneakers", "category": "Footwear", "brand": "Zorblax", "image": photo,
             "description": "limited edition", "fabric": "mesh"}
     assert client.get("/search", params={"q": "zorblax"}).json()["results"][0]["product_id"] != "z-1"
     r = client.put("/products/z-1", json=body, headers=H)
@@ -107,10 +107,10 @@ def test_put_search_update_delete_cycle(client, svc_app, tiny_fashion):
     assert top["product_id"] == "z-1" and top["modalities"]["image"] and top["image_url"] == "/products/z-1/image"
     assert "zorblax" in top["matched_terms"]["title"]
     # update: new title; the old one is no longer found
-    r = client.put("/products/z-1", json={**body, "title": "Quuxly Men Purple Boots"}, headers=H)
+    r = client.put("/products/z-1", json={**body, "title": "Quuxly Men Black Boots"}, headers=H)
     assert r.status_code == 200
     hits = client.get("/search", params={"q": "quuxly boots", "k": 3}).json()["results"]
-    assert hits[0]["product_id"] == "z-1" and hits[0]["title"] == "Quuxly Men Purple Boots"
+    assert hits[0]["product_id"] == "z-1" and hits[0]["title"] == "Quuxly Men Black Boots"
     assert all("zorblax" not in h["matched_terms"]["title"] for h in client.get("/search", params={"q": "zorblax"}).json()["results"])
     # delete
     assert client.delete("/products/z-1", headers=H).status_code == 204
