@@ -20,8 +20,8 @@ Systems, on both title fields, full catalogue, NDCG@10 (gain 2^g - 1):
 - each model given (``--model [LABEL=]DIR``, repeatable) with its queries as typed (``understanding`` off);
 - the same model with its query understanding, and with each of its parts switched off.
 
-The hybrid runs over the first model's catalogue tables; its weight is tuned on the first model's
-held-out training queries. The first model's workspace gives the queries and grades.
+The hybrid runs over its own tables (plain MiniLM title vectors, BM25 over the titles as they are: no
+model's adapter or photo colour); its weight is tuned on the first model's held-out training queries. The first model's workspace gives the queries and grades.
 
 Writes ``benchmarks/results/generalisation.md`` (+ ``.json``).
 """
@@ -50,7 +50,7 @@ from fusionrank.experiment import split_frame, evaluate_pipeline  # noqa: E402
 from fusionrank.ingest import Catalog, split_queries  # noqa: E402
 from fusionrank.metrics import evaluate  # noqa: E402
 from fusionrank.modeldir import ModelDir  # noqa: E402
-from fusionrank.ranking import QueryEncoder  # noqa: E402
+from fusionrank.ranking import CatalogConfig, CatalogTables, QueryEncoder, VectorConfig  # noqa: E402
 from fusionrank.report import markdown_table  # noqa: E402
 from fusionrank.settings import get_settings  # noqa: E402
 
@@ -217,6 +217,7 @@ def main() -> None:
     sp = split_queries(train_q, {"train": 1 - vf, "valid": vf}, seed=cfg.seed)
     vq = train_q[sp == "valid"]
     qenc = QueryEncoder(text_encoder=cfg.text_encoder_spec, cache_size=20000)
+    henc = QueryEncoder(cache_size=20000)  # the hybrid's: plain MiniLM
     prefix = (lambda label: f"{label}: ") if len(models) > 1 else (lambda label: "")
     rows, examples = [], {}
     for tf in FIELDS:
@@ -229,11 +230,15 @@ def main() -> None:
             if key not in built:
                 built[key] = m.catalog_tables(tf, log=lambda x: None)
             model_tabs[label] = built[key]
-        tabs = model_tabs[next(iter(models))]
-        log(f"{tf}: catalogue tables ({len(built)}) in {time.perf_counter() - t0:.0f} s")
+        # the hybrid's own tables: plain MiniLM title vectors and BM25 over the titles as they are, whatever text
+        # encoder (an adapter trained on the judgments) or title expansion (the photo colour) the models use
+        tabs = CatalogTables.from_store(cat.products, ws.store, CatalogConfig(
+            title_field=tf, candidates=cfg.candidates, bm25=cfg.bm25, ann=VectorConfig(codec="exact")),
+            "minilm", cfg.transcriber_name, log=lambda x: None)
+        log(f"{tf}: catalogue tables ({len(built)} + the hybrid's) in {time.perf_counter() - t0:.0f} s")
         # the hybrid: weight tuned on held-out training queries
         vqs = vq[S.QUERY].tolist()
-        vbm, vde = minmax(bm25_scores(tabs, "title", vqs)), minmax(qenc.encode_many(vqs) @ tabs.emb["title"][:tabs.n_rows].T)
+        vbm, vde = minmax(bm25_scores(tabs, "title", vqs)), minmax(henc.encode_many(vqs) @ tabs.emb["title"][:tabs.n_rows].T)
         vqr = qrels[qrels[S.QUERY_ID].isin(set(vq[S.QUERY_ID]))]
         grid = np.round(np.arange(0.0, 1.01, 0.1), 2)
         w = max(grid, key=lambda w: evaluate(vqr, full_run(tabs.ids, vq[S.QUERY_ID].tolist(), w * vbm + (1 - w) * vde, 100),
@@ -241,7 +246,7 @@ def main() -> None:
         for part, pq in parts.items():
             qs, qids = pq[S.QUERY].tolist(), pq[S.QUERY_ID].tolist()
             pqr = qrels[qrels[S.QUERY_ID].isin(set(qids))]
-            h = w * minmax(bm25_scores(tabs, "title", qs)) + (1 - w) * minmax(qenc.encode_many(qs) @ tabs.emb["title"][:tabs.n_rows].T)
+            h = w * minmax(bm25_scores(tabs, "title", qs)) + (1 - w) * minmax(henc.encode_many(qs) @ tabs.emb["title"][:tabs.n_rows].T)
             r = evaluate(pqr, full_run(tabs.ids, qids, h), ["ndcg@10"])
             rows.append({"field": tf, "part": part, "system": f"hybrid BM25+MiniLM (w={w})", "ndcg@10": r.mean["ndcg@10"]})
             for label, m in models.items():

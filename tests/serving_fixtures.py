@@ -22,5 +22,6 @@ def make_service(model_dir, directory, ann: dict | None = None):
     idx = serving_index(model_dir, (ann or {}).get("codec", "flat"))
     idx.save(directory / "index")
     md = ModelDir.open(model_dir)
-    enc = ProductEncoder(idx.config.title_field, md.config().encode_settings(), md.catalog_location()[1])
+    enc = ProductEncoder(idx.config.title_field, md.config().encode_settings(), md.catalog_location()[1],
+                         transcript_colours=idx.config.transcript_attributes)
     return SearchService(idx, load_handle(model_dir), data_dir=directory / "data", product_encoder=enc)

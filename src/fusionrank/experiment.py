@@ -238,7 +238,7 @@ class ExperimentConfig(BaseModel):
         vectors = self.vectors if codec is None else self.vectors.model_copy(update={"codec": codec})
         return CatalogConfig(title_field=title_field or self.data.title_field, candidates=self.candidates, bm25=self.bm25,
                              ann=vectors, table_dtype=table_dtype or self.index.table_dtype,
-                             photo_attributes=self.photo_attributes)
+                             photo_attributes=self.photo_attributes, transcript_attributes="audio" in self.modalities)
 
     def build_ranker(self):
         """An unfitted ranker of the kind ``[scorer]`` selects (:data:`~fusionrank.rankers.RANKERS`)."""

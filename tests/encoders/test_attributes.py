@@ -166,13 +166,19 @@ def test_colour_classes_are_the_canonical_vocabulary():
     assert colour_columns("running shoes") == () == colour_columns(None)
 
 
-def test_colour_evidence_prefers_the_title_and_falls_back_to_the_photo():
+def test_colour_evidence_prefers_the_title_then_the_transcript_then_the_photo():
     C, col = len(colour_classes()), {c: j for j, c in enumerate(colour_classes())}
     photo = np.full(C, 1.0 / C, np.float32)
     v = colour_evidence("Black & White Shoes", photo)  # the title's colours, the photo ignored
     assert v[col["black"]] == v[col["white"]] == 1.0 and v.sum() == 2.0
     np.testing.assert_array_equal(colour_evidence("Leather Wallet", photo), photo)
     assert colour_evidence("Leather Wallet") is None
+    # the product's own words before its photo: the title, then its transcript
+    said = colour_evidence("Leather Wallet", photo, "this wallet comes in tan")
+    assert said[col["tan"]] == 1.0 and said.sum() == 1.0
+    assert colour_evidence("Black Shoes", photo, "these shoes come in red")[col["red"]] == 0.0
+    np.testing.assert_array_equal(colour_evidence("Leather Wallet", photo, "a leather wallet"), photo)
+    assert colour_evidence("Leather Wallet", None, "a leather wallet") is None
     with pytest.raises(FusionrankError, match="expected"):
         colour_evidence("Leather Wallet", np.ones(3))
 

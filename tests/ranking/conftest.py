@@ -17,13 +17,14 @@ def quiet(_msg) -> None:
     pass
 
 
-def workspace_tables(tiny_workspace, title_field: str = "title", codec: str = "exact", **candidates):
+def workspace_tables(tiny_workspace, title_field: str = "title", codec: str = "exact", transcript_attributes: bool = False,
+                     **candidates):
     """Catalogue tables of the tiny workspace for ``title_field`` (20 candidates from each source's top 20)."""
     from fusionrank.ranking import CandidateConfig, CatalogConfig, CatalogTables, VectorConfig
 
     ws, cat = tiny_workspace
     cfg = CatalogConfig(title_field=title_field, candidates=CandidateConfig(**{"n": 20, "depth": 20, **candidates}),
-                        ann=VectorConfig(codec=codec))
+                        ann=VectorConfig(codec=codec), transcript_attributes=transcript_attributes)
     return CatalogTables.from_store(cat.products, ws.store_dir, cfg, "minilm", "whisper_tiny_en", log=quiet)
 
 

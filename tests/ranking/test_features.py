@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from fusionrank.encoders import BM25Encoder
+from fusionrank.encoders.attributes import colour_columns
 from fusionrank.encoders.text import tokenize
 from fusionrank.errors import FusionrankError
 from fusionrank.modalities import (ATTRIBUTE_TABLES, CATALOG_TABLES, FEATURE_COLUMN, LEXICAL_FIELDS, MODALITIES, MODALITY_NAMES, SCALAR_FEATURES, TABLES,
@@ -155,6 +156,28 @@ def test_colour_match_is_the_title_colour_without_photo_evidence(feat_pipe, spar
         assert sp_.x[0, b, COL["colour_match"]] == float("black" in sparse.lower().split())
     assert (sl.x[1, :, COL["colour_match"]] == 0).all()
     assert sl.x[0, :, COL["colour_match"]].any() and not sl.x[0, :, COL["colour_match"]].all()
+
+
+def test_colour_match_reads_the_transcript_where_the_title_states_no_colour(tiny_workspace, encoder, sparse_pipe, tables,
+                                                                           attrs, slates_of):
+    """With ``transcript_attributes`` (a model that ranks voice), a title that lost its colour takes the colour its
+    transcript states; the title's own colour still comes first, and products without a transcript stay unknown."""
+    from conftest import workspace_tables
+    from fusionrank.ranking import RankingPipeline
+
+    spoken = workspace_tables(tiny_workspace, "title_sparse", transcript_attributes=True)
+    pipe = RankingPipeline.over(spoken, None, encoder)
+    tees = rows_where(tables, attrs, article="Tshirt")
+    on = slates_of(pipe, ["q"], ["black tshirt"], [np.array(tees)])
+    off = slates_of(sparse_pipe, ["q"], ["black tshirt"], [np.array(tees)])
+    recovered = 0
+    for b, r in enumerate(tees):
+        sparse = attrs.loc[tables.ids[r], "title_sparse"].lower().split()
+        said = spoken.records["transcript"][spoken.row_of[tables.ids[r]]] or ""
+        want = float("black" in sparse or (not colour_columns(" ".join(sparse)) and "black" in said.lower().split()))
+        assert on.x[0, b, COL["colour_match"]] == want
+        recovered += want and not off.x[0, b, COL["colour_match"]]
+    assert recovered >= 1
 
 
 def test_labels_unjudged_zero_padding_minus_one(feat_pipe, tables, slates_of):

@@ -131,15 +131,18 @@ def colour_columns(text: str | None) -> tuple[int, ...]:
     return tuple(dict.fromkeys(col[canonical_colour(c)] for c in stated_colours(text)))
 
 
-def colour_evidence(title: str | None, photo_proba: np.ndarray | None = None) -> np.ndarray | None:
+def colour_evidence(title: str | None, photo_proba: np.ndarray | None = None,
+                    transcript: str | None = None) -> np.ndarray | None:
     """How sure we are, per colour class, that a product has that colour: 1 for each colour its title states; for a
-    title that states none, the photo head's probabilities (``photo_proba``, in :func:`colour_classes` order); None
-    when there is neither (unknown)."""
-    cols = colour_columns(title)
-    if cols:
-        v = np.zeros(len(colour_classes()), np.float32)
-        v[list(cols)] = 1.0
-        return v
+    title that states none, 1 for each colour its ``transcript`` states (its spoken description, given when the model
+    ranks voice); for neither, the photo head's probabilities (``photo_proba``, in :func:`colour_classes` order); None
+    when there is none of these (unknown). The product's own words come first: a photo is read less surely."""
+    for text in (title, transcript):
+        cols = colour_columns(text)
+        if cols:
+            v = np.zeros(len(colour_classes()), np.float32)
+            v[list(cols)] = 1.0
+            return v
     if photo_proba is None:
         return None
     v = np.asarray(photo_proba, np.float32).reshape(-1)

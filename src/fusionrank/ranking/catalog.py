@@ -70,6 +70,9 @@ class CatalogConfig(BaseModel):
     # append the colour read from the photo to the indexed title of a product whose title states none
     # (store feature photo_colour.<title field>, `[encoders.attributes]`); off: titles as they are
     photo_attributes: bool = False
+    # a colour a product's transcript states counts as colour evidence where its title states none (the model ranks
+    # the audio modality); off: titles and photos only
+    transcript_attributes: bool = False
 
 
 def lexical_texts(titles: Sequence[str], descriptions: Sequence[str | None], transcripts: Sequence[str | None],
@@ -128,33 +131,40 @@ def photo_colour_probas(store, ids: Sequence[str], title_field: str, log=print) 
     return [None] * len(ids) if m is None else [m.get(i) for i in ids]
 
 
-def colour_table(titles: Sequence[str | None], photo_probas: Sequence[np.ndarray | None] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def colour_table(titles: Sequence[str | None], photo_probas: Sequence[np.ndarray | None] | None = None,
+                 transcripts: Sequence[str | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The colour table of products (:data:`~fusionrank.modalities.COLOUR_TABLE`): per product its
-    :func:`~fusionrank.encoders.attributes.colour_evidence` from its indexed title and, where the title states no
-    colour, its photo's colour probabilities; ``(float32 [P, C], present [P])`` (unknown rows are zeros)."""
+    :func:`~fusionrank.encoders.attributes.colour_evidence` from its indexed title, its transcript and its photo's
+    colour probabilities (each optional); ``(float32 [P, C], present [P])`` (unknown rows are zeros)."""
     from ..encoders.attributes import colour_classes, colour_evidence
 
     photo = [None] * len(titles) if photo_probas is None else photo_probas
-    if len(photo) != len(titles):
-        raise FusionrankError(f"colour_table: {len(photo)} photo colour rows for {len(titles)} titles")
+    spoken = [None] * len(titles) if transcripts is None else transcripts
+    if len(photo) != len(titles) or len(spoken) != len(titles):
+        raise FusionrankError(f"colour_table: {len(photo)} photo colour rows and {len(spoken)} transcripts for "
+                              f"{len(titles)} titles")
     E = np.zeros((len(titles), len(colour_classes())), np.float32)
     present = np.zeros(len(titles), bool)
-    for i, (t, p) in enumerate(zip(titles, photo)):
-        v = colour_evidence(t, p)
+    for i, (t, p, a) in enumerate(zip(titles, photo, spoken)):
+        v = colour_evidence(t, p, a)
         if v is not None:
             E[i], present[i] = v, True
     return E, present
 
 
-def _with_attribute_tables(records: dict[str, Sequence], emb: dict[str, np.ndarray], emb_mask: dict[str, np.ndarray]):
+def _with_attribute_tables(records: dict[str, Sequence], emb: dict[str, np.ndarray], emb_mask: dict[str, np.ndarray],
+                           config: CatalogConfig):
     """``emb`` and ``emb_mask`` with the attribute tables the caller did not give, from the records' indexed titles
-    (photo evidence comes only from the caller: :meth:`CatalogTables.from_store`, a product's ``PUT``)."""
+    (and transcripts, when ``config.transcript_attributes``; photo evidence comes only from the caller:
+    :meth:`CatalogTables.from_store`, a product's ``PUT``)."""
     if COLOUR_TABLE in emb:
         return emb, emb_mask
+    n = len(records[S.PRODUCT_ID])
     titles = records.get(INDEXED_TITLE)
     titles = records.get(S.TITLE) if titles is None else titles
-    E, present = colour_table(list(titles) if titles is not None else [None] * len(records[S.PRODUCT_ID]))
+    spoken = records.get(TRANSCRIPT_TEXT) if config.transcript_attributes else None
+    E, present = colour_table(list(titles) if titles is not None else [None] * n, None,
+                              list(spoken) if spoken is not None else None)
     return {**emb, COLOUR_TABLE: E}, {**emb_mask, COLOUR_TABLE: present}
 
 
@@ -192,7 +202,7 @@ class CatalogTables:
         config = config or CatalogConfig()
         t0 = time.perf_counter()
         P = len(records[S.PRODUCT_ID])
-        emb, emb_mask = _with_attribute_tables(records, emb, emb_mask)
+        emb, emb_mask = _with_attribute_tables(records, emb, emb_mask, config)
         self = cls(config, {t: emb[t].shape[1] for t in CATALOG_TABLES})
         for c in RECORD_COLUMNS:
             v = records.get(c)
@@ -245,7 +255,7 @@ class CatalogTables:
         """
         config = config or CatalogConfig()
         P = len(records[S.PRODUCT_ID])
-        emb, emb_mask = _with_attribute_tables(records, emb, emb_mask)
+        emb, emb_mask = _with_attribute_tables(records, emb, emb_mask, config)
         self = cls(config.model_copy(update={"table_dtype": "float32"}), {t: emb[t].shape[1] for t in CATALOG_TABLES})
         for c in RECORD_COLUMNS:
             v = records.get(c)
@@ -310,7 +320,8 @@ class CatalogTables:
         desc = [d if isinstance(d, str) else "" for d in col(S.DESCRIPTION)]
         photo = photo_colours(store, ids, config.title_field, log) if config.photo_attributes else None
         probas = photo_colour_probas(store, ids, config.title_field, log) if config.photo_attributes else None
-        emb[COLOUR_TABLE], mask[COLOUR_TABLE] = colour_table(titles, probas)
+        emb[COLOUR_TABLE], mask[COLOUR_TABLE] = colour_table(titles, probas,
+                                                            transcripts if config.transcript_attributes else None)
         return cls.build(records, lexical_texts(titles, desc, transcripts, photo), emb, mask, config, log)
 
     def dense_tables(self) -> list[str]:

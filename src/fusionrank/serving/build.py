@@ -51,7 +51,7 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
     config = md.config()
     cat_dir, store = md.catalog_location(catalog)
     products = ProductEncoder(index.config.title_field, config.encode_settings(), store, media_dirs=catalog_media_dirs(cat_dir),
-                              text_encoder=config.text_encoder_spec)
+                              text_encoder=config.text_encoder_spec, transcript_colours=index.config.transcript_attributes)
     ranker_dir = md.path
     if registry is not None:
         from ..models import ModelRegistry, RegistryError

@@ -162,8 +162,9 @@ class SearchIndex(CatalogTables):
         if _log:
             self.catch_up()
         pid = str(record[S.PRODUCT_ID])
-        if COLOUR_TABLE not in vectors:  # a caller without photo evidence: the colours its indexed title states
-            vectors = {**vectors, COLOUR_TABLE: colour_evidence(record.get(INDEXED_TITLE) or record.get(S.TITLE))}
+        if COLOUR_TABLE not in vectors:  # a caller without photo evidence: the colours its indexed title (or transcript) states
+            spoken = record.get(TRANSCRIPT_TEXT) if self.config.transcript_attributes else None
+            vectors = {**vectors, COLOUR_TABLE: colour_evidence(record.get(INDEXED_TITLE) or record.get(S.TITLE), None, spoken)}
         for t in CATALOG_TABLES:
             v = vectors.get(t)
             if v is not None and np.asarray(v).shape != (self.dims[t],):

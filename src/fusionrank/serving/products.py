@@ -39,11 +39,15 @@ class ProductInputError(FusionrankError, ValueError):
 
 class ProductEncoder:
     """``text_encoder``: the model's text encoder block (``ExperimentConfig.text_encoder_spec``); one derived from MiniLM
-    (the trained ``minilm_adapter``) maps the title, transcript and projected photo vectors as the catalogue's were."""
+    (the trained ``minilm_adapter``) maps the title, transcript and projected photo vectors as the catalogue's were.
+    ``transcript_colours``: a colour the transcript states is colour evidence, as for the catalogue's products
+    (``CatalogConfig.transcript_attributes``)."""
 
     def __init__(self, title_field: str, settings: EncodeSettings | None = None, store_dir: str | Path | None = None,
-                 media_dirs: list[str | Path] | None = None, text_encoder: dict | None = None):
+                 media_dirs: list[str | Path] | None = None, text_encoder: dict | None = None,
+                 transcript_colours: bool = False):
         self.title_field = title_field
+        self.transcript_colours = transcript_colours
         derived = encoder_from_spec(text_encoder) if text_encoder and base_encoder(text_encoder["name"]) else None
         self._adapt = derived.adapt if derived is not None else None
         self.media_dirs = media_dirs  # the catalogue's media folders; None: the service fills them in from its index
@@ -137,7 +141,8 @@ class ProductEncoder:
                     vectors[audio] = self._encoder("text").encode([transcript])[0]
         if self._adapt is not None:  # every modality's vector here lives in MiniLM's space
             vectors = {k: None if v is None else self._adapt(np.asarray(v, np.float32)[None])[0] for k, v in vectors.items()}
-        vectors[COLOUR_TABLE] = colour_evidence(indexed, photo_proba)  # as the catalogue's products (colour_table)
+        # as the catalogue's products (colour_table)
+        vectors[COLOUR_TABLE] = colour_evidence(indexed, photo_proba, transcript if self.transcript_colours else None)
         report["seconds"] = round(time.perf_counter() - t0, 3)
         report["modalities"] = {m.name: vectors[m.table] is not None for m in MODALITIES}
         desc = p.get(S.DESCRIPTION) or ""
