@@ -60,6 +60,12 @@ def sparse_tables(tiny_workspace):
 
 
 @pytest.fixture(scope="session")
+def spoken_sparse_tables(tiny_workspace):
+    """``title_sparse`` tables whose colour table also reads the transcripts (a model that ranks voice)."""
+    return workspace_tables(tiny_workspace, "title_sparse", transcript_attributes=True)
+
+
+@pytest.fixture(scope="session")
 def feat_pipe(tables, encoder):
     """Encoder, retriever and feature builder over ``tables`` (no ranker: slates only, as training builds them)."""
     from fusionrank.ranking import RankingPipeline

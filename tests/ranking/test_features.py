@@ -158,14 +158,13 @@ def test_colour_match_is_the_title_colour_without_photo_evidence(feat_pipe, spar
     assert sl.x[0, :, COL["colour_match"]].any() and not sl.x[0, :, COL["colour_match"]].all()
 
 
-def test_colour_match_reads_the_transcript_where_the_title_states_no_colour(tiny_workspace, encoder, sparse_pipe, tables,
-                                                                           attrs, slates_of):
+def test_colour_match_reads_the_transcript_where_the_title_states_no_colour(spoken_sparse_tables, encoder, sparse_pipe,
+                                                                           tables, attrs, slates_of):
     """With ``transcript_attributes`` (a model that ranks voice), a title that lost its colour takes the colour its
     transcript states; the title's own colour still comes first, and products without a transcript stay unknown."""
-    from conftest import workspace_tables
     from fusionrank.ranking import RankingPipeline
 
-    spoken = workspace_tables(tiny_workspace, "title_sparse", transcript_attributes=True)
+    spoken = spoken_sparse_tables
     pipe = RankingPipeline.over(spoken, None, encoder)
     tees = rows_where(tables, attrs, article="Tshirt")
     on = slates_of(pipe, ["q"], ["black tshirt"], [np.array(tees)])
