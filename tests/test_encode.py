@@ -357,6 +357,15 @@ def test_cross_fitted_projection_in_the_store_and_for_a_new_product(tiny_fashion
     pe = ProductEncoder(S.TITLE, settings, store.root, media_dirs=[str(tiny_fashion.root)])
     _, _, vectors, _ = pe.encode({S.PRODUCT_ID: "new-1", S.TITLE: row[S.TITLE], S.IMAGE: row[S.IMAGE]})
     np.testing.assert_allclose(vectors["image_proj"], V[i], atol=1e-5)
+    # a model whose config names another projection (one, not two folds: another config was trained on the
+    # catalogue since) does not project the photo with the store's, and says why
+    single = EncodeSettings(image=settings.image, transcriber=None, audio_features=None,
+                            projection={"name": "image_projection", "args": {"epochs": 1}})
+    pe1 = ProductEncoder(S.TITLE, single, store.root, media_dirs=[str(tiny_fashion.root)])
+    _, _, vectors, report = pe1.encode({S.PRODUCT_ID: "new-2", S.TITLE: row[S.TITLE], S.IMAGE: row[S.IMAGE]})
+    assert vectors["image_proj"] is None and report["modalities"]["image"] is False
+    assert "not encoded: the store's image->text projection is not this model's (folds 2 where the model's config " \
+           "says 1)" in report["image"]
     # the store check knows the fold is part of what a projected photo is derived from (it used to call every
     # row stale, so `fusionrank train` failed after fitting a model on a cross-fitted store)
     from fusionrank.errors import StaleArtefactError

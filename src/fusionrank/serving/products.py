@@ -37,6 +37,27 @@ class ProductInputError(FusionrankError, ValueError):
     """A product that cannot be indexed as sent (the message names the field)."""
 
 
+def projection_mismatch(proj: Encoder | None, spec: dict | None) -> str | None:
+    """Why the store's photo projection ``proj`` is not the one the model's config names (``spec``), or None.
+
+    The store keeps one projection per title field: training another config on the same catalogue (one photo
+    projection instead of cross-fitted ones, other epochs) replaces it, and the catalogue's rows with it. A model
+    trained before then must not project a new product's photo with the replacement: its vector would not be
+    what the model's catalogue rows are.
+    """
+    if proj is None or not spec:
+        return None
+    args = dict(spec.get("args") or {})
+    want = {"name": spec["name"], "folds": int(args.pop("folds", 1)), **args}
+    got = {"name": proj.name, "folds": int(getattr(proj, "folds", 1)), **proj.config()}
+    diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+    if not diff:
+        return None
+    said = ", ".join(f"{k} {g!r} where the model's config says {w!r}" for k, (g, w) in sorted(diff.items()))
+    return (f"the store's image->text projection is not this model's ({said}): another config was trained on "
+            f"this catalogue since; run `fusionrank encode` with this model's config to restore it")
+
+
 class ProductEncoder:
     """``text_encoder``: the model's text encoder block (``ExperimentConfig.text_encoder_spec``); one derived from MiniLM
     (the trained ``minilm_adapter``) maps the title, transcript and projected photo vectors as the catalogue's were.
@@ -54,6 +75,7 @@ class ProductEncoder:
         self.settings = settings or EncodeSettings()
         self.store_dir = Path(store_dir) if store_dir else None
         self._enc: dict[str, Encoder] = {}
+        self._projection_problem: str | None = None  # why the store's projection is not the model's (then unused)
         self._lock = threading.Lock()
 
     def _encoder(self, key: str) -> Encoder | None:
@@ -62,7 +84,9 @@ class ProductEncoder:
                 s = self.settings
                 if key == "projection":
                     d = self.store_dir / "models" / f"image_projection.{self.title_field}" if self.store_dir else None
-                    self._enc[key] = Encoder.load(d) if d is not None and (d / "config.json").exists() else None
+                    proj = Encoder.load(d) if d is not None and (d / "config.json").exists() else None
+                    self._projection_problem = projection_mismatch(proj, s.projection)
+                    self._enc[key] = None if self._projection_problem else proj
                 elif key == "attributes":  # the colour head the catalogue's photo colours came from
                     from ..encoders.attributes import colour_head_dir
 
@@ -121,7 +145,7 @@ class ProductEncoder:
                 return features[enc.name]
 
             if proj is None:
-                report["image"] = "not encoded: no image->text projection was trained for this catalogue"
+                report["image"] = f"not encoded: {self._projection_problem or 'no image->text projection was trained for this catalogue'}"
             else:
                 x = photo_features()
                 # a cross-fitted projection: the model of the title's fold, as for the catalogue's products
