@@ -21,7 +21,8 @@ Systems, on both title fields, full catalogue, NDCG@10 (gain 2^g - 1):
 - the same model with its query understanding, and with each of its parts switched off.
 
 The hybrid runs over its own tables (plain MiniLM title vectors, BM25 over the titles as they are: no
-model's adapter or photo colour); its weight is tuned on the first model's held-out training queries. The first model's workspace gives the queries and grades.
+model's adapter or photo colour); its weight is tuned on the first model's held-out training queries. The
+first model's workspace gives the queries and grades.
 
 Writes ``benchmarks/results/generalisation.md`` (+ ``.json``).
 """
