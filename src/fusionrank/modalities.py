@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import schema as S
-from .errors import UnknownNameError
+from .errors import FusionrankError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,22 @@ CATALOG_TABLES: tuple[str, ...] = TABLES + ATTRIBUTE_TABLES
 LEXICAL_FIELDS: tuple[str, ...] = tuple(m.lexical for m in MODALITIES if m.lexical)
 SCALAR_FEATURES: tuple[str, ...] = tuple(f for m in MODALITIES for f in m.features)
 FEATURE_COLUMN: dict[str, int] = {f: j for j, f in enumerate(SCALAR_FEATURES)}
+# the scalar features of earlier versions, by their count, for models saved before a model directory recorded its
+# features' names (``features.json``): such a model reads its own columns, by name, out of today's slates. A change
+# to SCALAR_FEATURES adds the set it replaces here (two sets of one width cannot both be here: record names instead)
+EARLIER_FEATURE_SETS: dict[int, tuple[str, ...]] = {
+    10: tuple(f for f in SCALAR_FEATURES if f != COLOUR_MATCH),  # before colour_match
+}
+
+
+def feature_set(width: int) -> tuple[str, ...]:
+    """The scalar features, in column order, of slates ``width`` columns wide: today's, or an earlier set's."""
+    if width == len(SCALAR_FEATURES):
+        return SCALAR_FEATURES
+    if width in EARLIER_FEATURE_SETS:
+        return EARLIER_FEATURE_SETS[width]
+    raise FusionrankError(f"no feature set of fusionrank has {width} scalar features (today's has {len(SCALAR_FEATURES)}: "
+                          f"{', '.join(SCALAR_FEATURES)}; earlier ones: {', '.join(map(str, sorted(EARLIER_FEATURE_SETS)))})")
 
 
 def modality(name: str) -> Modality:

@@ -5,6 +5,7 @@
     MODEL_DIR/config.json     the experiment config used (resolved)
     MODEL_DIR/workspace.json  where the ingested catalogue and embedding store are
     MODEL_DIR/ranker/         the ranker's weights (+ ranker.json naming its kind)
+    MODEL_DIR/features.json   the names of the scalar features the ranker reads, in its column order
     MODEL_DIR/alpha.json      learned modality weights alpha_k or mean gate weights
     MODEL_DIR/metrics.json    validation and evaluation metrics
     MODEL_DIR/index/          the saved serving index (``fusionrank index``; ``fusionrank train`` writes it)
@@ -25,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FusionrankError, StaleArtefactError
+from .modalities import SCALAR_FEATURES, feature_set
 
 CONFIG, WORKSPACE, RANKER, ALPHA, METRICS, INDEX = "config.json", "workspace.json", "ranker", "alpha.json", "metrics.json", "index"
+FEATURES = "features.json"
 
 
 @dataclass
@@ -87,10 +90,21 @@ class ModelDir:
 
     def load_ranker(self):
         from .rankers import load_ranker
+        from .rankers.selection import SelectedFeatures
 
         if not (self.ranker_dir / "ranker.json").exists():
             raise FusionrankError(f"{self.ranker_dir}: no saved ranker; train one with `fusionrank train`")
-        return load_ranker(self.ranker_dir)
+        ranker = load_ranker(self.ranker_dir)
+        names = self.features(ranker)
+        return ranker if names == SCALAR_FEATURES else SelectedFeatures(ranker, names)
+
+    def features(self, ranker) -> tuple[str, ...]:
+        """The scalar features ``ranker`` (this directory's) was trained on, in its column order: ``features.json``,
+        or for a model saved before it recorded them, the feature set of the ranker's width."""
+        p = self.path / FEATURES
+        if p.exists():
+            return tuple(json.loads(p.read_text())["scalar_features"])
+        return SCALAR_FEATURES if ranker.n_features_ is None else feature_set(ranker.n_features_)
 
     def alpha(self) -> dict | None:
         p = self.path / ALPHA
@@ -120,6 +134,8 @@ class ModelDir:
             (self.path / WORKSPACE).write_text(json.dumps(workspace.__dict__, indent=2))
         if ranker is not None:
             ranker.save(self.ranker_dir)
+            names = getattr(ranker, "feature_names", None) or feature_set(ranker.n_features_ or len(SCALAR_FEATURES))
+            (self.path / FEATURES).write_text(json.dumps({"scalar_features": list(names)}, indent=2))
         if alpha is not None:
             (self.path / ALPHA).write_text(json.dumps(alpha, indent=2))
         if metrics is not None:

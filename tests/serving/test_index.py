@@ -224,6 +224,19 @@ def test_a_format_1_index_with_dense_float32_tables_still_loads(built, tmp_path)
         SearchIndex.load(d, log=lambda m: None)
 
 
+def test_an_index_saved_without_a_table_this_version_ranks_with_names_it_and_the_rebuild(built, tmp_path):
+    """An index saved before a table existed (the colour table came later) is refused, not served with that table empty."""
+    import json
+
+    built[1].save(tmp_path / "idx")
+    d = tmp_path / "idx"
+    meta = json.loads((d / "index.json").read_text())
+    del meta["dims"]["colour"]
+    (d / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(FusionrankError, match=r"without the 'colour' table.*fusionrank index MODEL_DIR"):
+        SearchIndex.load(d, log=lambda m: None)
+
+
 def test_shared_indexes_apply_each_others_logged_writes_in_one_order(built, tmp_path):
     """Two worker processes' views of one snapshot: a write through either is applied by the other before its next read."""
     sidx = built[1]

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import FusionrankError, NotFittedError
-from ..modalities import SCALAR_FEATURES
+from ..modalities import SCALAR_FEATURES, feature_set
 from .base import FeatureGroup
 
 
@@ -45,7 +45,10 @@ class FeatureRanker:
             raise NotFittedError(self)
         if slates.x.shape[-1] != self.n_features_:
             raise FusionrankError(f"Expected {self.n_features_} features, but found {slates.x.shape[-1]}")
-        s = np.where(slates.rows >= 0, slates.x[..., SCALAR_FEATURES.index(self.feature)], -np.inf).astype(np.float32)
+        names = feature_set(slates.x.shape[-1])  # slates of an earlier feature set (saved ones) hold it elsewhere
+        if self.feature not in names:
+            raise FusionrankError(f"feature {self.feature!r} is not among these slates' {len(names)} features")
+        s = np.where(slates.rows >= 0, slates.x[..., names.index(self.feature)], -np.inf).astype(np.float32)
         return (s, None) if return_weights else s
 
     def contributions(self, slates, tables=None) -> np.ndarray:

@@ -385,6 +385,10 @@ class SearchIndex(CatalogTables):
             raise FusionrankError(f"{d}: index format {meta.get('format')} is not supported (expected one of "
                                   f"{', '.join(map(str, READ_FORMATS))}); rebuild it with `fusionrank index MODEL_DIR`")
         config = CatalogConfig.model_validate(meta["config"])
+        missing = [t for t in CATALOG_TABLES if t not in meta["dims"]]
+        if missing:  # saved by a version that had fewer tables: the ranker's features would read nothing there
+            raise FusionrankError(f"{d}: the index was saved without the {', '.join(map(repr, missing))} table(s) that "
+                                  f"this version ranks with; rebuild it with `fusionrank index MODEL_DIR`")
         self = cls(config, meta["dims"])
         rec = pd.read_parquet(d / "records.parquet", columns=None if not (shared and (d / RECORDS_ARROW).exists()) else ["live"])
         n = len(rec)
