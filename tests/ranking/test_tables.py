@@ -53,6 +53,33 @@ def test_inner_products_equal_the_lookups_and_do_not_depend_on_the_batch(dtype):
     np.testing.assert_array_equal(s, one)
 
 
+def test_a_unit8_table_holds_probabilities_in_a_byte_each_within_half_a_step():
+    """The colour evidence of compact indexes: 0 and 1 exact, any probability within 1/510, read as float32."""
+    from fusionrank.ranking.tables import UNIT8
+
+    rng = np.random.default_rng(2)
+    p = rng.random((50, 61)).astype(np.float32)
+    p[:, 0], p[:, 1] = 0.0, 1.0
+    present = rng.random(50) < 0.8
+    t = EmbeddingTable.from_rows(p, present, UNIT8)
+    assert t.base.dtype == np.uint8 and t.nbytes == t.slot.nbytes + int(present.sum()) * 61
+    got = t[np.arange(50)]
+    assert got.dtype == np.float32 and not got[~present].any()
+    assert np.abs(got[present] - p[present]).max() <= 1 / 510 + 1e-7
+    assert (got[present][:, 0] == 0).all() and (got[present][:, 1] == 1).all()
+    t.reserve(51)
+    t.set(50, p[3])
+    np.testing.assert_array_equal(t[50], got[3] if present[3] else t[50])
+    assert np.abs(t[50] - p[3]).max() <= 1 / 510 + 1e-7
+    q = rng.random((3, 61)).astype(np.float32)
+    np.testing.assert_allclose(t.inner(q, 51), q @ t[np.arange(51)].T, rtol=1e-5, atol=1e-5)
+    # a table saved as floats (an index of before) is read into bytes
+    back = EmbeddingTable.from_stored(p[present].astype(np.float16), present, UNIT8, "emb.colour.npy")
+    assert back.base.dtype == np.uint8 and np.abs(back[np.arange(50)] - got).max() <= 1 / 255 + 1e-6
+    with pytest.raises(FusionrankError, match=r"unit8 table holds values in \[0, 1\]; got one of 1.5"):
+        EmbeddingTable.from_rows(np.full((2, 3), 1.5, np.float32), np.ones(2, bool), UNIT8)
+
+
 def test_bad_tables_are_errors_that_say_what_is_wrong():
     with pytest.raises(FusionrankError, match="unknown table_dtype 'float64'; valid: float32, float16"):
         table_dtype("float64")

@@ -8,6 +8,7 @@ import pytest
 
 from serving_fixtures import serving_index
 from fusionrank.errors import FusionrankError
+from fusionrank.modalities import ATTRIBUTE_TABLES
 from fusionrank.ranking import Featuriser, HybridRetriever, Queries, QueryEncoder
 from fusionrank.serving import SearchIndex
 
@@ -177,13 +178,14 @@ def test_float16_tables_are_saved_memory_mapped_and_loaded_back(built, tmp_path)
     from fusionrank.modeldir import ModelDir
 
     sidx = ModelDir.open(built[0].model).catalog_tables(codec="flat", log=lambda m: None, updatable=True, table_dtype="float16")
-    assert all(e.base.dtype == np.float16 for e in sidx.emb.values())
+    stored_as = {t: (np.uint8 if t in ATTRIBUTE_TABLES else np.float16) for t in sidx.emb}  # colour evidence: bytes
+    assert all(e.base.dtype == stored_as[t] for t, e in sidx.emb.items())
     sidx.save(tmp_path / "idx")
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert meta["format"] == 2 and meta["config"]["table_dtype"] == "float16"
     loaded = SearchIndex.load(tmp_path / "idx", log=lambda m: None)
     for t, e in loaded.emb.items():
-        assert isinstance(e.base, np.memmap) and e.base.dtype == np.float16 and len(e.base) == int(sidx.emb_mask[t].sum())
+        assert isinstance(e.base, np.memmap) and e.base.dtype == stored_as[t] and len(e.base) == int(sidx.emb_mask[t].sum())
         np.testing.assert_array_equal(e[np.arange(sidx.n_rows)], sidx.emb[t][np.arange(sidx.n_rows)])
     for query in QUERIES:
         a, b = _ranked(sidx, query), _ranked(loaded, query)

@@ -30,10 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import schema as S
 from ..errors import FusionrankError, UnknownCategory
-from ..modalities import CATALOG_TABLES, COLOUR_TABLE, LEXICAL_FIELDS, MODALITIES, TRANSCRIPT, modality, transcript_feature
+from ..modalities import ATTRIBUTE_TABLES, CATALOG_TABLES, COLOUR_TABLE, LEXICAL_FIELDS, MODALITIES, TRANSCRIPT, modality, transcript_feature
 from .lexical import LexicalField
 from .retrieve import CandidateConfig
-from .tables import TABLE_DTYPES, EmbeddingTable
+from .tables import TABLE_DTYPES, UNIT8, EmbeddingTable
 from .vectors import AnnIndex, ExactVectors, RowFilter
 
 INDEXED_TITLE = "indexed_title"  # the title a product is indexed with (depends on the title field)
@@ -152,6 +152,12 @@ def colour_table(titles: Sequence[str | None], photo_probas: Sequence[np.ndarray
     return E, present
 
 
+def storage_of(config: CatalogConfig, table: str) -> str:
+    """How ``table`` is stored: ``config.table_dtype``, except the attribute tables (probabilities) of compact
+    (float16) tables, stored as :data:`~fusionrank.ranking.tables.UNIT8`, one byte per value."""
+    return UNIT8 if table in ATTRIBUTE_TABLES and config.table_dtype == "float16" else config.table_dtype
+
+
 def _with_attribute_tables(records: dict[str, Sequence], emb: dict[str, np.ndarray], emb_mask: dict[str, np.ndarray],
                            config: CatalogConfig):
     """``emb`` and ``emb_mask`` with the attribute tables the caller did not give, from the records' indexed titles
@@ -179,7 +185,7 @@ class CatalogTables:
         self.cat_code = np.zeros(0, np.int32)  # per row: code of its lower-cased category (0 = none), for filters
         self._cat_codes: dict[str, int] = {}
         self.lex_text: dict[str, np.ndarray] = {f: np.empty(0, object) for f in LEXICAL_FIELDS}
-        self.emb: dict[str, EmbeddingTable] = {t: EmbeddingTable(dims[t], config.table_dtype) for t in CATALOG_TABLES}
+        self.emb: dict[str, EmbeddingTable] = {t: EmbeddingTable(dims[t], storage_of(config, t)) for t in CATALOG_TABLES}
         self.emb_mask: dict[str, np.ndarray] = {t: np.zeros(0, bool) for t in CATALOG_TABLES}
         self.live = np.zeros(0, bool)
         self.row_of: dict[str, int] = {}
@@ -219,7 +225,7 @@ class CatalogTables:
                                                  vocab=None if like is None else like.lexical[f].vocab)
         for t in CATALOG_TABLES:
             self.emb_mask[t] = np.asarray(emb_mask[t], bool).copy()
-            self.emb[t] = EmbeddingTable.from_rows(emb[t], self.emb_mask[t], config.table_dtype)
+            self.emb[t] = EmbeddingTable.from_rows(emb[t], self.emb_mask[t], storage_of(config, t))
         self.live = np.ones(P, bool)
         self.n_rows = self.cap = P
         a = config.ann

@@ -14,6 +14,10 @@ Storage, per table:
 - ``dtype``: ``float32`` or ``float16`` (:data:`TABLE_DTYPES`; ``[index] table_dtype``).
   float16 halves the bytes; a stored value is rounded once (relative error at most
   2^-11) and converted back to float32 exactly at lookup, only for the rows looked up.
+  A table of probabilities (the colour evidence, an attribute table) can be stored as
+  ``unit8``: one byte per value, the value rounded to a step of 1/255 (error at most
+  1/510), read back as ``byte / 255``. With ``table_dtype = "float16"`` the attribute tables
+  are stored so (:func:`fusionrank.ranking.catalog.storage_of`).
 - only the rows that have the modality hold a vector (a *slot*): a catalogue where 30%
   of the products have a voice clip stores 30% of a transcript table, not 100% of zeros.
   ``slot[row]`` is the row's slot, -1 for none.
@@ -28,6 +32,8 @@ import numpy as np
 from ..errors import FusionrankError
 
 TABLE_DTYPES: dict[str, type] = {"float32": np.float32, "float16": np.float16}
+UNIT8 = "unit8"  # values in [0, 1] as bytes, steps of 1/255: tables of probabilities only
+STORAGE: dict[str, type] = {**TABLE_DTYPES, UNIT8: np.uint8}
 
 
 def table_dtype(name: str) -> np.dtype:
@@ -37,13 +43,19 @@ def table_dtype(name: str) -> np.dtype:
     return np.dtype(TABLE_DTYPES[name])
 
 
+def storage_dtype(name: str) -> np.dtype:
+    """The numpy dtype a table stored as ``name`` (a ``table_dtype``, or :data:`UNIT8`) keeps."""
+    return np.dtype(STORAGE[name]) if name == UNIT8 else table_dtype(name)
+
+
 class EmbeddingTable:
     """The vectors of one modality by catalogue row (see the module docstring)."""
 
     def __init__(self, dim: int, dtype: str = "float32"):
         self.dim = int(dim)
         self.dtype_name = dtype
-        self.dtype = table_dtype(dtype)
+        self.dtype = storage_dtype(dtype)
+        self.scale = 1.0 / 255 if dtype == UNIT8 else None  # what a stored byte is worth
         self.slot = np.zeros(0, np.int32)
         self.base = np.zeros((0, self.dim), self.dtype)
         self.tail = np.zeros((0, self.dim), self.dtype)
@@ -68,15 +80,22 @@ class EmbeddingTable:
         if stored.ndim != 2 or len(stored) != int(present.sum()):
             raise FusionrankError(f"{source}: holds {stored.shape[0] if stored.ndim else 0} vectors but its mask marks "
                                   f"{int(present.sum())} rows as having one")
-        if stored.dtype != table_dtype(dtype):
-            raise FusionrankError(f"{source}: vectors are {stored.dtype}, but table_dtype is {dtype!r}")
         self = cls(stored.shape[1], dtype)
-        self.base = stored
+        if stored.dtype == self.dtype:
+            self.base = stored
+        elif dtype == UNIT8 and stored.dtype.kind == "f":  # probabilities saved as floats (an index saved before unit8)
+            self.base = self._cast(np.asarray(stored, np.float32))
+        else:
+            raise FusionrankError(f"{source}: vectors are {stored.dtype}, but table_dtype is {dtype!r}")
         self.slot = np.where(present, np.cumsum(present) - 1, -1).astype(np.int32)
         return self
 
     def _cast(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v)
+        if self.scale is not None:
+            if v.size and (v.min() < -1e-6 or v.max() > 1 + 1e-6):
+                raise FusionrankError(f"a {UNIT8} table holds values in [0, 1]; got one of {float(v.min() if v.min() < 0 else v.max()):.3g}")
+            return np.ascontiguousarray(np.rint(np.clip(v, 0, 1) * 255), np.uint8)
         if self.dtype == np.float16 and v.size and np.abs(v).max() > np.finfo(np.float16).max:
             raise FusionrankError(f"a vector has a value of magnitude {float(np.abs(v).max()):.3g}, beyond float16's range; "
                                   f"use table_dtype = \"float32\"")
@@ -102,6 +121,8 @@ class EmbeddingTable:
         t = s >= nb
         if t.any():
             out[t] = self.tail[s[t] - nb]
+        if self.scale is not None:
+            out *= self.scale
         return out
 
     def stored(self, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +155,7 @@ class EmbeddingTable:
         rows, vecs = self.stored(n_rows)
         out = np.zeros((len(q), n_rows), np.float32)
         for i in range(0, len(rows), chunk):
-            part = np.asarray(vecs[i:i + chunk], np.float32)
+            part = np.asarray(vecs[i:i + chunk], np.float32) * (self.scale or 1.0)
             out[:, rows[i:i + chunk]] = np.einsum("bd,nd->bn", q, part)
         return out
 

@@ -47,7 +47,7 @@ from .. import schema as S
 from ..errors import FusionrankError
 from ..encoders.attributes import colour_evidence
 from ..modalities import CATALOG_TABLES, COLOUR_TABLE, LEXICAL_FIELDS
-from ..ranking.catalog import INDEXED_TITLE, RECORD_COLUMNS, TRANSCRIPT_TEXT, CatalogConfig, CatalogTables
+from ..ranking.catalog import INDEXED_TITLE, RECORD_COLUMNS, TRANSCRIPT_TEXT, CatalogConfig, CatalogTables, storage_of
 from ..ranking.lexical import LexicalField
 from ..ranking.tables import EmbeddingTable, TextColumn
 from ..ranking.vectors import AnnIndex, ExactVectors
@@ -415,7 +415,7 @@ class SearchIndex(CatalogTables):
         self.cat_code = self._codes(self.records[S.CATEGORY])
         for t in CATALOG_TABLES:  # memory-mapped and never copied: every process that loads this snapshot shares the pages
             self.emb_mask[t] = np.load(d / f"mask.{t}.npy")
-            self.emb[t] = _load_table(d / f"emb.{t}.npy", self.emb_mask[t], config.table_dtype)
+            self.emb[t] = _load_table(d / f"emb.{t}.npy", self.emb_mask[t], storage_of(config, t))
         # room for new products: growing a 1M-row table later would copy all of it during a write
         self.cap = n
         self._reserve(n + max(1024, n // 20))
