@@ -139,14 +139,16 @@ def subset(sl, idx):
                                y=None if sl.y is None else sl.y[idx])
 
 
-def train_versions(bench: VersionBench, out: Path) -> list[dict]:
-    """Every version of :data:`VERSIONS` (trained once; ``out/versions.json`` keeps them)."""
+def train_versions(bench: VersionBench, out: Path, only: set[str] | None = None) -> list[dict]:
+    """Every version of :data:`VERSIONS`, or those named in ``only`` (trained once; ``out/versions.json`` keeps them)."""
     from fusionrank.modeldir import ModelDir
 
     path = out / "versions.json"
     done = {v["name"]: v for v in json.loads(path.read_text())} if path.exists() else {}
     for n, seed, epochs in VERSIONS:
         name = f"q{n}-s{seed}-e{epochs}"
+        if only and name not in only:
+            continue
         if name in done and (bench.models_dir / name / "ranker").exists():
             continue
         t0 = time.perf_counter()
@@ -614,6 +616,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--parts", default="versions,sensitivity,loop")
     ap.add_argument("--pairs", type=int, default=24)
+    ap.add_argument("--versions", default=None, help="the versions part trains only these (comma-separated names, "
+                    "e.g. q20-s0-e4,q3000-s0-e4: the loop's start and the full-information model)")
     ap.add_argument("--il-cap", type=int, default=25_600, help="most interleaved sessions per pair")
     ap.add_argument("--ab-cap", type=int, default=3_276_800, help="most A/B sessions per pair (both arms)")
     ap.add_argument("--live-searches", type=int, default=50)
@@ -669,7 +673,7 @@ def main() -> None:
     bench = VersionBench(a.prepared, a.out, a.epochs, a.batch)
     if "versions" in parts:
         t0 = time.perf_counter()
-        train_versions(bench, a.out)
+        train_versions(bench, a.out, set(a.versions.split(",")) if a.versions else None)
         res["versions_seconds"] = round(time.perf_counter() - t0)
     versions = sorted(json.loads((a.out / "versions.json").read_text()), key=lambda v: v["ndcg@10"]["title"])
     if "sensitivity" in parts:

@@ -98,6 +98,7 @@ def quality(model: Path, data: Path) -> tuple[dict, object]:
             gc.collect()
         a, b = runs[f"{path}, float32"], runs[f"{path}, float16"]
         out[f"{path}: top-10 lists that differ"] = _differing_top10(a, b)
+    out["transcript_rows"] = int(base32.emb_mask["transcript"][:base32.n_rows].sum())
     return out, base32
 
 
@@ -115,7 +116,7 @@ def _differing_top10(a, b) -> dict:
 def replicate(base, copies: int, sigma: float, transcript_sigma: float):
     """Columns, texts, dense float32 tables and masks of ``copies`` perturbed copies of ``base``'s live products."""
     from fusionrank import schema as S
-    from fusionrank.modalities import LEXICAL_FIELDS, TABLES
+    from fusionrank.modalities import ATTRIBUTE_TABLES, LEXICAL_FIELDS, TABLES
     from fusionrank.serving.index import RECORD_COLUMNS
 
     n = base.n_rows
@@ -148,6 +149,11 @@ def replicate(base, copies: int, sigma: float, transcript_sigma: float):
         notes[t] = {"rows_with_vector": int(mask[t].sum()), "share": float(mask[t].mean()),
                     "synthetic_from_title": bool(synthetic)}
         log(f"  {t}: {int(mask[t].sum()):,} of {P:,} products have a vector" + (" (synthetic)" if synthetic else ""))
+    for t in ATTRIBUTE_TABLES:  # per-product evidence (colour probabilities): every copy holds its original's
+        m0 = base.emb_mask[t][:n][live]
+        emb[t], mask[t] = np.tile(base.emb[t][live].astype(np.float16), (copies, 1)), np.tile(m0, copies)
+        notes[t] = {"rows_with_vector": int(mask[t].sum()), "share": float(mask[t].mean()), "synthetic_from_title": False}
+        log(f"  {t}: {int(mask[t].sum()):,} of {P:,} products have a row")
     return records, texts, emb, mask, notes
 
 
@@ -168,9 +174,10 @@ def million(base, copies: int, sigma: float, work: Path) -> dict:
     out = {"products": P, "copies": copies, "sigma": sigma, "tables": notes, "build_seconds": build_s}
     mem16 = idx.memory_bytes()
     out["float16"] = {"memory_bytes": mem16, "bytes_per_product": per_product(mem16, P)}
-    # float32 tables hold the same rows at 4 bytes a value: the vectors' bytes twice over (slot maps and masks unchanged)
-    vec16 = sum(len(idx.emb[t].base) * idx.dims[t] * 2 for t in TABLES)
-    mem32 = dict(mem16, embeddings=mem16["embeddings"] + vec16)
+    # float32 tables hold the same rows at 4 bytes a value: the vectors' bytes twice over, the attribute tables' (one
+    # byte a value) four times over (slot maps and masks unchanged)
+    extra = sum(len(idx.emb[t].base) * idx.dims[t] * (4 - idx.emb[t].dtype.itemsize) for t in idx.emb)
+    mem32 = dict(mem16, embeddings=mem16["embeddings"] + extra)
     out["float32"] = {"memory_bytes": mem32, "bytes_per_product": per_product(mem32, P)}
     d = work / "index-1m-float16"
     shutil.rmtree(d, ignore_errors=True)
@@ -211,8 +218,9 @@ def write(res: dict) -> None:
     q = res["quality"]
     L = ["# float16 embedding tables: memory per product and dev NDCG@10, against float32 (one run)", "",
          f"Command: `{res['command']}` ({res['started']} UTC, {res['seconds']:.0f} s). Model: `{res['model']}` "
-         "(text+photo fusion, gated MLP, trained on float32 tables). fashion44k dev: 500 queries, whole catalogue. "
-         "torch, OpenMP and MKL 1 thread, `nice -n 10`.", "",
+         f"({res.get('model_about', 'text+photo fusion, gated MLP')}, trained on float32 tables). fashion44k dev: 500 queries, "
+         "whole catalogue. torch, OpenMP and MKL 1 thread, `nice -n 10`. The float16 tables keep the colour evidence "
+         "(probabilities, 61 classes) as one byte per value (steps of 1/255).", "",
          "## dev NDCG@10 on fashion44k (real data)", "",
          "| path | float32 tables | float16 tables | change | ratio | MAP f32 / f16 | recall@100 f32 / f16 | top-10 lists that differ |",
          "|---|---|---|---|---|---|---|---|"]
@@ -225,7 +233,8 @@ def write(res: dict) -> None:
     a, b = q["served (IVF-SQ8 candidates), float32"], q["served (IVF-SQ8 candidates), float16"]
     L += ["", f"Serving index at 44k ({a['products']:,} products, built in memory): {a['bytes_per_product']:,.0f} bytes/product "
           f"with float32 tables, {b['bytes_per_product']:,.0f} with float16 (ratio {b['bytes_per_product'] / a['bytes_per_product']:.2f}). "
-          "This store has no transcripts, so the transcript table holds no rows here.", ""]
+          + (f"The transcript table holds {q['transcript_rows']:,} rows here." if "transcript_rows" in q else
+             "This store has no transcripts, so the transcript table holds no rows here."), ""]
     if "million" in res:
         m = res["million"]
         L += [f"## Memory at {m['products']:,} products (synthetic: fashion44k replicated {m['copies']}x)", "",
@@ -251,6 +260,17 @@ def write(res: dict) -> None:
     (RESULTS / "table_memory.md").write_text("\n".join(L))
 
 
+def model_about(model: Path) -> str:
+    """What the model ranks with, from its directory: modalities, fusion and scorer, text encoder, scalar features."""
+    from fusionrank.modeldir import ModelDir
+
+    md = ModelDir.open(model)
+    c, r = md.config(), md.load_ranker()
+    args = dict(c.scorer.args)
+    return (f"{'+'.join(c.modalities)}; {c.scorer.name} ranker {args.get('fusion', '')} {args.get('scorer', '')}".rstrip()
+            + f"; text encoder {c.text_encoder_name}; {len(md.features(getattr(r, 'ranker', r)))} scalar features")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=HOME / "bench-clicks" / "models" / "full")
@@ -262,7 +282,7 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.time()
     res = {"command": "python " + " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-           "model": str(a.model)}
+           "model": str(a.model), "model_about": model_about(a.model)}
     log("dev NDCG@10, float32 vs float16 tables (fashion44k, real data)")
     res["quality"], base = quality(a.model, a.data)
     if not a.skip_1m:
