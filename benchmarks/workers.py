@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -150,6 +151,15 @@ def prepare(src_model: Path, work: Path, table_dtype: str, copies: int = 1) -> t
     return model, _index_info(model)
 
 
+def _ceiling(r: dict, one: dict) -> str:
+    """Two table cells: the load generator's cores, and the requests/s the rest of the machine's cores allow at this
+    arm's CPU per request, over the one-process service's requests/s (runs before the column: -)."""
+    if "loadgen_cores_used" not in r:
+        return "- | - | "
+    cores = (os.cpu_count() or 2) - r["loadgen_cores_used"]
+    return f"{r['loadgen_cores_used']:.2f} | {cores / (r['server_cpu_ms_per_request'] / 1e3) / one['throughput_rps']:.2f} | "
+
+
 def _index_info(model: Path) -> dict:
     from fusionrank.serving.index import SearchIndex
 
@@ -220,10 +230,13 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
         qf = tmp / "queries.txt"
         qf.write_text("\n".join(qs))
         out = tmp / "load.json"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the server is not waited for yet: the load generator's alone
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--url", f"http://127.0.0.1:{port}",
                         "--queries", str(qf), "--requests", str(requests), "--concurrency", str(clients), "--out", str(out)],
                        check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = cpu_seconds(pids) - cpu0
+        load_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         wall = time.perf_counter() - wall0  # the load generator's start-up and warm-up included
         r = json.loads(out.read_text())
         ok = [s == 200 for s in r["status"]]
@@ -241,7 +254,8 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                 "start_seconds": start_s, "throughput_rps": requests / r["wall_seconds"], "latency_ms": pct(r["latency_ms"]),
                 "server_total_ms": pct([s["total_ms"] for s, g in zip(r["server_ms"], ok) if g and s]),
                 "processes": procs, "pss_total_kb": int(sum(p["pss_kb"] for p in procs)),
-                "server_cpu_seconds": cpu, "server_cores_used": cpu / wall, "server_cpu_ms_per_request": 1e3 * cpu / requests}
+                "server_cpu_seconds": cpu, "server_cores_used": cpu / wall, "server_cpu_ms_per_request": 1e3 * cpu / requests,
+                "loadgen_cores_used": load_cpu / wall}
     finally:
         srv.send_signal(signal.SIGINT)
         try:
@@ -296,8 +310,11 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
          "torch, OpenMP and MKL 1 thread per process. The machine has 2 cores and was shared (see the end). "
          "*Added per extra worker*: (PSS with N - PSS of the one-process service) / (N - 1); *marginal*: (PSS with N - "
          "PSS with the previous N of the same start method) / (difference of N), one more worker once there is a supervisor.", "",
-         "| workers | start | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | server CPU cores used | server CPU ms / request | PSS of the service | added per extra worker | share of index size | marginal per worker | share of index size | start s |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "*Load generator cores*: the CPU the load generator itself used (it shares the two cores); *ceiling*: the "
+         "requests/s the cores it leaves would give at this arm's server CPU per request, (2 - load generator cores) / "
+         "(CPU s per request), as a multiple of the one-process service's requests/s.", "",
+         "| workers | start | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | server CPU cores used | server CPU ms / request | load generator cores | ceiling (x 1 worker) | PSS of the service | added per extra worker | share of index size | marginal per worker | share of index size | start s |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     prev: dict[str | None, dict] = {}
     for r in runs:
         n, how = r["workers"], r.get("start_method")
@@ -308,7 +325,7 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
             prev[how] = r
         L.append(f"| {n} | {how or '-'} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / one['throughput_rps']:.2f} | "
                  f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {r['failed']} | {r['server_cores_used']:.2f} | "
-                 f"{r['server_cpu_ms_per_request']:.1f} | {r['pss_total_kb'] / 1e3:,.0f} MB | "
+                 f"{r['server_cpu_ms_per_request']:.1f} | " + _ceiling(r, one) + f"{r['pss_total_kb'] / 1e3:,.0f} MB | "
                  + (f"{added:,.0f} MB | {added / size_mb:.2f} |" if added is not None else "- | - |")
                  + (f" {marginal:,.0f} MB | {marginal / size_mb:.2f} |" if marginal is not None else " - | - |")
                  + f" {r['start_seconds']:.0f} |")
