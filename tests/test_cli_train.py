@@ -95,7 +95,7 @@ def evaluate_args(model, data, qrels=None, *extra):
 
 def test_train(cli_model):
     out, result = cli_model
-    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "index", "metrics.json", "ranker", "understanding.json",
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "features.json", "index", "metrics.json", "ranker", "understanding.json",
                                                           "understanding.npy", "workspace.json"]
     assert "{" not in result.stdout                              # progress and the metrics summary go to stderr
     assert "modelwrittento" in squash(result.stderr)

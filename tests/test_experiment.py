@@ -118,9 +118,11 @@ def test_unknown_optimizer(tiny_fashion):
 # --- train -> model directory ----------------------------------------------------
 def test_train_writes_the_model_directory(tiny_model, tiny_fashion):
     out, metrics, _ = tiny_model
-    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "index", "metrics.json", "ranker", "understanding.json",
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.json", "config.json", "features.json", "index", "metrics.json", "ranker", "understanding.json",
                                                           "understanding.npy", "workspace.json"]
     assert (out / "index" / "index.json").is_file()                       # the serving index is prepared with the model
+    from fusionrank.modalities import SCALAR_FEATURES                     # the ranker's features, by name
+    assert json.loads((out / "features.json").read_text())["scalar_features"] == list(SCALAR_FEATURES)
     assert {"ranker.json", "weights.pt"} <= {p.name for p in (out / "ranker").iterdir()}
     cfg = ExperimentConfig.model_validate(json.loads((out / "config.json").read_text()))
     assert cfg == ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root))
