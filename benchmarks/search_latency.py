@@ -111,8 +111,19 @@ def serve_and_load(model, index, port, queries, requests, tmp, log) -> dict:
     return out
 
 
+def replicate_attributes(base, live: np.ndarray, copies: int, emb: dict, mask: dict) -> None:
+    """Into ``emb`` and ``mask``: ``base``'s attribute tables (the colour evidence: probabilities, not vectors) for
+    ``copies`` copies of its products where ``live`` (a bool per row), each copy holding its original's rows unperturbed."""
+    from fusionrank.modalities import ATTRIBUTE_TABLES
+
+    rows = np.flatnonzero(live[:base.n_rows])
+    for t in ATTRIBUTE_TABLES:
+        emb[t] = np.tile(base.emb[t][rows], (copies, 1))
+        mask[t] = np.tile(base.emb_mask[t][rows], copies)
+
+
 def build_1m(src_index: Path, dst: Path, copies: int, sigma: float, log) -> dict:
-    from fusionrank.modalities import ATTRIBUTE_TABLES, LEXICAL_FIELDS, TABLES
+    from fusionrank.modalities import LEXICAL_FIELDS, TABLES
     from fusionrank.serving.index import RECORD_COLUMNS, CatalogConfig, SearchIndex
 
     base = SearchIndex.load(src_index, log=log)
@@ -135,9 +146,7 @@ def build_1m(src_index: Path, dst: Path, copies: int, sigma: float, log) -> dict
         emb[t], mask[t] = e, np.tile(m0, copies)
         cos = float(np.mean(np.sum(e0[m0][:2000] * e[len(e0):2 * len(e0)][m0][:2000], 1)))
         log(f"  {t}: {len(e):,} rows, cosine(copy, original) {cos:.3f}")
-    for t in ATTRIBUTE_TABLES:  # per-product evidence (colour), not vectors: every copy holds the original's
-        emb[t] = np.tile(base.emb[t][np.arange(n)][live], (copies, 1))
-        mask[t] = np.tile(base.emb_mask[t][:n][live], copies)
+    replicate_attributes(base, live, copies, emb, mask)
     del base
     gc.collect()
     t0 = time.perf_counter()

@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 
 from fusionrank.settings import get_settings  # noqa: E402
@@ -118,6 +119,7 @@ def replicate(base, copies: int, sigma: float, transcript_sigma: float):
     from fusionrank import schema as S
     from fusionrank.modalities import ATTRIBUTE_TABLES, LEXICAL_FIELDS, TABLES
     from fusionrank.serving.index import RECORD_COLUMNS
+    from search_latency import replicate_attributes
 
     n = base.n_rows
     live = np.flatnonzero(base.live[:n])
@@ -149,9 +151,10 @@ def replicate(base, copies: int, sigma: float, transcript_sigma: float):
         notes[t] = {"rows_with_vector": int(mask[t].sum()), "share": float(mask[t].mean()),
                     "synthetic_from_title": bool(synthetic)}
         log(f"  {t}: {int(mask[t].sum()):,} of {P:,} products have a vector" + (" (synthetic)" if synthetic else ""))
-    for t in ATTRIBUTE_TABLES:  # per-product evidence (colour probabilities): every copy holds its original's
-        m0 = base.emb_mask[t][:n][live]
-        emb[t], mask[t] = np.tile(base.emb[t][live].astype(np.float16), (copies, 1)), np.tile(m0, copies)
+    keep = np.zeros(n, bool)
+    keep[live] = True
+    replicate_attributes(base, keep, copies, emb, mask)
+    for t in ATTRIBUTE_TABLES:
         notes[t] = {"rows_with_vector": int(mask[t].sum()), "share": float(mask[t].mean()), "synthetic_from_title": False}
         log(f"  {t}: {int(mask[t].sum()):,} of {P:,} products have a row")
     return records, texts, emb, mask, notes

@@ -311,8 +311,8 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
          "*Added per extra worker*: (PSS with N - PSS of the one-process service) / (N - 1); *marginal*: (PSS with N - "
          "PSS with the previous N of the same start method) / (difference of N), one more worker once there is a supervisor.", "",
          "*Load generator cores*: the CPU the load generator itself used (it shares the two cores); *ceiling*: the "
-         "requests/s the cores it leaves would give at this arm's server CPU per request, (2 - load generator cores) / "
-         "(CPU s per request), as a multiple of the one-process service's requests/s.", "",
+         "requests/s the cores it leaves would give at this arm's server CPU per request, (the machine's cores - load "
+         "generator cores) / (CPU s per request), as a multiple of the one-process service's requests/s.", "",
          "| workers | start | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | server CPU cores used | server CPU ms / request | load generator cores | ceiling (x 1 worker) | PSS of the service | added per extra worker | share of index size | marginal per worker | share of index size | start s |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     prev: dict[str | None, dict] = {}
