@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -227,6 +228,11 @@ def serve(
     randomise_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="share of searches whose top result is swapped "
                                                     "with a random one of the page, to estimate position bias "
                                                     "(default: $FUSIONRANK_RANDOMISE_SHARE, 0)"),
+    explore_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="share of searches that show, at one random "
+                                                  "position, a candidate ranked below the page, so retraining sees clicks "
+                                                  "on it (default: $FUSIONRANK_EXPLORE_SHARE, 0)"),
+    explore_depth: Optional[int] = typer.Option(None, min=2, help="deepest rank an explored search draws from "
+                                                "(default: $FUSIONRANK_EXPLORE_DEPTH, 50)"),
     feature_logging: bool = typer.Option(True, help="log the features the ranker scored with every search (training from clicks needs them)"),
     registry: Optional[Path] = typer.Option(None, help="a model registry: rank with its promoted version, follow promotions "
                                             "and interleave its interleaving versions (MODEL still gives the index)"),
@@ -248,6 +254,10 @@ def serve(
     Searches and shoppers' events go to the event store ($FUSIONRANK_EVENTS_URL, default MODEL/service-data/events.sqlite)."""
     if engine not in SERVE_ENGINES:
         _fail(FusionrankError(f"unknown serve engine {engine!r}; valid: {', '.join(SERVE_ENGINES)}"))
+    # every engine's services read these settings (workers and Ray replicas inherit the variables)
+    for name, value in (("FUSIONRANK_EXPLORE_SHARE", explore_share), ("FUSIONRANK_EXPLORE_DEPTH", explore_depth)):
+        if value is not None:
+            os.environ[name] = str(value)
     if engine == "ray":
         if workers > 1 or catalog is not None:
             _fail(FusionrankError("--engine ray takes --replicas (not --workers) and serves the model's saved index "
@@ -945,6 +955,9 @@ def loop(
                                    "randomised searches, see --randomise-share)"),
     randomise_share: float = typer.Option(0.1, min=0.0, max=1.0, help="share of searches whose top result the service "
                                           "swaps with a random one of the top k (what 'swaps' estimates from)"),
+    explore_share: float = typer.Option(0.0, min=0.0, max=1.0, help="share of searches the service explores: one random "
+                                        "position shows a candidate ranked k+1..--explore-depth"),
+    explore_depth: int = typer.Option(50, min=2, help="deepest rank an explored search draws from"),
     train_on: str = typer.Option("all", help="searches each retraining reads: all (every logged search so far) or "
                                  "round (the searches of this round)"),
     dm_regressor: str = typer.Option("ridge", help="--labels dr: the direct method's regressor (ridge, lightgbm, "
@@ -985,7 +998,7 @@ def loop(
         reps = run_loop(model, registry, rounds=rounds, sessions=sessions, interleave_batch=interleave_batch,
                         max_interleave_sessions=max_interleave_sessions, click_model=click_model, labels=labels,
                         propensity=propensity, randomise_share=randomise_share, train_on=train_on,
-                        dm_regressor=dm_regressor, logging_scores=logging_scores, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
+                        explore_share=explore_share, explore_depth=explore_depth, dm_regressor=dm_regressor, logging_scores=logging_scores, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
                         simulate=simulate, serve_forever=serve_after, port=port, log=lambda m: console.print(m, markup=False, highlight=False))
     except FusionrankError as e:
         _fail(e)

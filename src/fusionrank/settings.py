@@ -33,6 +33,10 @@ variable                                meaning
 ``FUSIONRANK_RANDOMISE_SHARE``          share of searches whose top result the service swaps with one at
                                         a random rank 2..k, so position bias can be estimated from
                                         clicks (default 0: off)
+``FUSIONRANK_EXPLORE_SHARE``            share of searches that show, at one random position, a candidate
+                                        the ranker put at a random rank k+1..depth, so retraining sees
+                                        clicks on what the served ranker keeps below the page (default 0)
+``FUSIONRANK_EXPLORE_DEPTH``            the deepest rank an explored search draws from (default 50)
 ======================================  ==============================================================
 
 :func:`get_settings` reads the environment on each call (cheap), so a test that sets a
@@ -67,6 +71,8 @@ class Settings(BaseSettings):
     events_hash_key: SecretStr | None = None
     events_retention_days: float = Field(90.0, ge=0)
     randomise_share: float = Field(0.0, ge=0, le=1)
+    explore_share: float = Field(0.0, ge=0, le=1)
+    explore_depth: int = Field(50, ge=2)
 
     @property
     def upload_root_paths(self) -> list[Path]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fusionrank.errors import FusionrankError
-from fusionrank.feedback.logged import draw_swap, rebuild_slates, swapped
+from fusionrank.feedback.logged import draw_exploration, draw_swap, explore_positions, rebuild_slates, swapped
 from fusionrank.feedback.schema import ServedSlate, grid_cell, slate_key, vector_key
 
 
@@ -51,3 +51,17 @@ def test_keys_are_content_keys():
     r = [np.ones(3, np.float32), np.zeros(2, np.float32)]
     assert vector_key(r) == vector_key([x.copy() for x in r]) != vector_key([r[0] * 2, r[1]])
     assert grid_cell(np.array([1, 4, 5, 10]), 4)[0].tolist() == [1, 1, 2, 3]
+
+
+def test_draw_exploration_is_uniform_over_positions_and_deeper_ranks():
+    rng = random.Random(0)
+    draws = [draw_exploration(rng, 0.5, 4, 10) for _ in range(8000)]
+    hits = [d for d in draws if d is not None]
+    assert 0.47 < len(hits) / len(draws) < 0.53
+    js, ms = np.array([d[0] for d in hits]), np.array([d[1] for d in hits])
+    assert set(js) == {0, 1, 2, 3} and set(ms) == set(range(4, 10))
+    assert np.bincount(js).min() > 0.2 * len(hits) and np.bincount(ms)[4:].min() > 0.13 * len(hits)
+    assert draw_exploration(rng, 1.0, 4, 4) is None and draw_exploration(rng, 0.0, 4, 10) is None  # nothing below the page / off
+    assert explore_positions(4, (2, 7)).tolist() == [0, 1, 7, 3] and explore_positions(3, None).tolist() == [0, 1, 2]
+    with pytest.raises(FusionrankError, match="below 4"):
+        explore_positions(4, (1, 2))

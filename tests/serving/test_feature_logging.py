@@ -92,6 +92,47 @@ def test_randomised_swaps_are_logged_with_their_original_ranks(service_factory, 
     svc.close()
 
 
+def test_explored_searches_show_a_candidate_from_below_the_page_with_its_rank(service_factory):
+    svc = service_factory("fl-explore")
+    plain = svc.search("shirt", k=4, record=False)
+    svc.explore_share, svc.explore_depth = 1.0, 12
+    seen_ranks, seen_positions = set(), set()
+    for _ in range(30):
+        r = svc.search("shirt", k=4)
+        assert r["explored"] is True and r["randomised"] is False
+        (s,), log = _logged(svc, [r["search_id"]])
+        assert s.product_ids == [h["product_id"] for h in r["results"]]
+        assert [h["rank"] for h in r["results"]] == [1, 2, 3, 4]
+        deep = [j for j, rank in enumerate(s.logged_ranks) if rank > 4]
+        assert len(deep) == 1  # one shown position, the others the ranker's own at their own ranks
+        j = deep[0]
+        assert [rank for i, rank in enumerate(s.logged_ranks) if i != j] == [i + 1 for i in range(4) if i != j]
+        assert 5 <= s.logged_ranks[j] <= 12
+        assert s.product_ids[:j] == [h["product_id"] for h in plain["results"][:j]]
+        assert s.product_ids[j] not in {h["product_id"] for h in plain["results"]}
+        # the logged features and scores are the explored product's own, and it is explained like the others
+        assert r["results"][j]["features"] and np.isclose(r["results"][j]["score"], s.scores[j])
+        assert not log["randomised"].any() and int(log["logged_rank"].max()) == s.logged_ranks[j]
+        seen_ranks.add(s.logged_ranks[j])
+        seen_positions.add(j)
+    assert len(seen_positions) >= 3 and len(seen_ranks) >= 4  # drawn, not fixed
+    svc.explore_share = 0.0
+    assert svc.search("shirt", k=4)["explored"] is False
+    svc.close()
+
+
+def test_explore_settings_are_checked(service_factory):
+    from fusionrank.errors import FusionrankError
+    from fusionrank.serving.service import SearchService
+
+    svc = service_factory("fl-explore-bad")
+    with pytest.raises(FusionrankError, match="explore_share"):
+        SearchService(svc.index, svc.model, explore_share=1.5)
+    with pytest.raises(FusionrankError, match="explore_depth"):
+        SearchService(svc.index, svc.model, explore_depth=1)
+    svc.close()
+
+
 def test_feature_logging_off_keeps_products_and_scores_only(service_factory):
     svc = service_factory("fl-off")
     svc.feature_logging = False

@@ -58,3 +58,28 @@ def test_cached_sessions_log_every_search_and_recover_the_propensities(service_f
     one = log[log["query_id"] == log["query_id"].iloc[0]].sort_values("rank")
     assert one["rank"].tolist() == list(range(1, 9)) and sorted(one["logged_rank"]) == list(range(1, 9))
     svc.close()
+
+
+def test_cached_sessions_explore_as_the_service_does(service_factory, tiny_fashion):
+    """Explored sessions show one candidate from ranks k+1..depth at a random position; swaps still estimate theta."""
+    from fusionrank.feedback.labels import ips
+
+    svc = service_factory("shop-explore")
+    svc.randomise_share, svc.explore_share, svc.explore_depth = 0.3, 0.5, 16
+    rep = _shoppers(tiny_fashion, seed=2).run_cached(svc, 12_000, chunk=4_000, log=None)
+    log = svc.events.click_log()
+    assert len(log) == 12_000 * 8
+    per_search = log.groupby("query_id").agg(deep=("logged_rank", lambda r: int((r > 8).sum())),
+                                             randomised=("randomised", "first"))
+    explored = per_search["deep"] == 1
+    assert (per_search["deep"] <= 1).all() and not (explored & per_search["randomised"]).any()
+    assert 0.3 < explored.mean() < 0.4  # half of the 70% not randomised
+    assert log.loc[log["logged_rank"] > 8, "logged_rank"].between(9, 16).all()
+    assert log.loc[log["logged_rank"] > 8, "rank"].nunique() == 8  # at every position of the page
+    theta = estimate_from_swaps(log, ranks=8).relative().theta
+    np.testing.assert_allclose(theta, 1.0 / np.arange(1, 9), rtol=0.3)
+    # an explored product gets a click label like any shown one (its clicks over its position's propensity)
+    labels = ips(log, estimate_from_swaps(log, ranks=8))
+    deep = log[log["logged_rank"] > 8][["user_query", "product_id"]].drop_duplicates()
+    assert len(labels.merge(deep, on=["user_query", "product_id"])) == len(deep) > 0
+    svc.close()

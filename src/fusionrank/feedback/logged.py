@@ -90,29 +90,46 @@ class VectorArchive:
 
 
 def served_slate(result, catalog, archive: VectorArchive, swap: int | None = None,
-                 features: bool = True) -> tuple[ServedSlate, dict[str, list[np.ndarray]]]:
+                 features: bool = True, logged_ranks: Sequence[int] | None = None) -> tuple[ServedSlate, dict[str, list[np.ndarray]]]:
     """The shown products of one search with the ranker's inputs; and the vectors to archive.
 
     ``swap``: 0-based shown position exchanged with the top one (a randomised swap), or None.
     Without ``features`` only the products and scores are kept (feature logging off).
+    ``logged_ranks``: the rank the ranker gave each product of ``result.order`` (1-based), when
+    that order is not its top k (an explored search, :func:`draw_exploration`); default ``1..n``.
     """
     sc = result.scored
     order = np.asarray(result.order, np.int64)
     n = len(order)
+    ranks = list(range(1, n + 1)) if logged_ranks is None else [int(r) for r in logged_ranks]
+    if len(ranks) != n:
+        raise FusionrankError(f"logged_ranks has {len(ranks)} entries for {n} shown products")
     sl = sc.slates
     rows = sl.rows[0, order]
     ids = [str(catalog.ids[r]) for r in rows]
     scores = np.asarray(sc.scores[0, order], np.float32)
     if not features:
         slate = ServedSlate(ids, scores, np.zeros((n, 0), np.float32), np.zeros((n, 0), bool), np.zeros(0, np.float32),
-                            [""] * n, list(range(1, n + 1)))
+                            [""] * n, ranks)
         return swapped(slate, swap), {}
     with catalog.lock:
         keys = [archive.key(catalog, int(r)) for r in rows]
         vectors = archive.new(catalog, list(zip(keys, map(int, rows))))
     slate = ServedSlate(ids, scores, np.array(sl.x[0, order], np.float32), np.array(sl.mask[0, order], bool),
-                        np.array(sl.q[0], np.float32), keys, list(range(1, n + 1)))
+                        np.array(sl.q[0], np.float32), keys, ranks)
     return swapped(slate, swap), vectors
+
+
+def taken(slate: ServedSlate, positions: Sequence[int]) -> ServedSlate:
+    """The entries of ``slate`` at 0-based ``positions``, in that order (their ``logged_ranks`` kept)."""
+    p = np.asarray(positions, np.int64)
+    n = len(slate.product_ids)
+    if len(p) and (p.min() < 0 or p.max() >= n):
+        raise FusionrankError(f"positions {p.tolist()} are outside the slate of {n}")
+    feats = slate.features[p] if len(slate.features) == n else slate.features
+    mask = slate.mask[p] if len(slate.mask) == n else slate.mask
+    return ServedSlate([slate.product_ids[i] for i in p], slate.scores[p], feats, mask, slate.query_vector,
+                       [slate.vector_keys[i] for i in p], [slate.logged_ranks[i] for i in p])
 
 
 def swapped(slate: ServedSlate, swap: int | None) -> ServedSlate:
@@ -125,10 +142,7 @@ def swapped(slate: ServedSlate, swap: int | None) -> ServedSlate:
         raise FusionrankError(f"swap position {swap} is outside the slate of {n}")
     p = np.arange(n)
     p[[0, swap]] = p[[swap, 0]]
-    feats = slate.features[p] if len(slate.features) == n else slate.features
-    mask = slate.mask[p] if len(slate.mask) == n else slate.mask
-    return ServedSlate([slate.product_ids[i] for i in p], slate.scores[p], feats, mask, slate.query_vector,
-                       [slate.vector_keys[i] for i in p], [slate.logged_ranks[i] for i in p])
+    return taken(slate, p)
 
 
 def draw_swap(rng, share: float, n: int) -> int | None:
@@ -140,6 +154,33 @@ def draw_swap(rng, share: float, n: int) -> int | None:
     if share <= 0 or n < 2 or rng.random() >= share:
         return None
     return rng.randrange(1, n)
+
+
+def draw_exploration(rng, share: float, k: int, n: int) -> tuple[int, int] | None:
+    """The exploration decision for one search that shows ``k`` of ``n`` ranked candidates, or None.
+
+    With probability ``share``: ``(j, m)``, 0-based, meaning shown position ``j`` (uniform in
+    0..k-1) shows the candidate the ranker put at ``m`` (uniform in k..n-1) instead of its own.
+    Clicks only ever label what a ranker shows, so a ranker retrained from its own clicks sees
+    no evidence about a relevant product it keeps below the page; an explored search puts one
+    such product on the page, at a position drawn independently of it, so its clicks are
+    corrected by that position's propensity like any other (the position-based model's
+    assumption). ``rng`` is a :class:`random.Random`.
+    """
+    if share <= 0 or k < 1 or n <= k or rng.random() >= share:
+        return None
+    return rng.randrange(k), rng.randrange(k, n)
+
+
+def explore_positions(k: int, exploration: tuple[int, int] | None) -> np.ndarray:
+    """Ranked positions (0-based) shown at positions ``0..k-1``: the top ``k``, with an exploration's swap-in."""
+    p = np.arange(k, dtype=np.int64)
+    if exploration is not None:
+        j, m = exploration
+        if not (0 <= j < k and m >= k):
+            raise FusionrankError(f"exploration {exploration} must show a candidate ranked below {k} at a position in 0..{k - 1}")
+        p[j] = m
+    return p
 
 
 def rebuild_slates(slates: Sequence[ServedSlate], vectors: dict[str, list[np.ndarray]], query_ids: Sequence[str] | None = None,

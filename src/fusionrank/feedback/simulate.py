@@ -26,7 +26,7 @@ import pandas as pd
 
 from .. import schema as S
 from ..errors import FusionrankError
-from .logged import draw_swap, swapped
+from .logged import draw_exploration, draw_swap, explore_positions, swapped, taken
 from .schema import ACTIONS, SearchLog
 
 
@@ -155,8 +155,9 @@ class Shoppers:
 
         ``seed`` draws these sessions (default: the population's seed), as in :meth:`run_live`.
 
-        Every session gets its own search record (its own id, ids, time and randomisation, drawn
-        as the service draws it) referencing the cached list; events go through
+        Every session gets its own search record (its own id, ids, time, randomisation and
+        exploration, drawn as the service draws them) referencing the cached list (to the service's
+        ``explore_depth`` when it explores); events go through
         ``service.record_events`` (as the page's events do). Written in chunks of ``chunk`` sessions.
         The cached lists are the promoted model's only: nothing is interleaved here (use :meth:`run_live`).
         """
@@ -168,7 +169,7 @@ class Shoppers:
         t0 = time.perf_counter()
         draws = self.draw(n_sessions, rng)
         cache: dict[int, tuple[SearchLog, np.ndarray]] = {}
-        share = service.randomise_share
+        share, explore_share = service.randomise_share, service.explore_share
         counts = {a: 0 for a in ACTIONS[1:]}
         randomised = 0
         model = service.model  # one read: every session of this run is this model's
@@ -184,16 +185,20 @@ class Shoppers:
             logs: list[SearchLog] = []
             events: list[dict] = []
             now = time.time()
-            # group the chunk's sessions by (query, swap) so each group's clicks are drawn in one call
-            swaps = [draw_swap(swap_rng, share, len(cache[int(q)][0].slate.product_ids)) for q in part]
+            # group the chunk's sessions by (query, swap, exploration) so each group's clicks are drawn in one call
+            groups: dict[tuple[int, int, tuple[int, int] | None], list[int]] = {}
+            for j, q in enumerate(part):
+                ranked = len(cache[int(q)][0].slate.product_ids)
+                n = min(self.k, ranked)
+                sw = draw_swap(swap_rng, share, n)
+                ex = draw_exploration(swap_rng, explore_share, self.k, ranked) if sw is None and n == self.k else None
+                groups.setdefault((int(q), sw or 0, ex), []).append(j)
             ids = [uuid.UUID(int=int(x)).hex for x in rng.integers(0, 2**63, size=len(part))]
-            groups: dict[tuple[int, int], list[int]] = {}
-            for j, (q, sw) in enumerate(zip(part, swaps)):
-                groups.setdefault((int(q), sw or 0), []).append(j)
-            for (qi, sw), members in groups.items():
+            for (qi, sw, ex), members in groups.items():
                 tmpl, grades = cache[qi]
-                slate = swapped(tmpl.slate, sw)
-                g = self.grades_of(qi, slate.product_ids) if sw else grades
+                top = taken(tmpl.slate, explore_positions(min(self.k, len(tmpl.slate.product_ids)), ex))
+                slate = swapped(top, sw)
+                g = self.grades_of(qi, slate.product_ids) if sw or ex else grades
                 acts = self.click_model.sample_actions(np.broadcast_to(g, (len(members), len(g))), rng=rng)
                 for m, j in enumerate(members):
                     sid = ids[j]
@@ -219,10 +224,13 @@ class Shoppers:
                                 {str(self.queries.at[int(i), S.QUERY_ID]): int(c) for i, c in qc.items()})
 
     def _template(self, service, qi: int, res) -> tuple[SearchLog, np.ndarray]:
+        """One search's log to reuse: its top ``k``, or its ranking to the service's ``explore_depth`` when it explores."""
         from .logged import served_slate
 
+        if service.explore_share > 0:
+            res.order = np.asarray(res.scored.order(0, service.explore_depth), np.int64)
         slate, vectors = served_slate(res, service.index, service.archive, None, features=service.feature_logging)
         service.events.put_many_vectors(vectors.items())  # products added since the service archived its catalogue
         tmpl = SearchLog("", self.queries.at[qi, S.QUERY], 0.0, service.model.version, slate,
                          index_version=int(service.index.version), grid_columns=service.grid_columns)
-        return tmpl, self.grades_of(qi, slate.product_ids)
+        return tmpl, self.grades_of(qi, slate.product_ids[:self.k])

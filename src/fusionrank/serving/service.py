@@ -9,7 +9,11 @@ explain; the same stages training and evaluation use) over the updatable
 cells, and the features, masks, query vector and product vectors the ranker scored
 (:func:`fusionrank.feedback.logged.served_slate`), so training from clicks sees exactly what
 the ranker saw. A configurable share of searches is randomised (the top result swapped with
-one at a random rank) so position bias can be estimated from the clicks.
+one at a random rank) so position bias can be estimated from the clicks; another share can be
+explored (one shown position given to a candidate the ranker put below the page,
+:func:`~fusionrank.feedback.logged.draw_exploration`), so that retraining from the clicks sees
+evidence about products the served ranker never shows. An explored product is logged with the rank
+the ranker gave it (``logged_rank`` above ``k``).
 
 The ranker sits behind a :class:`ModelHandle` that a swap replaces in one assignment;
 a request reads the handle once, so it finishes with the model it started with and no
@@ -45,7 +49,7 @@ import numpy as np
 from .. import schema as S
 from ..errors import FusionrankError, UnknownCategory
 from ..feedback.interleave import team_draft
-from ..feedback.logged import VectorArchive, draw_swap, served_slate
+from ..feedback.logged import VectorArchive, draw_exploration, draw_swap, explore_positions, served_slate
 from ..feedback.schema import ACTIONS, DEFAULT_GRID_COLUMNS, Event, SearchLog, grid_cell
 from ..modalities import SCALAR_FEATURES, modality
 from ..modeldir import ModelDir
@@ -87,6 +91,7 @@ class SearchService:
     def __init__(self, index: SearchIndex, model: ModelHandle, query_encoder: QueryEncoder | None = None,
                  data_dir: str | Path | None = None, product_encoder=None, recent_searches: int = 100_000,
                  events=None, feature_logging: bool = True, randomise_share: float | None = None,
+                 explore_share: float | None = None, explore_depth: int | None = None,
                  grid_columns: int = DEFAULT_GRID_COLUMNS, seed: int | None = None, log=print):
         """``events``: an open event store, or None to open the configured one in ``data_dir``
         (``FUSIONRANK_EVENTS_URL``, else ``data_dir/events.sqlite``); with neither, nothing is logged."""
@@ -117,6 +122,12 @@ class SearchService:
         self.randomise_share = settings.randomise_share if randomise_share is None else float(randomise_share)
         if not 0.0 <= self.randomise_share <= 1.0:
             raise FusionrankError(f"randomise_share must be in [0, 1]; got {self.randomise_share}")
+        self.explore_share = settings.explore_share if explore_share is None else float(explore_share)
+        if not 0.0 <= self.explore_share <= 1.0:
+            raise FusionrankError(f"explore_share must be in [0, 1]; got {self.explore_share}")
+        self.explore_depth = settings.explore_depth if explore_depth is None else int(explore_depth)
+        if self.explore_depth < 2:
+            raise FusionrankError(f"explore_depth must be at least 2; got {self.explore_depth}")
         self.grid_columns = int(grid_columns)
         self._rng = random.Random(seed)
         self.archive = VectorArchive()
@@ -275,17 +286,29 @@ class SearchService:
         sid = uuid.uuid4().hex
         if not record or self.events is None:
             return {"search_id": sid, "timings_ms": t, "understood": res.understood.as_dict(), "results": hits}
-        swap = None
-        if rival is None:  # an interleaved list is not randomised as well
+        swap = explore = None
+        if rival is None:  # an interleaved list is neither randomised nor explored
             with self._log_lock:
                 swap = draw_swap(self._rng, self.randomise_share, len(hits))
+                if swap is None and len(hits) == k:
+                    ranked = int((res.scored.slates.rows[0] >= 0).sum())
+                    explore = draw_exploration(self._rng, self.explore_share, k, min(self.explore_depth, ranked))
+        logged_ranks = None
+        if explore is not None:  # one shown position shows a candidate ranked below the page
+            t0 = time.perf_counter()
+            shown = explore_positions(k, explore)
+            res.order = np.asarray(res.scored.order(0)[shown], np.int64)
+            res.hits = hits = self.pipeline.explainer.hits(res.scored, m.ranker, k, 0, explain, order=res.order)
+            logged_ranks = shown + 1
+            t["explore_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         if swap is not None:
             hits[0], hits[swap] = hits[swap], hits[0]
         for i, h in enumerate(hits):
             h["rank"] = i + 1
             h["grid_row"], h["grid_col"] = (int(v) for v in grid_cell(i + 1, self.grid_columns))
         t0 = time.perf_counter()
-        slate, vectors = served_slate(res, self.index, self.archive, swap, features=self.feature_logging)
+        slate, vectors = served_slate(res, self.index, self.archive, swap, features=self.feature_logging,
+                                      logged_ranks=logged_ranks)
         query = query.strip()
         entry = SearchLog(sid, query, time.time(), m.version, slate, client_id=client_id, session_id=session_id, k=k,
                           category=category, index_version=int(self.index.version), grid_columns=self.grid_columns,
@@ -302,7 +325,8 @@ class SearchService:
             if len(self._recent) > self._recent_max:
                 self._recent.popitem(last=False)
         return {"search_id": sid, "query": query, "k": k, "category": category, "model_version": m.version,
-                "grid_columns": self.grid_columns, "randomised": swap is not None, "interleaved": rival is not None,
+                "grid_columns": self.grid_columns, "randomised": swap is not None, "explored": explore is not None,
+                "interleaved": rival is not None,
                 "candidates": int(len(res.candidates.rows[0])), "candidate_sources": res.candidates.sources[0],
                 "query_cached": res.query_cached, "understood": res.understood.as_dict(), "model_weights": (m.alpha or {}).get("weights"),
                 "model_weights_kind": (m.alpha or {}).get("kind"), "timings_ms": t, "results": hits}
