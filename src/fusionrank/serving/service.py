@@ -300,7 +300,8 @@ class SearchService:
             res.order = np.asarray(res.scored.order(0)[shown], np.int64)
             res.hits = hits = self.pipeline.explainer.hits(res.scored, m.ranker, k, 0, explain, order=res.order)
             logged_ranks = shown + 1
-            t["explore_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+            t["explore_ms"] = dt = round((time.perf_counter() - t0) * 1e3, 3)
+            t["total_ms"] = round(t["total_ms"] + dt, 3)
         if swap is not None:
             hits[0], hits[swap] = hits[swap], hits[0]
         for i, h in enumerate(hits):
