@@ -430,7 +430,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
     reports = run_loop(start_dir, reg_dir, rounds=a.loop_rounds, sessions=a.loop_sessions, interleave_batch=a.loop_batch,
                        max_interleave_sessions=a.loop_max_interleave, click_model="pbm", labels=a.loop_labels,
                        propensity=a.loop_propensity, randomise_share=a.loop_randomise_share, train_on=a.loop_train_on,
-                       explore_share=a.loop_explore_share, explore_depth=a.loop_explore_depth, unshown=a.loop_unshown,
+                       explore_share=a.loop_explore_share, explore_depth=a.loop_explore_depth,
                        dm_regressor=a.loop_dm_regressor, logging_scores=a.loop_logging_scores,
                        loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed, simulate=a.loop_simulate,
                        log=lambda m: log("loop " + m))
@@ -455,7 +455,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
             "seconds": round(secs), "decisions": decisions,
             "settings": {k: getattr(a, k) for k in ("loop_rounds", "loop_sessions", "loop_batch", "loop_max_interleave",
                                                     "loop_labels", "loop_propensity", "loop_share", "loop_randomise_share",
-                                                    "loop_explore_share", "loop_explore_depth", "loop_unshown",
+                                                    "loop_explore_share", "loop_explore_depth",
                                                     "loop_train_on", "loop_dm_regressor", "loop_logging_scores",
                                                     "loop_simulate")}}
 
@@ -643,7 +643,6 @@ def main() -> None:
     ap.add_argument("--loop-explore-share", type=float, default=0.0, help="share of the logged searches explored "
                     "(one position shows a candidate ranked k+1..--loop-explore-depth)")
     ap.add_argument("--loop-explore-depth", type=int, default=50)
-    ap.add_argument("--loop-unshown", default="zero", help="retraining's candidates never shown: zero or leave_out")
     ap.add_argument("--loop-train-on", default="all", help="all: every search logged so far; round: this round's")
     ap.add_argument("--loop-dm-regressor", default="ridge", help="labels dr: the direct method's regressor")
     ap.add_argument("--loop-logging-scores", action="store_true", help="labels dr: the direct method also reads the "
@@ -901,7 +900,6 @@ def loop_md(lp: dict, full: dict, title: str) -> list[str]:
           + (f" with the `{st.get('loop_dm_regressor', 'ridge')}` direct method on the features"
              + (" and the serving version's scores" if st.get("loop_logging_scores") else " alone")
              if st["loop_labels"] == "dr" else "")
-          + ("; candidates no search showed left out of training" if st.get("loop_unshown") == "leave_out" else "")
           + f", propensities `{st['loop_propensity']}`"
           + (" estimated by `retrain` from every randomised search in the store" if st["loop_propensity"] == "swaps" else "")
           + f", `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "

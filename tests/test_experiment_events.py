@@ -48,19 +48,6 @@ def test_train_from_clicks(click_store, tiny_fashion, tmp_path, labels, loss):
     assert md.load_ranker().n_features_ == len(SCALAR_FEATURES) and json.loads((md.path / "config.json").read_text())["events"]["labels"] == labels
 
 
-def test_train_on_the_shown_candidates_only(click_store, tiny_fashion, tmp_path):
-    from fixtures_fashion import tiny_config_dict
-    from fusionrank.experiment import ExperimentConfig, train
-
-    cfg = ExperimentConfig.model_validate(tiny_config_dict(
-        tiny_fashion.root, loss={"name": "ips_listwise", "args": {}},
-        events={"store": str(click_store), "labels": "ips", "unshown": "leave_out"}))
-    metrics = train(cfg, tmp_path / "m", log=lambda m: None, progress=False, build_index=False)
-    assert metrics["clicks"]["unshown"] == "leave_out" and metrics["dev/title"]["ndcg@10"] > 0.2
-    with pytest.raises(ValueError, match="unshown"):
-        ExperimentConfig.model_validate(tiny_config_dict(tiny_fashion.root, events={"store": str(click_store), "unshown": "drop"}))
-
-
 def test_events_block_is_checked(tiny_fashion, click_store):
     from fixtures_fashion import tiny_config_dict
     from fusionrank.experiment import ExperimentConfig

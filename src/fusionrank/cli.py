@@ -921,8 +921,6 @@ def retrain(
     judgments_weight: float = typer.Option(0.0, help="> 0: the judged training queries join, grades scaled by this"),
     epochs: Optional[int] = typer.Option(None, help="training epochs (default: the promoted version's)"),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
-    unshown: str = typer.Option("zero", help="candidates no logged search showed: zero (label 0; dr: its estimate) or "
-                                "leave_out (left out of training)"),
     interleave: bool = typer.Option(False, help="start interleaving the new version at once, unless it regresses offline"),
 ):
     """Train a candidate from the event store on top of the promoted version; register it with offline metrics beside its parent's."""
@@ -933,8 +931,7 @@ def retrain(
     try:
         v = run_retrain(reg, store, since=parse_time(since) if since else None, until=parse_time(until) if until else None,
                         labels=labels, propensity=propensity, propensity_searches=propensity_searches, loss=loss,
-                        judgments_weight=judgments_weight, key_file=str(key_file) if key_file else None, epochs=epochs,
-                        unshown=unshown, log=lambda m: console.print(m))
+                        judgments_weight=judgments_weight, key_file=str(key_file) if key_file else None, epochs=epochs, log=lambda m: console.print(m))
         if interleave:
             start_interleaving(reg, v.id, log=lambda m: console.print(m))
     except FusionrankError as e:
@@ -967,8 +964,6 @@ def loop(
                                      "lightgbm_linear, partially_linear)"),
     logging_scores: bool = typer.Option(False, help="--labels dr: the direct method also reads the scores of the "
                                         "promoted version that served the round"),
-    unshown: str = typer.Option("zero", help="candidates no logged search showed: zero (label 0; dr: its estimate) or "
-                                "leave_out (left out of training)"),
     judgments_weight: float = typer.Option(0.0, help="> 0: judged training queries join retraining, grades scaled by this"),
     epochs: Optional[int] = typer.Option(None, help="training epochs of each candidate (default: the parent's)"),
     policy: Optional[Path] = typer.Option(None, help="TOML/YAML file with the promotion policy of a new registry"),
@@ -1003,7 +998,7 @@ def loop(
         reps = run_loop(model, registry, rounds=rounds, sessions=sessions, interleave_batch=interleave_batch,
                         max_interleave_sessions=max_interleave_sessions, click_model=click_model, labels=labels,
                         propensity=propensity, randomise_share=randomise_share, train_on=train_on,
-                        explore_share=explore_share, explore_depth=explore_depth, dm_regressor=dm_regressor, logging_scores=logging_scores, unshown=unshown, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
+                        explore_share=explore_share, explore_depth=explore_depth, dm_regressor=dm_regressor, logging_scores=logging_scores, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
                         simulate=simulate, serve_forever=serve_after, port=port, log=lambda m: console.print(m, markup=False, highlight=False))
     except FusionrankError as e:
         _fail(e)

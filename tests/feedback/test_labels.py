@@ -178,24 +178,6 @@ def test_attach_click_labels():
         attach_click_labels(sl, labels, IDS, mix={"grades": 1.0})
 
 
-def test_shown_only_leaves_the_candidates_without_impressions_out():
-    from fusionrank.feedback.labels import shown_only
-
-    sl = _slates()
-    labels = click_labels(LOG, "ips", PositionBias(THETA))
-    shown = set(zip(labels["user_query"], labels["product_id"]))
-    out = shown_only(attach_click_labels(sl, labels, IDS), labels, IDS)
-    for b, q in enumerate(sl.queries):
-        for n, r in enumerate(sl.rows[b]):
-            kept = r >= 0 and (q, IDS[r]) in shown
-            assert (out.rows[b, n] >= 0) == kept and (out.y[b, n] == -1) == (not kept)
-    assert (out.rows >= 0).sum() < (sl.rows >= 0).sum()  # something was left out, not labelled 0
-    # dr labels name the candidates never shown with impressions 0: those are left out too
-    with_unseen = pd.concat([labels, pd.DataFrame({"user_query": ["bags"], "product_id": ["A"], "label": [0.3],
-                                                   "impressions": [0], "signal_sum": [0.0]})])
-    assert (shown_only(sl, with_unseen, IDS).rows >= 0).sum() == (out.rows >= 0).sum()
-
-
 def test_direct_method_fits_and_feeds_dr():
     sl = _slates()
     labels = pd.DataFrame({"user_query": ["shoes", "shoes", "shoes", "bags"], "product_id": ["A", "B", "C", "D"],

@@ -308,22 +308,6 @@ def attach_click_labels(slates, labels: pd.DataFrame, ids, *, fill: float | np.n
     return dataclasses.replace(slates, y=y)
 
 
-def shown_only(slates, labels: pd.DataFrame, ids):
-    """A copy of ``slates`` keeping only the candidates ``labels`` has with at least one impression.
-
-    The others become padding (row -1, label -1): no evidence either way, instead of the label 0
-    (or a direct-method estimate) they would otherwise get. A query left with no candidate is all padding.
-    """
-    pairs = slate_pairs(slates, ids)
-    seen = labels.loc[labels["impressions"] > 0, KEY].drop_duplicates() if "impressions" in labels.columns \
-        else labels[KEY].drop_duplicates()
-    m = pairs.merge(seen, on=KEY, how="inner")
-    keep = np.zeros(slates.rows.shape, bool)
-    keep[m["b"].to_numpy(), m["n"].to_numpy()] = True
-    y = None if slates.y is None else np.where(keep, slates.y, -1.0).astype(np.float32)
-    return dataclasses.replace(slates, rows=np.where(keep, slates.rows, -1), y=y)
-
-
 # --- direct method -------------------------------------------------------------------------------
 
 

@@ -9,8 +9,6 @@
     propensity_searches = "all"   # all: every non-interleaved search up to `until`; training: the ones trained on
     action_weights = { click = 1.0, add_to_cart = 2.0, purchase = 4.0 }
     judgments_weight = 0.0    # > 0: the judged training queries join, their grades scaled by this
-    unshown = "zero"          # candidates of a logged query never shown: zero (label 0; dr: its direct method's
-                              # estimate) or leave_out (left out of the slate: no evidence either way)
     since = 1767225600.0      # optional: searches from this unix time on (`fusionrank retrain --since` sets it)
     logging_model = "runs/shop/model"   # dr: the model directory that served the searches (its scores join the regression)
     dm_regressor = "ridge"    # dr's direct method: ridge | lightgbm | lightgbm_linear | partially_linear | trees_plus_slope
@@ -72,11 +70,6 @@ class EventsConfig(BaseModel):
     model_versions: list[str] | None = None
     judgments_weight: float = Field(0.0, ge=0)
     min_impressions: int = Field(1, ge=1)
-    # A candidate of a logged query that no search showed: "zero" labels it 0 (dr: its direct method's estimate),
-    # "leave_out" leaves it out of its slate. Label 0 says "not relevant" of every product a ranker keeps below the
-    # page, which a retrained ranker then learns as true; leaving them out trains on the evidence only
-    # (benchmarks/loop_ceiling.py measures both with true grades).
-    unshown: Literal["zero", "leave_out"] = "zero"
     logging_model: str | None = None
     dm_regressor: str = "ridge"   # dr's direct method: a name in fusionrank.feedback.labels.DM_REGRESSORS
 
@@ -226,7 +219,7 @@ def logging_scores(model: str, cl: pd.DataFrame, slates, pipe, base: Path | None
 
 def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None = None):
     """``(slates with click labels, info)`` for training from ``cfg.store`` over ``pipe`` (a ranking pipeline)."""
-    from .labels import among_candidates, attach_click_labels, click_labels, fit_direct_method, shown_only
+    from .labels import among_candidates, attach_click_labels, click_labels, fit_direct_method
     from .store import open_existing
 
     t0 = time.perf_counter()
@@ -286,13 +279,11 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
         if cfg.min_impressions > 1:
             labels = labels[labels["impressions"] >= cfg.min_impressions]
         out = attach_click_labels(slates, labels, ids)
-    if cfg.unshown == "leave_out":
-        out = shown_only(out, labels, ids)
     info = {"searches": int(cl["query_id"].nunique()), "impressions": int(len(cl)), "queries": len(texts),
             "impressions_left_out": int((~known).sum()), "since": since, "until": cfg.until,
             "first_search": float(cl["timestamp"].min()) if len(cl) else None,
             "last_search": float(cl["timestamp"].max()) if len(cl) else None,
-            "pairs": int(len(counts)), "labels": cfg.labels, "unshown": cfg.unshown, "propensity": cfg.propensity, "propensity_log": bias_info, "logging_model": logging_info,
+            "pairs": int(len(counts)), "labels": cfg.labels, "propensity": cfg.propensity, "propensity_log": bias_info, "logging_model": logging_info,
             "theta": None if bias is None else bias.relative().theta.tolist(), "skew": skew,
             "seconds": round(time.perf_counter() - t0, 1)}
     return out, info

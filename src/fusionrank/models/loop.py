@@ -85,7 +85,7 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
              interleave_batch: int = 500, max_interleave_sessions: int = 20_000, click_model: str = "pbm", k: int = 10,
              labels: str = "ips", propensity: str = "swaps", randomise_share: float = 0.1, train_on: str = "all",
              explore_share: float = 0.0, explore_depth: int = 50,
-             dm_regressor: str = "ridge", logging_scores: bool = False, unshown: str = "zero",
+             dm_regressor: str = "ridge", logging_scores: bool = False,
              loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
              epochs: int | None = None, policy: PromotionPolicy | None = None, seed: int = 0, simulate: str = "http",
              serve_forever: bool = False,
@@ -98,8 +98,7 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
     (the default) ``randomise_share`` must be above 0: without randomised searches the bias is not
     identified from one logging model, and retraining would stop with an error saying so. With
     ``labels="dr"`` the direct method is ``dm_regressor``; with ``logging_scores`` it also reads the scores
-    of the promoted version that served the round (its ``logging_model``). ``unshown``: what retraining does with
-    the candidates no search showed (``zero`` or ``leave_out``, :class:`~fusionrank.feedback.source.EventsConfig`).
+    of the promoted version that served the round (its ``logging_model``).
     """
     import httpx
 
@@ -170,7 +169,7 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
                                                             else "the searches of this round"))
                 cand = retrain(reg, store_url, since=since if train_on == "round" else None, labels=labels, propensity=propensity,
                                logging_model=str(reg.model_path(before)) if labels == "dr" and logging_scores else None,
-                               dm_regressor=dm_regressor, loss=loss, unshown=unshown,
+                               dm_regressor=dm_regressor, loss=loss,
                                judgments_weight=judgments_weight, key_file=str(key_file) if key_file.exists() else None,
                                epochs=epochs, seed=seed + r, actor="loop", log=lambda m: log("  " + m))
                 cand_ndcg = (cand.offline or {}).get("metrics", {}).get(pol.metric)

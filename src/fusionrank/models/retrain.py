@@ -41,7 +41,6 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
             labels: str = "ips", propensity: str = "swaps", propensity_searches: str = "all", loss: str | None = "ips_listwise",
             judgments_weight: float = 0.0, logging_model: str | None = None, dm_regressor: str = "ridge",
             key_file: str | None = None, epochs: int | None = None, seed: int | None = None, actor: str = "cli",
-            unshown: str = "zero",
             note: str | None = None, log=print) -> ModelVersion:
     """Train a candidate from ``store``'s searches in ``[since, until)`` on top of the promoted version; register it.
 
@@ -49,7 +48,6 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
     is linear in the labels, so bias-corrected labels stay unbiased. ``propensity_searches``: which
     searches the position-bias estimator reads (``all`` or ``training``; :class:`~fusionrank.feedback.source.EventsConfig`).
     ``logging_model`` (a model directory) and ``dm_regressor``: the direct method of ``labels="dr"``.
-    ``unshown``: ``zero`` or ``leave_out``, the candidates no logged search showed (:class:`EventsConfig`).
     """
     from ..experiment import Block, train
     from ..feedback.source import EventsConfig
@@ -68,8 +66,7 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
     try:
         cfg.events = EventsConfig(store=store, key_file=key_file, labels=labels, propensity=propensity,
                                   propensity_searches=propensity_searches, since=since, until=until,
-                                  judgments_weight=judgments_weight, logging_model=logging_model, dm_regressor=dm_regressor,
-                                  unshown=unshown)
+                                  judgments_weight=judgments_weight, logging_model=logging_model, dm_regressor=dm_regressor)
         if loss is not None:
             cfg.loss = Block(name=loss)
         if epochs is not None:
@@ -83,7 +80,6 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
     log(f"retrain {vid} from {parent.id}: events {redact_url(store)}"
         + (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if since else "")
         + f", labels {labels} ({propensity}), loss {cfg.loss.name}"
-        + (", candidates never shown left out" if unshown == "leave_out" else "")
         + (f", judgments weight {judgments_weight}" if judgments_weight else ""))
     try:
         metrics = train(cfg, out, log=lambda m: log("  " + m), progress=False, build_index=False)
