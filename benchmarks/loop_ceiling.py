@@ -66,7 +66,7 @@ def main() -> None:
     scores = logger.predict(b.train, b.tables["title"])
     rows = [{"arm": "the logger itself", "depth": None, "dev": b.ndcg(logger)}]
     log(f"logger {rows[0]['dev']}")
-    r, secs = b.fit(full, a.seed)
+    r, _ = b.fit(full, a.seed)
     rows.append({"arm": "full information (every candidate's grade)", "depth": None, "dev": b.ndcg(r)})
     log(f"full information {rows[-1]['dev']}")
     for d in [int(x) for x in a.depths.split(",")]:
