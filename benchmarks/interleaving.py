@@ -430,7 +430,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
     reports = run_loop(start_dir, reg_dir, rounds=a.loop_rounds, sessions=a.loop_sessions, interleave_batch=a.loop_batch,
                        max_interleave_sessions=a.loop_max_interleave, click_model="pbm", labels=a.loop_labels,
                        propensity=a.loop_propensity, randomise_share=a.loop_randomise_share, train_on=a.loop_train_on,
-                       explore_share=a.loop_explore_share, explore_depth=a.loop_explore_depth,
+                       explore_share=a.loop_explore_share, explore_depth=a.loop_explore_depth, explore_count=a.loop_explore_count,
                        dm_regressor=a.loop_dm_regressor, logging_scores=a.loop_logging_scores,
                        loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed, simulate=a.loop_simulate,
                        log=lambda m: log("loop " + m))
@@ -455,7 +455,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
             "seconds": round(secs), "decisions": decisions,
             "settings": {k: getattr(a, k) for k in ("loop_rounds", "loop_sessions", "loop_batch", "loop_max_interleave",
                                                     "loop_labels", "loop_propensity", "loop_share", "loop_randomise_share",
-                                                    "loop_explore_share", "loop_explore_depth",
+                                                    "loop_explore_share", "loop_explore_depth", "loop_explore_count",
                                                     "loop_train_on", "loop_dm_regressor", "loop_logging_scores",
                                                     "loop_simulate")}}
 
@@ -643,6 +643,8 @@ def main() -> None:
     ap.add_argument("--loop-explore-share", type=float, default=0.0, help="share of the logged searches explored "
                     "(one position shows a candidate ranked k+1..--loop-explore-depth)")
     ap.add_argument("--loop-explore-depth", type=int, default=50)
+    ap.add_argument("--loop-explore-count", type=int, default=1, help="positions of an explored search that show "
+                    "a candidate ranked k+1..--loop-explore-depth")
     ap.add_argument("--loop-train-on", default="all", help="all: every search logged so far; round: this round's")
     ap.add_argument("--loop-dm-regressor", default="ridge", help="labels dr: the direct method's regressor")
     ap.add_argument("--loop-logging-scores", action="store_true", help="labels dr: the direct method also reads the "
@@ -887,8 +889,9 @@ def loop_md(lp: dict, full: dict, title: str) -> list[str]:
           f"{lp['start_dev']['title']:.4f} / {lp['start_dev']['title_sparse']:.4f}), a fresh registry, the service on HTTP "
           f"following it and randomising {st.get('loop_randomise_share', 0):.0%} of the searches it does not interleave "
           f"(top result swapped with one of ranks 2..10)"
-          + (f" and exploring {st['loop_explore_share']:.0%} of the others (one random position of the 10 shows a "
-             f"candidate it ranked 11..{st.get('loop_explore_depth', 50)})" if st.get("loop_explore_share") else "")
+          + (f" and exploring {st['loop_explore_share']:.0%} of the others ({st.get('loop_explore_count', 1)} random "
+             f"position(s) of the 10 show candidates it ranked 11..{st.get('loop_explore_depth', 50)})"
+             if st.get("loop_explore_share") else "")
           + f"; per round {st['loop_sessions']:,} sessions of shoppers (training "
           f"queries, Zipf(1), PBM theta_k = 1/k) "
           + ("in bulk (`Shoppers.run_cached`: one search of the service per distinct query, with the promoted version "

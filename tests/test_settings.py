@@ -10,7 +10,8 @@ from fusionrank.settings import DEFAULT_FASHION44K_SOURCE, DEFAULT_SHARED, Setti
 VARIABLES = ("FUSIONRANK_HOME", "FUSIONRANK_SHARED_DATA", "FUSIONRANK_FASHION44K", "FUSIONRANK_ADMIN_KEY",
              "FUSIONRANK_EVENTS_KEY", "FUSIONRANK_UPLOAD_ROOTS", "FUSIONRANK_EVENTS_RATE",
              "FUSIONRANK_EVENTS_BURST", "FUSIONRANK_EVENTS_URL", "FUSIONRANK_EVENTS_HASH_KEY",
-             "FUSIONRANK_EVENTS_RETENTION_DAYS", "FUSIONRANK_RANDOMISE_SHARE", "FUSIONRANK_EXPLORE_SHARE", "FUSIONRANK_EXPLORE_DEPTH")
+             "FUSIONRANK_EVENTS_RETENTION_DAYS", "FUSIONRANK_RANDOMISE_SHARE", "FUSIONRANK_EXPLORE_SHARE", "FUSIONRANK_EXPLORE_DEPTH",
+             "FUSIONRANK_EXPLORE_COUNT")
 
 
 @pytest.fixture
@@ -36,7 +37,8 @@ def test_each_variable_is_read(clean_env, tmp_path):
            "FUSIONRANK_EVENTS_KEY": "ev-secret", "FUSIONRANK_UPLOAD_ROOTS": f"{up1}:{up2}",
            "FUSIONRANK_EVENTS_RATE": "2.5", "FUSIONRANK_EVENTS_BURST": "7", "FUSIONRANK_EVENTS_URL": "postgresql://u@h:5/db",
            "FUSIONRANK_EVENTS_HASH_KEY": "hash-secret-0123456789", "FUSIONRANK_EVENTS_RETENTION_DAYS": "30",
-           "FUSIONRANK_RANDOMISE_SHARE": "0.1", "FUSIONRANK_EXPLORE_SHARE": "0.05", "FUSIONRANK_EXPLORE_DEPTH": "30"}
+           "FUSIONRANK_RANDOMISE_SHARE": "0.1", "FUSIONRANK_EXPLORE_SHARE": "0.05", "FUSIONRANK_EXPLORE_DEPTH": "30",
+           "FUSIONRANK_EXPLORE_COUNT": "3"}
     for k, v in env.items():
         clean_env.setenv(k, v)
     s = get_settings()  # read per call: no module reload needed
@@ -47,7 +49,7 @@ def test_each_variable_is_read(clean_env, tmp_path):
     assert [p.name for p in s.upload_root_paths] == ["up1", "up2"]
     assert (s.events_rate, s.events_burst) == (2.5, 7)
     assert (s.events_url, s.events_retention_days, s.randomise_share) == ("postgresql://u@h:5/db", 30.0, 0.1)
-    assert (s.explore_share, s.explore_depth) == (0.05, 30)
+    assert (s.explore_share, s.explore_depth, s.explore_count) == (0.05, 30, 3)
     assert s.events_hash_key.get_secret_value() == "hash-secret-0123456789" and "hash-secret" not in repr(s)
 
 

@@ -233,6 +233,8 @@ def serve(
                                                   "on it (default: $FUSIONRANK_EXPLORE_SHARE, 0)"),
     explore_depth: Optional[int] = typer.Option(None, min=2, help="deepest rank an explored search draws from "
                                                 "(default: $FUSIONRANK_EXPLORE_DEPTH, 50)"),
+    explore_count: Optional[int] = typer.Option(None, min=1, help="positions of an explored search that show a candidate "
+                                                "ranked below the page (default: $FUSIONRANK_EXPLORE_COUNT, 1)"),
     feature_logging: bool = typer.Option(True, help="log the features the ranker scored with every search (training from clicks needs them)"),
     registry: Optional[Path] = typer.Option(None, help="a model registry: rank with its promoted version, follow promotions "
                                             "and interleave its interleaving versions (MODEL still gives the index)"),
@@ -255,7 +257,8 @@ def serve(
     if engine not in SERVE_ENGINES:
         _fail(FusionrankError(f"unknown serve engine {engine!r}; valid: {', '.join(SERVE_ENGINES)}"))
     # every engine's services read these settings (workers and Ray replicas inherit the variables)
-    for name, value in (("FUSIONRANK_EXPLORE_SHARE", explore_share), ("FUSIONRANK_EXPLORE_DEPTH", explore_depth)):
+    for name, value in (("FUSIONRANK_EXPLORE_SHARE", explore_share), ("FUSIONRANK_EXPLORE_DEPTH", explore_depth),
+                        ("FUSIONRANK_EXPLORE_COUNT", explore_count)):
         if value is not None:
             os.environ[name] = str(value)
     if engine == "ray":
@@ -958,6 +961,8 @@ def loop(
     explore_share: float = typer.Option(0.0, min=0.0, max=1.0, help="share of searches the service explores: one random "
                                         "position shows a candidate ranked k+1..--explore-depth"),
     explore_depth: int = typer.Option(50, min=2, help="deepest rank an explored search draws from"),
+    explore_count: int = typer.Option(1, min=1, help="positions of an explored search that show a candidate ranked "
+                                      "k+1..--explore-depth"),
     train_on: str = typer.Option("all", help="searches each retraining reads: all (every logged search so far) or "
                                  "round (the searches of this round)"),
     dm_regressor: str = typer.Option("ridge", help="--labels dr: the direct method's regressor (ridge, lightgbm, "
@@ -998,7 +1003,7 @@ def loop(
         reps = run_loop(model, registry, rounds=rounds, sessions=sessions, interleave_batch=interleave_batch,
                         max_interleave_sessions=max_interleave_sessions, click_model=click_model, labels=labels,
                         propensity=propensity, randomise_share=randomise_share, train_on=train_on,
-                        explore_share=explore_share, explore_depth=explore_depth, dm_regressor=dm_regressor, logging_scores=logging_scores, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
+                        explore_share=explore_share, explore_depth=explore_depth, explore_count=explore_count, dm_regressor=dm_regressor, logging_scores=logging_scores, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
                         simulate=simulate, serve_forever=serve_after, port=port, log=lambda m: console.print(m, markup=False, highlight=False))
     except FusionrankError as e:
         _fail(e)

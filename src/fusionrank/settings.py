@@ -37,6 +37,8 @@ variable                                meaning
                                         the ranker put at a random rank k+1..depth, so retraining sees
                                         clicks on what the served ranker keeps below the page (default 0)
 ``FUSIONRANK_EXPLORE_DEPTH``            the deepest rank an explored search draws from (default 50)
+``FUSIONRANK_EXPLORE_COUNT``            how many positions of an explored search show such a candidate
+                                        (default 1)
 ======================================  ==============================================================
 
 :func:`get_settings` reads the environment on each call (cheap), so a test that sets a
@@ -73,6 +75,7 @@ class Settings(BaseSettings):
     randomise_share: float = Field(0.0, ge=0, le=1)
     explore_share: float = Field(0.0, ge=0, le=1)
     explore_depth: int = Field(50, ge=2)
+    explore_count: int = Field(1, ge=1)
 
     @property
     def upload_root_paths(self) -> list[Path]:

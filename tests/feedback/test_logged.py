@@ -58,10 +58,35 @@ def test_draw_exploration_is_uniform_over_positions_and_deeper_ranks():
     draws = [draw_exploration(rng, 0.5, 4, 10) for _ in range(8000)]
     hits = [d for d in draws if d is not None]
     assert 0.47 < len(hits) / len(draws) < 0.53
-    js, ms = np.array([d[0] for d in hits]), np.array([d[1] for d in hits])
+    assert all(len(d) == 1 for d in hits)  # one explored position by default
+    js, ms = np.array([d[0][0] for d in hits]), np.array([d[0][1] for d in hits])
     assert set(js) == {0, 1, 2, 3} and set(ms) == set(range(4, 10))
     assert np.bincount(js).min() > 0.2 * len(hits) and np.bincount(ms)[4:].min() > 0.13 * len(hits)
     assert draw_exploration(rng, 1.0, 4, 4) is None and draw_exploration(rng, 0.0, 4, 10) is None  # nothing below the page / off
-    assert explore_positions(4, (2, 7)).tolist() == [0, 1, 7, 3] and explore_positions(3, None).tolist() == [0, 1, 2]
+    assert explore_positions(4, ((2, 7),)).tolist() == [0, 1, 7, 3] and explore_positions(3, None).tolist() == [0, 1, 2]
     with pytest.raises(FusionrankError, match="below 4"):
-        explore_positions(4, (1, 2))
+        explore_positions(4, ((1, 2),))
+
+
+def test_draw_exploration_of_several_positions_draws_distinct_positions_and_ranks():
+    rng = random.Random(1)
+    draws = [draw_exploration(rng, 1.0, 10, 50, count=3) for _ in range(4000)]
+    assert all(len(d) == 3 for d in draws)
+    for d in draws:
+        js, ms = [j for j, _ in d], [m for _, m in d]
+        assert len(set(js)) == 3 and len(set(ms)) == 3 and all(0 <= j < 10 for j in js) and all(10 <= m < 50 for m in ms)
+        shown = explore_positions(10, d)
+        assert len(set(shown.tolist())) == 10 and (shown >= 10).sum() == 3
+        assert all(shown[j] == m for j, m in d)
+    js = np.concatenate([[j for j, _ in d] for d in draws])
+    ms = np.concatenate([[m for _, m in d] for d in draws])
+    assert np.bincount(js, minlength=10).min() > 0.8 * len(js) / 10  # every position and every deeper rank, evenly
+    assert np.bincount(ms, minlength=50)[10:].min() > 0.7 * len(ms) / 40
+    # fewer candidates below the page than asked: as many as there are
+    assert len(draw_exploration(rng, 1.0, 4, 6, count=3)) == 2
+    with pytest.raises(FusionrankError, match="explore_count"):
+        draw_exploration(rng, 1.0, 4, 10, count=0)
+    with pytest.raises(FusionrankError, match="distinct"):
+        explore_positions(4, ((1, 7), (1, 8)))
+    with pytest.raises(FusionrankError, match="distinct"):
+        explore_positions(4, ((1, 7), (2, 7)))

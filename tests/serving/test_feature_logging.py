@@ -121,6 +121,24 @@ def test_explored_searches_show_a_candidate_from_below_the_page_with_its_rank(se
     svc.close()
 
 
+def test_explored_searches_can_show_several_candidates_from_below_the_page(service_factory):
+    svc = service_factory("fl-explore-many")
+    plain = svc.search("shirt", k=4, record=False)
+    svc.explore_share, svc.explore_depth, svc.explore_count = 1.0, 12, 2
+    for _ in range(20):
+        r = svc.search("shirt", k=4)
+        (s,), log = _logged(svc, [r["search_id"]])
+        assert s.product_ids == [h["product_id"] for h in r["results"]] and len(set(s.product_ids)) == 4
+        deep = [j for j, rank in enumerate(s.logged_ranks) if rank > 4]
+        assert len(deep) == 2 and len({s.logged_ranks[j] for j in deep}) == 2
+        assert all(5 <= s.logged_ranks[j] <= 12 for j in deep)
+        assert [rank for i, rank in enumerate(s.logged_ranks) if i not in deep] == [i + 1 for i in range(4) if i not in deep]
+        own = {h["product_id"] for h in plain["results"]}
+        assert all(s.product_ids[j] not in own for j in deep)
+        assert all(r["results"][j]["features"] and np.isclose(r["results"][j]["score"], s.scores[j]) for j in deep)
+    svc.close()
+
+
 def test_explore_settings_are_checked(service_factory):
     from fusionrank.errors import FusionrankError
     from fusionrank.serving.service import SearchService
@@ -130,6 +148,8 @@ def test_explore_settings_are_checked(service_factory):
         SearchService(svc.index, svc.model, explore_share=1.5)
     with pytest.raises(FusionrankError, match="explore_depth"):
         SearchService(svc.index, svc.model, explore_depth=1)
+    with pytest.raises(FusionrankError, match="explore_count"):
+        SearchService(svc.index, svc.model, explore_count=0)
     svc.close()
 
 

@@ -83,3 +83,15 @@ def test_cached_sessions_explore_as_the_service_does(service_factory, tiny_fashi
     deep = log[log["logged_rank"] > 8][["user_query", "product_id"]].drop_duplicates()
     assert len(labels.merge(deep, on=["user_query", "product_id"])) == len(deep) > 0
     svc.close()
+
+
+def test_cached_sessions_explore_several_positions_as_the_service_does(service_factory, tiny_fashion):
+    svc = service_factory("shop-explore-many")
+    svc.randomise_share, svc.explore_share, svc.explore_depth, svc.explore_count = 0.0, 0.5, 16, 3
+    _shoppers(tiny_fashion, seed=3).run_cached(svc, 3_000, chunk=3_000, log=None)
+    log = svc.events.click_log()
+    deep = log.groupby("query_id")["logged_rank"].agg(lambda r: int((r > 8).sum()))
+    assert set(deep.unique()) == {0, 3} and 0.4 < (deep == 3).mean() < 0.6
+    assert log.groupby("query_id")["product_id"].nunique().eq(8).all()  # no product shown twice
+    assert log.loc[log["logged_rank"] > 8, "logged_rank"].between(9, 16).all()
+    svc.close()

@@ -156,29 +156,35 @@ def draw_swap(rng, share: float, n: int) -> int | None:
     return rng.randrange(1, n)
 
 
-def draw_exploration(rng, share: float, k: int, n: int) -> tuple[int, int] | None:
+def draw_exploration(rng, share: float, k: int, n: int, count: int = 1) -> tuple[tuple[int, int], ...] | None:
     """The exploration decision for one search that shows ``k`` of ``n`` ranked candidates, or None.
 
-    With probability ``share``: ``(j, m)``, 0-based, meaning shown position ``j`` (uniform in
-    0..k-1) shows the candidate the ranker put at ``m`` (uniform in k..n-1) instead of its own.
-    Clicks only ever label what a ranker shows, so a ranker retrained from its own clicks sees
-    no evidence about a relevant product it keeps below the page; an explored search puts one
-    such product on the page, at a position drawn independently of it, so its clicks are
-    corrected by that position's propensity like any other (the position-based model's
-    assumption). ``rng`` is a :class:`random.Random`.
+    With probability ``share``: ``count`` pairs ``(j, m)``, 0-based, meaning shown position ``j``
+    shows the candidate the ranker put at ``m`` instead of its own; the positions are distinct
+    and uniform in 0..k-1, the ranks distinct and uniform in k..n-1 (fewer pairs when fewer than
+    ``count`` candidates are below the page). Clicks only ever label what a ranker shows, so a
+    ranker retrained from its own clicks sees no evidence about a relevant product it keeps below
+    the page; an explored search puts such products on the page, at positions drawn independently
+    of them, so their clicks are corrected by their positions' propensities like any other (the
+    position-based model's assumption). ``rng`` is a :class:`random.Random`.
     """
+    if count < 1:
+        raise FusionrankError(f"explore_count must be at least 1; got {count}")
     if share <= 0 or k < 1 or n <= k or rng.random() >= share:
         return None
-    return rng.randrange(k), rng.randrange(k, n)
+    if count == 1:  # the draws of one explored position, as before there could be several
+        return ((rng.randrange(k), rng.randrange(k, n)),)
+    c = min(count, k, n - k)
+    return tuple(sorted(zip(rng.sample(range(k), c), rng.sample(range(k, n), c))))
 
 
-def explore_positions(k: int, exploration: tuple[int, int] | None) -> np.ndarray:
-    """Ranked positions (0-based) shown at positions ``0..k-1``: the top ``k``, with an exploration's swap-in."""
+def explore_positions(k: int, exploration: Sequence[tuple[int, int]] | None) -> np.ndarray:
+    """Ranked positions (0-based) shown at positions ``0..k-1``: the top ``k``, with an exploration's swap-ins."""
     p = np.arange(k, dtype=np.int64)
-    if exploration is not None:
-        j, m = exploration
-        if not (0 <= j < k and m >= k):
-            raise FusionrankError(f"exploration {exploration} must show a candidate ranked below {k} at a position in 0..{k - 1}")
+    for j, m in exploration or ():
+        if not (0 <= j < k and m >= k) or p[j] >= k or m in p:
+            raise FusionrankError(f"exploration {exploration} must show distinct candidates ranked below {k} "
+                                  f"at distinct positions in 0..{k - 1}")
         p[j] = m
     return p
 

@@ -186,12 +186,13 @@ class Shoppers:
             events: list[dict] = []
             now = time.time()
             # group the chunk's sessions by (query, swap, exploration) so each group's clicks are drawn in one call
-            groups: dict[tuple[int, int, tuple[int, int] | None], list[int]] = {}
+            groups: dict[tuple[int, int, tuple[tuple[int, int], ...] | None], list[int]] = {}
             for j, q in enumerate(part):
                 ranked = len(cache[int(q)][0].slate.product_ids)
                 n = min(self.k, ranked)
                 sw = draw_swap(swap_rng, share, n)
-                ex = draw_exploration(swap_rng, explore_share, self.k, ranked) if sw is None and n == self.k else None
+                ex = (draw_exploration(swap_rng, explore_share, self.k, ranked, service.explore_count)
+                      if sw is None and n == self.k else None)
                 groups.setdefault((int(q), sw or 0, ex), []).append(j)
             ids = [uuid.UUID(int=int(x)).hex for x in rng.integers(0, 2**63, size=len(part))]
             for (qi, sw, ex), members in groups.items():

@@ -9,7 +9,7 @@
    name) search and post events through the HTTP API with the events key, as the web page does; the
    service randomises ``randomise_share`` of the searches it does not interleave (the top result swapped
    with one drawn uniformly from ranks 2..k, Joachims et al. 2017), which identifies the position bias,
-   and explores ``explore_share`` of the others (one random position shows a candidate it ranked
+   and explores ``explore_share`` of the others (``explore_count`` random positions show candidates it ranked
    k+1..``explore_depth``, :func:`~fusionrank.feedback.logged.draw_exploration`), so a retraining sees
    clicks on products the promoted version keeps below the page.
    With ``simulate="cached"`` the sessions before retraining are drawn in bulk instead
@@ -84,7 +84,7 @@ def _wait(pred, seconds: float, what: str) -> None:
 def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3, sessions: int = 2000,
              interleave_batch: int = 500, max_interleave_sessions: int = 20_000, click_model: str = "pbm", k: int = 10,
              labels: str = "ips", propensity: str = "swaps", randomise_share: float = 0.1, train_on: str = "all",
-             explore_share: float = 0.0, explore_depth: int = 50,
+             explore_share: float = 0.0, explore_depth: int = 50, explore_count: int = 1,
              dm_regressor: str = "ridge", logging_scores: bool = False,
              loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
              epochs: int | None = None, policy: PromotionPolicy | None = None, seed: int = 0, simulate: str = "http",
@@ -139,7 +139,8 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
     shoppers = Shoppers(train_q, cat.qrels, CLICK_MODELS.get(click_model)(), k=k, seed=seed)
     data_dir = registry_dir / "service-data"
     svc = open_service(model_dir, data_dir=data_dir, registry=registry_dir, randomise_share=randomise_share,
-                       explore_share=explore_share, explore_depth=explore_depth, log=lambda m: log("  " + m))
+                       explore_share=explore_share, explore_depth=explore_depth, explore_count=explore_count,
+                       log=lambda m: log("  " + m))
     store_url = getattr(svc.events, "url", str(data_dir / "events.sqlite"))
     key_file = data_dir / "events.key"
     follower = RegistryFollower(svc, reg, poll_seconds=0.1, log=lambda m: log("  " + m), auto=False).start()
@@ -150,7 +151,8 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
             shop = HttpShop(http, "loop-events")
             log(f"serving {reg.read().promoted().id} on {srv.url}/ (events in {store_url}; {randomise_share:.0%} of the "
                 "searches not interleaved are randomised"
-                + (f", {explore_share:.0%} of the others explored to rank {explore_depth}" if explore_share else "") + ")")
+                + (f", {explore_share:.0%} of the others explored ({explore_count} of the page from ranks {k + 1}..{explore_depth})"
+                   if explore_share else "") + ")")
             for r in range(1, rounds + 1):
                 t0 = time.perf_counter()
                 idx = reg.read()

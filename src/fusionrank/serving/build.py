@@ -32,7 +32,7 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
                  catalog: str | Path | None = None, data_dir: str | Path | None = None, randomise_share: float | None = None,
                  feature_logging: bool = True, registry: str | Path | None = None, shared: bool = False,
                  query_threads: int = 2, explore_share: float | None = None, explore_depth: int | None = None,
-                 log=print) -> SearchService:
+                 explore_count: int | None = None, log=print) -> SearchService:
     """Open the saved index (or, with ``rebuild``, build and save it first), load the model, wire the service.
 
     Nothing is encoded: a missing index is an error that names ``fusionrank index MODEL``. With a model
@@ -66,6 +66,6 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
     svc = SearchService(index, load_handle(ranker_dir), QueryEncoder(threads=query_threads, text_encoder=config.text_encoder_spec),
                         data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products,
                         randomise_share=randomise_share, explore_share=explore_share, explore_depth=explore_depth,
-                        feature_logging=feature_logging, log=log)
+                        explore_count=explore_count, feature_logging=feature_logging, log=log)
     log(f"warm-up search: {svc.warm_up():.0f} ms")
     return svc

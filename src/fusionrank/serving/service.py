@@ -10,7 +10,7 @@ cells, and the features, masks, query vector and product vectors the ranker scor
 (:func:`fusionrank.feedback.logged.served_slate`), so training from clicks sees exactly what
 the ranker saw. A configurable share of searches is randomised (the top result swapped with
 one at a random rank) so position bias can be estimated from the clicks; another share can be
-explored (one shown position given to a candidate the ranker put below the page,
+explored (``explore_count`` shown positions given to candidates the ranker put below the page,
 :func:`~fusionrank.feedback.logged.draw_exploration`), so that retraining from the clicks sees
 evidence about products the served ranker never shows. An explored product is logged with the rank
 the ranker gave it (``logged_rank`` above ``k``).
@@ -92,7 +92,7 @@ class SearchService:
                  data_dir: str | Path | None = None, product_encoder=None, recent_searches: int = 100_000,
                  events=None, feature_logging: bool = True, randomise_share: float | None = None,
                  explore_share: float | None = None, explore_depth: int | None = None,
-                 grid_columns: int = DEFAULT_GRID_COLUMNS, seed: int | None = None, log=print):
+                 explore_count: int | None = None, grid_columns: int = DEFAULT_GRID_COLUMNS, seed: int | None = None, log=print):
         """``events``: an open event store, or None to open the configured one in ``data_dir``
         (``FUSIONRANK_EVENTS_URL``, else ``data_dir/events.sqlite``); with neither, nothing is logged."""
         from ..settings import get_settings
@@ -128,6 +128,9 @@ class SearchService:
         self.explore_depth = settings.explore_depth if explore_depth is None else int(explore_depth)
         if self.explore_depth < 2:
             raise FusionrankError(f"explore_depth must be at least 2; got {self.explore_depth}")
+        self.explore_count = settings.explore_count if explore_count is None else int(explore_count)
+        if self.explore_count < 1:
+            raise FusionrankError(f"explore_count must be at least 1; got {self.explore_count}")
         self.grid_columns = int(grid_columns)
         self._rng = random.Random(seed)
         self.archive = VectorArchive()
@@ -292,9 +295,10 @@ class SearchService:
                 swap = draw_swap(self._rng, self.randomise_share, len(hits))
                 if swap is None and len(hits) == k:
                     ranked = int((res.scored.slates.rows[0] >= 0).sum())
-                    explore = draw_exploration(self._rng, self.explore_share, k, min(self.explore_depth, ranked))
+                    explore = draw_exploration(self._rng, self.explore_share, k, min(self.explore_depth, ranked),
+                                                self.explore_count)
         logged_ranks = None
-        if explore is not None:  # one shown position shows a candidate ranked below the page
+        if explore is not None:  # shown positions show candidates ranked below the page
             t0 = time.perf_counter()
             shown = explore_positions(k, explore)
             res.order = np.asarray(res.scored.order(0)[shown], np.int64)
