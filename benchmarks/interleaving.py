@@ -13,8 +13,8 @@ Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-inte
    both title fields.
 2. **Pairs.** ``--pairs`` pairs whose dev NDCG@10 (title) differs by 0.005 to 0.05, spread over that band.
 3. **Interleaving.** For each pair, simulated shoppers (:class:`~fusionrank.feedback.simulate.Shoppers`,
-   Zipf(1) popularity over the 500 dev queries, which no version trained on; PBM clicks, theta_k = 1/k,
-   eps- 0.1, eps+ 1) search a :class:`~fusionrank.serving.service.SearchService` that serves one version of
+   Zipf(1) popularity over the 500 dev queries, which no version trained on; ``--click-model``: PBM clicks,
+   theta_k = 1/k, eps- 0.1, eps+ 1 by default, or ``dbn``, ``cascade``, ... with the registry's defaults) search a :class:`~fusionrank.serving.service.SearchService` that serves one version of
    the pair (team a, a coin per pair) and interleaves the other (team b) on every search. As
    ``Shoppers.run_cached`` caches result lists, every dev query's candidates and features come once from the
    service's ranking path (``RankingPipeline.slates``, as evaluation runs it) and each version's ranking of
@@ -461,13 +461,28 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
 
 
 # -- the run ------------------------------------------------------------------------------------
+CLICK_MODEL_TEXT = {
+    "pbm": "PBM clicks (theta_k = 1/k, eps- 0.1, eps+ 1)",
+    "dbn": "DBN clicks (Chapelle and Zhang 2009: examine top-down, click with eps- 0.1 .. eps+ 1 by grade, leave "
+           "satisfied after a click with (2^g - 1) / 15, go on with gamma 0.9)",
+    "cascade": "cascade clicks (Craswell et al. 2008: examine top-down, click with eps- 0.1 .. eps+ 1 by grade, "
+               "stop at the first click)",
+}
+
+
+def click_model_of(name: str):
+    """The shoppers' click model by its registered name, with the registry's defaults (``pbm``: theta_k = 1/k)."""
+    from fusionrank.feedback.clickmodels import CLICK_MODELS
+
+    return CLICK_MODELS.get(name)()
+
+
 def sensitivity(bench: VersionBench, out: Path, versions: list[dict], a) -> dict:
-    from fusionrank.feedback.clickmodels import PositionBased, PowerLawExamination
     from fusionrank.metrics import ndcg_at_k_padded
 
     pairs = pick_pairs(versions, a.pairs)
     used = {v["name"]: v for p in pairs for v in p}
-    tr = Traffic(bench, a.run_dir, list(used.values()), PositionBased(PowerLawExamination(1.0)), seed=a.seed,
+    tr = Traffic(bench, a.run_dir, list(used.values()), click_model_of(a.click_model), seed=a.seed,
                  zipf_s=a.query_zipf)
     secs = tr.prepare()
     log(f"{len(pairs)} pairs over {len(used)} versions; {len(tr.slates)} dev queries searched and ranked in {secs:.0f} s")
@@ -524,11 +539,11 @@ def sensitivity(bench: VersionBench, out: Path, versions: list[dict], a) -> dict
 def extend(bench: VersionBench, out: Path, versions: list[dict], sens: dict, cap: int, seed: int) -> None:
     """Continue the interleaving of the pairs still undecided at their cap up to ``cap`` sessions (same store, same
     checkpoints), in place."""
-    from fusionrank.feedback.clickmodels import PositionBased, PowerLawExamination
     from fusionrank.feedback.interleave import interleaving_report
 
     names = {r[k] for r in sens["pairs"] for k in ("a", "b")}
-    tr = Traffic(bench, out, [v for v in versions if v["name"] in names], PositionBased(PowerLawExamination(1.0)), seed=seed,
+    tr = Traffic(bench, out, [v for v in versions if v["name"] in names],
+                 click_model_of(sens["settings"].get("click_model", "pbm")), seed=seed,
                  fresh=False, zipf_s=query_population(sens))
     shared, factor = draft_of(sens) == "shared", float(sens["settings"].get("grid_factor", 2.0))
     tr.prepare()
@@ -630,6 +645,8 @@ def main() -> None:
                     "with the classic draft (other sessions, same cap) in the same run")
     ap.add_argument("--grid-factor", type=float, default=2.0, help="the tests are read after 200, 200 f, 200 f^2, ... "
                     "sessions")
+    ap.add_argument("--click-model", default="pbm", help="the sensitivity shoppers' click model, by name (pbm, dbn, "
+                    "cascade, trust_bias, grid_pbm)")
     ap.add_argument("--query-zipf", type=float, default=0.0, help="sensitivity shoppers draw the dev queries with Zipf(s) "
                     "popularity; 0 (default): uniformly, the distribution dev NDCG@10 averages over")
     ap.add_argument("--loop-rounds", type=int, default=3)
@@ -688,7 +705,7 @@ def main() -> None:
         res["sensitivity"] = sensitivity(bench, a.out, versions, a)
         res["sensitivity"].update(seconds=round(time.perf_counter() - t0), run=res["run"], command=res["command"],
                                   settings={k: getattr(a, k) for k in ("pairs", "il_cap", "ab_cap", "live_searches", "seed",
-                                                                       "query_zipf", "draft", "grid_factor",
+                                                                       "query_zipf", "draft", "grid_factor", "click_model",
                                                                        "compare_classic")})
         save(res, parts, path)
     if "extend" in parts:  # the pairs interleaving left undecided, continued to --il-cap
@@ -786,7 +803,8 @@ def sensitivity_md(s: dict, main: bool) -> list[str]:
               "property of the comparison, not of interleaving or A/B, so the headline figures compare like with like. "
               "Nothing else changed: the same pairs, versions, click model, tests, caps and seeds.", ""]
     L += [f"{len(s['pairs'])} pairs of versions whose dev NDCG@10 (title) differs by 0.005 to 0.05. Shoppers: the 500 "
-          f"dev queries (no version trained on them) drawn {pop}, PBM clicks (theta_k = 1/k, eps- 0.1, eps+ 1), "
+          f"dev queries (no version trained on them) drawn {pop}, "
+          f"{CLICK_MODEL_TEXT.get(s['settings'].get('click_model', 'pbm'), s['settings'].get('click_model'))}, "
           "carts and purchases as in `Shoppers`. Which version of a pair is promoted (team a) is a coin per pair.", "",
           f"- **Interleaving**: a `SearchService` serving team a and interleaving team b on every search (share 1.0); "
           "every dev query's candidates and features once from the service's ranking path (`RankingPipeline.slates`), "
