@@ -150,7 +150,10 @@ def test_a_product_put_to_the_service_gets_the_catalogues_adapted_vectors(adapte
                         text_encoder=config.text_encoder_spec)
     _, _, vectors, _ = pe.encode({S.PRODUCT_ID: "new-1", S.TITLE: row[S.TITLE], S.IMAGE: row[S.IMAGE]})
     np.testing.assert_allclose(vectors["title"], T[i], atol=1e-5)
-    np.testing.assert_allclose(vectors["image_proj"], P[i], atol=1e-4)  # the photo is decoded and encoded again
+    # the photo is decoded and encoded again, alone rather than in the store's batch: the same vector up to float
+    # reassociation in the convolutions, which the projection carries to ~1e-4 on some CPUs
+    np.testing.assert_allclose(vectors["image_proj"], P[i], atol=5e-4)
+    assert float(vectors["image_proj"] @ P[i]) / float(np.linalg.norm(vectors["image_proj"]) * np.linalg.norm(P[i])) > 0.9999
 
 
 def test_hard_negatives_come_from_the_top_of_both_retrievers_and_skip_judged_products():
