@@ -228,9 +228,9 @@ def serve(
     randomise_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="share of searches whose top result is swapped "
                                                     "with a random one of the page, to estimate position bias "
                                                     "(default: $FUSIONRANK_RANDOMISE_SHARE, 0)"),
-    explore_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="share of searches that show, at one random "
-                                                  "position, a candidate ranked below the page, so retraining sees clicks "
-                                                  "on it (default: $FUSIONRANK_EXPLORE_SHARE, 0)"),
+    explore_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="share of searches that show, at --explore-count "
+                                                  "random positions, candidates ranked below the page, so retraining sees "
+                                                  "clicks on them (default: $FUSIONRANK_EXPLORE_SHARE, 0)"),
     explore_depth: Optional[int] = typer.Option(None, min=2, help="deepest rank an explored search draws from "
                                                 "(default: $FUSIONRANK_EXPLORE_DEPTH, 50)"),
     explore_count: Optional[int] = typer.Option(None, min=1, help="positions of an explored search that show a candidate "
@@ -958,8 +958,8 @@ def loop(
                                    "randomised searches, see --randomise-share)"),
     randomise_share: float = typer.Option(0.1, min=0.0, max=1.0, help="share of searches whose top result the service "
                                           "swaps with a random one of the top k (what 'swaps' estimates from)"),
-    explore_share: float = typer.Option(0.0, min=0.0, max=1.0, help="share of searches the service explores: one random "
-                                        "position shows a candidate ranked k+1..--explore-depth"),
+    explore_share: float = typer.Option(0.0, min=0.0, max=1.0, help="share of searches the service explores: --explore-count "
+                                        "random positions show candidates ranked k+1..--explore-depth"),
     explore_depth: int = typer.Option(50, min=2, help="deepest rank an explored search draws from"),
     explore_count: int = typer.Option(1, min=1, help="positions of an explored search that show a candidate ranked "
                                       "k+1..--explore-depth"),

@@ -33,8 +33,8 @@ variable                                meaning
 ``FUSIONRANK_RANDOMISE_SHARE``          share of searches whose top result the service swaps with one at
                                         a random rank 2..k, so position bias can be estimated from
                                         clicks (default 0: off)
-``FUSIONRANK_EXPLORE_SHARE``            share of searches that show, at one random position, a candidate
-                                        the ranker put at a random rank k+1..depth, so retraining sees
+``FUSIONRANK_EXPLORE_SHARE``            share of searches that show, at random positions, candidates
+                                        the ranker put at random ranks k+1..depth, so retraining sees
                                         clicks on what the served ranker keeps below the page (default 0)
 ``FUSIONRANK_EXPLORE_DEPTH``            the deepest rank an explored search draws from (default 50)
 ``FUSIONRANK_EXPLORE_COUNT``            how many positions of an explored search show such a candidate

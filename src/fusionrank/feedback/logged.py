@@ -172,7 +172,7 @@ def draw_exploration(rng, share: float, k: int, n: int, count: int = 1) -> tuple
         raise FusionrankError(f"explore_count must be at least 1; got {count}")
     if share <= 0 or k < 1 or n <= k or rng.random() >= share:
         return None
-    if count == 1:  # the draws of one explored position, as before there could be several
+    if count == 1:  # the same two draws as when one position was all there was, so seeded runs reproduce
         return ((rng.randrange(k), rng.randrange(k, n)),)
     c = min(count, k, n - k)
     return tuple(sorted(zip(rng.sample(range(k), c), rng.sample(range(k, n), c))))
