@@ -14,8 +14,9 @@ Everything it writes goes under ``--out`` (default ``$FUSIONRANK_HOME/bench-inte
 2. **Pairs.** ``--pairs`` pairs whose dev NDCG@10 (title) differs by 0.005 to 0.05, spread over that band.
 3. **Interleaving.** For each pair, simulated shoppers (:class:`~fusionrank.feedback.simulate.Shoppers`,
    Zipf(1) popularity over the 500 dev queries, which no version trained on; ``--click-model``: PBM clicks,
-   theta_k = 1/k, eps- 0.1, eps+ 1 by default, or ``dbn``, ``cascade``, ... with the registry's defaults) search a :class:`~fusionrank.serving.service.SearchService` that serves one version of
-   the pair (team a, a coin per pair) and interleaves the other (team b) on every search. As
+   theta_k = 1/k, eps- 0.1, eps+ 1 by default, or ``dbn``, ``cascade``, ... with the registry's defaults)
+   search a :class:`~fusionrank.serving.service.SearchService` that serves one version of the pair (team a,
+   a coin per pair) and interleaves the other (team b) on every search. As
    ``Shoppers.run_cached`` caches result lists, every dev query's candidates and features come once from the
    service's ranking path (``RankingPipeline.slates``, as evaluation runs it) and each version's ranking of
    them is kept (the service's own :class:`~fusionrank.ranking.explain.Scorer`); every session then gets its
@@ -645,8 +646,10 @@ def main() -> None:
                     "with the classic draft (other sessions, same cap) in the same run")
     ap.add_argument("--grid-factor", type=float, default=2.0, help="the tests are read after 200, 200 f, 200 f^2, ... "
                     "sessions")
-    ap.add_argument("--click-model", default="pbm", help="the sensitivity shoppers' click model, by name (pbm, dbn, "
-                    "cascade, trust_bias, grid_pbm)")
+    from fusionrank.feedback.clickmodels import CLICK_MODELS
+
+    ap.add_argument("--click-model", default="pbm", choices=CLICK_MODELS.names(),
+                    help="the sensitivity shoppers' click model, by its registered name")
     ap.add_argument("--query-zipf", type=float, default=0.0, help="sensitivity shoppers draw the dev queries with Zipf(s) "
                     "popularity; 0 (default): uniformly, the distribution dev NDCG@10 averages over")
     ap.add_argument("--loop-rounds", type=int, default=3)
@@ -658,7 +661,7 @@ def main() -> None:
     ap.add_argument("--loop-propensity", default="swaps", help="an estimator or a PositionBias .json")
     ap.add_argument("--loop-randomise-share", type=float, default=0.1, help="share of the logged searches randomised")
     ap.add_argument("--loop-explore-share", type=float, default=0.0, help="share of the logged searches explored "
-                    "(one position shows a candidate ranked k+1..--loop-explore-depth)")
+                    "(--loop-explore-count positions show candidates ranked k+1..--loop-explore-depth)")
     ap.add_argument("--loop-explore-depth", type=int, default=50)
     ap.add_argument("--loop-explore-count", type=int, default=1, help="positions of an explored search that show "
                     "a candidate ranked k+1..--loop-explore-depth")

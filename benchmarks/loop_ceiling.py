@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,8 +47,9 @@ def top_by(scores: np.ndarray, real: np.ndarray, depth: int) -> np.ndarray:
 
 def main() -> None:
     from fusionrank.rankers import load_ranker
+    from fusionrank.settings import get_settings
 
-    home = Path(os.environ.get("FUSIONRANK_HOME", Path.home() / ".cache" / "fusionrank"))
+    home = get_settings().home
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--logger", type=Path, required=True, help="model directory of the logging version")
     ap.add_argument("--prepared", type=Path, default=home / "bench-clicks-11f")
