@@ -434,6 +434,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
                        explore_share=a.loop_explore_share, explore_depth=a.loop_explore_depth, explore_count=a.loop_explore_count,
                        dm_regressor=a.loop_dm_regressor, logging_scores=a.loop_logging_scores,
                        loss="ips_listwise", epochs=bench.epochs, policy=policy, seed=a.seed, simulate=a.loop_simulate,
+                       interleave_simulate=a.loop_interleave_simulate,
                        log=lambda m: log("loop " + m))
     secs = time.perf_counter() - t0
     reg = ModelRegistry.open(reg_dir)
@@ -458,7 +459,7 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
                                                     "loop_labels", "loop_propensity", "loop_share", "loop_randomise_share",
                                                     "loop_explore_share", "loop_explore_depth", "loop_explore_count",
                                                     "loop_train_on", "loop_dm_regressor", "loop_logging_scores",
-                                                    "loop_simulate")}}
+                                                    "loop_simulate", "loop_interleave_simulate")}}
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -671,6 +672,8 @@ def main() -> None:
                     "serving version's scores")
     ap.add_argument("--loop-start", default="q20-s0-e4")
     ap.add_argument("--loop-simulate", default="http", help="sessions before each retraining: http or cached (in bulk)")
+    ap.add_argument("--loop-interleave-simulate", default="http", help="sessions while a candidate interleaves: http or "
+                    "cached (in bulk, with the service's team drafts; raise --loop-batch with it)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -927,7 +930,9 @@ def loop_md(lp: dict, full: dict, title: str) -> list[str]:
           + f", propensities `{st['loop_propensity']}`"
           + (" estimated by `retrain` from every randomised search in the store" if st["loop_propensity"] == "swaps" else "")
           + f", `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "
-          f"{st['loop_batch']} sessions until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
+          f"{st['loop_batch']:,} sessions ("
+          + ("in bulk, with the service's team drafts" if st.get("loop_interleave_simulate") == "cached"
+             else "through the HTTP API") + ") until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
           f"least {lp['policy']['min_searches']} credited searches; undecided after {st['loop_max_interleave']:,} "
           f"sessions: retired). {lp['seconds']} s.", "",
           "Dev NDCG@10 here is measured as for every version above (the prepared dev slates, queries as typed); the gate's "

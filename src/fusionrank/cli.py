@@ -977,8 +977,9 @@ def loop(
     min_searches: Optional[int] = typer.Option(None, help="credited interleaved searches before a decision (default: the policy's)"),
     seed: int = typer.Option(0, help="seed of the shoppers"),
     simulate: str = typer.Option("http", help="sessions before each retraining: http (each through the HTTP API) or "
-                                 "cached (in bulk through the service's event store: one search per distinct query); "
-                                 "interleaving always goes through HTTP"),
+                                 "cached (in bulk through the service's event store: one search per distinct query)"),
+    interleave_simulate: str = typer.Option("http", help="sessions while a candidate interleaves: http or cached (in "
+                                            "bulk, with the service's team drafts; raise --interleave-batch with it)"),
     serve_after: bool = typer.Option(False, "--serve/--no-serve", help="keep serving the promoted version afterwards"),
     port: int = typer.Option(0, help="port of the service (0: a free one)"),
     json_out: bool = typer.Option(False, "--json", help="print the rounds as JSON on stdout"),
@@ -1004,7 +1005,7 @@ def loop(
                         max_interleave_sessions=max_interleave_sessions, click_model=click_model, labels=labels,
                         propensity=propensity, randomise_share=randomise_share, train_on=train_on,
                         explore_share=explore_share, explore_depth=explore_depth, explore_count=explore_count, dm_regressor=dm_regressor, logging_scores=logging_scores, judgments_weight=judgments_weight, epochs=epochs, policy=pol, seed=seed,
-                        simulate=simulate, serve_forever=serve_after, port=port, log=lambda m: console.print(m, markup=False, highlight=False))
+                        simulate=simulate, interleave_simulate=interleave_simulate, serve_forever=serve_after, port=port, log=lambda m: console.print(m, markup=False, highlight=False))
     except FusionrankError as e:
         _fail(e)
     if json_out:

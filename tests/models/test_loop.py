@@ -52,6 +52,31 @@ def test_two_rounds_of_the_loop(tiny_model, tmp_path):
         assert all(x.used >= 1 for x in reps)
 
 
+def test_a_round_of_the_loop_in_bulk(tiny_model, tmp_path):
+    """``--simulate cached --interleave-simulate cached``: the sessions of both steps drawn in bulk through the service's
+    store; the gate reads the bulk interleaved searches as it reads the HTTP ones."""
+    from fusionrank.feedback.interleave import interleaving_report
+    from fusionrank.feedback.store import open_existing
+    from fusionrank.models import ModelRegistry
+
+    reg_dir = tmp_path / "reg"
+    r = CliRunner().invoke(app, ["loop", "--model", str(tiny_model[0]), "--registry", str(reg_dir), "--rounds", "1",
+                                 "--sessions", "3000", "--simulate", "cached", "--interleave-simulate", "cached",
+                                 "--interleave-batch", "2000", "--max-interleave-sessions", "6000", "--interleave-share", "1.0",
+                                 "--min-searches", "40", "--tolerance", "0.5", "--epochs", "2", "--randomise-share", "0.3",
+                                 "--json"])
+    assert r.exit_code == 0, (r.stdout, r.stderr, r.exception)
+    (x,) = json.loads(r.stdout)
+    assert x["outcome"] in ("promoted", "refused online", "undecided") and x["sessions_logged"] == 3000
+    assert x["sessions_interleaving"] in (2000, 4000, 6000) and x["searches_trained"] == 3000
+    idx = ModelRegistry.open(reg_dir).read()
+    last = [d for d in idx.decisions if d.version == "v2"][-1]
+    with open_existing(reg_dir / "service-data" / "events.sqlite") as st:
+        (rep,) = interleaving_report(st)
+    assert rep.searches == x["sessions_interleaving"] and rep.candidate == idx.find("v2").model_version
+    assert last.evidence["interleaving"]["searches"] == rep.searches
+
+
 def test_the_loop_refuses_swaps_without_randomisation(tiny_model, tmp_path):
     r = CliRunner().invoke(app, ["loop", "--model", str(tiny_model[0]), "--registry", str(tmp_path / "reg"),
                                  "--randomise-share", "0", "--rounds", "1"])
@@ -59,4 +84,7 @@ def test_the_loop_refuses_swaps_without_randomisation(tiny_model, tmp_path):
     r = CliRunner().invoke(app, ["loop", "--model", str(tiny_model[0]), "--registry", str(tmp_path / "reg"),
                                  "--train-on", "latest", "--rounds", "1"])
     assert r.exit_code == 2 and "train_on must be one of all, round; got 'latest'" in " ".join(r.stderr.split())
+    r = CliRunner().invoke(app, ["loop", "--model", str(tiny_model[0]), "--registry", str(tmp_path / "reg"),
+                                 "--interleave-simulate", "bulk", "--rounds", "1"])
+    assert r.exit_code == 2 and "interleave_simulate must be one of http, cached; got 'bulk'" in " ".join(r.stderr.split())
     assert not (tmp_path / "reg").exists()

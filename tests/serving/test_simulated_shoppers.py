@@ -95,3 +95,50 @@ def test_cached_sessions_explore_several_positions_as_the_service_does(service_f
     assert log.groupby("query_id")["product_id"].nunique().eq(8).all()  # no product shown twice
     assert log.loc[log["logged_rank"] > 8, "logged_rank"].between(9, 16).all()
     svc.close()
+
+
+def test_cached_sessions_interleave_as_the_service_does(service_factory, tiny_fashion, tiny_lgbm_model):
+    """With a candidate interleaving on every search, the bulk sessions log exactly the lists, teams and features the
+    service itself logs for the same queries and the same draws."""
+    from collections import Counter
+
+    from fusionrank.feedback.interleave import interleaving_report
+    from fusionrank.serving.service import load_handle
+
+    bulk, live = service_factory("il-bulk"), service_factory("il-live")
+    for svc in (bulk, live):
+        svc.set_interleaving([load_handle(tiny_lgbm_model[0])], 1.0)
+    shoppers = _shoppers(tiny_fashion, seed=4)
+    rep = shoppers.run_cached(bulk, 400, chunk=150, log=None, seed=11)
+    assert rep.interleaved == 400 and rep.randomised == 0
+    live.reseed(11)  # the service draws each search's candidate and coin as the bulk sessions did, in the same order
+    for qi in shoppers.draw(400, np.random.default_rng(11)):
+        res = live.search(shoppers.queries.at[qi, "query"], k=8, explain=False)
+        assert res["interleaved"]
+
+    def logged(svc):
+        return Counter((q["user_query"], tuple(q["product_ids"]), tuple(q["teams"]), q["interleaved_with"], q["slate_key"])
+                       for q in svc.events.iter_queries())
+
+    got, want = logged(bulk), logged(live)
+    assert got == want and sum(got.values()) == 400
+    assert len({key[1:3] for key in got}) > len(shoppers.queries)  # the coins differ between sessions of one query
+    (r,) = interleaving_report(bulk.events)
+    assert r.searches == 400 and r.used == r.wins + r.losses + r.ties > 0
+    assert bulk.events.click_log().empty  # interleaved searches stay out of click training
+    bulk.close()
+    live.close()
+
+
+def test_cached_sessions_interleave_a_share_and_explore_the_rest(service_factory, tiny_fashion, tiny_lgbm_model):
+    from fusionrank.serving.service import load_handle
+
+    svc = service_factory("il-share")
+    svc.randomise_share, svc.explore_share, svc.explore_depth = 0.2, 0.5, 16
+    svc.set_interleaving([load_handle(tiny_lgbm_model[0])], 0.3)
+    rep = _shoppers(tiny_fashion, seed=5).run_cached(svc, 3_000, chunk=1_000, log=None)
+    assert 0.25 < rep.interleaved / 3_000 < 0.35 and len(svc.events.interleaving_log()) == rep.interleaved
+    log = svc.events.click_log()
+    assert log["query_id"].nunique() == 3_000 - rep.interleaved
+    assert 0.15 < log.groupby("query_id")["randomised"].first().mean() < 0.25
+    svc.close()

@@ -27,6 +27,7 @@ interleaved search evaluation", Δ_AB with ties counted in the denominator).
 """
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
@@ -34,9 +35,21 @@ import numpy as np
 
 from .schema import DEFAULT_ACTION_WEIGHTS, SHARED_TEAM, TEAMS
 
-__all__ = ["team_draft", "team_credit", "outcome", "ComparisonReport", "compare_outcomes", "interleaving_report"]
+__all__ = ["draw_interleaving", "team_draft", "team_credit", "outcome", "ComparisonReport", "compare_outcomes", "interleaving_report"]
 
 A, B = TEAMS
+
+
+def draw_interleaving(rng, share: float, n_candidates: int) -> tuple[int, random.Random] | None:
+    """The interleaving decision for one search while ``n_candidates`` candidates interleave on ``share`` of them.
+
+    None (the promoted model's list), or ``(candidate index, coin)``: the candidate drawn uniformly, and
+    the coin (a fresh :class:`random.Random`) for :func:`team_draft`. ``rng`` is a :class:`random.Random`;
+    the service and the bulk shoppers both draw through here.
+    """
+    if n_candidates <= 0 or share <= 0 or rng.random() >= share:
+        return None
+    return rng.randrange(n_candidates), random.Random(rng.getrandbits(64))
 
 
 def team_draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int, rng, *,

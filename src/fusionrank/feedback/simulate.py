@@ -15,6 +15,7 @@ the service's event store in bulk: a million sessions take minutes rather than h
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import uuid
@@ -78,6 +79,17 @@ class SimulationReport:
     distinct_lists: int = 0
     randomised: int = 0
     query_counts: dict[str, int] = field(default_factory=dict)
+    interleaved: int = 0
+
+
+@dataclass
+class _Drafts:
+    """One query's cached rankings for interleaved sessions (see :meth:`Shoppers._drafts`)."""
+
+    promoted: list[int]        # the promoted model's top 2k candidates (indices into the search's candidates)
+    rivals: list[list[int]]    # each interleaving candidate's top 2k
+    slate: Any                 # the logged slate of their union (a ServedSlate)
+    position: dict[int, int]   # candidate index -> its entry in ``slate``
 
 
 def zipf_weights(n: int, s: float = 1.0) -> np.ndarray:
@@ -159,8 +171,15 @@ class Shoppers:
         exploration, drawn as the service draws them) referencing the cached list (to the service's
         ``explore_depth`` when it explores); events go through
         ``service.record_events`` (as the page's events do). Written in chunks of ``chunk`` sessions.
-        The cached lists are the promoted model's only: nothing is interleaved here (use :meth:`run_live`).
+
+        While candidates interleave (``service.interleaving``), each distinct query's candidates are also
+        ranked by every candidate (:meth:`~fusionrank.serving.service.SearchService.rival_order`), and the
+        service's share of sessions shows a team draft of the two rankings, drawn per session as the
+        service draws it (:func:`~fusionrank.feedback.interleave.draw_interleaving`,
+        :func:`~fusionrank.feedback.interleave.team_draft`) and logged with its teams.
         """
+        from .interleave import draw_interleaving, team_draft
+
         if service.events is None:
             raise FusionrankError("the service has no event store to log the simulated sessions in")
         seed = self.seed if seed is None else seed
@@ -169,10 +188,12 @@ class Shoppers:
         t0 = time.perf_counter()
         draws = self.draw(n_sessions, rng)
         cache: dict[int, tuple[SearchLog, np.ndarray]] = {}
+        drafts: dict[int, _Drafts] = {}
         share, explore_share = service.randomise_share, service.explore_share
         counts = {a: 0 for a in ACTIONS[1:]}
-        randomised = 0
+        randomised = interleaved = 0
         model = service.model  # one read: every session of this run is this model's
+        rivals, il_share = service.interleaving  # and these candidates'
         version = model.version
         for start in range(0, n_sessions, chunk):
             part = draws[start:start + chunk]
@@ -181,25 +202,44 @@ class Shoppers:
                     qi = int(qi)
                     res = service.pipeline.search(self.queries.at[qi, S.QUERY], self.k, None, False, ranker=model.ranker,
                                                   understanding=model.understanding)  # as the service searches
+                    if rivals:
+                        drafts[qi] = self._drafts(service, res, rivals)
                     cache[qi] = self._template(service, qi, res)
             logs: list[SearchLog] = []
             events: list[dict] = []
             now = time.time()
-            # group the chunk's sessions by (query, swap, exploration) so each group's clicks are drawn in one call
-            groups: dict[tuple[int, int, tuple[tuple[int, int], ...] | None], list[int]] = {}
+            # group the chunk's sessions by what they were shown, so each group's clicks are drawn in one call:
+            # (query, swap, exploration, None) or (query, 0, None, (candidate, shown, teams)) when interleaved
+            groups: dict[tuple, list[int]] = {}
             for j, q in enumerate(part):
-                ranked = len(cache[int(q)][0].slate.product_ids)
+                q = int(q)
+                drawn = draw_interleaving(swap_rng, il_share, len(rivals))
+                if drawn is not None:
+                    d = drafts[q]
+                    shown, teams = team_draft(d.promoted, d.rivals[drawn[0]], self.k, drawn[1])
+                    groups.setdefault((q, 0, None, (drawn[0], tuple(shown), tuple(teams))), []).append(j)
+                    continue
+                ranked = len(cache[q][0].slate.product_ids)
                 n = min(self.k, ranked)
                 sw = draw_swap(swap_rng, share, n)
                 ex = (draw_exploration(swap_rng, explore_share, self.k, ranked, service.explore_count)
                       if sw is None and n == self.k else None)
-                groups.setdefault((int(q), sw or 0, ex), []).append(j)
+                groups.setdefault((q, sw or 0, ex, None), []).append(j)
             ids = [uuid.UUID(int=int(x)).hex for x in rng.integers(0, 2**63, size=len(part))]
-            for (qi, sw, ex), members in groups.items():
+            for (qi, sw, ex, il), members in groups.items():
                 tmpl, grades = cache[qi]
-                top = taken(tmpl.slate, explore_positions(min(self.k, len(tmpl.slate.product_ids)), ex))
-                slate = swapped(top, sw)
-                g = self.grades_of(qi, slate.product_ids) if sw or ex else grades
+                rival = teams = None
+                if il is not None:
+                    d = drafts[qi]
+                    rival, teams = rivals[il[0]].version, list(il[2])
+                    slate = taken(d.slate, [d.position[c] for c in il[1]])
+                    slate = dataclasses.replace(slate, logged_ranks=list(range(1, len(slate.product_ids) + 1)))
+                    g = self.grades_of(qi, slate.product_ids)
+                    interleaved += len(members)
+                else:
+                    top = taken(tmpl.slate, explore_positions(min(self.k, len(tmpl.slate.product_ids)), ex))
+                    slate = swapped(top, sw)
+                    g = self.grades_of(qi, slate.product_ids) if sw or ex else grades
                 acts = self.click_model.sample_actions(np.broadcast_to(g, (len(members), len(g))), rng=rng)
                 for m, j in enumerate(members):
                     sid = ids[j]
@@ -207,7 +247,7 @@ class Shoppers:
                     session = f"{seed}-{start + j}"
                     logs.append(SearchLog(sid, tmpl.user_query, now, version, slate, client_id=client, session_id=session,
                                           k=self.k, index_version=tmpl.index_version, grid_columns=tmpl.grid_columns,
-                                          randomised=bool(sw)))
+                                          randomised=bool(sw), interleaved_with=rival, teams=teams))
                     for a in ACTIONS[1:]:
                         for pos in np.flatnonzero(acts[a][m]):
                             events.append({"type": a, "search_id": sid, "model_version": version,
@@ -222,7 +262,24 @@ class Shoppers:
                     f"({time.perf_counter() - t0:.0f} s)")
         qc = pd.Series(draws).value_counts()
         return SimulationReport(n_sessions, n_sessions, counts, time.perf_counter() - t0, len(cache), randomised,
-                                {str(self.queries.at[int(i), S.QUERY_ID]): int(c) for i, c in qc.items()})
+                                {str(self.queries.at[int(i), S.QUERY_ID]): int(c) for i, c in qc.items()}, interleaved)
+
+    def _drafts(self, service, res, rivals) -> _Drafts:
+        """What an interleaved session of one query can show: the promoted and each candidate's top ``2k`` (every
+        product a draft of ``k`` can reach), and one logged slate of their union to take the shown ones from."""
+        from .logged import served_slate
+
+        depth = 2 * self.k  # a team's i-th pick skips fewer than k products already shown: within its first 2k - 1
+        promoted = res.scored.order(0)[:depth].tolist()
+        ranked = [service.rival_order(r, res)[:depth].tolist() for r in rivals]
+        union = list(dict.fromkeys(promoted + [c for r in ranked for c in r]))
+        shown, res.order = res.order, np.asarray(union, np.int64)
+        try:
+            slate, vectors = served_slate(res, service.index, service.archive, None, features=service.feature_logging)
+        finally:
+            res.order = shown  # the search's own list stays the template's
+        service.events.put_many_vectors(vectors.items())
+        return _Drafts(promoted, ranked, slate, {c: i for i, c in enumerate(union)})
 
     def _template(self, service, qi: int, res) -> tuple[SearchLog, np.ndarray]:
         """One search's log to reuse: its top ``k``, or its ranking to the service's ``explore_depth`` when it explores."""

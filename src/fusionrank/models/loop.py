@@ -16,7 +16,9 @@
    (:meth:`~fusionrank.feedback.simulate.Shoppers.run_cached`: one real search of the service per distinct
    query, with the promoted version and its query understanding, every session its own search record,
    randomisation drawn as the service draws it, events through the service's own checks into its store),
-   which takes 10^5 sessions in about a minute; interleaving always goes through HTTP;
+   which takes 10^5 sessions in about a minute; the interleaved sessions go through HTTP too unless
+   ``interleave_simulate="cached"``, where each batch is drawn in bulk the same way, with the service's
+   team drafts (the lists, teams and logged features the service itself logs for the same draws);
 3. **retrain**: a candidate from the logged searches (``train_on``: ``all`` of them so far, or this
    ``round``'s), with position bias estimated from the randomised searches (``propensity="swaps"``)
    (:func:`~fusionrank.models.retrain.retrain`), measured offline beside the promoted version; one that
@@ -88,7 +90,7 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
              dm_regressor: str = "ridge", logging_scores: bool = False,
              loss: str | None = "ips_listwise", judgments_weight: float = 0.0,
              epochs: int | None = None, policy: PromotionPolicy | None = None, seed: int = 0, simulate: str = "http",
-             serve_forever: bool = False,
+             interleave_simulate: str = "http", serve_forever: bool = False,
              port: int = 0, log=print) -> list[RoundReport]:
     """Run ``rounds`` rounds of the loop (see the module docstring) over ``model_dir``'s catalogue and index.
 
@@ -116,8 +118,9 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
 
     if train_on not in TRAIN_ON:
         raise FusionrankError(f"train_on must be one of {', '.join(TRAIN_ON)}; got {train_on!r}")
-    if simulate not in SIMULATE:
-        raise FusionrankError(f"simulate must be one of {', '.join(SIMULATE)}; got {simulate!r}")
+    for name, value in (("simulate", simulate), ("interleave_simulate", interleave_simulate)):
+        if value not in SIMULATE:
+            raise FusionrankError(f"{name} must be one of {', '.join(SIMULATE)}; got {value!r}")
     if propensity == "swaps" and randomise_share <= 0:
         raise FusionrankError("propensity 'swaps' estimates the position bias from randomised searches; set randomise_share "
                               "above 0 (e.g. 0.1), or choose another estimator (harvest needs two logged model versions)")
@@ -181,7 +184,10 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
                 if start_interleaving(reg, cand.id, actor="loop", log=lambda m: log("  " + m)):
                     _wait(lambda: any(h.version == cand.model_version for h in svc.interleaving[0]), 30, "start interleaving")
                     while True:
-                        shoppers.run_live(shop, interleave_batch, seed=next(draws))
+                        if interleave_simulate == "cached":
+                            shoppers.run_cached(svc, interleave_batch, log=None, seed=next(draws))
+                        else:
+                            shoppers.run_live(shop, interleave_batch, seed=next(draws))
                         used += interleave_batch
                         res = decide(reg, cand.id, svc.events, actor="loop", retire_refused=True)
                         log(f"  {used:,} sessions: {res.reasons[-1]}")  # the online check's sentence

@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import schema as S
 from ..errors import FusionrankError, UnknownCategory
-from ..feedback.interleave import team_draft
+from ..feedback.interleave import draw_interleaving, team_draft
 from ..feedback.logged import VectorArchive, draw_exploration, draw_swap, explore_positions, served_slate
 from ..feedback.schema import ACTIONS, DEFAULT_GRID_COLUMNS, Event, SearchLog, grid_cell
 from ..modalities import SCALAR_FEATURES, modality
@@ -254,6 +254,11 @@ class SearchService:
         """``(candidate handles, share)`` interleaved now."""
         return self._interleaving
 
+    def rival_order(self, rival: ModelHandle, res) -> np.ndarray:
+        """A search result's candidates (``res``, of the promoted model's :meth:`search`) in ``rival``'s order: what an
+        interleaved search drafts its candidate team from (the same candidates, the same query understanding)."""
+        return Scorer(rival.ranker, self.pipeline.catalog).transform(res.scored.slates).order(0)
+
     # search ----------------------------------------------------------------
     def warm_up(self, query: str = "black shirt for men") -> float:
         """One unlogged search so the first user's request does not pay for lazy initialisation; returns ms."""
@@ -270,16 +275,15 @@ class SearchService:
         rival, coin = None, None
         if record and self.events is not None and rivals and share > 0:
             with self._log_lock:
-                if self._rng.random() < share:
-                    rival = rivals[self._rng.randrange(len(rivals))]
-                    coin = random.Random(self._rng.getrandbits(64))
+                drawn = draw_interleaving(self._rng, share, len(rivals))
+            if drawn is not None:
+                rival, coin = rivals[drawn[0]], drawn[1]
         res = self.pipeline.search(query, k, category, explain and rival is None, ranker=m.ranker, observe=self.stage_observer,
                                    understanding=m.understanding)
         teams = None
         if rival is not None:  # the same candidates ranked by the rival, then one list drafted from both rankings
             t0 = time.perf_counter()
-            other = Scorer(rival.ranker, self.pipeline.catalog).transform(res.scored.slates)
-            shown, teams = team_draft(res.scored.order(0).tolist(), other.order(0).tolist(), k, coin)
+            shown, teams = team_draft(res.scored.order(0).tolist(), self.rival_order(rival, res).tolist(), k, coin)
             res.order = np.asarray(shown, np.int64)
             res.hits = self.pipeline.explainer.hits(res.scored, m.ranker, k, 0, explain, order=res.order)
             dt = round((time.perf_counter() - t0) * 1e3, 3)
