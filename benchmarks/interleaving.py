@@ -426,7 +426,8 @@ def run_the_loop(bench: VersionBench, out: Path, start: dict, a) -> dict:
     shutil.copytree(start["dir"], start_dir)
     (start_dir / "index").symlink_to(bench.index_dir)  # the serving index; the loop's service only reads it
     policy = PromotionPolicy(mode="manual", interleave_share=a.loop_share, min_searches=200,
-                             max_searches=a.loop_max_interleave)
+                             max_searches=a.loop_max_interleave, interval=a.loop_interval,
+                             sequential_searches=a.loop_sequential_searches)
     t0 = time.perf_counter()
     reports = run_loop(start_dir, reg_dir, rounds=a.loop_rounds, sessions=a.loop_sessions, interleave_batch=a.loop_batch,
                        max_interleave_sessions=a.loop_max_interleave, click_model="pbm", labels=a.loop_labels,
@@ -672,6 +673,10 @@ def main() -> None:
                     "serving version's scores")
     ap.add_argument("--loop-start", default="q20-s0-e4")
     ap.add_argument("--loop-simulate", default="http", help="sessions before each retraining: http or cached (in bulk)")
+    ap.add_argument("--loop-interval", default="bootstrap", help="the gate's interval: bootstrap (valid for one look) "
+                    "or sequential (a confidence sequence, valid at every look)")
+    ap.add_argument("--loop-sequential-searches", type=int, default=10_000, help="--loop-interval sequential: "
+                    "credited searches where the interval is tightest")
     ap.add_argument("--loop-interleave-simulate", default="http", help="sessions while a candidate interleaves: http or "
                     "cached (in bulk, with the service's team drafts; raise --loop-batch with it)")
     ap.add_argument("--epochs", type=int, default=4)
@@ -932,8 +937,11 @@ def loop_md(lp: dict, full: dict, title: str) -> list[str]:
           + f", `ips_listwise`), interleaving on {st['loop_share']:.0%} of the searches in batches of "
           f"{st['loop_batch']:,} sessions ("
           + ("in bulk, with the service's team drafts" if st.get("loop_interleave_simulate") == "cached"
-             else "through the HTTP API") + ") until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% CI, at "
-          f"least {lp['policy']['min_searches']} credited searches; undecided after {st['loop_max_interleave']:,} "
+             else "through the HTTP API") + f") until the gate decides (offline tolerance {lp['policy']['tolerance']}, 95% interval, at "
+          f"least {lp['policy']['min_searches']} credited searches"
+          + (f", a confidence sequence tightest at {lp['policy'].get('sequential_searches', 10_000):,} of them"
+             if lp["policy"].get("interval") == "sequential" else ", a bootstrap interval at every check")
+          + f"; undecided after {st['loop_max_interleave']:,} "
           f"sessions: retired). {lp['seconds']} s.", "",
           "Dev NDCG@10 here is measured as for every version above (the prepared dev slates, queries as typed); the gate's "
           "own offline numbers (the service's ranking path, with the query understanding `retrain` builds) are beside "

@@ -732,13 +732,15 @@ def models_init(
     tolerance: Optional[float] = typer.Option(None, help="largest allowed offline drop of the policy metric (default 0.005)"),
     interleave_share: Optional[float] = typer.Option(None, help="share of searches interleaved (default 0.2)"),
     min_searches: Optional[int] = typer.Option(None, help="credited interleaved searches before a decision (default 200)"),
+    interval: Optional[str] = typer.Option(None, help="the preference's interval: bootstrap (default; valid for one look) "
+                                           "or sequential (valid at every look of the gate)"),
 ):
     """Create an empty model registry with its promotion policy."""
     from .models import ModelRegistry
 
     try:
         pol = _policy_from(policy, {"mode": mode, "tolerance": tolerance, "interleave_share": interleave_share,
-                                    "min_searches": min_searches})
+                                    "min_searches": min_searches, "interval": interval})
         ModelRegistry.create(registry, pol)
     except FusionrankError as e:
         _fail(e)
@@ -753,10 +755,13 @@ def models_policy(
     tolerance: Optional[float] = typer.Option(None),
     interleave_share: Optional[float] = typer.Option(None),
     min_searches: Optional[int] = typer.Option(None),
+    interval: Optional[str] = typer.Option(None, help="the preference's interval: bootstrap (default; valid for one look) "
+                                           "or sequential (valid at every look of the gate)"),
 ):
     """Show the promotion policy, or change the fields given (the rest stay as they are)."""
     reg = _open_registry(registry)
-    over = {"mode": mode, "tolerance": tolerance, "interleave_share": interleave_share, "min_searches": min_searches}
+    over = {"mode": mode, "tolerance": tolerance, "interleave_share": interleave_share, "min_searches": min_searches,
+            "interval": interval}
     try:
         if policy is not None or any(v is not None for v in over.values()):
             reg.set_policy(_policy_from(policy, over, base=reg.read().policy.model_dump()))
@@ -975,6 +980,8 @@ def loop(
     interleave_share: Optional[float] = typer.Option(None, help="share of searches interleaved (default: the policy's)"),
     tolerance: Optional[float] = typer.Option(None, help="largest allowed offline drop (default: the policy's)"),
     min_searches: Optional[int] = typer.Option(None, help="credited interleaved searches before a decision (default: the policy's)"),
+    interval: Optional[str] = typer.Option(None, help="the preference's interval: bootstrap (valid for one look) "
+                                           "or sequential (valid at every look of the gate); default: the policy\'s"),
     seed: int = typer.Option(0, help="seed of the shoppers"),
     simulate: str = typer.Option("http", help="sessions before each retraining: http (each through the HTTP API) or "
                                  "cached (in bulk through the service's event store: one search per distinct query)"),
@@ -996,7 +1003,7 @@ def loop(
         if not (model / "config.json").is_file():
             raise FusionrankError(f"{model}: no model to start the loop from; make one with `fusionrank demo --no-serve` "
                                   "or pass --model")
-        over = {"interleave_share": interleave_share, "tolerance": tolerance, "min_searches": min_searches}
+        over = {"interleave_share": interleave_share, "tolerance": tolerance, "min_searches": min_searches, "interval": interval}
         pol = None
         if policy is not None or any(v is not None for v in over.values()):
             base = ModelRegistry.open(registry).read().policy.model_dump() if (registry / "registry.json").exists() else {}
@@ -1033,11 +1040,15 @@ def interleave_report(
     store: str = typer.Option(..., "--store", help=_STORE_HELP),
     registry: Optional[Path] = typer.Option(None, help="name model versions by their registry ids"),
     since: Optional[str] = typer.Option(None, help="interleaved searches from this time on"),
-    confidence: float = typer.Option(0.95, help="of the bootstrap interval"),
+    confidence: float = typer.Option(0.95, help="of the interval"),
+    interval: str = typer.Option("bootstrap", help="bootstrap (valid for one look) or sequential (a confidence sequence, "
+                                 "valid however often it is looked at)"),
+    sequential_searches: int = typer.Option(10_000, min=1, help="--interval sequential: credited searches where the "
+                                            "interval is tightest"),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ):
-    """Per comparison: wins, losses and ties of the candidate, its preference with a bootstrap CI, and the searches used."""
+    """Per comparison: wins, losses and ties of the candidate, its preference with an interval, and the searches used."""
     from .feedback.interleave import interleaving_report
 
     names = {}
@@ -1045,7 +1056,8 @@ def interleave_report(
         names = {v.model_version: v.id for v in _open_registry(registry).read().versions}
     st = _open_events(store, key_file)
     try:
-        reps = interleaving_report(st, since=parse_time(since) if since else None, confidence=confidence)
+        reps = interleaving_report(st, since=parse_time(since) if since else None, confidence=confidence, interval=interval,
+                                   optimal_n=sequential_searches)
     except FusionrankError as e:
         _fail(e)
     finally:
@@ -1056,7 +1068,7 @@ def interleave_report(
         return
     t = Table(title=f"team-draft interleaving in {store}")
     for c in ("promoted", "candidate", "searches", "used", "sessions", "wins", "losses", "ties", "preference",
-              f"{confidence:.0%} CI"):
+              f"{confidence:.0%} " + ("confidence sequence" if interval == "sequential" else "CI")):
         t.add_column(c)
     for r in reps:
         t.add_row(names.get(r.control, r.control), names.get(r.candidate, r.candidate), f"{r.searches:,}", f"{r.used:,}",

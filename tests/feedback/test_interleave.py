@@ -172,3 +172,17 @@ def test_a_version_1_store_is_upgraded_in_place(store_url):
         assert st._x(cur, "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     st.close()
     open_store(store_url, b"k" * 32).close()  # opening an upgraded store again changes nothing
+
+
+def test_compare_outcomes_sequential_is_wider_than_one_look_and_names_the_intervals():
+    from fusionrank.errors import UnknownNameError
+    from fusionrank.feedback.interleave import compare_outcomes
+
+    rng = np.random.default_rng(0)
+    out = rng.choice([-1, 0, 1], size=5000, p=[0.4, 0.15, 0.45])
+    m1, (lo1, hi1), p1 = compare_outcomes(out, interval="bootstrap")
+    m2, (lo2, hi2), p2 = compare_outcomes(out, interval="sequential", optimal_n=5000)
+    assert m1 == m2 and p1 is not None and p2 is None
+    assert 1.3 < (hi2 - lo2) / (hi1 - lo1) < 1.8  # about 1.5x at the size it is tuned for
+    with pytest.raises(UnknownNameError, match="valid names: bootstrap, sequential"):
+        compare_outcomes(out, interval="bonferroni")

@@ -129,3 +129,44 @@ def test_mean_ci_is_the_one_sample_form_of_bootstrap_ci():
     assert mean == pytest.approx(d.mean()) and ci == pytest.approx(paired.ci) and p == pytest.approx(paired.p_value)
     with pytest.raises(ValueError, match="at least one value"):
         mean_ci([])
+
+
+def test_cs_radius_matches_the_formula_worked_by_hand():
+    """n = 10,000, sigma = 1, alpha = 0.05, tuned for n: rho^2 = (5.99146 + log 6.99146) / 1e4, half-width 0.030352."""
+    import math
+
+    from fusionrank.metrics.significance import cs_radius
+
+    a = 0.05
+    rho2 = (-2 * math.log(a) + math.log(-2 * math.log(a) + 1)) / 10_000
+    want = math.sqrt(2 * (10_000 * rho2 + 1) / (10_000 ** 2 * rho2) * math.log(math.sqrt(10_000 * rho2 + 1) / a))
+    assert want == pytest.approx(0.030352, abs=2e-6)
+    assert cs_radius(10_000, 1.0, confidence=0.95, optimal_n=10_000) == pytest.approx(want, rel=1e-12)
+    assert cs_radius(10_000, 2.0, confidence=0.95, optimal_n=10_000) == pytest.approx(2 * want, rel=1e-12)
+    with pytest.raises(ValueError):
+        cs_radius(0, 1.0)
+
+
+def test_a_confidence_sequence_survives_peeking_where_fixed_intervals_do_not():
+    """Outcomes with mean 0, looked at after every 500 of 10,000: fixed 95% intervals exclude 0 at some look in far
+    more than 5% of the runs; the confidence sequence about 5% at most."""
+    from fusionrank.metrics.significance import confidence_sequence
+
+    rng = np.random.default_rng(7)
+    runs, looks = 300, np.arange(500, 10_001, 500)
+    fixed = sequential = 0
+    for _ in range(runs):
+        d = rng.choice([-1.0, 0.0, 1.0], size=looks[-1], p=[0.44, 0.12, 0.44])
+        c = np.cumsum(d)
+        c2 = np.cumsum(d * d)
+        f_hit = s_hit = False
+        for n in looks:
+            m = c[n - 1] / n
+            sd = np.sqrt((c2[n - 1] - n * m * m) / (n - 1))
+            f_hit |= abs(m) > stats.norm.ppf(0.975) * sd / np.sqrt(n)
+            lo, hi = confidence_sequence(d[:n], optimal_n=5_000)[1]
+            s_hit |= lo > 0 or hi < 0
+        fixed += f_hit
+        sequential += s_hit
+    assert fixed / runs > 0.15  # 20 looks at a 95% interval: about a quarter of the runs
+    assert sequential / runs <= 0.05

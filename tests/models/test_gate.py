@@ -141,3 +141,28 @@ def test_interleave_report_cli_names_versions_by_registry_id(registry, store, tm
     assert rep["preference"] == pytest.approx(40 / 65) and rep["ci"][0] > 0 and rep["sessions"] == 65
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0 and "+0.615" in r.stderr
+
+
+def test_a_sequential_policy_waits_where_a_one_look_interval_would_already_promote(registry, store):
+    """With ``interval = "sequential"`` the gate reads a confidence sequence: a margin the bootstrap interval calls
+    above zero is not enough yet; more of the same evidence is."""
+    idx = registry.read()
+    v1, v3 = idx.find("v1"), idx.find("v3")
+    log_interleaved(store, v1.model_version, v3.model_version, wins=140, losses=100)  # +0.17, bootstrap lo ~ +0.04
+    registry.set_policy(idx.policy.model_copy(update={"interval": "bootstrap"}))
+    assert gate(v3, v1, _report(store), registry.read().policy).verdict == "promote"
+    registry.set_policy(idx.policy.model_copy(update={"interval": "sequential", "sequential_searches": 1000}))
+    res = decide(registry, "v3", store)
+    assert res.verdict == "wait" and "confidence sequence" in res.reasons[1] and "includes zero" in res.reasons[1]
+    log_interleaved(store, v1.model_version, v3.model_version, wins=560, losses=400, start=5000.0)  # the same rate, 5x
+    res = decide(registry, "v3", store, actor="test")
+    assert res.verdict == "promote", res.reasons
+    ev = registry.read().decisions[-1].evidence["interleaving"]
+    assert ev["interval"] == "sequential" and ev["used"] == 1200 and ev["p_value"] is None
+
+
+def _report(store):
+    from fusionrank.feedback.interleave import interleaving_report
+
+    (rep,) = interleaving_report(store)
+    return rep

@@ -35,7 +35,8 @@ import numpy as np
 
 from .schema import DEFAULT_ACTION_WEIGHTS, SHARED_TEAM, TEAMS
 
-__all__ = ["draw_interleaving", "team_draft", "team_credit", "outcome", "ComparisonReport", "compare_outcomes", "interleaving_report"]
+__all__ = ["draw_interleaving", "team_draft", "team_credit", "outcome", "ComparisonReport", "compare_outcomes", "interleaving_report",
+           "INTERVALS"]
 
 A, B = TEAMS
 
@@ -145,6 +146,7 @@ class ComparisonReport:
     confidence: float
     p_value: float | None
     credit: dict[str, dict[str, int]] = field(default_factory=dict)  # team -> action -> count
+    interval: str = "bootstrap"       # how ``ci`` was computed (:data:`INTERVALS`)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -152,21 +154,42 @@ class ComparisonReport:
         return d
 
 
-def compare_outcomes(outcomes: Sequence[int], *, confidence: float = 0.95, n_resamples: int = 2000,
-                     seed: int | None = 0) -> tuple[float | None, tuple[float, float] | None, float | None]:
-    """``(preference, ci, p)`` of per-search outcomes in {-1, 0, +1} (None for all three with no outcome)."""
-    from ..metrics.significance import mean_ci
+#: How the preference's interval is computed: a percentile bootstrap (valid when looked at once), or a confidence
+#: sequence (valid however often the gate looks while the searches keep coming).
+INTERVALS = ("bootstrap", "sequential")
 
+
+def compare_outcomes(outcomes: Sequence[int], *, confidence: float = 0.95, n_resamples: int = 2000,
+                     seed: int | None = 0, interval: str = "bootstrap",
+                     optimal_n: int = 10_000) -> tuple[float | None, tuple[float, float] | None, float | None]:
+    """``(preference, ci, p)`` of per-search outcomes in {-1, 0, +1} (None for all three with no outcome).
+
+    ``interval``: ``bootstrap`` (:func:`~fusionrank.metrics.significance.mean_ci`, with its p-value) or
+    ``sequential`` (:func:`~fusionrank.metrics.significance.confidence_sequence`, tightest at ``optimal_n``
+    outcomes; no p-value).
+    """
+    from ..errors import UnknownNameError
+    from ..metrics.significance import confidence_sequence, mean_ci
+
+    if interval not in INTERVALS:
+        raise UnknownNameError("interval", interval, INTERVALS)
     if not len(outcomes):
         return None, None, None
-    mean, ci, p = mean_ci(np.asarray(outcomes, np.float64), n_resamples=n_resamples, confidence=confidence, seed=seed)
+    d = np.asarray(outcomes, np.float64)
+    if interval == "sequential":
+        mean, ci = confidence_sequence(d, confidence=confidence, optimal_n=optimal_n)
+        return mean, ci, None
+    mean, ci, p = mean_ci(d, n_resamples=n_resamples, confidence=confidence, seed=seed)
     return mean, ci, p
 
 
 def interleaving_report(store, *, since: float | None = None, until: float | None = None,
                         weights: Mapping[str, float] | None = None, confidence: float = 0.95, n_resamples: int = 2000,
-                        seed: int | None = 0, pairs: Iterable[tuple[str, str]] | None = None) -> list[ComparisonReport]:
-    """One :class:`ComparisonReport` per (promoted, candidate) pair interleaved in ``store`` (only ``pairs`` if given)."""
+                        seed: int | None = 0, pairs: Iterable[tuple[str, str]] | None = None, interval: str = "bootstrap",
+                        optimal_n: int = 10_000) -> list[ComparisonReport]:
+    """One :class:`ComparisonReport` per (promoted, candidate) pair interleaved in ``store`` (only ``pairs`` if given).
+
+    ``interval`` and ``optimal_n``: the preference's interval, see :func:`compare_outcomes`."""
     wanted = None if pairs is None else set(map(tuple, pairs))
     groups: dict[tuple[str, str], list[dict]] = {}
     for s in store.interleaving_log(since=since, until=until):
@@ -186,8 +209,9 @@ def interleaving_report(store, *, since: float | None = None, until: float | Non
             sessions.add(s["session_id"] or s["query_id"])
             for t, action in _team_actions(s["product_ids"], s["teams"], s["actions"]):
                 credit[t][action] = credit[t].get(action, 0) + 1
-        pref, ci, p = compare_outcomes(outs, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        pref, ci, p = compare_outcomes(outs, confidence=confidence, n_resamples=n_resamples, seed=seed, interval=interval,
+                                       optimal_n=optimal_n)
         o = np.asarray(outs, np.int64)
         out.append(ComparisonReport(control, cand, len(searches), len(outs), len(sessions), int((o > 0).sum()),
-                                    int((o < 0).sum()), int((o == 0).sum()), pref, ci, confidence, p, credit))
+                                    int((o < 0).sum()), int((o == 0).sum()), pref, ci, confidence, p, credit, interval))
     return out

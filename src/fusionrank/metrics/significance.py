@@ -17,6 +17,9 @@ a two-sided ``p_value`` and a ``confidence`` interval ``ci`` for the mean differ
 * :func:`bootstrap_ci` -- percentile bootstrap of ``mean(d)`` over resampled queries;
   ``p_value = min(1, 2 * min(P*(mean <= 0), P*(mean >= 0)))`` with the same +1 smoothing.
 
+* :func:`confidence_sequence` -- an interval for the mean that stays valid however often it is looked at
+  (an asymptotic confidence sequence), for decisions taken while the data keep coming.
+
 Degenerate case: if every ``d_i == 0`` all tests return ``diff = 0``, ``p_value = 1`` and
 ``ci = (0, 0)``.
 """
@@ -32,6 +35,8 @@ from scipy import stats
 from ..errors import FusionrankError
 
 __all__ = [
+    "confidence_sequence",
+    "cs_radius",
     "SignificanceResult",
     "QuerySetMismatchError",
     "align",
@@ -181,6 +186,44 @@ def mean_ci(d, *, n_resamples: int = 10_000, confidence: float = 0.95, seed: int
         raise ValueError("mean_ci needs at least one value")
     ci, p = _bootstrap(d, n_resamples, confidence, seed)
     return float(d.mean()), ci, p
+
+
+def cs_radius(n: int, sigma: float, *, confidence: float = 0.95, optimal_n: int = 10_000) -> float:
+    """Half-width of the asymptotic confidence sequence after ``n`` values of standard deviation ``sigma``.
+
+    Waudby-Smith, Arbour, Sinha, Kennedy and Ramdas (2024), "Time-uniform central limit theory and asymptotic
+    confidence sequences", Theorem 2.2 (Robbins' normal mixture with the empirical variance)::
+
+        sigma * sqrt( 2 (n rho^2 + 1) / (n^2 rho^2) * log( sqrt(n rho^2 + 1) / alpha ) ),   alpha = 1 - confidence
+
+    with ``rho^2 = (-2 log alpha + log(-2 log alpha + 1)) / optimal_n``, the mixture that makes the sequence
+    tightest at ``optimal_n`` values (it is valid at every ``n`` whatever ``optimal_n`` is).
+    """
+    _check_conf(confidence)
+    if n < 1 or optimal_n < 1:
+        raise ValueError(f"n and optimal_n must be >= 1, got {n} and {optimal_n}")
+    alpha = 1.0 - confidence
+    rho2 = (-2.0 * np.log(alpha) + np.log(-2.0 * np.log(alpha) + 1.0)) / optimal_n
+    v = n * rho2 + 1.0
+    return float(sigma * np.sqrt(2.0 * v / (n * n * rho2) * np.log(np.sqrt(v) / alpha)))
+
+
+def confidence_sequence(d, *, confidence: float = 0.95, optimal_n: int = 10_000) -> tuple[float, tuple[float, float]]:
+    """``(mean, (lo, hi))`` of the values ``d`` with an interval that holds at every sample size at once.
+
+    A fixed-sample interval checked again after every new batch excludes a true mean of 0 far more often than
+    ``1 - confidence`` (checked 12 times, 95% intervals do so about a fifth of the time); the confidence
+    sequence (:func:`cs_radius`, with the sample standard deviation) covers the mean at all sizes
+    simultaneously with probability about ``confidence``, so it may be checked as often as one likes and
+    acted on when it excludes 0. It is wider than the fixed interval (about 1.5x at ``optimal_n``).
+    An empty ``d`` is a ValueError.
+    """
+    d = np.asarray(d, np.float64).reshape(-1)
+    if not len(d):
+        raise ValueError("confidence_sequence needs at least one value")
+    m = float(d.mean())
+    r = cs_radius(len(d), float(d.std(ddof=1)) if len(d) > 1 else 0.0, confidence=confidence, optimal_n=optimal_n)
+    return m, (m - r, m + r)
 
 
 def permutation_test(

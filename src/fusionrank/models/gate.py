@@ -6,8 +6,12 @@
    most ``policy.tolerance`` below the promoted version's, both measured by :func:`offline_comparison`
    on the same queries and the same catalogue tables; and
 2. **online**: the team-draft interleaving preference for it over the promoted version
-   (:mod:`fusionrank.feedback.interleave`) has its ``policy.confidence`` bootstrap interval above
-   zero, over at least ``policy.min_searches`` searches with credited actions.
+   (:mod:`fusionrank.feedback.interleave`) has its ``policy.confidence`` interval above zero, over at
+   least ``policy.min_searches`` searches with credited actions. ``policy.interval`` says which interval:
+   ``bootstrap`` (valid for one look), or ``sequential``, a confidence sequence that stays valid however
+   often the gate looks while the searches come in (the loop after every batch, the service every
+   ``check_seconds``): with the bootstrap interval, every look is another chance for a candidate no
+   better than the promoted one to pass.
 
 Negative evidence refuses: an offline drop beyond the tolerance, an interval below zero, or no
 decision after ``policy.max_searches``. Missing evidence waits. :func:`decide` applies the verdict
@@ -38,7 +42,9 @@ class PromotionPolicy(BaseModel):
     metric: str = "ndcg@10"                             # offline metric compared on the evaluation queries
     tolerance: float = Field(0.005, ge=0)               # largest allowed drop of ``metric`` (absolute)
     interleave_share: float = Field(0.2, ge=0, le=1)    # share of searches interleaved while a version is interleaving
-    confidence: float = Field(0.95, gt=0, lt=1)         # of the bootstrap interval of the preference
+    confidence: float = Field(0.95, gt=0, lt=1)         # of the interval of the preference
+    interval: Literal["bootstrap", "sequential"] = "bootstrap"  # sequential: valid at every look (confidence sequence)
+    sequential_searches: int = Field(10_000, ge=1)      # sequential: credited searches where its interval is tightest
     min_searches: int = Field(200, ge=1)                # credited interleaved searches before deciding
     max_searches: int | None = Field(20_000, ge=1)      # no confident decision by then: refused
     bootstrap: int = Field(2000, ge=100)                # bootstrap resamples
@@ -93,7 +99,8 @@ def gate(candidate, promoted, report, policy: PromotionPolicy) -> GateResult:
     else:
         evidence["interleaving"] = report.as_dict()
         lo, hi = report.ci
-        what = (f"interleaving: preference {report.preference:+.3f}, {int(policy.confidence * 100)}% CI [{lo:+.3f}, {hi:+.3f}] "
+        what = (f"interleaving: preference {report.preference:+.3f}, {int(policy.confidence * 100)}% "
+                + ("confidence sequence" if report.interval == "sequential" else "CI") + f" [{lo:+.3f}, {hi:+.3f}] "
                 f"over {report.used} searches ({report.wins} wins, {report.losses} losses, {report.ties} ties)")
         if report.used < policy.min_searches:
             verdicts.append("wait")
@@ -137,7 +144,8 @@ def decide(registry, vid: str, store=None, *, actor: str = "cli", force: bool = 
     report = None
     if store is not None:
         p = idx.policy
-        reps = interleaving_report(store, confidence=p.confidence, n_resamples=p.bootstrap,
+        reps = interleaving_report(store, confidence=p.confidence, n_resamples=p.bootstrap, interval=p.interval,
+                                   optimal_n=p.sequential_searches,
                                    pairs=[(promoted.model_version, cand.model_version)])
         report = reps[0] if reps else None
     res = gate(cand, promoted, report, idx.policy)
