@@ -930,6 +930,8 @@ def retrain(
     epochs: Optional[int] = typer.Option(None, help="training epochs (default: the promoted version's)"),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
     interleave: bool = typer.Option(False, help="start interleaving the new version at once, unless it regresses offline"),
+    index: Optional[Path] = typer.Option(None, help="the serving index the searches came from: its candidate and vector "
+                                         "settings rebuild what shoppers saw (default: the promoted version's index)"),
 ):
     """Train a candidate from the event store on top of the promoted version; register it with offline metrics beside its parent's."""
     from .models import start_interleaving
@@ -939,7 +941,8 @@ def retrain(
     try:
         v = run_retrain(reg, store, since=parse_time(since) if since else None, until=parse_time(until) if until else None,
                         labels=labels, propensity=propensity, propensity_searches=propensity_searches, loss=loss,
-                        judgments_weight=judgments_weight, key_file=str(key_file) if key_file else None, epochs=epochs, log=lambda m: console.print(m))
+                        judgments_weight=judgments_weight, key_file=str(key_file) if key_file else None, epochs=epochs,
+                        index=str(index) if index else None, log=lambda m: console.print(m))
         if interleave:
             start_interleaving(reg, v.id, log=lambda m: console.print(m))
     except FusionrankError as e:

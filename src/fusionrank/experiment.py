@@ -290,6 +290,14 @@ def training_data(products: pd.DataFrame, store_dir: Path, config: ExperimentCon
     return Slates.concat(train_parts), Slates.concat(valid_parts), tables, catalogs
 
 
+def serving_catalog_config(own: CatalogConfig, served: CatalogConfig) -> CatalogConfig:
+    """``own`` (a config's catalogue settings) with what decides the candidates and their features taken from the
+    index that served (``served``): candidates, BM25, vector search and table storage. The title field and the
+    attribute tables stay the model's."""
+    return own.model_copy(update={"candidates": served.candidates, "bm25": served.bm25, "ann": served.ann,
+                                  "table_dtype": served.table_dtype})
+
+
 def click_training_data(cat: Catalog, store_dir: Path, config: ExperimentConfig, tq: pd.DataFrame, vq: pd.DataFrame,
                         log=print, config_path: Path | None = None):
     """Training slates labelled from the event store's clicks (``[events]``), on the served title field.
@@ -298,16 +306,22 @@ def click_training_data(cat: Catalog, store_dir: Path, config: ExperimentConfig,
     is above 0; judged validation queries (when the catalogue has them) drive early stopping, else the
     ranker trains for ``training.epochs``. Returns ``(train, valid or None, tables, catalogs, info)``.
     """
-    from .feedback.source import click_training_slates
+    from .feedback.source import click_training_slates, config_relative
     from .ranking import QueryEncoder
 
     ev = config.events
     tf = config.data.title_field
-    # the serving index's own vector search (not exact): the candidates the shoppers were shown come from it
-    tables = CatalogTables.from_store(cat.products, store_dir, config.catalog_config(tf), config.text_encoder_name,
+    # the serving index's own candidate settings and vector search: the candidates the shoppers were shown come from it
+    base = config_path.parent if config_path is not None else None
+    cc = config.catalog_config(tf)
+    if ev.index is not None:
+        from .serving.index import SearchIndex
+
+        cc = serving_catalog_config(cc, SearchIndex.saved_config(config_relative(ev.index, base)))
+        log(f"  slates as the serving index {ev.index} builds them: {cc.candidates.name} candidates, {cc.ann.codec} vectors")
+    tables = CatalogTables.from_store(cat.products, store_dir, cc, config.text_encoder_name,
                                       config.transcriber_name, log=lambda m: log("  " + m))
     pipe = RankingPipeline.over(tables, None, QueryEncoder(text_encoder=config.text_encoder_spec))
-    base = config_path.parent if config_path is not None else None
     train, info = click_training_slates(ev, pipe, log, base)
     if ev.judgments_weight > 0 and len(tq) and cat.qrels is not None:
         judged = pipe.slates(tq[S.QUERY_ID].tolist(), tq[S.QUERY].tolist(), cat.qrels)

@@ -149,3 +149,41 @@ def test_retrain_with_doubly_robust_labels_reads_the_logging_models_scores(shop,
     assert ev["logging_model"] == {"version": ModelDir.open(tiny_model[0]).version(), "share_of_searches": 1.0, "rewritten": True}
     with pytest.raises(FusionrankError, match="direct-method regressor 'forest'; valid names"):
         retrain(reg, str(shop[0]), labels="dr", dm_regressor="forest", log=lambda m: None)
+
+
+def test_retrain_rebuilds_the_slates_of_the_index_that_served(tiny_model, tiny_fashion, tmp_path):
+    """The serving index retrieves 12 candidates where the model's config says 20: retraining from its searches
+    rebuilds them with the index's settings (the features the shoppers were shown, nothing left out); with the
+    config's settings the min-max features of the same products differ."""
+    import shutil
+
+    from fusionrank.feedback.clickmodels import PositionBased, PowerLawExamination
+    from fusionrank.feedback.simulate import Shoppers
+    from fusionrank.models import ModelRegistry
+    from fusionrank.models.retrain import retrain
+    from fusionrank.serving.build import open_service
+
+    served = tmp_path / "served"
+    shutil.copytree(tiny_model[0], served)
+    meta = json.loads((served / "index" / "index.json").read_text())
+    meta["config"]["candidates"].update(n=12, depth=12)
+    (served / "index" / "index.json").write_text(json.dumps(meta))
+    svc = open_service(served, data_dir=tmp_path / "data", randomise_share=0.3, log=lambda m: None)
+    assert svc.index.config.candidates.n == 12
+    Shoppers(tiny_fashion.queries["train"], tiny_fashion.qrels["train"], PositionBased(PowerLawExamination(1.0)), k=8,
+             seed=2).run_cached(svc, 800, log=None)
+    svc.close()
+    store = str(tmp_path / "data" / "events.sqlite")
+
+    unindexed = tmp_path / "unindexed"  # the same model without its index: retraining falls back on the config
+    shutil.copytree(served, unindexed, ignore=shutil.ignore_patterns("index"))
+    events = {}
+    for name, parent in (("index", served), ("config", unindexed)):
+        reg = ModelRegistry.create(tmp_path / f"reg-{name}")
+        reg.register(parent)
+        v = retrain(reg, store, epochs=1, log=lambda m: None)
+        events[name] = v.training_data["events"]
+    assert events["index"]["index"] == str(served / "index") and events["config"]["index"] is None
+    assert events["index"]["skew"]["max_abs_difference"] < 1e-5 and events["index"]["impressions_left_out"] == 0
+    assert events["config"]["skew"]["max_abs_difference"] > 1e-3
+    assert events["index"]["searches"] == events["config"]["searches"] == 800

@@ -72,6 +72,9 @@ class EventsConfig(BaseModel):
     min_impressions: int = Field(1, ge=1)
     logging_model: str | None = None
     dm_regressor: str = "ridge"   # dr's direct method: a name in fusionrank.feedback.labels.DM_REGRESSORS
+    # The serving index the searches were served from: its candidate and vector-search settings (e.g. exact or
+    # IVF vectors) rebuild the candidates and features the shoppers were shown. Default: the config's own settings.
+    index: str | None = None
 
     @field_validator("dm_regressor")
     @classmethod
@@ -123,7 +126,7 @@ def position_bias(cfg: EventsConfig, log: pd.DataFrame, base: Path | None = None
     if cfg.labels == "naive":
         return None
     if cfg.propensity.endswith(".json"):
-        return PositionBias.load(_resolved(cfg.propensity, base))
+        return PositionBias.load(config_relative(cfg.propensity, base))
     from .propensity import ESTIMATORS
 
     return ESTIMATORS.get(cfg.propensity)(log, ranks=int(log["rank"].max()))  # every rank the pages showed
@@ -150,7 +153,7 @@ def skew_check(log: pd.DataFrame, store, slates, ids, sample: int = 200, seed: i
     return {"products_checked": checked, "not_in_candidates": missing, "max_abs_difference": worst}
 
 
-def _resolved(path: str, base: Path | None) -> Path:
+def config_relative(path: str, base: Path | None) -> Path:
     """A path from the config, relative to the config's folder ``base`` unless absolute."""
     p = Path(path)
     return base / p if base is not None and not p.is_absolute() else p
@@ -169,7 +172,7 @@ def served_slates(model: str, slates, pipe, base: Path | None = None):
     from ..modeldir import ModelDir
     from ..ranking import RankingPipeline
 
-    u = ModelDir.open(_resolved(model, base)).understanding()
+    u = ModelDir.open(config_relative(model, base)).understanding()
     if u is None:
         return None
     served = RankingPipeline.over(pipe.catalog, None, pipe.encoder, understanding=u).slates(list(slates.query_ids), list(slates.queries))
@@ -204,7 +207,7 @@ def logging_scores(model: str, cl: pd.DataFrame, slates, pipe, base: Path | None
     """
     from ..modeldir import ModelDir
 
-    md = ModelDir.open(_resolved(model, base))
+    md = ModelDir.open(config_relative(model, base))
     version = md.version()
     share = float((cl.drop_duplicates("query_id")["model_version"] == version).mean())
     if share == 0:
@@ -223,7 +226,7 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
     from .store import open_existing
 
     t0 = time.perf_counter()
-    store_url = cfg.store if "://" in cfg.store else str(_resolved(cfg.store, base))
+    store_url = cfg.store if "://" in cfg.store else str(config_relative(cfg.store, base))
     with open_existing(store_url, cfg.key_file) as store:
         bounds = [b for b in (cfg.since, time.time() - cfg.since_days * 86400 if cfg.since_days else None) if b is not None]
         since = max(bounds) if bounds else None

@@ -176,7 +176,8 @@ def run_loop(model_dir: str | Path, registry_dir: str | Path, *, rounds: int = 3
                                logging_model=str(reg.model_path(before)) if labels == "dr" and logging_scores else None,
                                dm_regressor=dm_regressor, loss=loss,
                                judgments_weight=judgments_weight, key_file=str(key_file) if key_file.exists() else None,
-                               epochs=epochs, seed=seed + r, actor="loop", log=lambda m: log("  " + m))
+                               epochs=epochs, seed=seed + r, actor="loop", index=str(md.index_dir),
+                               log=lambda m: log("  " + m))
                 cand_ndcg = (cand.offline or {}).get("metrics", {}).get(pol.metric)
                 base_ndcg = (cand.offline or {}).get("baseline_metrics", {}).get(pol.metric)
                 log(f"[round {r}/{rounds}] interleave {cand.id} with {before.id}")

@@ -41,13 +41,16 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
             labels: str = "ips", propensity: str = "swaps", propensity_searches: str = "all", loss: str | None = "ips_listwise",
             judgments_weight: float = 0.0, logging_model: str | None = None, dm_regressor: str = "ridge",
             key_file: str | None = None, epochs: int | None = None, seed: int | None = None, actor: str = "cli",
-            note: str | None = None, log=print) -> ModelVersion:
+            note: str | None = None, index: str | None = None, log=print) -> ModelVersion:
     """Train a candidate from ``store``'s searches in ``[since, until)`` on top of the promoted version; register it.
 
     ``loss``: the loss of the new version (``None`` keeps the parent's); the default ``ips_listwise``
     is linear in the labels, so bias-corrected labels stay unbiased. ``propensity_searches``: which
     searches the position-bias estimator reads (``all`` or ``training``; :class:`~fusionrank.feedback.source.EventsConfig`).
     ``logging_model`` (a model directory) and ``dm_regressor``: the direct method of ``labels="dr"``.
+    ``index``: the serving index the searches were served from, whose candidate and vector-search settings
+    rebuild the slates the shoppers saw (default: the promoted version's own index when it has one, else its
+    config's settings).
     """
     from ..experiment import Block, train
     from ..feedback.source import EventsConfig
@@ -63,8 +66,10 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
     cfg = pmd.config().model_copy(deep=True)
     cfg.data.source = pmd.workspace().source  # absolute: the saved config may name it relative to its own file
     until = until if until is not None else time.time()
+    if index is None and (pmd.index_dir / "index.json").exists():
+        index = str(pmd.index_dir)
     try:
-        cfg.events = EventsConfig(store=store, key_file=key_file, labels=labels, propensity=propensity,
+        cfg.events = EventsConfig(store=store, key_file=key_file, labels=labels, propensity=propensity, index=index,
                                   propensity_searches=propensity_searches, since=since, until=until,
                                   judgments_weight=judgments_weight, logging_model=logging_model, dm_regressor=dm_regressor)
         if loss is not None:
@@ -88,10 +93,11 @@ def retrain(registry: ModelRegistry, store: str, *, since: float | None = None, 
         shutil.rmtree(out, ignore_errors=True)  # the id is free again
         raise
     clicks = metrics.get("clicks", {})
-    data: dict[str, Any] = {"events": {"store": redact_url(store), "since": since, "until": until,
-                                       **{k: clicks.get(k) for k in ("searches", "impressions", "queries", "first_search",
-                                                                      "last_search", "labels", "propensity",
-                                                                      "propensity_log", "theta", "logging_model")}}}
+    data: dict[str, Any] = {"events": {"store": redact_url(store), "since": since, "until": until, "index": index,
+                                       **{k: clicks.get(k) for k in ("searches", "impressions", "impressions_left_out",
+                                                                      "queries", "first_search", "last_search", "labels",
+                                                                      "propensity", "propensity_log", "theta",
+                                                                      "logging_model", "skew")}}}
     if judgments_weight > 0:
         data["judgments"] = {"source": cfg.data.source, "split": cfg.data.train_split, "weight": judgments_weight,
                              "queries": clicks.get("judged_queries")}

@@ -366,6 +366,15 @@ class SearchIndex(CatalogTables):
             self._log = RecordLog(self._log_path)
         return d
 
+    @staticmethod
+    def saved_config(directory: str | Path) -> CatalogConfig:
+        """How the index saved in ``directory`` was built (title field, candidates, BM25, vector search, table storage),
+        read without loading it."""
+        f = Path(directory) / "index.json"
+        if not f.exists():
+            raise FusionrankError(f"{directory}: not a search index (no index.json); build one with `fusionrank index MODEL_DIR`")
+        return CatalogConfig.model_validate(json.loads(f.read_text())["config"])
+
     @classmethod
     def load(cls, directory: str | Path, log=print, shared: bool = False) -> "SearchIndex":
         """Load a snapshot and replay its change log.
