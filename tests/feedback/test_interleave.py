@@ -186,3 +186,22 @@ def test_compare_outcomes_sequential_is_wider_than_one_look_and_names_the_interv
     assert 1.3 < (hi2 - lo2) / (hi1 - lo1) < 1.8  # about 1.5x at the size it is tuned for
     with pytest.raises(UnknownNameError, match="valid names: bootstrap, sequential"):
         compare_outcomes(out, interval="bonferroni")
+
+
+def test_interleaving_log_reads_only_the_pairs_asked_for(store_url):
+    """The gate's report reads one comparison's searches from the store, not every interleaved search ever logged."""
+    from fusionrank.feedback.store import open_store
+
+    st = open_store(store_url, b"k" * 32)
+    teams = ["a", "b"]
+    slate = _slate(["p1", "p2"])
+    logs = [SearchLog(f"s{i}", "q", 100.0 + i, control, slate, interleaved_with=cand, teams=teams)
+            for i, (control, cand) in enumerate([("m1", "m2"), ("m1", "m3"), ("m2", "m3"), ("m1", "m2")])]
+    st.log_searches(logs)
+    st.record_events([Event("click", "s0", "p2", position=2, model_version="m1")])
+    got = st.interleaving_log(model_versions=["m1"], candidates=["m2"])
+    assert [s["query_id"] for s in got] == ["s0", "s3"] and got[0]["actions"] == [("p2", "click")]
+    assert len(st.interleaving_log()) == 4 and st.interleaving_log(candidates=[]) == []
+    (r,) = interleaving_report(st, pairs=[("m1", "m3")])
+    assert (r.control, r.candidate, r.searches) == ("m1", "m3", 1)
+    st.close()

@@ -192,7 +192,9 @@ def interleaving_report(store, *, since: float | None = None, until: float | Non
     ``interval`` and ``optimal_n``: the preference's interval, see :func:`compare_outcomes`."""
     wanted = None if pairs is None else set(map(tuple, pairs))
     groups: dict[tuple[str, str], list[dict]] = {}
-    for s in store.interleaving_log(since=since, until=until):
+    searches = store.interleaving_log(since=since, until=until) if wanted is None else store.interleaving_log(
+        since=since, until=until, model_versions=sorted({a for a, _ in wanted}), candidates=sorted({b for _, b in wanted}))
+    for s in searches:
         key = (s["model_version"], s["interleaved_with"])
         if wanted is None or key in wanted:
             groups.setdefault(key, []).append(s)

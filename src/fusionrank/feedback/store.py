@@ -391,7 +391,8 @@ class EventStore:
 
     # reading for learning ------------------------------------------------------
     def _query_filter(self, since: float | None, model_versions: Sequence[str] | None, alias: str = "",
-                      until: float | None = None, interleaved: bool | None = False) -> tuple[str, list]:
+                      until: float | None = None, interleaved: bool | None = False,
+                      candidates: Sequence[str] | None = None) -> tuple[str, list]:
         where, params = [], []
         if since is not None:
             where.append(f"{alias}timestamp >= ?")
@@ -408,6 +409,13 @@ class EventStore:
             else:
                 where.append(f"{alias}model_version IN ({', '.join('?' * len(mv))})")
                 params += mv
+        if candidates is not None:
+            cv = list(candidates)
+            if not cv:
+                where.append("1 = 0")
+            else:
+                where.append(f"{alias}interleaved_with IN ({', '.join('?' * len(cv))})")
+                params += cv
         return (" WHERE " + " AND ".join(where)) if where else "", params
 
     def click_log(self, since: float | None = None, model_versions: Sequence[str] | None = None,
@@ -489,14 +497,18 @@ class EventStore:
                 out[a] = np.zeros(len(out), np.int64)
         return out[cols]
 
-    def interleaving_log(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    def interleaving_log(self, since: float | None = None, until: float | None = None,
+                         model_versions: Sequence[str] | None = None,
+                         candidates: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every interleaved search (oldest first) with its shown products, their teams, and the actions on them.
 
         Each item: ``query_id``, ``session_id`` (hashed), ``timestamp``, ``model_version`` (team ``a``),
         ``interleaved_with`` (team ``b``), ``product_ids`` and ``teams`` (shown order), and ``actions``:
-        ``(product_id, action_name)`` pairs of the search's events other than impressions.
+        ``(product_id, action_name)`` pairs of the search's events other than impressions. Only the searches
+        ranked by one of ``model_versions`` and interleaved with one of ``candidates`` when given.
         """
-        where, params = self._query_filter(since, None, alias="q.", until=until, interleaved=True)
+        where, params = self._query_filter(since, model_versions, alias="q.", until=until, interleaved=True,
+                                           candidates=candidates)
         with self._tx(write=False) as cur:
             rows = self._x(cur, "SELECT q.query_id, q.session_id, q.timestamp, q.model_version, q.interleaved_with, q.teams, "
                                 f"s.product_ids FROM queries q JOIN slates s ON s.slate_key = q.slate_key{where} "
