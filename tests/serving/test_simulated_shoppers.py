@@ -142,3 +142,20 @@ def test_cached_sessions_interleave_a_share_and_explore_the_rest(service_factory
     assert log["query_id"].nunique() == 3_000 - rep.interleaved
     assert 0.15 < log.groupby("query_id")["randomised"].first().mean() < 0.25
     svc.close()
+
+
+def test_cached_lists_are_kept_across_runs_until_the_service_changes(service_factory, tiny_fashion, tiny_lgbm_model):
+    from fusionrank.serving.service import load_handle
+
+    svc = service_factory("keep")
+    shoppers = _shoppers(tiny_fashion, seed=6)
+    first = shoppers.run_cached(svc, 2_000, log=None, seed=1)
+    assert first.searched == first.distinct_lists > 0
+    assert shoppers.run_cached(svc, 2_000, log=None, seed=2).searched == 0  # the same model, index and settings
+    svc.set_interleaving([load_handle(tiny_lgbm_model[0])], 0.5)  # a candidate: each query is searched again once
+    again = shoppers.run_cached(svc, 2_000, log=None, seed=3)
+    assert again.searched == again.distinct_lists and again.interleaved > 0
+    assert shoppers.run_cached(svc, 2_000, log=None, seed=4).searched == 0
+    svc.put_product({**svc.product(svc.index.ids[0]), "title": "a renamed product"})  # a new index version
+    assert shoppers.run_cached(svc, 2_000, log=None, seed=5).searched > 0
+    svc.close()

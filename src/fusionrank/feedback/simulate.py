@@ -80,6 +80,7 @@ class SimulationReport:
     randomised: int = 0
     query_counts: dict[str, int] = field(default_factory=dict)
     interleaved: int = 0
+    searched: int = 0          # real searches of the service this run made (lists not kept from an earlier run)
 
 
 @dataclass
@@ -118,6 +119,8 @@ class Shoppers:
         self.grades = {str(q): dict(zip(d[S.PRODUCT_ID].astype(str), d[S.GRADE].astype(float)))
                        for q, d in qrels.groupby(S.QUERY_ID)}
         self.click_model, self.k, self.clients, self.seed = click_model, k, clients, seed
+        # run_cached's lists, kept across calls while what they depend on stays the same (see _lists_for)
+        self._lists: dict[str, tuple[tuple, dict]] = {}
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Indices into ``self.queries`` of ``n`` sessions."""
@@ -165,6 +168,9 @@ class Shoppers:
     def run_cached(self, service, n_sessions: int, chunk: int = 50_000, log=print, seed: int | None = None) -> SimulationReport:
         """``n_sessions`` sessions against ``service``'s current model, each distinct query searched once.
 
+        The lists are kept for the next call while the service, its index version, its model and candidates
+        stay the same (a loop's interleaving batches search each query once, not once per batch).
+
         ``seed`` draws these sessions (default: the population's seed), as in :meth:`run_live`.
 
         Every session gets its own search record (its own id, ids, time, randomisation and
@@ -187,24 +193,26 @@ class Shoppers:
         swap_rng = random.Random(seed)
         t0 = time.perf_counter()
         draws = self.draw(n_sessions, rng)
-        cache: dict[int, tuple[SearchLog, np.ndarray]] = {}
-        drafts: dict[int, _Drafts] = {}
         share, explore_share = service.randomise_share, service.explore_share
         counts = {a: 0 for a in ACTIONS[1:]}
-        randomised = interleaved = 0
+        randomised = interleaved = searched = 0
         model = service.model  # one read: every session of this run is this model's
         rivals, il_share = service.interleaving  # and these candidates'
         version = model.version
+        cache: dict[int, tuple[SearchLog, np.ndarray]] = self._lists_for("lists", service, model)
+        drafts: dict[int, _Drafts] = self._lists_for("drafts", service, model, rivals) if rivals else {}
         for start in range(0, n_sessions, chunk):
             part = draws[start:start + chunk]
             for qi in np.unique(part):
-                if qi not in cache:  # one real search through the service; its log is the template
-                    qi = int(qi)
+                qi = int(qi)
+                if qi not in cache or (rivals and qi not in drafts):  # one real search through the service
                     res = service.pipeline.search(self.queries.at[qi, S.QUERY], self.k, None, False, ranker=model.ranker,
                                                   understanding=model.understanding)  # as the service searches
+                    searched += 1
                     if rivals:
                         drafts[qi] = self._drafts(service, res, rivals)
-                    cache[qi] = self._template(service, qi, res)
+                    if qi not in cache:  # its log is the template
+                        cache[qi] = self._template(service, qi, res)
             logs: list[SearchLog] = []
             events: list[dict] = []
             now = time.time()
@@ -261,8 +269,20 @@ class Shoppers:
                 log(f"  sessions {min(start + chunk, n_sessions):,}/{n_sessions:,}: {sum(counts.values()):,} actions "
                     f"({time.perf_counter() - t0:.0f} s)")
         qc = pd.Series(draws).value_counts()
-        return SimulationReport(n_sessions, n_sessions, counts, time.perf_counter() - t0, len(cache), randomised,
-                                {str(self.queries.at[int(i), S.QUERY_ID]): int(c) for i, c in qc.items()}, interleaved)
+        return SimulationReport(n_sessions, n_sessions, counts, time.perf_counter() - t0, len(qc), randomised,
+                                {str(self.queries.at[int(i), S.QUERY_ID]): int(c) for i, c in qc.items()}, interleaved,
+                                searched)
+
+    def _lists_for(self, kind: str, service, model, rivals=()) -> dict:
+        """The cached lists of ``kind`` for this service as it is now: kept from earlier :meth:`run_cached` calls while
+        the service, its event store, its index version, the model (and query understanding) version, the candidates
+        interleaved and what a list keeps (exploration depth, feature logging) are the same; else empty."""
+        key = (id(service), id(service.events), int(service.index.version), model.version,
+               tuple(r.version for r in rivals), service.explore_share > 0, service.explore_depth, service.feature_logging)
+        kept = self._lists.get(kind)
+        if kept is None or kept[0] != key:
+            kept = self._lists[kind] = (key, {})
+        return kept[1]
 
     def _drafts(self, service, res, rivals) -> _Drafts:
         """What an interleaved session of one query can show: the promoted and each candidate's top ``2k`` (every
