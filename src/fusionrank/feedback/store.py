@@ -402,20 +402,15 @@ class EventStore:
             params.append(float(until))
         if interleaved is not None:
             where.append(f"{alias}interleaved_with IS {'NOT ' if interleaved else ''}NULL")
-        if model_versions is not None:
-            mv = list(model_versions)
-            if not mv:
+        for column, values in (("model_version", model_versions), ("interleaved_with", candidates)):
+            if values is None:
+                continue
+            values = list(values)
+            if not values:
                 where.append("1 = 0")
             else:
-                where.append(f"{alias}model_version IN ({', '.join('?' * len(mv))})")
-                params += mv
-        if candidates is not None:
-            cv = list(candidates)
-            if not cv:
-                where.append("1 = 0")
-            else:
-                where.append(f"{alias}interleaved_with IN ({', '.join('?' * len(cv))})")
-                params += cv
+                where.append(f"{alias}{column} IN ({', '.join('?' * len(values))})")
+                params += values
         return (" WHERE " + " AND ".join(where)) if where else "", params
 
     def click_log(self, since: float | None = None, model_versions: Sequence[str] | None = None,
