@@ -947,7 +947,8 @@ def loop_md(lp: dict, full: dict, title: str) -> list[str]:
           "own offline numbers (the service's ranking path, with the query understanding `retrain` builds) are beside "
           "them.", "",
           "| round | candidate | trained on (searches) | candidate dev NDCG@10 (gate's) | outcome | serving after | its dev "
-          "NDCG@10 title / title_sparse (gate's) | minus full (title) | preference [95% CI] | sessions logged + "
+          "NDCG@10 title / title_sparse (gate's) | minus full (title) | preference ["
+          + ("95% confidence sequence" if lp["policy"].get("interval") == "sequential" else "95% CI") + "] | sessions logged + "
           "interleaved | sessions so far |",
           "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|"]
     for r in lp["rounds"]:
