@@ -910,6 +910,8 @@ def sensitivity_md(s: dict, main: bool) -> list[str]:
 
 def loop_md(lp: dict, full: dict, title: str) -> list[str]:
     """The markdown of one loop part."""
+    from fusionrank.feedback.interleave import INTERVAL_NAMES
+
     L: list[str] = []
     st = lp["settings"]
     train_on = st.get("loop_train_on", "round")
@@ -948,7 +950,7 @@ def loop_md(lp: dict, full: dict, title: str) -> list[str]:
           "them.", "",
           "| round | candidate | trained on (searches) | candidate dev NDCG@10 (gate's) | outcome | serving after | its dev "
           "NDCG@10 title / title_sparse (gate's) | minus full (title) | preference ["
-          + ("95% confidence sequence" if lp["policy"].get("interval") == "sequential" else "95% CI") + "] | sessions logged + "
+          + "95% " + INTERVAL_NAMES[lp["policy"].get("interval", "bootstrap")] + "] | sessions logged + "
           "interleaved | sessions so far |",
           "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|"]
     for r in lp["rounds"]:

@@ -668,6 +668,8 @@ models_app = typer.Typer(no_args_is_help=True, help="The model registry: version
 app.add_typer(models_app, name="models")
 
 _REGISTRY_HELP = "model registry directory (`fusionrank models init` creates one)"
+_INTERVAL_HELP = ("the interleaving preference's interval: bootstrap (valid for one look) or sequential (a confidence "
+                  "sequence, valid however often it is looked at)")
 
 
 def parse_time(text: str, now: float | None = None) -> float:
@@ -732,8 +734,7 @@ def models_init(
     tolerance: Optional[float] = typer.Option(None, help="largest allowed offline drop of the policy metric (default 0.005)"),
     interleave_share: Optional[float] = typer.Option(None, help="share of searches interleaved (default 0.2)"),
     min_searches: Optional[int] = typer.Option(None, help="credited interleaved searches before a decision (default 200)"),
-    interval: Optional[str] = typer.Option(None, help="the preference's interval: bootstrap (default; valid for one look) "
-                                           "or sequential (valid at every look of the gate)"),
+    interval: Optional[str] = typer.Option(None, help=_INTERVAL_HELP + " (default bootstrap)"),
 ):
     """Create an empty model registry with its promotion policy."""
     from .models import ModelRegistry
@@ -755,8 +756,7 @@ def models_policy(
     tolerance: Optional[float] = typer.Option(None),
     interleave_share: Optional[float] = typer.Option(None),
     min_searches: Optional[int] = typer.Option(None),
-    interval: Optional[str] = typer.Option(None, help="the preference's interval: bootstrap (default; valid for one look) "
-                                           "or sequential (valid at every look of the gate)"),
+    interval: Optional[str] = typer.Option(None, help=_INTERVAL_HELP + " (default bootstrap)"),
 ):
     """Show the promotion policy, or change the fields given (the rest stay as they are)."""
     reg = _open_registry(registry)
@@ -983,8 +983,7 @@ def loop(
     interleave_share: Optional[float] = typer.Option(None, help="share of searches interleaved (default: the policy's)"),
     tolerance: Optional[float] = typer.Option(None, help="largest allowed offline drop (default: the policy's)"),
     min_searches: Optional[int] = typer.Option(None, help="credited interleaved searches before a decision (default: the policy's)"),
-    interval: Optional[str] = typer.Option(None, help="the preference's interval: bootstrap (valid for one look) "
-                                           "or sequential (valid at every look of the gate); default: the policy\'s"),
+    interval: Optional[str] = typer.Option(None, help=_INTERVAL_HELP + " (default: the policy's)"),
     seed: int = typer.Option(0, help="seed of the shoppers"),
     simulate: str = typer.Option("http", help="sessions before each retraining: http (each through the HTTP API) or "
                                  "cached (in bulk through the service's event store: one search per distinct query)"),
@@ -1044,15 +1043,14 @@ def interleave_report(
     registry: Optional[Path] = typer.Option(None, help="name model versions by their registry ids"),
     since: Optional[str] = typer.Option(None, help="interleaved searches from this time on"),
     confidence: float = typer.Option(0.95, help="of the interval"),
-    interval: str = typer.Option("bootstrap", help="bootstrap (valid for one look) or sequential (a confidence sequence, "
-                                 "valid however often it is looked at)"),
+    interval: str = typer.Option("bootstrap", help=_INTERVAL_HELP),
     sequential_searches: int = typer.Option(10_000, min=1, help="--interval sequential: credited searches where the "
                                             "interval is tightest"),
     key_file: Optional[Path] = typer.Option(None, "--key-file", help=_KEY_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Per comparison: wins, losses and ties of the candidate, its preference with an interval, and the searches used."""
-    from .feedback.interleave import interleaving_report
+    from .feedback.interleave import INTERVAL_NAMES, interleaving_report
 
     names = {}
     if registry is not None:
@@ -1071,7 +1069,7 @@ def interleave_report(
         return
     t = Table(title=f"team-draft interleaving in {store}")
     for c in ("promoted", "candidate", "searches", "used", "sessions", "wins", "losses", "ties", "preference",
-              f"{confidence:.0%} " + ("confidence sequence" if interval == "sequential" else "CI")):
+              f"{confidence:.0%} {INTERVAL_NAMES.get(interval, 'CI')}"):
         t.add_column(c)
     for r in reps:
         t.add_row(names.get(r.control, r.control), names.get(r.candidate, r.candidate), f"{r.searches:,}", f"{r.used:,}",

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Literal, Mapping, Sequence, get_args
 
 import numpy as np
 
 from .schema import DEFAULT_ACTION_WEIGHTS, SHARED_TEAM, TEAMS
 
 __all__ = ["draw_interleaving", "team_draft", "team_credit", "outcome", "ComparisonReport", "compare_outcomes", "interleaving_report",
-           "INTERVALS"]
+           "Interval", "INTERVALS", "INTERVAL_NAMES"]
 
 A, B = TEAMS
 
@@ -156,7 +156,10 @@ class ComparisonReport:
 
 #: How the preference's interval is computed: a percentile bootstrap (valid when looked at once), or a confidence
 #: sequence (valid however often the gate looks while the searches keep coming).
-INTERVALS = ("bootstrap", "sequential")
+Interval = Literal["bootstrap", "sequential"]
+INTERVALS: tuple[str, ...] = get_args(Interval)
+#: What each interval is called in reports.
+INTERVAL_NAMES = {"bootstrap": "CI", "sequential": "confidence sequence"}
 
 
 def compare_outcomes(outcomes: Sequence[int], *, confidence: float = 0.95, n_resamples: int = 2000,

@@ -28,6 +28,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..feedback.interleave import INTERVAL_NAMES, Interval
+
 __all__ = ["PromotionPolicy", "GateResult", "gate", "decide", "start_interleaving", "offline_comparison", "VERDICTS"]
 
 Verdict = Literal["promote", "refuse", "wait"]
@@ -43,7 +45,7 @@ class PromotionPolicy(BaseModel):
     tolerance: float = Field(0.005, ge=0)               # largest allowed drop of ``metric`` (absolute)
     interleave_share: float = Field(0.2, ge=0, le=1)    # share of searches interleaved while a version is interleaving
     confidence: float = Field(0.95, gt=0, lt=1)         # of the interval of the preference
-    interval: Literal["bootstrap", "sequential"] = "bootstrap"  # sequential: valid at every look (confidence sequence)
+    interval: Interval = "bootstrap"                    # sequential: valid at every look (confidence sequence)
     sequential_searches: int = Field(10_000, ge=1)      # sequential: credited searches where its interval is tightest
     min_searches: int = Field(200, ge=1)                # credited interleaved searches before deciding
     max_searches: int | None = Field(20_000, ge=1)      # no confident decision by then: refused
@@ -100,7 +102,7 @@ def gate(candidate, promoted, report, policy: PromotionPolicy) -> GateResult:
         evidence["interleaving"] = report.as_dict()
         lo, hi = report.ci
         what = (f"interleaving: preference {report.preference:+.3f}, {int(policy.confidence * 100)}% "
-                + ("confidence sequence" if report.interval == "sequential" else "CI") + f" [{lo:+.3f}, {hi:+.3f}] "
+                + INTERVAL_NAMES[report.interval] + f" [{lo:+.3f}, {hi:+.3f}] "
                 f"over {report.used} searches ({report.wins} wins, {report.losses} losses, {report.ties} ties)")
         if report.used < policy.min_searches:
             verdicts.append("wait")
