@@ -205,9 +205,19 @@ def queries(n: int) -> list[str]:
     return qs[:n]
 
 
+def top10(url: str, qs: list[str]) -> list[list[str]]:
+    """The top 10 product ids of each query, asked one at a time (what the sharded arms are compared on)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as c:
+        return [[h["product_id"] for h in c.get("/search", params={"q": q, "k": 10}).json()["results"]] for q in qs]
+
+
 def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int, tmp: Path,
-        start_method: str | None = None) -> dict:
-    """One server (``start_method`` "ray": ``serve --engine ray --replicas n_workers``) under the load generator."""
+        start_method: str | None = None, shards: int | None = None, agree: int = 0) -> dict:
+    """One server (``start_method`` "ray": ``serve --engine ray --replicas n_workers``; ``shards``: one process over
+    that many Ray-actor shards, ``serve --shards K``) under the load generator; then, with ``agree``, the top 10 of
+    the first ``agree`` queries."""
     port = free_port()
     shutil.rmtree(model / "service-data", ignore_errors=True)  # each run starts with an empty event store
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FUSIONRANK_ADMIN_KEY": "bench", "PYTHONPATH": SRC}
@@ -215,6 +225,8 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
     ray = start_method == "ray"
     method = ["--start-method", start_method] if n_workers > 1 and start_method and not ray else []
     how = ["--engine", "ray", "--replicas", str(n_workers)] if ray else ["--workers", str(n_workers), *method]
+    if shards:
+        how = ["--shards", str(shards)]
     srv = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port), *how],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
@@ -225,7 +237,7 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
             if srv.poll() is not None:
                 raise RuntimeError(f"serve --workers {n_workers} exited with {srv.returncode}")
         start_s = time.perf_counter() - t0
-        pids = [srv.pid] + (descendants(srv.pid) if ray else children(srv.pid) if n_workers > 1 else [])
+        pids = [srv.pid] + (descendants(srv.pid) if ray or shards else children(srv.pid) if n_workers > 1 else [])
         cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
         qf = tmp / "queries.txt"
         qf.write_text("\n".join(qs))
@@ -239,18 +251,21 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
         load_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         wall = time.perf_counter() - wall0  # the load generator's start-up and warm-up included
         r = json.loads(out.read_text())
+        lists = top10(f"http://127.0.0.1:{port}", qs[:agree]) if agree else None
         ok = [s == 200 for s in r["status"]]
         procs = []
         for pid in pids:
             ru = rollup(pid)
-            procs.append({"pid": pid, "role": ("ray driver" if ray else "supervisor") if (pid == srv.pid and (ray or n_workers > 1))
-                          else "ray process" if ray else "worker",
+            procs.append({"pid": pid, "role": "router (serve)" if shards and pid == srv.pid else
+                          ("ray driver" if ray else "supervisor") if (pid == srv.pid and (ray or n_workers > 1))
+                          else "ray process" if ray or shards else "worker",
                           "rss_kb": ru.get("Rss", 0), "pss_kb": ru.get("Pss", 0),
                           "uss_kb": ru.get("Private_Clean", 0) + ru.get("Private_Dirty", 0),
                           "shared_kb": ru.get("Shared_Clean", 0) + ru.get("Shared_Dirty", 0),
                           "anonymous_kb": ru.get("Anonymous", 0),
                           "index_files": mapped_under(pid, model / "index")})
-        return {"workers": n_workers, "start_method": start_method if (n_workers > 1 or ray) else None, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
+        return {"workers": n_workers, "start_method": start_method if (n_workers > 1 or ray) else None, "shards": shards,
+                "top10": lists, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
                 "start_seconds": start_s, "throughput_rps": requests / r["wall_seconds"], "latency_ms": pct(r["latency_ms"]),
                 "server_total_ms": pct([s["total_ms"] for s, g in zip(r["server_ms"], ok) if g and s]),
                 "processes": procs, "pss_total_kb": int(sum(p["pss_kb"] for p in procs)),
@@ -323,7 +338,8 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
         marginal = (r["pss_total_kb"] - p["pss_total_kb"]) / (n - p["workers"]) / 1e3 if n > 1 and p and n > p["workers"] else None
         if n > 1:
             prev[how] = r
-        L.append(f"| {n} | {how or '-'} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / one['throughput_rps']:.2f} | "
+        label = how or (f"{r['shards']} Ray shards" if r.get("shards") else "-")
+        L.append(f"| {n} | {label} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / one['throughput_rps']:.2f} | "
                  f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {r['failed']} | {r['server_cores_used']:.2f} | "
                  f"{r['server_cpu_ms_per_request']:.1f} | " + _ceiling(r, one) + f"{r['pss_total_kb'] / 1e3:,.0f} MB | "
                  + (f"{added:,.0f} MB | {added / size_mb:.2f} |" if added is not None else "- | - |")
@@ -341,9 +357,26 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
           "| workers | start | process | RSS | PSS | private | anonymous | index files RSS / PSS |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         for p in r["processes"]:
-            L.append(f"| {r['workers']} | {r.get('start_method') or '-'} | {p['role']} {p['pid']} | {p['rss_kb'] / 1e3:,.0f} | {p['pss_kb'] / 1e3:,.0f} | "
+            label = r.get("start_method") or (f"{r['shards']} shards" if r.get("shards") else "-")
+            L.append(f"| {r['workers']} | {label} | {p['role']} {p['pid']} | {p['rss_kb'] / 1e3:,.0f} | {p['pss_kb'] / 1e3:,.0f} | "
                      f"{p['uss_kb'] / 1e3:,.0f} | {p['anonymous_kb'] / 1e3:,.0f} | "
                      f"{p['index_files']['rss_kb'] / 1e3:,.0f} / {p['index_files']['pss_kb'] / 1e3:,.0f} |")
+    sharded = [r for r in runs if r.get("shards")]
+    if sharded and one.get("top10"):
+        want = one["top10"]
+        L += ["", f"## `fusionrank serve --shards K`: the same answers as one index", "",
+              f"After each run's load, its first {len(want)} queries again one at a time (k=10). The sharded service "
+              "runs the router, feature builder, ranker and explanations in its own process and each shard in a Ray "
+              "actor (`ray process` rows above: the shards, Ray's GCS, raylet and workers).", "",
+              "| shards | identical top-10 lists | identical top-1 | requests/s | ratio to one index | p50 ms | p99 ms | PSS of all processes |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in sharded:
+            got = r["top10"] or []
+            same = sum(a == b for a, b in zip(got, want))
+            first = sum(a[:1] == b[:1] for a, b in zip(got, want))
+            L.append(f"| {r['shards']} | {same} / {len(want)} | {first} / {len(want)} | {r['throughput_rps']:.1f} | "
+                     f"{r['throughput_rps'] / one['throughput_rps']:.2f} | {r['latency_ms']['p50']:.1f} | "
+                     f"{r['latency_ms']['p99']:.1f} | {r['pss_total_kb'] / 1e3:,.0f} MB |")
     L += ["", "## Machine during the run", "", "```", res["machine_before"]["uptime"], res["machine_before"]["top"], "", "after:",
           res["machine_after"]["uptime"], "```", ""]
     if old_md:
@@ -367,6 +400,9 @@ def main() -> None:
     ap.add_argument("--stem", default="workers", help="file name of the results (STEM.md, STEM.json)")
     ap.add_argument("--copies", type=int, default=1, help="> 1: serve the catalogue replicated this many times with "
                     "perturbed vectors (23: about 1M products; built once with search_latency.py's build_1m)")
+    ap.add_argument("--shards", default="", help="also `serve --shards K` (one process, K Ray-actor shards) with these "
+                    "shard counts, e.g. 2,4; their top 10 of --agree queries are compared with the one-process service's")
+    ap.add_argument("--agree", type=int, default=100, help="with --shards: queries whose top 10 are compared")
     a = ap.parse_args()
     methods = [m.strip() for m in a.start_method.split(",") if m.strip()]
     res = {"command": "python " + " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
@@ -385,7 +421,7 @@ def main() -> None:
         for n in [int(x) for x in a.workers.split(",")]:
             for how in (methods if n > 1 else [None]):
                 log(f"{n} worker(s){f' ({how})' if how else ''}: {a.clients} clients, {a.requests} requests")
-                r = run(model, n, qs, a.requests, a.clients, Path(tmp), how)
+                r = run(model, n, qs, a.requests, a.clients, Path(tmp), how, agree=a.agree if a.shards and n == 1 else 0)
                 res["runs"].append(r)
                 log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
                     f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
@@ -395,6 +431,17 @@ def main() -> None:
             res["runs"].append(r)
             log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
                 f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
+        for k in [int(x) for x in a.shards.split(",") if x.strip()]:
+            if not (model / f"index-shards{k}" / "shards.json").exists():  # split once, in a process of its own
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "fusionrank.cli", "shard-index", str(model / "index"), "--shards",
+                                str(k)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC})
+                log(f"  split into {k} shards in {time.perf_counter() - t0:.0f} s")
+            log(f"{k} Ray shards: {a.clients} clients, {a.requests} requests")
+            r = run(model, 1, qs, a.requests, a.clients, Path(tmp), shards=k, agree=a.agree)
+            res["runs"].append(r)
+            log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
+                f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB, start {r['start_seconds']:.0f} s")
     res["machine_after"] = machine()
     write(res, a.results, a.stem)
     one = res["runs"][0]

@@ -214,6 +214,27 @@ def compact_index(
     console.print(f"[bold green]compacted[/] {index}: {before:,} rows -> {new.n_rows:,} ({len(new):,} products)")
 
 
+@app.command("shard-index")
+def shard_index(
+    index: Path = typer.Argument(..., help="a search index folder (e.g. MODEL/index); the service must be stopped"),
+    shards: int = typer.Option(..., "--shards", "-k", min=1, help="how many shards"),
+    out: Optional[Path] = typer.Option(None, help="where to write them (default: beside the index, INDEX-shardsK, "
+                                       "where `fusionrank serve MODEL --shards K` looks)"),
+):
+    """Split a search index into K shards for `fusionrank serve MODEL --shards K` (offline; each shard a saved index
+    holding part of the catalogue, with the whole index's term ids and trained IVF)."""
+    from .serving import SearchIndex
+    from .serving.shards import build_shards, shards_folder
+
+    try:
+        idx = SearchIndex.load(index, log=lambda s: console.print(s))
+        d = build_shards(idx, shards, out or shards_folder(index, shards), source=index, log=lambda s: console.print(s))
+        idx.close()
+    except FusionrankError as e:
+        _fail(e)
+    console.print(f"[bold green]sharded[/] {index} -> {d}")
+
+
 @app.command()
 def serve(
     model: Path = typer.Argument(..., help="model directory (from `fusionrank train` or `fusionrank demo`)"),
@@ -248,8 +269,13 @@ def serve(
                                "application of --replicas replicas"),
     replicas: int = typer.Option(1, min=1, help="with --engine ray: replicas, each a whole service over the shared index "
                                  "folder (writes and model swaps reach every replica, as with --workers)"),
-    ray_address: Optional[str] = typer.Option(None, help="with --engine ray: the Ray cluster to join (default: start a "
-                                              "local Ray runtime); its nodes must see the index folder"),
+    ray_address: Optional[str] = typer.Option(None, help="with --engine ray or --shards: the Ray cluster to join (default: "
+                                              "start a local Ray runtime); its nodes must see the index folder"),
+    shards: Optional[int] = typer.Option(None, min=1, help="serve the index split into K shards, each a Ray actor holding "
+                                         "part of the catalogue; a router in this process merges their candidates "
+                                         "before the re-rank (split beside the index the first time, or with --rebuild)"),
+    shard_engine: str = typer.Option("ray", help="with --shards: where the shards run: ray (one actor each) or local "
+                                     "(in this process)"),
 ):
     """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page.
 
@@ -261,6 +287,9 @@ def serve(
                         ("FUSIONRANK_EXPLORE_COUNT", explore_count)):
         if value is not None:
             os.environ[name] = str(value)
+    if shards is not None and (engine == "ray" or workers > 1):
+        _fail(FusionrankError("--shards is served by one process whose router orders the writes: it does not go with "
+                              "--workers or --engine ray (the shards themselves run on Ray: --shard-engine ray)"))
     if engine == "ray":
         if workers > 1 or catalog is not None:
             _fail(FusionrankError("--engine ray takes --replicas (not --workers) and serves the model's saved index "
@@ -268,8 +297,9 @@ def serve(
         _serve_ray(model, host, port, index, rebuild, admin_key, events_key, threads, randomise_share, feature_logging,
                    registry, poll, replicas, ray_address)
         return
-    if replicas > 1 or ray_address:
-        _fail(FusionrankError("--replicas and --ray-address go with --engine ray; for processes on this machine use --workers"))
+    if replicas > 1 or (ray_address and shards is None):
+        _fail(FusionrankError("--replicas and --ray-address go with --engine ray (--ray-address also with --shards); "
+                              "for processes on this machine use --workers"))
     if start_method is not None and workers == 1:
         _fail(FusionrankError("--start-method goes with --workers 2 or more (one process loads and serves by itself)"))
     if workers > 1:
@@ -277,7 +307,7 @@ def serve(
                        feature_logging, registry, poll, workers, start_method)
         return
     _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share, feature_logging,
-           registry, poll)
+           registry, poll, shards, shard_engine, ray_address)
 
 
 SERVE_ENGINES = ("local", "ray")
@@ -363,7 +393,7 @@ def _serve_workers(model, host, port, index, rebuild, catalog, admin_key, events
 
 
 def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, threads, randomise_share=None,
-           feature_logging=True, registry=None, poll=1.0) -> None:
+           feature_logging=True, registry=None, poll=1.0, shards=None, shard_engine="ray", ray_address=None) -> None:
     import secrets
 
     import torch
@@ -387,7 +417,8 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
             _fail(FusionrankError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port or stop what uses it"))
     try:
         svc = open_service(model, index, rebuild=rebuild, catalog=catalog, randomise_share=randomise_share,
-                           feature_logging=feature_logging, registry=registry, log=lambda s: console.print(s))
+                           feature_logging=feature_logging, registry=registry, shards=shards, shard_engine=shard_engine,
+                           ray_address=ray_address, log=lambda s: console.print(s))
         if registry is not None:
             from .models import ModelRegistry
             from .serving.follow import RegistryFollower

@@ -21,6 +21,24 @@ from .registry import Registry
 ENGINES: Registry[type["Engine"]] = Registry("engine")
 
 
+def ray_runtime(address: str | None = None, num_cpus: int | None = None) -> tuple[Any, bool]:
+    """``(ray, owns)``: the Ray runtime this process already joined, the cluster at ``address``, or a local one
+    (``num_cpus``, default every core) started here (``owns``: the caller may shut it down)."""
+    try:
+        import ray
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise MissingExtraError("ray", "ray") from e
+    if ray.is_initialized():
+        return ray, False
+    kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
+    if address:
+        kw["address"] = address
+    elif num_cpus:
+        kw["num_cpus"] = num_cpus
+    ray.init(**kw)
+    return ray, True
+
+
 class Engine:
     name = ""
 
@@ -143,22 +161,9 @@ class RayEngine(Engine):
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, concurrency: int = 1):
-        try:
-            import ray
-        except ImportError as e:  # pragma: no cover - depends on the install
-            raise MissingExtraError("ray", "ray") from e
-        self.ray = ray
+        self.ray, self._owns = ray_runtime(address, num_cpus)
         self.concurrency = concurrency
-        if not ray.is_initialized():
-            kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
-            if address:
-                kw["address"] = address
-            elif num_cpus:
-                kw["num_cpus"] = num_cpus
-            ray.init(**kw)
-            self._owns = True
-        else:
-            self._owns = False
+        ray = self.ray
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         self._tmp = tempfile.TemporaryDirectory(prefix="fusionrank-ray-")

@@ -39,12 +39,22 @@ class VectorArchive:
         return [np.array(catalog.emb[t][row], np.float32) for t in TABLES]
 
     def key(self, catalog, row: int) -> str:
-        """The vector key of catalogue row ``row`` (its vectors are read only the first time: the key is cached)."""
-        k = self._row_keys.get((id(catalog), row))
+        """The vector key of catalogue row ``row`` (its vectors are read only the first time: the key is cached).
+
+        A sharded search's candidate-only view (:meth:`CatalogTables.view`) lives for one search: its rows are
+        cached by the whole catalogue's row they hold (``catalogue_rows``), which no write rewrites either."""
+        whole = getattr(catalog, "catalogue_rows", None)
+        at = ("catalogue", int(whole[row])) if whole is not None else (id(catalog), row)
+        k = self._row_keys.get(at)
         if k is None:
             k = vector_key(self.rows(catalog, row))
-            self._row_keys[(id(catalog), row)] = k
+            self._row_keys[at] = k
         return k
+
+    def remember(self, store) -> None:
+        """Mark the vectors ``store`` holds as held (they are not written again)."""
+        with self._lock:
+            self._stored |= store.vector_keys()
 
     def new(self, catalog, keyed: Sequence[tuple[str, int]]) -> dict[str, list[np.ndarray]]:
         """The vectors of the ``(key, row)`` pairs the store does not hold yet (marked as held: the caller writes them
@@ -66,8 +76,7 @@ class VectorArchive:
         import time
 
         t0 = time.perf_counter()
-        with self._lock:
-            self._stored |= store.vector_keys()
+        self.remember(store)
         with catalog.lock:
             live = np.flatnonzero(catalog.live[:catalog.n_rows])
         written = 0

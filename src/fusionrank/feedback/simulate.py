@@ -295,7 +295,7 @@ class Shoppers:
         union = list(dict.fromkeys(promoted + [c for r in ranked for c in r]))
         shown, res.order = res.order, np.asarray(union, np.int64)
         try:
-            slate, vectors = served_slate(res, service.index, service.archive, None, features=service.feature_logging)
+            slate, vectors = served_slate(res, res.catalog, service.archive, None, features=service.feature_logging)
         finally:
             res.order = shown  # the search's own list stays the template's
         service.events.put_many_vectors(vectors.items())
@@ -307,7 +307,7 @@ class Shoppers:
 
         if service.explore_share > 0:
             res.order = np.asarray(res.scored.order(0, service.explore_depth), np.int64)
-        slate, vectors = served_slate(res, service.index, service.archive, None, features=service.feature_logging)
+        slate, vectors = served_slate(res, res.catalog, service.archive, None, features=service.feature_logging)
         service.events.put_many_vectors(vectors.items())  # products added since the service archived its catalogue
         tmpl = SearchLog("", self.queries.at[qi, S.QUERY], 0.0, service.model.version, slate,
                          index_version=int(service.index.version), grid_columns=service.grid_columns)

@@ -172,19 +172,12 @@ def _worker(config: dict) -> None:
 def _ray_runtime(address: str | None, workers: int):
     """``(ray, owns)``: the running Ray runtime, one at ``address``, or a local one started for this fit."""
     try:
-        import ray
         import ray.train.torch  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the install
         raise MissingExtraError("ray[train]", "ray") from e
-    if ray.is_initialized():
-        return ray, False
-    kw: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
-    if address:
-        kw["address"] = address
-    else:
-        kw["num_cpus"] = max(workers, os.cpu_count() or 1)
-    ray.init(**kw)
-    return ray, True
+    from ..engine import ray_runtime
+
+    return ray_runtime(address, None if address else max(workers, os.cpu_count() or 1))
 
 
 @TRAINING_ENGINES.register("ray")

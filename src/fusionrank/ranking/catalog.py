@@ -398,6 +398,12 @@ class CatalogTables:
             self._filters[key] = hit = (self.version, flt)
         return hit[1]
 
+    def media_paths(self) -> list:
+        """The photo and clip paths of every row (what the service's media folders are derived from)."""
+        with self.lock:
+            n = self.n_rows
+            return [*self.records[S.IMAGE][:n], *self.records[S.AUDIO][:n]]
+
     def category_mask(self, category: str) -> np.ndarray:
         """bool ``[n_rows]``: the live rows of one category (case-insensitive; none for a category this catalogue lacks)."""
         return (self.cat_code[:self.n_rows] == self._cat_codes.get(category.lower(), -1)) & self.live[:self.n_rows]

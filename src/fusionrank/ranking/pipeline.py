@@ -50,6 +50,12 @@ class SearchResult:
     scored: Scored | None = None  # the ranker's inputs and scores for every candidate
     order: np.ndarray | None = None  # slate positions of ``hits``, in shown order
     understood: Understood | None = None  # the query as rewritten for ranking, and how
+    explainer: Explainer | None = None  # what explained ``hits``: its catalogue is the one ``scored``'s rows index
+
+    @property
+    def catalog(self):
+        """The catalogue the slate's rows index: the pipeline's, or a sharded search's candidate-only view."""
+        return None if self.explainer is None else self.explainer.catalog
 
 
 @dataclass
@@ -174,4 +180,4 @@ class RankingPipeline:
             if observe is not None:
                 observe(name, b - a)
         timings["total_ms"] = round((t[-1] - t[0]) * 1e3, 3)
-        return SearchResult(hits, cands, timings, cached, scored, order, understood)
+        return SearchResult(hits, cands, timings, cached, scored, order, understood, explainer)

@@ -32,7 +32,8 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
                  catalog: str | Path | None = None, data_dir: str | Path | None = None, randomise_share: float | None = None,
                  feature_logging: bool = True, registry: str | Path | None = None, shared: bool = False,
                  query_threads: int = 2, explore_share: float | None = None, explore_depth: int | None = None,
-                 explore_count: int | None = None, log=print) -> SearchService:
+                 explore_count: int | None = None, shards: int | None = None, shard_engine: str = "ray",
+                 ray_address: str | None = None, log=print) -> SearchService:
     """Open the saved index (or, with ``rebuild``, build and save it first), load the model, wire the service.
 
     Nothing is encoded: a missing index is an error that names ``fusionrank index MODEL``. With a model
@@ -41,10 +42,17 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
     promotions with :class:`~fusionrank.serving.follow.RegistryFollower`. ``shared``: one of several worker
     processes over the same index (:mod:`fusionrank.serving.workers`). ``query_threads``: ONNX Runtime threads of
     the query encoder (1 in worker processes: a supervisor that forks them must have no other thread).
+
+    ``shards``: serve the index split into that many shards (:class:`~fusionrank.serving.shards.ShardedIndex`),
+    saved beside it (:func:`~fusionrank.serving.shards.shards_folder`; split from the index the first time, or
+    again with ``rebuild``), each in a Ray actor (``shard_engine="ray"``, on the cluster at ``ray_address`` or a
+    local Ray runtime) or in this process (``"local"``). From then on the shards hold the catalogue's writes.
     """
     md = ModelDir.open(model_dir)
     index_dir = Path(index_dir) if index_dir else md.index_dir
-    if rebuild or catalog is not None:
+    if shards:
+        index = _sharded(md, index_dir, shards, shard_engine, ray_address, rebuild, catalog, shared, log)
+    elif rebuild or catalog is not None:
         log(f"building the search index in {index_dir}")
         index: SearchIndex = md.build_index(catalog=catalog, index_dir=index_dir, log=log)
     else:
@@ -69,3 +77,29 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
                         explore_count=explore_count, feature_logging=feature_logging, log=log)
     log(f"warm-up search: {svc.warm_up():.0f} ms")
     return svc
+
+
+def _sharded(md: ModelDir, index_dir: Path, k: int, engine: str, ray_address: str | None, rebuild: bool,
+             catalog, shared: bool, log):
+    """The model's index split into ``k`` saved shards (split now when there are none, or with ``rebuild``), opened."""
+    from ..errors import FusionrankError
+    from .shards import SHARD_ENGINES, SHARDS_FILE, ShardedIndex, build_shards, shards_folder
+
+    if shared:
+        raise FusionrankError("a sharded index is served by one process (its router orders the writes); "
+                              "drop --workers or --replicas, or drop --shards")
+    if engine not in SHARD_ENGINES:
+        raise FusionrankError(f"unknown shard engine {engine!r}; valid: {', '.join(SHARD_ENGINES)}")
+    folder = shards_folder(index_dir, k)
+    if rebuild or catalog is not None or not (folder / SHARDS_FILE).exists():
+        if rebuild or catalog is not None:
+            log(f"building the search index in {index_dir}")
+            whole = md.build_index(catalog=catalog, index_dir=index_dir, log=log)
+        else:
+            whole = md.open_index(index_dir, log=log)
+        try:
+            build_shards(whole, k, folder, source=index_dir, log=log)
+        finally:
+            whole.close()
+        del whole
+    return ShardedIndex.open(folder, engine, ray_address, log=log)

@@ -98,6 +98,8 @@ def _finish_interrupted_save(d: Path, log) -> None:
 class SearchIndex(CatalogTables):
     """Catalogue tables that take writes (``upsert``, ``delete``), log them, and save/load snapshots."""
 
+    sharded = False  # one index (a split catalogue is served through :class:`~fusionrank.serving.shards.ShardedIndex`)
+
     def __init__(self, config: CatalogConfig, dims: dict[str, int]):
         super().__init__(config, dims)
         self._log_path: Path | None = None
@@ -293,6 +295,12 @@ class SearchIndex(CatalogTables):
         if p is not None and str(product_id) in self.attributes:
             p["attributes"] = dict(self.attributes[str(product_id)])
         return p
+
+    def media_dirs(self) -> list[str]:
+        """The folders holding the products' photos and clips (where the service may serve media from)."""
+        from .media import folders_of
+
+        return folders_of(self)
 
     def compacted(self, log=print) -> "SearchIndex":
         """A new index holding only the live products (rows renumbered, IVF centroids re-learned).

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["MediaRoots", "MediaError", "image_bytes", "audio_bytes", "MAX_MEDIA_BYTES"]
+__all__ = ["MediaRoots", "MediaError", "folders_of", "image_bytes", "audio_bytes", "MAX_MEDIA_BYTES"]
 
 MAX_MEDIA_BYTES = 50 * 1024 * 1024
 MAX_AUDIO_SECONDS = 600
@@ -76,6 +76,11 @@ class MediaRoots:
             if self.allowed(real) and real.is_file() and os.access(real, os.R_OK):
                 return real
         raise refuse
+
+
+def folders_of(catalog) -> list[str]:
+    """The folders holding a catalogue's photos and clips (:meth:`~fusionrank.ranking.catalog.CatalogTables.media_paths`)."""
+    return [str(r) for r in MediaRoots.of_paths(catalog.media_paths()).roots]
 
 
 class _Cache:

@@ -26,6 +26,12 @@ the promoted ranking and one candidate's ranking of the same candidates; the sea
 the candidate's version and each shown product's team, is never randomised, and is left out of
 click training. Its scores, explanations and logged features are the promoted model's.
 
+Over a split catalogue (:class:`~fusionrank.serving.shards.ShardedIndex`, ``fusionrank serve MODEL --shards K``)
+the same search runs through ``RankingPipeline.over_shards``: the router merges the shards' candidates and gathers
+their inputs into a candidate-only view, which the result carries (``res.catalog``); the interleaved, explored and
+logged parts of a search read that view as they read the one index. Writes go through the router; each product's
+vectors are archived the first time a search serves it (the shards' tables stay in the shards).
+
 As one of several worker processes (:mod:`fusionrank.serving.workers`), the service calls
 :meth:`SearchService.sync` before every request: it applies the writes other workers logged to
 the shared index (:meth:`~fusionrank.serving.index.SearchIndex.catch_up`) and swaps in the model
@@ -57,6 +63,7 @@ from ..ranking import STAGES, QueryEncoder, RankingPipeline
 from ..ranking.explain import Scorer
 from ..ranking.understand import Verbatim
 from .index import SearchIndex
+from .shards import ShardedIndex
 
 __all__ = ["SearchService", "ModelHandle", "ModelMismatch", "UnknownCategory", "load_handle", "STAGES", "EVENT_TYPES"]
 
@@ -88,7 +95,7 @@ def load_handle(model_dir: str | Path) -> ModelHandle:
 
 
 class SearchService:
-    def __init__(self, index: SearchIndex, model: ModelHandle, query_encoder: QueryEncoder | None = None,
+    def __init__(self, index: SearchIndex | ShardedIndex, model: ModelHandle, query_encoder: QueryEncoder | None = None,
                  data_dir: str | Path | None = None, product_encoder=None, recent_searches: int = 100_000,
                  events=None, feature_logging: bool = True, randomise_share: float | None = None,
                  explore_share: float | None = None, explore_depth: int | None = None,
@@ -107,7 +114,8 @@ class SearchService:
         self.worker: int | None = None  # this worker's number among them
         self.started_by: str | None = None  # how that worker started: "fork" (from a loaded supervisor) or "spawn"
         self.swap_observer = None  # callable(old_version, new_version) after a swap, set by the HTTP layer for metrics
-        self.pipeline = RankingPipeline.over(index, model.ranker, self.queries)
+        self.pipeline = (RankingPipeline.over_shards(index.router, model.ranker, self.queries) if index.sharded
+                         else RankingPipeline.over(index, model.ranker, self.queries))
         self.data_dir = Path(data_dir) if data_dir else None
         self.product_encoder = product_encoder
         self._start_media_dirs: list[str] | None = None
@@ -167,7 +175,10 @@ class SearchService:
         for sid, version, shown in self.events.recent_searches(self._recent_max):  # known to /events across restarts
             self._recent[sid] = (str(version), frozenset(map(str, shown)))
         if archive and self.feature_logging:  # product vectors once, here, not on the search path
-            self.archive.archive_catalog(self.index, self.events, log=log)
+            if self.index.sharded:  # the shards' vectors stay in the shards: each product's are stored when first served
+                self.archive.remember(self.events)
+            else:
+                self.archive.archive_catalog(self.index, self.events, log=log)
 
     def close_events(self) -> None:
         """Close the event store (its connections and threads); :meth:`open_events` opens it again."""
@@ -257,7 +268,7 @@ class SearchService:
     def rival_order(self, rival: ModelHandle, res) -> np.ndarray:
         """A search result's candidates (``res``, of the promoted model's :meth:`search`) in ``rival``'s order: what an
         interleaved search drafts its candidate team from (the same candidates, the same query understanding)."""
-        return Scorer(rival.ranker, self.pipeline.catalog).transform(res.scored.slates).order(0)
+        return Scorer(rival.ranker, res.catalog).transform(res.scored.slates).order(0)
 
     # search ----------------------------------------------------------------
     def warm_up(self, query: str = "black shirt for men") -> float:
@@ -285,7 +296,7 @@ class SearchService:
             t0 = time.perf_counter()
             shown, teams = team_draft(res.scored.order(0).tolist(), self.rival_order(rival, res).tolist(), k, coin)
             res.order = np.asarray(shown, np.int64)
-            res.hits = self.pipeline.explainer.hits(res.scored, m.ranker, k, 0, explain, order=res.order)
+            res.hits = res.explainer.hits(res.scored, m.ranker, k, 0, explain, order=res.order)
             dt = round((time.perf_counter() - t0) * 1e3, 3)
             res.timings_ms["interleave_ms"] = dt
             res.timings_ms["total_ms"] = round(res.timings_ms["total_ms"] + dt, 3)
@@ -306,7 +317,7 @@ class SearchService:
             t0 = time.perf_counter()
             shown = explore_positions(k, explore)
             res.order = np.asarray(res.scored.order(0)[shown], np.int64)
-            res.hits = hits = self.pipeline.explainer.hits(res.scored, m.ranker, k, 0, explain, order=res.order)
+            res.hits = hits = res.explainer.hits(res.scored, m.ranker, k, 0, explain, order=res.order)
             logged_ranks = shown + 1
             t["explore_ms"] = dt = round((time.perf_counter() - t0) * 1e3, 3)
             t["total_ms"] = round(t["total_ms"] + dt, 3)
@@ -316,7 +327,7 @@ class SearchService:
             h["rank"] = i + 1
             h["grid_row"], h["grid_col"] = (int(v) for v in grid_cell(i + 1, self.grid_columns))
         t0 = time.perf_counter()
-        slate, vectors = served_slate(res, self.index, self.archive, swap, features=self.feature_logging,
+        slate, vectors = served_slate(res, res.catalog, self.archive, swap, features=self.feature_logging,
                                       logged_ranks=logged_ranks)
         query = query.strip()
         entry = SearchLog(sid, query, time.time(), m.version, slate, client_id=client_id, session_id=session_id, k=k,
@@ -356,11 +367,7 @@ class SearchService:
 
     def _index_media_dirs(self) -> list[str]:
         """The folders holding the media of the products loaded at start (used when no catalogue folders were given)."""
-        from .media import MediaRoots
-
-        n = self.index.n_rows
-        paths = [*self.index.records[S.IMAGE][:n], *self.index.records[S.AUDIO][:n]]
-        return [str(r) for r in MediaRoots.of_paths(paths).roots]
+        return self.index.media_dirs()
 
     def media_roots(self):
         """Where product media may come from and be served from (:class:`~fusionrank.serving.media.MediaRoots`)."""

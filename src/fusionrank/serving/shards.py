@@ -44,6 +44,12 @@ rows ``0..M-1`` in catalogue order). The same :class:`~fusionrank.ranking.featur
 returns what the unsplit index returns (products, order, scores, explanations), and the router holds the
 candidates' rows, never the catalogue's tables. The gather is a second round trip to every shard that holds
 a candidate; a shard scores the queries' BM25 again for it (the lists of the first round are not kept).
+
+The service serves a split catalogue through :class:`ShardedIndex` (``fusionrank serve MODEL --shards K``): the
+router in the service's process, the shards saved once beside the index (:func:`build_shards`,
+``fusionrank shard-index``) and loaded each by a Ray actor (or in the process). A write is acknowledged once
+its shard has logged it: ``rows.log`` (the product's catalogue row) first, then the index's change log; a crash
+between the two leaves a row the index never took, which loading drops.
 """
 from __future__ import annotations
 
@@ -66,7 +72,11 @@ from ..ranking.retrieve import CandidateConfig, Candidates, HybridRetriever, Sou
 from ..ranking.stage import Queries, Stage
 from ..ranking.vectors import RowFilter
 
-__all__ = ["CorpusStats", "QueryStats", "Shard", "ShardRouter", "ShardSearch", "RayShard", "split"]
+__all__ = ["CorpusStats", "QueryStats", "Shard", "ShardRouter", "ShardSearch", "RayShard", "ShardedIndex", "split",
+           "build_shards", "shards_folder", "SHARDS_FILE", "SHARD_ENGINES"]
+
+SHARDS_FILE = "shards.json"  # a folder of saved shards: how many, the catalogue's config, where they came from
+SHARD_ENGINES = ("ray", "local")  # where a served split catalogue's shards run: Ray actors, or this process
 
 
 @dataclass(frozen=True)
@@ -209,15 +219,29 @@ class Shard:
         if old is not None:
             texts += [self.tables.lex_text[f][old] or "" for f in LEXICAL_FIELDS]
         before = self._stats_of(texts)
-        self.tables.upsert(record, lex_texts, vectors, attributes=attributes)
+        size = self._log_row(row)
+        try:
+            self.tables.upsert(record, lex_texts, vectors, attributes=attributes)
+        except BaseException:
+            if size is not None:  # the index refused the write: its row is not recorded either
+                os.truncate(self._rows_log, size)
+            raise
         self.rows = np.append(self.rows, np.int64(row))
         self.end = max(self.end, row + 1)
-        if self._rows_log is not None:  # beside the index's change log: a restart knows the new row's catalogue row
-            with open(self._rows_log, "a") as f:
-                f.write(f"{row}\n")
-                f.flush()
-                os.fsync(f.fileno())
         return _difference(self._stats_of(texts), before)
+
+    def _log_row(self, row: int) -> int | None:
+        """A saved shard: append the new product's catalogue row to ``rows.log`` (fsync-ed) before the index's own
+        change log takes the product, so that a restart knows the catalogue row of every row the index holds (a row
+        logged for a write the index never took is dropped at load). Returns the log's size before, or None."""
+        if self._rows_log is None:
+            return None
+        with open(self._rows_log, "ab") as f:
+            size = f.tell()
+            f.write(f"{row}\n".encode())
+            f.flush()
+            os.fsync(f.fileno())
+        return size
 
     def delete(self, product_id: str) -> dict[str, Any] | None:
         """Remove a product; the change of this shard's statistics, None if it does not hold the product."""
@@ -243,7 +267,31 @@ class Shard:
         with t.lock:
             return {"fields": {f: {"n_live": t.lexical[f].n_live, "sum_dl": t.lexical[f].sum_dl,
                                    "df": t.lexical[f].doc_freqs()} for f in LEXICAL_FIELDS},
-                    "categories": t.category_counts(), "n_live": len(t), "dims": dict(t.dims)}
+                    "categories": t.category_counts(), "n_live": len(t), "dims": dict(t.dims),
+                    "version": int(t.version), "log_repair": dict(getattr(t, "log_repair", {}) or {})}
+
+    def product(self, product_id: str) -> dict[str, Any] | None:
+        """The product as this shard holds it (None if it does not)."""
+        return self.tables.product(product_id)
+
+    def media_dirs(self) -> list[str]:
+        """The folders holding this shard's products' photos and clips."""
+        from .media import folders_of
+
+        return folders_of(self.tables)
+
+    def snapshot(self) -> int:
+        """Write a saved shard's snapshot again, in its own folder (the index's change log and ``rows.log`` start
+        empty); returns its products."""
+        if self._rows_log is None:
+            raise FusionrankError("this shard was never saved; save it to a folder first")
+        self.save(self._rows_log.parent)
+        return len(self.tables)
+
+    def close(self) -> None:
+        close = getattr(self.tables, "close", None)
+        if close is not None:
+            close()
 
     def search(self, queries: Queries, stats: QueryStats) -> SourceLists:
         """Every source's top ``depth`` among this shard's rows, scored with the whole catalogue's ``stats``, as
@@ -286,12 +334,19 @@ class Shard:
     def save(self, directory: str | Path) -> Path:
         """The shard's tables as a search-index snapshot plus its catalogue rows (what a :class:`RayShard` loads)."""
         d = Path(directory)
-        self.tables.save(d / "index")
-        np.save(d / "rows.npy", self.rows)
-        (d / "shard.json").write_text(json.dumps({"end": self.end,
-                                                  "candidates": self.retriever.config.model_dump(mode="json")}))
-        self._rows_log = d / "rows.log"
-        self._rows_log.write_text("")
+        d.mkdir(parents=True, exist_ok=True)
+        with self.tables.lock:  # the snapshot, then its rows (a crash between them: rows.npy and rows.log still agree)
+            self.tables.save(d / "index")
+            tmp = d / "rows.npy.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, self.rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / "rows.npy")
+            (d / "shard.json").write_text(json.dumps({"end": self.end,
+                                                      "candidates": self.retriever.config.model_dump(mode="json")}))
+            self._rows_log = d / "rows.log"
+            self._rows_log.write_text("")  # after rows.npy: its rows cover what the log held
         return d
 
     @classmethod
@@ -302,11 +357,26 @@ class Shard:
         meta = json.loads((d / "shard.json").read_text())
         tables = SearchIndex.load(d / "index", log=log)
         rows = np.load(d / "rows.npy")
-        if len(rows) != tables.n_rows and (d / "rows.log").exists():  # products written since the snapshot
-            rows = np.concatenate([rows, np.asarray((d / "rows.log").read_text().split(), np.int64)])
+        if (d / "rows.log").exists():  # products written since the snapshot
+            text = (d / "rows.log").read_text()
+            logged = text.split("\n")[:-1]  # whole lines only: a torn last line belongs to a write never taken
+            keep = max(0, tables.n_rows - len(rows))
+            if len(logged) > keep or (text and not text.endswith("\n")):
+                # rows logged for writes the index never took (a crash between the two logs): dropped, and the log
+                # rewritten without them, so that the next write's row follows the index's last
+                log(f"{d}: {len(text.encode()) - sum(len(x) + 1 for x in logged[:keep])} byte(s) of rows.log belong to "
+                    "write(s) the index never took (interrupted before they were acknowledged); dropped")
+                logged = logged[:keep]
+                tmp = d / "rows.log.tmp"
+                with open(tmp, "w") as f:
+                    f.write("".join(f"{x}\n" for x in logged))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, d / "rows.log")
+            rows = np.concatenate([rows, np.asarray(logged, np.int64)])
         if len(rows) != tables.n_rows:
             raise FusionrankError(f"{d}: the index holds {tables.n_rows} rows but {len(rows)} catalogue rows are recorded "
-                                  "(a crash between a write's two logs); rebuild the shard from the catalogue")
+                                  "(rows.npy and rows.log are not this snapshot's); rebuild the shards from the index")
         self = cls(tables, rows, CandidateConfig.model_validate(meta["candidates"]),
                    max(meta["end"], int(rows[-1]) + 1 if len(rows) else 0))
         self._rows_log = d / "rows.log"
@@ -382,6 +452,8 @@ class ShardRouter(Stage):
         self.stats = CorpusStats.total(parts)
         self.dims = dict(parts[0]["dims"])
         self.next_row = max(_gather([s.next_row() for s in self.shards]))
+        self.versions = [int(p.get("version", 0)) for p in parts]  # each shard's changes since its snapshot
+        self.log_repairs = [dict(p.get("log_repair") or {}) for p in parts]  # what loading each shard's log repaired
 
     def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
                attributes: dict[str, str] | None = None) -> int:
@@ -522,6 +594,18 @@ class _ShardActor:
     def ping(self) -> int:
         return len(self.shard.tables)
 
+    def product(self, product_id: str) -> dict[str, Any] | None:
+        return self.shard.product(product_id)
+
+    def media_dirs(self) -> list[str]:
+        return self.shard.media_dirs()
+
+    def snapshot(self) -> int:
+        return self.shard.snapshot()
+
+    def close(self) -> None:
+        self.shard.close()
+
     def next_row(self) -> int:
         return self.shard.end
 
@@ -572,6 +656,24 @@ class RayShard:
     def delete(self, product_id: str):
         return self.actor.delete.remote(product_id)
 
+    def product(self, product_id: str):
+        return self.actor.product.remote(product_id)
+
+    def media_dirs(self):
+        return self.actor.media_dirs.remote()
+
+    def snapshot(self):
+        return self.actor.snapshot.remote()
+
+    def close(self) -> None:
+        """Close the shard's logs, then end the actor."""
+        import ray
+
+        try:
+            ray.get(self.actor.close.remote())
+        finally:
+            ray.kill(self.actor)
+
     def ready(self) -> int:
         """Wait until the actor has loaded its shard; its number of products."""
         import ray
@@ -582,3 +684,176 @@ class RayShard:
         import ray
 
         ray.kill(self.actor)
+
+
+# the service over shards --------------------------------------------------------------------------------------
+
+def shards_folder(index_dir: str | Path, k: int) -> Path:
+    """Where ``K`` shards of the index in ``index_dir`` are saved (beside it: ``index-shards4``)."""
+    d = Path(index_dir)
+    return d.with_name(f"{d.name}-shards{int(k)}")
+
+
+def build_shards(index, k: int, directory: str | Path, source: str | Path | None = None, log=print) -> Path:
+    """Split a loaded index (:class:`~fusionrank.serving.index.SearchIndex`) into ``k`` saved shards in
+    ``directory`` (``shard-0`` ... and :data:`SHARDS_FILE`), written beside it and renamed into place in one step."""
+    import shutil
+    import time
+
+    d = Path(directory)
+    tmp = d.with_name(d.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    parts = split(index, k, log=lambda m: None)
+    for i, shard in enumerate(parts):
+        shard.save(tmp / f"shard-{i}")
+        shard.close()
+    (tmp / SHARDS_FILE).write_text(json.dumps({"format": 1, "shards": int(k), "products": len(index),
+                                               "config": index.config.model_dump(mode="json"),
+                                               "source": None if source is None else str(source)}, indent=1))
+    old = d.with_name(d.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if d.exists():
+        d.rename(old)
+    tmp.rename(d)
+    shutil.rmtree(old, ignore_errors=True)
+    log(f"split {len(index):,} products into {k} shards in {d} in {time.perf_counter() - t0:.1f} s "
+        f"({', '.join(f'{len(p.tables):,}' for p in parts)})")
+    return d
+
+
+class _DocFreq:
+    """One BM25 field's document frequencies over the whole split catalogue (the router's sums, kept current by
+    writes): what query understanding reads of a served index (``lexical[field].doc_freq``)."""
+
+    def __init__(self, router: ShardRouter, field: str):
+        self.router, self.field = router, field
+
+    def doc_freq(self, word: str) -> int:
+        return int(self.router.stats.fields[self.field].df.get(word, 0))
+
+
+class ShardedIndex:
+    """A split catalogue as the service serves it: the router (the candidate stage, and writes) and, asked of the
+    shards, what the service reads of an index besides (its size and categories, a product, its media folders, a
+    snapshot). :class:`~fusionrank.serving.service.SearchService` ranks over it with
+    ``RankingPipeline.over_shards``; ``fusionrank serve MODEL --shards K`` opens one (:meth:`open`).
+
+    The router runs in the service's process: it takes the writes in one order (a new product's catalogue row
+    from one counter), so the shards have one router, and the service one process (no ``--workers`` or replicas).
+    """
+
+    sharded = True
+    shared = False  # the shards are this service's own (writes reach them through the router)
+    caught_up = 0
+
+    def __init__(self, router: ShardRouter, config, directory: str | Path | None = None):
+        self.router, self.config = router, config
+        self.dims = dict(router.dims)
+        self.lexical = {f: _DocFreq(router, f) for f in LEXICAL_FIELDS}
+        self._directory = None if directory is None else Path(directory)
+        self.lock = threading.RLock()
+        self.version = sum(router.versions)
+
+    @classmethod
+    def open(cls, directory: str | Path, engine: str = "ray", ray_address: str | None = None,
+             log=print) -> "ShardedIndex":
+        """Load the shards saved in ``directory`` (:func:`build_shards`): each in a Ray actor (``engine="ray"``,
+        on the running Ray runtime, the cluster at ``ray_address``, or a local one), or in this process (``local``)."""
+        import time
+
+        from ..ranking.catalog import CatalogConfig
+
+        d = Path(directory)
+        if engine not in SHARD_ENGINES:
+            raise FusionrankError(f"unknown shard engine {engine!r}; valid: {', '.join(SHARD_ENGINES)}")
+        if not (d / SHARDS_FILE).exists():
+            raise FusionrankError(f"{d}: no saved shards (no {SHARDS_FILE}); split an index with `fusionrank serve MODEL --shards K`")
+        meta = json.loads((d / SHARDS_FILE).read_text())
+        config = CatalogConfig.model_validate(meta["config"])
+        dirs = [d / f"shard-{i}" for i in range(int(meta["shards"]))]
+        t0 = time.perf_counter()
+        if engine == "ray":
+            from ..engine import ray_runtime
+
+            ray_runtime(ray_address)
+            shards = [RayShard(x) for x in dirs]
+            for s in shards:
+                s.ready()
+        else:
+            shards = [Shard.load(x, log=log) for x in dirs]
+        self = cls(ShardRouter(shards, config.candidates), config, d)
+        where = "Ray actors" if engine == "ray" else "this process"
+        log(f"serving index: {len(self):,} products in {len(dirs)} shards ({where}) loaded from {d} in "
+            f"{time.perf_counter() - t0:.1f} s")
+        return self
+
+    @property
+    def shards(self) -> list:
+        return self.router.shards
+
+    @property
+    def directory(self) -> Path | None:
+        return self._directory
+
+    @property
+    def log_repair(self) -> dict[str, Any]:
+        """What loading the shards' change logs repaired, summed (the counts) over the shards."""
+        out: dict[str, Any] = {}
+        for r in self.router.log_repairs:
+            for k, v in r.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[k] = out.get(k, 0) + v
+        return out
+
+    def __len__(self) -> int:
+        return int(self.router.stats.n_live)
+
+    @property
+    def category_names(self) -> list[str]:
+        return [name for _, (name, _n) in sorted(self.router.stats.categories.items())]
+
+    def catch_up(self) -> int:
+        """Nothing to apply: every write reaches the shards through this router."""
+        return 0
+
+    def product(self, product_id: str) -> dict[str, Any] | None:
+        for p in _gather([s.product(product_id) for s in self.shards]):
+            if p is not None:
+                return p
+        return None
+
+    def upsert(self, record: dict[str, Any], lex_texts: dict[str, str], vectors: dict[str, np.ndarray | None],
+               attributes: dict[str, str] | None = None) -> int:
+        """Add or replace a product through the router; durable in its shard's logs when this returns."""
+        row = self.router.upsert(record, lex_texts, vectors, attributes)
+        with self.lock:
+            self.version += 1
+        return row
+
+    def delete(self, product_id: str) -> bool:
+        ok = self.router.delete(product_id)
+        if ok:
+            with self.lock:
+                self.version += 1
+        return ok
+
+    def media_dirs(self) -> list[str]:
+        """The folders holding the products' photos and clips, over every shard."""
+        return sorted({x for dirs in _gather([s.media_dirs() for s in self.shards]) for x in dirs})
+
+    def save(self, directory: str | Path | None = None) -> Path:
+        """A new snapshot of every shard, each in its own folder (their change logs start empty)."""
+        d = self._directory
+        if d is None or (directory is not None and Path(directory).resolve() != d.resolve()):
+            raise FusionrankError("a sharded index writes its snapshots in the shards' own folders only")
+        with self.router._writes:  # no write between the shards' snapshots
+            _gather([s.snapshot() for s in self.shards])
+            with self.lock:
+                self.version = 0
+            self.router.versions = [0] * len(self.shards)
+        return d
+
+    def close(self) -> None:
+        for s in self.shards:
+            s.close()
