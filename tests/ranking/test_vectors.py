@@ -138,6 +138,18 @@ def test_ann_ties_beyond_the_extra_fetched_go_to_the_lower_rows():
 
 
 @pytest.mark.parametrize("codec", ["flat", "sq8"])
+def test_a_copy_of_an_index_built_without_vectors_is_empty_too_and_trains_on_its_first(codec):
+    """A table no product has a vector in (a catalogue without clips): its shards' copies are untrained as it is."""
+    empty = AnnIndex(8, codec=codec).build(np.zeros((0, 8), np.float32), np.zeros(0, np.int64))
+    part = empty.like()
+    assert part.ntotal == 0 and [r.tolist() for r in part.search(np.eye(8, dtype=np.float32)[:1], 5)] == [[]]
+    rng = np.random.default_rng(2)
+    x = unit(rng, 300, 8)
+    part.add(x, np.arange(300))
+    assert part.ntotal == 300 and part.search(x[:1], 1)[0].tolist() == [0]
+
+
+@pytest.mark.parametrize("codec", ["flat", "sq8"])
 def test_ann_index_save_load_round_trip(tmp_path, codec):
     rng = np.random.default_rng(5)
     X, Q = unit(rng, 400, 8), unit(rng, 6, 8)

@@ -170,6 +170,8 @@ class AnnIndex:
 
         base = faiss.downcast_index(faiss.extract_index_ivf(self.index))
         out = faiss.index_factory(self.dim, f"IVF{base.nlist},{CODECS[self.codec]}", faiss.METRIC_INNER_PRODUCT)
+        if not base.is_trained or base.quantizer.ntotal < base.nlist:  # built from a table with no vectors: it trains
+            return out  # on the first vectors added, as the base does
         ivf = faiss.downcast_index(faiss.extract_index_ivf(out))
         ivf.quantizer.add(base.quantizer.reconstruct_n(0, base.nlist))
         if hasattr(base, "sq"):
