@@ -138,6 +138,29 @@ def test_ann_ties_beyond_the_extra_fetched_go_to_the_lower_rows():
 
 
 @pytest.mark.parametrize("codec", ["flat", "sq8"])
+def test_a_part_holds_the_wholes_codes_of_its_rows_renumbered(codec):
+    """A part scores each of its rows exactly as the whole does (its codes are copied, not made again from vectors
+    that a float16 table rounded), with removed rows left out; the whole is unchanged."""
+    rng = np.random.default_rng(4)
+    x, q = unit(rng, 500, 16), unit(rng, 5, 16)
+    whole = AnnIndex(16, nlist=8, nprobe=8, codec=codec).build(x, np.arange(500))
+    whole.remove(np.array([6, 10]))
+    rows = np.arange(0, 500, 3)  # 0, 3, 6 (removed), 9, ...
+    part = whole.part(rows)
+    assert part.ntotal == len(rows) - 1 and whole.ntotal == 498
+    rounded = AnnIndex(16, nlist=8, nprobe=8, codec=codec)
+    rounded.index = whole._empty_like_base()
+    rounded.add(x[rows].astype(np.float16).astype(np.float32), np.arange(len(rows)))
+    for (wr, ws), (pr, ps), (rr, rs) in zip(whole.search_scored(q, 500), part.search_scored(q, 500),
+                                            rounded.search_scored(q, 500)):
+        mine = np.isin(wr, rows)
+        np.testing.assert_array_equal(rows[pr], wr[mine])
+        np.testing.assert_array_equal(ps, ws[mine])
+        if codec == "sq8":  # codes made again from rounded vectors score differently: what the copy avoids
+            assert not np.array_equal(np.sort(rs), np.sort(ps))
+
+
+@pytest.mark.parametrize("codec", ["flat", "sq8"])
 def test_a_copy_of_an_index_built_without_vectors_is_empty_too_and_trains_on_its_first(codec):
     """A table no product has a vector in (a catalogue without clips): its shards' copies are untrained as it is."""
     empty = AnnIndex(8, codec=codec).build(np.zeros((0, 8), np.float32), np.zeros(0, np.int64))

@@ -15,12 +15,17 @@ from fusionrank.ranking.catalog import VectorConfig
 from fusionrank.serving.shards import RayShard, Shard, ShardRouter, split
 
 ANN = {"exact": {"codec": "exact"}, "ivf-flat": {"codec": "flat", "nlist": 4, "nprobe": 2},
-       "ivf-sq8": {"codec": "sq8", "nlist": 4, "nprobe": 1}}
+       "ivf-sq8": {"codec": "sq8", "nlist": 4, "nprobe": 1},
+       # float16 tables: a shard's IVF entries are the whole index's codes (made from the float32 vectors), not codes
+       # made again from the rounded vectors its tables hold
+       "ivf-sq8-float16": {"codec": "sq8", "nlist": 4, "nprobe": 1, "table_dtype": "float16"}}
 
 
 def build_tables(tiny_workspace, ann: dict) -> CatalogTables:
     ws, cat = tiny_workspace
-    cfg = CatalogConfig(candidates=CandidateConfig(n=20, depth=20), ann=VectorConfig(**ann))
+    ann = dict(ann)
+    dtype = ann.pop("table_dtype", "float32")
+    cfg = CatalogConfig(candidates=CandidateConfig(n=20, depth=20), ann=VectorConfig(**ann), table_dtype=dtype)
     return CatalogTables.from_store(cat.products, ws.store_dir, cfg, "minilm", "whisper_tiny_en", log=lambda m: None)
 
 

@@ -199,11 +199,15 @@ class CatalogTables:
     # construction --------------------------------------------------------------
     @classmethod
     def build(cls, records: dict[str, Sequence], lex_texts: dict[str, Sequence[str]], emb: dict[str, np.ndarray],
-              emb_mask: dict[str, np.ndarray], config: CatalogConfig | None = None, log=print, like=None):
+              emb_mask: dict[str, np.ndarray], config: CatalogConfig | None = None, log=print, like=None,
+              part_of: np.ndarray | None = None):
         """Tables over ``P`` products given as columns (``records``), BM25 texts and embedding tables.
 
         ``like``: tables whose trained parts to share instead of learning them here: the BM25 vocabularies (term
         ids) and the IVF coarse and scalar quantisers. A shard of a split catalogue is built like the whole.
+        ``part_of``: with ``like``, the rows of ``like`` these products are (in order): their IVF entries are copied
+        from ``like``'s (:meth:`AnnIndex.part <fusionrank.ranking.vectors.AnnIndex.part>`), not encoded again from
+        the (possibly float16-rounded) vectors given.
         """
         config = config or CatalogConfig()
         t0 = time.perf_counter()
@@ -236,7 +240,9 @@ class CatalogTables:
             rows = np.flatnonzero(self.emb_mask[t])
             t1 = time.perf_counter()
             # codes from the vectors as given (float32), so the candidates do not depend on table_dtype
-            if like is not None and isinstance(like.vectors.get(t), AnnIndex):
+            if like is not None and part_of is not None and isinstance(like.vectors.get(t), AnnIndex):
+                self.vectors[t] = like.vectors[t].part(part_of)  # the codes ``like`` holds, copied
+            elif like is not None and isinstance(like.vectors.get(t), AnnIndex):
                 self.vectors[t] = like.vectors[t].like()
                 if len(rows):
                     self.vectors[t].add(np.asarray(emb[t])[rows], rows)

@@ -164,6 +164,46 @@ class AnnIndex:
         out.index = self._empty_like_base()
         return out
 
+    def part(self, rows: np.ndarray) -> "AnnIndex":
+        """An index trained as this one holding only the entries of ``rows`` (live, with a vector here), renumbered:
+        ``rows[j]`` becomes row ``j``. The entries' codes are copied, not encoded again, so a part scores each of its
+        vectors exactly as the whole does, whatever the vectors' storage (a float16 table rounds them; the codes
+        were made from the float32 vectors as given). What :func:`~fusionrank.serving.shards.split` builds shards with.
+        """
+        import faiss
+
+        rows = np.asarray(rows, np.int64)
+        out = self.like()
+        if self.index is None or not self.index.is_trained or not len(rows):
+            return out
+        top = int(rows.max()) + 1
+        new = np.full(top, -1, np.int64)
+        new[rows] = np.arange(len(rows))
+        dead = np.unpackbits(self.dead, bitorder="little")[:top] if self.n_dead else None
+        dst = faiss.extract_index_ivf(out.index)
+        for index in (self.index, self.delta):
+            if index is None or not index.ntotal:
+                continue
+            src = faiss.extract_index_ivf(index)
+            lists, size = src.invlists, src.invlists.code_size
+            for li in range(src.nlist):
+                n = lists.list_size(li)
+                if not n:
+                    continue
+                ids = faiss.rev_swig_ptr(lists.get_ids(li), n).copy()
+                codes = faiss.rev_swig_ptr(lists.get_codes(li), n * size).copy().reshape(n, size)
+                ok = ids < top
+                ok[ok] = new[ids[ok]] >= 0
+                if dead is not None and index is self.index:
+                    ok[ok] = dead[ids[ok]] == 0
+                if ok.any():
+                    keep_ids = np.ascontiguousarray(new[ids[ok]])
+                    keep_codes = np.ascontiguousarray(codes[ok])
+                    dst.invlists.add_entries(li, len(keep_ids), faiss.swig_ptr(keep_ids), faiss.swig_ptr(keep_codes))
+                    dst.ntotal += len(keep_ids)
+        out.index.ntotal = dst.ntotal
+        return out
+
     def _empty_like_base(self):
         """An empty IVF index trained as the base is: the same centroids and scalar-quantiser ranges."""
         import faiss

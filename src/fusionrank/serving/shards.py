@@ -404,7 +404,8 @@ def split(tables: CatalogTables, k: int, assign: np.ndarray | None = None, log=p
         part = SearchIndex.build({c: tables.records[c][rows] for c in RECORD_COLUMNS},
                                  {f: tables.lex_text[f][rows] for f in LEXICAL_FIELDS},
                                  {t: tables.emb[t][rows] for t in CATALOG_TABLES},
-                                 {t: tables.emb_mask[t][:n][rows] for t in CATALOG_TABLES}, tables.config, log=log, like=tables)
+                                 {t: tables.emb_mask[t][:n][rows] for t in CATALOG_TABLES}, tables.config, log=log, like=tables,
+                                 part_of=rows)
         shards.append(Shard(part, rows, tables.config.candidates, end=n))
     return shards
 
