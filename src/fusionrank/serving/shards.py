@@ -778,7 +778,7 @@ class ShardedIndex:
             from ..engine import ray_runtime
 
             ray_runtime(ray_address)
-            shards = [RayShard(x) for x in dirs]
+            shards = [RayShard(x, scheduling_strategy="SPREAD") for x in dirs]  # on a cluster: across its nodes
             for s in shards:
                 s.ready()
         else:
