@@ -239,7 +239,9 @@ def click_training_slates(cfg: EventsConfig, pipe, log=print, base: Path | None 
         log(f"  click log: {cl['query_id'].nunique():,} searches, {len(cl):,} impressions, "
             f"{int(cl['click'].sum()):,} clicks, {int(cl['add_to_cart'].sum()):,} carts, {int(cl['purchase'].sum()):,} purchases")
         estimated = cfg.labels != "naive" and not cfg.propensity.endswith(".json")
-        bias_log = store.click_log(until=cfg.until) if estimated and cfg.propensity_searches == "all" else cl
+        # every search before --until: the same searches as the training log's when that has no other filter
+        every = estimated and cfg.propensity_searches == "all" and (since is not None or cfg.model_versions is not None)
+        bias_log = store.click_log(until=cfg.until) if every else cl
         bias = position_bias(cfg, bias_log, base)
         bias_info = None
         if bias is not None:

@@ -482,14 +482,21 @@ class EventStore:
             "score": flat_score[flat],
             "randomised": qf["randomised"].to_numpy(np.int64)[qrow].astype(bool),
         })
+        # each (search, product) pair's counts put in place by one integer key per impression (search row, product
+        # code): a merge would copy the whole log once more, the largest allocation of this function
+        counts = {a: np.zeros(total, np.int64) for a in COUNT_ACTIONS}
         if ev:
             ef = pd.DataFrame(ev, columns=["query_id", "product_id", *COUNT_ACTIONS])
-            out = out.merge(ef, on=["query_id", "product_id"], how="left", sort=False)
+            pcode, products = pd.factorize(flat_pid)
+            stride = np.int64(len(products) + 1)
+            at = pd.Index(qrow * stride + pcode[flat]).get_indexer(
+                pd.Index(qf["query_id"]).get_indexer(ef["query_id"]).astype(np.int64) * stride
+                + pd.Index(products).get_indexer(ef["product_id"]))
+            ok = at >= 0  # an event on a product its search did not show (the store refuses them) counts nowhere
             for a in COUNT_ACTIONS:
-                out[a] = out[a].fillna(0).astype(np.int64)
-        else:
-            for a in COUNT_ACTIONS:
-                out[a] = np.zeros(len(out), np.int64)
+                np.add.at(counts[a], at[ok], ef[a].to_numpy(np.int64)[ok])
+        for a in COUNT_ACTIONS:
+            out[a] = counts[a]
         return out[cols]
 
     def interleaving_log(self, since: float | None = None, until: float | None = None,
