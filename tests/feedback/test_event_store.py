@@ -219,6 +219,37 @@ def test_bulk_ten_thousand_searches(store):
     assert write_s < 60 and read_s < 60
 
 
+def test_click_log_read_in_chunks_equals_one_chunk_and_an_independent_count(store, monkeypatch):
+    """The log is read a chunk of rows at a time: chunks that split the searches and slates give the same frame,
+    and each impression's counts equal a count of the recorded events done here."""
+    import pandas as pd
+
+    from fusionrank.feedback import store as store_module
+
+    rng = np.random.default_rng(9)
+    pool = [make_slate(rng, n=int(rng.integers(1, 8))) for _ in range(13)]  # slates shared by several searches
+    logs = [make_search(f"q{i:03d}", pool[i % 13], 1e9 + i, model=f"m{i % 3}", randomised=bool(i % 4 == 0))
+            for i in range(61)]
+    store.log_searches(logs)
+    events, want = [], {}
+    for i in range(0, 61, 2):
+        for action in ("click", "add_to_cart", "click", "purchase")[: 1 + i % 4]:
+            pid = logs[i].slate.product_ids[(i * 7) % len(logs[i].slate.product_ids)]
+            events.append(Event(action, logs[i].query_id, pid, 1))
+            want[(logs[i].query_id, pid, action)] = want.get((logs[i].query_id, pid, action), 0) + 1
+    store.record_events(events)
+    whole = store.click_log()
+    monkeypatch.setattr(store_module, "_CHUNK", 7)
+    chunked = store.click_log()
+    pd.testing.assert_frame_equal(chunked, whole)
+    assert len(whole) == sum(len(x.slate.product_ids) for x in logs)
+    for r in whole.itertuples():
+        for action in ("click", "add_to_cart", "purchase"):
+            assert getattr(r, action) == want.get((r.query_id, r.product_id, action), 0)
+    assert whole["randomised"].sum() == sum(len(x.slate.product_ids) for x in logs if x.randomised)
+    assert int(whole["click"].sum()) == sum(v for (_, _, a), v in want.items() if a == "click") > 0
+
+
 def test_bad_urls_say_what_is_valid(tmp_path):
     with pytest.raises(StoreError, match=r"unknown event store URL scheme 'mysql'; use one of: sqlite:///PATH, postgresql://"):
         open_store("mysql://h/db", HASH_KEY)

@@ -122,6 +122,8 @@ _INSERT_SLATE = (f"INSERT INTO slates ({', '.join(_SLATE_COLUMNS)}) VALUES ({', 
 _INSERT_VECTOR = "INSERT INTO vectors (vector_key, dims, data, created) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
 #: click_log's integer count columns, one per action aggregated from ``events``.
+_CHUNK = 50_000  # rows fetched at a time by the log readers
+
 COUNT_ACTIONS = ("click", "add_to_cart", "purchase")
 
 
@@ -431,30 +433,52 @@ class EventStore:
         where, params = self._query_filter(since, model_versions, until=until, interleaved=interleaved)
         qwhere, _ = self._query_filter(since, model_versions, alias="q.", until=until, interleaved=interleaved)
         counts_sql = ", ".join(f"SUM(CASE WHEN e.action_name = '{a}' THEN 1 ELSE 0 END)" for a in COUNT_ACTIONS)
+        import pyarrow as pa
+
+        # read in chunks, each turned into columns at once: a million searches' rows as Python tuples would take
+        # several times the memory of the log they become
+        qcols = ["query_id", "user_query", "timestamp", "model_version", "slate_key", "grid_columns", "randomised"]
+        qparts: dict[str, list] = {c: [] for c in qcols}
+        skeys: list[str] = []
+        lens_parts, pid_parts, score_parts, logged_parts = [], [], [], []
         with self._tx(write=False) as cur:
-            q = self._x(cur, "SELECT query_id, user_query, timestamp, model_version, slate_key, grid_columns, randomised "
-                             f"FROM queries{where} ORDER BY timestamp, query_id", params).fetchall()
-            s = self._x(cur, "SELECT slate_key, product_ids, scores, logged_ranks FROM slates WHERE slate_key IN "
-                             f"(SELECT slate_key FROM queries{where})", params).fetchall()
+            self._x(cur, f"SELECT {', '.join(qcols)} FROM queries{where} ORDER BY timestamp, query_id", params)
+            types = [pa.string(), pa.string(), pa.float64(), pa.string(), pa.string(), pa.int64(), pa.bool_()]
+            while rows := cur.fetchmany(_CHUNK):
+                for j, (c, t) in enumerate(zip(qcols, types)):
+                    qparts[c].append(pa.array([bool(r[j]) for r in rows] if c == "randomised" else [r[j] for r in rows], t))
+            self._x(cur, "SELECT slate_key, product_ids, scores, logged_ranks FROM slates WHERE slate_key IN "
+                         f"(SELECT slate_key FROM queries{where})", params)
+            while rows := cur.fetchmany(_CHUNK):  # slates flattened: product ids, scores, logged ranks end to end
+                skeys += [r[0] for r in rows]
+                pids = [json.loads(r[1]) for r in rows]
+                lens_parts.append(np.fromiter((len(x) for x in pids), dtype=np.int64, count=len(pids)))
+                pid_parts.append(pa.array([x for ps in pids for x in ps], pa.string()))
+                score_parts.append(np.frombuffer(b"".join(bytes(r[2]) for r in rows), dtype="<f4").astype(np.float32))
+                logged_parts.append(np.fromiter((x for r in rows for x in json.loads(r[3])), dtype=np.int64))
+                del pids
             ev = self._x(cur, f"SELECT e.query_id, e.object_id, {counts_sql} FROM events e JOIN queries q "
                               f"ON q.query_id = e.query_id{qwhere} GROUP BY e.query_id, e.object_id", params).fetchall()
         cols = ["query_id", "user_query", "timestamp", "model_version", "slate_key", "rank", "logged_rank", "grid_row",
                 "grid_col", "product_id", "score", "randomised", *COUNT_ACTIONS]
-        if not q:
+        if not qparts["query_id"]:
             text = ("query_id", "user_query", "model_version", "slate_key", "product_id")
             return pd.DataFrame({c: pd.Series(dtype="str" if c in text else np.float64 if c == "timestamp" else
                                               np.float32 if c == "score" else bool if c == "randomised" else np.int64)
                                  for c in cols})
-        qf = pd.DataFrame(q, columns=["query_id", "user_query", "timestamp", "model_version", "slate_key", "grid_columns",
-                                      "randomised"])
-        # slates flattened once: product ids, scores, logged ranks end to end, with each slate's offset and length
-        skeys = [r[0] for r in s]
-        pids = [json.loads(r[1]) for r in s]
-        lens = np.fromiter((len(p) for p in pids), dtype=np.int64, count=len(pids))
+
+        def text(parts) -> pd.api.extensions.ExtensionArray:
+            return pd.Series(pa.chunked_array(parts, pa.string()), dtype="str").array
+
+        qf = pd.DataFrame({c: text(qparts[c]) if t == pa.string() else pa.chunked_array(qparts[c], t).to_numpy()
+                           for c, t in zip(qcols, types)})
+        del qparts
+        lens = np.concatenate(lens_parts) if lens_parts else np.zeros(0, np.int64)
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else np.zeros(0, np.int64)
-        flat_pid = pd.array([p for ps in pids for p in ps], dtype="str")
-        flat_score = np.frombuffer(b"".join(bytes(r[2]) for r in s), dtype="<f4").astype(np.float32)
-        flat_logged = np.fromiter((x for r in s for x in json.loads(r[3])), dtype=np.int64, count=int(lens.sum()))
+        flat_pid = text(pid_parts) if pid_parts else pd.array([], dtype="str")
+        flat_score = np.concatenate(score_parts) if score_parts else np.zeros(0, np.float32)
+        flat_logged = np.concatenate(logged_parts) if logged_parts else np.zeros(0, np.int64)
+        del pid_parts, score_parts, logged_parts
         slot = pd.Index(skeys).get_indexer(qf["slate_key"])
         if (slot < 0).any():  # cannot happen through this class: a search and its slate are written in one transaction
             raise StoreError(f"{int((slot < 0).sum())} stored search(es) name a slate that is not stored")
@@ -466,7 +490,7 @@ class EventStore:
         flat = np.repeat(starts[slot], n) + rank0
         gc = qf["grid_columns"].to_numpy(np.int64)[qrow]
         def per_search(col: str):  # string columns taken as arrays (no per-row Python objects)
-            return pd.array(qf[col].to_numpy(object), dtype="str").take(qrow)
+            return qf[col].array.take(qrow)
 
         out = pd.DataFrame({
             "query_id": per_search("query_id"),
