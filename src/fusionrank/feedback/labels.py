@@ -112,7 +112,7 @@ def propensities(log: pd.DataFrame, bias: PositionBias, position: str = "rank") 
 def _aggregate(log: pd.DataFrame, signal: pd.Series, numerator: np.ndarray) -> pd.DataFrame:
     """Group rows by (user_query, product_id): label = mean of ``numerator``, impressions, signal_sum."""
     _require(log, KEY)
-    frame = pd.DataFrame({"user_query": log["user_query"].to_numpy(), "product_id": log["product_id"].to_numpy(),
+    frame = pd.DataFrame({"user_query": log["user_query"].array, "product_id": log["product_id"].array,
                           "num": np.asarray(numerator, np.float64), "signal": signal.to_numpy(np.float64)})
     g = frame.groupby(KEY, sort=False)
     out = g.agg(num=("num", "sum"), impressions=("num", "size"), signal_sum=("signal", "sum")).reset_index()
@@ -183,12 +183,13 @@ def _r_hat_for(log: pd.DataFrame, r_hat) -> tuple[np.ndarray, pd.DataFrame | Non
             raise SchemaError("r_hat frame", sorted({"user_query", "product_id", "r_hat"} - set(r_hat.columns)),
                               list(r_hat.columns))
         rh = r_hat.drop_duplicates(KEY)[KEY + ["r_hat"]]
-        merged = log[KEY].merge(rh, on=KEY, how="left")
-        missing = merged["r_hat"].isna()
+        at = pair_positions(rh, log)
+        value = rh["r_hat"].to_numpy(np.float64)[at]
+        missing = (at < 0) | np.isnan(value)
         if missing.any():
-            first = merged.loc[missing, KEY].iloc[0].tolist()
+            first = log[KEY].iloc[int(np.flatnonzero(missing)[0])].tolist()
             raise FusionrankError(f"r_hat has no value for {int(missing.sum())} logged impressions, e.g. {first}")
-        return merged["r_hat"].to_numpy(np.float64), rh
+        return value, rh
     a = np.asarray(r_hat, np.float64)
     if a.shape != (len(log),):
         raise FusionrankError(f"r_hat must be a column name, a frame or an array of {len(log)} values; got shape {a.shape}")
@@ -215,7 +216,7 @@ def dr(log: pd.DataFrame, bias: PositionBias | None = None, *, r_hat: Any = "r_h
     _, alpha, beta = propensities(log, _need_bias("dr", bias), position)
     signal = action_signal(log, weights)
     rh, frame = _r_hat_for(log, r_hat)
-    rows = pd.DataFrame({"user_query": log["user_query"].to_numpy(), "product_id": log["product_id"].to_numpy(),
+    rows = pd.DataFrame({"user_query": log["user_query"].array, "product_id": log["product_id"].array,
                          "r_hat": rh, "num": signal.to_numpy() - beta - alpha * rh, "alpha": alpha,
                          "signal": signal.to_numpy()})
     g = rows.groupby(KEY, sort=False)
@@ -258,8 +259,16 @@ def among_candidates(click_log: pd.DataFrame, slates, ids) -> np.ndarray:
     An impression of anything else (the catalogue, its index or the candidate settings changed since
     it was served) has no features to learn from.
     """
-    cand = slate_pairs(slates, ids)[KEY].drop_duplicates()
-    return (click_log[KEY].astype(str).merge(cand, how="left", indicator=True)["_merge"].eq("both").to_numpy())
+    return pair_positions(slate_pairs(slates, ids)[KEY].drop_duplicates(), click_log) >= 0
+
+
+def pair_positions(pairs: pd.DataFrame, log: pd.DataFrame) -> np.ndarray:
+    """``[rows of log]``: the position in ``pairs`` (``user_query, product_id``, each pair once) of each row's pair,
+    -1 where ``pairs`` lacks it. A lookup by integer codes: no merge copies the log's key columns."""
+    keys = pd.MultiIndex.from_arrays([pairs[k].astype(str).array for k in KEY])
+    if not keys.is_unique:
+        raise FusionrankError("pair_positions needs each (user_query, product_id) pair once")
+    return keys.get_indexer(pd.MultiIndex.from_arrays([log[k].astype(str).array for k in KEY]))
 
 
 def _keyed(labels: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
