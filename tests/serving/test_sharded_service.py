@@ -243,3 +243,27 @@ def test_fusionrank_serve_with_ray_shards_keeps_an_acknowledged_write_across_kil
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+
+
+def test_shard_index_command_splits_beside_the_index(service_factory, tmp_path):
+    """`fusionrank shard-index INDEX --shards K` writes INDEX-shardsK, which `serve --shards K` opens as it is."""
+    from typer.testing import CliRunner
+
+    from fusionrank.cli import app
+
+    one = service_factory("one")
+    res = CliRunner().invoke(app, ["shard-index", str(tmp_path / "one" / "index"), "--shards", "3"])
+    assert res.exit_code == 0, res.output
+    folder = shards_folder(tmp_path / "one" / "index", 3)
+    assert folder.name == "index-shards3" and (folder / SHARDS_FILE).exists()
+    index = ShardedIndex.open(folder, "local", log=lambda m: None)
+    try:
+        assert len(index) == len(one.index) and len(index.shards) == 3
+        sizes = [len(s.tables) for s in index.shards]  # row % 3: within one product of a third each
+        assert sum(sizes) == len(one.index) and max(sizes) - min(sizes) <= 1
+        assert index.product(str(one.index.ids[5])) == one.index.product(str(one.index.ids[5]))
+    finally:
+        index.close()
+        one.close()
+    bad = CliRunner().invoke(app, ["shard-index", str(tmp_path / "nowhere"), "--shards", "2"])
+    assert bad.exit_code != 0 and "nowhere" in bad.output
