@@ -9,7 +9,8 @@ Each measurement runs in a fresh process (its peak resident memory is the kernel
    every row fetched as Python tuples at once, and the counts joined by a merge;
 3. with ``--model`` (a retrained version's folder, whose config names the store), the whole data preparation of
    retraining from clicks (``experiment.click_training_data``: the log, position bias, slates, skew check, direct
-   method and labels), this checkout only; its peak is what retraining needs before the ranker trains.
+   method and labels), with this checkout and with the baseline's package; its peak is what retraining needs
+   before the ranker trains.
 
 The two reads must agree (rows, clicks, carts, purchases). Default store: the second loop run's event store
 (``benchmarks/interleaving.py --parts loop --seed 1``, 1,500,000 logged searches). Writes
@@ -107,12 +108,16 @@ def main() -> None:
         print(f"click_log, {a.baseline_commit}", flush=True)
         res["baseline"] = run(READ, a.store, Path(tmp) / "src")
         print(f"  {res['baseline']['seconds']:.0f} s, peak {res['baseline']['peak_bytes'] / 1e9:.2f} GB", flush=True)
+        if a.model:
+            for key, name, src in (("prepare", "this checkout", ROOT / "src"),
+                                   ("prepare_baseline", a.baseline_commit, Path(tmp) / "src")):
+                print(f"data preparation of retraining, {name}", flush=True)
+                res[key] = run(PREPARE, a.model, src)
+                print(f"  {res[key]['seconds']:.0f} s, peak {res[key]['peak_bytes'] / 1e9:.2f} GB", flush=True)
     keys = ("rows", "searches", "click", "add_to_cart", "purchase")
     res["same_log"] = all(res["now"][k] == res["baseline"][k] for k in keys)
     if a.model:
-        print("data preparation of retraining, this checkout", flush=True)
-        res["prepare"] = run(PREPARE, a.model, ROOT / "src")
-        print(f"  {res['prepare']['seconds']:.0f} s, peak {res['prepare']['peak_bytes'] / 1e9:.2f} GB", flush=True)
+        res["same_slates"] = res["prepare"]["slates"] == res["prepare_baseline"]["slates"]
     res["machine_after"] = machine()
     write(res, a.stem)
 
@@ -136,13 +141,18 @@ def write(res: dict, stem: str) -> None:
     L += ["", f"Ratio (this checkout / baseline): peak **{now['peak_bytes'] / old['peak_bytes']:.2f}**, time "
           f"**{now['seconds'] / old['seconds']:.2f}**."]
     if "prepare" in res:
-        p = res["prepare"]
-        L += ["", f"## Retraining's data preparation (this checkout)", "",
-              f"`experiment.click_training_data` with the config of `--model`: {p['slates']:,} training slates in "
-              f"{p['seconds']:.0f} s, **peak {p['peak_bytes'] / gb:.2f} GB**. At the commit above the same preparation "
-              "read the log twice when the position bias was estimated from every search (the default), holding one "
-              "log while building the other. Peak after each step:", "", "| s | peak | step |", "|---|---|---|"]
-        L += [f"| {s['seconds']:.0f} | {s['peak_bytes'] / gb:.2f} GB | {s['step']} |" for s in p["steps"]]
+        p, b = res["prepare"], res["prepare_baseline"]
+        L += ["", "## Retraining's data preparation", "",
+              f"`experiment.click_training_data` with the config of `--model` ({p['slates']:,} training slates; the "
+              f"same number at the baseline: {res['same_slates']}): this checkout {p['seconds']:.0f} s, **peak "
+              f"{p['peak_bytes'] / gb:.2f} GB**; `{res['baseline_commit']}` {b['seconds']:.0f} s, peak "
+              f"{b['peak_bytes'] / gb:.2f} GB. Ratio: peak **{p['peak_bytes'] / b['peak_bytes']:.2f}**, time "
+              f"**{p['seconds'] / b['seconds']:.2f}**. (The baseline read the log twice when the position bias was "
+              "estimated from every search, the default, holding one log while it built the other.) Peak after each "
+              "step:", "", "| s | peak | step | baseline s | baseline peak |", "|---|---|---|---|---|"]
+        for x, y in zip(p["steps"], b["steps"]):
+            L.append(f"| {x['seconds']:.0f} | {x['peak_bytes'] / gb:.2f} GB | {x['step']} | {y['seconds']:.0f} | "
+                     f"{y['peak_bytes'] / gb:.2f} GB |")
     L += ["", "## Machine", "", "```", res["machine_before"].strip(), "", "after:", res["machine_after"].strip(), "```", ""]
     (RESULTS / f"{stem}.md").write_text("\n".join(L))
     print(f"wrote {RESULTS / (stem + '.md')}")
