@@ -83,13 +83,12 @@ def _sharded(md: ModelDir, index_dir: Path, k: int, engine: str, ray_address: st
              catalog, shared: bool, log):
     """The model's index split into ``k`` saved shards (split now when there are none, or with ``rebuild``), opened."""
     from ..errors import FusionrankError
-    from .shards import SHARD_ENGINES, SHARDS_FILE, ShardedIndex, build_shards, shards_folder
+    from .shards import SHARDS_FILE, ShardedIndex, build_shards, check_shard_engine, shards_folder
 
     if shared:
         raise FusionrankError("a sharded index is served by one process (its router orders the writes); "
                               "drop --workers or --replicas, or drop --shards")
-    if engine not in SHARD_ENGINES:
-        raise FusionrankError(f"unknown shard engine {engine!r}; valid: {', '.join(SHARD_ENGINES)}")
+    check_shard_engine(engine)  # before a split that may take minutes
     folder = shards_folder(index_dir, k)
     if rebuild or catalog is not None or not (folder / SHARDS_FILE).exists():
         if rebuild or catalog is not None:

@@ -73,7 +73,7 @@ from ..ranking.stage import Queries, Stage
 from ..ranking.vectors import RowFilter
 
 __all__ = ["CorpusStats", "QueryStats", "Shard", "ShardRouter", "ShardSearch", "RayShard", "ShardedIndex", "split",
-           "build_shards", "shards_folder", "SHARDS_FILE", "SHARD_ENGINES"]
+           "build_shards", "shards_folder", "check_shard_engine", "SHARDS_FILE", "SHARD_ENGINES"]
 
 SHARDS_FILE = "shards.json"  # a folder of saved shards: how many, the catalogue's config, where they came from
 SHARD_ENGINES = ("ray", "local")  # where a served split catalogue's shards run: Ray actors, or this process
@@ -689,6 +689,13 @@ class RayShard:
 
 # the service over shards --------------------------------------------------------------------------------------
 
+def check_shard_engine(engine: str) -> str:
+    """``engine`` if it is one of :data:`SHARD_ENGINES`; else an error that lists them."""
+    if engine not in SHARD_ENGINES:
+        raise FusionrankError(f"unknown shard engine {engine!r}; valid: {', '.join(SHARD_ENGINES)}")
+    return engine
+
+
 def shards_folder(index_dir: str | Path, k: int) -> Path:
     """Where ``K`` shards of the index in ``index_dir`` are saved (beside it: ``index-shards4``)."""
     d = Path(index_dir)
@@ -766,8 +773,7 @@ class ShardedIndex:
         from ..ranking.catalog import CatalogConfig
 
         d = Path(directory)
-        if engine not in SHARD_ENGINES:
-            raise FusionrankError(f"unknown shard engine {engine!r}; valid: {', '.join(SHARD_ENGINES)}")
+        check_shard_engine(engine)
         if not (d / SHARDS_FILE).exists():
             raise FusionrankError(f"{d}: no saved shards (no {SHARDS_FILE}); split an index with `fusionrank serve MODEL --shards K`")
         meta = json.loads((d / SHARDS_FILE).read_text())
