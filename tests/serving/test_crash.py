@@ -46,6 +46,18 @@ def test_kill9_of_every_worker_under_load_loses_nothing_acknowledged(tiny_model,
     _run(tiny_model, tmp_path, fusionrank_home, kills=2, seed=3, args=("--workers", "2"))
 
 
+def test_kill9_of_a_sharded_service_under_load_loses_nothing_acknowledged(tiny_model, tmp_path, fusionrank_home):
+    """``serve --shards 2``: a write is acknowledged once its shard logged its row and its product; SIGKILL between or
+    inside those appends, restart over the same shards, and every acknowledged write, search and event is there."""
+    _run(tiny_model, tmp_path, fusionrank_home, kills=2, seed=5, args=("--shards", "2", "--shard-engine", "local"))
+
+
+@pytest.mark.ray
+def test_kill9_of_a_service_over_ray_shards_under_load_loses_nothing_acknowledged(tiny_model, tmp_path, fusionrank_home):
+    """The same with each shard in a Ray actor: the actors die with the server's session and load their logs again."""
+    _run(tiny_model, tmp_path, fusionrank_home, kills=2, seed=6, args=("--shards", "2"))
+
+
 @pytest.mark.slow
 def test_kill9_under_load_ten_times(tiny_model, tmp_path, fusionrank_home):
     _run(tiny_model, tmp_path, fusionrank_home, kills=10, seed=2)
