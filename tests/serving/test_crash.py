@@ -52,6 +52,11 @@ def test_kill9_of_a_sharded_service_under_load_loses_nothing_acknowledged(tiny_m
     _run(tiny_model, tmp_path, fusionrank_home, kills=2, seed=5, args=("--shards", "2", "--shard-engine", "local"))
 
 
+@pytest.mark.slow
+def test_kill9_of_a_sharded_service_ten_times(tiny_model, tmp_path, fusionrank_home):
+    _run(tiny_model, tmp_path, fusionrank_home, kills=10, seed=7, args=("--shards", "2", "--shard-engine", "local"))
+
+
 @pytest.mark.ray
 def test_kill9_of_a_service_over_ray_shards_under_load_loses_nothing_acknowledged(tiny_model, tmp_path, fusionrank_home):
     """The same with each shard in a Ray actor: the actors die with the server's session and load their logs again."""
