@@ -240,12 +240,13 @@ class CatalogTables:
             rows = np.flatnonzero(self.emb_mask[t])
             t1 = time.perf_counter()
             # codes from the vectors as given (float32), so the candidates do not depend on table_dtype
-            if like is not None and part_of is not None and isinstance(like.vectors.get(t), AnnIndex):
-                self.vectors[t] = like.vectors[t].part(part_of)  # the codes ``like`` holds, copied
-            elif like is not None and isinstance(like.vectors.get(t), AnnIndex):
-                self.vectors[t] = like.vectors[t].like()
-                if len(rows):
-                    self.vectors[t].add(np.asarray(emb[t])[rows], rows)
+            if like is not None and isinstance(like.vectors.get(t), AnnIndex):
+                if part_of is not None:
+                    self.vectors[t] = like.vectors[t].part(part_of)  # the codes ``like`` holds, copied
+                else:
+                    self.vectors[t] = like.vectors[t].like()
+                    if len(rows):
+                        self.vectors[t].add(np.asarray(emb[t])[rows], rows)
             else:
                 self.vectors[t] = AnnIndex(self.dims[t], a.nlist, a.nprobe, a.codec).build(np.asarray(emb[t])[rows], rows)
             log(f"  ANN {t}: {len(rows):,} vectors, {self.vectors[t].nlist} lists, {time.perf_counter() - t1:.1f} s")

@@ -53,6 +53,7 @@ between the two leaves a row the index never took, which loading drops.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -65,6 +66,7 @@ import numpy as np
 from .. import schema as S
 from ..encoders.text import tokenize
 from ..errors import FusionrankError, UnknownCategory
+from ..models.registry import write_atomic
 from ..modalities import CATALOG_TABLES, LEXICAL_FIELDS
 from ..ranking.catalog import RECORD_COLUMNS, CatalogTables
 from ..ranking.lexical import Bm25Stats, LexicalField
@@ -337,12 +339,9 @@ class Shard:
         d.mkdir(parents=True, exist_ok=True)
         with self.tables.lock:  # the snapshot, then its rows (a crash between them: rows.npy and rows.log still agree)
             self.tables.save(d / "index")
-            tmp = d / "rows.npy.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, self.rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, d / "rows.npy")
+            buf = io.BytesIO()
+            np.save(buf, self.rows)
+            write_atomic(d / "rows.npy", buf.getvalue())
             (d / "shard.json").write_text(json.dumps({"end": self.end,
                                                       "candidates": self.retriever.config.model_dump(mode="json")}))
             self._rows_log = d / "rows.log"
@@ -367,12 +366,7 @@ class Shard:
                 log(f"{d}: {len(text.encode()) - sum(len(x) + 1 for x in logged[:keep])} byte(s) of rows.log belong to "
                     "write(s) the index never took (interrupted before they were acknowledged); dropped")
                 logged = logged[:keep]
-                tmp = d / "rows.log.tmp"
-                with open(tmp, "w") as f:
-                    f.write("".join(f"{x}\n" for x in logged))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, d / "rows.log")
+                write_atomic(d / "rows.log", "".join(f"{x}\n" for x in logged).encode())
             rows = np.concatenate([rows, np.asarray(logged, np.int64)])
         if len(rows) != tables.n_rows:
             raise FusionrankError(f"{d}: the index holds {tables.n_rows} rows but {len(rows)} catalogue rows are recorded "
@@ -858,7 +852,6 @@ class ShardedIndex:
             _gather([s.snapshot() for s in self.shards])
             with self.lock:
                 self.version = 0
-            self.router.versions = [0] * len(self.shards)
         return d
 
     def close(self) -> None:
