@@ -278,7 +278,7 @@ def main() -> None:
                 log(f"  ranked, Ray actors: {r['ranked, Ray actors']}")
                 del got_r
             for s in actors:
-                s.stop()
+                s.close()
             shutil.rmtree(a.work / f"k{k}", ignore_errors=True)
         else:
             del shards

@@ -21,16 +21,20 @@ from .registry import Registry
 ENGINES: Registry[type["Engine"]] = Registry("engine")
 
 
-def ray_runtime(address: str | None = None, num_cpus: int | None = None) -> tuple[Any, bool]:
+def ray_runtime(address: str | None = None, num_cpus: int | None = None, env_vars: dict[str, str] | None = None,
+                log_to_driver: bool = False) -> tuple[Any, bool]:
     """``(ray, owns)``: the Ray runtime this process already joined, the cluster at ``address``, or a local one
-    (``num_cpus``, default every core) started here (``owns``: the caller may shut it down)."""
+    (``num_cpus``, default every core) started here (``owns``: the caller may shut it down). ``env_vars``: set in
+    every Ray worker process this job starts; ``log_to_driver``: their output printed here."""
     try:
         import ray
     except ImportError as e:  # pragma: no cover - depends on the install
         raise MissingExtraError("ray", "ray") from e
     if ray.is_initialized():
         return ray, False
-    kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
+    kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": log_to_driver, "include_dashboard": False}
+    if env_vars:
+        kw["runtime_env"] = {"env_vars": dict(env_vars)}
     if address:
         kw["address"] = address
     elif num_cpus:

@@ -157,7 +157,7 @@ def test_ray_shards_equal_the_unsplit_catalogue(ray_runtime, tiny_workspace, que
     apply(router, ops)
     assert_same(router.transform(queries), HybridRetriever(updatable).transform(queries))
     for s in shards:
-        s.stop()
+        s.close()
 
 
 # the whole search over shards: candidates, then the re-rank over the gathered inputs --------------------------
@@ -269,7 +269,7 @@ def test_a_sharded_search_over_ray_shards_ranks_as_the_one_index(ray_runtime, se
     for q in RANKED_QUERIES + ["zebra stripes", "quokka"]:
         assert_same_search(sharded.search(q, 10), one.search(q, 10))
     for s in shards:
-        s.stop()
+        s.close()
 
 
 def test_a_query_without_candidates_gathers_an_empty_view(served):
@@ -280,9 +280,9 @@ def test_a_query_without_candidates_gathers_an_empty_view(served):
 
     index, ranker = served
     router = ShardRouter(split(index, 2, log=lambda m: None))
-    cands, parts, stats = router.candidates(QueryEncoder().transform(Queries.of(["zebra"])))
+    cands, parts = router.candidates(QueryEncoder().transform(Queries.of(["zebra"])))
     none = replace(cands, rows=[np.zeros(0, np.int64)], scores=[np.zeros(0)])
-    got = router.gather(none, parts, stats)
+    got = router.gather(none, parts)
     assert got.catalog.n_rows == 1 and not got.catalog.live.any()
     slates = Featuriser().transform(got)
     want = Featuriser(index).transform(replace(HybridRetriever(index).transform(none.queries), rows=none.rows))

@@ -86,7 +86,7 @@ def event_document(e: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Writer:
-    """One NDJSON file written under a temporary name, renamed into place on success."""
+    """One NDJSON file written under a temporary name, fsync-ed and renamed into place on success (the folder fsync-ed)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -104,6 +104,9 @@ class _Writer:
         os.fsync(self.f.fileno())
         self.f.close()
         os.replace(self.tmp, self.path)
+        from ..serving.wal import fsync_dir
+
+        fsync_dir(self.path.parent)  # the rename too survives a crash
 
     def abort(self) -> None:
         self.f.close()

@@ -38,7 +38,7 @@ from ..errors import FusionrankError
 from .gate import PromotionPolicy
 
 __all__ = ["ModelRegistry", "ModelVersion", "Decision", "RegistryIndex", "STATES", "TRANSITIONS", "RegistryError",
-           "INDEX_FILE", "write_atomic"]
+           "INDEX_FILE"]
 
 INDEX_FILE, LOCK_FILE, VERSIONS_DIR = "registry.json", "registry.lock", "versions"
 FORMAT = 1
@@ -125,30 +125,6 @@ def _check_state(state: str) -> None:
         raise RegistryError(f"unknown state {state!r}; valid states: {', '.join(STATES)}")
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` by ``data`` so that a crash at any point leaves the old or the new content, whole.
-
-    Written to a temporary file in the same folder, fsync-ed, renamed over ``path``, then the folder fsync-ed.
-    """
-    from ..serving.wal import fsync_dir
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 class ModelRegistry:
     """A registry directory (see the module docstring). Every method reads the index afresh from disk."""
 
@@ -214,6 +190,8 @@ class ModelRegistry:
             os.close(fd)  # releases the lock
 
     def _write(self, idx: RegistryIndex) -> None:
+        from ..serving.wal import write_atomic
+
         for stale in self.root.glob(f".{INDEX_FILE}.tmp-*"):  # under the lock, any is a killed writer's: never read
             stale.unlink(missing_ok=True)
         idx.generation += 1

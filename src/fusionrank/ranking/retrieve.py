@@ -111,12 +111,15 @@ class SourceLists:
     """What the sources found, before fusion: ``rows[src][b]`` (int64, best first) and ``scores[src][b]`` (BM25 or
     inner product) of each source's top ``depth`` for query ``b``.
 
-    A shard of a split catalogue returns these for its rows (as catalogue-wide rows);
-    :meth:`merge` puts the shards' lists together into the lists the unsplit catalogue gives.
+    A shard of a split catalogue returns these for its rows (as catalogue-wide rows), with ``lex[b][field]``: the
+    BM25 scores and matched-term counts of every row it listed for query ``b`` (a
+    :class:`~fusionrank.ranking.lexical.RowScores` over catalogue rows), which the router's gather reuses for the
+    candidates; :meth:`merge` puts the shards' lists together into the lists the unsplit catalogue gives.
     """
 
     rows: dict[str, list[np.ndarray]]
     scores: dict[str, list[np.ndarray]]
+    lex: list[dict[str, Any]] | None = None
 
     @classmethod
     def merge(cls, parts: list["SourceLists"], depth: int) -> "SourceLists":

@@ -86,9 +86,9 @@ def start(model: Path, replicas: int, address: str | None = None, host: str = "1
     """
     import secrets
 
-    import ray
     from ray import serve
 
+    from ..engine import ray_runtime
     from ..errors import StaleArtefactError
     from ..modeldir import ModelDir
     from .workers import MODEL_FILE, SharedModel, _prepare_index
@@ -105,18 +105,11 @@ def start(model: Path, replicas: int, address: str | None = None, host: str = "1
            "randomise_share": randomise_share, "feature_logging": feature_logging,
            "registry": str(Path(registry).resolve()) if registry else None, "poll": poll,
            "admin_key": admin_key or secrets.token_urlsafe(24), "events_key": events_key or secrets.token_urlsafe(16)}
-    started_ray = False
-    if not ray.is_initialized():
-        env = {k: v for k, v in os.environ.items() if k.startswith("FUSIONRANK_") and k not in ("FUSIONRANK_ADMIN_KEY",
-                                                                                               "FUSIONRANK_EVENTS_KEY")}
-        env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "runtime_env": {"env_vars": env}}
-        if address:
-            kw["address"] = address
-        else:
-            kw["num_cpus"] = max(os.cpu_count() or 1, int(replicas * num_cpus + 0.999))
-        ray.init(**kw)
-        started_ray = True
+    env = {k: v for k, v in os.environ.items() if k.startswith("FUSIONRANK_") and k not in ("FUSIONRANK_ADMIN_KEY",
+                                                                                           "FUSIONRANK_EVENTS_KEY")}
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    _, started_ray = ray_runtime(address, max(os.cpu_count() or 1, int(replicas * num_cpus + 0.999)), env_vars=env,
+                                 log_to_driver=True)
     t0 = time.perf_counter()
     serve.start(http_options={"host": host, "port": port})
     dep = deployment(1, num_cpus)

@@ -36,14 +36,14 @@ rebuilt from the shards when it starts.
 
 The re-rank runs over the shards too (:class:`ShardSearch`, ``RankingPipeline.over_shards``): after the
 merge the router asks each shard for the ranker's inputs of its merged candidates only (:meth:`Shard.inputs`:
-their embedding rows and masks, records, BM25 texts, and each query's BM25 scores and matched-term counts at
-those rows, scored by the candidate stage's own code under the whole catalogue's statistics) and assembles
-them into a candidate-only view (:meth:`CatalogTables.view <fusionrank.ranking.catalog.CatalogTables.view>`,
+their embedding rows and masks, records and BM25 texts) and assembles them, with each query's BM25 scores and
+matched-term counts at those rows (which every shard returned with its lists, scored by the candidate stage's
+own code under the whole catalogue's statistics), into a candidate-only view (:meth:`CatalogTables.view <fusionrank.ranking.catalog.CatalogTables.view>`,
 rows ``0..M-1`` in catalogue order). The same :class:`~fusionrank.ranking.features.Featuriser`, ranker and
 :class:`~fusionrank.ranking.explain.Explainer` read the view as they read one catalogue, so a sharded search
 returns what the unsplit index returns (products, order, scores, explanations), and the router holds the
 candidates' rows, never the catalogue's tables. The gather is a second round trip to every shard that holds
-a candidate; a shard scores the queries' BM25 again for it (the lists of the first round are not kept).
+a candidate, which only reads rows: nothing is scored twice.
 
 The service serves a split catalogue through :class:`ShardedIndex` (``fusionrank serve MODEL --shards K``): the
 router in the service's process, the shards saved once beside the index (:func:`build_shards`,
@@ -66,13 +66,13 @@ import numpy as np
 from .. import schema as S
 from ..encoders.text import tokenize
 from ..errors import FusionrankError, UnknownCategory
-from ..models.registry import write_atomic
 from ..modalities import CATALOG_TABLES, LEXICAL_FIELDS
 from ..ranking.catalog import RECORD_COLUMNS, CatalogTables
-from ..ranking.lexical import Bm25Stats, LexicalField
+from ..ranking.lexical import Bm25Stats, LexicalField, RowScores
 from ..ranking.retrieve import CandidateConfig, Candidates, HybridRetriever, SourceLists, fused
 from ..ranking.stage import Queries, Stage
 from ..ranking.vectors import RowFilter
+from .wal import write_atomic
 
 __all__ = ["CorpusStats", "QueryStats", "Shard", "ShardRouter", "ShardSearch", "RayShard", "ShardedIndex", "split",
            "build_shards", "shards_folder", "check_shard_engine", "SHARDS_FILE", "SHARD_ENGINES"]
@@ -298,18 +298,21 @@ class Shard:
     def search(self, queries: Queries, stats: QueryStats) -> SourceLists:
         """Every source's top ``depth`` among this shard's rows, scored with the whole catalogue's ``stats``, as
         catalogue rows."""
-        lists, _, _ = self.retriever.search(queries, stats)
+        lists, lex, _ = self.retriever.search(queries, stats)
         g = self.rows
-        return SourceLists({s: [g[r] for r in rs] for s, rs in lists.rows.items()}, lists.scores)
+        listed = [np.unique(np.concatenate([rs[b] for rs in lists.rows.values()] + [np.zeros(0, np.int64)]))
+                  for b in range(len(queries))]
+        at = [{f: RowScores(g[r], lex[b][f].at(r), lex[b][f].matched(r)) for f in LEXICAL_FIELDS}
+              for b, r in enumerate(listed)]
+        return SourceLists({s: [g[r] for r in rs] for s, rs in lists.rows.items()}, lists.scores, at)
 
-    def inputs(self, queries: Queries, stats: QueryStats, rows: list[np.ndarray]) -> dict[str, Any]:
+    def inputs(self, rows: list[np.ndarray]) -> dict[str, Any]:
         """The ranker's inputs of catalogue rows this shard holds: ``rows[b]``, query ``b``'s candidates here.
 
         Returns plain data (it crosses process boundaries): ``rows``, the distinct catalogue rows (increasing);
         per row its ``records``, BM25 texts (``lex_text``), embeddings (``emb``, float32 as a lookup of the
-        tables answers) and ``emb_mask``; ``lex[b][field]``: ``(bm25, matched terms)`` of ``rows[b]``,
-        float32, scored by the same :class:`~fusionrank.ranking.lexical.LexScores` code as the candidate
-        stage under the whole catalogue's ``stats``.
+        tables answers) and ``emb_mask``. The candidates' BM25 scores and matched terms came with the shard's
+        lists (:meth:`search`), so they are not scored again.
         """
         t = self.tables
         want = [np.asarray(r, np.int64) for r in rows]
@@ -320,13 +323,7 @@ class Shard:
         if not ok.all():
             raise FusionrankError(f"this shard does not hold catalogue rows {every[~ok][:5].tolist()}")
         with t.lock:
-            flt = self.retriever.row_filter(queries, stats)
-            lex, _ = self.retriever.lexical(queries, stats, None if flt is None else flt.mask)
-            out_lex = []
-            for b, r in enumerate(want):
-                lr = np.searchsorted(self.rows, r)
-                out_lex.append({f: (lex[b][f].at(lr), lex[b][f].matched(lr)) for f in LEXICAL_FIELDS})
-            return {"rows": every, "lex": out_lex,
+            return {"rows": every,
                     "records": {c: t.records[c][local] for c in RECORD_COLUMNS},
                     "lex_text": {f: t.lex_text[f][local] for f in LEXICAL_FIELDS},
                     "emb": {m: t.emb[m][local] for m in CATALOG_TABLES},
@@ -476,25 +473,25 @@ class ShardRouter(Stage):
         qs = self.stats.query(queries)
         return _gather([s.search(queries, qs) for s in self.shards]), qs
 
-    def candidates(self, queries: Queries) -> tuple[Candidates, list[SourceLists], QueryStats]:
-        """The merged candidates, every shard's lists (in shard order) and the statistics the shards scored with."""
+    def candidates(self, queries: Queries) -> tuple[Candidates, list[SourceLists]]:
+        """The merged candidates and every shard's lists (in shard order)."""
         parts, qs = self.scatter(queries)
         lists = SourceLists.merge(parts, self.config.depth)
-        return fused(queries, lists, self.config, [{} for _ in range(len(queries))], qs.qlen), parts, qs
+        return fused(queries, lists, self.config, [{} for _ in range(len(queries))], qs.qlen), parts
 
     def transform(self, queries: Queries) -> Candidates:
         return self.candidates(queries)[0]
 
-    def gather(self, cands: Candidates, parts: list[SourceLists], qs: QueryStats) -> Candidates:
+    def gather(self, cands: Candidates, parts: list[SourceLists]) -> Candidates:
         """The candidates over a candidate-only view of the catalogue (rows ``0..M-1``, in catalogue order; the
         view's ``catalogue_rows[i]`` is view row ``i``'s catalogue row), assembled from the ranker's inputs of
-        each shard's candidates (:meth:`Shard.inputs`), with their BM25 scores and matched terms.
+        each shard's candidates (:meth:`Shard.inputs`), with their BM25 scores and matched terms (as the shards
+        scored them for their lists).
 
         ``parts``: the shards' lists the candidates were merged from (:meth:`candidates`); a shard found only
         its own rows, so they say which shard holds each candidate.
         """
         from ..ranking.catalog import CatalogConfig, CatalogTables
-        from ..ranking.lexical import RowScores
 
         held = []  # held[shard][b]: the catalogue rows of query b's candidates that the shard holds
         for p in parts:
@@ -503,7 +500,7 @@ class ShardRouter(Stage):
                 mine = np.concatenate([p.rows[src][b] for src in p.rows] + [np.zeros(0, np.int64)])
                 held[-1].append(r[np.isin(r, mine)])
         ask = [i for i, h in enumerate(held) if sum(len(r) for r in h)]  # a shard with no candidates is not called
-        got = _gather([self.shards[i].inputs(cands.queries, qs, held[i]) for i in ask])
+        got = _gather([self.shards[i].inputs(held[i]) for i in ask])
         every = np.concatenate([g["rows"] for g in got] + [np.zeros(0, np.int64)])
         order = np.argsort(every, kind="stable")
         grows = every[order]
@@ -533,8 +530,8 @@ class ShardRouter(Stage):
             lex.append({})
             for f in LEXICAL_FIELDS:
                 r = np.concatenate([np.searchsorted(grows, held[i][b]) for i in ask] + [np.zeros(0, np.int64)])
-                s = np.concatenate([g["lex"][b][f][0] for g in got] + [np.zeros(0, np.float32)])
-                m = np.concatenate([g["lex"][b][f][1] for g in got] + [np.zeros(0, np.float32)])
+                s = np.concatenate([parts[i].lex[b][f].at(held[i][b]) for i in ask] + [np.zeros(0, np.float32)])
+                m = np.concatenate([parts[i].lex[b][f].matched(held[i][b]) for i in ask] + [np.zeros(0, np.float32)])
                 lex[b][f] = RowScores(r, s, m)
         return Candidates(cands.queries, rows, lex, cands.qlen, cands.sources, cands.scores, cands.lists, view)
 
@@ -583,8 +580,8 @@ class _ShardActor:
     def search(self, queries: Queries, stats: QueryStats) -> SourceLists:
         return self.shard.search(queries, stats)
 
-    def inputs(self, queries: Queries, stats: QueryStats, rows: list[np.ndarray]) -> dict[str, Any]:
-        return self.shard.inputs(queries, stats, rows)
+    def inputs(self, rows: list[np.ndarray]) -> dict[str, Any]:
+        return self.shard.inputs(rows)
 
     def ping(self) -> int:
         return len(self.shard.tables)
@@ -636,8 +633,8 @@ class RayShard:
     def search(self, queries: Queries, stats: QueryStats):
         return self.actor.search.remote(queries, stats)
 
-    def inputs(self, queries: Queries, stats: QueryStats, rows: list[np.ndarray]):
-        return self.actor.inputs.remote(queries, stats, rows)
+    def inputs(self, rows: list[np.ndarray]):
+        return self.actor.inputs.remote(rows)
 
     def next_row(self):
         return self.actor.next_row.remote()
@@ -674,11 +671,6 @@ class RayShard:
         import ray
 
         return ray.get(self.actor.ping.remote())
-
-    def stop(self) -> None:
-        import ray
-
-        ray.kill(self.actor)
 
 
 # the service over shards --------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["RecordLog", "Repair", "scan", "read_from", "encode_record", "read_all", "FILE_MODE"]
+__all__ = ["RecordLog", "Repair", "scan", "read_from", "encode_record", "read_all", "fsync_dir", "write_atomic", "FILE_MODE"]
 
 FILE_MODE = 0o600
 _PREFIX = b'{"_crc":"'
@@ -296,3 +296,25 @@ class RecordLog:
                     os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` by ``data`` so that a crash at any point leaves the old or the new content, whole.
+
+    Written to a temporary file in the same folder, fsync-ed, renamed over ``path``, then the folder fsync-ed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import FusionrankError
+from .wal import write_atomic
 
 __all__ = ["SharedModel", "ThreadsAtFork", "START_METHODS", "default_start_method", "check_single_threaded", "library_threads",
            "load_shared_service", "start_worker_service", "open_shared_service", "serve_workers", "worker_main"]
@@ -168,17 +169,10 @@ class SharedModel:
         self._latest: dict[str, Any] | None = None
 
     def publish(self, model_path: str, version: str) -> None:
-        """Write ``{path, version}`` atomically (temporary file, fsync, rename)."""
-        from .wal import fsync_dir
-
+        """Write ``{path, version}`` atomically (:func:`~fusionrank.serving.wal.write_atomic`)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"path": str(model_path), "version": version, "time": time.time(), "pid": os.getpid()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        doc = {"path": str(model_path), "version": version, "time": time.time(), "pid": os.getpid()}
+        write_atomic(self.path, json.dumps(doc).encode("utf-8"))
 
     def latest(self) -> dict[str, Any] | None:
         """The published ``{path, version}`` (None if none): re-read only when the file changed (one ``stat`` otherwise)."""
