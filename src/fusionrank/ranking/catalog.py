@@ -350,13 +350,17 @@ class CatalogTables:
 
     def _refresh_category_names(self) -> None:
         """Count live products per (lower-cased) category from scratch; writes then keep the counts."""
-        live = self.live[:self.n_rows]
-        cats = pd.Series(self.records[S.CATEGORY][:self.n_rows][live], dtype=object).dropna().astype(str)
-        cats = cats[cats.str.strip() != ""]
-        self._cat_count = cats.str.lower().value_counts().to_dict()
-        self._category_names = {}
-        for c in pd.unique(cats):
-            self._category_names.setdefault(c.lower(), c)
+        count: dict[str, int] = {}
+        names: dict[str, str] = {}
+        for c in self.records[S.CATEGORY][:self.n_rows][self.live[:self.n_rows]]:
+            if c is None or (isinstance(c, float) and c != c):  # no category (None or NaN)
+                continue
+            c = str(c)
+            if c.strip():
+                k = c.lower()
+                count[k] = count.get(k, 0) + 1
+                names.setdefault(k, c)  # as first seen
+        self._cat_count, self._category_names = count, names
 
     # reads ---------------------------------------------------------------------
     def __len__(self) -> int:
