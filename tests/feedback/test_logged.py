@@ -90,3 +90,26 @@ def test_draw_exploration_of_several_positions_draws_distinct_positions_and_rank
         explore_positions(4, ((1, 7), (1, 8)))
     with pytest.raises(FusionrankError, match="distinct"):
         explore_positions(4, ((1, 7), (2, 7)))
+
+
+def test_the_archive_caches_each_rows_vector_key_of_a_catalogue_and_of_a_view():
+    """Keys are computed once per row and kept as bytes; a view's rows are keyed by the catalogue rows they hold."""
+    from types import SimpleNamespace
+
+    from fusionrank.feedback.logged import VectorArchive
+    from fusionrank.modalities import TABLES
+
+    rng = np.random.default_rng(0)
+    n = 2500  # beyond the first block of cached keys
+    emb = {t: rng.normal(size=(n, 4)).astype(np.float32) for t in TABLES}
+    whole = SimpleNamespace(emb=emb)
+    arc = VectorArchive()
+    want = [vector_key([emb[t][r] for t in TABLES]) for r in range(n)]
+    assert [arc.key(whole, r) for r in (2400, 0, 7, 2499)] == [want[2400], want[0], want[7], want[2499]]
+    emb[TABLES[0]][7] += 1  # rows are never rewritten in place: the cached key stands
+    assert arc.key(whole, 7) == want[7] and isinstance(arc.key(whole, 7), str)
+    rows = np.array([5, 1300, 2450])
+    view = SimpleNamespace(emb={t: emb[t][rows] for t in TABLES}, catalogue_rows=rows)
+    assert [arc.key(view, i) for i in range(3)] == [vector_key([emb[t][r] for t in TABLES]) for r in rows]
+    other = SimpleNamespace(emb={t: np.zeros((3, 4), np.float32) for t in TABLES}, catalogue_rows=rows)
+    assert [arc.key(other, i) for i in range(3)] == [want[5], want[1300], want[2450]]  # cached by catalogue row

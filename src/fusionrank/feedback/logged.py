@@ -15,7 +15,7 @@ inputs bit-identical to the served ones, and the scores equal to float32 roundin
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -29,7 +29,10 @@ class VectorArchive:
     """Vector keys of catalogue rows (cached per row: rows are never rewritten in place), and which keys the store has."""
 
     def __init__(self, known: Iterable[str] = ()):
-        self._row_keys: dict[tuple[int, int], str] = {}
+        # per catalogue (the whole one, or a view by id), the key of each row as ASCII bytes in one numpy array (b"":
+        # not computed yet): no Python string per row, so that a worker process forked from a loaded one copies no
+        # page of them when it reads a key (a cached str would have its reference count written)
+        self._row_keys: dict[Any, np.ndarray] = {}
         self._stored: set[str] = set(known)
         self._lock = threading.Lock()
 
@@ -44,11 +47,20 @@ class VectorArchive:
         A sharded search's candidate-only view (:meth:`CatalogTables.view`) lives for one search: its rows are
         cached by the whole catalogue's row they hold (``catalogue_rows``), which no write rewrites either."""
         whole = getattr(catalog, "catalogue_rows", None)
-        at = ("catalogue", int(whole[row])) if whole is not None else (id(catalog), row)
-        k = self._row_keys.get(at)
-        if k is None:
-            k = vector_key(self.rows(catalog, row))
-            self._row_keys[at] = k
+        tag, at = ("catalogue", int(whole[row])) if whole is not None else (id(catalog), int(row))
+        keys = self._row_keys.get(tag)
+        if keys is not None and at < len(keys):
+            k = keys[at]
+            if k:
+                return k.decode("ascii")
+        k = vector_key(self.rows(catalog, row))
+        if keys is None or at >= len(keys):
+            size = max(at + 1, 2 * (0 if keys is None else len(keys)), 1024)
+            grown = np.zeros(size, f"S{len(k)}")  # every key is as long (a fixed-size digest, in hex)
+            if keys is not None:
+                grown[:len(keys)] = keys
+            self._row_keys[tag] = keys = grown
+        keys[at] = k.encode("ascii")
         return k
 
     def remember(self, store) -> None:

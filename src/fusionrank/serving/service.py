@@ -65,7 +65,8 @@ from ..ranking.understand import Verbatim
 from .index import SearchIndex
 from .shards import ShardedIndex
 
-__all__ = ["SearchService", "ModelHandle", "ModelMismatch", "UnknownCategory", "load_handle", "STAGES", "EVENT_TYPES"]
+__all__ = ["SearchService", "ModelHandle", "ModelMismatch", "UnknownCategory", "load_handle", "STAGES", "EVENT_TYPES", "RECENT_SEARCHES",
+           "SHARED_RECENT_SEARCHES"]
 
 EVENT_TYPES = ACTIONS
 
@@ -94,9 +95,15 @@ def load_handle(model_dir: str | Path) -> ModelHandle:
                        [g.name for g in ranker.groups_ or []], md.alpha(), understanding=md.understanding())
 
 
+RECENT_SEARCHES = 100_000  # searches whose id, model and products /events checks from memory (about 1 kB each)
+# one of several workers or replicas looks up in the one event store the searches it does not hold (another one
+# served them, or they are older), so its map is a cache: a small one keeps each worker's memory small
+SHARED_RECENT_SEARCHES = 5_000
+
+
 class SearchService:
     def __init__(self, index: SearchIndex | ShardedIndex, model: ModelHandle, query_encoder: QueryEncoder | None = None,
-                 data_dir: str | Path | None = None, product_encoder=None, recent_searches: int = 100_000,
+                 data_dir: str | Path | None = None, product_encoder=None, recent_searches: int = RECENT_SEARCHES,
                  events=None, feature_logging: bool = True, randomise_share: float | None = None,
                  explore_share: float | None = None, explore_depth: int | None = None,
                  explore_count: int | None = None, grid_columns: int = DEFAULT_GRID_COLUMNS, seed: int | None = None, log=print):
@@ -122,7 +129,7 @@ class SearchService:
         if product_encoder is not None and getattr(product_encoder, "media_dirs", ()) is None:
             product_encoder.media_dirs = self._index_media_dirs()
         self._recent: OrderedDict[str, tuple[str, frozenset]] = OrderedDict()  # search id -> (model version, shown ids)
-        self._recent_max = recent_searches
+        self.recent_searches = recent_searches
         self._log_lock = threading.Lock()
         self._swap_lock = threading.Lock()
         self.stage_observer = None  # callable(stage, seconds), set by the HTTP layer for metrics
@@ -172,7 +179,7 @@ class SearchService:
         purged = self.events.purge()
         if any(purged.values()) and log:
             log(f"event store: retention removed {purged}")
-        for sid, version, shown in self.events.recent_searches(self._recent_max):  # known to /events across restarts
+        for sid, version, shown in self.events.recent_searches(self.recent_searches):  # known to /events across restarts
             self._recent[sid] = (str(version), frozenset(map(str, shown)))
         if archive and self.feature_logging:  # product vectors once, here, not on the search path
             if self.index.sharded:  # the shards' vectors stay in the shards: each product's are stored when first served
@@ -342,7 +349,7 @@ class SearchService:
         t["log_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         with self._log_lock:
             self._recent[sid] = (m.version, frozenset(slate.product_ids))
-            if len(self._recent) > self._recent_max:
+            if len(self._recent) > self.recent_searches:
                 self._recent.popitem(last=False)
         return {"search_id": sid, "query": query, "k": k, "category": category, "model_version": m.version,
                 "grid_columns": self.grid_columns, "randomised": swap is not None, "explored": explore is not None,

@@ -261,18 +261,34 @@ def open_shared_service(cfg: dict, number: int, log):
     return start_worker_service(load_shared_service(cfg, log), cfg, number, "spawn", log)
 
 
-def _serve(svc, number: int, sock: socket.socket, ready_fd: int, admin_key: str | None, events_key: str | None,
-           log: Callable[[str], None]) -> None:
-    """Serve ``svc`` on ``sock`` until SIGINT/SIGTERM (uvicorn's handlers), after telling the supervisor on ``ready_fd``."""
-    import faulthandler
-
+def _server(svc, admin_key: str | None, events_key: str | None, worker: int | None):
+    """The HTTP app over ``svc`` under a loaded uvicorn server (not started). Built in a forking supervisor before
+    :func:`gc.freeze` (``worker`` None: each worker adds its ``X-Fusionrank-Worker`` header after the fork), so the
+    workers share the app's routes, pydantic validators and uvicorn's protocol modules instead of each building them."""
     import uvicorn
 
     from .http.app import H11_MAX_INCOMPLETE_EVENT, create_app
 
+    app = create_app(svc, admin_key, events_key, worker=worker)
+    config = uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)
+    config.load()  # imports the protocol classes and wraps the app (no socket, no loop)
+    config.get_loop_factory()  # imports the event loop's module (uvloop when installed); the loop is made in the worker
+    return uvicorn.Server(config)
+
+
+def _serve(svc, number: int, sock: socket.socket, ready_fd: int, admin_key: str | None, events_key: str | None,
+           log: Callable[[str], None], server=None) -> None:
+    """Serve ``svc`` on ``sock`` until SIGINT/SIGTERM (uvicorn's handlers), after telling the supervisor on ``ready_fd``;
+    ``server``: one :func:`_server` built before the fork (with no worker header: it is added here)."""
+    import faulthandler
+
+    from .http.app import WorkerHeader
+
     faulthandler.enable(all_threads=True)  # a worker that crashes in native code says where (the supervisor restarts it)
-    app = create_app(svc, admin_key, events_key, worker=number)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
+    if server is None:
+        server = _server(svc, admin_key, events_key, number)
+    else:
+        server.config.app.add_middleware(WorkerHeader, worker=number)  # before its first request builds the stack
     log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")  # before the
     try:  # supervisor, once every worker is ready, prints the address on the same stdout
         with os.fdopen(ready_fd, "w") as f:
@@ -283,6 +299,31 @@ def _serve(svc, number: int, sock: socket.socket, ready_fd: int, admin_key: str 
         server.run(sockets=[sock])
     finally:
         svc.close()
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+MALLOC_THRESHOLD = 128 * 1024
+
+
+def _fixed_malloc_thresholds() -> None:
+    """Keep glibc malloc's mmap and trim thresholds at 128 KiB in this process (a no-op without glibc).
+
+    By default glibc raises its mmap threshold to the size of any large block that is freed (up to 32 MiB) and its
+    trim threshold to twice that: a search's large temporaries (numpy arrays of the candidates' features) are then
+    carved from the heap of the malloc arena of the thread that ran it, and each arena keeps several MB it never
+    returns; uvicorn runs requests in a pool of threads, each with an arena of its own. Fixed thresholds (setting
+    either one turns the adjustment off) make a large block its own mapping, returned when freed, and an arena give
+    back its free top beyond 128 KiB."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    mallopt(M_MMAP_THRESHOLD, MALLOC_THRESHOLD)
+    mallopt(M_TRIM_THRESHOLD, MALLOC_THRESHOLD)
 
 
 def _worker_log(number: int) -> Callable[[str], None]:
@@ -324,7 +365,7 @@ class _Forked:
 
 
 def _fork_worker(svc, cfg: dict, number: int, sock: socket.socket, admin_key: str, events_key: str,
-                 allowed: dict[int, str]) -> tuple[_Forked, int]:
+                 allowed: dict[int, str], server=None) -> tuple[_Forked, int]:
     """Fork worker ``number`` from this loaded process, which runs no thread but ``allowed`` (:func:`library_threads`);
     returns it and the read end of its readiness pipe."""
     check_single_threaded(allowed)
@@ -342,10 +383,11 @@ def _fork_worker(svc, cfg: dict, number: int, sock: socket.socket, admin_key: st
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         import torch
 
+        _fixed_malloc_thresholds()
         torch.set_num_threads(int(cfg["threads"]))  # its pool, if more than one thread, is created in this process
         log = _worker_log(number)
         start_worker_service(svc, cfg, number, "fork", log)
-        _serve(svc, number, sock, w, admin_key, events_key, log)
+        _serve(svc, number, sock, w, admin_key, events_key, log, server)
         code = 0
     except KeyboardInterrupt:
         code = 0
@@ -397,7 +439,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
     sock = _listen(host, port)
     procs: dict[int, Any] = {}  # worker number -> subprocess.Popen (spawn) or _Forked
     stopping = False
-    svc = None
+    svc = server = None
     t0 = time.perf_counter()
     try:
         if start_method == "fork":
@@ -406,6 +448,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             torch.set_num_threads(1)  # no intra-op pool in the supervisor; each worker sets its own after the fork
             svc = load_shared_service(args, lambda m: log(f"supervisor: {m}"))
             svc.close_events()  # a connection and a checkpointer thread are per process: each worker opens its own
+            server = _server(svc, admin_key, events_key, None)  # the app and uvicorn's modules, shared by the workers
             gc.collect()
             gc.freeze()  # what is loaded now stays out of every later collection, in the supervisor and in the workers
             check_single_threaded(allowed)
@@ -424,7 +467,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
     def start(i: int) -> int:
         """Start worker ``i``; returns the read end of its readiness pipe."""
         if start_method == "fork":
-            procs[i], r = _fork_worker(svc, args, i, sock, admin_key, events_key, allowed)
+            procs[i], r = _fork_worker(svc, args, i, sock, admin_key, events_key, allowed, server)
             return r
         r, w = os.pipe()
         procs[i] = subprocess.Popen([sys.executable, "-m", "fusionrank.serving.workers", "--worker", str(i),
