@@ -301,31 +301,6 @@ def _serve(svc, number: int, sock: socket.socket, ready_fd: int, admin_key: str 
         svc.close()
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-MALLOC_THRESHOLD = 128 * 1024
-
-
-def _fixed_malloc_thresholds() -> None:
-    """Keep glibc malloc's mmap and trim thresholds at 128 KiB in this process (a no-op without glibc).
-
-    By default glibc raises its mmap threshold to the size of any large block that is freed (up to 32 MiB) and its
-    trim threshold to twice that: a search's large temporaries (numpy arrays of the candidates' features) are then
-    carved from the heap of the malloc arena of the thread that ran it, and each arena keeps several MB it never
-    returns; uvicorn runs requests in a pool of threads, each with an arena of its own. Fixed thresholds (setting
-    either one turns the adjustment off) make a large block its own mapping, returned when freed, and an arena give
-    back its free top beyond 128 KiB."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    mallopt(M_MMAP_THRESHOLD, MALLOC_THRESHOLD)
-    mallopt(M_TRIM_THRESHOLD, MALLOC_THRESHOLD)
-
-
 def _worker_log(number: int) -> Callable[[str], None]:
     def log(msg: str) -> None:
         # one write per line: unbuffered (PYTHONUNBUFFERED), print() writes the text and its newline apart, and a line
@@ -383,7 +358,6 @@ def _fork_worker(svc, cfg: dict, number: int, sock: socket.socket, admin_key: st
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         import torch
 
-        _fixed_malloc_thresholds()
         torch.set_num_threads(int(cfg["threads"]))  # its pool, if more than one thread, is created in this process
         log = _worker_log(number)
         start_worker_service(svc, cfg, number, "fork", log)
