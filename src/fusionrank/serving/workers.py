@@ -261,15 +261,15 @@ def open_shared_service(cfg: dict, number: int, log):
     return start_worker_service(load_shared_service(cfg, log), cfg, number, "spawn", log)
 
 
-def _server(svc, admin_key: str | None, events_key: str | None, worker: int | None):
-    """The HTTP app over ``svc`` under a loaded uvicorn server (not started). Built in a forking supervisor before
-    :func:`gc.freeze` (``worker`` None: each worker adds its ``X-Fusionrank-Worker`` header after the fork), so the
-    workers share the app's routes, pydantic validators and uvicorn's protocol modules instead of each building them."""
+def _server(svc, admin_key: str | None, events_key: str | None):
+    """The HTTP app over ``svc`` under a loaded uvicorn server (not started), without the worker's header (each
+    worker adds its own in :func:`_serve`). Built in a forking supervisor before :func:`gc.freeze`, so the workers
+    share the app's routes, pydantic validators and uvicorn's protocol modules instead of each building them."""
     import uvicorn
 
     from .http.app import H11_MAX_INCOMPLETE_EVENT, create_app
 
-    app = create_app(svc, admin_key, events_key, worker=worker)
+    app = create_app(svc, admin_key, events_key)
     config = uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)
     config.load()  # imports the protocol classes and wraps the app (no socket, no loop)
     config.get_loop_factory()  # imports the event loop's module (uvloop when installed); the loop is made in the worker
@@ -279,16 +279,14 @@ def _server(svc, admin_key: str | None, events_key: str | None, worker: int | No
 def _serve(svc, number: int, sock: socket.socket, ready_fd: int, admin_key: str | None, events_key: str | None,
            log: Callable[[str], None], server=None) -> None:
     """Serve ``svc`` on ``sock`` until SIGINT/SIGTERM (uvicorn's handlers), after telling the supervisor on ``ready_fd``;
-    ``server``: one :func:`_server` built before the fork (with no worker header: it is added here)."""
+    ``server``: the :func:`_server` built before the fork (none: built here); this worker's header is added here."""
     import faulthandler
 
     from .http.app import WorkerHeader
 
     faulthandler.enable(all_threads=True)  # a worker that crashes in native code says where (the supervisor restarts it)
-    if server is None:
-        server = _server(svc, admin_key, events_key, number)
-    else:
-        server.config.app.add_middleware(WorkerHeader, worker=number)  # before its first request builds the stack
+    server = server or _server(svc, admin_key, events_key)
+    server.config.app.add_middleware(WorkerHeader, worker=number)  # before its first request builds the stack
     log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")  # before the
     try:  # supervisor, once every worker is ready, prints the address on the same stdout
         with os.fdopen(ready_fd, "w") as f:
@@ -422,7 +420,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             torch.set_num_threads(1)  # no intra-op pool in the supervisor; each worker sets its own after the fork
             svc = load_shared_service(args, lambda m: log(f"supervisor: {m}"))
             svc.close_events()  # a connection and a checkpointer thread are per process: each worker opens its own
-            server = _server(svc, admin_key, events_key, None)  # the app and uvicorn's modules, shared by the workers
+            server = _server(svc, admin_key, events_key)  # the app and uvicorn's modules, shared by the workers
             gc.collect()
             gc.freeze()  # what is loaded now stays out of every later collection, in the supervisor and in the workers
             check_single_threaded(allowed)
