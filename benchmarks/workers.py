@@ -1,7 +1,7 @@
 """Throughput and memory of `fusionrank serve --workers N` for N = 1, 2, 4 at 44k products, one run.
 
     python benchmarks/workers.py [--model M] [--requests 1500] [--workers 1,2,4] [--start-method fork[,spawn]]
-                                 [--table-dtype float16] [--results DIR]
+                                 [--table-dtype float16] [--results DIR] [--one-process-concurrency 1]
 
 For each N the real CLI server is started (`python -m fusionrank.cli serve MODEL --workers N
 --start-method S`; N = 1 is the plain one-process service; each N > 1 once per start method: ``fork``,
@@ -9,7 +9,10 @@ workers forked from a supervisor that loaded everything, or ``spawn``, workers t
 themselves) over the same saved index, and ``benchmarks/loadgen.py`` drives it
 from its own process: 8 clients, each a thread with its own keep-alive connection (the kernel gives
 each new connection to one worker), ``--requests`` distinct fashion44k train+dev query texts (the same
-list for every N), k=10, 200 candidates re-ranked with explanations, as the page asks.
+list for every N), k=10, 200 candidates re-ranked with explanations, as the page asks. Each process
+ranks the server's default number of searches at once (2 alone, 1 as one of several workers; read
+back from ``GET /stats``); ``--one-process-concurrency 1`` also runs the one-process service ranking one
+at a time, and the throughput ratios are taken to the faster one-process arm.
 
 Memory is read from ``/proc/PID/smaps_rollup`` of the supervisor and every worker after the load:
 PSS (proportional set size: a page shared by n processes counts 1/n in each), so the sum over
@@ -214,10 +217,11 @@ def top10(url: str, qs: list[str]) -> list[list[str]]:
 
 
 def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int, tmp: Path,
-        start_method: str | None = None, shards: int | None = None, agree: int = 0) -> dict:
+        start_method: str | None = None, shards: int | None = None, agree: int = 0,
+        search_concurrency: int | None = None) -> dict:
     """One server (``start_method`` "ray": ``serve --engine ray --replicas n_workers``; ``shards``: one process over
-    that many Ray-actor shards, ``serve --shards K``) under the load generator; then, with ``agree``, the top 10 of
-    the first ``agree`` queries."""
+    that many Ray-actor shards, ``serve --shards K``; ``search_concurrency``: ``serve --search-concurrency``, else the
+    server's default) under the load generator; then, with ``agree``, the top 10 of the first ``agree`` queries."""
     port = free_port()
     shutil.rmtree(model / "service-data", ignore_errors=True)  # each run starts with an empty event store
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "FUSIONRANK_ADMIN_KEY": "bench", "PYTHONPATH": SRC}
@@ -227,6 +231,8 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
     how = ["--engine", "ray", "--replicas", str(n_workers)] if ray else ["--workers", str(n_workers), *method]
     if shards:
         how = ["--shards", str(shards)]
+    if search_concurrency:
+        how += ["--search-concurrency", str(search_concurrency)]
     srv = subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port), *how],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
@@ -252,6 +258,9 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
         wall = time.perf_counter() - wall0  # the load generator's start-up and warm-up included
         r = json.loads(out.read_text())
         lists = top10(f"http://127.0.0.1:{port}", qs[:agree]) if agree else None
+        import httpx
+
+        at_once = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=60).json().get("searches_at_once")  # one process's
         ok = [s == 200 for s in r["status"]]
         procs = []
         for pid in pids:
@@ -265,6 +274,7 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                           "anonymous_kb": ru.get("Anonymous", 0),
                           "index_files": mapped_under(pid, model / "index")})
         return {"workers": n_workers, "start_method": start_method if (n_workers > 1 or ray) else None, "shards": shards,
+                "searches_at_once": at_once,
                 "top10": lists, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
                 "start_seconds": start_s, "throughput_rps": requests / r["wall_seconds"], "latency_ms": pct(r["latency_ms"]),
                 "server_total_ms": pct([s["total_ms"] for s, g in zip(r["server_ms"], ok) if g and s]),
@@ -313,7 +323,8 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
     idx = res["index"]
     size_mb = idx["index_bytes"] / 1e6
     runs = res["runs"]
-    one = next(r for r in runs if r["workers"] == 1)
+    one = next(r for r in runs if r["workers"] == 1)  # the one-process service as served by default: memory's reference
+    best = max((r for r in runs if r["workers"] == 1 and not r.get("shards")), key=lambda r: r["throughput_rps"])
     scale = f"{idx['products']:,} products" + (f" (fashion44k replicated {res['copies']}x, perturbed vectors)"
                                                 if res.get("copies", 1) > 1 else "")
     L = [f"# `fusionrank serve --workers N`: throughput and memory at {scale} (one run)", "",
@@ -328,8 +339,10 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
          "*Load generator cores*: the CPU the load generator itself used (it shares the two cores); *ceiling*: the "
          "requests/s the cores it leaves would give at this arm's server CPU per request, (the machine's cores - load "
          "generator cores) / (CPU s per request), as a multiple of the one-process service's requests/s.", "",
-         "| workers | start | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | server CPU cores used | server CPU ms / request | load generator cores | ceiling (x 1 worker) | PSS of the service | added per extra worker | share of index size | marginal per worker | share of index size | start s |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "*Ratio to 1 worker*: to the faster of the one-process arms (each setting of searches ranked at once). "
+         "*Searches at once*: how many searches each process ranks at once, the rest queueing (`GET /stats`).", "",
+         "| workers | start | searches at once | requests/s | ratio to 1 worker | p50 ms | p99 ms | failed | server CPU cores used | server CPU ms / request | load generator cores | ceiling (x 1 worker) | PSS of the service | added per extra worker | share of index size | marginal per worker | share of index size | start s |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     prev: dict[str | None, dict] = {}
     for r in runs:
         n, how = r["workers"], r.get("start_method")
@@ -339,9 +352,10 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
         if n > 1:
             prev[how] = r
         label = how or (f"{r['shards']} Ray shards" if r.get("shards") else "-")
-        L.append(f"| {n} | {label} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / one['throughput_rps']:.2f} | "
+        L.append(f"| {n} | {label} | {r.get('searches_at_once') or '-'} | {r['throughput_rps']:.1f} | "
+                 f"{r['throughput_rps'] / best['throughput_rps']:.2f} | "
                  f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {r['failed']} | {r['server_cores_used']:.2f} | "
-                 f"{r['server_cpu_ms_per_request']:.1f} | " + _ceiling(r, one) + f"{r['pss_total_kb'] / 1e3:,.0f} MB | "
+                 f"{r['server_cpu_ms_per_request']:.1f} | " + _ceiling(r, best) + f"{r['pss_total_kb'] / 1e3:,.0f} MB | "
                  + (f"{added:,.0f} MB | {added / size_mb:.2f} |" if added is not None else "- | - |")
                  + (f" {marginal:,.0f} MB | {marginal / size_mb:.2f} |" if marginal is not None else " - | - |")
                  + f" {r['start_seconds']:.0f} |")
@@ -403,6 +417,8 @@ def main() -> None:
     ap.add_argument("--shards", default="", help="also `serve --shards K` (one process, K Ray-actor shards) with these "
                     "shard counts, e.g. 2,4; their top 10 of --agree queries are compared with the one-process service's")
     ap.add_argument("--agree", type=int, default=100, help="with --shards: queries whose top 10 are compared")
+    ap.add_argument("--one-process-concurrency", default="", help="also the one-process service ranking this many "
+                    "searches at once (serve --search-concurrency), e.g. 1; after its default run")
     a = ap.parse_args()
     methods = [m.strip() for m in a.start_method.split(",") if m.strip()]
     res = {"command": "python " + " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
@@ -425,6 +441,11 @@ def main() -> None:
                 res["runs"].append(r)
                 log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
                     f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
+            for c in ([int(x) for x in a.one_process_concurrency.split(",") if x.strip()] if n == 1 else []):
+                log(f"1 worker ranking {c} search(es) at once: {a.clients} clients, {a.requests} requests")
+                r = run(model, 1, qs, a.requests, a.clients, Path(tmp), search_concurrency=c)
+                res["runs"].append(r)
+                log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms")
         for n in [int(x) for x in a.ray_replicas.split(",") if x.strip()]:
             log(f"Ray Serve, {n} replica(s): {a.clients} clients, {a.requests} requests")
             r = run(model, n, qs, a.requests, a.clients, Path(tmp), "ray")
@@ -445,10 +466,11 @@ def main() -> None:
     res["machine_after"] = machine()
     write(res, a.results, a.stem)
     one = res["runs"][0]
+    best = max((r for r in res["runs"] if r["workers"] == 1 and not r.get("shards")), key=lambda r: r["throughput_rps"])
     size_mb = res["index"]["index_bytes"] / 1e6
     for r in (r for r in res["runs"] if r["workers"] > 1):
         added = (r["pss_total_kb"] - one["pss_total_kb"]) / (r["workers"] - 1) / 1e3
-        log(f"{r['workers']} workers ({r['start_method']}): {r['throughput_rps'] / one['throughput_rps']:.2f}x the requests/s of 1; "
+        log(f"{r['workers']} workers ({r['start_method']}): {r['throughput_rps'] / best['throughput_rps']:.2f}x the requests/s of 1; "
             f"{added:,.0f} MB added per extra worker = {added / size_mb:.2f} of the index ({size_mb:,.0f} MB)")
     log(f"wrote {a.results / (a.stem + '.md')}")
 

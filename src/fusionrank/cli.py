@@ -276,6 +276,9 @@ def serve(
                                          "before the re-rank (split beside the index the first time, or with --rebuild)"),
     shard_engine: str = typer.Option("ray", help="with --shards: where the shards run: ray (one actor each) or local "
                                      "(in this process)"),
+    search_concurrency: Optional[int] = typer.Option(None, min=1, help="searches one serving process ranks at once, the "
+                                                     "rest queueing (default: $FUSIONRANK_SEARCH_CONCURRENCY, else 2 "
+                                                     "for one process and 1 per worker or replica)"),
 ):
     """Serve MODEL over HTTP: search API, product admin, events, metrics and the search page.
 
@@ -284,7 +287,7 @@ def serve(
         _fail(FusionrankError(f"unknown serve engine {engine!r}; valid: {', '.join(SERVE_ENGINES)}"))
     # every engine's services read these settings (workers and Ray replicas inherit the variables)
     for name, value in (("FUSIONRANK_EXPLORE_SHARE", explore_share), ("FUSIONRANK_EXPLORE_DEPTH", explore_depth),
-                        ("FUSIONRANK_EXPLORE_COUNT", explore_count)):
+                        ("FUSIONRANK_EXPLORE_COUNT", explore_count), ("FUSIONRANK_SEARCH_CONCURRENCY", search_concurrency)):
         if value is not None:
             os.environ[name] = str(value)
     if shards is not None and (engine == "ray" or workers > 1):

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     explore_share: float = Field(0.0, ge=0, le=1)
     explore_depth: int = Field(50, ge=2)
     explore_count: int = Field(1, ge=1)
+    search_concurrency: int | None = Field(None, ge=1)  # searches one serving process ranks at once (default: see
+    # fusionrank.serving.http.app.searches_at_once)
 
     @property
     def upload_root_paths(self) -> list[Path]:

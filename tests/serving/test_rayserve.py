@@ -66,6 +66,7 @@ def test_an_acknowledged_write_is_seen_by_every_replica(served):
         assert rs[0].status_code == 404
     stats = each_replica(url, lambda c: c.get("/stats"), times=1)
     assert len({rs[0].json()["products"] for rs in stats.values()}) == 1
+    assert all(rs[0].json()["searches_at_once"] == 1 for rs in stats.values())  # one of two replicas
 
 
 def test_a_model_swap_reaches_every_replica(served, tiny_lgbm_model):

@@ -87,6 +87,7 @@ def test_an_acknowledged_write_is_seen_by_every_worker(served):
     # the stats of every worker count the same products
     stats = each_worker(url, lambda c: c.get("/stats"), times=1)
     assert len({rs[0].json()["products"] for rs in stats.values()}) == 1
+    assert all(rs[0].json()["searches_at_once"] == 1 for rs in stats.values())  # the processes fill the cores
 
 
 def test_an_event_may_name_a_search_another_worker_served(served):
@@ -167,7 +168,9 @@ def test_a_worker_killed_with_sigkill_is_started_again_and_serves_what_the_other
     url, admin = server.url + "/", {"X-API-Key": ADMIN}
     supervisor = server.proc.pid
     try:
-        stats = {w: rs[0].json()["worker"] for w, rs in each_worker(url, lambda c: c.get("/stats"), times=1).items()}
+        full = {w: rs[0].json() for w, rs in each_worker(url, lambda c: c.get("/stats"), times=1).items()}
+        assert all(st["searches_at_once"] == 1 for st in full.values())  # built before the fork or in the spawned worker
+        stats = {w: st["worker"] for w, st in full.items()}
         for w, st in stats.items():
             assert st["started_by"] == start_method
             if start_method == "fork":  # loaded once, by the supervisor, before the fork: no worker loaded the model again

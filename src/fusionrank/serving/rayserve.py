@@ -46,7 +46,7 @@ class SearchReplica:
 
         from ray import serve
 
-        from .http.app import create_app
+        from .http.app import create_app, searches_at_once
         from .workers import open_shared_service
 
         torch.set_num_threads(int(cfg["threads"]))
@@ -60,7 +60,8 @@ class SearchReplica:
 
         svc = open_shared_service(cfg, self.rank, log)
         self.service = svc
-        self.http_app = create_app(svc, cfg["admin_key"], cfg["events_key"], worker=self.rank)  # (Ray Serve owns `app`)
+        self.http_app = create_app(svc, cfg["admin_key"], cfg["events_key"], worker=self.rank,  # (Ray Serve owns `app`)
+                                   max_concurrent_searches=searches_at_once(int(cfg["replicas"])))
         log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")
 
     def __serve_build_asgi_app__(self):
@@ -104,7 +105,8 @@ def start(model: Path, replicas: int, address: str | None = None, host: str = "1
     cfg = {"model": str(md.path.resolve()), "index": str(index_dir.resolve()), "threads": threads,
            "randomise_share": randomise_share, "feature_logging": feature_logging,
            "registry": str(Path(registry).resolve()) if registry else None, "poll": poll,
-           "admin_key": admin_key or secrets.token_urlsafe(24), "events_key": events_key or secrets.token_urlsafe(16)}
+           "admin_key": admin_key or secrets.token_urlsafe(24), "events_key": events_key or secrets.token_urlsafe(16),
+           "replicas": replicas}  # the same for replica 0 alone and for all: Ray Serve then only adds replicas
     env = {k: v for k, v in os.environ.items() if k.startswith("FUSIONRANK_") and k not in ("FUSIONRANK_ADMIN_KEY",
                                                                                            "FUSIONRANK_EVENTS_KEY")}
     env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})

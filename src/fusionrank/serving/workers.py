@@ -261,15 +261,16 @@ def open_shared_service(cfg: dict, number: int, log):
     return start_worker_service(load_shared_service(cfg, log), cfg, number, "spawn", log)
 
 
-def _server(svc, admin_key: str | None, events_key: str | None):
+def _server(svc, admin_key: str | None, events_key: str | None, workers: int):
     """The HTTP app over ``svc`` under a loaded uvicorn server (not started), without the worker's header (each
-    worker adds its own in :func:`_serve`). Built in a forking supervisor before :func:`gc.freeze`, so the workers
-    share the app's routes, pydantic validators and uvicorn's protocol modules instead of each building them."""
+    worker adds its own in :func:`_serve`), ranking :func:`~.http.app.searches_at_once` of ``workers`` at once. Built
+    in a forking supervisor before :func:`gc.freeze`, so the workers share the app's routes, pydantic validators and
+    uvicorn's protocol modules instead of each building them."""
     import uvicorn
 
-    from .http.app import H11_MAX_INCOMPLETE_EVENT, create_app
+    from .http.app import H11_MAX_INCOMPLETE_EVENT, create_app, searches_at_once
 
-    app = create_app(svc, admin_key, events_key)
+    app = create_app(svc, admin_key, events_key, max_concurrent_searches=searches_at_once(workers))
     config = uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)
     config.load()  # imports the protocol classes and wraps the app (no socket, no loop)
     config.get_loop_factory()  # imports the event loop's module (uvloop when installed); the loop is made in the worker
@@ -277,15 +278,14 @@ def _server(svc, admin_key: str | None, events_key: str | None):
 
 
 def _serve(svc, number: int, sock: socket.socket, ready_fd: int, admin_key: str | None, events_key: str | None,
-           log: Callable[[str], None], server=None) -> None:
+           log: Callable[[str], None], server) -> None:
     """Serve ``svc`` on ``sock`` until SIGINT/SIGTERM (uvicorn's handlers), after telling the supervisor on ``ready_fd``;
-    ``server``: the :func:`_server` built before the fork (none: built here); this worker's header is added here."""
+    ``server``: the :func:`_server` (built before the fork, or in a spawned worker); this worker's header is added here."""
     import faulthandler
 
     from .http.app import WorkerHeader
 
     faulthandler.enable(all_threads=True)  # a worker that crashes in native code says where (the supervisor restarts it)
-    server = server or _server(svc, admin_key, events_key)
     server.config.app.add_middleware(WorkerHeader, worker=number)  # before its first request builds the stack
     log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")  # before the
     try:  # supervisor, once every worker is ready, prints the address on the same stdout
@@ -338,7 +338,7 @@ class _Forked:
 
 
 def _fork_worker(svc, cfg: dict, number: int, sock: socket.socket, admin_key: str, events_key: str,
-                 allowed: dict[int, str], server=None) -> tuple[_Forked, int]:
+                 allowed: dict[int, str], server) -> tuple[_Forked, int]:
     """Fork worker ``number`` from this loaded process, which runs no thread but ``allowed`` (:func:`library_threads`);
     returns it and the read end of its readiness pipe."""
     check_single_threaded(allowed)
@@ -420,7 +420,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             torch.set_num_threads(1)  # no intra-op pool in the supervisor; each worker sets its own after the fork
             svc = load_shared_service(args, lambda m: log(f"supervisor: {m}"))
             svc.close_events()  # a connection and a checkpointer thread are per process: each worker opens its own
-            server = _server(svc, admin_key, events_key)  # the app and uvicorn's modules, shared by the workers
+            server = _server(svc, admin_key, events_key, workers)  # the app and uvicorn's modules, shared by the workers
             gc.collect()
             gc.freeze()  # what is loaded now stays out of every later collection, in the supervisor and in the workers
             check_single_threaded(allowed)
@@ -516,8 +516,10 @@ def worker_main(argv: list[str] | None = None) -> None:
     log = _worker_log(a.worker)
     svc = open_shared_service(cfg, a.worker, log)
     st = get_settings()
-    _serve(svc, a.worker, socket.socket(fileno=a.fd), a.ready_fd, st.admin_key.get_secret_value() if st.admin_key else None,
-           st.events_key.get_secret_value() if st.events_key else None, log)
+    admin_key = st.admin_key.get_secret_value() if st.admin_key else None
+    events_key = st.events_key.get_secret_value() if st.events_key else None
+    _serve(svc, a.worker, socket.socket(fileno=a.fd), a.ready_fd, admin_key, events_key, log,
+           _server(svc, admin_key, events_key, int(cfg["workers"])))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from fusionrank.serving.app import create_app
+from fusionrank.serving.http.app import searches_at_once
 
 
 def test_two_apps_keep_their_own_service_keys_and_metrics(service_factory):
@@ -47,3 +50,22 @@ def test_only_ranking_waits_for_the_search_gate(service_factory, live_server):
             app.state.search_gate.release()
         waiting.join(30)
     assert statuses == [200]
+
+
+def test_one_process_ranks_two_searches_at_once_and_one_of_several_ranks_one_unless_told(service_factory, monkeypatch):
+    monkeypatch.delenv("FUSIONRANK_SEARCH_CONCURRENCY", raising=False)
+    assert (searches_at_once(), searches_at_once(1), searches_at_once(2), searches_at_once(4)) == (2, 2, 1, 1)
+    svc = service_factory("gate-size")
+    with TestClient(create_app(svc, "admin", "ev")) as c:
+        assert c.get("/stats").json()["searches_at_once"] == 2
+    with TestClient(create_app(svc, "admin", "ev", max_concurrent_searches=searches_at_once(3))) as c:
+        assert c.get("/stats").json()["searches_at_once"] == 1
+    monkeypatch.setenv("FUSIONRANK_SEARCH_CONCURRENCY", "3")  # serve --search-concurrency 3
+    assert (searches_at_once(1), searches_at_once(4)) == (3, 3)
+    app = create_app(svc, "admin", "ev")
+    for _ in range(3):  # the gate holds three searches, not a fourth
+        assert app.state.search_gate.acquire(blocking=False)
+    assert not app.state.search_gate.acquire(blocking=False)
+    monkeypatch.setenv("FUSIONRANK_SEARCH_CONCURRENCY", "0")
+    with pytest.raises(ValidationError, match="search_concurrency"):
+        searches_at_once(2)

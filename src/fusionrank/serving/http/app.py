@@ -73,20 +73,39 @@ class WorkerHeader:
         await self.app(scope, receive, tagged)
 
 
+#: searches one process ranks at once, the rest queueing (their Python stages hold the GIL, so more at once only
+#: contend for it): alone, a process ranks two, one search's GIL-free stages (ONNX, faiss, torch) overlapping the
+#: other's Python; one of several (a worker, a Ray Serve replica) ranks one, and the processes fill the cores.
+#: Measured at 44k products on 2 cores, 8 clients (benchmarks/results/workers_44k.md): one process 129 requests/s
+#: ranking two at once, 122 one at a time; two workers 227 one at a time each, 211 two at a time.
+SEARCHES_AT_ONCE = {"alone": 2, "one of several": 1}
+
+
+def searches_at_once(processes: int = 1) -> int:
+    """Searches one of ``processes`` serving processes ranks at once: ``FUSIONRANK_SEARCH_CONCURRENCY``
+    (``serve --search-concurrency``) if set, else :data:`SEARCHES_AT_ONCE`."""
+    from ...settings import get_settings
+
+    given = get_settings().search_concurrency
+    return given or SEARCHES_AT_ONCE["alone" if processes == 1 else "one of several"]
+
+
 def create_app(service: SearchService, admin_key: str | None = None, events_key: str | None = None,
-               max_concurrent_searches: int = 2, events_rate: float | None = None, events_burst: int | None = None,
-               worker: int | None = None) -> FastAPI:
+               max_concurrent_searches: int | None = None, events_rate: float | None = None,
+               events_burst: int | None = None, worker: int | None = None) -> FastAPI:
     """The FastAPI app over ``service``; this module's docstring is its OpenAPI description.
 
     A missing key is generated at random (the page embeds the events key; the admin
     key is then unknown to anyone). At most ``max_concurrent_searches`` searches rank
-    at once; the rest queue instead of contending for the GIL.
+    at once (default: :func:`searches_at_once` of one process); the rest queue instead of
+    contending for the GIL.
     """
     app = FastAPI(title="fusionrank search", version="1", description=__doc__, exception_handlers=EXCEPTION_HANDLERS)
     app.state.service = service
     app.state.admin_key = admin_key or secrets.token_urlsafe(24)
     app.state.events_key = events_key or secrets.token_urlsafe(16)
-    app.state.search_gate = threading.Semaphore(max_concurrent_searches)
+    app.state.searches_at_once = max_concurrent_searches or searches_at_once()
+    app.state.search_gate = threading.Semaphore(app.state.searches_at_once)
     app.state.metrics = Metrics(service)
     if events_rate is None or events_burst is None:
         from ...settings import get_settings

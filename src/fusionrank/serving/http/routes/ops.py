@@ -23,8 +23,9 @@ def healthz(service: ServiceDep) -> dict[str, Any]:
 @router.get("/stats", summary="Index, model, cache and log-repair details")
 def stats(service: ServiceDep, request: Request,
           x_api_key: Annotated[str | None, Header(description="optional admin key: adds server paths")] = None) -> dict[str, Any]:
-    """``logs`` counts what opening each append-only log repaired; ``model_path`` only with the admin key."""
-    return service.stats(admin=is_admin(request, x_api_key))
+    """``logs`` counts what opening each append-only log repaired; ``searches_at_once``: how many searches this process
+    ranks at once (the rest queue); ``model_path`` only with the admin key."""
+    return {**service.stats(admin=is_admin(request, x_api_key)), "searches_at_once": request.app.state.searches_at_once}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
