@@ -6,6 +6,7 @@ and the tests keep asking on new connections until every worker has answered.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import threading
 import time
@@ -221,3 +222,50 @@ def test_forking_is_refused_while_another_thread_runs():
     finally:
         stop.set()
         t.join()
+
+
+ARENA_PROBE = """
+import ctypes, os, sys, threading
+from fusionrank.serving.workers import one_malloc_arena
+
+def arenas():  # glibc's malloc_stats() writes one "Arena N:" block per arena to stderr (fd 2)
+    r, w = os.pipe()
+    saved = os.dup(2)
+    os.dup2(w, 2)
+    ctypes.CDLL(None).malloc_stats()
+    os.dup2(saved, 2)
+    os.close(w)
+    with os.fdopen(r) as f:
+        return sum(line.startswith("Arena ") for line in f.read().splitlines())
+
+before = arenas()
+if sys.argv[1] == "one":
+    one_malloc_arena()
+together = threading.Barrier(6)
+
+def work():  # six threads alive at once, each allocating and freeing
+    together.wait()
+    for _ in range(100):
+        del [bytearray(50_000) for _ in range(20)][:]
+    together.wait()
+
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(before, arenas())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_with_one_malloc_arena_threads_allocate_from_the_existing_arenas():
+    import subprocess
+    import sys
+
+    got = {}
+    for mode in ("one", "default"):
+        out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True)
+        got[mode] = tuple(int(v) for v in out.stdout.split())
+    assert got["one"][1] == got["one"][0]  # the six threads made no arena of their own
+    assert got["default"][1] > got["default"][0]  # by default they do

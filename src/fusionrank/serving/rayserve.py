@@ -47,8 +47,10 @@ class SearchReplica:
         from ray import serve
 
         from .http.app import create_app, searches_at_once
-        from .workers import open_shared_service
+        from .workers import one_malloc_arena, open_shared_service
 
+        if searches_at_once(int(cfg["replicas"])) == 1:
+            one_malloc_arena()
         torch.set_num_threads(int(cfg["threads"]))
         ctx = serve.get_replica_context()
         rank = getattr(ctx, "rank", None)

@@ -85,6 +85,42 @@ MODEL_FILE = "model.json"
 START_METHODS = ("fork", "spawn")
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def _glibc():
+    """The C library if it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def one_malloc_arena() -> None:
+    """Have every thread of this process allocate from glibc's main arena (a no-op without glibc).
+
+    By default each thread that allocates gets an arena of its own (up to 8 per core), and each arena keeps what its
+    thread freed (glibc raises the trim threshold to the largest block freed, and a search frees arrays of MBs): a
+    forked worker whose 6 request threads took turns held 6 arenas of about 4 MB each. A worker ranks one search at
+    a time (:func:`~.http.app.searches_at_once`), so its threads seldom wait for the one arena's lock. Set before the
+    process loads: an arena a thread has made stays, and a forked child reuses the arenas of its parent's threads."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_ARENA_MAX, 1)
+
+
+def release_free_heap() -> None:
+    """Return the heap's free pages to the system (``malloc_trim(0)``), in a supervisor before it forks: a page it
+    keeps free is shared until a worker allocates in it, and then copied, each worker holding a copy and the
+    supervisor the original."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def default_start_method() -> str:
     """``fork`` on Linux (where the supervisor can check its threads in ``/proc``), else ``spawn``."""
     return "fork" if sys.platform.startswith("linux") and hasattr(os, "fork") else "spawn"
@@ -393,6 +429,10 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
         raise FusionrankError(f"unknown start method {start_method!r}; valid: {', '.join(START_METHODS)}")
     if start_method == "fork" and not hasattr(os, "fork"):
         raise FusionrankError("--start-method fork needs os.fork (Linux); use --start-method spawn")
+    from .http.app import searches_at_once
+
+    if start_method == "fork" and searches_at_once(workers) == 1:  # first: the workers inherit it, and the arenas
+        one_malloc_arena()  # of the threads the supervisor runs before the fork
     allowed = library_threads() if start_method == "fork" else {}  # first: before anything here reads a file with Arrow
     md = ModelDir.open(model)
     index_dir = Path(index) if index else md.index_dir
@@ -422,6 +462,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             svc.close_events()  # a connection and a checkpointer thread are per process: each worker opens its own
             server = _server(svc, admin_key, events_key, workers)  # the app and uvicorn's modules, shared by the workers
             gc.collect()
+            release_free_heap()
             gc.freeze()  # what is loaded now stays out of every later collection, in the supervisor and in the workers
             check_single_threaded(allowed)
             log(f"loaded in {time.perf_counter() - t0:.1f} s (pid {os.getpid()}; besides the main thread only the "
@@ -508,6 +549,10 @@ def worker_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--args", required=True)
     a = ap.parse_args(argv)
     cfg = json.loads(a.args)
+    from .http.app import searches_at_once
+
+    if searches_at_once(int(cfg["workers"])) == 1:
+        one_malloc_arena()
     import torch
 
     from ..settings import get_settings
