@@ -53,6 +53,11 @@ Either way the workers share:
   WAL mode takes writers from several processes, each waiting up to its busy timeout; or
   PostgreSQL); an event may name a search another worker served (it is looked up there).
 
+Each worker ranks one search at a time (:func:`~fusionrank.serving.http.app.searches_at_once`; the others queue in
+it): the processes, not threads in one, fill the cores. Such workers allocate from one glibc malloc arena
+(:func:`one_malloc_arena`, set in the supervisor before it loads, so that the workers inherit it) instead of one per
+request thread, and the supervisor returns its heap's free pages before forking (:func:`release_free_heap`).
+
 Worker 0 starts first, the others once it is ready (spawned, worker 0 creates the event store,
 its key and archives the product vectors; forked, the supervisor did that). The supervisor
 restarts a worker that dies and stops all of them on SIGINT/SIGTERM. ``GET /stats`` names, per
