@@ -465,7 +465,7 @@ def main() -> None:
                 f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB, start {r['start_seconds']:.0f} s")
     res["machine_after"] = machine()
     write(res, a.results, a.stem)
-    one = res["runs"][0]
+    one = next(r for r in res["runs"] if r["workers"] == 1 and not r.get("shards"))  # as write() takes it
     best = max((r for r in res["runs"] if r["workers"] == 1 and not r.get("shards")), key=lambda r: r["throughput_rps"])
     size_mb = res["index"]["index_bytes"] / 1e6
     for r in (r for r in res["runs"] if r["workers"] > 1):
