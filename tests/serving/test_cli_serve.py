@@ -18,8 +18,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(model, port, env):
-    return subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port)],
+def _start(model, port, env, *args):
+    return subprocess.Popen([sys.executable, "-m", "fusionrank.cli", "serve", str(model), "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -59,6 +59,7 @@ def test_serve_command(tiny_model, tmp_path, fusionrank_home):
                 except httpx.TransportError:
                     time.sleep(0.1)
             assert c.get("/search", params={"q": "red shirt"}).status_code == 200
+            assert c.get("/stats").json()["searches_at_once"] == 2  # a process alone ranks two at once
             r = c.delete(f"/products/{c.get('/search', params={'q': 'blue'}).json()['results'][0]['product_id']}",
                          headers={"X-API-Key": "cli-admin"})
             assert r.status_code == 204
@@ -67,7 +68,7 @@ def test_serve_command(tiny_model, tmp_path, fusionrank_home):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     # second start: loads the saved index and replays the logged delete
-    proc = _start(model, port, env)
+    proc = _start(model, port, env, "--search-concurrency", "3")
     try:
         url = _wait_url(proc)
         for _ in range(100):
@@ -77,6 +78,7 @@ def test_serve_command(tiny_model, tmp_path, fusionrank_home):
             except httpx.TransportError:
                 time.sleep(0.1)
         assert h.json()["products"] == n
+        assert httpx.get(url + "stats", timeout=10).json()["searches_at_once"] == 3
     finally:
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=30)[1]

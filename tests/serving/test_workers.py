@@ -165,12 +165,13 @@ def test_model_swap_reaches_every_worker_with_no_failed_requests(served, tiny_lg
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_a_worker_killed_with_sigkill_is_started_again_and_serves_what_the_others_serve(start_method, tiny_model, tmp_path,
                                                                                       fusionrank_home):
-    server = start_workers(tiny_model[0], tmp_path, fusionrank_home, "--start-method", start_method)
+    told = ("--search-concurrency", "2") if start_method == "spawn" else ()  # the option reaches spawned workers too
+    server = start_workers(tiny_model[0], tmp_path, fusionrank_home, "--start-method", start_method, *told)
     url, admin = server.url + "/", {"X-API-Key": ADMIN}
     supervisor = server.proc.pid
     try:
         full = {w: rs[0].json() for w, rs in each_worker(url, lambda c: c.get("/stats"), times=1).items()}
-        assert all(st["searches_at_once"] == 1 for st in full.values())  # built before the fork or in the spawned worker
+        assert all(st["searches_at_once"] == (2 if told else 1) for st in full.values())
         stats = {w: st["worker"] for w, st in full.items()}
         for w, st in stats.items():
             assert st["started_by"] == start_method
