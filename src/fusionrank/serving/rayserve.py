@@ -47,10 +47,9 @@ class SearchReplica:
         from ray import serve
 
         from .http.app import create_app, searches_at_once
-        from .workers import one_malloc_arena, open_shared_service
+        from .workers import open_shared_service, set_malloc_arenas
 
-        if searches_at_once(int(cfg["replicas"])) == 1:
-            one_malloc_arena()
+        set_malloc_arenas(int(cfg["replicas"]))
         torch.set_num_threads(int(cfg["threads"]))
         ctx = serve.get_replica_context()
         rank = getattr(ctx, "rank", None)

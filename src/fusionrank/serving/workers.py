@@ -117,6 +117,15 @@ def one_malloc_arena() -> None:
         libc.mallopt(M_ARENA_MAX, 1)
 
 
+def set_malloc_arenas(processes: int) -> None:
+    """:func:`one_malloc_arena` in one of ``processes`` serving processes if it ranks one search at a time
+    (:func:`~.http.app.searches_at_once`); else glibc's default, an arena per thread."""
+    from .http.app import searches_at_once
+
+    if searches_at_once(processes) == 1:
+        one_malloc_arena()
+
+
 def release_free_heap() -> None:
     """Return the heap's free pages to the system (``malloc_trim(0)``), in a supervisor before it forks: a page it
     keeps free is shared until a worker allocates in it, and then copied, each worker holding a copy and the
@@ -434,10 +443,8 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
         raise FusionrankError(f"unknown start method {start_method!r}; valid: {', '.join(START_METHODS)}")
     if start_method == "fork" and not hasattr(os, "fork"):
         raise FusionrankError("--start-method fork needs os.fork (Linux); use --start-method spawn")
-    from .http.app import searches_at_once
-
-    if start_method == "fork" and searches_at_once(workers) == 1:  # first: the workers inherit it, and the arenas
-        one_malloc_arena()  # of the threads the supervisor runs before the fork
+    if start_method == "fork":  # first: the workers inherit it, and the arenas of the threads the supervisor runs
+        set_malloc_arenas(workers)  # before the fork
     allowed = library_threads() if start_method == "fork" else {}  # first: before anything here reads a file with Arrow
     md = ModelDir.open(model)
     index_dir = Path(index) if index else md.index_dir
@@ -554,10 +561,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--args", required=True)
     a = ap.parse_args(argv)
     cfg = json.loads(a.args)
-    from .http.app import searches_at_once
-
-    if searches_at_once(int(cfg["workers"])) == 1:
-        one_malloc_arena()
+    set_malloc_arenas(int(cfg["workers"]))
     import torch
 
     from ..settings import get_settings
