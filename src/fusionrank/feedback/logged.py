@@ -30,8 +30,9 @@ class VectorArchive:
 
     def __init__(self, known: Iterable[str] = ()):
         # per catalogue (one by its id; every candidate view under "catalogue", by the catalogue rows it holds), the
-        # key of each row as ASCII bytes in one numpy array (b"": not computed yet): no Python string per row, so that a worker process forked from a loaded one copies no
-        # page of them when it reads a key (a cached str would have its reference count written)
+        # key of each row as ASCII bytes in one numpy array (b"": not computed yet): no Python string per row, so that
+        # a worker process forked from a loaded one copies no page of them when it reads a key (a cached str would have
+        # its reference count written)
         self._row_keys: dict[Any, np.ndarray] = {}
         self._stored: set[str] = set(known)
         self._lock = threading.Lock()

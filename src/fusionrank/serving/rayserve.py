@@ -49,7 +49,8 @@ class SearchReplica:
         from .http.app import create_app, searches_at_once
         from .workers import open_shared_service, set_malloc_arenas
 
-        set_malloc_arenas(int(cfg["replicas"]))
+        searches = searches_at_once(int(cfg["replicas"]))
+        set_malloc_arenas(searches)
         torch.set_num_threads(int(cfg["threads"]))
         ctx = serve.get_replica_context()
         rank = getattr(ctx, "rank", None)
@@ -62,7 +63,7 @@ class SearchReplica:
         svc = open_shared_service(cfg, self.rank, log)
         self.service = svc
         self.http_app = create_app(svc, cfg["admin_key"], cfg["events_key"], worker=self.rank,  # (Ray Serve owns `app`)
-                                   max_concurrent_searches=searches_at_once(int(cfg["replicas"])))
+                                   max_concurrent_searches=searches)
         log(f"serving {len(svc.index):,} products with model {svc.model.version} (pid {os.getpid()})")
 
     def __serve_build_asgi_app__(self):

@@ -117,12 +117,10 @@ def one_malloc_arena() -> None:
         libc.mallopt(M_ARENA_MAX, 1)
 
 
-def set_malloc_arenas(processes: int) -> None:
-    """:func:`one_malloc_arena` in one of ``processes`` serving processes if it ranks one search at a time
-    (:func:`~.http.app.searches_at_once`); else glibc's default, an arena per thread."""
-    from .http.app import searches_at_once
-
-    if searches_at_once(processes) == 1:
+def set_malloc_arenas(searches: int) -> None:
+    """:func:`one_malloc_arena` if ``searches``, the searches this serving process ranks at once
+    (:func:`~.http.app.searches_at_once`), is 1; else glibc's default, an arena per thread."""
+    if searches == 1:
         one_malloc_arena()
 
 
@@ -311,16 +309,16 @@ def open_shared_service(cfg: dict, number: int, log):
     return start_worker_service(load_shared_service(cfg, log), cfg, number, "spawn", log)
 
 
-def _server(svc, admin_key: str | None, events_key: str | None, workers: int):
+def _server(svc, admin_key: str | None, events_key: str | None, searches: int):
     """The HTTP app over ``svc`` under a loaded uvicorn server (not started), without the worker's header (each
-    worker adds its own in :func:`_serve`), ranking :func:`~.http.app.searches_at_once` of ``workers`` at once. Built
+    worker adds its own in :func:`_serve`), ranking ``searches`` at once (:func:`~.http.app.searches_at_once`). Built
     in a forking supervisor before :func:`gc.freeze`, so the workers share the app's routes, pydantic validators and
     uvicorn's protocol modules instead of each building them."""
     import uvicorn
 
-    from .http.app import H11_MAX_INCOMPLETE_EVENT, create_app, searches_at_once
+    from .http.app import H11_MAX_INCOMPLETE_EVENT, create_app
 
-    app = create_app(svc, admin_key, events_key, max_concurrent_searches=searches_at_once(workers))
+    app = create_app(svc, admin_key, events_key, max_concurrent_searches=searches)
     config = uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)
     config.load()  # imports the protocol classes and wraps the app (no socket, no loop)
     config.get_loop_factory()  # imports the event loop's module (uvloop when installed); the loop is made in the worker
@@ -443,8 +441,11 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
         raise FusionrankError(f"unknown start method {start_method!r}; valid: {', '.join(START_METHODS)}")
     if start_method == "fork" and not hasattr(os, "fork"):
         raise FusionrankError("--start-method fork needs os.fork (Linux); use --start-method spawn")
+    from .http.app import searches_at_once
+
+    searches = searches_at_once(workers)  # each worker's
     if start_method == "fork":  # first: the workers inherit it, and the arenas of the threads the supervisor runs
-        set_malloc_arenas(workers)  # before the fork
+        set_malloc_arenas(searches)  # before the fork
     allowed = library_threads() if start_method == "fork" else {}  # first: before anything here reads a file with Arrow
     md = ModelDir.open(model)
     index_dir = Path(index) if index else md.index_dir
@@ -472,7 +473,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             torch.set_num_threads(1)  # no intra-op pool in the supervisor; each worker sets its own after the fork
             svc = load_shared_service(args, lambda m: log(f"supervisor: {m}"))
             svc.close_events()  # a connection and a checkpointer thread are per process: each worker opens its own
-            server = _server(svc, admin_key, events_key, workers)  # the app and uvicorn's modules, shared by the workers
+            server = _server(svc, admin_key, events_key, searches)  # the app and uvicorn's modules, shared by the workers
             gc.collect()
             release_free_heap()
             gc.freeze()  # what is loaded now stays out of every later collection, in the supervisor and in the workers
@@ -561,10 +562,12 @@ def worker_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--args", required=True)
     a = ap.parse_args(argv)
     cfg = json.loads(a.args)
-    set_malloc_arenas(int(cfg["workers"]))
-    import torch
-
     from ..settings import get_settings
+    from .http.app import searches_at_once
+
+    searches = searches_at_once(int(cfg["workers"]))
+    set_malloc_arenas(searches)
+    import torch
 
     torch.set_num_threads(int(cfg["threads"]))
     log = _worker_log(a.worker)
@@ -573,7 +576,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     admin_key = st.admin_key.get_secret_value() if st.admin_key else None
     events_key = st.events_key.get_secret_value() if st.events_key else None
     _serve(svc, a.worker, socket.socket(fileno=a.fd), a.ready_fd, admin_key, events_key, log,
-           _server(svc, admin_key, events_key, int(cfg["workers"])))
+           _server(svc, admin_key, events_key, searches))
 
 
 if __name__ == "__main__":
