@@ -432,10 +432,15 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
     if admin_key is None:
         admin_key = secrets.token_urlsafe(24)
         console.print(f"admin API key (X-API-Key, generated for this run; set FUSIONRANK_ADMIN_KEY to fix it): {admin_key}")
-    url = f"http://{host}:{port}/"
-    console.print(f"[bold green]search page and API:[/] {url}   (OpenAPI {url}openapi.json, metrics {url}metrics; Ctrl-C stops)")
-    print(url, flush=True)
-    run_server(svc, host, port, admin_key, events_key, log=lambda s: console.print(s))
+
+    def ready(url: str) -> None:  # the socket listens: a client reading the address is served, not refused
+        console.print(f"[bold green]search page and API:[/] {url}   (OpenAPI {url}openapi.json, metrics {url}metrics; Ctrl-C stops)")
+        print(url, flush=True)
+
+    try:
+        run_server(svc, host, port, admin_key, events_key, log=lambda s: console.print(s), on_ready=ready)
+    except FusionrankError as e:  # the port was taken while the service loaded
+        _fail(e)
 
 
 @app.command()

@@ -252,20 +252,6 @@ def _prepare_index(index_dir: Path, log: Callable[[str], None]) -> None:
     scan(index_dir / "changes.jsonl", repair=True, log=log)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise FusionrankError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port or stop what uses it") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-
 def load_shared_service(cfg: dict, log: Callable[[str], None]):
     """The service as every worker serves it, with everything it only reads loaded: the index opened shared, the
     model (the registry's promoted version with ``cfg["registry"]``), its query understanding, the ONNX query encoder
@@ -441,7 +427,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
         raise FusionrankError(f"unknown start method {start_method!r}; valid: {', '.join(START_METHODS)}")
     if start_method == "fork" and not hasattr(os, "fork"):
         raise FusionrankError("--start-method fork needs os.fork (Linux); use --start-method spawn")
-    from .http.app import searches_at_once
+    from .http.app import listen, searches_at_once
 
     searches = searches_at_once(workers)  # each worker's
     if start_method == "fork":  # first: the workers inherit it, and the arenas of the threads the supervisor runs
@@ -461,7 +447,8 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
     args = {"model": str(md.path), "index": str(index_dir), "threads": threads, "randomise_share": randomise_share,
             "feature_logging": feature_logging, "registry": str(registry) if registry else None, "poll": poll,
             "host": host, "port": port, "workers": workers}
-    sock = _listen(host, port)
+    sock = listen(host, port)
+    sock.set_inheritable(True)  # the workers accept on it
     procs: dict[int, Any] = {}  # worker number -> subprocess.Popen (spawn) or _Forked
     stopping = False
     svc = server = None

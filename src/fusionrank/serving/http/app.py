@@ -20,11 +20,14 @@ one readable sentence naming the parameter.
 from __future__ import annotations
 
 import secrets
+import socket
 import threading
+from typing import Callable
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ...errors import FusionrankError
 from ..service import SearchService
 from .deps import RateLimiter
 from .errors import EXCEPTION_HANDLERS
@@ -123,14 +126,39 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening: connections made from now on wait in its backlog until the
+    server accepts them, so an address announced after this call is never refused. A clear error if the port is
+    taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart right after a stop works
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise FusionrankError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port or stop what uses it") from None
+    sock.listen(2048)
+    return sock
+
+
 def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, admin_key: str | None = None,
-          events_key: str | None = None, log=print) -> None:
-    """Run :func:`create_app` under uvicorn until interrupted, after logging the address."""
+          events_key: str | None = None, log=print, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run :func:`create_app` under uvicorn until interrupted. The socket listens before the address is logged and
+    ``on_ready(url)`` called, so a client that connects as soon as it reads the address is served, not refused."""
     import uvicorn
 
-    app = create_app(service, admin_key, events_key)
-    log(f"fusionrank search on http://{host}:{port}/  ({len(service.index):,} products, model {service.model.version})")
-    uvicorn.run(app, host=host, port=port, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)
+    sock = listen(host, port)
+    try:
+        app = create_app(service, admin_key, events_key)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11",
+                                               h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
+        url = f"http://{host}:{port}/"
+        log(f"fusionrank search on {url}  ({len(service.index):,} products, model {service.model.version})")
+        if on_ready is not None:
+            on_ready(url)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class BackgroundServer:
