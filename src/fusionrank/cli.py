@@ -403,6 +403,7 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
 
     from .serving.app import serve as run_server
     from .serving.build import open_service
+    from .serving.http.app import bind
 
     from .settings import get_settings
 
@@ -410,14 +411,10 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
     settings = get_settings()
     admin_key = admin_key or (settings.admin_key.get_secret_value() if settings.admin_key else None)
     events_key = events_key or (settings.events_key.get_secret_value() if settings.events_key else None)
-    import socket
-
-    with socket.socket() as sock:  # fail before loading anything if the port is taken (by a listener, not TIME_WAIT)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart right after a stop works
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            _fail(FusionrankError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port or stop what uses it"))
+    try:  # fail before loading anything if the port is taken; held (refusing connections) until the service listens
+        sock = bind(host, port)
+    except FusionrankError as e:
+        _fail(e)
     try:
         svc = open_service(model, index, rebuild=rebuild, catalog=catalog, randomise_share=randomise_share,
                            feature_logging=feature_logging, registry=registry, shards=shards, shard_engine=shard_engine,
@@ -437,10 +434,7 @@ def _serve(model, host, port, index, rebuild, catalog, admin_key, events_key, th
         console.print(f"[bold green]search page and API:[/] {url}   (OpenAPI {url}openapi.json, metrics {url}metrics; Ctrl-C stops)")
         print(url, flush=True)
 
-    try:
-        run_server(svc, host, port, admin_key, events_key, log=lambda s: console.print(s), on_ready=ready)
-    except FusionrankError as e:  # the port was taken while the service loaded
-        _fail(e)
+    run_server(svc, host, port, admin_key, events_key, log=lambda s: console.print(s), on_ready=ready, sock=sock)
 
 
 @app.command()

@@ -126,10 +126,9 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
     return app
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` and listening: connections made from now on wait in its backlog until the
-    server accepts them, so an address announced after this call is never refused. A clear error if the port is
-    taken."""
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``, not yet listening: it holds the port (connections are still refused) while
+    the service loads. A clear error if the port is taken."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart right after a stop works
     try:
@@ -137,17 +136,28 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise FusionrankError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port or stop what uses it") from None
+    return sock
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A :func:`bind` socket, listening: connections made from now on wait in its backlog until the server accepts
+    them, so an address announced after this call is never refused."""
+    sock = bind(host, port)
     sock.listen(2048)
     return sock
 
 
 def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, admin_key: str | None = None,
-          events_key: str | None = None, log=print, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run :func:`create_app` under uvicorn until interrupted. The socket listens before the address is logged and
-    ``on_ready(url)`` called, so a client that connects as soon as it reads the address is served, not refused."""
+          events_key: str | None = None, log=print, on_ready: Callable[[str], None] | None = None,
+          sock: socket.socket | None = None) -> None:
+    """Run :func:`create_app` under uvicorn until interrupted, on ``sock`` (a :func:`bind` socket for ``host:port``,
+    bound before loading so that a taken port fails first) or one bound here. The socket listens before the address
+    is logged and ``on_ready(url)`` called, so a client that connects as soon as it reads the address is served, not
+    refused."""
     import uvicorn
 
-    sock = listen(host, port)
+    sock = sock or bind(host, port)
+    sock.listen(2048)
     try:
         app = create_app(service, admin_key, events_key)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11",
@@ -166,19 +176,15 @@ class BackgroundServer:
 
     def __init__(self, service: SearchService, host: str = "127.0.0.1", port: int = 0, admin_key: str | None = None,
                  events_key: str | None = None):
-        import socket
-
         import uvicorn
 
-        if port == 0:
-            with socket.socket() as s:
-                s.bind((host, 0))
-                port = s.getsockname()[1]
         self.app = create_app(service, admin_key, events_key)
-        self.url = f"http://{host}:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning", http="h11",
+        self.sock = listen(host, port)  # port 0: the system picks a free one, held from here on (no bind, close, bind)
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", http="h11",
                                                     h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT))
-        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="http",
+                                       daemon=True)
 
     def __enter__(self) -> "BackgroundServer":
         import time
@@ -194,3 +200,4 @@ class BackgroundServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.sock.close()
