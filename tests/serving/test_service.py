@@ -137,34 +137,36 @@ def test_writes_during_concurrent_searches(service_factory):
     assert len(idx) == 120 - len(removed) + 7
 
 
-def test_a_worker_keeps_few_searches_and_checks_events_on_the_others_in_the_store(tiny_model, tmp_path):
-    """One of several workers holds a small map of recent searches (SHARED_RECENT_SEARCHES): an event naming a
-    search it no longer holds is checked against the one event store, where a single process would refuse it."""
+@pytest.mark.parametrize("worker", [False, True], ids=["one process", "worker"])
+def test_a_service_keeps_few_searches_and_checks_events_on_the_others_in_the_store(tiny_model, tmp_path, worker):
+    """A serving process (alone, or one of several workers) holds a small map of recent searches (RECENT_SEARCHES):
+    an event naming a search it no longer holds is checked against the event store, which keeps every search."""
     import shutil
 
     from fusionrank.serving.build import open_service
-    from fusionrank.serving.service import SHARED_RECENT_SEARCHES
+    from fusionrank.serving.service import RECENT_SEARCHES
     from fusionrank.serving.workers import start_worker_service
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model[0], model, ignore=shutil.ignore_patterns("service-data"))
-    svc = open_service(model, shared=True, query_threads=1, log=lambda m: None)
+    svc = open_service(model, shared=worker, query_threads=1, log=lambda m: None)
     try:
-        assert svc.recent_searches == SHARED_RECENT_SEARCHES
+        assert svc.recent_searches == RECENT_SEARCHES
         svc.recent_searches = 2
-        cfg = {"index": str(model / "index"), "registry": None}
-        start_worker_service(svc, cfg, 0, "spawn", lambda m: None)
+        if worker:
+            start_worker_service(svc, {"index": str(model / "index"), "registry": None}, 0, "spawn", lambda m: None)
         served = [svc.search(q, k=3) for q in QUERIES[:3]]
         first = served[0]
+        assert first["search_id"] not in svc._recent and len(svc._recent) == 2  # only the last two are in memory
         click = {"type": "click", "search_id": first["search_id"], "model_version": first["model_version"],
                  "product_id": first["results"][0]["product_id"], "position": 1}
         assert svc.record_events([click], require_known=True) == {"accepted": 1}
         with pytest.raises(ValueError, match="was not in the results"):  # checked against what the store says it showed
             svc.record_events([{**click, "product_id": "nope"}], require_known=True)
-        svc.shared_model = None  # one process: its map is the last recent_searches searches
-        for q in QUERIES[:3]:
-            svc.search(q, k=3)
-        with pytest.raises(ValueError, match="not a search this service issued recently"):
-            svc.record_events([click], require_known=True)
+        with pytest.raises(ValueError, match="was served by"):
+            svc.record_events([{**click, "model_version": "another"}], require_known=True)
+        with pytest.raises(ValueError, match="not a search this service issued"):
+            svc.record_events([{**click, "search_id": "never-served"}], require_known=True)
+        assert len(svc._recent) == 2  # a lookup does not grow the map
     finally:
         svc.close()

@@ -7,7 +7,7 @@ from ..modeldir import ModelDir
 from ..ranking import QueryEncoder
 from .index import SearchIndex
 from .products import ProductEncoder
-from .service import RECENT_SEARCHES, SHARED_RECENT_SEARCHES, SearchService, load_handle
+from .service import SearchService, load_handle
 
 
 def catalog_media_dirs(cat_dir: str | Path) -> list[str]:
@@ -74,8 +74,7 @@ def open_service(model_dir: str | Path, index_dir: str | Path | None = None, reb
     svc = SearchService(index, load_handle(ranker_dir), QueryEncoder(threads=query_threads, text_encoder=config.text_encoder_spec),
                         data_dir=data_dir or index_dir.parent / "service-data", product_encoder=products,
                         randomise_share=randomise_share, explore_share=explore_share, explore_depth=explore_depth,
-                        explore_count=explore_count, feature_logging=feature_logging,
-                        recent_searches=SHARED_RECENT_SEARCHES if shared else RECENT_SEARCHES, log=log)
+                        explore_count=explore_count, feature_logging=feature_logging, log=log)
     log(f"warm-up search: {svc.warm_up():.0f} ms")
     return svc
 

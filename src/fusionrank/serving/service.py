@@ -65,8 +65,7 @@ from ..ranking.understand import Verbatim
 from .index import SearchIndex
 from .shards import ShardedIndex
 
-__all__ = ["SearchService", "ModelHandle", "ModelMismatch", "UnknownCategory", "load_handle", "STAGES", "EVENT_TYPES", "RECENT_SEARCHES",
-           "SHARED_RECENT_SEARCHES"]
+__all__ = ["SearchService", "ModelHandle", "ModelMismatch", "UnknownCategory", "load_handle", "STAGES", "EVENT_TYPES", "RECENT_SEARCHES"]
 
 EVENT_TYPES = ACTIONS
 
@@ -95,10 +94,10 @@ def load_handle(model_dir: str | Path) -> ModelHandle:
                        [g.name for g in ranker.groups_ or []], md.alpha(), understanding=md.understanding())
 
 
-RECENT_SEARCHES = 100_000  # searches whose id, model and products /events checks from memory (about 1 kB each)
-# one of several workers or replicas looks up in the one event store the searches it does not hold (another one
-# served them, or they are older), so its map is a cache: a small one keeps each worker's memory small
-SHARED_RECENT_SEARCHES = 5_000
+#: searches whose id, model and products ``/events`` checks from memory (about 1 kB each). It is a cache: an event
+#: naming any other search (older, or served by another worker or replica) is checked against the event store,
+#: which holds every search for its retention, so a small map keeps every serving process's memory small.
+RECENT_SEARCHES = 5_000
 
 
 class SearchService:
@@ -394,26 +393,27 @@ class SearchService:
         ``model_version``, ``product_id`` and optional ``position``, ``timestamp``, ``value``,
         ``client_id``, ``session_id``. The grid cell is derived from the position. With
         ``require_known`` (the public events key), an event must name a search this service
-        issued (one of the last ``recent_searches``, kept across restarts by the store);
-        otherwise an unknown search id is accepted as given.
+        issued (the last ``recent_searches`` are checked from memory, any other against the event
+        store, which keeps them across restarts and workers); otherwise an unknown search id is
+        accepted as given.
         """
         if self.events is None:
             raise FusionrankError("this service has no event store (start it with a data folder or FUSIONRANK_EVENTS_URL)")
         problems = []
         out: list[Event] = []
         now = time.time()
-        if self.shared_model is not None:  # searches other workers served are in the one event store
-            with self._log_lock:
-                unknown = {e["search_id"] for e in events if e["search_id"] not in self._recent}
-            for sid, (version, shown) in self.events.searches(unknown).items():
-                with self._log_lock:
-                    self._recent[sid] = (str(version), frozenset(map(str, shown)))
+        with self._log_lock:
+            unknown = {e["search_id"] for e in events if e["search_id"] not in self._recent}
+        # searches this process no longer holds, or another worker served: the event store has them
+        stored = {sid: (str(version), frozenset(map(str, shown)))
+                  for sid, (version, shown) in (self.events.searches(unknown) if unknown else {}).items()}
         with self._log_lock:
             for i, e in enumerate(events):
-                known = self._recent.get(e["search_id"])
-                if known is None:  # from before the store's recent searches, or evicted
+                known = self._recent.get(e["search_id"]) or stored.get(e["search_id"])
+                if known is None:  # not in the event store: never served, or older than its retention
                     if require_known:
-                        problems.append(f"events[{i}].search_id: {e['search_id']} is not a search this service issued recently")
+                        problems.append(f"events[{i}].search_id: {e['search_id']} is not a search this service issued "
+                                        "(or its event store no longer keeps it)")
                         continue
                     # the admin key: accepted as given
                 else:
