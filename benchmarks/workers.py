@@ -282,12 +282,17 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                 "server_cpu_seconds": cpu, "server_cores_used": cpu / wall, "server_cpu_ms_per_request": 1e3 * cpu / requests,
                 "loadgen_cores_used": load_cpu / wall}
     finally:
-        srv.send_signal(signal.SIGINT)
-        try:
-            srv.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            srv.wait()
+        stop(srv)
+
+
+def stop(srv: subprocess.Popen) -> None:
+    """Stop a server as Ctrl-C does; kill it if it has not ended a minute later."""
+    srv.send_signal(signal.SIGINT)
+    try:
+        srv.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+        srv.wait()
 
 
 def machine() -> dict:

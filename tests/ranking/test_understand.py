@@ -89,6 +89,22 @@ def test_components_switch_off_and_name_the_valid_ones(qu):
         qu.components = COMPONENTS
 
 
+def test_the_cache_keeps_the_most_recently_used_queries_and_no_more(qu, monkeypatch):
+    import fusionrank.ranking.understand as understand
+
+    monkeypatch.setattr(understand, "CACHE_SIZE", 3)
+    qu.components = COMPONENTS  # clears the cache
+    first = qu.understand("tan moccasins")
+    crimson = qu.understand("crimson tops")
+    qu.understand("men's specs")
+    assert qu.understand("tan moccasins") is first  # a hit, and now the most recently used
+    qu.understand("blue watches")  # one too many: the least recently used ("crimson tops") goes
+    assert list(qu._cache) == ["men's specs", "tan moccasins", "blue watches"]
+    again = qu.understand("crimson tops")
+    assert again is not crimson and again == crimson  # understood afresh, alike
+    assert len(qu._cache) == 3
+
+
 def test_verbatim_is_the_identity():
     assert Verbatim().understand(" men's specs ").rewritten == "men's specs"
 

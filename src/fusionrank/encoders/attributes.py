@@ -124,7 +124,7 @@ def colour_classes() -> tuple[str, ...]:
     return tuple(sorted({canonical_colour(c) for c in COLOURS}))
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)  # per query, once per search or training step; a miss costs microseconds
 def colour_columns(text: str | None) -> tuple[int, ...]:
     """The :func:`colour_classes` columns of the colours ``text`` states (a query's, a title's), in order, no repeats."""
     col = {c: j for j, c in enumerate(colour_classes())}
