@@ -1,6 +1,7 @@
 """Does a serving process's memory level off under a long stream of distinct queries? One process against forked workers.
 
-    python benchmarks/worker_memory.py [--model M] [--searches 80000] [--workers 2] [--every 4000] [--stem worker_memory]
+    python benchmarks/worker_memory.py [--model M] [--searches 40000] [--workers 2] [--every 2500] [--stem worker_memory]
+                                       [--before RESULTS.json --before-label LABEL] [--report-only]
 
 Each arm starts the real CLI server (`python -m fusionrank.cli serve MODEL`, then `... --workers N --start-method
 fork`) and drives it from its own process with ``benchmarks/loadgen.py`` (8 clients, keep-alive, k=10 with
@@ -16,7 +17,8 @@ each), the query-understanding cache (4,096, 340 bytes), the colour parser's cac
 its last 5,000 searches (``RECENT_SEARCHES``, 360 bytes; an event naming an older one is checked against the event
 store). So a process should grow until those fill and then stay flat; this benchmark checks that it does, and
 reports the growth of private dirty memory per 1,000 searches over the last third of the stream, one process (the
-baseline) beside each worker.
+baseline) beside each worker; ``--before`` adds the rows and curves of a run over other code (the same script run
+from a worktree of an older commit), ``--report-only`` rewrites the report from the saved results.
 
 Model: the demo's (``fusionrank demo``: ``$FUSIONRANK_HOME/models/demo``) unless ``--model``. Writes
 ``benchmarks/results/worker_memory.md`` (+ ``.json``, ``.png``).
@@ -108,24 +110,36 @@ def growth(r: dict, i: int) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
+def _runs(res: dict) -> list[tuple[str, dict]]:
+    """(label, results) of this run and, if one was given with ``--before``, the run of the code before."""
+    return [("", res)] + ([(f" ({res['before_label']})", res["before"])] if res.get("before") else [])
+
+
+def _name(r: dict, role: str) -> str:
+    return role if r["workers"] == 1 else f"{r['workers']} workers: {role}"
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in res["arms"]:
-        x = [s["searches"] for s in r["samples"]]
-        for i, role in enumerate(r["roles"]):
-            if role == "supervisor":
-                continue
-            ax.plot(x, [s["processes"][i]["dirty_kb"] / 1024 for s in r["samples"]],
-                    label=role if r["workers"] == 1 else f"{r['workers']} workers: {role}")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (label, run), style in zip(_runs(res), ("-", "--")):
+        for r, colour in zip(run["arms"], ("tab:blue", "tab:orange")):
+            x = [s["searches"] for s in r["samples"]]
+            for i, role in enumerate(r["roles"]):
+                if role == "supervisor":  # its pages the workers copied become its own: not memory it wrote
+                    continue
+                y0 = r["samples"][0]["processes"][i]["dirty_kb"]
+                ax.plot(x, [(s["processes"][i]["dirty_kb"] - y0) / 1024 for s in r["samples"]], style, color=colour,
+                        alpha=1.0 if role in ("one process", "worker 1") else 0.6, label=_name(r, role) + label)
     ax.set_xlabel("distinct searches sent to the service")
-    ax.set_ylabel("memory it has written (private dirty), MB")
-    ax.set_title("a serving process's memory under distinct queries")
-    ax.legend()
+    ax.set_ylabel("memory written since it was ready (private dirty), MB")
+    ax.set_title("a serving process's memory under a stream of distinct queries")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -134,26 +148,30 @@ def write(res: dict, stem: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1))
     plot(res, RESULTS / f"{stem}.png")
-    one = res["arms"][0]
-    base = growth(one, 0)
+    base = growth(res["arms"][0], 0)
     lines = [f"# A serving process's memory under {res['searches']:,} distinct queries", "",
              f"Model `{res['model']}` ({res['products']:,} products); 8 clients; every query string distinct; "
-             f"memory read every {res['every']:,} searches. Command: `{res['command']}`.", "",
-             "Private dirty memory (MB; USS at the end in brackets):", "",
-             "| process | at start | after 1/3 | after 2/3 | at the end | growth over the last third (kB per 1,000 searches) | vs one process |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in res["arms"]:
-        s = r["samples"]
-        for i, role in enumerate(r["roles"]):
-            name = role if r["workers"] == 1 else f"{r['workers']} workers: {role}"
-            at = [s[0], s[len(s) // 3], s[2 * len(s) // 3], s[-1]]
-            g = growth(r, i)
-            ratio = f"{g / base:.2f}x" if base > 0 else "-"
-            lines.append(f"| {name} | " + " | ".join(f"{t['processes'][i]['dirty_kb'] / 1024:.1f}" for t in at)
-                         + f" ({at[-1]['processes'][i]['uss_kb'] / 1024:.0f}) | {g:.0f} | {ratio} |")
-    lines += ["", f"Failed requests: " + ", ".join(f"{r['roles'][0] if r['workers'] == 1 else str(r['workers']) + ' workers'} "
-                                                  f"{r['failed']}" for r in res["arms"]),
-              "", f"![private dirty memory against searches]({stem}.png)", "", "Machine at the start:", "", "```", res["machine"]["top"], "```"]
+             f"memory read every {res['every']:,} searches. Command: `{res['command']}`."
+             + (f" The code before: the same command over {res['before_label']}, run after." if res.get("before") else ""),
+             "", "Private dirty memory (MB; USS at the end in brackets). A supervisor's grows as its workers copy the "
+             "pages they share with it (each copy leaves the original to the supervisor alone): it serves nothing.", "",
+             "| process | at start | after 1/3 | after 2/3 | at the end | written after start | growth over the last third "
+             "(kB per 1,000 searches) | vs one process (this code) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, run in _runs(res):
+        for r in run["arms"]:
+            s = r["samples"]
+            for i, role in enumerate(r["roles"]):
+                at = [s[0], s[len(s) // 3], s[2 * len(s) // 3], s[-1]]
+                g = growth(r, i)
+                ratio = f"{g / base:.2f}x" if base > 0 else "-"
+                mb = [t["processes"][i]["dirty_kb"] / 1024 for t in at]
+                lines.append(f"| {_name(r, role)}{label} | " + " | ".join(f"{v:.1f}" for v in mb)
+                             + f" ({at[-1]['processes'][i]['uss_kb'] / 1024:.0f}) | {mb[-1] - mb[0]:.1f} | {g:.0f} | {ratio} |")
+    lines += ["", "Failed requests: " + ", ".join(f"{_name(r, r['roles'][0]) if r['workers'] == 1 else str(r['workers']) + ' workers'}"
+                                                  f"{label} {r['failed']}" for label, run in _runs(res) for r in run["arms"]),
+              "", f"![private dirty memory against searches]({stem}.png)", "", "Machine at the start:", "", "```",
+              res["machine"]["top"], "```"]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     log("\n".join(lines))
 
@@ -161,23 +179,32 @@ def write(res: dict, stem: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=HOME / "models" / "demo")
-    ap.add_argument("--searches", type=int, default=80_000)
+    ap.add_argument("--searches", type=int, default=40_000)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--every", type=int, default=4_000)
+    ap.add_argument("--every", type=int, default=2_500)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--stem", default="worker_memory")
+    ap.add_argument("--before", type=Path, help="the .json of this benchmark run over other code, shown beside this run")
+    ap.add_argument("--before-label", default="the code before")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from RESULTS/STEM.json, running nothing")
     a = ap.parse_args()
-    if not (a.model / "index").exists():
-        raise SystemExit(f"{a.model} has no index: run `fusionrank demo` (or `fusionrank index MODEL`) first")
-    qs = long_tail(a.searches)
-    res = {"model": str(a.model), "searches": a.searches, "every": a.every,
-           "command": " ".join(["python benchmarks/worker_memory.py", *sys.argv[1:]]),
-           "machine": machine(), "arms": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in (1, a.workers):
-            log(f"{'one process' if n == 1 else f'{n} workers'}: {a.searches:,} distinct searches")
-            res["arms"].append(arm(a.model, n, qs, a.every, a.clients, Path(tmp)))
-    res["products"] = res["arms"][0]["products"]
+    if a.report_only:
+        res = json.loads((RESULTS / f"{a.stem}.json").read_text())
+    else:
+        if not (a.model / "index").exists():
+            raise SystemExit(f"{a.model} has no index: run `fusionrank demo` (or `fusionrank index MODEL`) first")
+        qs = long_tail(a.searches)
+        res = {"model": str(a.model), "searches": a.searches, "every": a.every,
+               "command": " ".join(["python benchmarks/worker_memory.py", *sys.argv[1:]]),
+               "machine": machine(), "arms": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in (1, a.workers):
+                log(f"{'one process' if n == 1 else f'{n} workers'}: {a.searches:,} distinct searches")
+                res["arms"].append(arm(a.model, n, qs, a.every, a.clients, Path(tmp)))
+        res["products"] = res["arms"][0]["products"]
+    if a.before:
+        before = json.loads(a.before.read_text())
+        res["before"], res["before_label"] = {k: before[k] for k in ("arms", "command", "machine")}, a.before_label
     write(res, a.stem)
 
 
