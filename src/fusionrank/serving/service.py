@@ -94,7 +94,7 @@ def load_handle(model_dir: str | Path) -> ModelHandle:
                        [g.name for g in ranker.groups_ or []], md.alpha(), understanding=md.understanding())
 
 
-#: searches whose id, model and products ``/events`` checks from memory (about 1 kB each). It is a cache: an event
+#: searches whose id, model and products ``/events`` checks from memory (about 400 bytes each). It is a cache: an event
 #: naming any other search (older, or served by another worker or replica) is checked against the event store,
 #: which holds every search for its retention, so a small map keeps every serving process's memory small.
 RECENT_SEARCHES = 5_000
