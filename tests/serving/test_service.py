@@ -138,7 +138,8 @@ def test_writes_during_concurrent_searches(service_factory):
 
 
 @pytest.mark.parametrize("worker", [False, True], ids=["one process", "worker"])
-def test_a_service_keeps_few_searches_and_checks_events_on_the_others_in_the_store(tiny_model, tmp_path, worker):
+def test_a_service_keeps_few_searches_and_checks_events_on_the_others_in_the_store(tiny_model, tmp_path, worker,
+                                                                                  monkeypatch):
     """A serving process (alone, or one of several workers) holds a small map of recent searches (RECENT_SEARCHES):
     an event naming a search it no longer holds is checked against the event store, which keeps every search."""
     import shutil
@@ -168,5 +169,15 @@ def test_a_service_keeps_few_searches_and_checks_events_on_the_others_in_the_sto
         with pytest.raises(ValueError, match="not a search this service issued"):
             svc.record_events([{**click, "search_id": "never-served"}], require_known=True)
         assert len(svc._recent) == 2  # a lookup does not grow the map
+
+        # restarted (a forked worker: the supervisor did the store's upkeep): nothing is read back, the store answers
+        store_class = type(svc.events)
+        svc.close_events()
+        svc._recent.clear()
+        purges = []
+        monkeypatch.setattr(store_class, "purge", lambda self, now=None: purges.append(now) or {})
+        svc.open_events(upkeep=not worker, log=lambda m: None)
+        assert not svc._recent and len(purges) == (0 if worker else 1)
+        assert svc.record_events([click], require_known=True) == {"accepted": 1}
     finally:
         svc.close()

@@ -155,13 +155,14 @@ class SearchService:
             self.open_events(log=log)
 
     # event store -----------------------------------------------------------
-    def open_events(self, events=None, archive: bool = True, log=print) -> None:
-        """Open the event store (``events``, or the configured one in :attr:`data_dir`), apply its retention and
-        remember its recent searches; with ``archive`` (and feature logging) store the vectors of every product it lacks.
+    def open_events(self, events=None, upkeep: bool = True, log=print) -> None:
+        """Open the event store (``events``, or the configured one in :attr:`data_dir`); with ``upkeep``, the store's
+        upkeep at start: apply its retention and (with feature logging) store the vectors of every product it lacks.
 
         A store is a connection (and, for SQLite, a checkpointer thread) of this process: a worker forked from a
-        loaded supervisor (:mod:`fusionrank.serving.workers`) opens its own with ``archive=False``, keeping the
-        archive the supervisor filled before the fork.
+        loaded supervisor (:mod:`fusionrank.serving.workers`) opens its own with ``upkeep=False``, the supervisor
+        having done the upkeep before the fork (and the worker keeping the archive it filled). No search is read
+        back: ``/events`` checks a search this process has not served against the store.
         """
         if events is None:
             from ..feedback.store import open_service_store
@@ -175,12 +176,12 @@ class SearchService:
                 pass
             events = open_service_store(self.data_dir)
         self.events = events
+        if not upkeep:
+            return
         purged = self.events.purge()
         if any(purged.values()) and log:
             log(f"event store: retention removed {purged}")
-        for sid, version, shown in self.events.recent_searches(self.recent_searches):  # known to /events across restarts
-            self._recent[sid] = (str(version), frozenset(map(str, shown)))
-        if archive and self.feature_logging:  # product vectors once, here, not on the search path
+        if self.feature_logging:  # product vectors once, here, not on the search path
             if self.index.sharded:  # the shards' vectors stay in the shards: each product's are stored when first served
                 self.archive.remember(self.events)
             else:

@@ -272,13 +272,13 @@ def load_shared_service(cfg: dict, log: Callable[[str], None]):
 
 def start_worker_service(svc, cfg: dict, number: int, started_by: str, log: Callable[[str], None]):
     """Make the loaded ``svc`` the service of worker ``number``: what is per process and stateful is opened here (the
-    event store, if closed, without archiving again; a new random source; the published-model file; with a registry,
+    event store, if closed, without its upkeep, which the loading process did; a new random source; the published-model file; with a registry,
     the follower's thread, process 0 deciding automatic promotions)."""
     svc.worker = number
     svc.started_by = started_by
     svc.reseed()
     if svc.events is None and svc.data_dir is not None:
-        svc.open_events(archive=False, log=log)
+        svc.open_events(upkeep=False, log=log)
     svc.shared_model = SharedModel(Path(cfg["index"]).parent / "service-data" / "workers" / MODEL_FILE)
     if cfg["registry"]:
         from ..models import ModelRegistry
