@@ -272,8 +272,8 @@ def load_shared_service(cfg: dict, log: Callable[[str], None]):
 
 def start_worker_service(svc, cfg: dict, number: int, started_by: str, log: Callable[[str], None]):
     """Make the loaded ``svc`` the service of worker ``number``: what is per process and stateful is opened here (the
-    event store, if closed, without its upkeep, which the loading process did; a new random source; the published-model file; with a registry,
-    the follower's thread, process 0 deciding automatic promotions)."""
+    event store, if closed, without its upkeep, which the loading process did; a new random source; the
+    published-model file; with a registry, the follower's thread, process 0 deciding automatic promotions)."""
     svc.worker = number
     svc.started_by = started_by
     svc.reseed()
