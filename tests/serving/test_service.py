@@ -64,8 +64,10 @@ def test_events_are_checked_against_their_search(svc):
     assert svc.record_events([ok]) == {"accepted": 1}
     with pytest.raises(ValueError, match="was served by"):
         svc.record_events([{**ok, "model_version": "other"}])
-    with pytest.raises(ValueError, match="was not in the results"):
-        svc.record_events([{**ok, "product_id": "nope"}])
+    shown = [h["product_id"] for h in r["results"]]
+    for other in ("nope", pid[:-1], pid + "x", "\n".join(shown[:2]), ""):  # only a whole id that was shown
+        with pytest.raises(ValueError, match="was not in the results"):
+            svc.record_events([{**ok, "product_id": other}])
     unknown = {**ok, "search_id": "f" * 32}  # e.g. from before a restart: kept
     assert svc.record_events([unknown])["accepted"] == 1
     lines = list(svc.events.iter_events())

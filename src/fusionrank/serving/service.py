@@ -94,10 +94,17 @@ def load_handle(model_dir: str | Path) -> ModelHandle:
                        [g.name for g in ranker.groups_ or []], md.alpha(), understanding=md.understanding())
 
 
-#: searches whose id, model and products ``/events`` checks from memory (about 400 bytes each). It is a cache: an event
+#: searches whose id, model and products ``/events`` checks from memory (about 330 bytes each). It is a cache: an event
 #: naming any other search (older, or served by another worker or replica) is checked against the event store,
 #: which holds every search for its retention, so a small map keeps every serving process's memory small.
 RECENT_SEARCHES = 5_000
+
+
+def _shown(product_ids) -> str:
+    """A served slate's product ids as one string, one id per line: a search's entry in the recent-searches map.
+    Ids hold no line break (ingest and ``PUT /products`` refuse control characters). One object is about a quarter
+    of a frozenset of the ids, whose strings a worker makes anew from the memory-mapped records."""
+    return "\n".join(map(str, product_ids))
 
 
 class SearchService:
@@ -127,7 +134,7 @@ class SearchService:
         self._start_media_dirs: list[str] | None = None
         if product_encoder is not None and getattr(product_encoder, "media_dirs", ()) is None:
             product_encoder.media_dirs = self._index_media_dirs()
-        self._recent: OrderedDict[str, tuple[str, frozenset]] = OrderedDict()  # search id -> (model version, shown ids)
+        self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()  # search id -> (model version, _shown(ids))
         self.recent_searches = recent_searches
         self._log_lock = threading.Lock()
         self._swap_lock = threading.Lock()
@@ -348,7 +355,7 @@ class SearchService:
             raise
         t["log_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         with self._log_lock:
-            self._recent[sid] = (m.version, frozenset(slate.product_ids))
+            self._recent[sid] = (m.version, _shown(slate.product_ids))
             if len(self._recent) > self.recent_searches:
                 self._recent.popitem(last=False)
         return {"search_id": sid, "query": query, "k": k, "category": category, "model_version": m.version,
@@ -406,7 +413,7 @@ class SearchService:
         with self._log_lock:
             unknown = {e["search_id"] for e in events if e["search_id"] not in self._recent}
         # searches this process no longer holds, or another worker served: the event store has them
-        stored = {sid: (str(version), frozenset(map(str, shown)))
+        stored = {sid: (str(version), _shown(shown))
                   for sid, (version, shown) in (self.events.searches(unknown) if unknown else {}).items()}
         with self._log_lock:
             for i, e in enumerate(events):
@@ -422,7 +429,7 @@ class SearchService:
                     if e["model_version"] != version:
                         problems.append(f"events[{i}].model_version: search {e['search_id']} was served by {version!r}, "
                                         f"not {e['model_version']!r}")
-                    if e["product_id"] not in shown:
+                    if e["product_id"] not in shown.split("\n"):
                         problems.append(f"events[{i}].product_id: {e['product_id']!r} was not in the results of search {e['search_id']}")
                 pos = e.get("position")
                 row, col = (int(v) for v in grid_cell(pos, self.grid_columns)) if pos else (None, None)

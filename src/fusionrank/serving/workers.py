@@ -67,7 +67,9 @@ snapshots (``POST /admin/snapshot`` answers 409): run one process for that.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import importlib
 import json
 import os
 import signal
@@ -308,6 +310,11 @@ def _server(svc, admin_key: str | None, events_key: str | None, searches: int):
     config = uvicorn.Config(app, log_level="warning", http="h11", h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT)
     config.load()  # imports the protocol classes and wraps the app (no socket, no loop)
     config.get_loop_factory()  # imports the event loop's module (uvloop when installed); the loop is made in the worker
+    # what a worker would otherwise import at its first request (about 0.4 MB of code each): the thread pool's and
+    # the lifespan's anyio backend, and the telemetry hook FastAPI's lifespan looks up
+    importlib.import_module("anyio._backends._asyncio")
+    with contextlib.suppress(ImportError):  # present in the pinned FastAPI, not in every version
+        importlib.import_module("fastapi.telemetry._runtime")
     return uvicorn.Server(config)
 
 
