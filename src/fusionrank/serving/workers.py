@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import importlib
 import json
@@ -97,8 +98,6 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 def _glibc():
     """The C library if it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL(None)
     except OSError:
@@ -133,6 +132,53 @@ def release_free_heap() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33+): the main arena's totals in bytes."""
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+#: request sizes that take the heap's free blocks: 16 MiB halving to 2 KiB, then every 16 bytes from 1 KiB (each
+#: of glibc's small size classes, and its per-thread cache's, is asked for by name)
+_HOLE_SIZES = tuple(1 << b for b in range(24, 10, -1)) + tuple(range(1024, 0, -16))
+_HOLES_KEPT: list[int] = []  # the blocks fill_heap_holes took: never freed
+
+
+def fill_heap_holes() -> tuple[int, int] | None:
+    """Take, and keep for good, every free block between blocks in use in this process's main malloc heap, in a
+    supervisor that is about to fork (after :func:`release_free_heap`); returns ``(blocks, bytes)``, or None without
+    glibc 2.33 (``mallinfo2``).
+
+    A forked worker allocates first from the free blocks that its supervisor's heap holds between blocks in use:
+    each block it takes copies the pages it writes, and its small allocations, spread over hundreds of such holes,
+    dirty a page each. With the holes taken here, a worker's allocations come from the top of the heap, packed into
+    pages of its own. The holes' pages stay returned to the system (:func:`release_free_heap` ran before), but for
+    the page each block's bookkeeping is written in, which the supervisor writes once for all its workers. Measured
+    (the demo's model, one worker forked from a loaded service, 400 searches): the heap written by the worker
+    15.0 -> 8.7 MB, when 29 MB of holes were taken in 2,018 blocks."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2") or not hasattr(libc, "sbrk"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]
+    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+    top = libc.sbrk(0) - libc.mallinfo2().keepcost  # where the heap's top free block starts: not a hole
+    blocks = size_taken = 0
+    for size in _HOLE_SIZES:
+        while True:
+            p = libc.malloc(size)
+            if p is None:
+                break
+            if p >= top:  # from the top block (or memory-mapped): no hole of this size is left
+                libc.free(p)
+                break
+            _HOLES_KEPT.append(p)
+            blocks += 1
+            size_taken += size
+    return blocks, size_taken
 
 
 def default_start_method() -> str:
@@ -470,10 +516,14 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             server = _server(svc, admin_key, events_key, searches)  # the app and uvicorn's modules, shared by the workers
             gc.collect()
             release_free_heap()
+            holes = fill_heap_holes()
+            release_free_heap()  # what filling left free at the top
             gc.freeze()  # what is loaded now stays out of every later collection, in the supervisor and in the workers
             check_single_threaded(allowed)
             log(f"loaded in {time.perf_counter() - t0:.1f} s (pid {os.getpid()}; besides the main thread only the "
-                f"libraries' own {len(allowed)}: {', '.join(sorted(allowed.values()))}); forking {workers} workers")
+                f"libraries' own {len(allowed)}: {', '.join(sorted(allowed.values()))}"
+                + (f"; {holes[1] / 2**20:.0f} MB of free heap between blocks in use taken in {holes[0]:,} blocks"
+                   if holes else "") + f"); forking {workers} workers")
         else:
             env = {**os.environ, "FUSIONRANK_ADMIN_KEY": admin_key, "FUSIONRANK_EVENTS_KEY": events_key,
                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
