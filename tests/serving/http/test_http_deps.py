@@ -3,6 +3,7 @@ metrics apart, and only the ranking inside ``GET /search`` waits for the app's s
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -28,28 +29,46 @@ def test_two_apps_keep_their_own_service_keys_and_metrics(service_factory):
     assert 'endpoint="/products/{product_id}",method="DELETE"' not in metrics_b
 
 
-def test_only_ranking_waits_for_the_search_gate(service_factory, live_server):
-    app = create_app(service_factory("gate"), "admin", "ev", max_concurrent_searches=1)
+def test_only_ranking_waits_for_the_search_gate_and_a_waiting_search_holds_no_thread(service_factory, live_server):
+    svc = service_factory("gate")
+    app = create_app(svc, "admin", "ev", max_concurrent_searches=1)
+    ranking, go, ranked = threading.Event(), threading.Event(), []
+    search = svc.search
+
+    def held(*a, **kw):  # the first search ranks until told to go on
+        ranked.append(a[0])
+        if len(ranked) == 1:
+            ranking.set()
+            assert go.wait(30)
+        return search(*a, **kw)
+
+    svc.search = held
     statuses = []
 
-    def search():
+    def client(q):
         with httpx.Client(base_url=srv.url, timeout=30) as c:
-            statuses.append(c.get("/search", params={"q": "red shirt", "k": 3}).status_code)
+            statuses.append(c.get("/search", params={"q": q, "k": 3}).status_code)
 
     with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        assert c.get("/search", params={"q": "red shirt", "k": 3}).status_code == 200
-        app.state.search_gate.acquire()
-        waiting = threading.Thread(target=search)
+        first = threading.Thread(target=client, args=("red shirt",))
+        first.start()
+        assert ranking.wait(30)
+        threads = threading.active_count()
+        waiting = [threading.Thread(target=client, args=(f"blue shirt {i}",)) for i in range(4)]
         try:
-            waiting.start()
-            waiting.join(0.5)
-            assert waiting.is_alive() and statuses == []
+            for t in waiting:
+                t.start()
+            time.sleep(0.5)
+            assert ranked == ["red shirt"] and statuses == []  # the others wait for the gate
+            # they wait in the event loop: the server started no thread for them (only this test's 4 clients)
+            assert threading.active_count() == threads + len(waiting)
             assert c.get("/healthz").status_code == 200
             assert c.get("/search", params={"q": "   "}).status_code == 422  # rejected before the gate
         finally:
-            app.state.search_gate.release()
-        waiting.join(30)
-    assert statuses == [200]
+            go.set()
+        for t in (first, *waiting):
+            t.join(30)
+    assert statuses == [200] * 5 and sorted(ranked[1:]) == [f"blue shirt {i}" for i in range(4)]
 
 
 def test_one_process_ranks_two_searches_at_once_and_one_of_several_ranks_one_unless_told(service_factory, monkeypatch):
@@ -62,10 +81,7 @@ def test_one_process_ranks_two_searches_at_once_and_one_of_several_ranks_one_unl
         assert c.get("/stats").json()["searches_at_once"] == 1
     monkeypatch.setenv("FUSIONRANK_SEARCH_CONCURRENCY", "3")  # serve --search-concurrency 3
     assert (searches_at_once(1), searches_at_once(4)) == (3, 3)
-    app = create_app(svc, "admin", "ev")
-    for _ in range(3):  # the gate holds three searches, not a fourth
-        assert app.state.search_gate.acquire(blocking=False)
-    assert not app.state.search_gate.acquire(blocking=False)
+    assert create_app(svc, "admin", "ev").state.search_gate.total_tokens == 3  # the gate lets three searches rank
     monkeypatch.setenv("FUSIONRANK_SEARCH_CONCURRENCY", "0")
     with pytest.raises(ValidationError, match="search_concurrency"):
         searches_at_once(2)

@@ -24,6 +24,7 @@ import socket
 import threading
 from typing import Callable
 
+import anyio
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -109,7 +110,7 @@ def create_app(service: SearchService, admin_key: str | None = None, events_key:
     app.state.admin_key = admin_key or secrets.token_urlsafe(24)
     app.state.events_key = events_key or secrets.token_urlsafe(16)
     app.state.searches_at_once = max_concurrent_searches or searches_at_once()
-    app.state.search_gate = threading.Semaphore(app.state.searches_at_once)
+    app.state.search_gate = anyio.CapacityLimiter(app.state.searches_at_once)
     app.state.metrics = Metrics(service)
     if events_rate is None or events_burst is None:
         from ...settings import get_settings

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Header, HTTPException, Request
 
 from ..service import SearchService
@@ -26,7 +27,7 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-async def get_search_gate(request: Request) -> threading.Semaphore:
+async def get_search_gate(request: Request) -> anyio.CapacityLimiter:
     return request.app.state.search_gate
 
 
@@ -92,7 +93,7 @@ async def require_events_key(request: Request,
 
 ServiceDep = Annotated[SearchService, Depends(get_service)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-SearchGateDep = Annotated[threading.Semaphore, Depends(get_search_gate)]
+SearchGateDep = Annotated[anyio.CapacityLimiter, Depends(get_search_gate)]
 EventsKeyDep = Annotated[str, Depends(get_events_key)]
 AdminKeyRequired = Annotated[None, Depends(require_admin_key)]
 EventsKeyRequired = Annotated[str, Depends(require_events_key)]
