@@ -9,7 +9,10 @@ the stack, whatever the application does, by running beside ``fusionrank serve M
 fork`` a **minimal app** started the same way: torch, numpy, pydantic, FastAPI and uvicorn imported, one
 ``GET /search`` that runs a small torch MLP over 200 candidates and returns 10 results through a pydantic model,
 `gc.freeze()`, then N workers forked from the loaded supervisor, each running uvicorn on the inherited socket.
-Both are driven by ``benchmarks/loadgen.py`` from its own process (8 clients, the same distinct fashion44k query
+It runs twice: as FastAPI serves a sync endpoint by default (each waiting request on a thread of the pool, and
+glibc's arena per thread), then **lean**, with what fusionrank's workers do about both (one malloc arena; one
+search ranking at a time on a thread, the others waiting in the event loop). The lean one is the floor the last
+column compares with. All are driven by ``benchmarks/loadgen.py`` from its own process (8 clients, the same distinct fashion44k query
 texts) and read from ``/proc/PID/smaps_rollup``: each worker's private dirty memory (what it has written) when
 ready and after the load. fusionrank runs twice: over a new event store, then restarted over the store holding
 the searches the first run logged, as a service restarts in production. Writes ``benchmarks/results/fork_floor.md`` (+ ``.json``).
@@ -30,7 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import HOME, RESULTS, ROOT, SRC, children, free_port, log, machine, queries, rollup, stop  # noqa: E402
 
 MINIMAL = r'''
-import gc, os, socket, sys, time
+import ctypes, gc, os, socket, sys, time
+lean = sys.argv[3] == "lean"
+if lean:  # as fusionrank's workers: one malloc arena (glibc's M_ARENA_MAX) from the start
+    ctypes.CDLL(None).mallopt(-8, 1)
+import anyio
 import numpy as np
 import torch
 import uvicorn
@@ -59,7 +66,6 @@ titles = [f"product {i}" for i in range(len(table))]
 app = FastAPI()
 
 
-@app.get("/search", response_model=Page)
 def search(q: str, k: int = 10) -> Page:
     t0 = time.perf_counter()
     rows = np.random.default_rng(abs(hash(q)) % 2**32).choice(len(table), 200, replace=False)
@@ -69,6 +75,15 @@ def search(q: str, k: int = 10) -> Page:
     return Page(query=q, results=[Hit(product_id=str(rows[i]), score=float(s[i]), title=titles[rows[i]]) for i in top],
                 timings_ms={"total_ms": (time.perf_counter() - t0) * 1e3})
 
+
+if lean:  # as fusionrank's GET /search: one search ranks at a time, on a thread; the others wait in the event loop
+    gate = anyio.CapacityLimiter(1)
+
+    @app.get("/search", response_model=Page)
+    async def lean_search(q: str, k: int = 10) -> Page:
+        return await anyio.to_thread.run_sync(lambda: search(q, k), limiter=gate)
+else:  # FastAPI's default: a sync endpoint, each request on a thread of the pool
+    app.get("/search", response_model=Page)(search)
 
 sock = socket.socket()
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -135,8 +150,11 @@ def main() -> None:
            "machine": machine(), "arms": []}
     with tempfile.TemporaryDirectory() as tmp:
         p = free_port()
-        res["arms"].append(arm("minimal FastAPI + torch app", [sys.executable, "-c", MINIMAL, str(p), str(a.workers)],
+        res["arms"].append(arm("minimal FastAPI + torch app", [sys.executable, "-c", MINIMAL, str(p), str(a.workers), "plain"],
                                qs, a.requests, p, Path(tmp), env))
+        p = free_port()
+        res["arms"].append(arm("minimal app, one malloc arena, waiting requests off threads",
+                               [sys.executable, "-c", MINIMAL, str(p), str(a.workers), "lean"], qs, a.requests, p, Path(tmp), env))
         shutil.rmtree(a.model / "service-data", ignore_errors=True)  # an empty event store, as in workers.py
         for name in ("fusionrank serve, a new event store", "fusionrank serve again, over the searches it logged"):
             p = free_port()
@@ -145,7 +163,7 @@ def main() -> None:
                                    qs, a.requests, p, Path(tmp), env))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{a.stem}.json").write_text(json.dumps(res, indent=1))
-    floor = res["arms"][0]
+    floor = res["arms"][1]  # the lean minimal app
 
     def mean(xs):
         return sum(xs) / len(xs) / 1024
@@ -154,7 +172,7 @@ def main() -> None:
              f"`{res['command']}`; {a.workers} forked workers each; {a.requests:,} requests from 8 clients (fashion44k's "
              f"{len(qs):,} distinct train and dev queries, in turn); model `{res['model']}`.", "",
              "| server | requests/s | failed | worker private dirty when ready (MB, mean) | after the load | "
-             "written per worker by the load | after the load, against the minimal app |",
+             "written per worker by the load | after the load, against the lean minimal app |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in res["arms"]:
         ready, after = mean([w["dirty_kb"] for w in r["ready"]]), mean([w["dirty_kb"] for w in r["after"]])

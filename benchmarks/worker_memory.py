@@ -42,6 +42,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import HOME, RESULTS, ROOT, SRC, children, free_port, log, machine, queries, rollup, stop  # noqa: E402
 
+MEASURABLE_GROWTH = 8  # kB per 1,000 searches: two pages; below it a ratio to the one process says nothing
+
 
 def long_tail(n: int, seed: int = 0) -> list[str]:
     """``n`` distinct query strings: the real queries, then each with one word of another query appended."""
@@ -152,11 +154,12 @@ def write(res: dict, stem: str) -> None:
     lines = [f"# A serving process's memory under {res['searches']:,} distinct queries", "",
              f"Model `{res['model']}` ({res['products']:,} products); 8 clients; every query string distinct; "
              f"memory read every {res['every']:,} searches. Command: `{res['command']}`."
-             + (f" The code before: the same command over {res['before_label']}, run after." if res.get("before") else ""),
+             + (f" Beside it: the same command over {res['before_label']}." if res.get("before") else ""),
              "", "Private dirty memory (MB; USS at the end in brackets). A supervisor's grows as its workers copy the "
              "pages they share with it (each copy leaves the original to the supervisor alone): it serves nothing.", "",
              "| process | at start | after 1/3 | after 2/3 | at the end | written after start | growth over the last third "
-             "(kB per 1,000 searches) | vs one process (this code) |",
+             "(kB per 1,000 searches) | vs one process (this code; - when it grew by less than "
+             f"{MEASURABLE_GROWTH} kB per 1,000, two pages) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, run in _runs(res):
         for r in run["arms"]:
@@ -164,7 +167,7 @@ def write(res: dict, stem: str) -> None:
             for i, role in enumerate(r["roles"]):
                 at = [s[0], s[len(s) // 3], s[2 * len(s) // 3], s[-1]]
                 g = growth(r, i)
-                ratio = f"{g / base:.2f}x" if base > 0 else "-"
+                ratio = f"{g / base:.2f}x" if base >= MEASURABLE_GROWTH else "-"
                 mb = [t["processes"][i]["dirty_kb"] / 1024 for t in at]
                 lines.append(f"| {_name(r, role)}{label} | " + " | ".join(f"{v:.1f}" for v in mb)
                              + f" ({at[-1]['processes'][i]['uss_kb'] / 1024:.0f}) | {mb[-1] - mb[0]:.1f} | {g:.0f} | {ratio} |")

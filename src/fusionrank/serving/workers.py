@@ -56,7 +56,9 @@ Either way the workers share:
 Each worker ranks one search at a time (:func:`~fusionrank.serving.http.app.searches_at_once`; the others queue in
 it): the processes, not threads in one, fill the cores. Such workers allocate from one glibc malloc arena
 (:func:`one_malloc_arena`, set in the supervisor before it loads, so that the workers inherit it) instead of one per
-request thread, and the supervisor returns its heap's free pages before forking (:func:`release_free_heap`).
+request thread, and the supervisor returns its heap's free pages before forking (:func:`release_free_heap`) and
+keeps the holes left between its blocks in use (:func:`fill_heap_holes`), so that a worker allocates in pages of
+its own instead of copying the supervisor's.
 
 Worker 0 starts first, the others once it is ready (spawned, worker 0 creates the event store,
 its key and archives the product vectors; forked, the supervisor did that). The supervisor
