@@ -26,13 +26,13 @@ def page(events_key: EventsKeyDep) -> HTMLResponse:
 
 @router.get("/search", summary="Search the catalogue")
 async def search(service: ServiceDep, gate: SearchGateDep,
-           q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="search text")],
-           k: Annotated[int, Query(ge=1, le=MAX_K, description="results to return")] = 10,
-           category: Annotated[str | None, Query(max_length=200, description="master category filter (case-insensitive)")] = None,
-           explain: Annotated[bool, Query(description="per-modality contributions (a few ms)")] = True,
-           client_id: Annotated[str | None, Query(min_length=1, max_length=200, description="browser id (stored as a keyed hash)")] = None,
-           session_id: Annotated[str | None, Query(min_length=1, max_length=200, description="session id (stored as a keyed hash)")] = None,
-           ) -> Response:
+                 q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="search text")],
+                 k: Annotated[int, Query(ge=1, le=MAX_K, description="results to return")] = 10,
+                 category: Annotated[str | None, Query(max_length=200, description="master category filter (case-insensitive)")] = None,
+                 explain: Annotated[bool, Query(description="per-modality contributions (a few ms)")] = True,
+                 client_id: Annotated[str | None, Query(min_length=1, max_length=200, description="browser id (stored as a keyed hash)")] = None,
+                 session_id: Annotated[str | None, Query(min_length=1, max_length=200, description="session id (stored as a keyed hash)")] = None,
+                 ) -> Response:
     """Ranked products: ``results[]`` with ``score``, per-modality ``contributions`` and fusion ``weights``,
     ``matched_terms``, media URLs; plus ``search_id`` and ``model_version`` (quote both in events) and
     ``timings_ms`` per stage. Each result carries its ``rank`` and grid cell (``grid_row``, ``grid_col``)."""
