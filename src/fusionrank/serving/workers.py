@@ -89,7 +89,7 @@ from ..errors import FusionrankError
 from .wal import write_atomic
 
 __all__ = ["SharedModel", "ThreadsAtFork", "START_METHODS", "default_start_method", "check_single_threaded", "library_threads",
-           "load_shared_service", "start_worker_service", "open_shared_service", "serve_workers", "worker_main"]
+           "load_shared_service", "settle_before_fork", "start_worker_service", "open_shared_service", "serve_workers", "worker_main"]
 
 MODEL_FILE = "model.json"
 START_METHODS = ("fork", "spawn")
@@ -181,6 +181,19 @@ def fill_heap_holes() -> tuple[int, int] | None:
             blocks += 1
             size_taken += size
     return blocks, size_taken
+
+
+def settle_before_fork() -> tuple[int, int] | None:
+    """What a loaded supervisor does last before it forks its workers: collect, return the heap's free pages
+    (:func:`release_free_heap`), take the holes left between blocks in use (:func:`fill_heap_holes`, whose result it
+    returns), return what that left free at the top, then :func:`gc.freeze`: what is loaded now stays out of every
+    later collection, in the supervisor and in the workers."""
+    gc.collect()
+    release_free_heap()
+    holes = fill_heap_holes()
+    release_free_heap()
+    gc.freeze()
+    return holes
 
 
 def default_start_method() -> str:
@@ -516,11 +529,7 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
             svc = load_shared_service(args, lambda m: log(f"supervisor: {m}"))
             svc.close_events()  # a connection and a checkpointer thread are per process: each worker opens its own
             server = _server(svc, admin_key, events_key, searches)  # the app and uvicorn's modules, shared by the workers
-            gc.collect()
-            release_free_heap()
-            holes = fill_heap_holes()
-            release_free_heap()  # what filling left free at the top
-            gc.freeze()  # what is loaded now stays out of every later collection, in the supervisor and in the workers
+            holes = settle_before_fork()
             check_single_threaded(allowed)
             log(f"loaded in {time.perf_counter() - t0:.1f} s (pid {os.getpid()}; besides the main thread only the "
                 f"libraries' own {len(allowed)}: {', '.join(sorted(allowed.values()))}"
