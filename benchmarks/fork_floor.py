@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workers import HOME, RESULTS, ROOT, SRC, children, free_port, log, machine, queries, rollup, stop  # noqa: E402
+from workers import HOME, ROOT, SRC, children, free_port, machine, queries, report, rollup, stop  # noqa: E402
 
 MINIMAL = r'''
 import ctypes, gc, os, socket, sys, time
@@ -161,8 +161,6 @@ def main() -> None:
             res["arms"].append(arm(name, [sys.executable, "-m", "fusionrank.cli", "serve", str(a.model), "--port", str(p),
                                           "--workers", str(a.workers), "--start-method", "fork"],
                                    qs, a.requests, p, Path(tmp), env))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{a.stem}.json").write_text(json.dumps(res, indent=1))
     floor = res["arms"][1]  # the lean minimal app
 
     def mean(xs):
@@ -179,9 +177,7 @@ def main() -> None:
         base = mean([w["dirty_kb"] for w in floor["after"]])
         lines.append(f"| {r['name']} | {r['throughput_rps']:.1f} | {r['failed']} | {ready:.1f} | {after:.1f} | "
                      f"{after - ready:.1f} | {after / base:.2f}x |")
-    lines += ["", "Machine at the start:", "", "```", res["machine"]["top"], "```"]
-    (RESULTS / f"{a.stem}.md").write_text("\n".join(lines) + "\n")
-    log("\n".join(lines))
+    report(a.stem, res, lines)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Writes ``benchmarks/results/STEM.md`` (+ ``.json``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workers import HOME, RESULTS, log, machine, queries, rollup  # noqa: E402
+from workers import HOME, log, machine, queries, report, rollup  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PRESENT, FRAME = np.uint64(1 << 63), np.uint64((1 << 55) - 1)
@@ -142,8 +141,6 @@ def main() -> None:
         done = n
         st["one_process_growth_kb"] = rollup(os.getpid()).get("Anonymous", 0) - base
     svc.close()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{a.stem}.json").write_text(json.dumps(res, indent=1))
 
     def mb(kb: int) -> str:
         return f"{kb / 1024:.1f}"
@@ -161,9 +158,7 @@ def main() -> None:
         lines.append(f"| {st['stage']} | {mb(own)} | {mb(st['anonymous'])} | {mb(st['heap'])} | {mb(st['other'])} | "
                      f"{mb(st['private_dirty_kb'])} | {mb(grow) if grow is not None else '-'} | "
                      f"{f'{own / grow:.1f}x' if grow and grow >= 2 * PAGE // 1024 else '-'} |")
-    lines += ["", "Machine at the start:", "", "```", res["machine"]["top"], "```"]
-    (RESULTS / f"{a.stem}.md").write_text("\n".join(lines) + "\n")
-    log("\n".join(lines))
+    report(a.stem, res, lines)
 
 
 if __name__ == "__main__":

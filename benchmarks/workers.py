@@ -301,6 +301,16 @@ def machine() -> dict:
     return {"uptime": sh("uptime"), "top": sh("top -b -n 1 | head -14"), "cpus": os.cpu_count()}
 
 
+def report(stem: str, res: dict, lines: list[str]) -> None:
+    """Write ``res`` to ``results/STEM.json`` and the report ``lines``, with the machine at the start
+    (``res["machine"]``, :func:`machine`), to ``results/STEM.md``; print the report."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    lines = [*lines, "", "Machine at the start:", "", "```", res["machine"]["top"], "```"]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    log("\n".join(lines))
+
+
 EARLIER = "## Spawned workers, earlier run"
 
 
