@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import HOME, ROOT, SRC, children, free_port, machine, queries, report, rollup, stop  # noqa: E402
 
 MINIMAL = r'''
-import ctypes, gc, os, socket, sys, time
+import ctypes, gc, os, signal, socket, sys, time
 lean = sys.argv[3] == "lean"
 if lean:  # as fusionrank's workers: one malloc arena (glibc's M_ARENA_MAX) from the start
     ctypes.CDLL(None).mallopt(-8, 1)
@@ -102,8 +102,15 @@ for _ in range(workers):
         os._exit(0)
     pids.append(pid)
 print(f"http://127.0.0.1:{port}/", flush=True)
-for pid in pids:
-    os.waitpid(pid, 0)
+try:
+    for pid in pids:
+        os.waitpid(pid, 0)
+finally:  # stopped (SIGINT, as the benchmark stops every server): its workers too, or they outlive the run
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 '''
 
 
