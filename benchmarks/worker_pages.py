@@ -77,8 +77,8 @@ def main() -> None:
         raise SystemExit("--searches: increasing counts from 1")
     if not (a.model / "index").exists():
         raise SystemExit(f"{a.model} has no index: run `fusionrank demo` (or `fusionrank index MODEL`) first")
-    if not frames(os.getpid(), *writable_mappings(os.getpid())[0][:2]).any():
-        raise SystemExit("/proc/PID/pagemap gives no page frames here: run as root")
+    if not (frames(os.getpid(), *writable_mappings(os.getpid())[0][:2]) & FRAME).any():  # unprivileged, the kernel
+        raise SystemExit("/proc/PID/pagemap gives no page frames here: run as root")  # keeps the present bits, zeroes frames
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import gc
 
