@@ -175,3 +175,23 @@ def test_default_tolerance_keeps_scores_close_to_exact(monkeypatch):
     ref = reference([texts[r] for r in rows], QUERIES)
     for qi, q in enumerate(QUERIES):
         np.testing.assert_allclose(dense(f, q, rows), ref[qi], rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("share", [0.0005, 0.01, 0.3, 1.0])  # matching rows: fewer than the sample needs .. all
+def test_dense_top_matches_a_full_sort(share):
+    """The dense accumulator's top rows (sampled threshold) equal a full sort by score then row, with many ties."""
+    from fusionrank.ranking.lexical import LexScores
+
+    rng = np.random.default_rng(3)
+    n = 100_000
+    for _ in range(5):
+        dense = np.zeros(n)
+        hit = rng.random(n) < share
+        dense[hit] = rng.integers(1, 40, hit.sum()) / 8  # few distinct scores: ties at every cut
+        res = LexScores(None, np.zeros(0, np.int64), None, None, dense)
+        nz = np.flatnonzero(dense)
+        want = nz[np.lexsort((nz, -dense[nz]))]
+        for depth in (1, 10, 200, 1000):
+            rows, s = res.top_scored(depth)
+            assert rows.tolist() == want[:depth].tolist()
+            np.testing.assert_array_equal(s, dense[rows])

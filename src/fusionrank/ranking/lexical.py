@@ -311,10 +311,13 @@ class LexScores:
             a = self.dense
             cand = None
             if len(a) > 64 * depth:  # exact shortcut: a threshold from a sample keeps >= depth rows
+                # the sample's matching rows only: selecting among the many equal zeros of a big catalogue's
+                # accumulator is numpy's slow case (2.7 against 0.4 ms per query at 1M products)
                 samp = a[::32]
-                kk = min(len(samp) - 1, 4 * depth // 32 + 1)
-                t = np.partition(samp, len(samp) - 1 - kk)[len(samp) - 1 - kk]
-                if t > 0:
+                samp = samp[samp > 0]
+                kk = 4 * depth // 32 + 1
+                if len(samp) > kk:
+                    t = np.partition(samp, len(samp) - 1 - kk)[len(samp) - 1 - kk]
                     c = np.flatnonzero(a >= t)
                     if len(c) >= depth:
                         cand = c
