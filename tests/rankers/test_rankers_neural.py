@@ -5,6 +5,7 @@ import types
 
 import numpy as np
 import pytest
+import torch
 
 from fusionrank.errors import FusionrankError, NotFittedError, UnknownNameError
 from fusionrank.losses import LOSSES
@@ -53,6 +54,17 @@ def test_predict_shape_and_padding(fitted, problem):
     real = problem.valid.rows >= 0
     assert s.shape == problem.valid.rows.shape
     assert np.isfinite(s[real]).all() and np.all(s[~real] == -np.inf)
+
+
+def test_predict_scores_in_eval_mode_even_after_a_module_was_set_training(problem):
+    r = _fit(problem, scorer="mlp", dropout=0.5, epochs=2)
+    want = r.predict(problem.valid, problem.tables)
+    assert not any(m.training for m in r.net_.modules())
+    drop = [m for m in r.net_.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drop
+    drop[0].train()  # one submodule only, the root still in eval mode: its dropout would be on
+    np.testing.assert_array_equal(r.predict(problem.valid, problem.tables), want)
+    assert not any(m.training for m in r.net_.modules())
 
 
 def test_same_seed_same_model(problem):

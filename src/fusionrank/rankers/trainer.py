@@ -312,7 +312,8 @@ class NeuralRanker:
         if slates.x.shape[-1] != self.n_features_:
             raise FusionrankError(f"Expected {self.n_features_} features, but found {slates.x.shape[-1]}")
         self._check_tables(tables)
-        self.net_.eval()
+        if any(m.training for m in self.net_.modules()):  # eval() sets an attribute on every module: in a forked
+            self.net_.eval()  # worker, each search would copy the pages of the supervisor's modules it writes
         out = np.empty(slates.rows.shape, np.float32)
         ws = np.zeros(slates.rows.shape + (len(self.groups_),), np.float32) if return_weights else None
         with torch.no_grad():
