@@ -88,8 +88,7 @@ def main() -> None:
 
     W.set_malloc_arenas(1)  # as a supervisor of workers that rank one search at a time
     torch.set_num_threads(1)
-    cfg = {"model": str(a.model), "index": str(a.model / "index"), "threads": 1, "randomise_share": None,
-           "feature_logging": True, "registry": None, "poll": 1.0}
+    cfg = W.service_config(a.model, a.model / "index")
     svc = W.load_shared_service(cfg, lambda m: None)
     svc.close_events()
     qs = queries(stops[-1])

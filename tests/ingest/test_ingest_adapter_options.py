@@ -12,8 +12,8 @@ from fusionrank.ingest.adapters import ADAPTERS, adapter_options, get_adapter, o
 VALID = {
     "native": ["limit"],
     "fashion44k": ["limit", "splits"],
-    "wands": ["grades", "limit"],
-    "esci": ["locale", "version", "split", "only_judged", "id_scheme", "grades", "limit", "products_file", "examples_file"],
+    "wands": ["limit", "grades"],  # `limit` first: every built-in adapter's, from LimitedOptions
+    "esci": ["limit", "locale", "version", "split", "only_judged", "id_scheme", "grades", "products_file", "examples_file"],
 }
 
 
@@ -158,7 +158,7 @@ def test_misspelt_option_in_config_from_the_cli(tmp_path):
     r = CliRunner().invoke(app, ["train", "--config", str(path), "--out", str(tmp_path / "model")])
     assert r.exit_code == 2, r.output
     msg = "".join(r.output.split())
-    assert "wandsadapter:unknownoption'grade'(didyoumean'grades'?);validoptions:grades,limit" in msg
+    assert "wandsadapter:unknownoption'grade'(didyoumean'grades'?);validoptions:limit,grades" in msg
     assert not (tmp_path / "model").exists()
 
 

@@ -92,21 +92,12 @@ def start(model: Path, replicas: int, address: str | None = None, host: str = "1
     from ray import serve
 
     from ..engine import ray_runtime
-    from ..errors import StaleArtefactError
-    from ..modeldir import ModelDir
-    from .workers import MODEL_FILE, SharedModel, _prepare_index
+    from .workers import service_config, shared_index
 
     if replicas < 1:
         raise FusionrankError(f"--replicas must be at least 1 (got {replicas})")
-    md = ModelDir.open(model)
-    index_dir = Path(index) if index else md.index_dir
-    _prepare_index(index_dir, log)  # what a plain load repairs, once, before any replica maps the folder
-    if not (index_dir / "index.json").exists():
-        raise StaleArtefactError(f"{index_dir}: no search index; build it with `fusionrank index {md.path}`")
-    SharedModel(index_dir.parent / "service-data" / "workers" / MODEL_FILE).clear()  # not an earlier run's swap
-    cfg = {"model": str(md.path.resolve()), "index": str(index_dir.resolve()), "threads": threads,
-           "randomise_share": randomise_share, "feature_logging": feature_logging,
-           "registry": str(Path(registry).resolve()) if registry else None, "poll": poll,
+    md, index_dir = shared_index(model, index, log)
+    cfg = {**service_config(md.path, index_dir, threads, randomise_share, feature_logging, registry, poll),
            "admin_key": admin_key or secrets.token_urlsafe(24), "events_key": events_key or secrets.token_urlsafe(16),
            "replicas": replicas}  # the same for replica 0 alone and for all: Ray Serve then only adds replicas
     env = {k: v for k, v in os.environ.items() if k.startswith("FUSIONRANK_") and k not in ("FUSIONRANK_ADMIN_KEY",

@@ -315,6 +315,32 @@ def _prepare_index(index_dir: Path, log: Callable[[str], None]) -> None:
     scan(index_dir / "changes.jsonl", repair=True, log=log)
 
 
+def shared_index(model: str | Path, index: str | Path | None, log: Callable[[str], None]):
+    """``(ModelDir, index folder)`` that several processes will serve (workers, Ray Serve replicas): what a plain
+    ``SearchIndex.load`` repairs is done here once, before any of them maps the folder, and a model an earlier run
+    swapped in is forgotten."""
+    from ..errors import StaleArtefactError
+    from ..modeldir import ModelDir
+
+    md = ModelDir.open(model)
+    index_dir = Path(index) if index else md.index_dir
+    _prepare_index(index_dir, log)  # a crash between a snapshot's renames leaves no index.json until recovered
+    if not (index_dir / "index.json").exists():
+        raise StaleArtefactError(f"{index_dir}: no search index; build it with `fusionrank index {md.path}`")
+    SharedModel(index_dir.parent / "service-data" / "workers" / MODEL_FILE).clear()
+    return md, index_dir
+
+
+def service_config(model: str | Path, index: str | Path, threads: int = 1, randomise_share: float | None = None,
+                   feature_logging: bool = True, registry: str | Path | None = None, poll: float = 1.0) -> dict:
+    """What :func:`load_shared_service` and :func:`start_worker_service` read, as a JSON-able dict (a spawned worker
+    gets it on its command line, a Ray Serve replica as its deployment's argument): absolute paths, the torch threads
+    of each process, the share of searches randomised, feature logging, the registry followed and its poll interval."""
+    return {"model": str(Path(model).resolve()), "index": str(Path(index).resolve()), "threads": int(threads),
+            "randomise_share": randomise_share, "feature_logging": feature_logging,
+            "registry": str(Path(registry).resolve()) if registry else None, "poll": poll}
+
+
 def load_shared_service(cfg: dict, log: Callable[[str], None]):
     """The service as every worker serves it, with everything it only reads loaded: the index opened shared, the
     model (the registry's promoted version with ``cfg["registry"]``), its query understanding, the ONNX query encoder
@@ -485,9 +511,6 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
     """
     import secrets
 
-    from ..errors import StaleArtefactError
-    from ..modeldir import ModelDir
-
     if workers < 1:
         raise FusionrankError(f"--workers must be at least 1 (got {workers})")
     start_method = start_method or default_start_method()
@@ -501,19 +524,10 @@ def serve_workers(model: Path, workers: int, host: str = "127.0.0.1", port: int 
     if start_method == "fork":  # first: the workers inherit it, and the arenas of the threads the supervisor runs
         set_malloc_arenas(searches)  # before the fork
     allowed = library_threads() if start_method == "fork" else {}  # first: before anything here reads a file with Arrow
-    md = ModelDir.open(model)
-    index_dir = Path(index) if index else md.index_dir
-    if not (index_dir / "index.json").exists():
-        _prepare_index(index_dir, log)  # a crash between a snapshot's renames leaves no index.json until recovered
-        if not (index_dir / "index.json").exists():
-            raise StaleArtefactError(f"{index_dir}: no search index; build it with `fusionrank index {md.path}`")
-    _prepare_index(index_dir, log)
-    data_dir = index_dir.parent / "service-data"
-    SharedModel(data_dir / "workers" / MODEL_FILE).clear()  # a model swapped in an earlier run is not this run's
+    md, index_dir = shared_index(model, index, log)
     admin_key = admin_key or secrets.token_urlsafe(24)
     events_key = events_key or secrets.token_urlsafe(16)
-    args = {"model": str(md.path), "index": str(index_dir), "threads": threads, "randomise_share": randomise_share,
-            "feature_logging": feature_logging, "registry": str(registry) if registry else None, "poll": poll,
+    args = {**service_config(md.path, index_dir, threads, randomise_share, feature_logging, registry, poll),
             "host": host, "port": port, "workers": workers}
     sock = listen(host, port)
     sock.set_inheritable(True)  # the workers accept on it

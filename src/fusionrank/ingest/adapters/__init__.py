@@ -1,6 +1,6 @@
 """Dataset adapters, registered by name in :data:`ADAPTERS`, each with its options model."""
-from .base import (ADAPTERS, Adapter, AdapterOptions, adapter_options, describe_options, get_adapter, options_markdown,
-                   options_model, parse_option_strings)
+from .base import (ADAPTERS, Adapter, AdapterOptions, LimitedOptions, adapter_options, describe_options, get_adapter,
+                   options_markdown, options_model, parse_option_strings)
 from . import fashion44k, native  # noqa: F401  (registration)
 
 try:  # adapters added by other modules register themselves on import
@@ -8,5 +8,5 @@ try:  # adapters added by other modules register themselves on import
 except ImportError:  # pragma: no cover - during development one may be absent
     pass
 
-__all__ = ["ADAPTERS", "Adapter", "AdapterOptions", "adapter_options", "describe_options", "get_adapter",
+__all__ = ["ADAPTERS", "Adapter", "AdapterOptions", "LimitedOptions", "adapter_options", "describe_options", "get_adapter",
            "options_markdown", "options_model", "parse_option_strings"]

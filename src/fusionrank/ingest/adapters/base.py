@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...errors import AdapterOptionsError, FusionrankError, RowError, SchemaError
 from ...registry import Registry
@@ -34,6 +34,13 @@ class AdapterOptions(BaseModel):
     """Base of every adapter's options model: unknown options are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class LimitedOptions(AdapterOptions):
+    """Options of an adapter that can read only the first products (each built-in adapter's)."""
+
+    limit: int | None = Field(None, ge=1, strict=True,
+                              description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
 
 
 class Adapter:

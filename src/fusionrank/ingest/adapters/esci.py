@@ -65,7 +65,7 @@ from pydantic import Field, StrictInt, field_validator
 from ... import schema as S
 from ...errors import FusionrankError, RowError, SchemaError
 from ..readers import probe_columns
-from .base import ADAPTERS, Adapter, AdapterOptions, Record
+from .base import ADAPTERS, Adapter, LimitedOptions, Record
 
 #: Default ESCI label -> grade map (E exact, S substitute, C complement, I irrelevant).
 ESCI_GRADES: dict[str, int] = {"E": 3, "S": 2, "C": 1, "I": 0}
@@ -124,7 +124,7 @@ def _bullets(v: Any) -> Any:
     return v
 
 
-class EsciOptions(AdapterOptions):
+class EsciOptions(LimitedOptions):
     locale: str | list[str] | None = Field(
         None, description='"us", "es", "jp" or a list of them (null = all); filters products and examples on product_locale')
     version: Literal["small", "large"] | None = Field(
@@ -137,8 +137,6 @@ class EsciOptions(AdapterOptions):
     grades: dict[str, Annotated[StrictInt, Field(ge=0)]] = Field(
         default_factory=lambda: dict(ESCI_GRADES), min_length=1,
         description="esci_label -> grade (integers >= 0; labels matched case-insensitively)")
-    limit: int | None = Field(None, ge=1, strict=True,
-                              description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
     products_file: Path | None = Field(None, description="products file (absolute or relative to the source); default: searched for")
     examples_file: Path | None = Field(None, description="examples file (absolute or relative to the source); default: searched for")
 

@@ -16,12 +16,10 @@ from pydantic import Field
 
 from ... import schema as S
 from ...errors import RowError
-from .base import ADAPTERS, Adapter, AdapterOptions, Record
+from .base import ADAPTERS, Adapter, LimitedOptions, Record
 
 
-class Fashion44kOptions(AdapterOptions):
-    limit: int | None = Field(None, ge=1, strict=True,
-                              description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
+class Fashion44kOptions(LimitedOptions):
     splits: list[str] = Field(default_factory=lambda: ["train", "dev"], min_length=1,
                               description="query splits to read: queries_{split}.tsv and qrels_{split}.tsv[.gz] (a split without files is skipped)")
 

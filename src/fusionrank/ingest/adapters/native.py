@@ -12,19 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from pydantic import Field
 
 from ... import schema as S
 from ...errors import FusionrankError, RowError
 from ..media import is_url
-from .base import ADAPTERS, Adapter, AdapterOptions, Record
+from .base import ADAPTERS, Adapter, LimitedOptions, Record
 
 _PRODUCT_NAMES = ("products.parquet", "products.parquet.gz", "products.jsonl", "products.jsonl.gz", "products.csv", "products.csv.gz", "products.tsv", "products.tsv.gz")
 
 
-class NativeOptions(AdapterOptions):
-    limit: int | None = Field(None, ge=1, strict=True,
-                              description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
+class NativeOptions(LimitedOptions):
+    """The native layout's options: only ``limit``."""
 
 
 @ADAPTERS.register("native")

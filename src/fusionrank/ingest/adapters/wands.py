@@ -39,7 +39,7 @@ from pydantic import Field, StrictInt
 
 from ... import schema as S
 from ...errors import FusionrankError, RowError
-from .base import ADAPTERS, Adapter, AdapterOptions, Record
+from .base import ADAPTERS, Adapter, LimitedOptions, Record
 
 #: Default WANDS label -> grade map.
 WANDS_GRADES: dict[str, int] = {"Exact": 2, "Partial": 1, "Irrelevant": 0}
@@ -94,12 +94,10 @@ def parse_features(text: Any) -> dict[str, str]:
     return {k: " | ".join(v) for k, v in out.items()}
 
 
-class WandsOptions(AdapterOptions):
+class WandsOptions(LimitedOptions):
     grades: dict[str, Annotated[StrictInt, Field(ge=0)]] = Field(
         default_factory=lambda: dict(WANDS_GRADES), min_length=1,
         description="label -> grade (integers >= 0; labels matched case-insensitively)")
-    limit: int | None = Field(None, ge=1, strict=True,
-                              description="read at most this many product rows (>= 1; judgments of the others are counted as skipped)")
 
 
 @ADAPTERS.register("wands")
