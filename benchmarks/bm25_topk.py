@@ -8,8 +8,8 @@ Loads each BM25 field of a saved index (``DIR/lex.<field>``; default the 1M prod
 
 Baselines from the same run, over the same score arrays, each checked to give the same rows in the same order:
 
-* *plain exact top-k*: every matching row of the dense accumulator, then ``argpartition`` and a sort, as one would
-  write it without the sampled threshold;
+* *plain exact top-k*: every matching row of the dense accumulator, the cut found by ``argpartition``, then a sort,
+  as one would write it without the sampled threshold;
 * *sample with its zeros*: the sampled threshold chosen over the whole sample, zeros included (fusionrank's code
   before commit 682ac2f: numpy's partition is slow over many equal values).
 
@@ -27,22 +27,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import HOME, log, machine, queries, report  # noqa: E402
 
-
-def best(rows: np.ndarray, s: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``depth`` best of ``rows`` scored ``s``, by score then lower row."""
-    if len(rows) > depth:
-        kth = s[np.argpartition(-s, depth - 1)[depth - 1]]
-        gt, eq = np.flatnonzero(s > kth), np.flatnonzero(s == kth)
-        sel = np.concatenate([gt, eq[:depth - len(gt)]])
-        rows, s = rows[sel], s[sel]
-    o = np.lexsort((rows, -s))
-    return rows[o], s[o]
+from fusionrank.ranking.lexical import best_rows  # noqa: E402
 
 
 def plain_top(a: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top ``depth`` of a dense accumulator by score then lower row, from all of its matching rows."""
+    """Exact top ``depth`` of a dense accumulator by score then lower row: the matching rows, the ``depth``-th best
+    score by ``argpartition``, then every row at or above it sorted."""
     rows = np.flatnonzero(a)
-    return best(rows, a[rows], depth)
+    if len(rows) > depth:
+        s = a[rows]
+        kth = s[np.argpartition(-s, depth - 1)[:depth]].min()
+        rows = rows[s >= kth]
+    o = np.lexsort((rows, -a[rows]))[:depth]
+    return rows[o], a[rows[o]]
 
 
 def zeros_sample_top(a: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +55,7 @@ def zeros_sample_top(a: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]
                 cand = c
     if cand is None:
         cand = np.flatnonzero(a)
-    return best(cand, a[cand], depth)
+    return best_rows(cand, a[cand], depth)  # the same last step then as now
 
 
 def timed(fn, items) -> tuple[list, float]:
