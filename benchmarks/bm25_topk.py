@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workers import HOME, log, machine, queries, report  # noqa: E402
 
-from fusionrank.ranking.lexical import best_rows  # noqa: E402
+from fusionrank.ranking.vectors import ranked_scored  # noqa: E402
 
 
 def plain_top(a: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +55,7 @@ def zeros_sample_top(a: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]
                 cand = c
     if cand is None:
         cand = np.flatnonzero(a)
-    return best_rows(cand, a[cand], depth)  # the same last step then as now
+    return ranked_scored(cand, a[cand], depth)  # the last step, as then
 
 
 def timed(fn, items) -> tuple[list, float]:

@@ -217,3 +217,17 @@ def test_memory_mapped_ivf_takes_writes_in_a_delta_and_answers_as_the_in_memory_
             assert not {0, 7, 2600, 2999} & set(got.tolist())
     with pytest.raises(FusionrankError, match="memory-mapped index shared by worker processes is not saved"):
         mapped.save(tmp_path / "b.faiss")
+
+
+@pytest.mark.parametrize("n,k", [(0, 5), (7, 10), (50, 5), (3000, 1), (3000, 200)])
+def test_ranked_scored_keeps_the_best_ties_to_the_lower_row(n, k):
+    """Against a plain sort of (-score, row) pairs: rows in any order, few distinct scores, so ties at every cut."""
+    from fusionrank.ranking.vectors import ranked_scored
+
+    rng = np.random.default_rng(n + k)
+    for _ in range(5):
+        rows = rng.permutation(10 * n + 1)[:n].astype(np.int64)
+        scores = rng.integers(0, 6, n).astype(np.float32) / 4
+        want = sorted(zip((-scores).tolist(), rows.tolist()))[:k]
+        r, s = ranked_scored(rows, scores, k)
+        assert list(zip((-s).tolist(), r.tolist())) == want

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..encoders.text import term_counts, tokenize
+from .vectors import ranked_scored
 
 
 @dataclass(frozen=True)
@@ -283,17 +284,6 @@ class LexicalField:
         return int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes + self.df.nbytes + self.dl.nbytes + self.live.nbytes)
 
 
-def best_rows(rows: np.ndarray, scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, scores)`` of the ``depth`` best of ``rows`` (ascending), by score then lower row."""
-    if len(rows) > depth:  # ties at the cut go to lower rows
-        kth = scores[np.argpartition(-scores, depth - 1)[depth - 1]]
-        gt, eq = np.flatnonzero(scores > kth), np.flatnonzero(scores == kth)
-        sel = np.concatenate([gt, eq[:depth - len(gt)]])
-        rows, scores = rows[sel], scores[sel]
-    o = np.lexsort((rows, -scores))
-    return rows[o], scores[o]
-
-
 class LexScores:
     """BM25 scores of one query over a field: sparse (matching rows) or a dense accumulator over all rows."""
 
@@ -334,8 +324,8 @@ class LexScores:
                         cand = c
             if cand is None:
                 cand = np.flatnonzero(a)
-            return best_rows(cand.astype(np.int64), a[cand], depth)
-        return best_rows(self._rows, self._scores, depth)
+            return ranked_scored(cand.astype(np.int64), a[cand], depth)
+        return ranked_scored(self._rows, self._scores, depth)
 
     def at(self, rows: np.ndarray) -> np.ndarray:
         """BM25 of the given rows (0 where they do not match)."""

@@ -50,7 +50,18 @@ def ranked(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def ranked_scored(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, scores)`` of the ``k`` best ``rows`` by score, ties to the lower row."""
+    """``(rows, scores)`` of the ``k`` best ``rows`` by score, ties to the lower row (the tie rule of every source).
+
+    Over many rows the ``k``-th best score is found by ``argpartition`` and only the rows above it, and the lowest
+    of those at it, are sorted."""
+    if len(rows) > 4 * k > 0:
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        if not np.isnan(kth):
+            gt, eq = np.flatnonzero(scores > kth), np.flatnonzero(scores == kth)
+            if len(gt) + len(eq) > k:  # ties at the cut: the lower rows
+                eq = eq[np.argsort(rows[eq], kind="stable")[:k - len(gt)]]
+            sel = np.concatenate([gt, eq])
+            rows, scores = rows[sel], scores[sel]
     o = np.lexsort((rows, -scores))[:k]
     return rows[o], scores[o]
 
