@@ -8,8 +8,8 @@ store closed, ``settle_before_fork``), then forks one child, which opens what is
 queries, stopping after each stage. There the loaded parent reads the child's ``/proc/PID/pagemap`` and its own over
 every writable mapping: a page the child holds in a frame the parent does not (copied on its first write, or new)
 is the child's own. It is split by where it lies: Python's object arenas and other anonymous mappings, malloc's
-heap, and the rest (libraries' data, stacks). The child's ``Private_Dirty`` (``smaps_rollup``) is printed beside it
-as a check. No HTTP: what the request path adds is ``benchmarks/fork_floor.py``'s.
+heap, and the rest (libraries' data, stacks), and how much of it holds the same bytes as the parent's page there
+(written, then back as it was). The child's ``Private_Dirty`` (``smaps_rollup``) is printed beside it as a check. No HTTP: what the request path adds is ``benchmarks/fork_floor.py``'s.
 
 Baseline, same run: once the child has ended, the parent returns its free heap and runs the same searches itself,
 as one process; what its anonymous memory grows by is what those searches keep. The ratio, worker's own over that,
@@ -50,19 +50,32 @@ def frames(pid: int, a: int, b: int) -> np.ndarray:
 
 
 def own_pages(child: int) -> dict[str, int]:
-    """Pages of ``child`` in frames this process does not map at the same address, by where they lie (bytes)."""
-    out = {"anonymous": 0, "heap": 0, "other": 0}
-    for a, b, name in writable_mappings(child):
-        try:
-            mine, theirs = frames(child, a, b), frames(os.getpid(), a, b)
-        except OSError:  # a mapping that cannot be read (vsyscall)
-            continue
-        if len(mine) != len(theirs):
-            continue
-        have = (mine & PRESENT) != 0
-        shared = have & ((theirs & PRESENT) != 0) & ((mine & FRAME) == (theirs & FRAME))
-        where = "heap" if name == "[heap]" else "anonymous" if name == "" else "other"
-        out[where] += int((have & ~shared).sum()) * PAGE
+    """Pages of ``child`` in frames this process does not map at the same address, by where they lie (bytes), and
+    ``identical``: those of them that this process also holds and whose bytes equal its page there (copied, then
+    written back as they were: reference counts up and down again), which the kernel's same-page merging could
+    share again."""
+    out = {"anonymous": 0, "heap": 0, "other": 0, "identical": 0}
+    with open(f"/proc/{child}/mem", "rb", buffering=0) as theirs_mem, open("/proc/self/mem", "rb", buffering=0) as my_mem:
+        for a, b, name in writable_mappings(child):
+            try:
+                mine, theirs = frames(child, a, b), frames(os.getpid(), a, b)
+            except OSError:  # a mapping that cannot be read (vsyscall)
+                continue
+            if len(mine) != len(theirs):
+                continue
+            have = (mine & PRESENT) != 0
+            both = have & ((theirs & PRESENT) != 0)
+            shared = both & ((mine & FRAME) == (theirs & FRAME))
+            where = "heap" if name == "[heap]" else "anonymous" if name == "" else "other"
+            out[where] += int((have & ~shared).sum()) * PAGE
+            for i in np.flatnonzero(both & ~shared):
+                at = a + int(i) * PAGE
+                try:
+                    theirs_mem.seek(at)
+                    my_mem.seek(at)
+                    out["identical"] += PAGE * (theirs_mem.read(PAGE) == my_mem.read(PAGE))
+                except OSError:
+                    continue
     return out
 
 
@@ -125,7 +138,8 @@ def main() -> None:
         own = own_pages(pid)
         res["stages"].append({"stage": name, **{k: v // 1024 for k, v in own.items()},
                               "private_dirty_kb": rollup(pid).get("Private_Dirty", 0)})
-        log(f"{name}: {sum(own.values()) / 2**20:.1f} MB of its own")
+        log(f"{name}: {(own['anonymous'] + own['heap'] + own['other']) / 2**20:.1f} MB of its own, "
+            f"{own['identical'] / 2**20:.1f} MB of it as the supervisor's")
         os.write(from_parent, b"x")
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status):
@@ -149,13 +163,16 @@ def main() -> None:
              "`SearchService.search` (k=10, explained), distinct fashion44k train and dev queries, no HTTP. *Own*: pages "
              "the worker holds in frames its supervisor does not share at that address. *One process*: how much the "
              "loaded supervisor's anonymous memory grows when it runs the same searches itself, after the worker ended.",
+             "*Same bytes*: own pages whose content equals the supervisor's page at that address (written, then back as they "
+             "were), which the kernel's same-page merging (KSM) could share again.",
              "", "| stage | worker's own (MB) | in anonymous mappings (Python's arenas) | in malloc's heap | elsewhere | "
-             "worker's Private_Dirty | one process grows by | own / one process |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "same bytes as the supervisor's | worker's Private_Dirty | one process grows by | own / one process |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for st in res["stages"]:
         own = st["anonymous"] + st["heap"] + st["other"]
         grow = st.get("one_process_growth_kb")
         lines.append(f"| {st['stage']} | {mb(own)} | {mb(st['anonymous'])} | {mb(st['heap'])} | {mb(st['other'])} | "
-                     f"{mb(st['private_dirty_kb'])} | {mb(grow) if grow is not None else '-'} | "
+                     f"{mb(st['identical'])} | {mb(st['private_dirty_kb'])} | {mb(grow) if grow is not None else '-'} | "
                      f"{f'{own / grow:.1f}x' if grow and grow >= 2 * PAGE // 1024 else '-'} |")
     report(a.stem, res, lines)
 
