@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-
 from ... import schema as S
 from ...errors import FusionrankError, RowError
 from ..media import is_url
