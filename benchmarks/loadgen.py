@@ -8,7 +8,7 @@ it as its own process so that the client's CPU is not the server's:
 
     python benchmarks/loadgen.py --url http://127.0.0.1:8000 --queries q.txt --requests 2000 --concurrency 8 --out r.json
 
-Writes per-request client latency (ms), status codes and the server's stage timings.
+Writes per-request client latency (ms), status codes, the server's stage timings and which worker answered.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def run(url: str, queries: list[str], requests: int, concurrency: int, k: int = 
     lock = threading.Lock()
     pos = [0]
     lat, status, server = [None] * requests, [0] * requests, [None] * requests
+    served_by = [None] * requests  # the X-Fusionrank-Worker of each response (serve --workers)
     host = urlsplit(url)
     paths = [f"/search?{urlencode({'q': q, 'k': k, **(params or {})})}" for q in todo]
 
@@ -54,6 +55,7 @@ def run(url: str, queries: list[str], requests: int, concurrency: int, k: int = 
                     body = r.read()
                     lat[i] = (time.perf_counter() - t0) * 1e3
                     status[i] = r.status
+                    served_by[i] = r.getheader("x-fusionrank-worker")
                     if r.status == 200:
                         server[i] = json.loads(body)["timings_ms"]
                 except (OSError, http.client.HTTPException) as e:
@@ -73,7 +75,7 @@ def run(url: str, queries: list[str], requests: int, concurrency: int, k: int = 
         t.join()
     wall = time.perf_counter() - t0
     return {"requests": requests, "concurrency": concurrency, "wall_seconds": wall, "latency_ms": lat, "status": status,
-            "server_ms": server}
+            "server_ms": server, "served_by": served_by}
 
 
 def main() -> None:

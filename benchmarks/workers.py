@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +245,7 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                 raise RuntimeError(f"serve --workers {n_workers} exited with {srv.returncode}")
         start_s = time.perf_counter() - t0
         pids = [srv.pid] + (descendants(srv.pid) if ray or shards else children(srv.pid) if n_workers > 1 else [])
-        cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
+        cpu0, wall0 = {pid: cpu_seconds([pid]) for pid in pids}, time.perf_counter()
         qf = tmp / "queries.txt"
         qf.write_text("\n".join(qs))
         out = tmp / "load.json"
@@ -253,7 +254,8 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                         "--queries", str(qf), "--requests", str(requests), "--concurrency", str(clients), "--out", str(out)],
                        check=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = cpu_seconds(pids) - cpu0
+        cpu_each = {pid: cpu_seconds([pid]) - cpu0[pid] for pid in pids}
+        cpu = sum(cpu_each.values())
         load_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         wall = time.perf_counter() - wall0  # the load generator's start-up and warm-up included
         r = json.loads(out.read_text())
@@ -272,7 +274,7 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                           "uss_kb": ru.get("Private_Clean", 0) + ru.get("Private_Dirty", 0),
                           "shared_kb": ru.get("Shared_Clean", 0) + ru.get("Shared_Dirty", 0),
                           "anonymous_kb": ru.get("Anonymous", 0),
-                          "index_files": mapped_under(pid, model / "index")})
+                          "index_files": mapped_under(pid, model / "index"), "cpu_seconds": cpu_each[pid]})
         return {"workers": n_workers, "start_method": start_method if (n_workers > 1 or ray) else None, "shards": shards,
                 "searches_at_once": at_once,
                 "top10": lists, "requests": requests, "clients": clients, "failed": int(len(ok) - sum(ok)),
@@ -280,7 +282,8 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                 "server_total_ms": pct([s["total_ms"] for s, g in zip(r["server_ms"], ok) if g and s]),
                 "processes": procs, "pss_total_kb": int(sum(p["pss_kb"] for p in procs)),
                 "server_cpu_seconds": cpu, "server_cores_used": cpu / wall, "server_cpu_ms_per_request": 1e3 * cpu / requests,
-                "loadgen_cores_used": load_cpu / wall}
+                "loadgen_cores_used": load_cpu / wall,
+                "served_by": dict(sorted(Counter(str(w) for w in r.get("served_by", []) if w is not None).items()))}
     finally:
         stop(srv)
 
@@ -461,7 +464,9 @@ def main() -> None:
                 r = run(model, n, qs, a.requests, a.clients, Path(tmp), how, agree=a.agree if a.shards and n == 1 else 0)
                 res["runs"].append(r)
                 log(f"  {r['throughput_rps']:.1f} requests/s, p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, "
-                    f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB")
+                    f"failed {r['failed']}, PSS {r['pss_total_kb'] / 1e3:,.0f} MB"
+                    + (f", requests per worker {r['served_by']}, CPU s per process "
+                       f"{[round(p['cpu_seconds'], 1) for p in r['processes']]}" if n > 1 else ""))
             for c in ([int(x) for x in a.one_process_concurrency.split(",") if x.strip()] if n == 1 else []):
                 log(f"1 worker ranking {c} search(es) at once: {a.clients} clients, {a.requests} requests")
                 r = run(model, 1, qs, a.requests, a.clients, Path(tmp), search_concurrency=c)
