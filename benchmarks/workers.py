@@ -101,16 +101,6 @@ def mapped_under(pid: int, folder: Path) -> dict[str, int]:
     return {"rss_kb": rss, "pss_kb": pss}
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds the processes have used so far."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
-
-
 def children(pid: int) -> list[int]:
     try:
         return [int(x) for x in open(f"/proc/{pid}/task/{pid}/children").read().split()]
@@ -245,20 +235,20 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                 raise RuntimeError(f"serve --workers {n_workers} exited with {srv.returncode}")
         start_s = time.perf_counter() - t0
         pids = [srv.pid] + (descendants(srv.pid) if ray or shards else children(srv.pid) if n_workers > 1 else [])
-        cpu0, wall0 = {pid: cpu_seconds([pid]) for pid in pids}, time.perf_counter()
+        wall0 = time.perf_counter()
         qf = tmp / "queries.txt"
         qf.write_text("\n".join(qs))
         out = tmp / "load.json"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the server is not waited for yet: the load generator's alone
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--url", f"http://127.0.0.1:{port}",
-                        "--queries", str(qf), "--requests", str(requests), "--concurrency", str(clients), "--out", str(out)],
-                       check=True)
+                        "--queries", str(qf), "--requests", str(requests), "--concurrency", str(clients), "--out", str(out),
+                        "--pids", ",".join(map(str, pids))], check=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_each = {pid: cpu_seconds([pid]) - cpu0[pid] for pid in pids}
-        cpu = sum(cpu_each.values())
         load_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         wall = time.perf_counter() - wall0  # the load generator's start-up and warm-up included
         r = json.loads(out.read_text())
+        cpu_each = {pid: r["server_cpu_seconds"][str(pid)] for pid in pids}  # over the measured requests only
+        cpu = sum(cpu_each.values())
         lists = top10(f"http://127.0.0.1:{port}", qs[:agree]) if agree else None
         import httpx
 
@@ -281,7 +271,7 @@ def run(model: Path, n_workers: int, qs: list[str], requests: int, clients: int,
                 "start_seconds": start_s, "throughput_rps": requests / r["wall_seconds"], "latency_ms": pct(r["latency_ms"]),
                 "server_total_ms": pct([s["total_ms"] for s, g in zip(r["server_ms"], ok) if g and s]),
                 "processes": procs, "pss_total_kb": int(sum(p["pss_kb"] for p in procs)),
-                "server_cpu_seconds": cpu, "server_cores_used": cpu / wall, "server_cpu_ms_per_request": 1e3 * cpu / requests,
+                "server_cpu_seconds": cpu, "server_cores_used": cpu / r["wall_seconds"], "server_cpu_ms_per_request": 1e3 * cpu / requests,
                 "loadgen_cores_used": load_cpu / wall,
                 "served_by": dict(sorted(Counter(str(w) for w in r.get("served_by", []) if w is not None).items()))}
     finally:
@@ -360,6 +350,9 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
          "torch, OpenMP and MKL 1 thread per process. The machine has 2 cores and was shared (see the end). "
          "*Added per extra worker*: (PSS with N - PSS of the one-process service) / (N - 1); *marginal*: (PSS with N - "
          "PSS with the previous N of the same start method) / (difference of N), one more worker once there is a supervisor.", "",
+         "*Server CPU*: the server's processes' CPU seconds over the measured requests, the load generator's start and "
+         "warm-up left out (read by `loadgen.py --pids`; results written before 2026-12-04 22:30 UTC counted them, "
+         "which put cores used 5-10% lower); *cores used*: that over the requests' wall time. "
          "*Load generator cores*: the CPU the load generator itself used (it shares the two cores); *ceiling*: the "
          "requests/s the cores it leaves would give at this arm's server CPU per request, (the machine's cores - load "
          "generator cores) / (CPU s per request), as a multiple of the one-process service's requests/s.", "",
