@@ -351,7 +351,7 @@ def write(res: dict, results: Path = RESULTS, stem: str = "workers") -> None:
          "*Added per extra worker*: (PSS with N - PSS of the one-process service) / (N - 1); *marginal*: (PSS with N - "
          "PSS with the previous N of the same start method) / (difference of N), one more worker once there is a supervisor.", "",
          "*Server CPU*: the server's processes' CPU seconds over the measured requests, the load generator's start and "
-         "warm-up left out (read by `loadgen.py --pids`; results written before 2026-12-04 22:30 UTC counted them, "
+         "warm-up left out (read by `loadgen.py --pids`; results written before 2026-12-04 22:22 UTC counted them, "
          "which put cores used 5-10% lower); *cores used*: that over the requests' wall time. "
          "*Load generator cores*: the CPU the load generator itself used (it shares the two cores); *ceiling*: the "
          "requests/s the cores it leaves would give at this arm's server CPU per request, (the machine's cores - load "
