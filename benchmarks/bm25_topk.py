@@ -58,12 +58,6 @@ def zeros_sample_top(a: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]
     return ranked_scored(cand, a[cand], depth)  # the last step, as then
 
 
-def timed(fn, items) -> tuple[list, float]:
-    t0 = time.perf_counter()
-    out = [fn(x) for x in items]
-    return out, (time.perf_counter() - t0) / max(1, len(items)) * 1e3
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--index", type=Path, default=HOME / "scale-workers-demo44k" / "model-float16-23x" / "index")

@@ -89,7 +89,8 @@ from ..errors import FusionrankError
 from .wal import write_atomic
 
 __all__ = ["SharedModel", "ThreadsAtFork", "START_METHODS", "default_start_method", "check_single_threaded", "library_threads",
-           "load_shared_service", "settle_before_fork", "start_worker_service", "open_shared_service", "serve_workers", "worker_main"]
+           "shared_index", "service_config", "load_shared_service", "settle_before_fork", "start_worker_service",
+           "open_shared_service", "serve_workers", "worker_main"]
 
 MODEL_FILE = "model.json"
 START_METHODS = ("fork", "spawn")
